@@ -1,0 +1,220 @@
+"""Budgets: limits as data, and ledgers that hold what was spent and what is reserved.
+
+A call reserves its worst case (input tokens + max output tokens, priced) *before* it is sent;
+the reservation is settled with the actual usage when the call ends, or released when it
+fails. A ledger's ``reserve`` is atomic: the check and the hold happen together, so concurrent
+callers (tasks, threads, or processes with a shared Redis ledger) never take a budget past its
+limit together.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol, runtime_checkable
+
+from ._exceptions import BudgetExceeded, ConfigError
+
+__all__ = ["Amount", "Budget", "Ledger", "LedgerSnapshot", "MemoryLedger"]
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """What a call costs, or may cost, in the three dimensions a budget limits."""
+
+    usd: Decimal = _ZERO
+    tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: Amount) -> Amount:
+        return Amount(self.usd + other.usd, self.tokens + other.tokens, self.requests + other.requests)
+
+    def __sub__(self, other: Amount) -> Amount:
+        return Amount(self.usd - other.usd, self.tokens - other.tokens, self.requests - other.requests)
+
+    def get(self, dimension: str) -> Decimal | int:
+        """The value in ``usd``, ``tokens`` or ``requests``."""
+        value: Decimal | int = getattr(self, dimension)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSnapshot:
+    """A ledger's state at one moment: settled spend and what calls in flight hold."""
+
+    spent: Amount
+    reserved: Amount
+    reservations: int
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Holds one budget's spend and reservations. Every method is atomic and thread-safe."""
+
+    def reserve(self, amount: Amount, budget: Budget) -> str:
+        """Hold ``amount`` if it fits under ``budget``; return a reservation token.
+
+        Raises:
+            BudgetExceeded: it does not fit; nothing was held.
+        """
+
+    def settle(self, token: str, actual: Amount) -> None:
+        """Replace the reservation by the actual spend. Unknown or settled tokens: no-op."""
+
+    def release(self, token: str) -> None:
+        """Drop the reservation without spending. Unknown or settled tokens: no-op."""
+
+    def snapshot(self) -> LedgerSnapshot:
+        """Current spend and reservations."""
+
+    def restore(self, spent: Amount) -> None:
+        """Set the settled spend (used when a session is resumed from its store)."""
+
+
+def _parse_usd(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError("Budget(usd=...) must be a number of dollars such as '0.50', not a bool")
+    try:
+        usd = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except InvalidOperation:
+        raise ConfigError(
+            f"Budget(usd={value!r}) is not a number; pass dollars as a string, e.g. usd='0.50'"
+        ) from None
+    if not usd.is_finite() or usd < 0:
+        raise ConfigError(f"Budget(usd={value!r}) must be a finite amount >= 0, e.g. usd='0.50'")
+    return usd
+
+
+def _parse_count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"Budget({name}={value!r}) must be a whole number >= 0, e.g. {name}=50_000")
+    if value < 0:
+        raise ConfigError(f"Budget({name}={value!r}) is negative; a limit must be >= 0")
+    return value
+
+
+class Budget:
+    """Limits on money, tokens and requests for a session and everything nested in it.
+
+    Args:
+        usd: money limit in dollars (``"0.50"``, ``Decimal``, int or float; kept as Decimal).
+        tokens: limit on input + output tokens.
+        requests: limit on the number of calls.
+        ledger: where spend is kept; a fresh in-memory ledger by default. Pass a shared one
+            (e.g. ``llmctx.RedisLedger``) to let several processes or machines share the budget.
+
+    Raises:
+        ConfigError: a negative, non-numeric or non-finite limit.
+    """
+
+    __slots__ = ("ledger", "requests", "tokens", "usd")
+
+    def __init__(
+        self,
+        usd: Decimal | str | int | float | None = None,
+        tokens: int | None = None,
+        requests: int | None = None,
+        *,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.usd = _parse_usd(usd)
+        self.tokens = _parse_count("tokens", tokens)
+        self.requests = _parse_count("requests", requests)
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{k}={v!r}"
+            for k, v in (("usd", self.usd), ("tokens", self.tokens), ("requests", self.requests))
+            if v is not None
+        ]
+        return f"Budget({', '.join(parts)})"
+
+    def limit(self, dimension: str) -> Decimal | int | None:
+        """The limit in ``usd``, ``tokens`` or ``requests`` (None: unlimited)."""
+        value: Decimal | int | None = getattr(self, dimension)
+        return value
+
+    @property
+    def limits_money(self) -> bool:
+        """True when this budget limits dollars (unknown prices then fail closed)."""
+        return self.usd is not None
+
+    def check(self, spent: Amount, reserved: Amount, amount: Amount) -> None:
+        """Raise BudgetExceeded if ``amount`` does not fit beside ``spent`` and ``reserved``."""
+        for dim in ("usd", "tokens", "requests"):
+            limit = self.limit(dim)
+            if limit is None:
+                continue
+            want = amount.get(dim)
+            if want and spent.get(dim) + reserved.get(dim) + want > limit:
+                raise BudgetExceeded(
+                    dimension=dim,
+                    limit=limit,
+                    spent=spent.get(dim),
+                    reserved=reserved.get(dim),
+                    requested=want,
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The limits as data (usd as a string); the ledger is not included."""
+        return {
+            "usd": None if self.usd is None else str(self.usd),
+            "tokens": self.tokens,
+            "requests": self.requests,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, ledger: Ledger | None = None) -> Budget:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            usd=data.get("usd"), tokens=data.get("tokens"), requests=data.get("requests"), ledger=ledger
+        )
+
+
+@dataclass
+class MemoryLedger:
+    """A ledger in this process: one lock, exact Decimal arithmetic."""
+
+    _spent: Amount = field(default_factory=Amount)
+    _held: dict[str, Amount] = field(default_factory=dict)
+    _reserved: Amount = field(default_factory=Amount)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, amount: Amount, budget: Budget) -> str:
+        token = uuid.uuid4().hex
+        with self._lock:
+            budget.check(self._spent, self._reserved, amount)
+            self._held[token] = amount
+            self._reserved = self._reserved + amount
+        return token
+
+    def settle(self, token: str, actual: Amount) -> None:
+        with self._lock:
+            held = self._held.pop(token, None)
+            if held is None:
+                return
+            self._reserved = self._reserved - held
+            self._spent = self._spent + actual
+
+    def release(self, token: str) -> None:
+        with self._lock:
+            held = self._held.pop(token, None)
+            if held is not None:
+                self._reserved = self._reserved - held
+
+    def snapshot(self) -> LedgerSnapshot:
+        with self._lock:
+            return LedgerSnapshot(self._spent, self._reserved, len(self._held))
+
+    def restore(self, spent: Amount) -> None:
+        with self._lock:
+            self._spent = spent

@@ -1,0 +1,41 @@
+"""The root typer app; each command group lives in a module of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from .mcp import mcp_app
+from .prices import prices
+from .sessions import sessions_app
+
+app = typer.Typer(
+    name="llmctx",
+    help="Context managers for LLM applications: sessions, budgets, recordings, MCP fleets.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(mcp_app, name="mcp")
+app.command("prices")(prices)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmctx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """llmctx: every resource of an LLM application inside a context manager."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,70 @@
+"""The ContextVars behind ``current_session()`` and ``record()``, and helpers for threads.
+
+One ContextVar per concern: the current session, and the recorders that are capturing.
+asyncio tasks copy the context when they are created, so they inherit both. Threads do not:
+:func:`wrap` and :class:`ContextThreadPoolExecutor` carry the caller's context into them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from ._recorder import Recorder
+    from ._session import Session
+
+__all__ = [
+    "ContextThreadPoolExecutor",
+    "current_recorders",
+    "current_session",
+    "wrap",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current_session: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "llmctx_current_session", default=None
+)
+_recorders: contextvars.ContextVar[tuple[Recorder, ...]] = contextvars.ContextVar(
+    "llmctx_recorders", default=()
+)
+
+
+def current_session() -> Session | None:
+    """The innermost session entered in this context, or None outside any session."""
+    return _current_session.get()
+
+
+def current_recorders() -> tuple[Recorder, ...]:
+    """The ``llmctx.record()`` blocks active in this context, innermost last."""
+    return _recorders.get()
+
+
+def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+    """Bind ``fn`` to a copy of the caller's context, so a thread sees the current session.
+
+    Use it with ``loop.run_in_executor(None, llmctx.wrap(fn), *args)`` or
+    ``threading.Thread(target=llmctx.wrap(fn))``. (``asyncio.to_thread`` already does this.)
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        # A Context can be entered by one thread at a time; a copy per call lets the wrapped
+        # function run in several threads at once.
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A ThreadPoolExecutor whose tasks run in the submitter's context (session included)."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        ctx = contextvars.copy_context()
+        return super().submit(ctx.run, fn, *args, **kwargs)

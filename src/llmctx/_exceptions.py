@@ -1,0 +1,128 @@
+"""Every error llmctx raises on purpose derives from one root, :class:`LLMCtxError`.
+
+The tree::
+
+    LLMCtxError
+    ├── ConfigError (also ValueError)       bad input: a negative budget, a malformed DSN, ...
+    ├── SessionStateError (also RuntimeError)
+    │                                        a session used out of order: entered twice,
+    │                                        resumed while completed, ...
+    ├── SessionNotFound (also KeyError)      resume/show of an id the store does not have
+    ├── StoreError                           the store could not be opened or written
+    ├── PriceError
+    │   └── UnknownPrice                     no price for a model while a money budget is active
+    └── BudgetExceeded                       a reservation would take a budget past its limit
+
+Messages say what happened and what to do next. Cancellation and KeyboardInterrupt are never
+wrapped: they pass through llmctx untouched.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+__all__ = [
+    "BudgetExceeded",
+    "ConfigError",
+    "LLMCtxError",
+    "PriceError",
+    "SessionNotFound",
+    "SessionStateError",
+    "StoreError",
+    "UnknownPrice",
+]
+
+
+class LLMCtxError(Exception):
+    """Root of every error llmctx raises on purpose."""
+
+
+class ConfigError(LLMCtxError, ValueError):
+    """Bad input from the caller: the message names the argument and the fix."""
+
+
+class SessionStateError(LLMCtxError, RuntimeError):
+    """A session was used out of order (entered twice, resumed after completion, ...)."""
+
+
+class SessionNotFound(LLMCtxError, KeyError):
+    """No session with that id exists in the store."""
+
+    def __init__(self, session_id: str, where: str = "the store") -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"no session with id {session_id!r} in {where}; "
+            "`llmctx sessions ls` lists the ids that exist"
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class StoreError(LLMCtxError):
+    """The store could not be opened, read or written."""
+
+
+class PriceError(LLMCtxError):
+    """A price could not be determined or applied."""
+
+
+class UnknownPrice(PriceError):
+    """No price is known for a model while a money budget is active (llmctx fails closed)."""
+
+    def __init__(self, model: str, provider: str | None = None) -> None:
+        self.model = model
+        self.provider = provider
+        where = f" from provider {provider!r}" if provider else ""
+        super().__init__(
+            f"no price is known for model {model!r}{where}, and a money budget is active, "
+            "so the call was not sent (llmctx never prices an unknown model at $0). Set one with "
+            f"llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...)"
+        )
+
+
+class BudgetExceeded(LLMCtxError):
+    """A reservation would take a budget past its limit; nothing was sent.
+
+    Attributes:
+        dimension: ``"usd"``, ``"tokens"`` or ``"requests"``.
+        limit: the budget's limit in that dimension.
+        spent: what settled calls have used so far.
+        reserved: what calls in flight hold.
+        requested: what the refused call asked for.
+        session_id: the session whose budget refused it (may be an ancestor).
+    """
+
+    def __init__(
+        self,
+        *,
+        dimension: str,
+        limit: Decimal | int,
+        spent: Decimal | int,
+        reserved: Decimal | int,
+        requested: Decimal | int,
+        session_id: str | None = None,
+        session_name: str | None = None,
+    ) -> None:
+        self.dimension = dimension
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.requested = requested
+        self.session_id = session_id
+        self.session_name = session_name
+        unit = "$" if dimension == "usd" else ""
+        label = {"usd": "money", "tokens": "token", "requests": "request"}.get(dimension, dimension)
+        who = f" of session {session_name or session_id!r}" if (session_name or session_id) else ""
+        super().__init__(
+            f"{label} budget{who} exceeded before sending: limit {unit}{limit}, "
+            f"spent {unit}{spent}, reserved by calls in flight {unit}{reserved}, "
+            f"this call needs up to {unit}{requested}. Raise the budget, lower max_tokens, "
+            "or start a new session"
+        )
+
+    @property
+    def remaining(self) -> Decimal | int:
+        """What is left for new calls: limit - spent - reserved (never below zero)."""
+        left = self.limit - self.spent - self.reserved
+        return left if left > 0 else type(left)(0)

@@ -1,0 +1,296 @@
+"""Value types for what a call used, and normalisers for each provider's usage shape.
+
+Conventions of :class:`Usage` (they match OpenAI's and genai-prices'):
+
+* ``input_tokens`` is *all* input, cache reads and cache writes included;
+* ``output_tokens`` is all output, reasoning included;
+* ``cache_read_tokens``, ``cache_write_tokens`` and ``reasoning_tokens`` are subsets shown
+  separately, so they can be priced differently.
+
+Anthropic's ``input_tokens`` excludes cache tokens, so :func:`usage_from_anthropic` adds them
+back in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+__all__ = [
+    "CallRecord",
+    "CallStatus",
+    "Usage",
+    "normalize_usage",
+    "raw_usage_dict",
+    "usage_from_anthropic",
+    "usage_from_llama_cpp",
+    "usage_from_openai_chat",
+    "usage_from_openai_responses",
+]
+
+CallStatus = Literal["ok", "error", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token and request counts of one call, or of everything under a scope."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    requests: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens (cache and reasoning tokens are already inside them)."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.requests + other.requests,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """The counts as a plain dict (for JSON and the stores)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Usage:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored, missing ones are 0."""
+        if not data:
+            return cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: int(v or 0) for k, v in data.items() if k in names})
+
+
+def raw_usage_dict(raw: Any) -> dict[str, Any] | None:
+    """Turn an SDK usage object (pydantic model, dataclass, dict) into a plain dict."""
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        return {str(k): _plain(v) for k, v in raw.items()}
+    dump = getattr(raw, "model_dump", None)
+    if callable(dump):
+        result = dump()
+        if isinstance(result, dict):
+            return {str(k): _plain(v) for k, v in result.items()}
+    if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+        return {str(k): _plain(v) for k, v in dataclasses.asdict(raw).items()}
+    data = getattr(raw, "__dict__", None)
+    if isinstance(data, dict):
+        return {str(k): _plain(v) for k, v in data.items() if not str(k).startswith("_")}
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping) or hasattr(value, "model_dump"):
+        return raw_usage_dict(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _int(data: Mapping[str, Any] | None, *path: str) -> int:
+    value: Any = data
+    for key in path:
+        if not isinstance(value, Mapping):
+            return 0
+        value = value.get(key)
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def usage_from_openai_chat(raw: Any) -> Usage:
+    """Normalise an OpenAI Chat Completions ``usage`` (also llama.cpp's server, vLLM, ...)."""
+    d = raw_usage_dict(raw)
+    return Usage(
+        input_tokens=_int(d, "prompt_tokens"),
+        output_tokens=_int(d, "completion_tokens"),
+        cache_read_tokens=_int(d, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=_int(d, "completion_tokens_details", "reasoning_tokens"),
+        requests=1,
+    )
+
+
+def usage_from_openai_responses(raw: Any) -> Usage:
+    """Normalise an OpenAI Responses API ``usage``."""
+    d = raw_usage_dict(raw)
+    return Usage(
+        input_tokens=_int(d, "input_tokens"),
+        output_tokens=_int(d, "output_tokens"),
+        cache_read_tokens=_int(d, "input_tokens_details", "cached_tokens"),
+        reasoning_tokens=_int(d, "output_tokens_details", "reasoning_tokens"),
+        requests=1,
+    )
+
+
+def usage_from_anthropic(raw: Any) -> Usage:
+    """Normalise an Anthropic Messages ``usage``.
+
+    Anthropic reports ``input_tokens`` *without* the cached part, so cache reads and cache
+    writes are added back to make ``input_tokens`` the whole prompt, as everywhere else.
+    """
+    d = raw_usage_dict(raw)
+    cache_read = _int(d, "cache_read_input_tokens")
+    cache_write = _int(d, "cache_creation_input_tokens")
+    return Usage(
+        input_tokens=_int(d, "input_tokens") + cache_read + cache_write,
+        output_tokens=_int(d, "output_tokens"),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        requests=1,
+    )
+
+
+def usage_from_llama_cpp(raw: Any) -> Usage:
+    """Normalise the ``usage`` of a llama-cpp-python result (OpenAI-shaped dict)."""
+    return usage_from_openai_chat(raw)
+
+
+_NORMALISERS = {
+    "openai": usage_from_openai_chat,
+    "openai-chat": usage_from_openai_chat,
+    "openai-responses": usage_from_openai_responses,
+    "anthropic": usage_from_anthropic,
+    "llama-cpp": usage_from_llama_cpp,
+}
+
+
+def normalize_usage(raw: Any, api: str) -> Usage:
+    """Normalise ``raw`` usage reported by ``api``.
+
+    Args:
+        raw: the SDK's usage object or dict.
+        api: one of ``openai-chat``, ``openai-responses``, ``anthropic``, ``llama-cpp``.
+
+    Raises:
+        ConfigError: ``api`` is not one of those.
+    """
+    try:
+        fn = _NORMALISERS[api]
+    except KeyError:
+        from ._exceptions import ConfigError
+
+        raise ConfigError(
+            f"unknown usage shape {api!r}; expected one of {', '.join(sorted(_NORMALISERS))}"
+        ) from None
+    return fn(raw)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One model or tool call as it is recorded: what was asked, what came back, what it cost.
+
+    ``request`` is already redacted (no API keys or bearer tokens) by the time a record exists
+    outside the charge path. ``cost`` is ``None`` when the call could not be priced, with the
+    reason in ``cost_note``. ``estimated`` is true when usage was estimated from the text
+    because the provider reported none.
+    """
+
+    session_id: str | None
+    provider: str | None = None
+    model: str | None = None
+    kind: str = "llm"
+    request: Any = None
+    response: str | None = None
+    tool_calls: list[Any] | None = None
+    usage: Usage = field(default_factory=Usage)
+    raw_usage: dict[str, Any] | None = None
+    cost: Decimal | None = None
+    cost_note: str | None = None
+    status: CallStatus = "ok"
+    error: str | None = None
+    estimated: bool = False
+    started_at: datetime = field(default_factory=_now)
+    latency_s: float | None = None
+    ttfb_s: float | None = None
+    ttft_s: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=_new_id)
+
+    def replace(self, **changes: Any) -> CallRecord:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (Decimal as string, datetime as ISO 8601)."""
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "provider": self.provider,
+            "model": self.model,
+            "request": self.request,
+            "response": self.response,
+            "tool_calls": self.tool_calls,
+            "usage": self.usage.to_dict(),
+            "raw_usage": self.raw_usage,
+            "cost": None if self.cost is None else str(self.cost),
+            "cost_note": self.cost_note,
+            "status": self.status,
+            "error": self.error,
+            "estimated": self.estimated,
+            "started_at": self.started_at.isoformat(),
+            "latency_s": self.latency_s,
+            "ttfb_s": self.ttfb_s,
+            "ttft_s": self.ttft_s,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CallRecord:
+        """Inverse of :meth:`to_dict`."""
+        cost = data.get("cost")
+        started = data.get("started_at")
+        return cls(
+            id=str(data["id"]),
+            session_id=data.get("session_id"),
+            kind=str(data.get("kind") or "llm"),
+            provider=data.get("provider"),
+            model=data.get("model"),
+            request=data.get("request"),
+            response=data.get("response"),
+            tool_calls=data.get("tool_calls"),
+            usage=Usage.from_dict(data.get("usage")),
+            raw_usage=data.get("raw_usage"),
+            cost=None if cost is None else Decimal(str(cost)),
+            cost_note=data.get("cost_note"),
+            status=data.get("status") or "ok",
+            error=data.get("error"),
+            estimated=bool(data.get("estimated")),
+            started_at=(
+                datetime.fromisoformat(started)
+                if isinstance(started, str)
+                else started
+                if isinstance(started, datetime)
+                else _now()
+            ),
+            latency_s=data.get("latency_s"),
+            ttfb_s=data.get("ttfb_s"),
+            ttft_s=data.get("ttft_s"),
+            metadata=dict(data.get("metadata") or {}),
+        )

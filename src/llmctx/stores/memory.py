@@ -1,0 +1,86 @@
+"""An in-process store: the reference implementation of the Store protocol, for tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from .._usage import CallRecord
+from ._base import SessionRecord
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Keeps sessions and calls in dicts; thread-safe; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SessionRecord] = {}
+        self._calls: dict[str, list[CallRecord]] = {}
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(sessions={len(self._sessions)})"
+
+    def save_session(self, record: SessionRecord) -> None:
+        with self._lock:
+            self._sessions[record.id] = record
+
+    def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        with self._lock:
+            self._calls.setdefault(call.session_id or "", []).append(call)
+            if session is not None:
+                self._sessions[session.id] = session
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def list_sessions(
+        self,
+        *,
+        limit: int | None = 50,
+        status: str | None = None,
+        parent_id: str | None = None,
+        roots_only: bool = False,
+    ) -> list[SessionRecord]:
+        with self._lock:
+            rows = [
+                r
+                for r in self._sessions.values()
+                if (status is None or r.status == status)
+                and (parent_id is None or r.parent_id == parent_id)
+                and (not roots_only or r.parent_id is None)
+            ]
+        rows.sort(key=lambda r: r.started_at, reverse=True)
+        return rows if limit is None else rows[:limit]
+
+    def list_calls(self, session_ids: Sequence[str]) -> list[CallRecord]:
+        with self._lock:
+            calls = [c for sid in session_ids for c in self._calls.get(sid, [])]
+        calls.sort(key=lambda c: c.started_at)
+        return calls
+
+    def session_tree(self, session_id: str) -> list[SessionRecord]:
+        with self._lock:
+            root = self._sessions.get(session_id)
+            if root is None:
+                return []
+            out = [root]
+            frontier = [session_id]
+            while frontier:
+                children = [r for r in self._sessions.values() if r.parent_id in frontier]
+                out.extend(children)
+                frontier = [r.id for r in children]
+            return out
+
+    def delete_session(self, session_id: str) -> int:
+        ids = [r.id for r in self.session_tree(session_id)]
+        with self._lock:
+            for sid in ids:
+                self._sessions.pop(sid, None)
+                self._calls.pop(sid, None)
+        return len(ids)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,60 @@
+"""Shared fixtures. Integration tests use real services.
+
+PostgreSQL and Redis come from the environment: ``LLMCTX_TEST_POSTGRES_DSN`` and
+``LLMCTX_TEST_REDIS_URL`` (``.ci/run`` starts both on loopback and sets them). Outside CI a
+missing service skips its tests with the reason; under CI (``CI=true``) it fails them, so a
+CI run can never pass by skipping the real services.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from llmctx.stores import MemoryStore
+
+
+def _service(env: str, what: str) -> str:
+    value = os.environ.get(env)
+    if value:
+        return value
+    message = f"{what} is not configured: set {env} (bash .ci/run starts one and sets it)"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of a real PostgreSQL server whose user may create schemas."""
+    return _service("LLMCTX_TEST_POSTGRES_DSN", "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a real Redis server."""
+    return _service("LLMCTX_TEST_REDIS_URL", "Redis")
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique string for keys, schema names and session names of one test."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def memory_store() -> Iterator[MemoryStore]:
+    """A fresh in-memory store."""
+    store = MemoryStore()
+    yield store
+    store.close()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_db(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the default SQLite store at a temporary file so tests never touch the user's."""
+    path = tmp_path_factory.mktemp("llmctx-db") / "llmctx.db"
+    monkeypatch.setenv("LLMCTX_DB", str(path))
