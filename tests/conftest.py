@@ -54,7 +54,9 @@ def memory_store() -> Iterator[MemoryStore]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_default_db(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_default_db(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Point the default SQLite store at a temporary file so tests never touch the user's."""
     path = tmp_path_factory.mktemp("llmctx-db") / "llmctx.db"
     monkeypatch.setenv("LLMCTX_DB", str(path))

@@ -1,10 +1,102 @@
-"""llmctx: every resource of an LLM application inside a context manager."""
+"""llmctx: every resource of an LLM application inside a context manager.
+
+The public surface lives here; the modules behind it are private except the namespaces users
+import on purpose (``llmctx.stores``, ``llmctx.testing``, ``llmctx.mcp``).
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._budget import Amount, Budget, Ledger, LedgerSnapshot, MemoryLedger
+from ._charge import CallTracker, track_call
+from ._context import ContextThreadPoolExecutor, current_session, wrap
+from ._exceptions import (
+    BudgetExceeded,
+    ConfigError,
+    LLMCtxError,
+    LLMCtxWarning,
+    PriceError,
+    SessionNotFound,
+    SessionStateError,
+    StoreError,
+    UnknownPrice,
+    UnknownPriceWarning,
+)
+from ._limits import (
+    AcquireTimeout,
+    RateLimiter,
+    RateLimiterStatistics,
+    RedisRateStore,
+    Reservation,
+    WouldBlock,
+)
+from ._monitor import MonitorResult, monitor, timed
+from ._pool import Lease, PoolStatistics, ResourcePool
+from ._pricing import ModelPrice, clear_prices, lookup_price, price_override, price_usage, set_price
+from ._recorder import PromptResponse, Recorder, record
+from ._redact import redact
+from ._redis_ledger import RedisLedger
+from ._session import Session, session
+from ._tokens import TokenCount, count_tokens, register_tokenizer
+from ._usage import CallRecord, Usage, normalize_usage
+
 try:
     __version__ = version("llmctx")
 except PackageNotFoundError:  # running from a checkout without an install
     __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    "AcquireTimeout",
+    "Amount",
+    "Budget",
+    "BudgetExceeded",
+    "CallRecord",
+    "CallTracker",
+    "ConfigError",
+    "ContextThreadPoolExecutor",
+    "Lease",
+    "Ledger",
+    "LedgerSnapshot",
+    "LLMCtxError",
+    "LLMCtxWarning",
+    "MemoryLedger",
+    "ModelPrice",
+    "MonitorResult",
+    "PoolStatistics",
+    "PriceError",
+    "PromptResponse",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "Recorder",
+    "RedisLedger",
+    "RedisRateStore",
+    "Reservation",
+    "ResourcePool",
+    "Session",
+    "SessionNotFound",
+    "SessionStateError",
+    "StoreError",
+    "TokenCount",
+    "UnknownPrice",
+    "UnknownPriceWarning",
+    "Usage",
+    "WouldBlock",
+    "clear_prices",
+    "count_tokens",
+    "current_session",
+    "lookup_price",
+    "monitor",
+    "normalize_usage",
+    "price_override",
+    "price_usage",
+    "record",
+    "redact",
+    "register_tokenizer",
+    "session",
+    "set_price",
+    "timed",
+    "track_call",
+    "wrap",
+]

@@ -31,10 +31,14 @@ class Amount:
     requests: int = 0
 
     def __add__(self, other: Amount) -> Amount:
-        return Amount(self.usd + other.usd, self.tokens + other.tokens, self.requests + other.requests)
+        return Amount(
+            self.usd + other.usd, self.tokens + other.tokens, self.requests + other.requests
+        )
 
     def __sub__(self, other: Amount) -> Amount:
-        return Amount(self.usd - other.usd, self.tokens - other.tokens, self.requests - other.requests)
+        return Amount(
+            self.usd - other.usd, self.tokens - other.tokens, self.requests - other.requests
+        )
 
     def get(self, dimension: str) -> Decimal | int:
         """The value in ``usd``, ``tokens`` or ``requests``."""
@@ -95,7 +99,9 @@ def _parse_count(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"Budget({name}={value!r}) must be a whole number >= 0, e.g. {name}=50_000")
+        raise ConfigError(
+            f"Budget({name}={value!r}) must be a whole number >= 0, e.g. {name}=50_000"
+        )
     if value < 0:
         raise ConfigError(f"Budget({name}={value!r}) is negative; a limit must be >= 0")
     return value
@@ -176,7 +182,10 @@ class Budget:
     def from_dict(cls, data: dict[str, Any], *, ledger: Ledger | None = None) -> Budget:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            usd=data.get("usd"), tokens=data.get("tokens"), requests=data.get("requests"), ledger=ledger
+            usd=data.get("usd"),
+            tokens=data.get("tokens"),
+            requests=data.get("requests"),
+            ledger=ledger,
         )
 
 

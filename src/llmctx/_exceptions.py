@@ -11,7 +11,13 @@ The tree::
     ├── StoreError                           the store could not be opened or written
     ├── PriceError
     │   └── UnknownPrice                     no price for a model while a money budget is active
-    └── BudgetExceeded                       a reservation would take a budget past its limit
+    ├── BudgetExceeded                       a reservation would take a budget past its limit
+    ├── WouldBlock                           acquire_nowait() of a limiter or pool cannot proceed
+    │                                        (``retry_after`` says when it could); in _limits.py
+    └── AcquireTimeout (also TimeoutError)   a limiter or pool wait ran past its timeout
+
+Warnings: ``LLMCtxWarning`` (a UserWarning) and its child ``UnknownPriceWarning``, issued once per
+model when a call cannot be priced and no money budget is active (its cost is then None).
 
 Messages say what happened and what to do next. Cancellation and KeyboardInterrupt are never
 wrapped: they pass through llmctx untouched.
@@ -25,11 +31,13 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "LLMCtxError",
+    "LLMCtxWarning",
     "PriceError",
     "SessionNotFound",
     "SessionStateError",
     "StoreError",
     "UnknownPrice",
+    "UnknownPriceWarning",
 ]
 
 
@@ -111,13 +119,20 @@ class BudgetExceeded(LLMCtxError):
         self.requested = requested
         self.session_id = session_id
         self.session_name = session_name
-        unit = "$" if dimension == "usd" else ""
-        label = {"usd": "money", "tokens": "token", "requests": "request"}.get(dimension, dimension)
-        who = f" of session {session_name or session_id!r}" if (session_name or session_id) else ""
-        super().__init__(
-            f"{label} budget{who} exceeded before sending: limit {unit}{limit}, "
-            f"spent {unit}{spent}, reserved by calls in flight {unit}{reserved}, "
-            f"this call needs up to {unit}{requested}. Raise the budget, lower max_tokens, "
+        super().__init__(dimension, limit, spent, reserved, requested)
+
+    def __str__(self) -> str:
+        # Built on demand: the charge path fills in the session after the ledger refused.
+        unit = "$" if self.dimension == "usd" else ""
+        label = {"usd": "money", "tokens": "token", "requests": "request"}.get(
+            self.dimension, self.dimension
+        )
+        who = self.session_name or self.session_id
+        of = f" of session {who!r}" if who else ""
+        return (
+            f"{label} budget{of} exceeded before sending: limit {unit}{self.limit}, "
+            f"spent {unit}{self.spent}, reserved by calls in flight {unit}{self.reserved}, "
+            f"this call needs up to {unit}{self.requested}. Raise the budget, lower max_tokens, "
             "or start a new session"
         )
 
@@ -126,3 +141,11 @@ class BudgetExceeded(LLMCtxError):
         """What is left for new calls: limit - spent - reserved (never below zero)."""
         left = self.limit - self.spent - self.reserved
         return left if left > 0 else type(left)(0)
+
+
+class LLMCtxWarning(UserWarning):
+    """Root of llmctx's warnings."""
+
+
+class UnknownPriceWarning(LLMCtxWarning):
+    """A call could not be priced; its cost is None (no money budget was active)."""

@@ -1,0 +1,427 @@
+"""Session: a scope that owns the calls made inside it, their totals and their budget.
+
+Sessions nest into a tree through the current-session ContextVar. A charge applies at once to
+the session it was made in and to every ancestor, so an outer budget sees inner spend in real
+time. Lifecycle: ``created -> running -> completed | failed | cancelled``; a session is entered
+once (``with`` or ``async with``), and :meth:`Session.resume` reopens a failed, cancelled or
+interrupted one from its store with its totals and budget state restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._budget import Amount, Budget
+from ._context import _current_session
+from ._exceptions import ConfigError, SessionNotFound, SessionStateError
+from ._redact import redact, redact_text
+from ._usage import CallRecord, Usage
+from .stores._base import SessionRecord, SessionStatus, Store
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = ["Session", "SessionFactory", "session"]
+
+logger = logging.getLogger("llmctx")
+
+_ZERO = Decimal(0)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
+    if exc_type is None:
+        return "completed"
+    # trio's and anyio's cancellation classes are not importable without their loops; match
+    # by name so every flavour of cancellation counts as "cancelled", not "failed".
+    if issubclass(
+        exc_type, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit
+    ):
+        return "cancelled"
+    if exc_type.__name__ == "Cancelled":
+        return "cancelled"
+    return "failed"
+
+
+def _resolve_store(store: Store | str | None, parent: Session | None) -> Store:
+    if store is not None and not isinstance(store, str):
+        return store
+    if isinstance(store, str):
+        from .stores import open_store
+
+        return open_store(store)
+    if parent is not None and parent._store is not None:
+        return parent._store
+    from .stores import default_store
+
+    return default_store()
+
+
+class Session:
+    """A scope for LLM calls: live totals, an optional budget, write-through recording.
+
+    Create one with :func:`llmctx.session` and enter it with ``with`` or ``async with``; the
+    same object supports both. Inside, :func:`llmctx.current_session` returns it, and every
+    instrumented call is charged to it and to all its ancestors.
+
+    On exit the ContextVar is reset and the status is set from how the block ended: no
+    exception -> ``completed``; cancellation, KeyboardInterrupt -> ``cancelled``; any other
+    exception -> ``failed`` (the exception propagates unchanged). The final row is written to
+    the store. Calls still in flight (e.g. a stream consumed later) keep charging this session
+    after it exited.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        budget: Budget | None = None,
+        tags: Mapping[str, str] | None = None,
+        store: Store | str | None = None,
+        record_content: bool = True,
+        id: str | None = None,
+    ) -> None:
+        if budget is not None and not isinstance(budget, Budget):
+            raise ConfigError(
+                f"session(budget=...) takes llmctx.Budget, got {type(budget).__name__}; "
+                "write budget=llmctx.Budget(usd='0.50', tokens=50_000)"
+            )
+        if tags is not None and not isinstance(tags, Mapping):
+            raise ConfigError(
+                "session(tags=...) takes a mapping of str to str, e.g. {'team': 'search'}"
+            )
+        self.id: str = id or uuid.uuid4().hex
+        self.name = name
+        self.budget = budget
+        self.tags: dict[str, str] = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.record_content = record_content
+        self.parent: Session | None = None
+        self.status: SessionStatus = "created"
+        self.started_at: datetime | None = None
+        self.ended_at: datetime | None = None
+        self.error: str | None = None
+        self._store_arg = store
+        self._store: Store | None = None
+        self._stored_parent_id: str | None = None
+        self._lock = threading.Lock()
+        self._usage = Usage()
+        self._cost = _ZERO
+        self._unpriced = 0
+        self._unpriced_reason: str | None = None
+        self._calls: list[CallRecord] = []
+        self._ncalls = 0
+        self._events: list[dict[str, Any]] = []
+        self._resumed = 0
+        self._token: Any = None
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"<Session{label} id={self.id[:12]} status={self.status} calls={self._ncalls}>"
+
+    # ------------------------------------------------------------------ live totals
+    @property
+    def usage(self) -> Usage:
+        """Tokens and requests of every call in this session and its descendants."""
+        with self._lock:
+            return self._usage
+
+    @property
+    def cost(self) -> Decimal | None:
+        """Dollars spent, or None when some call could not be priced (see ``cost_note``)."""
+        with self._lock:
+            return None if self._unpriced else self._cost
+
+    @property
+    def priced_cost(self) -> Decimal:
+        """Dollars of the calls that could be priced (a lower bound when ``cost`` is None)."""
+        with self._lock:
+            return self._cost
+
+    @property
+    def cost_note(self) -> str | None:
+        """Why ``cost`` is None, or None when every call was priced."""
+        with self._lock:
+            if not self._unpriced:
+                return None
+            return f"{self._unpriced} call(s) could not be priced: {self._unpriced_reason}"
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        """A copy of the calls charged to this session and its descendants, oldest first."""
+        with self._lock:
+            return list(self._calls)
+
+    @property
+    def store(self) -> Store | None:
+        """The store this session writes to (set on entry)."""
+        return self._store
+
+    def remaining(self) -> dict[str, Decimal | int | None]:
+        """What this session's own budget has left per dimension (None: unlimited)."""
+        if self.budget is None:
+            return {"usd": None, "tokens": None, "requests": None}
+        snap = self.budget.ledger.snapshot()
+        out: dict[str, Decimal | int | None] = {}
+        for dim in ("usd", "tokens", "requests"):
+            limit = self.budget.limit(dim)
+            out[dim] = (
+                None if limit is None else limit - snap.spent.get(dim) - snap.reserved.get(dim)
+            )
+        return out
+
+    def chain(self) -> list[Session]:
+        """This session and its ancestors, innermost first."""
+        out: list[Session] = []
+        node: Session | None = self
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Self:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close(exc_type, exc)
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close(exc_type, exc)
+
+    def _open(self) -> None:
+        with self._lock:
+            if self.status != "created":
+                raise SessionStateError(
+                    f"session {self.name or self.id!r} was already entered (status {self.status}); "
+                    "a session object is entered once: create a new one with llmctx.session(...), "
+                    "or reopen a stored one with llmctx.session.resume(id)"
+                )
+            self.status = "running"
+        parent = _current_session.get()
+        self.parent = parent
+        try:
+            self._store = _resolve_store(self._store_arg, parent)
+        except BaseException:
+            with self._lock:
+                self.status = "created"
+            raise
+        self.started_at = self.started_at or _now()
+        self._token = _current_session.set(self)
+        self._persist()
+
+    def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
+        token, self._token = self._token, None
+        try:
+            if token is not None:
+                _current_session.reset(token)
+        except ValueError:
+            # Exited in another context than the one it was entered in (e.g. another task):
+            # the best we can do is restore the parent as current here.
+            _current_session.set(self.parent)
+        with self._lock:
+            self.status = _classify(exc_type)
+            self.ended_at = _now()
+            if exc is not None and self.status == "failed":
+                self.error = redact_text(f"{type(exc).__name__}: {exc}")
+            elif self.status == "cancelled":
+                self.error = type(exc).__name__ if exc is not None else "cancelled"
+        self._persist()
+
+    # ------------------------------------------------------------------ charging
+    def _charge(self, record: CallRecord, unpriced_reason: str | None) -> None:
+        """Add a finished call to this session and every ancestor, then write it through."""
+        for node in self.chain():
+            with node._lock:
+                node._usage = node._usage + record.usage
+                node._ncalls += 1
+                node._calls.append(record)
+                if record.cost is not None:
+                    node._cost += record.cost
+                else:
+                    node._unpriced += 1
+                    node._unpriced_reason = unpriced_reason or record.cost_note
+        store = self._store
+        if store is None:
+            return
+        stored = (
+            record
+            if self.record_content
+            else record.replace(request=None, response=None, tool_calls=None)
+        )
+        try:
+            store.save_call(stored, self._to_record())
+        except Exception:
+            # Bookkeeping never breaks the user's call; the call is still in memory.
+            logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
+
+    def add_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Attach a named measurement (e.g. a ``monitor`` result) to this session."""
+        with self._lock:
+            self._events.append({"kind": kind, "at": _now().isoformat(), **redact(dict(data))})
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """A copy of the events attached with :meth:`add_event`."""
+        with self._lock:
+            return [dict(e) for e in self._events]
+
+    # ------------------------------------------------------------------ persistence
+    def _to_record(self) -> SessionRecord:
+        with self._lock:
+            metadata: dict[str, Any] = {}
+            if self._events:
+                metadata["events"] = list(self._events)
+            if self._resumed:
+                metadata["resumed"] = self._resumed
+            if not self.record_content:
+                metadata["record_content"] = False
+            return SessionRecord(
+                id=self.id,
+                name=self.name,
+                parent_id=self.parent.id if self.parent is not None else self._stored_parent_id,
+                status=self.status,
+                tags=dict(self.tags),
+                budget=None if self.budget is None else self.budget.to_dict(),
+                started_at=self.started_at or _now(),
+                ended_at=self.ended_at,
+                error=self.error,
+                usage=self._usage,
+                cost=self._cost,
+                unpriced_calls=self._unpriced,
+                calls=self._ncalls,
+                metadata=metadata,
+            )
+
+    def _persist(self) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.save_session(self._to_record())
+        except Exception:
+            logger.exception("llmctx: could not write session %s", self.id)
+
+    @classmethod
+    def resume(
+        cls,
+        session_id: str,
+        *,
+        store: Store | str | None = None,
+        budget: Budget | None = None,
+        allow_completed: bool = False,
+    ) -> Session:
+        """Reopen a failed, cancelled or interrupted session from its store.
+
+        Totals (usage, cost, calls) are rebuilt from the stored calls of the session and all its
+        descendants, and the budget's ledger is restored to that spend, so the resumed session
+        stops exactly where the original would have. Enter the returned object as usual.
+
+        Args:
+            session_id: the id (``llmctx sessions ls`` lists them).
+            store: where to look; the default store when omitted.
+            budget: limits to use; by default the stored limits with a fresh in-memory ledger.
+                Pass your shared ledger (e.g. Redis) here to keep using it.
+            allow_completed: also reopen a session that completed normally.
+
+        Raises:
+            SessionNotFound: no session with that id in the store.
+            SessionStateError: the session completed and ``allow_completed`` is false.
+        """
+        resolved = _resolve_store(store, None)
+        row = resolved.get_session(session_id)
+        if row is None:
+            raise SessionNotFound(session_id, where=type(resolved).__name__)
+        if row.status == "completed" and not allow_completed:
+            raise SessionStateError(
+                f"session {session_id!r} completed normally, so there is nothing to recover; pass "
+                "allow_completed=True to continue it anyway, or start a new session"
+            )
+        if budget is None and row.budget:
+            budget = Budget.from_dict(row.budget)
+        tree = resolved.session_tree(session_id)
+        calls = resolved.list_calls([r.id for r in tree])
+        new = cls(
+            row.name,
+            budget=budget,
+            tags=row.tags,
+            store=resolved,
+            record_content=bool(row.metadata.get("record_content", True)),
+            id=row.id,
+        )
+        new._stored_parent_id = row.parent_id
+        new.started_at = row.started_at
+        new._resumed = int(row.metadata.get("resumed", 0)) + 1
+        new._events = list(row.metadata.get("events", []))
+        for call in calls:
+            new._usage = new._usage + call.usage
+            new._ncalls += 1
+            if call.cost is not None:
+                new._cost += call.cost
+            else:
+                new._unpriced += 1
+                new._unpriced_reason = call.cost_note
+        new._calls = calls
+        if new.budget is not None:
+            new.budget.ledger.restore(
+                Amount(usd=new._cost, tokens=new._usage.total_tokens, requests=new._usage.requests)
+            )
+        return new
+
+
+class SessionFactory:
+    """The callable ``llmctx.session``: ``session(...)`` makes a Session, ``session.resume(id)``
+    reopens a stored one."""
+
+    def __call__(
+        self,
+        name: str | None = None,
+        *,
+        budget: Budget | None = None,
+        tags: Mapping[str, str] | None = None,
+        store: Store | str | None = None,
+        record_content: bool = True,
+    ) -> Session:
+        """Create a session; enter it with ``with`` or ``async with``.
+
+        Args:
+            name: a label shown by ``llmctx sessions ls`` (need not be unique).
+            budget: limits for this session and everything nested in it.
+            tags: free-form labels stored with the session.
+            store: a Store, a URL/path for one, or None for the parent's store (or the default
+                SQLite store at ``LLMCTX_DB`` / the per-user data directory).
+            record_content: store prompts and responses (False keeps only metadata and usage).
+        """
+        return Session(name, budget=budget, tags=tags, store=store, record_content=record_content)
+
+    resume = staticmethod(Session.resume)
+
+    def __repr__(self) -> str:
+        return "llmctx.session"
+
+
+session = SessionFactory()

@@ -1,0 +1,382 @@
+"""Sessions: nesting and roll-up, lifecycle on every way out, context propagation, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import llmctx
+from llmctx.stores import MemoryStore, SQLiteStore
+from llmctx.testing import FakeModel
+
+
+@pytest.fixture(autouse=True)
+def _priced_fake_model() -> object:
+    """Give the fake model a known price: $1 per million input tokens, $2 per million output."""
+    with llmctx.price_override("fake-model", input_per_mtok="1", output_per_mtok="2"):
+        yield
+
+
+def test_nested_sessions_roll_up_to_every_ancestor(memory_store: MemoryStore) -> None:
+    """A call in an inner session is counted at once in the inner and every outer session."""
+    model = FakeModel()
+    with llmctx.session("outer", store=memory_store) as outer:
+        model.complete("one two three")
+        with llmctx.session("inner") as inner:
+            assert llmctx.current_session() is inner
+            assert inner.parent is outer
+            model.complete("four five")
+            assert outer.usage.requests == 2  # visible to the outer scope while inner runs
+        assert llmctx.current_session() is outer
+    assert llmctx.current_session() is None
+    assert inner.usage.input_tokens == 2 and inner.usage.requests == 1
+    assert outer.usage.input_tokens == 5 and outer.usage.requests == 2
+    assert outer.cost == Decimal(5) / 10**6 + Decimal(2 * 5) / 10**6
+    assert len(outer.calls) == 2 and len(inner.calls) == 1
+    assert inner.store is memory_store  # the child writes where its parent writes
+    rows = {r.id: r for r in memory_store.list_sessions()}
+    assert rows[inner.id].parent_id == outer.id
+    assert rows[outer.id].status == rows[inner.id].status == "completed"
+
+
+def test_exception_marks_failed_keeps_totals_and_resets_context(memory_store: MemoryStore) -> None:
+    """An exception inside a session propagates, marks it failed and keeps what was spent."""
+    model = FakeModel()
+    with pytest.raises(ZeroDivisionError), llmctx.session("boom", store=memory_store) as s:
+        model.complete("a b c")
+        1 / 0  # noqa: B018
+    assert s.status == "failed"
+    assert "ZeroDivisionError" in (s.error or "")
+    assert s.usage.requests == 1
+    assert llmctx.current_session() is None
+    assert memory_store.get_session(s.id).status == "failed"  # type: ignore[union-attr]
+
+
+def test_keyboard_interrupt_marks_cancelled(memory_store: MemoryStore) -> None:
+    """KeyboardInterrupt passes through untouched and the session ends cancelled."""
+    with pytest.raises(KeyboardInterrupt), llmctx.session(store=memory_store) as s:
+        FakeModel().complete("x")
+        raise KeyboardInterrupt
+    assert s.status == "cancelled"
+    assert llmctx.current_session() is None
+    assert s.usage.requests == 1
+
+
+def test_task_cancellation_marks_cancelled_and_releases_reservation(
+    memory_store: MemoryStore,
+) -> None:
+    """Cancelling a task mid-call cancels its session and releases the call's reservation."""
+    budget = llmctx.Budget(tokens=1_000)
+    started = asyncio.Event()
+    entered: list[llmctx.Session] = []
+
+    async def work() -> None:
+        async with llmctx.session(store=memory_store, budget=budget) as s:
+            entered.append(s)
+            with llmctx.track_call(
+                provider="fake", model="fake-model", input_tokens=10, max_output_tokens=100
+            ):
+                started.set()
+                await asyncio.Event().wait()  # never set: only cancellation gets out
+
+    async def main() -> None:
+        task = asyncio.create_task(work())
+        await asyncio.wait_for(started.wait(), 5)
+        assert budget.ledger.snapshot().reserved.tokens == 110
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    (s,) = entered
+    assert s.status == "cancelled"
+    snap = budget.ledger.snapshot()
+    assert snap.reserved.tokens == 0 and snap.reservations == 0
+    assert [c.status for c in s.calls] == ["cancelled"]
+
+
+def test_entering_twice_is_a_clear_error(memory_store: MemoryStore) -> None:
+    """A session object can be entered only once."""
+    s = llmctx.session(store=memory_store)
+    with s:
+        pass
+    with pytest.raises(llmctx.SessionStateError, match="already entered"), s:
+        pass
+
+
+def test_asyncio_tasks_inherit_the_session(memory_store: MemoryStore) -> None:
+    """Tasks created inside a session charge it without being passed the session."""
+    model = FakeModel()
+
+    async def main() -> llmctx.Session:
+        async with llmctx.session(store=memory_store) as s:
+            await asyncio.gather(*(model.acomplete(f"w{i} x y") for i in range(20)))
+            return s
+
+    s = asyncio.run(main())
+    assert s.usage.requests == 20
+    assert s.usage.input_tokens == 60
+
+
+def test_threads_get_the_session_through_the_helpers(memory_store: MemoryStore) -> None:
+    """wrap() and ContextThreadPoolExecutor carry the session into threads; plain threads don't."""
+    model = FakeModel()
+    seen_plain: list[object] = []
+    with llmctx.session(store=memory_store) as s:
+        with llmctx.ContextThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: model.complete(f"t{i}"), range(8)))
+        t = threading.Thread(target=llmctx.wrap(model.complete), args=("via wrap",))
+        t.start()
+        t.join()
+        with ThreadPoolExecutor(1) as plain:
+            plain.submit(lambda: seen_plain.append(llmctx.current_session())).result()
+
+        async def in_executor() -> None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, llmctx.wrap(model.complete), "from executor")
+
+        asyncio.run(in_executor())
+    assert s.usage.requests == 10
+    assert seen_plain == [None]
+
+
+def test_stream_consumed_after_scope_exit_charges_its_scope(memory_store: MemoryStore) -> None:
+    """A stream opened in a session and read after it exited is still charged to it."""
+    model = FakeModel()
+    with llmctx.session(store=memory_store) as s:
+        stream = model.stream("alpha beta gamma")
+        first = next(stream)  # opened (and reserved) inside the scope
+    assert s.status == "completed"
+    rest = list(stream)
+    assert [first, *rest] == ["gamma", "beta", "alpha"]
+    assert s.usage.output_tokens == 3 and s.usage.requests == 1
+    assert memory_store.list_calls([s.id])[0].usage.output_tokens == 3
+
+
+def test_stream_abandoned_early_is_charged_as_estimated(memory_store: MemoryStore) -> None:
+    """A consumer that breaks early is charged for what it got and the reservation is settled."""
+    budget = llmctx.Budget(tokens=10_000)
+    model = FakeModel()
+    with llmctx.session(store=memory_store, budget=budget) as s:
+        for word in model.stream("one two three four five", max_tokens=50):
+            assert word == "five"
+            break
+    (call,) = s.calls
+    assert call.estimated and call.metadata.get("abandoned")
+    assert call.usage.output_tokens == 1
+    snap = budget.ledger.snapshot()
+    assert snap.reservations == 0 and snap.spent.tokens == 6
+
+
+def test_exception_mid_stream_releases_and_records(memory_store: MemoryStore) -> None:
+    """An error while a stream is being read settles what was used and records the error."""
+    budget = llmctx.Budget(tokens=10_000)
+    model = FakeModel()
+    with llmctx.session(store=memory_store, budget=budget) as s:
+        stream = model.stream("a b c d")
+        next(stream)
+        with pytest.raises(RuntimeError):
+            stream.throw(RuntimeError("connection reset"))
+    (call,) = s.calls
+    assert call.status == "error" and "connection reset" in (call.error or "")
+    assert budget.ledger.snapshot().reservations == 0
+
+
+def test_budget_stops_the_call_before_it_is_sent(memory_store: MemoryStore) -> None:
+    """A call that could exceed an ancestor's budget raises before the model is reached."""
+    model = FakeModel()
+    with llmctx.session("outer", store=memory_store, budget=llmctx.Budget(tokens=100)) as outer:
+        with llmctx.session("inner"):
+            model.complete("a b c", max_tokens=50)  # worst case 53 fits
+            with pytest.raises(llmctx.BudgetExceeded) as info:
+                model.complete("d e f", max_tokens=95)  # 6 spent + 98 > 100
+    err = info.value
+    assert model.requests_sent == 1
+    assert err.session_id == outer.id and err.dimension == "tokens"
+    assert (err.limit, err.spent, err.reserved, err.requested) == (100, 6, 0, 98)
+    assert "outer" in str(err) and "limit 100" in str(err)
+
+
+def test_money_budget_with_unknown_price_fails_closed(memory_store: MemoryStore) -> None:
+    """With a money budget, a model without a price is refused before sending (never $0)."""
+    model = FakeModel("mystery-model-xyz")
+    with llmctx.session(store=memory_store, budget=llmctx.Budget(usd="1")):
+        with pytest.raises(llmctx.UnknownPrice, match="mystery-model-xyz"):
+            with llmctx.track_call(provider="fake", model="mystery-model-xyz", input_tokens=3):
+                pytest.fail("the call must not be sent")
+    assert model.requests_sent == 0
+
+
+def test_unknown_price_without_money_budget_warns_and_cost_is_none(
+    memory_store: MemoryStore,
+) -> None:
+    """Without a money budget an unpriced call is recorded with cost None, a reason and a warning."""
+    with llmctx.session(store=memory_store) as s:
+        with pytest.warns(llmctx.UnknownPriceWarning, match="unpriced-model-abc"):
+            with llmctx.track_call(provider="acme", model="unpriced-model-abc") as call:
+                call.finish(usage=llmctx.Usage(input_tokens=5, output_tokens=5, requests=1))
+    assert s.cost is None
+    assert "could not be priced" in (s.cost_note or "")
+    assert s.calls[0].cost is None and s.calls[0].cost_note
+
+
+def test_secrets_never_reach_the_store(tmp_path: Path) -> None:
+    """API keys and bearer tokens in a request or error are redacted before they are stored."""
+    store = SQLiteStore(tmp_path / "r.db")
+    secret = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX123456"
+    with llmctx.session(store=store) as s:
+        with llmctx.track_call(
+            provider="openai",
+            model="fake-model",
+            request={
+                "api_key": secret,
+                "headers": {"Authorization": f"Bearer {secret}"},
+                "messages": [{"role": "user", "content": f"my key is {secret}"}],
+                "max_tokens": 5,
+            },
+        ) as call:
+            call.finish(usage=llmctx.Usage(input_tokens=1, requests=1), response="ok")
+        with (
+            pytest.raises(PermissionError),
+            llmctx.track_call(provider="openai", model="fake-model"),
+        ):
+            raise PermissionError(f"401 for key {secret}")
+    store.close()
+    raw = (tmp_path / "r.db").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("r.db-*")
+    )
+    assert secret.encode() not in raw
+    calls = SQLiteStore(tmp_path / "r.db").list_calls([s.id])
+    assert calls[0].request["max_tokens"] == 5  # counts are not mistaken for secrets
+    assert "[REDACTED]" in calls[1].error
+
+
+def test_record_content_false_keeps_usage_not_text(memory_store: MemoryStore) -> None:
+    """record_content=False stores usage and cost but neither prompt nor response."""
+    with llmctx.session(store=memory_store, record_content=False) as s:
+        FakeModel().complete("private words here")
+    (stored,) = memory_store.list_calls([s.id])
+    assert stored.request is None and stored.response is None
+    assert stored.usage.input_tokens == 3
+
+
+def test_record_captures_prompt_response_pairs_without_a_session(tmp_path: Path) -> None:
+    """llmctx.record() captures calls from deep in the stack, with or without a session."""
+    model = FakeModel(reply="pong")
+
+    def deep() -> None:
+        model.complete(
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "ping"}]
+        )
+
+    with llmctx.record() as outer:
+        deep()
+        with llmctx.record() as inner:
+            model.complete("hello")
+    assert [p.prompt for p in outer.pairs] == ["ping", "hello"]
+    assert [p.response for p in outer.pairs] == ["pong", "pong"]
+    assert [p.prompt for p in inner.pairs] == ["hello"]
+    assert outer.to_jsonl(tmp_path / "calls.jsonl") == 2
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_restores_totals_and_budget(tmp_path: Path) -> None:
+    """A failed session resumed from SQLite continues with its totals and budget state."""
+    db = tmp_path / "resume.db"
+    model = FakeModel()
+    with (
+        pytest.raises(RuntimeError),
+        llmctx.session("job", store=str(db), budget=llmctx.Budget(tokens=40)) as first,
+    ):
+        model.complete("a b c d e", max_tokens=10)  # 5 in + 5 out
+        with llmctx.session("step"):
+            model.complete("f g", max_tokens=10)  # 2 in + 2 out
+        raise RuntimeError("worker died")
+    resumed = llmctx.session.resume(first.id, store=str(db))
+    assert resumed.usage == first.usage
+    assert resumed.cost == first.cost
+    assert len(resumed.calls) == 2
+    with resumed as s:
+        assert s.id == first.id
+        assert s.remaining()["tokens"] == 40 - 14
+        with pytest.raises(llmctx.BudgetExceeded):
+            model.complete("h i", max_tokens=30)  # 14 + 32 > 40: the restored budget refuses
+        model.complete("h i", max_tokens=10)
+    assert s.status == "completed"
+    row = SQLiteStore(db).get_session(first.id)
+    assert row is not None and row.status == "completed" and row.metadata["resumed"] == 1
+    assert row.usage.requests == 3
+
+
+def test_resume_unknown_or_completed_session_is_a_clear_error(memory_store: MemoryStore) -> None:
+    """Resuming an unknown id or a completed session says what to do instead."""
+    with pytest.raises(llmctx.SessionNotFound, match="llmctx sessions ls"):
+        llmctx.session.resume("no-such-id", store=memory_store)
+    with llmctx.session(store=memory_store) as s:
+        pass
+    with pytest.raises(llmctx.SessionStateError, match="allow_completed"):
+        llmctx.session.resume(s.id, store=memory_store)
+    assert llmctx.session.resume(s.id, store=memory_store, allow_completed=True).id == s.id
+
+
+def test_bad_session_arguments_are_clear_errors() -> None:
+    """Wrong argument types and negative budgets are refused with the fix in the message."""
+    with pytest.raises(llmctx.ConfigError, match="llmctx.Budget"):
+        llmctx.session(budget={"usd": 1})  # type: ignore[arg-type]
+    with pytest.raises(llmctx.ConfigError, match=">= 0"):
+        llmctx.Budget(usd="-1")
+    with pytest.raises(llmctx.ConfigError, match="whole number"):
+        llmctx.Budget(tokens=1.5)  # type: ignore[arg-type]
+
+
+def test_unwritable_default_db_is_a_clear_error_and_context_stays_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose store cannot be opened raises StoreError and leaves no session current."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("LLMCTX_DB", str(blocker / "sub" / "x.db"))
+    s = llmctx.session()
+    with pytest.raises(llmctx.StoreError, match="LLMCTX_DB"):
+        s.__enter__()
+    assert llmctx.current_session() is None
+    assert s.status == "created"
+
+
+def test_call_survives_sigkill_right_after_it_returned(tmp_path: Path) -> None:
+    """A process killed with SIGKILL right after a call returned still has that call in SQLite."""
+    db = tmp_path / "kill.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, llmctx
+        from llmctx.testing import FakeModel
+        s = llmctx.session("doomed", store={str(db)!r})
+        s.__enter__()
+        reply = FakeModel().complete("survive this please")
+        print(s.id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    session_id = proc.stdout.strip()
+    store = SQLiteStore(db)
+    (call,) = store.list_calls([session_id])
+    assert call.response == "please this survive"
+    row = store.get_session(session_id)
+    assert row is not None and row.status == "running"  # interrupted, resumable
+    resumed = llmctx.session.resume(session_id, store=store)
+    assert resumed.usage.requests == 1
+    assert os.path.exists(db)
