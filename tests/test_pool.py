@@ -1,0 +1,338 @@
+"""ResourcePool: weighted strict-FIFO leases, hand-off on release and cancel, health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from llmctx._exceptions import ConfigError
+from llmctx._limits import AcquireTimeout, WouldBlock
+from llmctx._pool import Lease, ResourcePool
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run the anyio-marked tests on asyncio (the pool's async side is asyncio)."""
+    return "asyncio"
+
+
+async def _until(predicate: Any) -> None:
+    """Yield to the loop until ``predicate()`` holds (bounded by the caller's fail_after)."""
+    # The condition is the pool's internal queue; it exposes no event to wait on.
+    while not predicate():  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("resources", "capacity"),
+    [([], 1), (["a"], 0), (["a"], -2), (["a", "b"], [1]), (["a"], 1.5), (["a"], True)],
+)
+def test_bad_construction_is_a_config_error(resources: list[str], capacity: Any) -> None:
+    """No resources, non-positive or mismatched capacities raise ConfigError."""
+    with pytest.raises(ConfigError):
+        ResourcePool(resources, capacity=capacity)
+
+
+def test_bad_amounts_and_timeouts_are_config_errors() -> None:
+    """amount < 1, amount above every resource's capacity and negative timeouts are rejected."""
+    pool = ResourcePool(["gpu0", "gpu1"], capacity=[8, 24])
+    with pytest.raises(ConfigError, match=">= 1"):
+        pool.acquire(0)
+    with pytest.raises(ConfigError, match="can never be granted"):
+        pool.acquire(25)  # 32 in total, but no single resource has 25
+    with pytest.raises(ConfigError, match="timeout"):
+        pool.acquire(1, timeout=-1)
+    with pytest.raises(ConfigError):
+        pool.acquire_nowait(True)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- basics
+def test_sync_lease_and_statistics() -> None:
+    """`with acquire()` leases from the resource with the most free units and releases on exit."""
+    pool = ResourcePool(["gpu0", "gpu1"], capacity=[8, 24])
+    with pool.acquire(6) as a:
+        assert isinstance(a, Lease)
+        assert (a.resource, a.amount) == ("gpu1", 6)
+        with pool.acquire(10) as b:
+            assert b.resource == "gpu1"  # 18 free there vs 8 on gpu0
+            stats = pool.statistics()
+            assert (stats.capacity, stats.borrowed, stats.available) == (32, 16, 16)
+        assert b.released
+    stats = pool.statistics()
+    assert (stats.borrowed, stats.acquired, stats.waiting) == (0, 2, 0)
+
+
+def test_acquire_nowait_raises_wouldblock_and_release_is_idempotent() -> None:
+    """acquire_nowait takes or raises WouldBlock; releasing twice gives capacity back once."""
+    pool = ResourcePool(["w"], capacity=2)
+    lease = pool.acquire_nowait(2)
+    with pytest.raises(WouldBlock):
+        pool.acquire_nowait(1)
+    lease.release()
+    lease.release()
+    assert pool.statistics().available == 2
+
+
+@pytest.mark.anyio
+async def test_async_lease_released_on_error() -> None:
+    """`async with acquire()` gives the capacity back when the block raises."""
+    pool = ResourcePool(["w"], capacity=3)
+    with anyio.fail_after(5), pytest.raises(KeyError):
+        async with pool.acquire(3):
+            raise KeyError("boom")
+    assert pool.statistics().available == 3
+
+
+# --------------------------------------------------------------------------- FIFO and hand-off
+@pytest.mark.anyio
+async def test_strict_fifo_small_does_not_overtake_large() -> None:
+    """With a large waiter at the head, a small one that would fit waits its turn."""
+    pool = ResourcePool(["gpu"], capacity=10)
+    hold_a = pool.acquire_nowait(5)
+    hold_b = pool.acquire_nowait(5)
+    order: list[str] = []
+
+    async def take(label: str, amount: int) -> None:
+        async with pool.acquire(amount):
+            order.append(label)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, "large", 8)
+            await _until(lambda: pool.statistics().waiting == 1)
+            tg.start_soon(take, "small", 2)
+            await _until(lambda: pool.statistics().waiting == 2)
+            hold_a.release()  # 5 free: "small" would fit, "large" does not
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert order == []
+            with pytest.raises(WouldBlock):
+                pool.acquire_nowait(1)
+            hold_b.release()
+    assert order == ["large", "small"]
+
+
+@pytest.mark.anyio
+async def test_waiter_cancelled_after_grant_passes_capacity_on() -> None:
+    """A task cancelled after capacity was handed to it (before it ran) passes it on."""
+    pool = ResourcePool(["slot"], capacity=1)
+    hold = pool.acquire_nowait()
+    got: list[str] = []
+
+    async def take(label: str) -> None:
+        async with pool.acquire():
+            got.append(label)
+
+    with anyio.fail_after(5):
+        first = asyncio.create_task(take("first"))
+        await _until(lambda: pool.statistics().waiting == 1)
+        second = asyncio.create_task(take("second"))
+        await _until(lambda: pool.statistics().waiting == 2)
+        hold.release()  # granted to "first" right here, under the pool's lock
+        assert pool.statistics().waiting == 1
+        first.cancel()  # ...which is cancelled before it could run
+        await asyncio.gather(first, second, return_exceptions=True)
+    assert got == ["second"]
+    stats = pool.statistics()
+    assert (stats.available, stats.cancellations, stats.acquired) == (1, 1, 2)
+
+
+@pytest.mark.anyio
+async def test_cancelled_head_lets_a_smaller_waiter_in() -> None:
+    """Cancelling a large head waiter re-dispatches, so a smaller waiter that fits gets in."""
+    pool = ResourcePool(["gpu"], capacity=4)
+    hold = pool.acquire_nowait(3)
+    got: list[int] = []
+
+    async def take(amount: int) -> None:
+        async with pool.acquire(amount):
+            got.append(amount)
+
+    with anyio.fail_after(5):
+        big = asyncio.create_task(take(4))
+        await _until(lambda: pool.statistics().waiting == 1)
+        small = asyncio.create_task(take(1))
+        await _until(lambda: pool.statistics().waiting == 2)
+        big.cancel()
+        await asyncio.gather(big, small, return_exceptions=True)
+    hold.release()
+    assert got == [1]
+    assert pool.statistics().available == 4
+
+
+@pytest.mark.anyio
+async def test_timeouts_take_nothing() -> None:
+    """A timed-out waiter raises AcquireTimeout (a TimeoutError), holds nothing, is counted."""
+    pool = ResourcePool(["slot"], capacity=1)
+    hold = pool.acquire_nowait()
+    with anyio.fail_after(5):
+        with pytest.raises(TimeoutError):
+            async with pool.acquire(timeout=0.01):
+                pass
+        with pytest.raises(AcquireTimeout):
+            async with pool.acquire(timeout=0):
+                pass
+    with pytest.raises(AcquireTimeout), pool.acquire(timeout=0.01):
+        pass
+    hold.release()
+    stats = pool.statistics()
+    assert (stats.timeouts, stats.available, stats.waiting) == (3, 1, 0)
+
+
+def test_threads_and_several_event_loops_share_one_pool() -> None:
+    """Threads and tasks on three event loops contend for 3 slots; the count never exceeds 3."""
+    pool = ResourcePool(["a", "b", "c"], capacity=1)
+    lock = threading.Lock()
+    inside = 0
+    peak = 0
+    errors: list[BaseException] = []
+
+    def enter() -> None:
+        nonlocal inside, peak
+        with lock:
+            inside += 1
+            peak = max(peak, inside)
+
+    def leave() -> None:
+        nonlocal inside
+        with lock:
+            inside -= 1
+
+    def thread_worker() -> None:
+        try:
+            for _ in range(200):
+                with pool.acquire(timeout=30):
+                    enter()
+                    leave()
+        except BaseException as exc:  # re-raised by the test thread
+            errors.append(exc)
+
+    def loop_worker() -> None:
+        async def one() -> None:
+            async with pool.acquire(timeout=30):
+                enter()
+                await asyncio.sleep(0)
+                leave()
+
+        async def main() -> None:
+            await asyncio.gather(*(one() for _ in range(200)))
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread_worker) for _ in range(3)]
+    threads += [threading.Thread(target=loop_worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert not any(t.is_alive() for t in threads)
+    assert peak <= 3
+    stats = pool.statistics()
+    assert (stats.acquired, stats.available, stats.waiting) == (1200, 3, 0)
+
+
+# --------------------------------------------------------------------------- health
+def test_failed_health_check_quarantines_and_factory_replaces() -> None:
+    """A resource failing its check is quarantined and replaced; the caller gets a healthy one."""
+    made = itertools.count(100)
+    workers = [{"id": 1, "ok": True}, {"id": 2, "ok": False}]
+
+    def factory() -> dict[str, Any]:
+        return {"id": next(made), "ok": True}
+
+    pool = ResourcePool(workers, capacity=2, health_check=lambda w: w["ok"], factory=factory)
+    with pool.acquire(2) as lease:  # a tie on free units: the first resource
+        assert lease.resource["id"] == 1
+    # a takes worker 1; b is offered worker 2, which fails its check, so b gets worker 1 too.
+    with pool.acquire(1) as a, pool.acquire(1) as b:
+        assert a.resource["ok"]
+        assert b.resource["ok"]
+    pool.close()  # waits for the replacement thread
+    stats = pool.statistics()
+    assert (stats.quarantined, stats.replacements, stats.resources) == (1, 1, 2)
+    assert stats.capacity == 4
+    assert sorted(w["id"] for w in pool.resources) == [1, 100]
+
+
+def test_health_check_that_raises_counts_as_failure_and_pool_shrinks() -> None:
+    """A check that raises quarantines the resource; without a factory its capacity is gone."""
+
+    def check(worker: str) -> bool:
+        if worker == "broken":
+            raise OSError("worker process died")
+        return True
+
+    pool = ResourcePool(["broken", "fine"], capacity=[5, 3], health_check=check)
+    with pool.acquire(3) as lease:  # "broken" (5 free) is tried first and quarantined
+        assert lease.resource == "fine"
+    stats = pool.statistics()
+    assert (stats.capacity, stats.resources, stats.quarantined, stats.available) == (3, 1, 1, 3)
+
+
+def test_from_factory_builds_the_workers() -> None:
+    """from_factory makes `count` workers with the factory and reuses it for replacements."""
+    made = itertools.count()
+    pool = ResourcePool.from_factory(lambda: f"worker-{next(made)}", 3, capacity=2)
+    assert pool.resources == ["worker-0", "worker-1", "worker-2"]
+    assert pool.statistics().capacity == 6
+    with pytest.raises(ConfigError):
+        ResourcePool.from_factory(lambda: "x", 0)
+
+
+# --------------------------------------------------------------------------- randomized
+@pytest.mark.anyio
+async def test_randomized_cancel_and_timeout_leave_the_pool_full() -> None:
+    """100,000 random leases (20% cancelled, 10% with timeouts) end full, FIFO, nothing hung."""
+    rng = random.Random(7)
+    pool = ResourcePool(["g0", "g1", "g2"], capacity=[16, 8, 8])
+    granted: list[tuple[int, int]] = []
+    ticket = 0
+    batches, per_batch = 1000, 100
+
+    async def op(my_ticket: int, amount: int, wait: float | None, hold: int) -> None:
+        try:
+            async with pool.acquire(amount, timeout=wait) as lease:
+                granted.append((lease.sequence, my_ticket))
+                for _ in range(hold):
+                    await asyncio.sleep(0)
+        except AcquireTimeout:
+            return
+
+    with anyio.fail_after(120):
+        for _ in range(batches):
+            blockers = [pool.acquire_nowait(16), pool.acquire_nowait(8), pool.acquire_nowait(8)]
+            tasks = []
+            for _ in range(per_batch):
+                wait = rng.choice([0.0, 0.0005]) if rng.random() < 0.1 else None
+                amount = rng.choice([1, 1, 2, 4, 8, 12])
+                tasks.append(asyncio.create_task(op(ticket, amount, wait, rng.randint(0, 3))))
+                ticket += 1
+            to_cancel = [t for t in tasks if rng.random() < 0.2]
+            await asyncio.sleep(0)  # every task is queued now
+            for b in blockers:
+                b.release()
+            for _ in range(rng.randint(0, 3)):
+                await asyncio.sleep(0)
+            for t in to_cancel:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    stats = pool.statistics()
+    assert (stats.available, stats.borrowed, stats.waiting) == (32, 0, 0)
+    # Tasks may *resume* out of order (a timer fired first); grants must be in queue order.
+    tickets = [t for _, t in sorted(granted)]
+    assert sum(1 for a, b in itertools.pairwise(tickets) if b < a) == 0
+    assert stats.cancellations > 0
+    assert stats.timeouts > 0
+    assert stats.wait_max >= stats.wait_p99 >= stats.wait_p50 >= 0
