@@ -1,0 +1,121 @@
+"""save_call cost of each store, in microseconds per call (the write-through on every LLM call).
+
+Each call is a realistic record (a chat request of ~40 words, a response, usage, a Decimal
+cost) saved together with its session row, exactly as an instrumented client does it.
+
+Usage::
+
+    python benchmarks/bench_stores.py [--calls 5000] [--repeat 3]
+
+PostgreSQL is measured when ``LLMCTX_TEST_POSTGRES_DSN`` is set (a throw-away schema is created
+and dropped). The figure reported is the best of ``--repeat`` runs (least disturbed by other
+load on the machine), with the median next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from llmctx._usage import CallRecord, Usage
+from llmctx.stores import MemoryStore, PostgresStore, SessionRecord, SQLiteStore, Store
+
+
+def _records(n: int, session_id: str) -> list[tuple[CallRecord, SessionRecord]]:
+    session = SessionRecord(id=session_id, name="bench", status="running")
+    request = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Summarise the following text. " * 8},
+        ],
+        "max_tokens": 256,
+        "temperature": 0.2,
+    }
+    out = []
+    for i in range(n):
+        usage = Usage(input_tokens=120, output_tokens=40, requests=1)
+        call = CallRecord(
+            session_id=session_id,
+            provider="openai",
+            model="gpt-4o-mini",
+            request=request,
+            response="A short summary of the text. " * 3,
+            usage=usage,
+            raw_usage={"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160},
+            cost=Decimal("0.000042"),
+            latency_s=0.41,
+            ttfb_s=0.12,
+        )
+        session = session.replace(
+            calls=i + 1, usage=session.usage + usage, cost=session.cost + Decimal("0.000042")
+        )
+        out.append((call, session))
+    return out
+
+
+def _measure(store: Store, n: int, repeat: int) -> tuple[float, float]:
+    warm = _records(200, f"warm-{uuid.uuid4().hex}")
+    for call, session in warm:
+        store.save_call(call, session)
+    runs = []
+    for _ in range(repeat):
+        batch = _records(n, uuid.uuid4().hex)
+        start = time.perf_counter()
+        for call, session in batch:
+            store.save_call(call, session)
+        runs.append((time.perf_counter() - start) / n * 1e6)
+    return min(runs), statistics.median(runs)
+
+
+def main() -> None:
+    """Run the benchmark and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000, help="calls per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per store")
+    args = parser.parse_args()
+
+    results: list[tuple[str, int, float, float]] = []
+
+    def bench(label: str, make: Callable[[], Store], n: int, cleanup: Callable[[], None]) -> None:
+        store = make()
+        try:
+            best, median = _measure(store, n, args.repeat)
+        finally:
+            store.close()
+            cleanup()
+        results.append((label, n, best, median))
+
+    bench("MemoryStore", MemoryStore, args.calls, lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        bench("SQLiteStore (temp file, WAL)", lambda: SQLiteStore(db), args.calls, lambda: None)
+    dsn = os.environ.get("LLMCTX_TEST_POSTGRES_DSN")
+    if dsn:
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+
+        def drop() -> None:
+            import psycopg
+
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+        n_pg = max(args.calls // 5, 200)  # a network round trip each: fewer calls suffice
+        bench("PostgresStore (loopback)", lambda: PostgresStore(dsn, schema=schema), n_pg, drop)
+    else:
+        print("(PostgreSQL skipped: set LLMCTX_TEST_POSTGRES_DSN to include it)")
+
+    print(f"{'store':<30} {'calls':>7} {'best us/op':>11} {'median us/op':>13}")
+    for label, n, best, median in results:
+        print(f"{label:<30} {n:>7} {best:>11.1f} {median:>13.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,627 @@
+"""The store at scale: sessions and calls in PostgreSQL (psycopg 3), one schema per store.
+
+Layout (schema version kept in ``<schema>.llmctx_schema``, so later versions can migrate):
+
+* ``sessions``: usage as ``bigint`` columns, ``cost`` as ``numeric`` (exact Decimal),
+  ``tags``/``budget``/``metadata`` as ``jsonb``, datetimes as ``timestamptz``.
+* ``calls``: ``id`` is the primary key (saving the same call twice keeps one row, so a write
+  retried after a dropped connection is harmless); ``seq`` orders calls that started in the
+  same microsecond; ``request``/``tool_calls``/``raw_usage``/``metadata`` as ``jsonb``.
+
+Naive datetimes are stored as UTC. Rows come back as timezone-aware datetimes (equal to the
+ones saved). PostgreSQL cannot store the NUL character in text or jsonb; such a write raises
+:class:`~llmctx.StoreError`.
+
+psycopg is imported when a store is created, so ``from llmctx.stores import PostgresStore``
+works without the ``postgres`` extra installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .._exceptions import ConfigError, StoreError
+from .._usage import CallRecord, CallStatus, Usage
+from ._base import SessionRecord, SessionStatus
+from .sqlite import _dumps
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "redact_dsn"]
+
+SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_PASSWORD_KV = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+_PASSWORD_URL = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/?#@\s]*:)([^\s]*)@")
+# On the DSN itself (not on free text) a URL password may contain spaces or a stray '@'.
+_PASSWORD_URL_WHOLE = re.compile(r"(?is)^\s*[a-z][a-z0-9+.\-]*://[^:/?#@]*:(.*)@[^@]*$")
+
+
+def redact_dsn(text: str, dsn: str | None = None) -> str:
+    """``text`` with every password of a DSN replaced by ``***``.
+
+    Args:
+        text: a DSN or a message that may quote one (``password=...``, ``user:pass@host``).
+        dsn: the DSN the message is about; its password is also removed wherever it occurs
+            verbatim in ``text`` (libpq quotes malformed fragments back).
+    """
+    secrets: list[str] = []
+    if dsn:
+        whole = _PASSWORD_URL_WHOLE.match(dsn)
+        if whole:
+            secrets.append(whole.group(1))
+        secrets.extend(m.group(2).strip("'") for m in _PASSWORD_KV.finditer(dsn))
+        secrets.extend(m.group(2) for m in _PASSWORD_URL.finditer(dsn))
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _PASSWORD_KV.sub(lambda m: m.group(1) + "***" if m.group(2) else m.group(0), text)
+    return _PASSWORD_URL.sub(lambda m: m.group(1) + "***@", text)
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise StoreError(
+            "PostgresStore needs psycopg 3, which is not installed: pip install 'llmctx[postgres]'"
+        ) from exc
+    return psycopg
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _jsonb(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+_SESSION_COLS = (
+    "id, name, parent_id, status, tags, budget, started_at, ended_at, error, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, cost, "
+    "unpriced_calls, call_count, metadata"
+)
+_SESSION_VALUES = (
+    "%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    "%s::jsonb"
+)
+_CALL_COLS = (
+    "id, session_id, kind, provider, model, request, response, tool_calls, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, "
+    "raw_usage, cost, cost_note, status, error, estimated, started_at, latency_s, ttfb_s, "
+    "ttft_s, metadata"
+)
+_CALL_VALUES = (
+    "%s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
+    "%s, %s, %s, %s, %s, %s, %s, %s::jsonb"
+)
+
+
+def _session_params(r: SessionRecord) -> tuple[Any, ...]:
+    u = r.usage
+    return (
+        r.id,
+        r.name,
+        r.parent_id,
+        r.status,
+        _dumps(r.tags),
+        _jsonb(r.budget),
+        _aware(r.started_at),
+        _aware(r.ended_at),
+        r.error,
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        u.requests,
+        r.cost,
+        r.unpriced_calls,
+        r.calls,
+        _dumps(r.metadata),
+    )
+
+
+def _call_params(c: CallRecord) -> tuple[Any, ...]:
+    u = c.usage
+    return (
+        c.id,
+        c.session_id,
+        c.kind,
+        c.provider,
+        c.model,
+        _jsonb(c.request),
+        c.response,
+        _jsonb(c.tool_calls),
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        u.requests,
+        _jsonb(c.raw_usage),
+        c.cost,
+        c.cost_note,
+        c.status,
+        c.error,
+        c.estimated,
+        _aware(c.started_at),
+        c.latency_s,
+        c.ttfb_s,
+        c.ttft_s,
+        _dumps(c.metadata),
+    )
+
+
+def _session_from_row(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        name=row[1],
+        parent_id=row[2],
+        status=cast(SessionStatus, row[3]),
+        tags=row[4],
+        budget=row[5],
+        started_at=row[6].astimezone(UTC),
+        ended_at=None if row[7] is None else row[7].astimezone(UTC),
+        error=row[8],
+        usage=Usage(row[9], row[10], row[11], row[12], row[13], row[14]),
+        cost=Decimal(row[15]),
+        unpriced_calls=row[16],
+        calls=row[17],
+        metadata=row[18],
+    )
+
+
+def _call_from_row(row: Sequence[Any]) -> CallRecord:
+    return CallRecord(
+        id=row[0],
+        session_id=row[1],
+        kind=row[2],
+        provider=row[3],
+        model=row[4],
+        request=row[5],
+        response=row[6],
+        tool_calls=row[7],
+        usage=Usage(row[8], row[9], row[10], row[11], row[12], row[13]),
+        raw_usage=row[14],
+        cost=row[15],
+        cost_note=row[16],
+        status=cast(CallStatus, row[17]),
+        error=row[18],
+        estimated=row[19],
+        started_at=row[20].astimezone(UTC),
+        latency_s=row[21],
+        ttfb_s=row[22],
+        ttft_s=row[23],
+        metadata=row[24],
+    )
+
+
+# A libpq connection must not be used (nor closed: that would end the parent's server
+# session) across fork(); a forked child opens its own.
+_LIVE: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+_ORPHANS: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_LIVE):
+        store._forget_connection_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class PostgresStore:
+    """Sessions and calls in a PostgreSQL schema; thread-safe, one connection behind a lock.
+
+    Every method runs in its own transaction and commits before returning. When the server
+    drops the connection (a restart, an idle timeout) the next method reconnects and runs once
+    more; every method is idempotent, so a retried write never doubles a row.
+
+    Args:
+        dsn: a libpq connection string, ``postgresql://user:pass@host:5432/db`` or
+            ``host=... dbname=...``.
+        schema: the schema holding the tables; created with them when missing.
+        connect_timeout: seconds to wait for the server when connecting.
+
+    Raises:
+        ConfigError: the DSN is malformed or ``schema`` is not a plain identifier (messages
+            never contain the password).
+        StoreError: psycopg is not installed, the server cannot be reached, or the schema was
+            written by a newer llmctx.
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "llmctx", connect_timeout: float = 10.0) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigError(
+                f"schema {schema!r} is not a plain PostgreSQL identifier; use letters, digits "
+                "and underscores (at most 63), not starting with a digit"
+            )
+        self._psycopg = _import_psycopg()
+        try:
+            params = self._psycopg.conninfo.conninfo_to_dict(dsn)
+        except self._psycopg.Error as exc:
+            raise ConfigError(
+                f"malformed PostgreSQL DSN {redact_dsn(dsn, dsn)!r}: "
+                f"{redact_dsn(str(exc), dsn)}. Expected postgresql://user:password@host:port/"
+                "dbname or 'host=... port=... dbname=... user=...'"
+            ) from None
+        self._dsn = dsn
+        self.schema = schema
+        host = str(params.get("host") or params.get("hostaddr") or "localhost")
+        port = str(params.get("port") or "5432")
+        self._where = f"{host}:{port}"
+        self._dbname = str(params.get("dbname") or params.get("user") or "")
+        self._user = str(params.get("user") or "")
+        self._connect_timeout = max(1, round(connect_timeout))
+        self._has_timeout = "connect_timeout" in params
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sql = _Statements(schema)
+        self._conn: psycopg.Connection[Any] | None = self._connect()
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<PostgresStore {self._where}/{self._dbname} schema={self.schema!r}{state}>"
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _describe(self) -> str:
+        who = f", user {self._user!r}" if self._user else ""
+        return f"PostgreSQL at {self._where} (database {self._dbname!r}{who})"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        kwargs: dict[str, Any] = {"autocommit": False}
+        if not self._has_timeout:
+            kwargs["connect_timeout"] = self._connect_timeout
+        try:
+            conn = self._psycopg.connect(self._dsn, **kwargs)
+        except self._psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to {self._describe()}: "
+                f"{redact_dsn(str(exc).strip(), self._dsn)}. Check that the server is running "
+                "and the DSN (LLMCTX_DB) is right"
+            ) from None
+        try:
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return cast("psycopg.Connection[Any]", conn)
+
+    def _migrate(self, conn: Any) -> None:
+        sql = self._sql
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (f"{sql.q}.llmctx_schema",))
+                row = cur.fetchone()
+                version = 0
+                if row is not None and row[0] is not None:
+                    cur.execute(f"SELECT max(version) FROM {sql.q}.llmctx_schema")
+                    found = cur.fetchone()
+                    version = int(found[0] or 0) if found else 0
+                if version < SCHEMA_VERSION:
+                    # Serialise concurrent creators: IF NOT EXISTS alone races on the catalogs.
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.q,))
+                    for statement in sql.schema_ddl:
+                        cur.execute(statement)
+                    cur.execute(f"SELECT max(version) FROM {sql.q}.llmctx_schema")
+                    found = cur.fetchone()
+                    if not found or found[0] is None:
+                        cur.execute(
+                            f"INSERT INTO {sql.q}.llmctx_schema (version) VALUES (%s)",
+                            (SCHEMA_VERSION,),
+                        )
+                    version = SCHEMA_VERSION
+            conn.commit()
+        except self._psycopg.Error as exc:
+            conn.rollback()
+            raise StoreError(
+                f"cannot create or read the llmctx tables in schema {self.schema!r} of "
+                f"{self._describe()}: {redact_dsn(str(exc).strip(), self._dsn)}. The user needs "
+                "the CREATE privilege on the database, or create the schema beforehand"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"schema {self.schema!r} of {self._describe()} has llmctx schema version "
+                f"{version}, newer than this llmctx understands ({SCHEMA_VERSION}); upgrade "
+                "llmctx or use another schema"
+            )
+
+    def _forget_connection_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        if self._conn is not None:
+            _ORPHANS.append(self._conn)
+            self._conn = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise StoreError(
+                f"the store on {self._describe()} is closed; open a new one "
+                "(llmctx.stores.open_store)"
+            )
+        conn = self._conn
+        if conn is None or conn.broken or conn.closed:
+            self._conn = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = self._conn = self._connect()
+        return conn
+
+    def _run(self, action: str, body: Callable[[Any], _T]) -> _T:
+        """Run ``body(cursor)`` in one transaction, reconnecting once if the link dropped."""
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._connection()
+                try:
+                    with conn.cursor() as cur:
+                        result = body(cur)
+                    conn.commit()
+                    return result
+                except BaseException as exc:
+                    # Also on KeyboardInterrupt: the shared connection must leave the
+                    # transaction before the next method uses it.
+                    if not conn.broken and not conn.closed:
+                        with contextlib.suppress(self._psycopg.Error):
+                            conn.rollback()
+                    if not isinstance(exc, self._psycopg.Error):
+                        raise
+                    if attempt == 1 and (conn.broken or conn.closed):
+                        continue
+                    raise StoreError(
+                        f"could not {action} in schema {self.schema!r} of {self._describe()}: "
+                        f"{redact_dsn(str(exc).strip(), self._dsn)}"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- Store protocol --------------------------------------------------------------------
+
+    def save_session(self, record: SessionRecord) -> None:
+        """Insert or replace the session row (committed before returning).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        params = _session_params(record)
+        self._run(f"save session {record.id!r}", lambda cur: cur.execute(self._sql.upsert, params))
+
+    def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        """Insert one call and, when given, upsert its session in the same transaction.
+
+        A KeyboardInterrupt or cancellation before the commit rolls both back.
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        call_params = _call_params(call)
+        session_params = None if session is None else _session_params(session)
+
+        def body(cur: Any) -> None:
+            cur.execute(self._sql.insert_call, call_params)
+            if session_params is not None:
+                cur.execute(self._sql.upsert, session_params)
+
+        self._run(f"save call {call.id!r}", body)
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session row, or None.
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+
+        def body(cur: Any) -> SessionRecord | None:
+            cur.execute(f"{self._sql.select} WHERE id = %s", (session_id,))
+            row = cur.fetchone()
+            return None if row is None else _session_from_row(row)
+
+        return self._run("read a session", body)
+
+    def list_sessions(
+        self,
+        *,
+        limit: int | None = 50,
+        status: str | None = None,
+        parent_id: str | None = None,
+        roots_only: bool = False,
+    ) -> list[SessionRecord]:
+        """Sessions, newest first, filtered by status / parent / roots only.
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = %s")
+            params.append(status)
+        if parent_id is not None:
+            where.append("parent_id = %s")
+            params.append(parent_id)
+        if roots_only:
+            where.append("parent_id IS NULL")
+        sql = self._sql.select
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(max(limit, 0))
+
+        def body(cur: Any) -> list[SessionRecord]:
+            cur.execute(sql, params)
+            return [_session_from_row(r) for r in cur.fetchall()]
+
+        return self._run("list sessions", body)
+
+    def list_calls(self, session_ids: Sequence[str]) -> list[CallRecord]:
+        """Calls of the given sessions, oldest first.
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+        ids = list(dict.fromkeys(session_ids))
+        if not ids:
+            return []
+
+        def body(cur: Any) -> list[CallRecord]:
+            cur.execute(self._sql.list_calls, (ids,))
+            return [_call_from_row(r) for r in cur.fetchall()]
+
+        return self._run("list calls", body)
+
+    def session_tree(self, session_id: str) -> list[SessionRecord]:
+        """The session and all its descendants (the session first, then by start time).
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+
+        def body(cur: Any) -> list[SessionRecord]:
+            cur.execute(self._sql.tree, (session_id, session_id))
+            return [_session_from_row(r) for r in cur.fetchall()]
+
+        return self._run("read a session tree", body)
+
+    def delete_session(self, session_id: str) -> int:
+        """Delete a session, its descendants and their calls in one transaction.
+
+        Returns:
+            How many sessions were deleted (0 when the id is unknown).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+
+        def body(cur: Any) -> int:
+            cur.execute(self._sql.delete_calls, (session_id,))
+            cur.execute(self._sql.delete_sessions, (session_id,))
+            return int(cur.rowcount)
+
+        return self._run(f"delete session {session_id!r}", body)
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless, using it afterwards raises."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def drop_schema(self) -> None:
+        """Drop this store's schema and everything in it (for tests and teardown).
+
+        Raises:
+            StoreError: the drop failed or the store is closed.
+        """
+        self._run(f"drop schema {self.schema!r}", lambda cur: cur.execute(self._sql.drop))
+
+
+class _Statements:
+    """The SQL of one schema, built once (psycopg prepares statements it sees repeatedly)."""
+
+    def __init__(self, schema: str) -> None:
+        q = f'"{schema}"'  # validated as a plain identifier by the caller
+        self.q = q
+        self.schema_ddl: Iterable[str] = (
+            f"CREATE SCHEMA IF NOT EXISTS {q}",
+            f"CREATE TABLE IF NOT EXISTS {q}.llmctx_schema (version integer NOT NULL)",
+            f"""CREATE TABLE IF NOT EXISTS {q}.sessions (
+                id                 text PRIMARY KEY,
+                name               text,
+                parent_id          text,
+                status             text NOT NULL,
+                tags               jsonb NOT NULL,
+                budget             jsonb,
+                started_at         timestamptz NOT NULL,
+                ended_at           timestamptz,
+                error              text,
+                input_tokens       bigint NOT NULL,
+                output_tokens      bigint NOT NULL,
+                cache_read_tokens  bigint NOT NULL,
+                cache_write_tokens bigint NOT NULL,
+                reasoning_tokens   bigint NOT NULL,
+                requests           bigint NOT NULL,
+                cost               numeric NOT NULL,
+                unpriced_calls     integer NOT NULL,
+                call_count         integer NOT NULL,
+                metadata           jsonb NOT NULL
+            )""",
+            f"CREATE INDEX IF NOT EXISTS sessions_started ON {q}.sessions (started_at)",
+            f"CREATE INDEX IF NOT EXISTS sessions_parent ON {q}.sessions (parent_id)",
+            f"""CREATE TABLE IF NOT EXISTS {q}.calls (
+                id                 text PRIMARY KEY,
+                seq                bigint GENERATED ALWAYS AS IDENTITY,
+                session_id         text,
+                kind               text NOT NULL,
+                provider           text,
+                model              text,
+                request            jsonb,
+                response           text,
+                tool_calls         jsonb,
+                input_tokens       bigint NOT NULL,
+                output_tokens      bigint NOT NULL,
+                cache_read_tokens  bigint NOT NULL,
+                cache_write_tokens bigint NOT NULL,
+                reasoning_tokens   bigint NOT NULL,
+                requests           bigint NOT NULL,
+                raw_usage          jsonb,
+                cost               numeric,
+                cost_note          text,
+                status             text NOT NULL,
+                error              text,
+                estimated          boolean NOT NULL,
+                started_at         timestamptz NOT NULL,
+                latency_s          double precision,
+                ttfb_s             double precision,
+                ttft_s             double precision,
+                metadata           jsonb NOT NULL
+            )""",
+            f"CREATE INDEX IF NOT EXISTS calls_session ON {q}.calls (session_id, started_at)",
+        )
+        update = ", ".join(
+            f"{c} = excluded.{c}"
+            for c in (c.strip() for c in _SESSION_COLS.split(","))
+            if c != "id"
+        )
+        self.upsert = (
+            f"INSERT INTO {q}.sessions ({_SESSION_COLS}) VALUES ({_SESSION_VALUES}) "
+            f"ON CONFLICT (id) DO UPDATE SET {update}"
+        )
+        self.insert_call = (
+            f"INSERT INTO {q}.calls ({_CALL_COLS}) VALUES ({_CALL_VALUES}) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        self.select = f"SELECT {_SESSION_COLS} FROM {q}.sessions"
+        self.list_calls = (
+            f"SELECT {_CALL_COLS} FROM {q}.calls WHERE session_id = ANY(%s) "
+            "ORDER BY started_at, seq"
+        )
+        # UNION (not UNION ALL): a parent_id cycle in damaged data still terminates.
+        cte = (
+            f"WITH RECURSIVE tree(id) AS (SELECT id FROM {q}.sessions WHERE id = %s "
+            f"UNION SELECT s.id FROM {q}.sessions s JOIN tree t ON s.parent_id = t.id) "
+        )
+        self.tree = (
+            f"{cte}SELECT {_SESSION_COLS} FROM {q}.sessions WHERE id IN (SELECT id FROM tree) "
+            "ORDER BY id <> %s, started_at, id"
+        )
+        self.delete_calls = f"{cte}DELETE FROM {q}.calls WHERE session_id IN (SELECT id FROM tree)"
+        self.delete_sessions = f"{cte}DELETE FROM {q}.sessions WHERE id IN (SELECT id FROM tree)"
+        self.drop = f"DROP SCHEMA IF EXISTS {q} CASCADE"

@@ -1,0 +1,663 @@
+"""The default store: one SQLite file in WAL mode, written through on every call.
+
+Durability: WAL with ``synchronous=NORMAL``. A committed transaction survives the process
+being killed at any point (SIGKILL included); after a power loss or an OS crash the last few
+transactions may be rolled back, but the file is never corrupted. That is the guarantee llmctx
+gives, and it keeps a ``save_call`` in the tens of microseconds because a commit writes the WAL
+without waiting for an fsync.
+
+Layout (``PRAGMA user_version`` holds the schema version, so later versions can migrate):
+
+* ``sessions``: one row per session; usage as integer columns, ``cost`` as Decimal text,
+  ``tags``/``budget``/``metadata`` as JSON text, datetimes as ISO 8601 text plus an integer
+  ``started_us`` (microseconds since the epoch) that orders rows whatever their time zone.
+* ``calls``: one row per call; ``request``/``tool_calls``/``raw_usage``/``metadata`` as JSON
+  text.
+
+Rows are not tied together by foreign-key constraints on purpose: a call must be kept even
+when its session row was never written (a process killed between the two), and deletes walk
+the tree explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+from .._exceptions import ConfigError, StoreError
+from .._usage import CallRecord, CallStatus, Usage
+from ._base import SessionRecord, SessionStatus
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# Placeholders per IN (...) list; well under SQLite's oldest default limit of 999 variables.
+_CHUNK = 500
+# A URL scheme of two letters or more (one letter is a Windows drive: C:/db).
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT,
+    parent_id          TEXT,
+    status             TEXT NOT NULL,
+    tags               TEXT NOT NULL,
+    budget             TEXT,
+    started_at         TEXT NOT NULL,
+    started_us         INTEGER NOT NULL,
+    ended_at           TEXT,
+    error              TEXT,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    requests           INTEGER NOT NULL,
+    cost               TEXT NOT NULL,
+    unpriced_calls     INTEGER NOT NULL,
+    call_count         INTEGER NOT NULL,
+    metadata           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_us);
+CREATE INDEX IF NOT EXISTS sessions_parent ON sessions (parent_id);
+CREATE TABLE IF NOT EXISTS calls (
+    id                 TEXT NOT NULL,
+    session_id         TEXT,
+    kind               TEXT NOT NULL,
+    provider           TEXT,
+    model              TEXT,
+    request            TEXT,
+    response           TEXT,
+    tool_calls         TEXT,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    requests           INTEGER NOT NULL,
+    raw_usage          TEXT,
+    cost               TEXT,
+    cost_note          TEXT,
+    status             TEXT NOT NULL,
+    error              TEXT,
+    estimated          INTEGER NOT NULL,
+    started_at         TEXT NOT NULL,
+    started_us         INTEGER NOT NULL,
+    latency_s          REAL,
+    ttfb_s             REAL,
+    ttft_s             REAL,
+    metadata           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_session ON calls (session_id, started_us);
+"""
+
+_SESSION_COLS = (
+    "id, name, parent_id, status, tags, budget, started_at, started_us, ended_at, error, "
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
+    "requests, cost, unpriced_calls, call_count, metadata"
+)
+_SESSION_UPDATE = ", ".join(
+    f"{c} = excluded.{c}" for c in (c.strip() for c in _SESSION_COLS.split(",")) if c != "id"
+)
+# An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, which would change its
+# rowid (the tie-breaker of the orderings below).
+_UPSERT_SESSION = (
+    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
+    f"ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
+)
+# The hot path's upsert leaves the indexed columns alone (SQLite rewrites an index entry for
+# every indexed column in SET, changed or not); when they did change it updates nothing and
+# save_call falls back to the full upsert.
+_UPSERT_SESSION_TOTALS = (
+    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in (c.strip() for c in _SESSION_COLS.split(","))
+        if c not in {"id", "parent_id", "started_us"}
+    )
+    + " WHERE sessions.parent_id IS excluded.parent_id"
+    " AND sessions.started_us = excluded.started_us"
+)
+_SELECT_SESSION = f"SELECT {_SESSION_COLS} FROM sessions"
+
+_CALL_COLS = (
+    "id, session_id, kind, provider, model, request, response, tool_calls, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, "
+    "raw_usage, cost, cost_note, status, error, estimated, started_at, started_us, latency_s, "
+    "ttfb_s, ttft_s, metadata"
+)
+_INSERT_CALL = f"INSERT INTO calls ({_CALL_COLS}) VALUES ({', '.join('?' * 26)})"
+
+# UNION (not UNION ALL) on the id alone: a parent_id cycle in damaged data still terminates.
+_TREE_CTE = (
+    "WITH RECURSIVE tree(id) AS (SELECT id FROM sessions WHERE id = ? "
+    "UNION SELECT s.id FROM sessions s JOIN tree t ON s.parent_id = t.id) "
+)
+
+
+def default_sqlite_path() -> Path:
+    """The default database file: ``platformdirs.user_data_dir("llmctx")/llmctx.db``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("llmctx", appauthor=False)) / "llmctx.db"
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """The file path of a ``sqlite:`` URL: ``sqlite:///abs/path.db`` or ``sqlite:rel.db``.
+
+    Raises:
+        ConfigError: ``url`` does not name a file.
+    """
+    from urllib.parse import unquote
+
+    rest = url[len("sqlite:") :] if url.lower().startswith("sqlite:") else url
+    if rest.startswith("//"):
+        rest = rest[2:]
+        if not rest.startswith("/"):
+            raise ConfigError(
+                f"SQLite URL {url!r} has a host part; use sqlite:///absolute/path.db "
+                "or sqlite:relative/path.db"
+            )
+        # sqlite:///C:/x.db on Windows names C:/x.db.
+        if len(rest) > 2 and rest[2] == ":" and rest[1].isalpha():
+            rest = rest[1:]
+    rest = unquote(rest.split("?", 1)[0])
+    if not rest:
+        raise ConfigError(
+            f"SQLite URL {url!r} names no file; use sqlite:///absolute/path.db "
+            "or sqlite:relative/path.db"
+        )
+    return rest
+
+
+def _resolve_path(path: str | os.PathLike[str] | None) -> str:
+    if path is None:
+        env = os.environ.get("LLMCTX_DB", "").strip()
+        if not env:
+            return str(default_sqlite_path())
+        if env.lower().startswith("sqlite:"):
+            return sqlite_path_from_url(env)
+        scheme = _SCHEME.match(env)
+        if scheme is not None:
+            raise ConfigError(
+                f"LLMCTX_DB is a {scheme.group(1)!r} URL, not a SQLite file; open it with "
+                "llmctx.stores.open_store() or default_store() instead of SQLiteStore()"
+            )
+        path = env
+    text = os.fspath(path)
+    if text.lower().startswith("sqlite:"):
+        return sqlite_path_from_url(text)
+    if text == ":memory:":
+        return text
+    return str(Path(text).expanduser())
+
+
+# One encoder for the process: json.dumps() with options builds a new encoder on every call.
+_dumps = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _dumps_opt(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def _loads_opt(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _epoch_us(value: datetime) -> int:
+    # Naive datetimes are taken as UTC for ordering; the ISO text keeps them as they were.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _US
+
+
+def _dt_opt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _session_params(r: SessionRecord) -> tuple[Any, ...]:
+    u = r.usage
+    return (
+        r.id,
+        r.name,
+        r.parent_id,
+        r.status,
+        _dumps(r.tags) if r.tags else "{}",
+        _dumps_opt(r.budget),
+        r.started_at.isoformat(),
+        _epoch_us(r.started_at),
+        None if r.ended_at is None else r.ended_at.isoformat(),
+        r.error,
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        u.requests,
+        str(r.cost),
+        r.unpriced_calls,
+        r.calls,
+        _dumps(r.metadata) if r.metadata else "{}",
+    )
+
+
+def _call_params(c: CallRecord) -> tuple[Any, ...]:
+    u = c.usage
+    return (
+        c.id,
+        c.session_id,
+        c.kind,
+        c.provider,
+        c.model,
+        _dumps_opt(c.request),
+        c.response,
+        _dumps_opt(c.tool_calls),
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        u.requests,
+        _dumps_opt(c.raw_usage),
+        None if c.cost is None else str(c.cost),
+        c.cost_note,
+        c.status,
+        c.error,
+        1 if c.estimated else 0,
+        c.started_at.isoformat(),
+        _epoch_us(c.started_at),
+        c.latency_s,
+        c.ttfb_s,
+        c.ttft_s,
+        _dumps(c.metadata) if c.metadata else "{}",
+    )
+
+
+def _session_from_row(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        name=row[1],
+        parent_id=row[2],
+        status=cast(SessionStatus, row[3]),
+        tags=json.loads(row[4]),
+        budget=_loads_opt(row[5]),
+        started_at=datetime.fromisoformat(row[6]),
+        ended_at=_dt_opt(row[8]),
+        error=row[9],
+        usage=Usage(row[10], row[11], row[12], row[13], row[14], row[15]),
+        cost=Decimal(row[16]),
+        unpriced_calls=row[17],
+        calls=row[18],
+        metadata=json.loads(row[19]),
+    )
+
+
+def _call_from_row(row: Sequence[Any]) -> CallRecord:
+    return CallRecord(
+        id=row[0],
+        session_id=row[1],
+        kind=row[2],
+        provider=row[3],
+        model=row[4],
+        request=_loads_opt(row[5]),
+        response=row[6],
+        tool_calls=_loads_opt(row[7]),
+        usage=Usage(row[8], row[9], row[10], row[11], row[12], row[13]),
+        raw_usage=_loads_opt(row[14]),
+        cost=None if row[15] is None else Decimal(row[15]),
+        cost_note=row[16],
+        status=cast(CallStatus, row[17]),
+        error=row[18],
+        estimated=bool(row[19]),
+        started_at=datetime.fromisoformat(row[20]),
+        latency_s=row[22],
+        ttfb_s=row[23],
+        ttft_s=row[24],
+        metadata=json.loads(row[25]),
+    )
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+# A SQLite connection must not be used across fork(); a forked child gets fresh connections.
+_LIVE: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_ORPHANS: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_LIVE):
+        store._forget_connection_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SQLiteStore:
+    """Sessions and calls in one SQLite file (WAL, ``synchronous=NORMAL``); thread-safe.
+
+    One connection is shared by every thread behind a lock: SQLite takes one writer at a time
+    anyway, and a Python lock hands the connection over faster than SQLite's busy-wait would
+    between several connections. Other processes may use the same file at the same time.
+
+    Args:
+        path: the database file; ``None`` means ``$LLMCTX_DB``, else
+            ``platformdirs.user_data_dir("llmctx")/llmctx.db``. ``sqlite:`` URLs and
+            ``":memory:"`` are accepted. Missing parent directories are created.
+
+    Raises:
+        StoreError: the file cannot be created or opened for writing, is not a SQLite
+            database, or was written by a newer llmctx.
+        ConfigError: ``path`` is ``None`` and ``$LLMCTX_DB`` names a non-SQLite URL.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = _resolve_path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conn: sqlite3.Connection | None = self._connect()
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<SQLiteStore {self.path!r}{state}>"
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _fail_open(self, problem: str) -> StoreError:
+        return StoreError(
+            f"cannot open the llmctx SQLite store at {self.path}: {problem}. "
+            "Set LLMCTX_DB or pass a writable path"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._fail_open(
+                    f"its directory {parent} cannot be created ({exc.strerror or exc})"
+                ) from exc
+            if Path(self.path).is_dir():
+                raise self._fail_open("that path is a directory")
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # transactions are begun explicitly below
+                check_same_thread=False,  # guarded by self._lock
+                cached_statements=64,
+            )
+        except sqlite3.Error as exc:
+            raise self._fail_open(str(exc)) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() not in {"wal", "memory"}:
+                raise self._fail_open(f"WAL mode could not be enabled (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+                raise StoreError(
+                    f"{self.path} is not a SQLite database (llmctx's store must be one). "
+                    "Set LLMCTX_DB or pass the path of a new or existing llmctx database"
+                ) from exc
+            raise self._fail_open(str(exc)) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the SQLite store at {self.path} has schema version {version}, newer than "
+                f"this llmctx understands ({SCHEMA_VERSION}); upgrade llmctx or use another "
+                "file (set LLMCTX_DB)"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have created the schema while this one waited for the lock.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                foreign = conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name IN ('sessions', 'calls')"
+                ).fetchall()
+                if foreign:
+                    raise StoreError(
+                        f"{self.path} already has tables named sessions/calls that llmctx did "
+                        "not create; set LLMCTX_DB or pass another path"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _forget_connection_after_fork(self) -> None:
+        # The parent still owns the inherited connection: closing it here could disturb the
+        # parent's locks, so it is parked (never used again) and a new one is opened lazily.
+        self._lock = threading.Lock()
+        if self._conn is not None:
+            _ORPHANS.append(self._conn)
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(
+                f"the SQLite store at {self.path} is closed; open a new one "
+                "(llmctx.stores.open_store)"
+            )
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"could not {action} in the SQLite store at {self.path}: {exc}")
+
+    @staticmethod
+    def _abort(conn: sqlite3.Connection) -> None:
+        # A KeyboardInterrupt between BEGIN and COMMIT must not leave the shared connection
+        # inside a transaction (the next BEGIN would fail).
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _write(self, statements: Sequence[tuple[str, tuple[Any, ...]]], action: str) -> None:
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._abort(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(action, exc) from exc
+                raise
+
+    def _read(self, sql: str, params: Sequence[Any], action: str) -> list[Any]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(action, exc) from exc
+
+    # -- Store protocol --------------------------------------------------------------------
+
+    def save_session(self, record: SessionRecord) -> None:
+        """Insert or replace the session row (committed before returning).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        self._write([(_UPSERT_SESSION, _session_params(record))], f"save session {record.id!r}")
+
+    def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        """Insert one call and, when given, upsert its session in the same transaction.
+
+        The call is appended as is (like MemoryStore, saving the same call twice keeps two
+        rows). A KeyboardInterrupt or cancellation before the commit rolls both back; once
+        this returns both rows survive the process being killed.
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        call_params = _call_params(call)
+        session_params = None if session is None else _session_params(session)
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_INSERT_CALL, call_params)
+                if (
+                    session_params is not None
+                    and conn.execute(_UPSERT_SESSION_TOTALS, session_params).rowcount == 0
+                ):
+                    conn.execute(_UPSERT_SESSION, session_params)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._abort(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(f"save call {call.id!r}", exc) from exc
+                raise
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session row, or None.
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+        rows = self._read(f"{_SELECT_SESSION} WHERE id = ?", (session_id,), "read a session")
+        return _session_from_row(rows[0]) if rows else None
+
+    def list_sessions(
+        self,
+        *,
+        limit: int | None = 50,
+        status: str | None = None,
+        parent_id: str | None = None,
+        roots_only: bool = False,
+    ) -> list[SessionRecord]:
+        """Sessions, newest first, filtered by status / parent / roots only.
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            params.append(parent_id)
+        if roots_only:
+            where.append("parent_id IS NULL")
+        sql = _SELECT_SESSION
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_us DESC, rowid DESC LIMIT ?"
+        params.append(-1 if limit is None else max(limit, 0))
+        return [_session_from_row(r) for r in self._read(sql, params, "list sessions")]
+
+    def list_calls(self, session_ids: Sequence[str]) -> list[CallRecord]:
+        """Calls of the given sessions, oldest first.
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+        ids = list(dict.fromkeys(session_ids))
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            sql = (
+                f"SELECT {_CALL_COLS}, rowid FROM calls WHERE session_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY started_us, rowid"
+            )
+            rows.extend(self._read(sql, chunk, "list calls"))
+        if len(ids) > _CHUNK:
+            rows.sort(key=lambda r: (r[21], r[26]))
+        return [_call_from_row(r) for r in rows]
+
+    def session_tree(self, session_id: str) -> list[SessionRecord]:
+        """The session and all its descendants (the session first, then by start time).
+
+        Raises:
+            StoreError: the read failed or the store is closed.
+        """
+        sql = (
+            f"{_TREE_CTE}SELECT {_SESSION_COLS} FROM sessions WHERE id IN (SELECT id FROM tree) "
+            "ORDER BY id != ?, started_us, rowid"
+        )
+        rows = self._read(sql, (session_id, session_id), "read a session tree")
+        return [_session_from_row(r) for r in rows]
+
+    def delete_session(self, session_id: str) -> int:
+        """Delete a session, its descendants and their calls in one transaction.
+
+        Returns:
+            How many sessions were deleted (0 when the id is unknown).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # The CTE sits inside the IN (...) so that the statement starts with DELETE:
+                # sqlite3 reports rowcount only for statements it recognises as DML.
+                conn.execute(
+                    f"DELETE FROM calls WHERE session_id IN ({_TREE_CTE}SELECT id FROM tree)",
+                    (session_id,),
+                )
+                deleted = conn.execute(
+                    f"DELETE FROM sessions WHERE id IN ({_TREE_CTE}SELECT id FROM tree)",
+                    (session_id,),
+                ).rowcount
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._abort(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(f"delete session {session_id!r}", exc) from exc
+                raise
+        return int(deleted)
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless, using it afterwards raises."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

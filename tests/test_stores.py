@@ -1,0 +1,702 @@
+"""The stores: one protocol suite run on memory, SQLite and PostgreSQL, then each store's own
+guarantees (crash durability, concurrency, clear errors) and open_store/default_store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmctx
+from llmctx._exceptions import ConfigError, StoreError
+from llmctx._usage import CallRecord, Usage
+from llmctx.stores import (
+    MemoryStore,
+    PostgresStore,
+    SessionRecord,
+    SQLiteStore,
+    Store,
+    default_store,
+    open_store,
+)
+from llmctx.stores.postgres import redact_dsn
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+SECRET = "s3cr3t-Pa55"
+
+
+def _session(sid: str, n: int = 0, **kw: Any) -> SessionRecord:
+    return SessionRecord(id=sid, name=f"name-{sid}", started_at=T0 + timedelta(seconds=n), **kw)
+
+
+def _call(sid: str | None, n: int = 0, **kw: Any) -> CallRecord:
+    return CallRecord(session_id=sid, started_at=T0 + timedelta(milliseconds=n), **kw)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator[Store]:
+    """Each store, empty; PostgreSQL gets a schema of its own, dropped afterwards."""
+    if request.param == "memory":
+        s: Store = MemoryStore()
+        yield s
+        s.close()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "store.db")
+        yield s
+        s.close()
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        pg = PostgresStore(dsn, schema=f"t_{unique}")
+        try:
+            yield pg
+        finally:
+            pg.close()
+            _drop_schema(dsn, f"t_{unique}")
+
+
+def _drop_schema(dsn: str, schema: str) -> None:
+    """Drop a test schema through a connection of its own (the store may be closed)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _full_session() -> SessionRecord:
+    return SessionRecord(
+        id="sess-ü-1",
+        name="données 🚀 «test»",
+        parent_id="parent-0",
+        status="failed",
+        tags={"team": "ünïcødé", "env": "prod"},
+        budget={"usd": "0.50", "tokens": 50_000, "requests": None},
+        started_at=T0,
+        ended_at=T0 + timedelta(seconds=3, microseconds=7),
+        error="RuntimeError: boom — ✗",
+        usage=Usage(1200, 340, 1000, 50, 20, 3),
+        cost=Decimal("0.123456789012345678901"),
+        unpriced_calls=2,
+        calls=7,
+        metadata={"nested": {"list": [1, 2.5, None, "x"], "flag": True}},
+    )
+
+
+def _full_call() -> CallRecord:
+    return CallRecord(
+        session_id="sess-ü-1",
+        provider="openai",
+        model="gpt-4o-mini",
+        kind="llm",
+        request={
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "héllo 世界 🌍"}],
+            "tools": [{"type": "function", "function": {"parameters": {"a": [1, {"b": None}]}}}],
+            "temperature": 0.25,
+        },
+        response="réponse 👍",
+        tool_calls=[{"id": "c1", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+        usage=Usage(100, 20, 64, 8, 5, 1),
+        raw_usage={"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 64}},
+        cost=Decimal("0.000001234500"),
+        cost_note=None,
+        status="error",
+        error="APIError: 500",
+        estimated=True,
+        started_at=T0 + timedelta(milliseconds=5),
+        latency_s=1.234567,
+        ttfb_s=0.1,
+        ttft_s=0.2,
+        metadata={"attempt": 2, "route": ["a", "b"]},
+        id="call-ü-1",
+    )
+
+
+# -- the protocol, on every store ----------------------------------------------------------------
+
+
+def test_session_round_trips_every_field(store: Store) -> None:
+    """A saved session reads back equal field by field, Decimal digits included."""
+    record = _full_session()
+    store.save_session(record)
+    got = store.get_session(record.id)
+    assert got == record
+    assert got is not None
+    assert str(got.cost) == "0.123456789012345678901"
+    assert got.started_at == T0
+
+
+def test_call_round_trips_every_field(store: Store) -> None:
+    """A saved call reads back equal: nested JSON request, unicode, exact Decimal, floats."""
+    call = _full_call()
+    store.save_call(call)
+    (got,) = store.list_calls([call.session_id or ""])
+    assert got == call
+    assert str(got.cost) == "0.000001234500"
+    assert got.request["messages"][0]["content"] == "héllo 世界 🌍"
+
+
+def test_unpriced_call_keeps_none_cost_and_note(store: Store) -> None:
+    """A call without a price keeps cost None and its cost_note."""
+    call = _call("s", cost=None, cost_note="no price for model 'mystery-1'", request=None)
+    store.save_call(call)
+    (got,) = store.list_calls(["s"])
+    assert got.cost is None
+    assert got.cost_note == "no price for model 'mystery-1'"
+    assert got.request is None
+
+
+def test_save_call_with_session_writes_both(store: Store) -> None:
+    """save_call(call, session) inserts the session row, then updates it on the next call."""
+    s = _session("s1", status="running")
+    store.save_call(_call("s1", 1), s.replace(calls=1, usage=Usage(10, 2, requests=1)))
+    assert store.get_session("s1") == s.replace(calls=1, usage=Usage(10, 2, requests=1))
+    later = s.replace(calls=2, cost=Decimal("0.02"), usage=Usage(20, 4, requests=2))
+    store.save_call(_call("s1", 2), later)
+    assert store.get_session("s1") == later
+    assert len(store.list_calls(["s1"])) == 2
+
+
+def test_save_call_updates_parent_and_start_of_existing_session(store: Store) -> None:
+    """A session row whose parent or start changed is fully rewritten by save_call."""
+    store.save_session(_session("child", 5))
+    moved = _session("child", 9, parent_id="root", status="completed")
+    store.save_call(_call("child"), moved)
+    assert store.get_session("child") == moved
+    assert [r.id for r in store.list_sessions(parent_id="root")] == ["child"]
+
+
+def test_save_call_without_session_leaves_row_alone(store: Store) -> None:
+    """save_call(call) without a session does not touch the session row."""
+    s = _session("s1", calls=5)
+    store.save_session(s)
+    store.save_call(_call("s1"))
+    assert store.get_session("s1") == s
+
+
+def test_save_session_replaces(store: Store) -> None:
+    """save_session on an existing id replaces the row."""
+    store.save_session(_session("s1", status="running"))
+    done = _session("s1", status="completed", ended_at=T0 + timedelta(minutes=1))
+    store.save_session(done)
+    assert store.get_session("s1") == done
+    assert len(store.list_sessions(limit=None)) == 1
+
+
+def test_get_unknown_session_is_none(store: Store) -> None:
+    """An unknown id reads as None."""
+    assert store.get_session("nope") is None
+
+
+def test_list_sessions_filters_and_orders(store: Store) -> None:
+    """list_sessions returns newest first and honours limit, status, parent and roots_only."""
+    store.save_session(_session("a", 1, status="completed"))
+    store.save_session(_session("b", 3, status="failed"))
+    store.save_session(_session("c", 2, status="completed", parent_id="a"))
+    store.save_session(_session("d", 4, status="completed", parent_id="a"))
+    ids = lambda rows: [r.id for r in rows]  # noqa: E731
+    assert ids(store.list_sessions()) == ["d", "b", "c", "a"]
+    assert ids(store.list_sessions(limit=2)) == ["d", "b"]
+    assert ids(store.list_sessions(limit=None)) == ["d", "b", "c", "a"]
+    assert ids(store.list_sessions(status="completed")) == ["d", "c", "a"]
+    assert ids(store.list_sessions(parent_id="a")) == ["d", "c"]
+    assert ids(store.list_sessions(roots_only=True)) == ["b", "a"]
+    assert ids(store.list_sessions(roots_only=True, status="failed")) == ["b"]
+    assert store.list_sessions(status="cancelled") == []
+
+
+def test_list_calls_oldest_first_of_given_sessions(store: Store) -> None:
+    """list_calls returns only the given sessions' calls, oldest first across sessions."""
+    c1, c2, c3 = _call("x", 30), _call("y", 10), _call("x", 20)
+    other = _call("z", 0)
+    for c in (c1, c2, c3, other):
+        store.save_call(c)
+    assert [c.id for c in store.list_calls(["x", "y"])] == [c2.id, c3.id, c1.id]
+    assert [c.id for c in store.list_calls(["x"])] == [c3.id, c1.id]
+    assert store.list_calls([]) == []
+    assert store.list_calls(["unknown"]) == []
+
+
+def _tree(store: Store) -> None:
+    # root ─┬ a ── a1 ── a11      (depth 3 below root)
+    #       └ b
+    # other (unrelated)
+    store.save_session(_session("root", 0))
+    store.save_session(_session("a", 1, parent_id="root"))
+    store.save_session(_session("b", 2, parent_id="root"))
+    store.save_session(_session("a1", 3, parent_id="a"))
+    store.save_session(_session("a11", 4, parent_id="a1"))
+    store.save_session(_session("other", 5))
+    for i, sid in enumerate(["root", "a", "b", "a1", "a11", "a11", "other"]):
+        store.save_call(_call(sid, i))
+
+
+def test_session_tree_depth_three(store: Store) -> None:
+    """session_tree returns the session first, then every descendant down to depth 3."""
+    _tree(store)
+    tree = store.session_tree("root")
+    assert tree[0].id == "root"
+    assert sorted(r.id for r in tree) == ["a", "a1", "a11", "b", "root"]
+    assert [r.id for r in store.session_tree("a1")] == ["a1", "a11"]
+    assert store.session_tree("missing") == []
+
+
+def test_delete_session_cascades(store: Store) -> None:
+    """Deleting a session removes its descendants and their calls, nothing else."""
+    _tree(store)
+    assert store.delete_session("a") == 3
+    assert {r.id for r in store.list_sessions(limit=None)} == {"root", "b", "other"}
+    assert store.list_calls(["a", "a1", "a11"]) == []
+    assert len(store.list_calls(["root", "b", "other"])) == 3
+    assert store.delete_session("root") == 2
+    assert [r.id for r in store.list_sessions(limit=None)] == ["other"]
+    assert store.delete_session("root") == 0
+
+
+def test_close_twice_is_harmless(store: Store) -> None:
+    """close() may be called twice."""
+    store.close()
+    store.close()
+
+
+def test_many_threads_lose_nothing(store: Store) -> None:
+    """Calls written by 8 threads at once through one store are all kept."""
+    threads, per_thread = 8, 60
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                sess = _session(f"s{t}", t, calls=i + 1, status="running")
+                store.save_call(_call(f"s{t}", i), sess)
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert len(store.list_calls([f"s{t}" for t in range(threads)])) == threads * per_thread
+    assert all(r.calls == per_thread for r in store.list_sessions(limit=None))
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+
+def _pythonpath_env() -> dict[str, str]:
+    src = str(Path(llmctx.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_sqlite_call_survives_sigkill_right_after_save(tmp_path: Path) -> None:
+    """A process killed with SIGKILL right after save_call returns still has the call on disk."""
+    db = tmp_path / "crash.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from decimal import Decimal
+        from llmctx._usage import CallRecord, Usage
+        from llmctx.stores import SessionRecord, SQLiteStore
+        store = SQLiteStore({str(db)!r})
+        session = SessionRecord(id="victim", status="running", calls=1, cost=Decimal("0.25"))
+        store.save_call(
+            CallRecord(session_id="victim", id="last-words", usage=Usage(7, 3)), session
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=_pythonpath_env(), capture_output=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    store = SQLiteStore(db)
+    try:
+        (call,) = store.list_calls(["victim"])
+        assert call.id == "last-words"
+        assert call.usage == Usage(7, 3)
+        session = store.get_session("victim")
+        assert session is not None
+        assert session.cost == Decimal("0.25")
+    finally:
+        store.close()
+
+
+def test_sqlite_separate_stores_on_one_file_lose_nothing(tmp_path: Path) -> None:
+    """Threads each with their own SQLiteStore on the same file (like processes) lose nothing."""
+    db = tmp_path / "shared.db"
+    SQLiteStore(db).close()
+    threads, per_thread = 4, 50
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        own = SQLiteStore(db)
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                own.save_call(_call(f"p{t}", i), _session(f"p{t}", calls=i + 1))
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+        finally:
+            own.close()
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    reader = SQLiteStore(db)
+    try:
+        assert len(reader.list_calls([f"p{t}" for t in range(threads)])) == threads * per_thread
+    finally:
+        reader.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sqlite_store_keeps_working_in_a_forked_child(tmp_path: Path) -> None:
+    """A forked child writes through its own connection; the parent's store keeps working."""
+    store = SQLiteStore(tmp_path / "fork.db")
+    try:
+        store.save_call(_call("parent", 0))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                store.save_call(_call("child", 1))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        store.save_call(_call("parent", 2))
+        assert len(store.list_calls(["parent", "child"])) == 3
+    finally:
+        store.close()
+
+
+class _Interrupting:
+    """Raises KeyboardInterrupt when sqlite3 adapts it, i.e. inside the open transaction.
+
+    A fake: a real interrupt cannot be aimed between BEGIN and COMMIT deterministically.
+    """
+
+    def __conform__(self, protocol: object) -> object:
+        raise KeyboardInterrupt
+
+
+def test_sqlite_interrupt_mid_transaction_rolls_back(tmp_path: Path) -> None:
+    """KeyboardInterrupt inside save_call's transaction rolls it back; the store stays usable."""
+    store = SQLiteStore(tmp_path / "kb.db")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.save_call(_call("s"), _session("s").replace(name=_Interrupting()))
+        assert store.list_calls(["s"]) == []
+        store.save_call(_call("s"), _session("s"))
+        assert len(store.list_calls(["s"])) == 1
+    finally:
+        store.close()
+
+
+def test_sqlite_file_is_wal_and_versioned(tmp_path: Path) -> None:
+    """The database is in WAL mode, synchronous=NORMAL, with a schema version."""
+    db = tmp_path / "wal.db"
+    store = SQLiteStore(db)
+    try:
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    finally:
+        store.close()
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        raw.close()
+
+
+def test_sqlite_path_from_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLiteStore() uses $LLMCTX_DB, else platformdirs' data dir (created if missing)."""
+    monkeypatch.setenv("LLMCTX_DB", str(tmp_path / "env" / "x.db"))
+    store = SQLiteStore()
+    store.close()
+    assert Path(store.path) == tmp_path / "env" / "x.db"
+    assert Path(store.path).exists()
+    if sys.platform.startswith("linux"):
+        monkeypatch.delenv("LLMCTX_DB")
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+        store = SQLiteStore()
+        store.close()
+        assert Path(store.path) == tmp_path / "xdg" / "llmctx" / "llmctx.db"
+
+
+def test_sqlite_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
+    """A directory that cannot be created gives a StoreError naming the path and the fix."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = blocker / "sub" / "llmctx.db"
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "LLMCTX_DB" in message
+    assert "writable path" in message
+
+
+def test_sqlite_directory_as_path_is_a_clear_error(tmp_path: Path) -> None:
+    """A path that is a directory gives a StoreError naming it."""
+    with pytest.raises(StoreError, match="is a directory") as info:
+        SQLiteStore(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_sqlite_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not SQLite gives a StoreError naming the file."""
+    bogus = tmp_path / "notes.txt"
+    bogus.write_bytes(b"this is plainly not a database file, " * 100)
+    with pytest.raises(StoreError, match="not a SQLite database") as info:
+        SQLiteStore(bogus)
+    assert str(bogus) in str(info.value)
+
+
+def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer schema version is refused rather than misread."""
+    db = tmp_path / "future.db"
+    SQLiteStore(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(db)
+
+
+def test_sqlite_foreign_tables_are_refused(tmp_path: Path) -> None:
+    """A SQLite file with unrelated tables named sessions/calls is not written into."""
+    db = tmp_path / "other-app.db"
+    raw = sqlite3.connect(db)
+    raw.execute("CREATE TABLE sessions (x INTEGER)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="did not create"):
+        SQLiteStore(db)
+
+
+def test_sqlite_use_after_close_raises(tmp_path: Path) -> None:
+    """Using a closed store raises StoreError saying it is closed."""
+    store = SQLiteStore(tmp_path / "c.db")
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.save_call(_call("s"))
+
+
+def test_sqlite_naive_datetimes_round_trip(tmp_path: Path) -> None:
+    """Naive datetimes come back exactly as saved (ordered as UTC)."""
+    store = SQLiteStore(tmp_path / "n.db")
+    try:
+        naive = datetime(2025, 1, 2, 3, 4, 5, 6)
+        store.save_session(SessionRecord(id="n", started_at=naive))
+        got = store.get_session("n")
+        assert got is not None
+        assert got.started_at == naive
+    finally:
+        store.close()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://alice:{SECRET} x@[::1:5432/db",
+        f"host=127.0.0.1 password={SECRET} dbname",
+        f"postgresql://alice:{SECRET}@localhost/db?nonsense_option=1",
+    ],
+)
+def test_postgres_malformed_dsn_is_config_error_without_password(dsn: str) -> None:
+    """A malformed DSN raises ConfigError explaining the form, never echoing the password."""
+    with pytest.raises(ConfigError) as info:
+        PostgresStore(dsn)
+    message = str(info.value)
+    assert "malformed PostgreSQL DSN" in message
+    assert "postgresql://" in message
+    assert SECRET not in message
+    assert "s3cr3t" not in message
+
+
+def test_postgres_unreachable_is_store_error_with_host_port() -> None:
+    """An unreachable server raises StoreError naming host and port, without the password."""
+    with pytest.raises(StoreError) as info:
+        PostgresStore(f"postgresql://alice:{SECRET}@127.0.0.1:1/nowhere", connect_timeout=2)
+    message = str(info.value)
+    assert "127.0.0.1:1" in message
+    assert "nowhere" in message
+    assert SECRET not in message
+
+
+def test_postgres_bad_schema_name_is_config_error() -> None:
+    """A schema name that is not a plain identifier is refused before connecting."""
+    with pytest.raises(ConfigError, match="identifier"):
+        PostgresStore("postgresql://localhost/db", schema='x"; DROP TABLE y; --')
+
+
+def test_postgres_store_without_psycopg_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without psycopg, the class still imports and creating one names the extra to install."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(StoreError, match=r"pip install 'llmctx\[postgres\]'"):
+        PostgresStore("postgresql://localhost/db")
+
+
+@pytest.mark.postgres
+def test_postgres_reconnects_after_the_server_drops_it(postgres_dsn: str, unique: str) -> None:
+    """When the server kills the store's connection, the next call reconnects and succeeds."""
+    import psycopg
+
+    store = PostgresStore(postgres_dsn, schema=f"t_{unique}")
+    try:
+        store.save_call(_call("s", 0), _session("s"))
+        assert store._conn is not None
+        pid = store._conn.info.backend_pid
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        store.save_call(_call("s", 1), _session("s", calls=2))
+        assert len(store.list_calls(["s"])) == 2
+        got = store.get_session("s")
+        assert got is not None
+        assert got.calls == 2
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_saving_a_call_twice_keeps_one_row(postgres_dsn: str, unique: str) -> None:
+    """A retried save_call of the same call id does not duplicate it."""
+    store = PostgresStore(postgres_dsn, schema=f"t_{unique}")
+    try:
+        call = _call("s")
+        store.save_call(call)
+        store.save_call(call)
+        assert store.list_calls(["s"]) == [call]
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "leaked"),
+    [
+        (f"postgresql://bob:{SECRET}@db.example:5432/app", SECRET),
+        (f"host=x password={SECRET} user=bob", SECRET),
+        (f"host=x password='{SECRET} with space' user=bob", "with space"),
+        (f"postgresql://bob@h/db?password={SECRET}&sslmode=require", SECRET),
+    ],
+)
+def test_redact_dsn_hides_passwords(text: str, leaked: str) -> None:
+    """redact_dsn removes URL, key=value and query-string passwords."""
+    redacted = redact_dsn(text, text)
+    assert leaked not in redacted
+    assert SECRET not in redacted
+    assert "***" in redacted
+
+
+# -- open_store / default_store --------------------------------------------------------------
+
+
+def test_open_store_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_store understands memory:, sqlite URLs, bare paths and None ($LLMCTX_DB)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMCTX_DB", str(tmp_path / "env.db"))
+    opened: list[Store] = []
+    try:
+        for arg, expected in [
+            ("memory:", None),
+            (f"sqlite://{tmp_path / 'abs.db'}", tmp_path / "abs.db"),
+            ("sqlite:rel.db", Path("rel.db")),
+            (str(tmp_path / "bare.db"), tmp_path / "bare.db"),
+            (None, tmp_path / "env.db"),
+            ("", tmp_path / "env.db"),
+        ]:
+            s = open_store(arg)
+            opened.append(s)
+            if expected is None:
+                assert isinstance(s, MemoryStore)
+            else:
+                assert isinstance(s, SQLiteStore)
+                assert Path(s.path) == expected
+                assert (tmp_path / expected).exists()
+    finally:
+        for s in opened:
+            s.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_open_store_postgres_url(postgres_dsn: str, unique: str, scheme: str) -> None:
+    """postgresql:// and postgres:// URLs open a PostgresStore; ?schema= picks the schema."""
+    url = scheme + postgres_dsn[postgres_dsn.index(":") :]
+    url += ("&" if "?" in url else "?") + f"schema=t_{unique}"
+    s = open_store(url)
+    try:
+        assert isinstance(s, PostgresStore)
+        assert s.schema == f"t_{unique}"
+        s.save_session(_session("x"))
+        assert s.get_session("x") is not None
+    finally:
+        assert isinstance(s, PostgresStore)
+        s.drop_schema()
+        s.close()
+
+
+def test_open_store_unknown_scheme_lists_forms_without_password() -> None:
+    """An unknown URL scheme raises ConfigError listing the accepted forms, password hidden."""
+    with pytest.raises(ConfigError) as info:
+        open_store(f"mysql://root:{SECRET}@localhost/db")
+    message = str(info.value)
+    for form in ("memory:", "sqlite:///", "postgresql://"):
+        assert form in message
+    assert SECRET not in message
+
+
+def test_sqlite_store_refuses_a_non_sqlite_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLiteStore() with LLMCTX_DB set to another kind of URL points to open_store."""
+    monkeypatch.setenv("LLMCTX_DB", "memory:")
+    with pytest.raises(ConfigError, match="open_store"):
+        SQLiteStore()
+
+
+def test_default_store_is_shared_and_follows_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """default_store() returns one store per $LLMCTX_DB value and a new one when it changes."""
+    monkeypatch.setenv("LLMCTX_DB", str(tmp_path / "one.db"))
+    first = default_store()
+    assert default_store() is first
+    assert isinstance(first, SQLiteStore)
+    assert Path(first.path) == tmp_path / "one.db"
+    monkeypatch.setenv("LLMCTX_DB", "memory:")
+    second = default_store()
+    assert isinstance(second, MemoryStore)
+    assert default_store() is second
+    first.close()
