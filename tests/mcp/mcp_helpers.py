@@ -1,0 +1,50 @@
+"""Helpers for the MCP hub tests: server paths, config builders, process checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS = Path(__file__).resolve().parent / "servers"
+EXAMPLES = ROOT / "examples" / "mcp_servers"
+
+
+def stdio(script: Path, *args: str, **extra: Any) -> dict[str, Any]:
+    """A stdio server entry running ``script`` with this interpreter."""
+    return {"command": sys.executable, "args": [str(script), *args], **extra}
+
+
+def tiny(**extra: Any) -> dict[str, Any]:
+    """The stdlib-only fixture server (fast to start)."""
+    return stdio(SERVERS / "tiny_server.py", **extra)
+
+
+def live_children() -> list[psutil.Process]:
+    """Children (recursively) of this test process that are alive and not zombies."""
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    """Whether ``pid`` is dead (or a zombie) within ``timeout`` seconds."""
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    return True
