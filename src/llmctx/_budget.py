@@ -9,8 +9,9 @@ limit together.
 
 from __future__ import annotations
 
+import itertools
 import threading
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, runtime_checkable
@@ -194,13 +195,14 @@ class MemoryLedger:
     """A ledger in this process: one lock, exact Decimal arithmetic."""
 
     _spent: Amount = field(default_factory=Amount)
+    _ids: Iterator[int] = field(default_factory=itertools.count)
     _held: dict[str, Amount] = field(default_factory=dict)
     _reserved: Amount = field(default_factory=Amount)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reserve(self, amount: Amount, budget: Budget) -> str:
-        token = uuid.uuid4().hex
         with self._lock:
+            token = str(next(self._ids))
             budget.check(self._spent, self._reserved, amount)
             self._held[token] = amount
             self._reserved = self._reserved + amount

@@ -30,6 +30,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import _pricing
 from ._budget import Amount, Budget
 from ._context import current_recorders, current_session
 from ._exceptions import BudgetExceeded, UnknownPrice, UnknownPriceWarning
@@ -66,9 +67,7 @@ def _warn_unpriced(model: str | None, provider: str | None, note: str | None) ->
 def _price(
     model: str | None, usage: Usage, provider: str | None
 ) -> tuple[Decimal | None, str | None]:
-    from ._pricing import price_usage
-
-    return price_usage(model, usage, provider)
+    return _pricing.price_usage(model, usage, provider)
 
 
 def _estimate(
@@ -76,9 +75,7 @@ def _estimate(
 ) -> Decimal | None:
     if model is None:
         return None
-    from ._pricing import estimate_cost
-
-    return estimate_cost(model, input_tokens, max_output, provider)
+    return _pricing.estimate_cost(model, input_tokens, max_output, provider)
 
 
 class CallTracker:
@@ -275,14 +272,17 @@ class CallTracker:
                 cost, note = self._reserved.usd, f"{note}; charged the reserved worst case"
             elif cost is None and status == "ok":
                 _warn_unpriced(self.model, self.provider, note)
+        # Redact only what will be kept: with no session and no recorder nothing is stored,
+        # and the record goes back only to the caller who wrote the request.
+        keeps = self.session is not None or bool(self._recorders)
         record = CallRecord(
             session_id=self.session.id if self.session is not None else None,
             provider=self.provider,
             model=self.model,
             kind=self.kind,
-            request=redact(self.request),
+            request=redact(self.request) if keeps else self.request,
             response=response,
-            tool_calls=redact(tool_calls) if tool_calls else tool_calls,
+            tool_calls=redact(tool_calls) if keeps and tool_calls else tool_calls,
             usage=usage,
             raw_usage=raw_usage,
             cost=cost,

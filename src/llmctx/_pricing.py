@@ -743,7 +743,26 @@ def estimate_cost(
     return max(_worst_case(_compile_terms(v)[0], input_tokens, max_output_tokens) for v in variants)
 
 
+# Per-token worst-case rates of prices without tiers, keyed by id(terms) and holding `terms`
+# itself so a recycled id can never match: estimate_cost runs before every budgeted call.
+_flat_worst: dict[int, tuple[tuple[_Term, ...], Decimal, Decimal, Decimal]] = {}
+
+
 def _worst_case(terms: tuple[_Term, ...], input_tokens: int, max_output: int) -> Decimal:
+    flat = _flat_worst.get(id(terms))
+    if flat is not None and flat[0] is terms:
+        _, in_rate, out_rate, fixed = flat
+        return in_rate * input_tokens + out_rate * max_output + fixed
+    if not any(steps for _s, _b, steps, _p in terms):
+        per_mtok = _worst_case_uncached(terms, 1, 0), _worst_case_uncached(terms, 0, 1)
+        fixed = _worst_case_uncached(terms, 0, 0)
+        if len(_flat_worst) > 4096:
+            _flat_worst.clear()
+        _flat_worst[id(terms)] = (terms, per_mtok[0] - fixed, per_mtok[1] - fixed, fixed)
+    return _worst_case_uncached(terms, input_tokens, max_output)
+
+
+def _worst_case_uncached(terms: tuple[_Term, ...], input_tokens: int, max_output: int) -> Decimal:
     def rate(slot: int) -> Decimal | None:
         for s, base, steps, per in terms:
             if s == slot:

@@ -54,13 +54,26 @@ def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
     return "failed"
 
 
+_stores_by_url: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store_for_url(url: str) -> Store:
+    """One store per URL per process: sessions given the same string share its connection."""
+    with _stores_lock:
+        store = _stores_by_url.get(url)
+        if store is None:
+            from .stores import open_store
+
+            store = _stores_by_url[url] = open_store(url)
+        return store
+
+
 def _resolve_store(store: Store | str | None, parent: Session | None) -> Store:
     if store is not None and not isinstance(store, str):
         return store
     if isinstance(store, str):
-        from .stores import open_store
-
-        return open_store(store)
+        return _store_for_url(store)
     if parent is not None and parent._store is not None:
         return parent._store
     from .stores import default_store

@@ -1,0 +1,131 @@
+"""Cost of charging one call into a session, side by side in one run.
+
+Rows (all wrap the same fake call, a function that returns a canned reply):
+
+* bare call                       - the fake call alone
+* llmctx, no session              - track_call with nothing active (the near no-op path)
+* llmctx, memory store            - session + charge + MemoryStore write-through
+* llmctx, memory store + budget   - the same with a token and money budget (reserve + settle)
+* llmctx, SQLite write-through    - session + charge + SQLiteStore commit per call (WAL)
+* LangChain usage callback        - langchain-core's UsageMetadataCallbackHandler driven through
+                                    its CallbackManager for the same call (start + end events)
+
+Run:  python benchmarks/bench_charge.py [--calls 20000] [--repeats 5]
+Prints microseconds per call (median of the repeats) minus the bare call, and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import llmctx
+from llmctx.stores import MemoryStore, SQLiteStore
+
+MODEL = "gpt-4o-mini"
+REQUEST = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "What is 2+2?"}],
+    "max_tokens": 16,
+}
+USAGE = llmctx.Usage(input_tokens=14, output_tokens=3, requests=1)
+
+
+def fake_call() -> str:
+    return "4"
+
+
+def llmctx_call() -> None:
+    with llmctx.track_call(
+        provider="openai", model=MODEL, request=REQUEST, input_tokens=14, max_output_tokens=16
+    ) as call:
+        reply = fake_call()
+        call.finish(usage=USAGE, response=reply)
+
+
+def time_loop(fn: Callable[[], object], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def bench_in_session(n: int, **session_kwargs: object) -> float:
+    with llmctx.session("bench", **session_kwargs):  # type: ignore[arg-type]
+        return time_loop(llmctx_call, n)
+
+
+def bench_langchain(n: int) -> float | None:
+    try:
+        from langchain_core.callbacks import CallbackManager, UsageMetadataCallbackHandler
+        from langchain_core.messages import AIMessage, HumanMessage
+        from langchain_core.outputs import ChatGeneration, LLMResult
+    except ImportError:
+        return None
+    handler = UsageMetadataCallbackHandler()
+    serialized = {"name": "FakeChat", "id": ["bench", "FakeChat"]}
+    messages = [[HumanMessage(content="What is 2+2?")]]
+
+    def lc_call() -> None:
+        manager = CallbackManager(handlers=[handler])
+        (run,) = manager.on_chat_model_start(serialized, messages, run_id=uuid.uuid4())
+        reply = fake_call()
+        message = AIMessage(
+            content=reply,
+            usage_metadata={"input_tokens": 14, "output_tokens": 3, "total_tokens": 17},
+            response_metadata={"model_name": MODEL},
+        )
+        run.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
+
+    us = time_loop(lc_call, n)
+    assert handler.usage_metadata[MODEL]["input_tokens"] == 14 * n
+    return us
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    n = args.calls
+    llmctx.price_usage(MODEL, USAGE)  # warm the price cache outside the timings
+
+    tmp = Path(tempfile.mkdtemp(prefix="llmctx-bench-"))
+    sqlite = SQLiteStore(tmp / "bench.db")
+    rows: dict[str, list[float]] = {}
+    cases: dict[str, Callable[[], float | None]] = {
+        "bare call": lambda: time_loop(fake_call, n),
+        "llmctx, no session": lambda: time_loop(llmctx_call, n),
+        "llmctx, memory store": lambda: bench_in_session(n, store=MemoryStore()),
+        "llmctx, memory store + budget": lambda: bench_in_session(
+            n, store=MemoryStore(), budget=llmctx.Budget(usd="1000000", tokens=10**12)
+        ),
+        "llmctx, SQLite write-through": lambda: bench_in_session(max(n // 10, 500), store=sqlite),
+        "LangChain usage callback": lambda: bench_langchain(n),
+    }
+    for _ in range(args.repeats):
+        for name, case in cases.items():  # interleaved, so load drift hits every row alike
+            value = case()
+            if value is not None:
+                rows.setdefault(name, []).append(value)
+    sqlite.close()
+
+    med = {name: statistics.median(v) for name, v in rows.items()}
+    bare = med["bare call"]
+    print(f"{'case':34} {'us/call':>9} {'overhead us':>12}")
+    for name, value in med.items():
+        print(f"{name:34} {value:9.2f} {value - bare:12.2f}")
+    if "LangChain usage callback" in med:
+        ratio = (med["LangChain usage callback"] - bare) / (med["llmctx, memory store"] - bare)
+        print(f"\nLangChain callback overhead / llmctx memory-store overhead: {ratio:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
