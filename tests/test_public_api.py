@@ -16,9 +16,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         for name, value in vars(llmctx).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert set(llmctx.__all__) - {"__version__"} == public - {"annotations", "version"} - {
-        "PackageNotFoundError"
-    }
+    assert set(llmctx.__all__) - {"__version__"} == public - {"annotations"}
     for name in llmctx.__all__:
         assert hasattr(llmctx, name), name
 

@@ -6,8 +6,6 @@ import on purpose (``llmctx.stores``, ``llmctx.testing``, ``llmctx.mcp``).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._budget import Amount, Budget, Ledger, LedgerSnapshot, MemoryLedger
 from ._charge import CallTracker, track_call
 from ._context import ContextThreadPoolExecutor, current_session, wrap
@@ -40,11 +38,8 @@ from ._redis_ledger import RedisLedger
 from ._session import Session, session
 from ._tokens import TokenCount, count_tokens, register_tokenizer
 from ._usage import CallRecord, Usage, normalize_usage
+from ._version import __version__
 
-try:
-    __version__ = version("llmctx")
-except PackageNotFoundError:  # running from a checkout without an install
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "__version__",
