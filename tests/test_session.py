@@ -380,3 +380,20 @@ def test_call_survives_sigkill_right_after_it_returned(tmp_path: Path) -> None:
     resumed = llmctx.session.resume(session_id, store=store)
     assert resumed.usage.requests == 1
     assert os.path.exists(db)
+
+
+def test_bad_call_input_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    """A call with bad arguments raises ConfigError; earlier calls stay recorded, the session lives."""
+    db = tmp_path / "bad.db"
+    model = FakeModel()
+    with llmctx.session("careful", store=str(db), budget=llmctx.Budget(tokens=1_000)) as s:
+        model.complete("one two")
+        with pytest.raises(llmctx.ConfigError, match="max_output_tokens"):
+            llmctx.track_call(provider="fake", model="fake-model", max_output_tokens=-5)
+        with pytest.raises(llmctx.ConfigError, match="input_tokens"):
+            llmctx.track_call(provider="fake", model="fake-model", input_tokens=1.5)  # type: ignore[arg-type]
+        model.complete("three")
+    assert s.status == "completed"
+    assert s.budget is not None and s.budget.ledger.snapshot().reservations == 0
+    stored = SQLiteStore(db).list_calls([s.id])
+    assert [c.request["prompt"] for c in stored] == ["one two", "three"]

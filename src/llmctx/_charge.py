@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import _pricing
 from ._budget import Amount, Budget
 from ._context import current_recorders, current_session
-from ._exceptions import BudgetExceeded, UnknownPrice, UnknownPriceWarning
+from ._exceptions import BudgetExceeded, ConfigError, UnknownPrice, UnknownPriceWarning
 from ._redact import redact, redact_text
 from ._session import Session, _classify
 from ._usage import CallRecord, CallStatus, Usage
@@ -116,6 +116,15 @@ class CallTracker:
         recorders: tuple[Recorder, ...] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
+        for name, value in (
+            ("input_tokens", input_tokens),
+            ("max_output_tokens", max_output_tokens),
+        ):
+            if type(value) is not int or value < 0:
+                raise ConfigError(
+                    f"track_call({name}={value!r}) must be a whole number >= 0 "
+                    "(count the prompt's tokens with llmctx.count_tokens)"
+                )
         self.provider = provider
         self.model = model
         self.request = request
