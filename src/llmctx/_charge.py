@@ -78,6 +78,15 @@ def _estimate(
     return _pricing.estimate_cost(model, input_tokens, max_output, provider)
 
 
+def _release_quietly(budget: Budget, token: str) -> None:
+    # A ledger that cannot be reached (Redis down) must not turn into the user's error; its
+    # reservations expire on their own.
+    try:
+        budget.ledger.release(token)
+    except Exception:
+        logger.exception("llmctx: could not release a reservation on %r", budget)
+
+
 class CallTracker:
     """One call on its way through the charge path. Made by :func:`track_call`."""
 
@@ -185,7 +194,7 @@ class CallTracker:
                     raise
         except BaseException:
             for budget, token in holds:
-                budget.ledger.release(token)
+                _release_quietly(budget, token)
             raise
         self._holds = holds
         self._reserved = amount
@@ -317,7 +326,7 @@ class CallTracker:
         used = record.usage
         if status != "ok" and not used.total_tokens and not used.requests:
             for budget, token in holds:
-                budget.ledger.release(token)
+                _release_quietly(budget, token)
             return
         actual = Amount(usd=record.cost or _ZERO, tokens=used.total_tokens, requests=used.requests)
         for budget, token in holds:
