@@ -40,7 +40,6 @@ from ._tokens import TokenCount, count_tokens, register_tokenizer
 from ._usage import CallRecord, Usage, normalize_usage
 from ._version import __version__
 
-
 __all__ = [
     "__version__",
     "AcquireTimeout",
