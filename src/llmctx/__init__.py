@@ -39,6 +39,7 @@ from ._session import Session, session
 from ._tokens import TokenCount, count_tokens, register_tokenizer
 from ._usage import CallRecord, Usage, normalize_usage
 from ._version import __version__
+from .providers import instrument, is_instrumented, local_model, uninstrument
 
 __all__ = [
     "__version__",
@@ -80,6 +81,9 @@ __all__ = [
     "clear_prices",
     "count_tokens",
     "current_session",
+    "instrument",
+    "is_instrumented",
+    "local_model",
     "lookup_price",
     "monitor",
     "normalize_usage",
@@ -92,5 +96,6 @@ __all__ = [
     "set_price",
     "timed",
     "track_call",
+    "uninstrument",
     "wrap",
 ]

@@ -1,0 +1,457 @@
+"""The OpenAI SDK (``openai.OpenAI`` / ``AsyncOpenAI`` and subclasses such as Azure's).
+
+Charged endpoints (``POST``, matched on the end of the URL path, so Azure deployments and
+OpenAI-compatible servers such as llama.cpp's work too):
+
+* ``/chat/completions`` (``chat.completions.create``, ``.parse``, ``.stream``),
+* ``/responses`` (``responses.create``, ``.parse``, ``.stream``),
+* ``/completions`` (legacy text completions),
+* ``/embeddings`` (kind ``"embedding"``).
+
+Everything else (files, models, batches, ...) passes through untouched.
+
+Streams of chat and text completions: llmctx asks for a final usage chunk with
+``stream_options.include_usage`` when the user did not set ``include_usage`` themselves (a copy
+of the request options is changed; the user's arguments never are), and hides that usage-only
+chunk from the user unless they asked for it. A server that ignores the option (llama.cpp's
+does) or a stream that stops early is charged from the text received, marked ``estimated``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from .._usage import raw_usage_dict, usage_from_openai_chat, usage_from_openai_responses
+from ._base import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    Outcome,
+    Plan,
+    clean_body,
+    count_prompt,
+    json_tokens,
+)
+from ._sdk import header_float, header_int
+
+__all__ = ["OpenAIAdapter"]
+
+PROVIDER = "openai"
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _positive(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _tool_parts(body: Mapping[str, Any]) -> int:
+    return (
+        json_tokens(body.get("tools"))
+        + json_tokens(body.get("functions"))
+        + json_tokens(body.get("response_format"))
+        + json_tokens(body.get("text") if isinstance(body.get("text"), Mapping) else None)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat completions.
+
+
+def _chat_tool_calls(message: Any) -> list[dict[str, Any]] | None:
+    calls = _get(message, "tool_calls")
+    out: list[dict[str, Any]] = []
+    for call in calls or ():
+        fn = _get(call, "function")
+        custom = _get(call, "custom")
+        if fn is not None:
+            out.append(
+                {
+                    "id": _get(call, "id"),
+                    "name": _get(fn, "name"),
+                    "arguments": _get(fn, "arguments"),
+                }
+            )
+        elif custom is not None:
+            out.append(
+                {
+                    "id": _get(call, "id"),
+                    "name": _get(custom, "name"),
+                    "input": _get(custom, "input"),
+                }
+            )
+    legacy = _get(message, "function_call")
+    if legacy is not None:
+        out.append(
+            {"id": None, "name": _get(legacy, "name"), "arguments": _get(legacy, "arguments")}
+        )
+    return out or None
+
+
+def _chat_extract(plan: Plan, result: Any) -> Outcome:
+    """Read a chat (or legacy text) completion."""
+    choices = _get(result, "choices") or []
+    text_parts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for choice in choices:
+        message = _get(choice, "message")
+        if message is None:  # legacy /completions
+            content = _get(choice, "text")
+        else:
+            content = _get(message, "content") or _get(message, "refusal")
+            tool_calls.extend(_chat_tool_calls(message) or ())
+        if isinstance(content, str):
+            text_parts.append(content)
+    raw = _get(result, "usage")
+    text = "\n".join(text_parts) if text_parts else None
+    return Outcome(
+        usage=usage_from_openai_chat(raw) if raw is not None else None,
+        text=text,
+        tool_calls=tool_calls or None,
+        raw_usage=raw_usage_dict(raw),
+        metadata=_response_meta(plan, result),
+    )
+
+
+def _response_meta(plan: Plan, result: Any) -> dict[str, Any] | None:
+    model = _get(result, "model")
+    if isinstance(model, str) and model != plan.model:
+        return {"response_model": model}
+    return None
+
+
+class _ChatAccumulator:
+    """Chat (and legacy text) completion chunks: text, tool-call deltas, the usage chunk."""
+
+    __slots__ = (
+        "got_token",
+        "hide_usage_chunk",
+        "plan",
+        "raw_usage",
+        "response_model",
+        "text",
+        "tools",
+    )
+
+    def __init__(self, plan: Plan, hide_usage_chunk: bool) -> None:
+        self.plan = plan
+        self.hide_usage_chunk = hide_usage_chunk
+        self.got_token = False
+        self.text: dict[int, list[str]] = {}
+        self.tools: dict[tuple[int, int], dict[str, Any]] = {}
+        self.raw_usage: Any = None
+        self.response_model: str | None = None
+
+    def feed(self, chunk: Any) -> bool:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.raw_usage = usage
+        if self.response_model is None:
+            self.response_model = getattr(chunk, "model", None)
+        choices = getattr(chunk, "choices", None)
+        if not choices:
+            return not (self.hide_usage_chunk and usage is not None)
+        for choice in choices:
+            index = getattr(choice, "index", 0) or 0
+            delta = getattr(choice, "delta", None)
+            if delta is None:  # legacy /completions chunk
+                piece = getattr(choice, "text", None)
+                if piece:
+                    self.text.setdefault(index, []).append(piece)
+                    self.got_token = True
+                continue
+            piece = delta.content or getattr(delta, "refusal", None)
+            if piece:
+                self.text.setdefault(index, []).append(piece)
+                self.got_token = True
+            tool_calls = delta.tool_calls
+            if tool_calls:
+                self.got_token = True
+                for tc in tool_calls:
+                    entry = self.tools.setdefault(
+                        (index, tc.index or 0), {"id": None, "name": None, "arguments": ""}
+                    )
+                    if tc.id:
+                        entry["id"] = tc.id
+                    fn = tc.function
+                    if fn is not None:
+                        if fn.name:
+                            entry["name"] = fn.name
+                        if fn.arguments:
+                            entry["arguments"] += fn.arguments
+            legacy = getattr(delta, "function_call", None)
+            if legacy is not None:
+                self.got_token = True
+                entry = self.tools.setdefault(
+                    (index, -1), {"id": None, "name": None, "arguments": ""}
+                )
+                if legacy.name:
+                    entry["name"] = legacy.name
+                if legacy.arguments:
+                    entry["arguments"] += legacy.arguments
+        return True
+
+    def outcome(self, complete: bool) -> Outcome:
+        texts = ["".join(self.text[i]) for i in sorted(self.text)]
+        text = "\n".join(texts) if texts else None
+        tool_calls = [self.tools[k] for k in sorted(self.tools)] or None
+        meta = None
+        if self.response_model and self.response_model != self.plan.model:
+            meta = {"response_model": self.response_model}
+        if self.raw_usage is not None:
+            return Outcome(
+                usage=usage_from_openai_chat(self.raw_usage),
+                text=text,
+                tool_calls=tool_calls,
+                raw_usage=raw_usage_dict(self.raw_usage),
+                metadata=meta,
+            )
+        generated = (text or "") + "".join(str(t.get("arguments") or "") for t in tool_calls or ())
+        return Outcome(
+            usage=self.plan.estimated_usage(generated),
+            text=text,
+            tool_calls=tool_calls,
+            estimated=True,
+            metadata=meta,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses API.
+
+
+def _responses_calls(output: Any) -> list[dict[str, Any]] | None:
+    calls = []
+    for item in output or ():
+        if _get(item, "type") in {"function_call", "custom_tool_call"}:
+            calls.append(
+                {
+                    "id": _get(item, "call_id"),
+                    "name": _get(item, "name"),
+                    "arguments": _get(item, "arguments") or _get(item, "input"),
+                }
+            )
+    return calls or None
+
+
+def _responses_text(result: Any) -> str | None:
+    text = getattr(result, "output_text", None)
+    if isinstance(text, str):
+        return text or None
+    parts = []
+    for item in _get(result, "output") or ():
+        if _get(item, "type") == "message":
+            for content in _get(item, "content") or ():
+                if _get(content, "type") == "output_text":
+                    parts.append(_get(content, "text") or "")
+    return "".join(parts) or None
+
+
+def _responses_extract(plan: Plan, result: Any) -> Outcome:
+    """Read a Responses API response."""
+    raw = _get(result, "usage")
+    meta = _response_meta(plan, result) or {}
+    status = _get(result, "status")
+    if isinstance(status, str) and status != "completed":
+        meta["response_status"] = status
+    return Outcome(
+        usage=usage_from_openai_responses(raw) if raw is not None else None,
+        text=_responses_text(result),
+        tool_calls=_responses_calls(_get(result, "output")),
+        raw_usage=raw_usage_dict(raw),
+        metadata=meta or None,
+    )
+
+
+_RESPONSE_END_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSE_TOKEN_EVENTS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+    }
+)
+
+
+class _ResponsesAccumulator:
+    """Responses API events: deltas for text and arguments, the final response for usage."""
+
+    __slots__ = ("final", "got_token", "parts", "plan")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.got_token = False
+        self.parts: list[str] = []
+        self.final: Outcome | None = None
+
+    def feed(self, event: Any) -> bool:
+        kind = getattr(event, "type", None)
+        if kind in _RESPONSE_TOKEN_EVENTS:
+            self.got_token = True
+            delta = getattr(event, "delta", None)
+            if isinstance(delta, str):
+                self.parts.append(delta)
+        elif kind in _RESPONSE_END_EVENTS:
+            response = getattr(event, "response", None)
+            if response is not None:
+                self.final = _responses_extract(self.plan, response)
+        return True
+
+    def outcome(self, complete: bool) -> Outcome:
+        if self.final is not None and self.final.usage is not None:
+            return self.final
+        text = "".join(self.parts)
+        return Outcome(usage=self.plan.estimated_usage(text), text=text or None, estimated=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter.
+
+
+def _embedding_tokens(value: Any, model: str | None) -> int:
+    if isinstance(value, str):
+        return count_prompt(value, model)
+    if isinstance(value, Sequence):
+        if value and all(isinstance(v, int) for v in value):
+            return len(value)  # one input given as token ids
+        return sum(_embedding_tokens(v, model) for v in value)
+    return 0
+
+
+def _embedding_extract(plan: Plan, result: Any) -> Outcome:
+    """Read an embeddings response."""
+    raw = _get(result, "usage")
+    tokens = _get(raw, "prompt_tokens")
+    usage = None
+    if isinstance(tokens, int):
+        from .._usage import Usage
+
+        usage = Usage(input_tokens=tokens, requests=1)
+    return Outcome(
+        usage=usage, raw_usage=raw_usage_dict(raw), metadata=_response_meta(plan, result)
+    )
+
+
+class OpenAIAdapter:
+    """Plans OpenAI requests for :func:`llmctx.providers._sdk.patch_sdk_client`."""
+
+    provider = PROVIDER
+
+    def prepare(self, options: Any, stream: bool) -> tuple[Plan, Any] | None:
+        method = getattr(options, "method", "")
+        if not isinstance(method, str) or method.lower() != "post":
+            return None
+        url = getattr(options, "url", "")
+        if not isinstance(url, str):
+            return None
+        path = url.split("?", 1)[0].rstrip("/")
+        body = getattr(options, "json_data", None)
+        extra = getattr(options, "extra_json", None)
+        if not isinstance(body, Mapping):
+            return None
+        merged = clean_body({**body, **extra} if isinstance(extra, Mapping) else body)
+        model = merged.get("model")
+        model = model if isinstance(model, str) else None
+        meta: dict[str, Any] = {"stream": True} if stream else {}
+        if path.endswith("/chat/completions") or path.endswith("/completions"):
+            chat = path.endswith("/chat/completions")
+            if chat:
+                input_tokens = count_prompt(merged.get("messages"), model) + _tool_parts(merged)
+                limit = _positive(merged.get("max_completion_tokens")) or _positive(
+                    merged.get("max_tokens")
+                )
+                limit = limit or DEFAULT_MAX_OUTPUT_TOKENS
+                meta["endpoint"] = "chat.completions"
+            else:
+                prompt = merged.get("prompt")
+                input_tokens = _embedding_tokens(prompt, model)
+                limit = _positive(merged.get("max_tokens")) or 16  # the API's documented default
+                meta["endpoint"] = "completions"
+            choices = _positive(merged.get("n")) or 1
+            plan = Plan(
+                provider=PROVIDER,
+                model=model,
+                request=merged,
+                input_tokens=input_tokens,
+                max_output_tokens=limit * choices,
+                extract=_chat_extract,
+                metadata=meta,
+            )
+            if stream:
+                options, hide = _ask_for_usage(options, body, extra)
+                plan.accumulator = partial(_ChatAccumulator, hide_usage_chunk=hide)
+            return plan, options
+        if path.endswith("/responses"):
+            instructions = merged.get("instructions")
+            given = merged.get("input")
+            input_tokens = (
+                count_prompt(instructions, model) if isinstance(instructions, str) else 0
+            ) + (count_prompt(given, model) if isinstance(given, str | list) else 0)
+            input_tokens += _tool_parts(merged)
+            meta["endpoint"] = "responses"
+            plan = Plan(
+                provider=PROVIDER,
+                model=model,
+                request=merged,
+                input_tokens=input_tokens,
+                max_output_tokens=_positive(merged.get("max_output_tokens"))
+                or DEFAULT_MAX_OUTPUT_TOKENS,
+                extract=_responses_extract,
+                accumulator=_ResponsesAccumulator if stream else None,
+                metadata=meta,
+            )
+            return plan, options
+        if path.endswith("/embeddings"):
+            meta["endpoint"] = "embeddings"
+            plan = Plan(
+                provider=PROVIDER,
+                model=model,
+                request=merged,
+                input_tokens=_embedding_tokens(merged.get("input"), model),
+                max_output_tokens=0,
+                extract=_embedding_extract,
+                kind="embedding",
+                metadata=meta,
+            )
+            return plan, options
+        return None
+
+    def limit_headers(self, headers: Any) -> tuple[float | None, int | None, int | None]:
+        retry_after = header_float(headers, "retry-after")
+        retry_ms = header_float(headers, "retry-after-ms")
+        if retry_ms is not None:
+            retry_after = retry_ms / 1000
+        return (
+            retry_after,
+            header_int(headers, "x-ratelimit-remaining-requests"),
+            header_int(headers, "x-ratelimit-remaining-tokens"),
+        )
+
+
+def _ask_for_usage(
+    options: Any, body: Mapping[str, Any], extra: Mapping[str, Any] | None
+) -> tuple[Any, bool]:
+    """Options asking for the final usage chunk, and whether to hide it from the user.
+
+    The user's own ``stream_options.include_usage`` (in the arguments or ``extra_body``) wins:
+    then nothing changes and the chunk, if any, is theirs.
+    """
+    in_extra = isinstance(extra, Mapping) and "stream_options" in extra
+    source = extra if in_extra and extra is not None else body
+    current = source.get("stream_options")
+    if isinstance(current, Mapping) and "include_usage" in current:
+        return options, False
+    wanted = {**(current if isinstance(current, Mapping) else {}), "include_usage": True}
+    changed = options.model_copy()
+    if in_extra:
+        changed.extra_json = {**source, "stream_options": wanted}
+    else:
+        changed.json_data = {**body, "stream_options": wanted}
+    return changed, True

@@ -1,0 +1,179 @@
+"""The real ``openai`` SDK, instrumented, against llama.cpp's own OpenAI-compatible server.
+
+The server (fixture ``llama_server`` in conftest.py) serves the bundled SmolLM2 model on
+loopback. Requests the server saw are counted from its uvicorn access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+import llmctx  # noqa: E402
+from llmctx.providers import instrument  # noqa: E402
+
+SERVED_MODEL = "SmolLM2-135M-Instruct"  # the --model_alias the conftest starts the server with
+MESSAGES = [{"role": "user", "content": "Name one colour."}]
+MAX_TOKENS = 8
+
+
+@pytest.fixture(autouse=True)
+def _price() -> Iterator[None]:
+    """Price the served model so costs are checked too: $1 per million in, $2 per million out."""
+    with llmctx.price_override(SERVED_MODEL, input_per_mtok="1", output_per_mtok="2"):
+        yield
+
+
+@pytest.fixture
+def client(llama_server: Any) -> Any:
+    """An instrumented openai.OpenAI pointed at the local server."""
+    return instrument(
+        openai.OpenAI(base_url=llama_server.base_url, api_key="sk-local-unused-0000000000")
+    )
+
+
+@pytest.fixture
+def async_client(llama_server: Any) -> Any:
+    """An instrumented openai.AsyncOpenAI pointed at the local server."""
+    return instrument(
+        openai.AsyncOpenAI(base_url=llama_server.base_url, api_key="sk-local-unused-0000000000")
+    )
+
+
+def cost_of(usage: llmctx.Usage) -> Decimal:
+    return (Decimal(usage.input_tokens) * 1 + Decimal(usage.output_tokens) * 2) / 10**6
+
+
+def test_sync_create_totals_equal_server_usage(client: Any) -> None:
+    """Session totals are exactly the usage the server reported, priced, not estimated."""
+    budget = llmctx.Budget(tokens=2_000, usd="1")
+    with llmctx.session("srv", store="memory:", budget=budget) as s:
+        reply = client.chat.completions.create(
+            model=SERVED_MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
+        )
+    assert reply.usage is not None
+    assert s.usage.input_tokens == reply.usage.prompt_tokens
+    assert s.usage.output_tokens == reply.usage.completion_tokens
+    assert s.usage.requests == 1 and s.cost == cost_of(s.usage)
+    (record,) = s.calls
+    assert record.provider == "openai" and record.model == SERVED_MODEL
+    assert record.response == reply.choices[0].message.content and not record.estimated
+    assert record.request["messages"] == MESSAGES
+    assert "sk-local" not in str(record.to_dict())
+    snap = budget.ledger.snapshot()
+    assert snap.reservations == 0 and snap.spent.tokens == reply.usage.total_tokens
+
+
+def test_sync_stream_is_estimated_and_keeps_the_sdk_stream(client: Any, llama_server: Any) -> None:
+    """The server sends no usage in streams: usage is estimated from the text and marked so."""
+    budget = llmctx.Budget(tokens=2_000)
+    user_args: dict[str, Any] = {
+        "model": SERVED_MODEL,
+        "messages": MESSAGES,
+        "max_tokens": MAX_TOKENS,
+    }
+    with llmctx.session(store="memory:", budget=budget) as s:
+        with client.chat.completions.create(**user_args, stream=True) as stream:
+            assert isinstance(stream, openai.Stream)
+            assert stream.response.status_code == 200
+            chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(c.choices for c in chunks)  # no usage-only chunk leaked to the user
+    assert "stream_options" not in user_args  # the user's arguments were not touched
+    (record,) = s.calls
+    assert record.estimated and record.status == "ok" and record.response == text
+    assert record.usage.output_tokens >= 1 and record.usage.input_tokens > 0
+    assert record.ttft_s is not None and record.ttfb_s is not None
+    assert record.ttfb_s <= record.ttft_s <= (record.latency_s or 0)
+    assert budget.ledger.snapshot().reservations == 0
+
+
+def test_budget_stops_the_call_before_the_server_sees_it(client: Any, llama_server: Any) -> None:
+    """A token budget too small for prompt + max_tokens raises; the server logs no request."""
+    before = llama_server.requests_seen()
+    budget = llmctx.Budget(tokens=MAX_TOKENS)
+    with llmctx.session(store="memory:", budget=budget) as s:
+        with pytest.raises(llmctx.BudgetExceeded) as caught:
+            client.chat.completions.create(
+                model=SERVED_MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
+            )
+    assert caught.value.dimension == "tokens"
+    assert llama_server.requests_seen() == before
+    assert s.usage.requests == 0 and budget.ledger.snapshot().reservations == 0
+    # The counter does move when a call is allowed through.
+    with llmctx.session(store="memory:", budget=llmctx.Budget(tokens=2_000)):
+        client.chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, max_tokens=2)
+    assert llama_server.requests_seen() == before + 1
+
+
+def test_money_budget_with_unknown_price_fails_closed(client: Any, llama_server: Any) -> None:
+    """A money budget and a model without a price: UnknownPrice, and nothing is sent."""
+    before = llama_server.requests_seen()
+    with llmctx.session(store="memory:", budget=llmctx.Budget(usd="1")):
+        with pytest.raises(llmctx.UnknownPrice):
+            client.chat.completions.create(
+                model="no-such-priced-model", messages=MESSAGES, max_tokens=2
+            )
+    assert llama_server.requests_seen() == before
+
+
+def test_async_create_and_stream(async_client: Any) -> None:
+    """AsyncOpenAI: a create and a stream are charged; the stream's usage is estimated."""
+
+    async def main() -> tuple[Any, Any, str]:
+        async with llmctx.session(store="memory:", budget=llmctx.Budget(tokens=4_000)) as s:
+            reply = await async_client.chat.completions.create(
+                model=SERVED_MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
+            )
+            stream = await async_client.chat.completions.create(
+                model=SERVED_MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True
+            )
+            assert isinstance(stream, openai.AsyncStream)
+            parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+            await stream.close()
+        return s, reply, "".join(parts)
+
+    s, reply, text = asyncio.run(main())
+    first, second = s.calls
+    assert first.usage.input_tokens == reply.usage.prompt_tokens and not first.estimated
+    assert first.usage.output_tokens == reply.usage.completion_tokens
+    assert second.estimated and second.response == text
+    assert s.usage == first.usage + second.usage
+    assert s.budget is not None and s.budget.ledger.snapshot().reservations == 0
+
+
+def test_async_consumer_cancelled_mid_stream_is_settled(async_client: Any) -> None:
+    """A task cancelled while holding an open stream (inside ``async with``) leaves nothing reserved."""
+
+    async def main() -> Any:
+        budget = llmctx.Budget(tokens=4_000)
+        got_one = asyncio.Event()
+        async with llmctx.session(store="memory:", budget=budget) as s:
+
+            async def consume() -> None:
+                stream = await async_client.chat.completions.create(
+                    model=SERVED_MODEL, messages=MESSAGES, max_tokens=64, stream=True
+                )
+                async with stream:
+                    async for _ in stream:
+                        got_one.set()
+                        await asyncio.Event().wait()  # stuck mid-stream until cancelled
+
+            task = asyncio.create_task(consume())
+            await asyncio.wait_for(got_one.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return s
+
+    s = asyncio.run(main())
+    (record,) = s.calls
+    assert record.estimated and record.metadata.get("abandoned") is True
+    assert record.usage.input_tokens > 0
+    assert s.budget is not None and s.budget.ledger.snapshot().reservations == 0
