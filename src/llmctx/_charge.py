@@ -140,7 +140,7 @@ class CallTracker:
         self.kind = kind
         self.input_tokens = input_tokens
         self.max_output_tokens = max_output_tokens
-        self.free = free or kind != "llm"
+        self.free = free or kind == "tool"
         self.session = session if session is not None else current_session()
         self._recorders = recorders if recorders is not None else current_recorders()
         self.metadata = dict(metadata or {})
@@ -169,7 +169,7 @@ class CallTracker:
         return self
 
     def _reserve(self, chain: list[Session]) -> None:
-        is_llm = self.kind == "llm"
+        is_llm = self.kind != "tool"  # model calls (chat, completion, embedding) are requests
         tokens = self.input_tokens + self.max_output_tokens
         usd: Decimal | None = _ZERO
         if is_llm and not self.free and any(s.budget and s.budget.usd is not None for s in chain):
@@ -273,7 +273,7 @@ class CallTracker:
         if model:
             self.model = model
         if usage is None:
-            usage = Usage(requests=1) if (status == "ok" and self.kind == "llm") else Usage()
+            usage = Usage(requests=1) if (status == "ok" and self.kind != "tool") else Usage()
         cost: Decimal | None
         note: str | None = None
         if self.free:

@@ -41,6 +41,19 @@ __all__ = [
 ]
 
 
+def _money(value: object) -> str:
+    """Dollars for people: no exponent, no trailing zeros, at least two decimals."""
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    text = f"{d:f}"
+    if "." in text:
+        whole, frac = text.split(".")
+        frac = frac.rstrip("0").ljust(2, "0")
+        text = f"{whole}.{frac}"
+    else:
+        text += ".00"
+    return "$" + text
+
+
 class LLMCtxError(Exception):
     """Root of every error llmctx raises on purpose."""
 
@@ -123,16 +136,16 @@ class BudgetExceeded(LLMCtxError):
 
     def __str__(self) -> str:
         # Built on demand: the charge path fills in the session after the ledger refused.
-        unit = "$" if self.dimension == "usd" else ""
+        fmt = _money if self.dimension == "usd" else str
         label = {"usd": "money", "tokens": "token", "requests": "request"}.get(
             self.dimension, self.dimension
         )
         who = self.session_name or self.session_id
         of = f" of session {who!r}" if who else ""
         return (
-            f"{label} budget{of} exceeded before sending: limit {unit}{self.limit}, "
-            f"spent {unit}{self.spent}, reserved by calls in flight {unit}{self.reserved}, "
-            f"this call needs up to {unit}{self.requested}. Raise the budget, lower max_tokens, "
+            f"{label} budget{of} exceeded before sending: limit {fmt(self.limit)}, "
+            f"spent {fmt(self.spent)}, reserved by calls in flight {fmt(self.reserved)}, "
+            f"this call needs up to {fmt(self.requested)}. Raise the budget, lower max_tokens, "
             "or start a new session"
         )
 

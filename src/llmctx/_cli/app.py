@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from .demo import demo
 from .mcp import mcp_app
 from .prices import prices
 from .sessions import sessions_app
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(mcp_app, name="mcp")
 app.command("prices")(prices)
+app.command("demo")(demo)
 
 
 def _version(value: bool) -> None:
