@@ -9,6 +9,7 @@ from .demo import demo
 from .mcp import mcp_app
 from .prices import prices
 from .sessions import sessions_app
+from .workshop import workshop
 
 app = typer.Typer(
     name="llmctx",
@@ -21,6 +22,7 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(mcp_app, name="mcp")
 app.command("prices")(prices)
 app.command("demo")(demo)
+app.command("workshop")(workshop)
 
 
 def _version(value: bool) -> None:
