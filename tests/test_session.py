@@ -397,3 +397,14 @@ def test_bad_call_input_is_refused_and_loses_nothing(tmp_path: Path) -> None:
     assert s.budget is not None and s.budget.ledger.snapshot().reservations == 0
     stored = SQLiteStore(db).list_calls([s.id])
     assert [c.request["prompt"] for c in stored] == ["one two", "three"]
+
+
+def test_recorder_table_shows_model_text_literally() -> None:
+    """A reply that looks like rich markup is shown as text, not parsed (no MarkupError)."""
+    from rich.console import Console
+
+    with llmctx.record() as rec:
+        FakeModel(reply="[/] [bold]not markup[/bold]").complete("x")
+    console = Console(record=True, width=200)
+    console.print(rec.table())
+    assert "[/] [bold]not markup[/bold]" in console.export_text()

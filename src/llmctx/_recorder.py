@@ -129,9 +129,12 @@ class Recorder:
         """A rich Table of the exchanges (prompt, response, tokens, cost)."""
         from rich.table import Table
 
+        from rich.markup import escape
+
         def clip(text: str | None) -> str:
+            # Model text may contain "[...]", which rich would read as markup.
             text = (text or "").replace("\n", " ")
-            return text if len(text) <= width else text[: width - 1] + "…"
+            return escape(text if len(text) <= width else text[: width - 1] + "…")
 
         table = Table(title=f"Recorded calls ({len(self)})")
         for col in ("#", "model", "prompt", "response", "tokens", "cost"):
@@ -139,7 +142,7 @@ class Recorder:
         for i, pair in enumerate(self.pairs, 1):
             table.add_row(
                 str(i),
-                pair.model or "",
+                escape(pair.model or ""),
                 clip(pair.prompt),
                 clip(pair.response) if pair.status == "ok" else f"[red]{pair.status}[/red]",
                 f"{pair.usage.input_tokens}+{pair.usage.output_tokens}",

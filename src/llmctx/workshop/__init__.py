@@ -158,11 +158,13 @@ def run_module(module: Module) -> ModuleOutcome:
 
             error = str(exc) if isinstance(exc, CheckFailed) else traceback.format_exc(limit=6)
             error = error or type(exc).__name__
+    # Count real model calls only: some modules use llmctx.testing.FakeModel for volume.
+    real = [c for c in s.calls if c.kind != "tool" and c.provider != "fake"]
     return ModuleOutcome(
         module=module,
         seconds=time.perf_counter() - start,
-        calls=s.usage.requests,
-        tokens=s.usage.total_tokens,
+        calls=len(real),
+        tokens=sum(c.usage.total_tokens for c in real),
         cost=s.cost,
         ok=error is None,
         error=error,
