@@ -2,28 +2,40 @@
 
 Run::
 
-    python benchmarks/bench_limits.py [--ops N] [--redis-url URL]
+    python benchmarks/bench_limits.py [--ops N] [--repeats N] [--duration SECONDS]
+                                      [--redis-url URL] [--skip-accuracy] [--accuracy-redis]
 
 The peer libraries are optional (``pip install aiolimiter limits pyrate-limiter``); missing
 ones are skipped. Redis figures need a server (``--redis-url`` or ``$LLMCTX_TEST_REDIS_URL``);
 the benchmark uses its own key names and deletes them afterwards.
 
-What it prints:
+Timings are the CPU time of this thread (``time.thread_time``), taken in short chunks that
+rotate through the cases, and the median chunk is reported: on a machine shared with other
+work, ratios within one run are what to compare. What it prints:
 
 * uncontended acquire+release in asyncio, microseconds per pair, and the ratio to
   ``asyncio.Semaphore`` (targets: ResourcePool/RateLimiter <= 1.5x; faster than aiolimiter,
   limits and pyrate-limiter). The rate limiters are given a limit they never reach;
 * contended throughput: 1,000 tasks sharing 10 slots, each taking a slot 20 times and
   yielding once while holding it (target: ResourcePool >= 0.8x asyncio.Semaphore);
-* RedisRateStore acquire vs a raw ``EVALSHA`` of a no-op script (target >= 0.7x).
+* rate accuracy: 50 tasks hammer a 6,000 rpm limiter (100/s, burst 1 s) for ``--duration``
+  seconds (default 30) of wall time: the first second (the burst plus refills), the steady
+  rate's error, the total against the exact GCRA allowance, admissions beyond the GCRA bound,
+  and the 1-second windows above the steady limit (target: within +-1 %, none over);
+  ``--accuracy-redis`` repeats it with the state in Redis;
+* Redis: RedisRateStore acquires/s against a raw ``EVALSHA`` of a no-op script through the
+  same client (target >= 0.7x), with the round trips per acquire counted; and the pool's
+  RedisLeaseStore lease+release for reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,22 +44,19 @@ from typing import Any
 import anyio
 
 from llmctx._limits import RateLimiter, RedisRateStore
-from llmctx._pool import ResourcePool
+from llmctx._pool import RedisLeaseStore, ResourcePool
 
 BIG = 10**12  # a rate no benchmark reaches
 
 
-async def _time_pairs(step: Callable[[], Awaitable[None]], ops: int, repeats: int = 5) -> float:
-    """Best-of-``repeats`` microseconds per call of ``step``."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(ops):
-            await step()
-        best = min(best, (time.perf_counter() - start) / ops * 1e6)
-    return best
+def _median_ratio_table(results: dict[str, list[float]], base: str, unit: str) -> None:
+    medians = {label: statistics.median(v) for label, v in results.items()}
+    ref = medians[base]
+    for label, value in medians.items():
+        print(f"  {label:44s} {value:10.2f} {unit}   {value / ref:5.2f}x")
 
 
+# --------------------------------------------------------------------------- uncontended
 def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
     cases: dict[str, Callable[[], Awaitable[None]]] = {}
 
@@ -75,14 +84,6 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
 
     cases["llmctx.ResourcePool"] = resource_pool
 
-    limiter = RateLimiter(rpm=BIG, tpm=BIG, burst=60)
-
-    async def rate_limiter() -> None:
-        async with limiter.acquire(tokens=100) as r:
-            r.settle(80)
-
-    cases["llmctx.RateLimiter (rpm+tpm, settle)"] = rate_limiter
-
     limiter_rpm = RateLimiter(rpm=BIG, burst=60)
 
     async def rate_limiter_rpm() -> None:
@@ -90,6 +91,22 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
             pass
 
     cases["llmctx.RateLimiter (rpm only)"] = rate_limiter_rpm
+
+    limiter = RateLimiter(rpm=BIG, tpm=BIG, burst=60)
+
+    async def rate_limiter() -> None:
+        async with limiter.acquire(tokens=100):
+            pass
+
+    cases["llmctx.RateLimiter (rpm+tpm)"] = rate_limiter
+
+    limiter_settle = RateLimiter(rpm=BIG, tpm=BIG, burst=60)
+
+    async def rate_limiter_settle() -> None:
+        async with limiter_settle.acquire(tokens=100) as r:
+            r.settle(80)
+
+    cases["llmctx.RateLimiter (rpm+tpm, settle)"] = rate_limiter_settle
 
     try:
         from aiolimiter import AsyncLimiter
@@ -133,8 +150,57 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
     return cases
 
 
-async def _contended(make: Callable[[], Callable[[], Any]], tasks: int, rounds: int) -> float:
-    """Slot acquisitions per second with ``tasks`` tasks contending."""
+async def _uncontended(ops: int, repeats: int) -> None:
+    cases = _uncontended_cases()
+    results: dict[str, list[float]] = {label: [] for label in cases}
+    chunk = max(1, ops // repeats)
+    for _ in range(repeats):
+        for label, step in cases.items():
+            start = time.thread_time()
+            for _ in range(chunk):
+                await step()
+            results[label].append((time.thread_time() - start) / chunk * 1e6)
+    print(f"Uncontended acquire+release in asyncio ({chunk} pairs x {repeats} chunks, median)")
+    _median_ratio_table(results, "asyncio.Semaphore", "us")
+
+
+def _uncontended_threads(ops: int, repeats: int) -> None:
+    sem = threading.Semaphore(10)
+    pool = ResourcePool([None], capacity=10)
+    limiter = RateLimiter(rpm=BIG, burst=60)
+
+    def semaphore() -> None:
+        with sem:
+            pass
+
+    def resource_pool() -> None:
+        with pool.acquire():
+            pass
+
+    def rate_limiter() -> None:
+        with limiter.acquire():
+            pass
+
+    cases = {
+        "threading.Semaphore": semaphore,
+        "llmctx.ResourcePool": resource_pool,
+        "llmctx.RateLimiter (rpm only)": rate_limiter,
+    }
+    results: dict[str, list[float]] = {label: [] for label in cases}
+    chunk = max(1, ops // repeats)
+    for _ in range(repeats):
+        for label, step in cases.items():
+            start = time.thread_time()
+            for _ in range(chunk):
+                step()
+            results[label].append((time.thread_time() - start) / chunk * 1e6)
+    print(f"\nUncontended acquire+release in a thread ({chunk} pairs x {repeats} chunks, median)")
+    _median_ratio_table(results, "threading.Semaphore", "us")
+
+
+# --------------------------------------------------------------------------- contended
+async def _contended_once(make: Callable[[], Callable[[], Any]], tasks: int, rounds: int) -> float:
+    """Slot acquisitions per CPU second with ``tasks`` tasks contending."""
     acquire = make()
 
     async def worker() -> None:
@@ -142,9 +208,9 @@ async def _contended(make: Callable[[], Callable[[], Any]], tasks: int, rounds: 
             async with acquire():
                 await asyncio.sleep(0)
 
-    start = time.perf_counter()
+    start = time.thread_time()
     await asyncio.gather(*(worker() for _ in range(tasks)))
-    return tasks * rounds / (time.perf_counter() - start)
+    return tasks * rounds / (time.thread_time() - start)
 
 
 def _contended_cases() -> dict[str, Callable[[], Callable[[], Any]]]:
@@ -172,63 +238,165 @@ def _contended_cases() -> dict[str, Callable[[], Callable[[], Any]]]:
     }
 
 
-def _redis(url: str, ops: int) -> None:
+async def _contended(repeats: int) -> None:
+    cases = _contended_cases()
+    results: dict[str, list[float]] = {label: [] for label in cases}
+    for _ in range(repeats):
+        for label, make in cases.items():
+            results[label].append(await _contended_once(make, 1000, 20))
+    print(f"\nContended: 1,000 tasks on 10 slots, 20 acquisitions each ({repeats} runs, median)")
+    _median_ratio_table(results, "asyncio.Semaphore(10)", "/s")
+
+
+# --------------------------------------------------------------------------- accuracy
+async def _accuracy(duration: float, store: Any = None, label: str = "in-process") -> None:
+    """Saturate a 100/s limiter with a 1 s burst for ``duration`` seconds; report accuracy."""
+    rate, burst = 100.0, 1.0
+    limiter = RateLimiter(rpm=rate * 60, burst=burst, store=store)
+    stamps: list[float] = []
+    start = time.monotonic()
+    end = start + duration
+
+    async def worker() -> None:
+        while True:
+            async with limiter.acquire():
+                now = time.monotonic()
+                if now >= end:
+                    return
+                stamps.append(now - start)
+
+    await asyncio.gather(*(worker() for _ in range(50)))
+    total = len(stamps)
+    burst_n = int(rate * burst)
+    # GCRA from a full bucket: burst_n at once, then one every 1/rate s, in [0, duration).
+    allowed_total = burst_n + math.ceil(duration * rate) - 1
+    first_second = sum(1 for t in stamps if t < 1.0)
+    steady = [t for t in stamps if t >= 1.0]
+    steady_rate = len(steady) / (duration - 1.0)
+    windows = [0] * int(duration)
+    for t in stamps:
+        if int(t) < len(windows):
+            windows[int(t)] += 1
+    # After the first second the bucket is empty under this load, so a 1 s window holds
+    # rate + 1 at most (an admission on each edge). Stamps are taken when the task resumes,
+    # a little after the admission, so this count also shows scheduling jitter.
+    over_windows = sum(1 for n in windows[1:] if n > rate + 1)
+    # The sound check: the k-th stamp proves k admissions by then, and GCRA allows at most
+    # burst_n + 1 + rate * t of them by time t (since the limiter's first admission, which
+    # is at or after `start`).
+    over_bound = sum(
+        1 for k, t in enumerate(sorted(stamps), start=1) if k > burst_n + 1 + rate * t + 1e-9
+    )
+    print(f"\nRate accuracy ({label}): 6,000 rpm (100/s), burst 1 s, 50 tasks, {duration:g} s")
+    print(
+        f"  first second                    {first_second:8d}   "
+        f"(burst {burst_n} + {int(rate) - 1} refills = {burst_n + int(rate) - 1})"
+    )
+    print(
+        f"  steady rate (after 1 s)         {steady_rate:8.2f}/s "
+        f"(error {100 * (steady_rate - rate) / rate:+.2f} %)"
+    )
+    print(
+        f"  total admitted                  {total:8d}   allowance {allowed_total} "
+        f"(error {100 * (total - allowed_total) / allowed_total:+.2f} %)"
+    )
+    print(f"  admissions over the GCRA bound  {over_bound:8d}")
+    print(f"  1 s windows above rate + 1      {over_windows:8d}   of {len(windows) - 1}")
+    print(f"  busiest / quietest 1 s window   {max(windows[1:]):5d} / {min(windows[1:])}")
+
+
+# --------------------------------------------------------------------------- Redis
+def _redis(url: str, ops: int, repeats: int) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
     name = f"bench-{uuid.uuid4().hex[:8]}"
     store = RedisRateStore(client, name)
     limiter = RateLimiter(rpm=BIG, tpm=BIG, burst=60, store=store)
-    noop = client.register_script("return 0")
+    lease_store = RedisLeaseStore(client, name)
+    pool = ResourcePool([None], capacity=10, store=lease_store)
+    noop_sha = client.script_load("return 0")
+    noop_key = f"{{llmctx:rl:{name}}}:noop"
+
+    calls = [0]
+    execute = client.execute_command
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return execute(*args, **kwargs)
+
+    def raw() -> None:
+        execute("EVALSHA", noop_sha, 1, noop_key)
+
+    def acquire() -> None:
+        limiter.acquire_nowait(tokens=100)
+
+    def lease() -> None:
+        pool.acquire_nowait().release()
+
     try:
-        noop(keys=[f"{{llmctx:rl:{name}}}:noop"])
+        limiter.acquire_nowait(tokens=1)  # loads the script
+        lease()
+        client.execute_command = counting  # type: ignore[method-assign]
         limiter.acquire_nowait(tokens=1)
+        per_acquire = calls[0]
+        calls[0] = 0
+        lease()
+        per_lease = calls[0]
+        client.execute_command = execute  # type: ignore[method-assign]
 
-        def rate(fn: Callable[[], Any]) -> float:
-            runs = []
-            for _ in range(3):
+        cases = {"raw EVALSHA no-op": raw, "RedisRateStore acquire": acquire}
+        cases["RedisLeaseStore lease+release"] = lease
+        results: dict[str, list[float]] = {label: [] for label in cases}
+        chunk = max(1, ops // repeats)
+        for _ in range(repeats):
+            for label, step in cases.items():
                 start = time.perf_counter()
-                for _ in range(ops):
-                    fn()
-                runs.append(ops / (time.perf_counter() - start))
-            return statistics.median(runs)
-
-        raw = rate(lambda: noop(keys=[f"{{llmctx:rl:{name}}}:noop"]))
-        acq = rate(lambda: limiter.acquire_nowait(tokens=100))
-        print("\nRedis (one round trip per acquire)")
-        print(f"  raw EVALSHA no-op              {raw:10.0f} /s")
-        print(f"  RedisRateStore acquire_nowait  {acq:10.0f} /s   ratio {acq / raw:.2f}x")
+                for _ in range(chunk):
+                    step()
+                results[label].append(chunk / (time.perf_counter() - start))
+        print(f"\nRedis, loopback ({chunk} calls x {repeats} chunks, wall clock, median)")
+        _median_ratio_table(results, "raw EVALSHA no-op", "/s")
+        print(f"  round trips: {per_acquire} per rate-limit acquire, {per_lease} per lease+release")
     finally:
         store.clear()
+        lease_store.clear()
+        lease_store.close()
         client.close()
 
 
-async def _main(ops: int) -> None:
-    print(f"Uncontended acquire+release in asyncio ({ops} pairs, best of 5)")
-    results: dict[str, float] = {}
-    for label, step in _uncontended_cases().items():
-        results[label] = await _time_pairs(step, ops)
-    base = results["asyncio.Semaphore"]
-    for label, us in results.items():
-        print(f"  {label:40s} {us:7.2f} us   {us / base:5.2f}x")
-
-    print("\nContended: 1,000 tasks on 10 slots, 20 acquisitions each (best of 3)")
-    through: dict[str, float] = {}
-    for label, make in _contended_cases().items():
-        through[label] = max([await _contended(make, 1000, 20) for _ in range(3)])
-    base = through["asyncio.Semaphore(10)"]
-    for label, per_s in through.items():
-        print(f"  {label:40s} {per_s:9.0f} /s   {per_s / base:5.2f}x")
+async def _main(args: argparse.Namespace) -> None:
+    await _uncontended(args.ops, args.repeats)
+    _uncontended_threads(args.ops, args.repeats)
+    await _contended(max(3, args.repeats // 4))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=20_000)
+    parser.add_argument("--ops", type=int, default=200_000, help="pairs per uncontended case")
+    parser.add_argument("--repeats", type=int, default=40, help="chunks per case (median)")
+    parser.add_argument("--duration", type=float, default=30.0, help="rate-accuracy seconds")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--accuracy-redis", action="store_true", help="also run the accuracy test on Redis"
+    )
     parser.add_argument("--redis-url", default=os.environ.get("LLMCTX_TEST_REDIS_URL"))
     args = parser.parse_args()
-    asyncio.run(_main(args.ops))
+    asyncio.run(_main(args))
+    if not args.skip_accuracy:
+        asyncio.run(_accuracy(args.duration))
+        if args.redis_url and args.accuracy_redis:
+            import redis
+
+            client = redis.Redis.from_url(args.redis_url)
+            store = RedisRateStore(client, f"bench-acc-{uuid.uuid4().hex[:8]}")
+            try:
+                asyncio.run(_accuracy(args.duration, store, "Redis store"))
+            finally:
+                store.clear()
+                client.close()
     if args.redis_url:
-        _redis(args.redis_url, max(1000, args.ops // 10))
+        _redis(args.redis_url, max(1000, args.ops // 20), max(5, args.repeats // 4))
     else:
         print("\nRedis: skipped (pass --redis-url or set LLMCTX_TEST_REDIS_URL)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import sys
 import threading
 from typing import Any
 
@@ -336,3 +337,38 @@ async def test_randomized_cancel_and_timeout_leave_the_pool_full() -> None:
     assert stats.cancellations > 0
     assert stats.timeouts > 0
     assert stats.wait_max >= stats.wait_p99 >= stats.wait_p50 >= 0
+
+
+@pytest.mark.anyio
+async def test_contended_hand_off_makes_one_future_per_waiter() -> None:
+    """Under contention each queued acquire creates exactly one future and wakes once, granted."""
+    loop = asyncio.get_running_loop()
+    made = 0
+    create_future = loop.create_future
+
+    def counting_create_future() -> asyncio.Future[Any]:
+        nonlocal made
+        # Count the futures llmctx's waiters make, not asyncio's own (sleep, gather).
+        if sys._getframe(1).f_code.co_filename.endswith("_waiting.py"):
+            made += 1
+        return create_future()
+
+    pool = ResourcePool(["w"], capacity=2)
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        async with pool.acquire():
+            order.append(i)
+            await asyncio.sleep(0)
+
+    # An instance attribute shadows the method: the count covers only futures made here.
+    loop.create_future = counting_create_future  # type: ignore[method-assign]
+    try:
+        with anyio.fail_after(10):
+            await asyncio.gather(*(worker(i) for i in range(50)))
+    finally:
+        del loop.create_future
+    stats = pool.statistics()
+    assert order == list(range(50))  # FIFO
+    assert made == 48  # two went straight in; every other one waited once
+    assert (stats.acquired, stats.available, stats.waiting) == (50, 2, 0)

@@ -30,7 +30,7 @@ from ._limits import (
     WouldBlock,
 )
 from ._monitor import MonitorResult, monitor, timed
-from ._pool import Lease, PoolStatistics, ResourcePool
+from ._pool import Lease, PoolStatistics, RedisLeaseStore, ResourcePool
 from ._pricing import ModelPrice, clear_prices, lookup_price, price_override, price_usage, set_price
 from ._recorder import PromptResponse, Recorder, record
 from ._redact import redact
@@ -65,6 +65,7 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStatistics",
     "Recorder",
+    "RedisLeaseStore",
     "RedisLedger",
     "RedisRateStore",
     "Reservation",

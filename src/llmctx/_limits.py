@@ -21,6 +21,7 @@ the FIFO queue stays per process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from ._exceptions import ConfigError, LLMCtxError
+from ._exceptions import ConfigError
+from ._redis_script import _Script
+from ._waiting import AcquireTimeout, WouldBlock, _check_timeout, _Waiter
 
 __all__ = [
     "AcquireTimeout",
@@ -44,111 +47,10 @@ __all__ = [
 
 _NS = 1_000_000_000
 _MINUTE_NS = 60 * _NS
+# Seconds before the next head retries after the store (Redis) failed for the previous one.
+_STORE_RETRY = 0.1
 
-
-class WouldBlock(LLMCtxError):
-    """``acquire_nowait`` could not proceed without waiting; nothing was taken.
-
-    Attributes:
-        retry_after: seconds until the request could be admitted if nothing else changes,
-            or None when that is not known (another caller is queued first, or the pool
-            waits for a release).
-    """
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class AcquireTimeout(LLMCtxError, TimeoutError):
-    """A rate limiter or pool could not admit the caller before its ``timeout``; nothing was taken.
-
-    It is also a ``TimeoutError``, so ``except TimeoutError`` catches it.
-    """
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ConfigError(f"timeout={timeout!r} must be a number of seconds >= 0, or None")
-    if math.isnan(timeout) or timeout < 0:
-        raise ConfigError(
-            f"timeout={timeout!r} is negative or NaN; pass seconds >= 0 (0 = do not wait), "
-            "or None to wait as long as needed"
-        )
-    return float(timeout)
-
-
-# --------------------------------------------------------------------------- waiters
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-class _Waiter:
-    """One queued caller and the way to wake it from any thread.
-
-    ``arm()`` is called with the owner's lock held, before the state is checked, so a wake-up
-    that happens between the check and the wait is never lost.
-    """
-
-    __slots__ = ("amount", "fut", "grant", "loop", "thread_event", "thread_id")
-
-    def __init__(self, amount: int, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.amount = amount
-        # Set by a pool when it hands capacity to this waiter.
-        self.grant: Any = None
-        self.loop = loop
-        self.thread_id = threading.get_ident()
-        self.fut: asyncio.Future[None] | None = None
-        self.thread_event: threading.Event | None = None
-        if loop is None:
-            self.thread_event = threading.Event()
-        else:
-            self.fut = loop.create_future()
-
-    def arm(self) -> None:
-        if self.loop is None:
-            assert self.thread_event is not None
-            self.thread_event.clear()
-        elif self.fut is None or self.fut.done():
-            self.fut = self.loop.create_future()
-
-    def wake(self) -> bool:
-        """Wake the waiter; False if its event loop is closed (it can never run again)."""
-        if self.loop is None:
-            assert self.thread_event is not None
-            self.thread_event.set()
-            return True
-        fut = self.fut
-        assert fut is not None
-        if threading.get_ident() == self.thread_id:
-            _resolve(fut)
-            return True
-        try:
-            self.loop.call_soon_threadsafe(_resolve, fut)
-        except RuntimeError:  # the loop is closed
-            return False
-        return True
-
-    def wait_sync(self, timeout: float | None) -> None:
-        assert self.thread_event is not None
-        self.thread_event.wait(timeout)
-
-    async def wait_async(self, delay: float | None) -> None:
-        fut = self.fut
-        loop = self.loop
-        assert fut is not None
-        assert loop is not None
-        if delay is None:
-            await fut
-            return
-        handle = loop.call_later(delay, _resolve, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
+logger = logging.getLogger("llmctx.limits")
 
 
 # --------------------------------------------------------------------------- stores
@@ -194,18 +96,25 @@ class _MemoryStore:
     def try_acquire(
         self, interval_req: int, interval_tok: int, tolerance: int, tokens: int, now: int
     ) -> int:
-        base_req = self.tat_req if self.tat_req > now else now
-        delay = base_req + min(interval_req, tolerance) - tolerance - now
-        base_tok = now
+        # Written without min()/max() calls: this runs on every uncontended acquire.
+        tat = self.tat_req
+        base_req = tat if tat > now else now
+        step = interval_req if interval_req < tolerance else tolerance
+        delay = base_req + step - tolerance - now
         if interval_tok:
-            base_tok = self.tat_tok if self.tat_tok > now else now
+            tat = self.tat_tok
+            base_tok = tat if tat > now else now
             cost = tokens * interval_tok
-            delay = max(delay, base_tok + min(cost, tolerance) - tolerance - now)
-        if delay > 0:
+            step = cost if cost < tolerance else tolerance
+            wait_tok = base_tok + step - tolerance - now
+            if wait_tok > delay:
+                delay = wait_tok
+            if delay > 0:
+                return delay
+            self.tat_tok = base_tok + cost
+        elif delay > 0:
             return delay
         self.tat_req = base_req + interval_req
-        if interval_tok:
-            self.tat_tok = base_tok + tokens * interval_tok
         return 0
 
     def adjust(self, req_delta: int, tok_delta: int, now: int) -> None:
@@ -222,47 +131,69 @@ class _MemoryStore:
         return self.tat_req, self.tat_tok, now
 
 
-# Times in the script are microseconds (Lua numbers are doubles: nanoseconds since the epoch
-# would lose precision). KEYS[1]: the state hash. ARGV: op, interval_req_us, interval_tok_us,
-# tolerance_us, tokens / deltas, ttl_ms. Returns the delay in microseconds (0: admitted).
+# Times in the scripts are microseconds (Lua numbers are doubles: nanoseconds since the epoch
+# would lose precision). KEYS[1]: the state, one string "TAT_REQUESTS TAT_TOKENS" set with
+# PX, so each write is one command (this runs on every admission; a hash would need HSET and
+# PEXPIRE). The acquire script takes two arguments so the client packs little: ARGV[1] is
+# "interval_req_us interval_tok_us tolerance_us ttl_ms" (encoded once per limit), ARGV[2] the
+# tokens. It returns the delay in microseconds (0: admitted, both dimensions committed).
+_ACQUIRE_LUA = """
+local ireq, itok, tol, ttl = string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+)$')
+ireq = tonumber(ireq)
+itok = tonumber(itok)
+tol = tonumber(tol)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local treq, ttok = now, now
+local v = redis.call('GET', KEYS[1])
+if v then
+  local a, b = string.match(v, '^(%S+) (%S+)$')
+  treq = math.max(tonumber(a), now)
+  ttok = tonumber(b)
+end
+local delay = treq + math.min(ireq, tol) - tol - now
+if itok > 0 then
+  ttok = math.max(ttok, now)
+  local cost = tonumber(ARGV[2]) * itok
+  delay = math.max(delay, ttok + math.min(cost, tol) - tol - now)
+  ttok = ttok + cost
+end
+if delay > 0 then
+  return math.ceil(delay)
+end
+treq = treq + ireq
+local horizon = math.max(treq, ttok, now) - now
+redis.call('SET', KEYS[1], string.format('%.3f %.3f', treq, ttok),
+  'PX', math.ceil(horizon / 1000) + tonumber(ttl))
+return 0
+"""
+
+# The rarer operations. ARGV: op ('adjust', 'push' or 'state'), two signed microsecond values
+# ('' = leave that dimension alone), ttl_ms.
 _LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local op = ARGV[1]
-local ireq = tonumber(ARGV[2])
-local itok = tonumber(ARGV[3])
-local tol = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[7])
-local v = redis.call('HMGET', KEYS[1], 'req', 'tok')
-local treq = tonumber(v[1]) or now
-local ttok = tonumber(v[2]) or now
+local treq, ttok = now, now
+local v = redis.call('GET', KEYS[1])
+if v then
+  local a, b = string.match(v, '^(%S+) (%S+)$')
+  treq = tonumber(a)
+  ttok = tonumber(b)
+end
 if op == 'state' then
   return {tostring(treq), tostring(ttok), tostring(now)}
 end
-if op == 'acquire' then
-  local tokens = tonumber(ARGV[5])
-  local breq = math.max(treq, now)
-  local delay = breq + math.min(ireq, tol) - tol - now
-  local btok = math.max(ttok, now)
-  if itok > 0 then
-    delay = math.max(delay, btok + math.min(tokens * itok, tol) - tol - now)
-  end
-  if delay > 0 then
-    return math.ceil(delay)
-  end
-  treq = breq + ireq
-  if itok > 0 then ttok = btok + tokens * itok end
-elseif op == 'adjust' then
-  treq = treq + tonumber(ARGV[5])
-  ttok = ttok + tonumber(ARGV[6])
+if op == 'adjust' then
+  treq = treq + tonumber(ARGV[2])
+  ttok = ttok + tonumber(ARGV[3])
 elseif op == 'push' then
-  if ARGV[5] ~= '' then treq = math.max(treq, now + tonumber(ARGV[5])) end
-  if ARGV[6] ~= '' then ttok = math.max(ttok, now + tonumber(ARGV[6])) end
+  if ARGV[2] ~= '' then treq = math.max(treq, now + tonumber(ARGV[2])) end
+  if ARGV[3] ~= '' then ttok = math.max(ttok, now + tonumber(ARGV[3])) end
 end
-redis.call('HSET', KEYS[1], 'req', string.format('%.3f', treq), 'tok', string.format('%.3f', ttok))
-local horizon = math.max(treq, ttok) - now
-if horizon < 0 then horizon = 0 end
-redis.call('PEXPIRE', KEYS[1], math.ceil(horizon / 1000) + ttl)
+local horizon = math.max(treq, ttok, now) - now
+redis.call('SET', KEYS[1], string.format('%.3f %.3f', treq, ttok),
+  'PX', math.ceil(horizon / 1000) + tonumber(ARGV[4]))
 return 0
 """
 
@@ -270,11 +201,13 @@ return 0
 class RedisRateStore:
     """Rate-limiter state in Redis, so many processes and machines share one limit.
 
-    Every operation is one ``EVALSHA`` round trip of a Lua script (redis-py's
-    ``register_script`` reloads it after a ``NOSCRIPT`` error). The script reads Redis's own
-    ``TIME``, so the machines' clocks do not need to agree. The key is hash-tagged
-    (``{llmctx:rl:NAME}:gcra``) so it works on Redis Cluster, and it expires once the bucket
-    has refilled (plus ``ttl`` seconds), so idle limiters leave nothing behind.
+    Every operation is one ``EVALSHA`` round trip of a Lua script, sent straight through the
+    client's ``execute_command``; an acquire sends two arguments, the limits packed and
+    encoded once plus the tokens (after a ``NOSCRIPT`` error, e.g. a restarted Redis, the
+    script is loaded again and the call retried). The
+    script reads Redis's own ``TIME``, so the machines' clocks do not need to agree. The key is
+    hash-tagged (``{llmctx:rl:NAME}:gcra``) so it works on Redis Cluster, and it expires once
+    the bucket has refilled (plus ``ttl`` seconds), so idle limiters leave nothing behind.
 
     Every limiter sharing a name must use the same ``rpm``, ``tpm`` and ``burst``. FIFO order
     holds among the waiters of one process; across processes, whoever asks first once
@@ -297,11 +230,13 @@ class RedisRateStore:
         self.client = client
         self.name = name
         self.key = f"{{llmctx:rl:{name}}}:gcra"
-        self._ttl_ms = str(int(ttl * 1000))
-        self._script = client.register_script(_LUA)
-
-    def _run(self, *args: str) -> Any:
-        return self._script(keys=[self.key], args=[*args, self._ttl_ms])
+        self._key = self.key.encode()
+        self._ttl_ms = int(ttl * 1000)
+        self._acquire = _Script(client, _ACQUIRE_LUA)
+        self._other = _Script(client, _LUA)
+        # The acquire script's first argument depends only on the limits: encoded once.
+        self._limits: tuple[int, int, int] | None = None
+        self._packed = b""
 
     @staticmethod
     def _us(ns: int) -> str:
@@ -310,29 +245,26 @@ class RedisRateStore:
     def try_acquire(
         self, interval_req: int, interval_tok: int, tolerance: int, tokens: int, now: int
     ) -> int:
-        delay_us = int(
-            self._run(
-                "acquire",
-                self._us(interval_req),
-                self._us(interval_tok),
-                self._us(tolerance),
-                str(tokens),
-                "",
-            )
-        )
-        return delay_us * 1000
+        limits = (interval_req, interval_tok, tolerance)
+        if limits != self._limits:
+            self._packed = (
+                f"{self._us(interval_req)} {self._us(interval_tok)} "
+                f"{self._us(tolerance)} {self._ttl_ms}"
+            ).encode()
+            self._limits = limits
+        return int(self._acquire(self._key, self._packed, tokens)) * 1000
 
     def adjust(self, req_delta: int, tok_delta: int, now: int) -> None:
-        self._run("adjust", "0", "0", "0", self._us(req_delta), self._us(tok_delta))
+        self._other(self._key, "adjust", self._us(req_delta), self._us(tok_delta), self._ttl_ms)
 
     def push_back(self, req_until: int | None, tok_until: int | None, now: int) -> None:
         # The store's own clock decides, so pass offsets from "now", not absolute times.
         req = "" if req_until is None else self._us(req_until - now)
         tok = "" if tok_until is None else self._us(tok_until - now)
-        self._run("push", "0", "0", "0", req, tok)
+        self._other(self._key, "push", req, tok, self._ttl_ms)
 
     def state(self, now: int) -> tuple[int, int, int]:
-        treq, ttok, rnow = self._run("state", "0", "0", "0", "", "")
+        treq, ttok, rnow = self._other(self._key, "state", "", "", self._ttl_ms)
         return (
             int(float(treq) * 1000),
             int(float(ttok) * 1000),
@@ -374,6 +306,13 @@ class RateLimiterStatistics:
     cancellations: int
 
 
+_PENDING = 0
+_OPEN = 1
+_KEPT = 2  # closed with the estimate charged
+_SETTLED = 3
+_RELEASED = 4
+
+
 class Reservation:
     """Capacity a caller holds for one request: one request and an estimate of tokens.
 
@@ -382,22 +321,33 @@ class Reservation:
     (everything is given back). The first of :meth:`settle` / :meth:`release` wins; later calls
     are no-ops, so ``release()`` in a ``finally`` after ``settle()`` is safe. A reservation
     that is neither settled nor released keeps its estimate charged.
+
+    :meth:`RateLimiter.acquire` returns a reservation that is not admitted yet: entering it
+    (``with`` / ``async with``, once) waits for admission and returns the reservation itself;
+    leaving the block closes it with the estimate charged unless it was settled or released.
     """
 
-    __slots__ = ("_done", "_limiter", "actual_tokens", "tokens")
+    __slots__ = ("_actual", "_limiter", "_state", "_timeout", "tokens")
 
-    def __init__(self, limiter: RateLimiter, tokens: int) -> None:
+    def __init__(
+        self, limiter: RateLimiter, tokens: int, timeout: float | None = None, state: int = _OPEN
+    ) -> None:
         self._limiter = limiter
-        self._done = False
+        self._state = state
+        self._timeout = timeout
         #: The tokens reserved (the estimate).
         self.tokens = tokens
-        #: The tokens settled, once :meth:`settle` was called.
-        self.actual_tokens: int | None = None
+        # `_actual` is set by settle() only: one attribute less per acquire.
+
+    @property
+    def actual_tokens(self) -> int | None:
+        """The tokens settled, once :meth:`settle` was called (else None)."""
+        return self._actual if self._state == _SETTLED else None
 
     @property
     def open(self) -> bool:
-        """True until :meth:`settle` or :meth:`release` is called."""
-        return not self._done
+        """True from admission until :meth:`settle` or :meth:`release` is called."""
+        return self._state == _OPEN
 
     def settle(self, actual_tokens: int) -> None:
         """Replace the estimate by the tokens the request actually used.
@@ -407,35 +357,120 @@ class Reservation:
 
         Raises:
             ConfigError: a negative or non-integer count.
+            RuntimeError: the reservation was not admitted yet (enter ``acquire()`` first).
         """
-        actual = _check_tokens(actual_tokens, "settle(actual_tokens=...)")
-        if self._done:
+        actual = actual_tokens
+        if actual.__class__ is not int or actual < 0:
+            actual = _check_tokens(actual_tokens, "settle(actual_tokens=...)")
+        if self._state != _OPEN:
+            if self._state == _PENDING:
+                raise RuntimeError(
+                    "settle() on a reservation that was not admitted: use it in `with` / "
+                    "`async with limiter.acquire(...)` first"
+                )
             return
-        self._done = True
-        self.actual_tokens = actual
-        self._limiter._settle(self, actual - self.tokens, refund_request=False)
+        self._actual = actual
+        self._state = _SETTLED
+        self._limiter._settle(actual - self.tokens, refund_request=False)
 
     def release(self) -> None:
-        """Give the whole reservation back: the request was not sent."""
-        if self._done:
+        """Give the whole reservation back: the request was not sent. No-op once closed."""
+        if self._state != _OPEN:
             return
-        self._done = True
-        self._limiter._settle(self, -self.tokens, refund_request=True)
+        self._state = _RELEASED
+        self._limiter._settle(-self.tokens, refund_request=True)
 
     def _keep_estimate(self) -> None:
         """Close the reservation with its estimate charged (leaving ``acquire()``'s block)."""
-        if not self._done:
-            self._done = True
-            self._limiter._settle(self, 0, refund_request=False)
+        if self._state == _OPEN:
+            self._state = _KEPT
+            self._limiter._settle(0, refund_request=False)
+
+    def _check_pending(self) -> None:
+        if self._state != _PENDING:
+            raise RuntimeError(
+                "this reservation was already admitted; call limiter.acquire() again for "
+                "another request"
+            )
+
+    def __enter__(self) -> Reservation:
+        self._check_pending()
+        self._limiter._admit_sync(self, self._timeout)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == _OPEN:
+            self._keep_estimate()
+
+    async def __aenter__(self) -> Reservation:
+        if self._state != _PENDING:
+            self._check_pending()
+        limiter = self._limiter
+        store = limiter._fast_store
+        if store is not None:
+            # The fast path: nobody queued and room now; one lock round, no waiter, and
+            # _MemoryStore.try_acquire() inlined (same arithmetic; `slack` is precomputed).
+            # lock.acquire()/release() cost half of `with lock` on CPython 3.11.
+            lock = limiter._lock
+            lock.acquire()
+            try:
+                if not limiter._queue:
+                    now = limiter._clock()
+                    tat = store.tat_req
+                    base_req = tat if tat > now else now
+                    if base_req - now <= limiter._slack_req:
+                        i_tok = limiter._i_tok
+                        if not i_tok:
+                            store.tat_req = base_req + limiter._i_req
+                            limiter._admitted += 1
+                            self._state = _OPEN
+                            return self
+                        tat = store.tat_tok
+                        base_tok = tat if tat > now else now
+                        cost = self.tokens * i_tok
+                        tol = limiter._tolerance
+                        if base_tok - now <= tol - (cost if cost < tol else tol):
+                            store.tat_req = base_req + limiter._i_req
+                            store.tat_tok = base_tok + cost
+                            limiter._admitted += 1
+                            self._state = _OPEN
+                            return self
+            finally:
+                lock.release()
+        await limiter._admit_async(self, self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == _OPEN:
+            self._state = _KEPT
+            lock = self._limiter._lock
+            lock.acquire()
+            self._limiter._closed += 1
+            lock.release()
 
     def __repr__(self) -> str:
-        state = "open" if not self._done else f"settled({self.actual_tokens})"
-        if self._done and self.actual_tokens is None:
-            state = "released"
+        state = {
+            _PENDING: "pending",
+            _OPEN: "open",
+            _KEPT: "closed",
+            _RELEASED: "released",
+        }.get(self._state, f"settled({self.actual_tokens})")
         return f"<Reservation tokens={self.tokens} {state}>"
 
 
 def _check_tokens(tokens: Any, what: str) -> int:
+    if tokens.__class__ is int and tokens >= 0:  # the common case, checked cheaply
+        return int(tokens)
     if isinstance(tokens, bool) or not isinstance(tokens, int):
         raise ConfigError(f"{what} must be a whole number of tokens >= 0, got {tokens!r}")
     if tokens < 0:
@@ -454,46 +489,6 @@ def _check_rate(name: str, value: Any) -> float | None:
             f"leave {name}=None for no {name} limit"
         )
     return float(value)
-
-
-class _Acquire:
-    """What :meth:`RateLimiter.acquire` returns: a sync and async context manager."""
-
-    __slots__ = ("_limiter", "_reservation", "_timeout", "_tokens")
-
-    def __init__(self, limiter: RateLimiter, tokens: int, timeout: float | None) -> None:
-        self._limiter = limiter
-        self._tokens = tokens
-        self._timeout = timeout
-        self._reservation: Reservation | None = None
-
-    def __enter__(self) -> Reservation:
-        self._reservation = self._limiter.reserve(self._tokens, timeout=self._timeout)
-        return self._reservation
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._reservation is not None:
-            self._reservation._keep_estimate()
-            self._reservation = None
-
-    async def __aenter__(self) -> Reservation:
-        self._reservation = await self._limiter.areserve(self._tokens, timeout=self._timeout)
-        return self._reservation
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._reservation is not None:
-            self._reservation._keep_estimate()
-            self._reservation = None
 
 
 class RateLimiter:
@@ -517,9 +512,10 @@ class RateLimiter:
       provider's response headers said.
 
     Each admission takes one request and ``tokens`` tokens together (both dimensions or
-    neither). Callers are admitted in FIFO order. A request larger than the burst is admitted
-    when the bucket is full; its excess is debt. The object can be built outside an event
-    loop and used from several threads and event loops at once.
+    neither). Callers are admitted in FIFO order: the head of the queue is admitted by whoever
+    makes room (a release, a refund, or a timer at the exact instant the bucket has refilled
+    enough) and only then woken. The object can be built outside an event loop and used from
+    several threads and event loops at once.
 
     Args:
         rpm: requests per minute, or None for no request limit.
@@ -564,6 +560,10 @@ class RateLimiter:
         self._i_req = round(_MINUTE_NS / self.rpm) if self.rpm is not None else 0
         self._i_tok = max(1, round(_MINUTE_NS / self.tpm)) if self.tpm is not None else 0
         self._store: RateStore = store if store is not None else _MemoryStore()
+        # The in-process store, whose arithmetic the `async with` fast path inlines.
+        self._fast_store = self._store if isinstance(self._store, _MemoryStore) else None
+        # How far ahead of now the request TAT may be for one more request to fit.
+        self._slack_req = self._tolerance - min(self._i_req, self._tolerance)
         self._clock: Callable[[], int]
         if clock is None:
             self._clock = time.monotonic_ns
@@ -572,7 +572,8 @@ class RateLimiter:
             self._clock = lambda: int(user_clock() * _NS)
         self._lock = threading.Lock()
         self._queue: deque[_Waiter] = deque()
-        self._in_flight = 0
+        # Reservations admitted / closed (settled, released or kept) since creation.
+        self._closed = 0
         self._admitted = 0
         self._timeouts = 0
         self._cancellations = 0
@@ -581,7 +582,7 @@ class RateLimiter:
         return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, burst={self.burst!r})"
 
     # ------------------------------------------------------------------ public API
-    def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> _Acquire:
+    def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Reservation:
         """Wait for one request and ``tokens`` tokens; use with ``with`` or ``async with``.
 
         Args:
@@ -589,17 +590,23 @@ class RateLimiter:
             timeout: seconds to wait at most (None: as long as needed; 0: do not wait).
 
         Returns:
-            A context manager whose value is the :class:`Reservation`. Settle it with the
-            actual tokens inside the block; leaving the block with it still open keeps the
-            estimate charged (on an error too: the request may have reached the provider).
+            A :class:`Reservation` not admitted yet; entering it (once) waits for admission
+            and returns it. Settle it with the actual tokens inside the block; leaving the
+            block with it still open keeps the estimate charged (on an error too: the request
+            may have reached the provider).
 
         Raises:
-            AcquireTimeout: not admitted within ``timeout``; nothing was taken.
+            AcquireTimeout: (on entering) not admitted within ``timeout``; nothing was taken.
             ConfigError: negative tokens or timeout.
 
-        A caller cancelled (or interrupted) while waiting leaves the queue and takes nothing.
+        A caller cancelled (or interrupted) while waiting leaves the queue and takes nothing;
+        one cancelled just after admission gives the reservation back.
         """
-        return _Acquire(self, _check_tokens(tokens, "tokens"), _check_timeout(timeout))
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        if tokens.__class__ is not int or tokens < 0:
+            tokens = _check_tokens(tokens, "tokens")
+        return Reservation(self, tokens, timeout, _PENDING)
 
     def acquire_nowait(self, tokens: int = 0) -> Reservation:
         """Admit one request of ``tokens`` tokens now, or raise without taking anything.
@@ -620,7 +627,6 @@ class RateLimiter:
             )
             if delay <= 0:
                 self._admitted += 1
-                self._in_flight += 1
                 return Reservation(self, n)
         raise WouldBlock(
             f"rate limit reached ({self._describe()}); retry in {delay / _NS:.3f} s "
@@ -644,26 +650,9 @@ class RateLimiter:
 
         An interrupt (KeyboardInterrupt) while waiting leaves the queue and takes nothing.
         """
-        n = _check_tokens(tokens, "tokens")
-        wait_for = _check_timeout(timeout)
-        deadline = None if wait_for is None else time.monotonic() + wait_for
-        waiter = self._enqueue(n, None, wait_for)
-        if isinstance(waiter, Reservation):
-            return waiter
-        done = False
-        try:
-            while True:
-                with self._lock:
-                    delay = self._try_head(waiter)
-                    if delay == 0:
-                        done = True
-                        return Reservation(self, n)
-                    waiter.arm()
-                wait = self._wait_time(delay, deadline, n)
-                waiter.wait_sync(wait)
-        finally:
-            if not done:
-                self._leave(waiter, deadline)
+        reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
+        self._admit_sync(reservation, _check_timeout(timeout))
+        return reservation
 
     # The timeout parameter mirrors reserve() and lets the limiter count timeouts itself.
     async def areserve(
@@ -685,29 +674,12 @@ class RateLimiter:
             AcquireTimeout: not admitted within ``timeout``; nothing was taken.
             ConfigError: negative tokens or timeout.
 
-        Cancelled while waiting: the task leaves the queue, takes nothing, and the next
-        waiter is woken if it is now at the head.
+        Cancelled while waiting: the task leaves the queue and takes nothing (a reservation
+        admitted for it just before is given back), and the next waiter gets its turn.
         """
-        n = _check_tokens(tokens, "tokens")
-        wait_for = _check_timeout(timeout)
-        deadline = None if wait_for is None else time.monotonic() + wait_for
-        waiter = self._enqueue(n, asyncio.get_running_loop(), wait_for)
-        if isinstance(waiter, Reservation):
-            return waiter
-        done = False
-        try:
-            while True:
-                with self._lock:
-                    delay = self._try_head(waiter)
-                    if delay == 0:
-                        done = True
-                        return Reservation(self, n)
-                    waiter.arm()
-                wait = self._wait_time(delay, deadline, n)
-                await waiter.wait_async(wait)
-        finally:
-            if not done:
-                self._leave(waiter, deadline)
+        reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
+        await self._admit_async(reservation, _check_timeout(timeout))
+        return reservation
 
     def feedback(
         self,
@@ -758,13 +730,15 @@ class RateLimiter:
                 req_until = None
             if req_until is not None or tok_until is not None:
                 self._store.push_back(req_until, tok_until, now)
+                # A waiting head's timer was set for the old schedule; it re-plans when it
+                # fires, so nothing is admitted early.
 
     def statistics(self) -> RateLimiterStatistics:
         """A snapshot of the limiter's state and counters."""
         with self._lock:
             tat_req, tat_tok, now = self._store.state(self._clock())
             waiting = len(self._queue)
-            in_flight = self._in_flight
+            in_flight = self._admitted - self._closed
             admitted = self._admitted
             timeouts = self._timeouts
             cancellations = self._cancellations
@@ -795,85 +769,176 @@ class RateLimiter:
             parts.append(f"tpm={self.tpm:g}")
         return ", ".join(parts)
 
+    def _timeout_error(self, n: int) -> AcquireTimeout:
+        return AcquireTimeout(
+            f"not admitted by the rate limiter ({self._describe()}) within the timeout "
+            f"({n} tokens requested); nothing was taken. Raise the timeout or the limits"
+        )
+
     def _enqueue(
         self, n: int, loop: asyncio.AbstractEventLoop | None, timeout: float | None
-    ) -> Reservation | _Waiter:
+    ) -> _Waiter | None:
+        """Admit at once (None) or queue a waiter; the fast path takes the lock once."""
         with self._lock:
-            if not self._queue:
+            queue = self._queue
+            delay = 0
+            if not queue:
                 delay = self._store.try_acquire(
                     self._i_req, self._i_tok, self._tolerance, n, self._clock()
                 )
                 if delay <= 0:
                     self._admitted += 1
-                    self._in_flight += 1
-                    return Reservation(self, n)
+                    return None
             if timeout == 0:
                 self._timeouts += 1
                 raise AcquireTimeout(
                     f"rate limit reached ({self._describe()}) and timeout=0; nothing was taken"
                 )
-            waiter = _Waiter(n, loop)
-            self._queue.append(waiter)
+            waiter = _Waiter(n, loop, self)
+            queue.append(waiter)
+            if delay > 0:
+                waiter.schedule(delay / _NS)  # it is the head: come back when it fits
             return waiter
 
-    def _try_head(self, waiter: _Waiter) -> int | None:
-        """With the lock held: admit ``waiter`` if it is at the head and fits (returns 0).
+    def _admit_sync(self, reservation: Reservation, timeout: float | None) -> None:
+        n = reservation.tokens
+        waiter = self._enqueue(n, None, timeout)
+        if waiter is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            done = False
+            try:
+                granted = waiter.wait_sync(self._lock, deadline)
+                if waiter._error is not None:
+                    raise waiter._error
+                if not granted:
+                    raise self._timeout_error(n)
+                done = True
+            finally:
+                if not done:
+                    self._leave(waiter, deadline)
+        reservation._state = _OPEN
 
-        Returns the nanoseconds the head must wait, or None when the waiter is not the head.
+    async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> None:
+        n = reservation.tokens
+        waiter = self._enqueue(n, asyncio.get_running_loop(), wait_for)
+        if waiter is not None:
+            deadline = None if wait_for is None else time.monotonic() + wait_for
+            done = False
+            try:
+                await waiter.wait_async(deadline)
+                if waiter._error is not None:
+                    raise waiter._error
+                if waiter._grant is None:
+                    raise self._timeout_error(n)
+                done = True
+            finally:
+                waiter.cancel_timer()
+                if not done:
+                    self._leave(waiter, deadline)
+        reservation._state = _OPEN
+
+    def _on_due(self, waiter: _Waiter) -> None:
+        """A head waiter's planned instant came: admit it now if it fits, else plan again."""
+        with self._lock:
+            if self._queue and self._queue[0] is waiter:
+                self._dispatch()
+
+    def _dispatch(self) -> None:
+        """With the lock held: admit waiters from the head while they fit, then wake them.
+
+        The head that does not fit gets a timer for the exact instant it will; nobody is
+        woken to re-check.
         """
-        if self._queue[0] is not waiter:
-            return None
-        n = waiter.amount
-        delay = self._store.try_acquire(self._i_req, self._i_tok, self._tolerance, n, self._clock())
-        if delay > 0:
-            return delay
-        self._queue.popleft()
-        self._admitted += 1
-        self._in_flight += 1
-        self._wake_head()
-        return 0
-
-    def _wait_time(self, delay: int | None, deadline: float | None, n: int) -> float | None:
-        wait = None if delay is None else delay / _NS
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AcquireTimeout(
-                    f"not admitted by the rate limiter ({self._describe()}) within the timeout "
-                    f"({n} tokens requested); nothing was taken. Raise the timeout or the limits"
-                )
-            wait = remaining if wait is None else min(wait, remaining)
-        return wait
-
-    def _wake_head(self) -> None:
-        """With the lock held: wake the head waiter so it re-checks; drop dead ones."""
         queue = self._queue
+        store = self._store
         while queue:
-            if queue[0].wake():
+            waiter = queue[0]
+            try:
+                delay = store.try_acquire(
+                    self._i_req, self._i_tok, self._tolerance, waiter.amount, self._clock()
+                )
+            except Exception as exc:  # e.g. Redis is down: the head raises it, not the releaser
+                queue.popleft()
+                waiter._error = exc
+                waiter.wake()
+                if queue:
+                    queue[0].schedule(_STORE_RETRY)
+                return
+            if delay > 0:
+                waiter.schedule(delay / _NS)
                 return
             queue.popleft()
-            self._cancellations += 1
+            self._admitted += 1
+            waiter._grant = True
+            if not waiter.wake():
+                # Its event loop is closed, so it can never run: give the admission back.
+                waiter._grant = None
+                self._undo_admission(waiter.amount)
+                self._cancellations += 1
+
+    def _on_expire(self, waiter: _Waiter) -> None:
+        """An asyncio waiter's deadline passed: unless admitted already, it leaves the queue."""
+        with self._lock:
+            if waiter._grant is not None or waiter._error is not None or waiter._expired:
+                return
+            waiter._expired = True
+            self._timeouts += 1
+            self._remove(waiter)
+
+    def _remove(self, waiter: _Waiter) -> None:
+        """With the lock held: take a waiter out of the queue; the next head gets its turn."""
+        queue = self._queue
+        was_head = bool(queue) and queue[0] is waiter
+        try:
+            queue.remove(waiter)
+        except ValueError:
+            return
+        if was_head:
+            self._dispatch()
+
+    def _undo_admission(self, n: int) -> None:
+        self._admitted -= 1
+        self._store.adjust(-self._i_req, -n * self._i_tok, self._clock())
 
     def _leave(self, waiter: _Waiter, deadline: float | None) -> None:
+        """A waiter gives up (timeout, cancellation): leave the queue or return its admission."""
         with self._lock:
-            try:
-                was_head = self._queue[0] is waiter
-                self._queue.remove(waiter)
-            except (IndexError, ValueError):
+            if waiter._error is not None or waiter._expired:
                 return
-            if deadline is not None and time.monotonic() >= deadline:
+            timed_out = deadline is not None and time.monotonic() >= deadline
+            if timed_out:
                 self._timeouts += 1
             else:
                 self._cancellations += 1
-            if was_head:
-                self._wake_head()
+            if waiter._grant is not None:
+                # Admitted and then cancelled before it could run: nothing was sent.
+                waiter._grant = None
+                try:
+                    self._undo_admission(waiter.amount)
+                except Exception:  # the refund is lost; the limit errs on the safe side
+                    logger.warning(
+                        "llmctx: could not give back a rate limit admission", exc_info=True
+                    )
+                self._dispatch()
+                return
+            self._remove(waiter)
 
-    def _settle(self, reservation: Reservation, tok_delta: int, *, refund_request: bool) -> None:
+    def _settle(self, tok_delta: int, *, refund_request: bool) -> None:
         req_delta = -self._i_req if refund_request else 0
-        with self._lock:
-            self._in_flight -= 1
-            if req_delta or (tok_delta and self._i_tok):
-                self._store.adjust(req_delta, tok_delta * self._i_tok, self._clock())
-                if req_delta < 0 or tok_delta < 0:
-                    # A refund may let the head in earlier than it planned.
-                    self._wake_head()
+        tok_ns = tok_delta * self._i_tok
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._closed += 1
+            if req_delta or tok_ns:
+                store = self._fast_store
+                if store is not None:
+                    store.tat_req += req_delta
+                    store.tat_tok += tok_ns
+                else:
+                    self._store.adjust(req_delta, tok_ns, self._clock())
+                if (req_delta < 0 or tok_ns < 0) and self._queue:
+                    # A refund may let the head in earlier than planned.
+                    self._dispatch()
+        finally:
+            lock.release()

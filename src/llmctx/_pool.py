@@ -4,37 +4,50 @@ A pool holds resources (GPUs, model workers, connections), each with a capacity 
 memory, worker slots). ``acquire(amount)`` leases ``amount`` units of *one* resource. Like Go's
 ``semaphore.Weighted``, the queue is strict FIFO: while the head waiter does not fit, nobody
 behind it is served, so large requests are never starved. Released capacity is handed
-directly to the waiters at the head (the grant happens under the lock, before they run), and a
-waiter cancelled after its grant passes the capacity on.
+directly to the waiters at the head (the grant happens under the lock, before they run, and
+only granted waiters are woken), and a waiter cancelled after its grant passes the capacity on.
 
 One object serves threads (``with``) and asyncio tasks on any number of event loops
 (``async with``): a ``threading.Lock`` guards the state and each waiter has its own wake-up.
+
+With a :class:`RedisLeaseStore` the capacity is shared by every process using the same pool
+name: leases live in a Redis sorted set scored by their expiry (Redis ``TIME``), a heartbeat
+thread renews the ones this process holds, and the capacity of a holder that died comes back
+once its leases expire.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
 import math
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ._exceptions import ConfigError
-from ._limits import AcquireTimeout, WouldBlock, _check_timeout, _Waiter
+from ._redis_script import _Script
+from ._waiting import AcquireTimeout, WouldBlock, _check_timeout, _get_running_loop, _Waiter
 
-__all__ = ["Lease", "PoolStatistics", "ResourcePool"]
+__all__ = ["Lease", "PoolStatistics", "RedisLeaseStore", "ResourcePool"]
 
 logger = logging.getLogger("llmctx.pool")
 
 R = TypeVar("R")
 
 _WAIT_SAMPLES = 1024
+# Seconds before the next head retries after the lease store (Redis) failed for the previous.
+_STORE_RETRY = 0.1
+
+_PENDING = 0
+_HELD = 1
+_RELEASED = 2
 
 
 @dataclass(eq=False, slots=True)
@@ -42,40 +55,188 @@ class _Slot(Generic[R]):
     resource: R
     capacity: int
     free: int
+    # The resource's position in the pool's constructor list: its name in a shared store
+    # (a replacement inherits it).
+    key: int
     retired: bool = False
 
 
-class Lease(Generic[R]):
+class Lease(_Waiter, Generic[R]):
     """``amount`` units of one resource, held until :meth:`release` (or the block's exit).
 
+    :meth:`ResourcePool.acquire` returns a lease that is not granted yet: entering it (``with``
+    / ``async with``, once) waits for the grant and returns the lease itself; leaving the
+    block releases it. :meth:`ResourcePool.acquire_nowait` returns a granted one.
+
     Attributes:
-        resource: the resource leased (e.g. a worker object or a GPU index).
         amount: the units held.
-        sequence: this lease's number in grant order (1, 2, ...), for auditing FIFO order.
+        sequence: this lease's number in grant order (1, 2, ...), for auditing FIFO order;
+            0 until granted.
     """
 
-    __slots__ = ("_pool", "_released", "_slot", "amount", "resource", "sequence")
+    # A lease is also its own waiter while queued (the _Waiter slots): one object per
+    # acquire, contended or not.
+    __slots__ = ("_pool", "_slot", "_state", "_timeout", "_token", "sequence")
+    _token: str | None
 
-    def __init__(self, pool: ResourcePool[R], slot: _Slot[R], amount: int, sequence: int) -> None:
+    def __init__(self, pool: ResourcePool[R], amount: int, timeout: float | None = None) -> None:
         self._pool = pool
-        self._slot = slot
-        self._released = False
-        self.resource: R = slot.resource
+        self._slot: _Slot[R] | None = None
+        self._state = _PENDING
+        self._timeout = timeout
+        # `_token`, the lease's member in a shared store's sorted set, is set (and read)
+        # only by a pool with a store: one attribute less on the in-process hot path.
         self.amount = amount
-        self.sequence = sequence
+        self.sequence = 0
+
+    @property
+    def resource(self) -> R:
+        """The resource leased (e.g. a worker object or a GPU index).
+
+        Raises:
+            RuntimeError: the lease was not granted yet.
+        """
+        slot = self._slot
+        if slot is None:
+            raise RuntimeError("the lease was not granted yet: enter `pool.acquire(...)` first")
+        return slot.resource
 
     @property
     def released(self) -> bool:
         """True once the capacity went back to the pool."""
-        return self._released
+        return self._state == _RELEASED
 
     def release(self) -> None:
         """Give the capacity back (to the next waiters first). A second call is a no-op."""
-        self._pool._release(self)
+        if self._state == _HELD:
+            self._pool._release(self)
+
+    def _check_pending(self) -> None:
+        if self._state != _PENDING or self.sequence:
+            raise RuntimeError(
+                "this lease was already used; call pool.acquire() again for another lease"
+            )
+
+    def __enter__(self) -> Lease[R]:
+        if self._state != _PENDING or self.sequence:
+            self._check_pending()
+        pool = self._pool
+        if pool._plain:
+            lock = pool._lock
+            lock.acquire()
+            try:
+                if not pool._queue and pool._take(self):
+                    pool._waits.append(0.0)
+                    return self
+            finally:
+                lock.release()
+        pool._acquire_sync(self, self._timeout)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == _HELD:
+            self._pool._release(self)
+
+    async def __aenter__(self) -> Lease[R]:
+        if self._state != _PENDING or self.sequence:
+            self._check_pending()
+        pool = self._pool
+        if pool._plain:
+            # The fast path: nobody queued and room now; one lock round, no waiter.
+            # (lock.acquire()/release() cost half of `with lock` on CPython 3.11.)
+            lock = pool._lock
+            lock.acquire()
+            try:
+                if not pool._queue:
+                    # _take() inlined: this is the hot path of every uncontended lease.
+                    n = self.amount
+                    best = pool._only
+                    if best is not None:
+                        best_free = best.free
+                        if best_free < n:
+                            best = None
+                    else:
+                        best_free = n - 1
+                        largest = pool._largest
+                        for slot in pool._slots:
+                            free = slot.free
+                            if free > best_free:
+                                best = slot
+                                best_free = free
+                                if free == largest:
+                                    break
+                    if best is not None:
+                        best.free = best_free - n
+                        pool._sequence += 1
+                        self.sequence = pool._sequence
+                        self._slot = best
+                        self._state = _HELD
+                        pool._waits.append(0.0)
+                        return self
+                # No room: queue in the same lock round (the contended path); the waiter
+                # is built here rather than by _new_waiter() to save a call per hand-off.
+                if self._timeout == 0:
+                    pool._new_waiter(self, None, 0, False)  # raises AcquireTimeout
+                self._begin_wait(asyncio.get_running_loop(), pool)
+                pool._queue.append(self)
+                waiter = self
+            finally:
+                lock.release()
+            timeout = self._timeout
+            if timeout is not None:
+                await pool._wait_async(waiter, waiter._start + timeout)
+                return self
+            # _wait_async() inlined for the common no-timeout case: one future, no timer.
+            done = False
+            try:
+                await waiter._fut  # type: ignore[misc]  # an asyncio waiter has a future
+                if waiter._error is not None:
+                    raise waiter._error
+                done = True
+            finally:
+                if not done:
+                    pool._abandon(waiter, None)
+            return self
+        await pool._acquire_async(self, self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != _HELD:
+            return
+        pool = self._pool
+        if pool._store is not None:
+            pool._release(self)
+            return
+        # _release() inlined for an in-process pool: the hot path of every lease.
+        lock = pool._lock
+        lock.acquire()
+        try:
+            if self._state == _HELD:
+                self._state = _RELEASED
+                slot = self._slot
+                assert slot is not None
+                if not slot.retired:
+                    slot.free += self.amount
+                    if pool._queue:
+                        pool._dispatch(slot)
+        finally:
+            lock.release()
 
     def __repr__(self) -> str:
-        state = "released" if self._released else "held"
-        return f"<Lease {self.amount} of {self.resource!r} {state}>"
+        if self._slot is None:
+            return f"<Lease {self.amount} pending>"
+        state = "released" if self._state == _RELEASED else "held"
+        return f"<Lease {self.amount} of {self._slot.resource!r} {state}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,44 +282,223 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-class _PoolAcquire(Generic[R]):
-    """What :meth:`ResourcePool.acquire` returns: a sync and async context manager."""
+# --------------------------------------------------------------------------- Redis leases
+# Times are Redis server milliseconds. KEYS[1]: the sorted set of leases, member
+# "SLOT:AMOUNT:TOKEN", score = expiry. Acquire ARGV: amount, ttl_ms, token, then pairs of
+# (slot, capacity) for the slots the caller may use. Returns the slot chosen, or -1.
+_ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local used = {}
+for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+  local slot, amount = string.match(m, '^(%d+):(%d+):')
+  used[slot] = (used[slot] or 0) + tonumber(amount)
+end
+local n = tonumber(ARGV[1])
+local best, bestfree = nil, -1
+for i = 4, #ARGV, 2 do
+  local free = tonumber(ARGV[i + 1]) - (used[ARGV[i]] or 0)
+  if free >= n and free > bestfree then best, bestfree = ARGV[i], free end
+end
+if not best then return -1 end
+local expiry = now + tonumber(ARGV[2])
+redis.call('ZADD', key, expiry, best .. ':' .. ARGV[1] .. ':' .. ARGV[3])
+local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', key, math.max(expiry, tonumber(top[2])) + 1000)
+return tonumber(best)
+"""
 
-    __slots__ = ("_amount", "_lease", "_pool", "_timeout")
+# ARGV: ttl_ms, then the members to renew. Returns the members that had already expired.
+_RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = KEYS[1]
+local expiry = now + tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', key, ARGV[i])
+  if score and tonumber(score) > now then
+    redis.call('ZADD', key, 'XX', expiry, ARGV[i])
+  else
+    redis.call('ZREM', key, ARGV[i])
+    table.insert(lost, ARGV[i])
+  end
+end
+local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+if top[2] then redis.call('PEXPIREAT', key, tonumber(top[2]) + 1000) end
+return lost
+"""
 
-    def __init__(self, pool: ResourcePool[R], amount: int, timeout: float | None) -> None:
-        self._pool = pool
-        self._amount = amount
-        self._timeout = timeout
-        self._lease: Lease[R] | None = None
 
-    def __enter__(self) -> Lease[R]:
-        self._lease = self._pool._acquire_sync(self._amount, self._timeout)
-        return self._lease
+class RedisLeaseStore:
+    """A :class:`ResourcePool`'s leases in Redis, so several processes share its capacity.
 
-    def __exit__(
+    Each process builds its pool with the same resources (in the same order: a resource is
+    known by its position), the same capacities and a store with the same ``name``. Leases
+    live in the sorted set ``{llmctx:pool:NAME}:leases`` (hash-tagged for Redis Cluster),
+    scored by their expiry in Redis's own clock, so machines' clocks need not agree. Taking a
+    lease is one ``EVALSHA`` round trip that first drops expired leases; releasing is one
+    ``ZREM``.
+
+    **Renewal.** While this process holds leases, one daemon heartbeat thread per store renews
+    all of them every ``renew_every`` seconds in one round trip, so a lease never expires
+    under a live holder. A holder that dies (even with SIGKILL) stops renewing, and its
+    capacity comes back ``lease_ttl`` seconds after the last renewal at most. A lease found
+    expired at renewal (the process stalled longer than ``lease_ttl``, or Redis was
+    unreachable) is logged as lost on the ``llmctx.pool`` logger and counted in ``lost``:
+    its capacity may already serve another holder.
+
+    **Waiting.** A release in this process hands capacity to this process's waiters at once.
+    Releases by other processes are not announced: the head waiter looks again every
+    ``poll_interval`` seconds (on a timer; the waiting task is woken only once granted).
+
+    Args:
+        client: a synchronous ``redis.Redis`` client (``decode_responses`` either way).
+        name: the shared pool's name.
+        lease_ttl: seconds a lease survives without renewal (default 30).
+        renew_every: seconds between renewals (default ``lease_ttl / 3``); must be below
+            ``lease_ttl``.
+        poll_interval: seconds between looks at Redis while waiting (default 0.05).
+
+    Raises:
+        ConfigError: an empty name, or a ttl / interval that is not a positive number, or
+            ``renew_every >= lease_ttl``.
+    """
+
+    def __init__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        client: Any,
+        name: str,
+        *,
+        lease_ttl: float = 30.0,
+        renew_every: float | None = None,
+        poll_interval: float = 0.05,
     ) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
+        if not name or not isinstance(name, str):
+            raise ConfigError("RedisLeaseStore(name=...) must be a non-empty string")
+        for label, value in (("lease_ttl", lease_ttl), ("poll_interval", poll_interval)):
+            if not _positive(value):
+                raise ConfigError(f"RedisLeaseStore({label}={value!r}) must be seconds > 0")
+        if renew_every is None:
+            renew_every = lease_ttl / 3
+        if not _positive(renew_every) or renew_every >= lease_ttl:
+            raise ConfigError(
+                f"RedisLeaseStore(renew_every={renew_every!r}) must be seconds > 0 and below "
+                f"lease_ttl={lease_ttl!r}, or the lease expires between renewals"
+            )
+        self.client = client
+        self.name = name
+        self.key = f"{{llmctx:pool:{name}}}:leases"
+        self.lease_ttl = float(lease_ttl)
+        self.renew_every = float(renew_every)
+        self.poll_interval = float(poll_interval)
+        #: Leases found expired at renewal since creation.
+        self.lost = 0
+        self._ttl_ms = max(1, round(self.lease_ttl * 1000))
+        self._acquire = _Script(client, _ACQUIRE_LUA)
+        self._renew = _Script(client, _RENEW_LUA)
+        self._owner = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+        self._held: dict[str, None] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    async def __aenter__(self) -> Lease[R]:
-        self._lease = await self._pool._acquire_async(self._amount, self._timeout)
-        return self._lease
+    def __repr__(self) -> str:
+        return f"<RedisLeaseStore {self.name!r} lease_ttl={self.lease_ttl}>"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
+    def take(self, amount: int, slots: Sequence[tuple[int, int]]) -> tuple[int, str] | None:
+        """Lease ``amount`` units on the slot (of ``(slot, capacity)`` pairs) with most free.
+
+        Returns:
+            ``(slot, member)``, or None when no slot has ``amount`` free units now.
+        """
+        token = f"{self._owner}-{next(self._counter)}"
+        args: list[Any] = [amount, self._ttl_ms, token]
+        for key, capacity in slots:
+            args.append(key)
+            args.append(capacity)
+        slot = int(self._acquire(self.key, *args))
+        if slot < 0:
+            return None
+        member = f"{slot}:{amount}:{token}"
+        with self._lock:
+            self._held[member] = None
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._heartbeat, name=f"llmctx-lease-heartbeat-{self.name}", daemon=True
+                )
+                self._thread.start()
+        return slot, member
+
+    def give_back(self, member: str) -> None:
+        """Delete one lease (a release)."""
+        with self._lock:
+            self._held.pop(member, None)
+        self.client.zrem(self.key, member)
+
+    def renew(self) -> int:
+        """Renew every lease this process holds now; returns how many were found lost."""
+        with self._lock:
+            members = list(self._held)
+        if not members:
+            return 0
+        lost = self._renew(self.key, self._ttl_ms, *members)
+        if not lost:
+            return 0
+        with self._lock:
+            for raw in lost:
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if self._held.pop(member, "gone") is None:
+                    self.lost += 1
+                    logger.warning(
+                        "llmctx: pool lease %s in %r expired before it was renewed; its "
+                        "capacity may serve another holder. Raise lease_ttl",
+                        member,
+                        self.name,
+                    )
+        return len(lost)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.renew_every):
+            with self._lock:
+                if not self._held:
+                    self._thread = None
+                    return
+            try:
+                self.renew()
+            except Exception:  # Redis unreachable: try again next beat; leases may expire
+                logger.warning(
+                    "llmctx: renewing pool leases in %r failed", self.name, exc_info=True
+                )
+        with self._lock:
+            self._thread = None
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop the heartbeat (leases still held then expire after ``lease_ttl``).
+
+        Closing twice is harmless.
+        """
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def clear(self) -> None:
+        """Delete every lease of this pool name, in every process (for tests and resets)."""
+        self.client.delete(self.key)
+
+
+def _positive(value: Any) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 class ResourcePool(Generic[R]):
@@ -188,6 +528,8 @@ class ResourcePool(Generic[R]):
         factory: ``factory() -> resource`` that makes a replacement for a quarantined one; it
             runs in a background thread. Without it the pool just shrinks.
         name: a label for logs and repr.
+        store: a :class:`RedisLeaseStore` to share the capacity with other processes (None:
+            this process only). ``statistics()`` then describes this process's leases.
 
     Raises:
         ConfigError: no resources, a capacity that is not a positive integer, or a capacity
@@ -202,6 +544,7 @@ class ResourcePool(Generic[R]):
         health_check: Callable[[R], bool] | None = None,
         factory: Callable[[], R] | None = None,
         name: str | None = None,
+        store: RedisLeaseStore | None = None,
     ) -> None:
         items = list(resources)
         if not items:
@@ -228,13 +571,21 @@ class ResourcePool(Generic[R]):
         self._largest = max(caps)
         self._health_check = health_check
         self._factory = factory
-        self._slots: list[_Slot[R]] = [_Slot(r, c, c) for r, c in zip(items, caps, strict=True)]
+        self._store = store
+        # In-process and without a health check: a lease is done once the lock is released.
+        self._plain = store is None and health_check is None
+        self._slots: list[_Slot[R]] = [
+            _Slot(r, c, c, i) for i, (r, c) in enumerate(zip(items, caps, strict=True))
+        ]
+        # The single resource of a plain pool (its slots never change without a health check).
+        self._only = self._slots[0] if self._plain and len(self._slots) == 1 else None
         self._lock = threading.Lock()
-        self._queue: deque[_Waiter] = deque()
+        self._queue: deque[Lease[R]] = deque()
         self._closed = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._waits: deque[float] = deque(maxlen=_WAIT_SAMPLES)
-        self._acquired = 0
+        # Leases granted = _sequence - _given_back (one counter less on the hot path).
+        self._given_back = 0
         self._sequence = 0
         self._timeouts = 0
         self._cancellations = 0
@@ -251,6 +602,7 @@ class ResourcePool(Generic[R]):
         capacity: int = 1,
         health_check: Callable[[R], bool] | None = None,
         name: str | None = None,
+        store: RedisLeaseStore | None = None,
     ) -> ResourcePool[R]:
         """A pool of ``count`` resources made by ``factory``, which also makes replacements.
 
@@ -268,6 +620,7 @@ class ResourcePool(Generic[R]):
             health_check=health_check,
             factory=factory,
             name=name,
+            store=store,
         )
 
     def __repr__(self) -> str:
@@ -275,7 +628,7 @@ class ResourcePool(Generic[R]):
         return f"<ResourcePool{label} resources={len(self._slots)}>"
 
     # ------------------------------------------------------------------ public API
-    def acquire(self, amount: int = 1, *, timeout: float | None = None) -> _PoolAcquire[R]:
+    def acquire(self, amount: int = 1, *, timeout: float | None = None) -> Lease[R]:
         """Lease ``amount`` units of one resource; use with ``with`` or ``async with``.
 
         Args:
@@ -283,17 +636,21 @@ class ResourcePool(Generic[R]):
             timeout: seconds to wait at most (None: as long as needed; 0: do not wait).
 
         Returns:
-            A context manager whose value is the :class:`Lease`; leaving the block releases it
-            (on errors and cancellation too).
+            A :class:`Lease` not granted yet; entering it (once) waits for the grant and
+            returns it; leaving the block releases it (on errors and cancellation too).
 
         Raises:
-            AcquireTimeout: no lease within ``timeout``; nothing is held.
+            AcquireTimeout: (on entering) no lease within ``timeout``; nothing is held.
             ConfigError: ``amount`` < 1 or larger than any resource, or a negative timeout.
 
         A caller cancelled while queued leaves the queue; one cancelled after capacity was
         granted to it passes the capacity to the next waiters.
         """
-        return _PoolAcquire(self, self._check_amount(amount), _check_timeout(timeout))
+        if amount.__class__ is not int or not 0 < amount <= self._largest:
+            amount = self._check_amount(amount)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        return Lease(self, amount, timeout)
 
     def acquire_nowait(self, amount: int = 1) -> Lease[R]:
         """Lease ``amount`` units now, or raise without taking anything.
@@ -305,22 +662,22 @@ class ResourcePool(Generic[R]):
             WouldBlock: nothing fits now, or others are queued first.
             ConfigError: a bad amount.
         """
-        n = self._check_amount(amount)
+        lease = Lease(self, self._check_amount(amount))
         while True:
             with self._lock:
-                lease = self._try_take(n) if not self._queue else None
-                if lease is not None:
+                got = not self._queue and self._take(lease)
+                if got:
                     self._waits.append(0.0)
-            if lease is None:
+            if not got:
                 raise WouldBlock(
-                    f"no resource has {n} free unit(s) now, or others are queued first; "
-                    "use acquire() to wait"
+                    f"no resource has {lease.amount} free unit(s) now, or others are queued "
+                    "first; use acquire() to wait"
                 )
             if self._healthy(lease):
                 return lease
 
     def statistics(self) -> PoolStatistics:
-        """A snapshot of the pool's state and counters."""
+        """A snapshot of the pool's state and counters (this process's, with a store)."""
         with self._lock:
             live = [s for s in self._slots if not s.retired]
             capacity = sum(s.capacity for s in live)
@@ -332,7 +689,7 @@ class ResourcePool(Generic[R]):
                 available=free,
                 resources=len(live),
                 waiting=len(self._queue),
-                acquired=self._acquired,
+                acquired=self._sequence - self._given_back,
                 timeouts=self._timeouts,
                 cancellations=self._cancellations,
                 quarantined=self._quarantined,
@@ -355,6 +712,7 @@ class ResourcePool(Generic[R]):
         """Stop making replacements and wait for running factory calls (up to ``timeout``).
 
         Leases keep working after close; a replacement finished after close is discarded.
+        A lease store is not closed (it may serve other pools): call its ``close()``.
         Closing twice is harmless.
         """
         self._closed.set()
@@ -383,71 +741,203 @@ class ResourcePool(Generic[R]):
                 f"acquire(amount={amount}) can never be granted: the largest resource in the "
                 f"pool has capacity {largest}. Lower the amount or add larger resources"
             )
-        return amount
+        return int(amount)
 
-    def _try_take(self, n: int) -> Lease[R] | None:
-        """With the lock held: take ``n`` units from the healthy slot with the most free."""
-        best: _Slot[R] | None = None
-        for slot in self._slots:
-            if slot.free >= n and (best is None or slot.free > best.free):
-                best = slot
-        if best is None:
-            return None
-        best.free -= n
-        self._acquired += 1
+    def _take(self, lease: Lease[R]) -> bool:
+        """With the lock held: grant ``lease`` from the healthy slot with the most free units."""
+        n = lease.amount
+        store = self._store
+        if store is None:
+            best: _Slot[R] | None = None
+            best_free = n - 1
+            largest = self._largest
+            for slot in self._slots:
+                free = slot.free
+                if free > best_free:
+                    best = slot
+                    best_free = free
+                    if free == largest:  # nothing can have more free units
+                        break
+            if best is None:
+                return False
+            best.free = best_free - n
+        else:
+            got = store.take(n, [(s.key, s.capacity) for s in self._slots])
+            if got is None:
+                return False
+            key, lease._token = got
+            best = next(s for s in self._slots if s.key == key)
+            best.free -= n
         self._sequence += 1
-        return Lease(self, best, n, self._sequence)
+        lease.sequence = self._sequence
+        lease._slot = best
+        lease._state = _HELD
+        return True
 
-    def _dispatch(self) -> None:
-        """With the lock held: grant capacity to the waiters at the head while they fit."""
+    def _give_back(self, lease: Lease[R], state: int) -> None:
+        """With the lock held: return a granted lease's capacity (no dispatch)."""
+        lease._state = state
+        slot = lease._slot
+        if self._store is not None:
+            token = lease._token
+            if token is not None:
+                lease._token = None
+                self._store_give_back(token)
+        if slot is not None and not slot.retired:
+            slot.free += lease.amount
+
+    def _store_give_back(self, token: str) -> None:
+        assert self._store is not None
+        try:
+            self._store.give_back(token)
+        except Exception:  # the lease expires on its own after lease_ttl
+            logger.warning(
+                "llmctx: could not delete pool lease %s from Redis; it expires after lease_ttl",
+                token,
+                exc_info=True,
+            )
+
+    def _dispatch(self, freed: _Slot[R] | None = None) -> None:
+        """With the lock held: grant capacity to the waiters at the head while they fit.
+
+        Args:
+            freed: the only slot whose free units grew since the last dispatch (an in-process
+                release), if known. A queued head never fits anywhere else (it would have
+                been granted), so the first head needs only that slot checked.
+        """
         queue = self._queue
+        only = self._only
+        hint = only if freed is None else freed
         while queue:
             waiter = queue[0]
-            lease = self._try_take(waiter.amount)
-            if lease is None:
-                return
+            lease = waiter
+            if hint is not None:
+                # _take() inlined for the one slot that can fit (this runs on every hand-off).
+                n = waiter.amount
+                if hint.free < n:
+                    return
+                hint.free -= n
+                self._sequence += 1
+                lease.sequence = self._sequence
+                lease._slot = hint
+                lease._state = _HELD
+                # A new head may fit elsewhere: only a one-resource pool keeps its hint.
+                hint = only
+            else:
+                try:
+                    got = self._take(lease)
+                except Exception as exc:  # Redis failed: the head raises it, not the releaser
+                    queue.popleft()
+                    waiter._error = exc
+                    waiter.wake()
+                    if queue:
+                        queue[0].schedule(_STORE_RETRY)
+                    return
+                if not got:
+                    if self._store is not None:
+                        # Other processes' releases are not announced: look again later.
+                        waiter.schedule(self._store.poll_interval)
+                    return
             queue.popleft()
-            waiter.grant = lease
-            if not waiter.wake():
+            self._waits.append(time.monotonic() - waiter._start)
+            waiter._grant = True
+            fut = waiter._fut
+            if fut is not None and _get_running_loop() is waiter._loop:
+                # wake() inlined for the common case: a task of the loop releasing.
+                if not fut.done():
+                    fut.set_result(None)
+            elif not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
-                waiter.grant = None
-                self._acquired -= 1
-                lease._released = True
-                lease._slot.free += lease.amount
+                waiter._grant = None
+                self._given_back += 1
+                self._give_back(lease, _PENDING)
                 self._cancellations += 1
 
     def _release(self, lease: Lease[R]) -> None:
-        with self._lock:
-            if lease._released:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if lease._state != _HELD:
                 return
-            lease._released = True
-            slot = lease._slot
-            if slot.retired:
-                return
-            slot.free += lease.amount
-            if self._queue:
-                self._dispatch()
+            if self._store is None:
+                lease._state = _RELEASED
+                slot = lease._slot
+                assert slot is not None
+                if not slot.retired:
+                    slot.free += lease.amount
+                    if self._queue:
+                        self._dispatch(slot)
+            else:
+                self._give_back(lease, _RELEASED)
+                if self._queue:
+                    self._dispatch()
+        finally:
+            lock.release()
 
     def _enqueue(
-        self, n: int, loop: asyncio.AbstractEventLoop | None, timeout: float | None, front: bool
-    ) -> Lease[R] | _Waiter:
+        self,
+        lease: Lease[R],
+        loop: asyncio.AbstractEventLoop | None,
+        timeout: float | None,
+        front: bool,
+    ) -> Lease[R] | None:
+        """Grant at once (None) or queue a waiter; the fast path takes the lock once."""
         with self._lock:
-            if not self._queue or front:
-                lease = self._try_take(n)
-                if lease is not None:
-                    self._waits.append(0.0)
-                    return lease
-            if timeout == 0:
-                self._timeouts += 1
-                raise AcquireTimeout(
-                    f"no resource has {n} free unit(s) and timeout=0; nothing is held"
-                )
-            waiter = _Waiter(n, loop)
-            if front:
-                self._queue.appendleft(waiter)
-            else:
-                self._queue.append(waiter)
-            return waiter
+            queue = self._queue
+            if (front or not queue) and self._take(lease):
+                self._waits.append(0.0)
+                return None
+            return self._new_waiter(lease, loop, timeout, front)
+
+    def _new_waiter(
+        self,
+        lease: Lease[R],
+        loop: asyncio.AbstractEventLoop | None,
+        timeout: float | None,
+        front: bool,
+    ) -> Lease[R]:
+        """With the lock held: queue a waiter for ``lease`` (or raise for timeout=0)."""
+        if timeout == 0:
+            self._timeouts += 1
+            raise AcquireTimeout(
+                f"no resource has {lease.amount} free unit(s) and timeout=0; nothing is held"
+            )
+        lease._begin_wait(loop, self)
+        waiter = lease
+        queue = self._queue
+        if front:
+            queue.appendleft(waiter)
+        else:
+            queue.append(waiter)
+        if self._store is not None and queue[0] is waiter:
+            waiter.schedule(self._store.poll_interval)
+        return waiter
+
+    def _on_due(self, waiter: _Waiter) -> None:
+        """The head's planned look at the shared store came: grant what fits now."""
+        with self._lock:
+            if self._queue and self._queue[0] is waiter:
+                self._dispatch()
+
+    def _on_expire(self, waiter: _Waiter) -> None:
+        """An asyncio waiter's deadline passed: unless granted already, it leaves the queue."""
+        with self._lock:
+            if waiter._grant is not None or waiter._error is not None or waiter._expired:
+                return
+            waiter._expired = True
+            self._timeouts += 1
+            self._remove(cast("Lease[R]", waiter))
+
+    def _remove(self, waiter: Lease[R]) -> None:
+        """With the lock held: take a waiter out of the queue; a new head may fit now."""
+        queue = self._queue
+        was_head = bool(queue) and queue[0] is waiter
+        try:
+            queue.remove(waiter)
+        except ValueError:
+            return
+        if was_head:
+            self._dispatch()
 
     def _timeout_error(self, n: int) -> AcquireTimeout:
         return AcquireTimeout(
@@ -455,101 +945,85 @@ class ResourcePool(Generic[R]):
             "Raise the timeout, lower the amount, or add capacity"
         )
 
-    def _abandon(self, waiter: _Waiter, timed_out: bool) -> None:
-        """Leave the queue; if capacity was already granted, pass it on."""
+    def _abandon(self, waiter: Lease[R], deadline: float | None) -> None:
+        """Leave the queue (timeout, cancellation); if capacity was already granted, pass it on."""
         with self._lock:
-            lease: Lease[R] | None = waiter.grant
-            if lease is not None:
-                waiter.grant = None
-                self._acquired -= 1
-                lease._released = True
-                if not lease._slot.retired:
-                    lease._slot.free += lease.amount
-                self._dispatch()
-            else:
-                was_head = bool(self._queue) and self._queue[0] is waiter
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(waiter)
-                if was_head:
-                    # The new head may be smaller and fit now.
-                    self._dispatch()
-            if timed_out:
+            if waiter._error is not None or waiter._expired:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
                 self._timeouts += 1
             else:
                 self._cancellations += 1
+            if waiter._grant is not None:
+                waiter._grant = None
+                self._given_back += 1
+                self._give_back(waiter, _PENDING)
+                self._dispatch()
+            else:
+                self._remove(waiter)
 
-    def _acquire_sync(self, n: int, timeout: float | None) -> Lease[R]:
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        front = False
+    def _acquire_sync(self, lease: Lease[R], timeout: float | None) -> None:
+        waiter = self._enqueue(lease, None, timeout, False)
+        if waiter is None and self._health_check is None:
+            return
+        deadline = None
+        if timeout is not None:
+            deadline = (time.monotonic() if waiter is None else waiter._start) + timeout
         while True:
-            got = self._enqueue(n, None, timeout, front)
-            if isinstance(got, _Waiter):
-                got = self._wait_sync(got, deadline, n, start)
-            if self._healthy(got):
-                return got
-            front = True
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if waiter is not None:
+                self._wait_sync(waiter, deadline)
+            if self._healthy(lease):
+                return
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            waiter = self._enqueue(lease, None, remaining, True)
 
-    def _wait_sync(self, waiter: _Waiter, deadline: float | None, n: int, start: float) -> Lease[R]:
+    def _wait_sync(self, waiter: Lease[R], deadline: float | None) -> None:
         done = False
         try:
-            while True:
-                with self._lock:
-                    lease: Lease[R] | None = waiter.grant
-                    if lease is not None:
-                        done = True
-                        self._waits.append(time.monotonic() - start)
-                        return lease
-                    waiter.arm()
-                if deadline is None:
-                    waiter.wait_sync(None)
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise self._timeout_error(n)
-                    waiter.wait_sync(remaining)
+            granted = waiter.wait_sync(self._lock, deadline)
+            if waiter._error is not None:
+                raise waiter._error
+            if not granted:
+                raise self._timeout_error(waiter.amount)
+            done = True
         finally:
             if not done:
-                self._abandon(waiter, deadline is not None and time.monotonic() >= deadline)
+                self._abandon(waiter, deadline)
 
-    async def _acquire_async(self, n: int, wait_for: float | None) -> Lease[R]:
-        start = time.monotonic()
-        deadline = None if wait_for is None else start + wait_for
+    async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> None:
         loop = asyncio.get_running_loop()
-        front = False
+        waiter = self._enqueue(lease, loop, wait_for, False)
+        if waiter is None and self._health_check is None:
+            return
+        deadline = None
+        if wait_for is not None:
+            deadline = (time.monotonic() if waiter is None else waiter._start) + wait_for
         while True:
-            got = self._enqueue(n, loop, wait_for, front)
-            if isinstance(got, _Waiter):
-                got = await self._wait_async(got, deadline, n, start)
-            if self._healthy(got):
-                return got
-            front = True
-            wait_for = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if waiter is not None:
+                await self._wait_async(waiter, deadline)
+            if self._healthy(lease):
+                return
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            waiter = self._enqueue(lease, loop, remaining, True)
 
-    async def _wait_async(
-        self, waiter: _Waiter, deadline: float | None, n: int, start: float
-    ) -> Lease[R]:
+    async def _wait_async(self, waiter: Lease[R], deadline: float | None) -> None:
         done = False
         try:
-            while True:
-                with self._lock:
-                    lease: Lease[R] | None = waiter.grant
-                    if lease is not None:
-                        done = True
-                        self._waits.append(time.monotonic() - start)
-                        return lease
-                    waiter.arm()
-                if deadline is None:
-                    await waiter.wait_async(None)
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise self._timeout_error(n)
-                    await waiter.wait_async(remaining)
+            if deadline is None:
+                fut = waiter._fut
+                assert fut is not None
+                await fut
+            else:
+                await waiter.wait_async(deadline)
+            if waiter._error is not None:
+                raise waiter._error
+            if waiter._grant is None:
+                raise self._timeout_error(waiter.amount)
+            done = True
         finally:
+            waiter.cancel_timer()
             if not done:
-                self._abandon(waiter, deadline is not None and time.monotonic() >= deadline)
+                self._abandon(waiter, deadline)
 
     # ------------------------------------------------------------------ health
     def _healthy(self, lease: Lease[R]) -> bool:
@@ -571,14 +1045,16 @@ class ResourcePool(Generic[R]):
 
     def _quarantine(self, lease: Lease[R]) -> None:
         with self._lock:
-            lease._released = True
             slot = lease._slot
+            assert slot is not None
+            # The caller queues again at the head with the same (now pending) lease.
+            self._give_back(lease, _PENDING)
+            lease._slot = None
             if slot.retired:
                 return
             slot.retired = True
             self._slots.remove(slot)
             self._quarantined += 1
-            capacity = slot.capacity
             logger.warning(
                 "llmctx: resource %r failed its health check; quarantined", slot.resource
             )
@@ -586,14 +1062,14 @@ class ResourcePool(Generic[R]):
                 return
             thread = threading.Thread(
                 target=self._replace,
-                args=(capacity,),
+                args=(slot.capacity, slot.key),
                 name=f"llmctx-pool-replace-{self.name or id(self)}",
                 daemon=True,
             )
             self._threads.add(thread)
         thread.start()
 
-    def _replace(self, capacity: int) -> None:
+    def _replace(self, capacity: int, key: int) -> None:
         factory = self._factory
         assert factory is not None
         delay = 0.05
@@ -615,7 +1091,7 @@ class ResourcePool(Generic[R]):
                 with self._lock:
                     if self._closed.is_set():
                         return
-                    self._slots.append(_Slot(resource, capacity, capacity))
+                    self._slots.append(_Slot(resource, capacity, capacity, key))
                     self._replacements += 1
                     self._dispatch()
                 return
