@@ -39,7 +39,7 @@ from ._session import Session, session
 from ._tokens import TokenCount, count_tokens, register_tokenizer
 from ._usage import CallRecord, Usage, normalize_usage
 from ._version import __version__
-from .providers import instrument, is_instrumented, local_model, uninstrument
+from .providers import instrument, is_instrumented, local_model, local_model_pool, uninstrument
 
 __all__ = [
     "__version__",
@@ -85,6 +85,7 @@ __all__ = [
     "instrument",
     "is_instrumented",
     "local_model",
+    "local_model_pool",
     "lookup_price",
     "monitor",
     "normalize_usage",

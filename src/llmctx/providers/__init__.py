@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 from .._exceptions import ConfigError
 from ._base import DEFAULT_MAX_OUTPUT_TOKENS, LimiterLike, ReservationLike
-from ._local import LOCAL_MODEL_NAME, local_model, local_model_path
+from ._local import LOCAL_MODEL_NAME, local_model, local_model_path, local_model_pool
 from ._sdk import PatchRecord
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "is_instrumented",
     "local_model",
     "local_model_path",
+    "local_model_pool",
     "uninstrument",
 ]
 

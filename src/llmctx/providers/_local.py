@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._exceptions import ConfigError
 
-__all__ = ["LOCAL_MODEL_NAME", "local_model", "local_model_path"]
+if TYPE_CHECKING:
+    from .._pool import ResourcePool
+
+__all__ = ["LOCAL_MODEL_NAME", "local_model", "local_model_path", "local_model_pool"]
 
 #: The model name on the records of ``local_model()`` calls; price it with
 #: ``llmctx.set_price(LOCAL_MODEL_NAME, input_per_mtok=..., output_per_mtok=...)``.
@@ -94,3 +97,29 @@ def local_model(**llama_kwargs: Any) -> Any:
         llama, "llama-cpp", limiter, patch_llama(llama, limiter=limiter, model=LOCAL_MODEL_NAME)
     )
     return llama
+
+
+def local_model_pool(workers: int = 2, **llama_kwargs: Any) -> ResourcePool[Any]:
+    """A :class:`llmctx.ResourcePool` of ``workers`` local model instances, one call each.
+
+    Each worker is a :func:`local_model` (instrumented, charged to the caller's session) with
+    capacity 1, so at most ``workers`` generations run at once and the rest wait in FIFO
+    order. llama.cpp releases the GIL while it computes, so threads (or
+    ``asyncio.to_thread``) give real parallelism::
+
+        with llmctx.local_model_pool(2) as pool:
+            async with pool.acquire() as lease:
+                reply = await asyncio.to_thread(lease.resource.create_chat_completion, ...)
+
+    A worker that fails the pool's health check is replaced by a fresh one. Each worker gets
+    one thread unless ``n_threads`` is given (workers in parallel share the cores).
+
+    Raises:
+        ConfigError: ``workers`` < 1, or the ``local`` extra is missing.
+    """
+    from .._pool import ResourcePool
+
+    kwargs: dict[str, Any] = {"n_threads": 1, "n_threads_batch": 1, **llama_kwargs}
+    return ResourcePool.from_factory(
+        lambda: local_model(**kwargs), workers, capacity=1, name="local-model-workers"
+    )
