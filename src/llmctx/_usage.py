@@ -203,9 +203,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallRecord:
     """One model or tool call as it is recorded: what was asked, what came back, what it cost.
+
+    A record is a value: treat it as read-only (``replace()`` makes a changed copy). It is not
+    ``frozen`` only because a frozen dataclass takes about three times as long to build, and
+    one is built on every call.
 
     ``request`` is already redacted (no API keys or bearer tokens) by the time a record exists
     outside the charge path. ``cost`` is ``None`` when the call could not be priced, with the

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 # A made-up price for the local model, so the demo can show money budgets; without
 # set_price a local call costs $0.
@@ -53,7 +54,7 @@ def demo(
     try:
         llm = local_model(n_ctx=1024)
     except llmctx.ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
     model_name = LOCAL_MODEL_NAME
 
@@ -111,7 +112,9 @@ def demo(
                 stopped: llmctx.BudgetExceeded | None = None
             except llmctx.BudgetExceeded as exc:
                 stopped = exc
-                console.print(Panel(str(exc), title="budget stopped a call", border_style="yellow"))
+                console.print(
+                    Panel(Text(str(exc)), title="budget stopped a call", border_style="yellow")
+                )
             _check(stopped is not None, "the budget stopped the 900-token call", checks)
             _check(len(s.calls) == calls_before, "the stopped call was never sent", checks)
 

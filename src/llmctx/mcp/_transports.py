@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from subprocess import PIPE
 from typing import Any
@@ -24,7 +24,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from .config import ServerConfig
+from .config import ServerConfig, redact_url
 
 __all__ = ["StderrLog", "open_transport"]
 
@@ -46,7 +46,9 @@ class StderrLog:
     """A ring buffer of a server's stderr lines, each also sent to ``logging``.
 
     Lines go to the logger ``llmctx.mcp.server.<name>`` at INFO level. The buffer survives
-    restarts, so the lines before a crash are still there after it.
+    restarts, so the lines before a crash are still there after it. A streamable HTTP server
+    has no stderr of ours to read: its buffer holds the HTTP error statuses it answered with
+    (``HTTP 401 Unauthorized from POST http://host/mcp``, URL secrets masked, headers never).
     """
 
     def __init__(self, server: str, maxlen: int = 200) -> None:
@@ -100,6 +102,9 @@ async def open_transport(
             client = await stack.enter_async_context(
                 create_mcp_http_client(headers=dict(config.headers) or None)
             )
+            # The SDK turns an HTTP error into a bare "Server returned an error response";
+            # keep the status so a failed start can say "401 Unauthorized".
+            client.event_hooks = {"response": [_http_error_recorder(stderr)]}
             inner = await stack.enter_async_context(
                 streamable_http_client(config.url or "", http_client=client)
             )
@@ -117,6 +122,19 @@ async def open_transport(
             )
         async with _watch_closed(inner[0], on_closed) as read_stream:
             yield read_stream, inner[1]
+
+
+def _http_error_recorder(log: StderrLog) -> Callable[[Any], Awaitable[None]]:
+    async def record(response: Any) -> None:
+        # 405 is the spec's answer of a server without a GET stream or DELETE: not an error.
+        if response.status_code >= 400 and response.status_code != 405:
+            request = response.request
+            log.add(
+                f"HTTP {response.status_code} {response.reason_phrase} from "
+                f"{request.method} {redact_url(str(request.url))}"
+            )
+
+    return record
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ the ``websockets`` package and the asyncio backend.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,29 @@ from mcp.shared.message import SessionMessage
 __all__ = ["websocket_client"]
 
 _CLOSE_TIMEOUT = 2.0
+_REDACTED = "***"
+
+
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
+    """The ``websockets.client`` logger with the handshake's header values masked.
+
+    At DEBUG level ``websockets`` logs every handshake header, ``Authorization`` included.
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__(logging.getLogger("websockets.client"), {})
+        self._secrets = [s for s in secrets if s]
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log through the wrapped logger with every secret in the arguments masked."""
+        if self._secrets and args:
+            args = tuple(self._mask(a) if isinstance(a, str) else a for a in args)
+        super().log(level, msg, *args, **kwargs)
+
+    def _mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
 
 
 @asynccontextmanager
@@ -40,13 +64,18 @@ async def websocket_client(
 
     Raises:
         OSError: the server could not be reached.
-        ImportError: ``websockets`` is not installed.
+        ImportError: ``websockets`` is not installed (``pip install 'llmctx[ws]'``).
 
     On exit the socket is closed (bounded by a short timeout, even under cancellation).
     """
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
-    from websockets.typing import Subprotocol
+    try:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+        from websockets.typing import Subprotocol
+    except ImportError as exc:
+        raise ImportError(
+            "the ws transport needs the websockets package (14 or later): pip install 'llmctx[ws]'"
+        ) from exc
 
     read_send, read_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_send, write_receive = anyio.create_memory_object_stream[SessionMessage](0)
@@ -55,6 +84,7 @@ async def websocket_client(
         subprotocols=[Subprotocol("mcp")],
         additional_headers=dict(headers or {}),
         close_timeout=_CLOSE_TIMEOUT,
+        logger=_RedactingLogger(list((headers or {}).values())),
     )
 
     async def reader() -> None:

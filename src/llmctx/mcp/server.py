@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPError
 
 from ._errors import ServerCrashed, ServerStartError, ServerUnavailable, ToolError, ToolTimeout
 from ._transports import StderrLog, open_transport
-from .config import ServerConfig
+from .config import ServerConfig, redact_url
 
 __all__ = ["ManagedServer", "ServerState", "ServerStatus", "SessionCallbacks"]
 
@@ -286,7 +286,7 @@ class ManagedServer:
                         self._set_state(ServerState.RESTARTING)
         except Exception as exc:
             self._session = None
-            self._last_error = _describe(exc, self.config)
+            self._last_error = _describe(exc, self.config, self.stderr.tail(1))
             if not ready:
                 logger.warning("MCP server %r failed to start: %s", self.name, self._last_error)
                 if first:
@@ -294,8 +294,12 @@ class ManagedServer:
                 else:
                     self._record_crash()
                 return ready
-            logger.warning("MCP server %r: connection lost: %s", self.name, self._last_error)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                # A transport torn down by our own stop may fail on the way out (a DELETE to
+                # a server that is gone): not a crash.
+                logger.debug("MCP server %r: closed with %s", self.name, self._last_error)
+            else:
+                logger.warning("MCP server %r: connection lost: %s", self.name, self._last_error)
                 self._record_crash()
                 self._set_state(ServerState.RESTARTING)
             return True
@@ -401,6 +405,21 @@ class ManagedServer:
             return None
         return float(min(BACKOFF_BASE * 2 ** max(recent - 1, 0), BACKOFF_MAX))
 
+    def _connection_lost(self, session: ClientSession) -> None:
+        """Treat ``session`` as dead after a request on it failed with a closed connection.
+
+        A stdio or WebSocket transport reports the end itself (``on_closed``), so by the time
+        the request fails the session is already retired. Streamable HTTP is one request per
+        call: a server that died leaves its read stream open, and the failed request is the
+        only sign. Without this the server would stay "ready" forever and never restart.
+        """
+        if self._session is not session or self._signals is None:
+            return
+        self._session = None
+        self._set_state(ServerState.RESTARTING)
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._signals.send_nowait("closed")
+
     def _set_pid(self, pid: int) -> None:
         self._pid = pid
 
@@ -467,6 +486,7 @@ class ManagedServer:
                     raise ServerUnavailable(
                         self.name, "stopped", "the hub is shutting down"
                     ) from None
+                self._connection_lost(session)
                 raise ServerCrashed(
                     self.name, returncode=self._last_returncode, stderr=self.stderr.tail()
                 ) from None
@@ -499,8 +519,12 @@ def _crash_text(returncode: int | None, tail: Sequence[str]) -> str:
     return code + (f"; stderr: {' | '.join(tail)}" if tail else "")
 
 
-def _describe(exc: BaseException, config: ServerConfig) -> str:
-    """A one-line, secret-free account of why a start failed."""
+def _describe(exc: BaseException, config: ServerConfig, tail: Sequence[str] = ()) -> str:
+    """A one-line, secret-free account of why a start failed.
+
+    ``tail`` is the server's last stderr line (for streamable HTTP: the last HTTP error
+    status), added when the exception alone says nothing useful.
+    """
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     if isinstance(exc, FileNotFoundError) and config.transport == "stdio":
@@ -514,8 +538,14 @@ def _describe(exc: BaseException, config: ServerConfig) -> str:
         return "the server closed the connection during the handshake (see its stderr)"
     if isinstance(exc, ServerStartError):
         return exc.reason
-    text = str(exc) or type(exc).__name__
+    # First line only: httpx appends a "For more information check: ..." line.
+    text = (str(exc) or type(exc).__name__).strip().splitlines()[0]
+    if config.url:
+        text = text.replace(config.url, redact_url(config.url))
     for secret in (*config.headers.values(), *config.env.values()):
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return f"{type(exc).__name__}: {text}"
+    text = f"{type(exc).__name__}: {text}"
+    if isinstance(exc, MCPError) and config.transport == "http" and tail:
+        text += f" ({tail[-1]}; check the url and the headers)"
+    return text

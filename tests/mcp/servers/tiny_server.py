@@ -5,6 +5,7 @@ tools/call) so lifecycle tests can start hundreds of real server processes quick
 server takes seconds to import. Tools: ``echo``, ``slow`` (one thread per request, so calls
 overlap), ``crash`` (a stderr line, then ``os._exit(1)`` mid-call) and ``spawn`` (starts a
 grandchild ``sleep`` process in the server's process group and returns its pid).
+``--delay SECONDS`` makes it wait before serving (an I/O-bound start, for benchmarks).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def _handle(request: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # --delay S: wait before serving, like a server whose start waits on I/O (benchmarks).
+    if len(sys.argv) == 3 and sys.argv[1] == "--delay":
+        time.sleep(float(sys.argv[2]))
     print("tiny: ready", file=sys.stderr, flush=True)
     for line in sys.stdin:
         if not line.strip():
