@@ -4,6 +4,8 @@ Rows (all wrap the same fake call, a function that returns a canned reply):
 
 * bare call                       - the fake call alone
 * llmctx, no session              - track_call with nothing active (the near no-op path)
+* charge step only                - Session._charge of an already-built CallRecord: the roll-up
+                                    into the session tree plus the memory store write
 * llmctx, memory store            - session + charge + MemoryStore write-through
 * llmctx, memory store + budget   - the same with a token and money budget (reserve + settle)
 * llmctx, SQLite write-through    - session + charge + SQLiteStore commit per call (WAL)
@@ -61,6 +63,12 @@ def bench_in_session(n: int, **session_kwargs: object) -> float:
         return time_loop(llmctx_call, n)
 
 
+def bench_charge_step(n: int) -> float:
+    record = llmctx.CallRecord(session_id=None, provider="openai", model=MODEL, usage=USAGE)
+    with llmctx.session("bench", store=MemoryStore()) as s:
+        return time_loop(lambda: s._charge(record, None), n)
+
+
 def bench_langchain(n: int) -> float | None:
     try:
         from langchain_core.callbacks import CallbackManager, UsageMetadataCallbackHandler
@@ -102,6 +110,7 @@ def main() -> int:
     cases: dict[str, Callable[[], float | None]] = {
         "bare call": lambda: time_loop(fake_call, n),
         "llmctx, no session": lambda: time_loop(llmctx_call, n),
+        "charge step only": lambda: bench_charge_step(n),
         "llmctx, memory store": lambda: bench_in_session(n, store=MemoryStore()),
         "llmctx, memory store + budget": lambda: bench_in_session(
             n, store=MemoryStore(), budget=llmctx.Budget(usd="1000000", tokens=10**12)

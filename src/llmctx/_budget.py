@@ -157,12 +157,11 @@ class Budget:
 
     def check(self, spent: Amount, reserved: Amount, amount: Amount) -> None:
         """Raise BudgetExceeded if ``amount`` does not fit beside ``spent`` and ``reserved``."""
-        for dim in ("usd", "tokens", "requests"):
-            limit = self.limit(dim)
+        for dim, limit in (("usd", self.usd), ("tokens", self.tokens), ("requests", self.requests)):
             if limit is None:
                 continue
-            want = amount.get(dim)
-            if want and spent.get(dim) + reserved.get(dim) + want > limit:
+            want = getattr(amount, dim)
+            if want and getattr(spent, dim) + getattr(reserved, dim) + want > limit:
                 raise BudgetExceeded(
                     dimension=dim,
                     limit=limit,

@@ -22,7 +22,7 @@ __all__ = ["SessionRecord", "SessionStatus", "Store"]
 SessionStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionRecord:
     """A session as stored: identity, lifecycle, budget limits and rolled-up totals.
 
@@ -30,6 +30,8 @@ class SessionRecord:
     was written). ``unpriced_calls`` counts calls that could not be priced; while it is
     non-zero the session's cost is unknown and ``cost`` holds only the priced part.
     ``budget`` is the limits as data (``{"usd": "0.50", "tokens": 50000, "requests": null}``).
+    A record is a value: treat it as read-only (``replace()`` makes a changed copy); it is not
+    ``frozen`` because one is built on every call and frozen ones cost three times as much.
     """
 
     id: str
