@@ -27,6 +27,7 @@ from rich.table import Table
 
 import llmctx
 from llmctx.mcp import Hub, MCPConfigError, ToolNotFound, load_config, result_text
+from llmctx.mcp.examples import path_of
 from llmctx.workshop._common import (
     Checks,
     ask,
@@ -38,7 +39,6 @@ from llmctx.workshop._common import (
     section,
     temp_store,
 )
-from llmctx.workshop.mcp_servers import path_of
 
 README_TEXT = "llmctx workshop: this file is served by the files MCP server.\n"
 
@@ -120,7 +120,7 @@ def write_config(tmp: Path) -> Path:
             "prod": {
                 "servers": ["notes"],
                 "mcpServers": {
-                    "notes": {"args": [notes, "${PROD_NOTES_DB}"], "exclude": ["add_*"]}
+                    "notes": {"args": [notes, "${PROD_NOTES_DB}"], "exclude": ["add_*", "delete_*"]}
                 },
             },
         },
@@ -144,7 +144,7 @@ def show_config(path: Path) -> str:
     lines.append("}")
     text = "\n".join(lines)
     return text.replace(sys.executable, "python").replace(
-        str(path_of("notes").parent), "<workshop>/mcp_servers"
+        str(path_of("notes").parent), "<llmctx>/mcp/examples"
     )
 
 
@@ -253,8 +253,8 @@ async def main() -> None:
         )
         checks.check(
             list(resolved["prod"].servers) == ["notes"]
-            and resolved["prod"].servers["notes"].exclude == ("add_*",),
-            "prod selects only notes, with add_* excluded",
+            and resolved["prod"].servers["notes"].exclude == ("add_*", "delete_*"),
+            "prod selects only notes, with add_* and delete_* excluded (read-only)",
         )
 
         # ------------------------------------------------------------ bad
@@ -346,8 +346,8 @@ async def main() -> None:
                     "notes.add_note returned ids 1 and 2",
                 )
                 checks.check(
-                    listed == [{"id": 1, "title": "ship it"}, {"id": 2, "title": "tests"}],
-                    "notes.list_notes returned both notes in order",
+                    listed == [{"id": 2, "title": "tests"}, {"id": 1, "title": "ship it"}],
+                    "notes.list_notes returned both notes, newest first",
                     json.dumps(listed),
                 )
                 checks.check(
@@ -435,11 +435,12 @@ async def main() -> None:
             f"(prod pid {', '.join(map(str, sorted(prod_pids)))} is gone)."
         )
         checks.check(
-            [t["title"] for t in prod_listed or []] == ["ship it", "tests"],
+            [t["title"] for t in prod_listed or []] == ["tests", "ship it"],
             "prod's notes server reads the notes dev wrote",
         )
         checks.check(
-            "notes.add_note" in add_refused and prod_tools == ["notes.list_notes"],
+            "notes.add_note" in add_refused
+            and prod_tools == ["notes.list_notes", "notes.search_notes"],
             "prod does not expose notes.add_note (excluded by the profile)",
         )
         checks.check(
