@@ -5,7 +5,7 @@ Run::
     python benchmarks/bench_mcp.py [--servers 10] [--repeats 3] [--calls 200]
         [--langchain-python PATH] [--soak]
 
-Every server is the SDK example ``examples/mcp_servers/notes_server.py`` (SQLite in memory),
+Every server is the SDK example ``src/llmctx/mcp/examples/notes_server.py`` (SQLite in memory),
 started as a real stdio subprocess by each contender.
 
 What it prints:
@@ -52,7 +52,7 @@ from typing import Any
 import anyio
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTES = ROOT / "examples" / "mcp_servers" / "notes_server.py"
+NOTES = ROOT / "src" / "llmctx" / "mcp" / "examples" / "notes_server.py"
 TINY = ROOT / "tests" / "mcp" / "servers" / "tiny_server.py"
 TOOL, ARGS = "search_notes", {"query": "milk"}
 TOOLS_PER_SERVER = 4  # both servers have four tools

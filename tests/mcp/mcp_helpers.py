@@ -10,7 +10,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = Path(__file__).resolve().parent / "servers"
-EXAMPLES = ROOT / "examples" / "mcp_servers"
+EXAMPLES = ROOT / "src" / "llmctx" / "mcp" / "examples"
 
 
 def stdio(script: Path, *args: str, **extra: Any) -> dict[str, Any]:
