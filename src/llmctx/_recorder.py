@@ -127,9 +127,8 @@ class Recorder:
 
     def table(self, *, width: int = 60) -> Table:
         """A rich Table of the exchanges (prompt, response, tokens, cost)."""
-        from rich.table import Table
-
         from rich.markup import escape
+        from rich.table import Table
 
         def clip(text: str | None) -> str:
             # Model text may contain "[...]", which rich would read as markup.
