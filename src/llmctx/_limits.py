@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -33,7 +31,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._exceptions import ConfigError
 from ._redis_script import _Script
-from ._waiting import AcquireTimeout, WouldBlock, _check_timeout, _Waiter
+from ._waiting import (
+    AcquireTimeout,
+    WouldBlock,
+    _check_timeout,
+    _FifoQueue,
+    _Waiter,
+)
 
 __all__ = [
     "AcquireTimeout",
@@ -47,8 +51,6 @@ __all__ = [
 
 _NS = 1_000_000_000
 _MINUTE_NS = 60 * _NS
-# Seconds before the next head retries after the store (Redis) failed for the previous one.
-_STORE_RETRY = 0.1
 
 logger = logging.getLogger("llmctx.limits")
 
@@ -491,7 +493,7 @@ def _check_rate(name: str, value: Any) -> float | None:
     return float(value)
 
 
-class RateLimiter:
+class RateLimiter(_FifoQueue[_Waiter]):
     """Requests-per-minute and tokens-per-minute limits with exact waits, for threads and loops.
 
     Usage::
@@ -570,13 +572,10 @@ class RateLimiter:
         else:
             user_clock = clock
             self._clock = lambda: int(user_clock() * _NS)
-        self._lock = threading.Lock()
-        self._queue: deque[_Waiter] = deque()
+        self._init_queue()
         # Reservations admitted / closed (settled, released or kept) since creation.
         self._closed = 0
         self._admitted = 0
-        self._timeouts = 0
-        self._cancellations = 0
 
     def __repr__(self) -> str:
         return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, burst={self.burst!r})"
@@ -801,47 +800,17 @@ class RateLimiter:
             return waiter
 
     def _admit_sync(self, reservation: Reservation, timeout: float | None) -> None:
-        n = reservation.tokens
-        waiter = self._enqueue(n, None, timeout)
+        waiter = self._enqueue(reservation.tokens, None, timeout)
         if waiter is not None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            done = False
-            try:
-                granted = waiter.wait_sync(self._lock, deadline)
-                if waiter._error is not None:
-                    raise waiter._error
-                if not granted:
-                    raise self._timeout_error(n)
-                done = True
-            finally:
-                if not done:
-                    self._leave(waiter, deadline)
+            self._wait_sync(waiter, None if timeout is None else time.monotonic() + timeout)
         reservation._state = _OPEN
 
     async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> None:
-        n = reservation.tokens
-        waiter = self._enqueue(n, asyncio.get_running_loop(), wait_for)
+        waiter = self._enqueue(reservation.tokens, asyncio.get_running_loop(), wait_for)
         if waiter is not None:
             deadline = None if wait_for is None else time.monotonic() + wait_for
-            done = False
-            try:
-                await waiter.wait_async(deadline)
-                if waiter._error is not None:
-                    raise waiter._error
-                if waiter._grant is None:
-                    raise self._timeout_error(n)
-                done = True
-            finally:
-                waiter.cancel_timer()
-                if not done:
-                    self._leave(waiter, deadline)
+            await self._wait_async(waiter, deadline)
         reservation._state = _OPEN
-
-    def _on_due(self, waiter: _Waiter) -> None:
-        """A head waiter's planned instant came: admit it now if it fits, else plan again."""
-        with self._lock:
-            if self._queue and self._queue[0] is waiter:
-                self._dispatch()
 
     def _dispatch(self) -> None:
         """With the lock held: admit waiters from the head while they fit, then wake them.
@@ -858,11 +827,7 @@ class RateLimiter:
                     self._i_req, self._i_tok, self._tolerance, waiter.amount, self._clock()
                 )
             except Exception as exc:  # e.g. Redis is down: the head raises it, not the releaser
-                queue.popleft()
-                waiter._error = exc
-                waiter.wake()
-                if queue:
-                    queue[0].schedule(_STORE_RETRY)
+                self._fail_head(exc)
                 return
             if delay > 0:
                 waiter.schedule(delay / _NS)
@@ -876,52 +841,16 @@ class RateLimiter:
                 self._undo_admission(waiter.amount)
                 self._cancellations += 1
 
-    def _on_expire(self, waiter: _Waiter) -> None:
-        """An asyncio waiter's deadline passed: unless admitted already, it leaves the queue."""
-        with self._lock:
-            if waiter._grant is not None or waiter._error is not None or waiter._expired:
-                return
-            waiter._expired = True
-            self._timeouts += 1
-            self._remove(waiter)
-
-    def _remove(self, waiter: _Waiter) -> None:
-        """With the lock held: take a waiter out of the queue; the next head gets its turn."""
-        queue = self._queue
-        was_head = bool(queue) and queue[0] is waiter
-        try:
-            queue.remove(waiter)
-        except ValueError:
-            return
-        if was_head:
-            self._dispatch()
-
     def _undo_admission(self, n: int) -> None:
         self._admitted -= 1
         self._store.adjust(-self._i_req, -n * self._i_tok, self._clock())
 
-    def _leave(self, waiter: _Waiter, deadline: float | None) -> None:
-        """A waiter gives up (timeout, cancellation): leave the queue or return its admission."""
-        with self._lock:
-            if waiter._error is not None or waiter._expired:
-                return
-            timed_out = deadline is not None and time.monotonic() >= deadline
-            if timed_out:
-                self._timeouts += 1
-            else:
-                self._cancellations += 1
-            if waiter._grant is not None:
-                # Admitted and then cancelled before it could run: nothing was sent.
-                waiter._grant = None
-                try:
-                    self._undo_admission(waiter.amount)
-                except Exception:  # the refund is lost; the limit errs on the safe side
-                    logger.warning(
-                        "llmctx: could not give back a rate limit admission", exc_info=True
-                    )
-                self._dispatch()
-                return
-            self._remove(waiter)
+    def _take_back(self, waiter: _Waiter) -> None:
+        """With the lock held: a waiter admitted and then cancelled sent nothing: refund it."""
+        try:
+            self._undo_admission(waiter.amount)
+        except Exception:  # the refund is lost; the limit errs on the safe side
+            logger.warning("llmctx: could not give back a rate limit admission", exc_info=True)
 
     def _settle(self, tok_delta: int, *, refund_request: bool) -> None:
         req_delta = -self._i_req if refund_request else 0

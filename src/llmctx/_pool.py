@@ -29,11 +29,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from ._exceptions import ConfigError
 from ._redis_script import _Script
-from ._waiting import AcquireTimeout, WouldBlock, _check_timeout, _get_running_loop, _Waiter
+from ._waiting import (
+    AcquireTimeout,
+    WouldBlock,
+    _check_timeout,
+    _FifoQueue,
+    _get_running_loop,
+    _Waiter,
+)
 
 __all__ = ["Lease", "PoolStatistics", "RedisLeaseStore", "ResourcePool"]
 
@@ -42,8 +49,6 @@ logger = logging.getLogger("llmctx.pool")
 R = TypeVar("R")
 
 _WAIT_SAMPLES = 1024
-# Seconds before the next head retries after the lease store (Redis) failed for the previous.
-_STORE_RETRY = 0.1
 
 _PENDING = 0
 _HELD = 1
@@ -200,7 +205,7 @@ class Lease(_Waiter, Generic[R]):
                 done = True
             finally:
                 if not done:
-                    pool._abandon(waiter, None)
+                    pool._leave(waiter, None)
             return self
         await pool._acquire_async(self, self._timeout)
         return self
@@ -501,7 +506,7 @@ def _positive(value: Any) -> bool:
     )
 
 
-class ResourcePool(Generic[R]):
+class ResourcePool(_FifoQueue[Lease[R]]):
     """A pool of resources with capacities, leased in strict FIFO order to threads and tasks.
 
     Usage::
@@ -579,16 +584,13 @@ class ResourcePool(Generic[R]):
         ]
         # The single resource of a plain pool (its slots never change without a health check).
         self._only = self._slots[0] if self._plain and len(self._slots) == 1 else None
-        self._lock = threading.Lock()
-        self._queue: deque[Lease[R]] = deque()
+        self._init_queue()
         self._closed = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._waits: deque[float] = deque(maxlen=_WAIT_SAMPLES)
         # Leases granted = _sequence - _given_back (one counter less on the hot path).
         self._given_back = 0
         self._sequence = 0
-        self._timeouts = 0
-        self._cancellations = 0
         self._quarantined = 0
         self._replacements = 0
         self._replacement_failures = 0
@@ -827,11 +829,7 @@ class ResourcePool(Generic[R]):
                 try:
                     got = self._take(lease)
                 except Exception as exc:  # Redis failed: the head raises it, not the releaser
-                    queue.popleft()
-                    waiter._error = exc
-                    waiter.wake()
-                    if queue:
-                        queue[0].schedule(_STORE_RETRY)
+                    self._fail_head(exc)
                     return
                 if not got:
                     if self._store is not None:
@@ -849,8 +847,7 @@ class ResourcePool(Generic[R]):
             elif not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
                 waiter._grant = None
-                self._given_back += 1
-                self._give_back(lease, _PENDING)
+                self._take_back(lease)
                 self._cancellations += 1
 
     def _release(self, lease: Lease[R]) -> None:
@@ -913,54 +910,16 @@ class ResourcePool(Generic[R]):
             waiter.schedule(self._store.poll_interval)
         return waiter
 
-    def _on_due(self, waiter: _Waiter) -> None:
-        """The head's planned look at the shared store came: grant what fits now."""
-        with self._lock:
-            if self._queue and self._queue[0] is waiter:
-                self._dispatch()
-
-    def _on_expire(self, waiter: _Waiter) -> None:
-        """An asyncio waiter's deadline passed: unless granted already, it leaves the queue."""
-        with self._lock:
-            if waiter._grant is not None or waiter._error is not None or waiter._expired:
-                return
-            waiter._expired = True
-            self._timeouts += 1
-            self._remove(cast("Lease[R]", waiter))
-
-    def _remove(self, waiter: Lease[R]) -> None:
-        """With the lock held: take a waiter out of the queue; a new head may fit now."""
-        queue = self._queue
-        was_head = bool(queue) and queue[0] is waiter
-        try:
-            queue.remove(waiter)
-        except ValueError:
-            return
-        if was_head:
-            self._dispatch()
+    def _take_back(self, waiter: Lease[R]) -> None:
+        """With the lock held: return capacity granted to a waiter that will not use it."""
+        self._given_back += 1
+        self._give_back(waiter, _PENDING)
 
     def _timeout_error(self, n: int) -> AcquireTimeout:
         return AcquireTimeout(
             f"no lease of {n} unit(s) from the pool within the timeout; nothing is held. "
             "Raise the timeout, lower the amount, or add capacity"
         )
-
-    def _abandon(self, waiter: Lease[R], deadline: float | None) -> None:
-        """Leave the queue (timeout, cancellation); if capacity was already granted, pass it on."""
-        with self._lock:
-            if waiter._error is not None or waiter._expired:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                self._timeouts += 1
-            else:
-                self._cancellations += 1
-            if waiter._grant is not None:
-                waiter._grant = None
-                self._given_back += 1
-                self._give_back(waiter, _PENDING)
-                self._dispatch()
-            else:
-                self._remove(waiter)
 
     def _acquire_sync(self, lease: Lease[R], timeout: float | None) -> None:
         waiter = self._enqueue(lease, None, timeout, False)
@@ -977,19 +936,6 @@ class ResourcePool(Generic[R]):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             waiter = self._enqueue(lease, None, remaining, True)
 
-    def _wait_sync(self, waiter: Lease[R], deadline: float | None) -> None:
-        done = False
-        try:
-            granted = waiter.wait_sync(self._lock, deadline)
-            if waiter._error is not None:
-                raise waiter._error
-            if not granted:
-                raise self._timeout_error(waiter.amount)
-            done = True
-        finally:
-            if not done:
-                self._abandon(waiter, deadline)
-
     async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._enqueue(lease, loop, wait_for, False)
@@ -1005,25 +951,6 @@ class ResourcePool(Generic[R]):
                 return
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             waiter = self._enqueue(lease, loop, remaining, True)
-
-    async def _wait_async(self, waiter: Lease[R], deadline: float | None) -> None:
-        done = False
-        try:
-            if deadline is None:
-                fut = waiter._fut
-                assert fut is not None
-                await fut
-            else:
-                await waiter.wait_async(deadline)
-            if waiter._error is not None:
-                raise waiter._error
-            if waiter._grant is None:
-                raise self._timeout_error(waiter.amount)
-            done = True
-        finally:
-            waiter.cancel_timer()
-            if not done:
-                self._abandon(waiter, deadline)
 
     # ------------------------------------------------------------------ health
     def _healthy(self, lease: Lease[R]) -> bool:

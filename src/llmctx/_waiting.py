@@ -4,6 +4,12 @@ A waiter is one caller queued on a limiter or a pool. Its owner (the limiter or 
 it what it waited for *under the owner's lock* (``grant``) and then wakes it, so a woken waiter
 can always proceed: nobody is woken just to re-check and go back to sleep.
 
+:class:`_FifoQueue` is the queue side both owners share: the lock, the strict-FIFO deque, the
+timeout/cancellation counters, leaving the queue (passing a grant on when one came too late),
+and the sync/async wait that turns a waiter's outcome into a return or an exception. An owner
+supplies only how the head is tried (``_dispatch``), how an unused grant is given back
+(``_take_back``) and its timeout message.
+
 When the head of a queue must wait for *time* rather than for a release (a rate limit refills
 at a known instant, a shared Redis pool is polled), the owner calls :meth:`_Waiter.schedule`:
 an asyncio waiter gets a timer on its own event loop that runs the owner's dispatch there,
@@ -22,7 +28,8 @@ import contextlib
 import math
 import threading
 import time
-from typing import Any, Protocol
+from collections import deque
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._exceptions import ConfigError, LLMCtxError
 
@@ -30,6 +37,9 @@ from ._exceptions import ConfigError, LLMCtxError
 _get_running_loop = asyncio._get_running_loop
 
 __all__ = ["AcquireTimeout", "WouldBlock"]
+
+# Seconds before the next head retries after the owner's store (Redis) failed for the previous.
+_STORE_RETRY = 0.1
 
 
 class WouldBlock(LLMCtxError):
@@ -242,3 +252,151 @@ class _Waiter:
                     return False
                 timeout = remaining if timeout is None else min(timeout, remaining)
             event.wait(timeout)
+
+
+_W = TypeVar("_W", bound=_Waiter)
+
+
+class _FifoQueue(Generic[_W]):
+    """A strict-FIFO queue of waiters under one lock: the part a limiter and a pool share.
+
+    The subclass calls :meth:`_init_queue` in its constructor and supplies, all called with
+    ``_lock`` held: ``_dispatch()`` (grant to waiters from the head while they fit, and wake
+    them), ``_take_back(waiter)`` (give back what a waiter was granted but will not use) and
+    ``_timeout_error(amount)`` (the :class:`AcquireTimeout` to raise). A waiter leaving the
+    queue (timeout, cancellation, interrupt) never takes anything with it: if it was granted
+    just before, the grant goes back and the next waiters get their turn.
+    """
+
+    _lock: threading.Lock
+    _queue: deque[_W]
+    _timeouts: int
+    _cancellations: int
+
+    def _init_queue(self) -> None:
+        self._lock = threading.Lock()
+        self._queue = deque()
+        # Callers that gave up because of their timeout / were cancelled while queued.
+        self._timeouts = 0
+        self._cancellations = 0
+
+    # -------------------------------------------------------------- supplied by the owner
+    def _dispatch(self) -> None:
+        """With the lock held: grant to waiters from the head while they fit, then wake them."""
+        raise NotImplementedError
+
+    def _take_back(self, waiter: _W) -> None:
+        """With the lock held: give back what ``waiter`` was granted (it will not use it)."""
+        raise NotImplementedError
+
+    def _timeout_error(self, n: int) -> AcquireTimeout:
+        """The error for a caller of ``n`` units that was not served within its timeout."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- shared (lock held)
+    def _fail_head(self, exc: Exception) -> None:
+        """With the lock held: the head raises ``exc`` (e.g. Redis is down), not the releaser.
+
+        The next head retries after :data:`_STORE_RETRY` seconds rather than at once, so a
+        store that is down is not hammered by every waiter in turn.
+        """
+        queue = self._queue
+        waiter = queue.popleft()
+        waiter._error = exc
+        waiter.wake()
+        if queue:
+            queue[0].schedule(_STORE_RETRY)
+
+    def _remove(self, waiter: _W) -> None:
+        """With the lock held: take a waiter out of the queue; the next head gets its turn."""
+        queue = self._queue
+        was_head = bool(queue) and queue[0] is waiter
+        try:
+            queue.remove(waiter)
+        except ValueError:
+            return
+        if was_head:
+            self._dispatch()
+
+    # -------------------------------------------------------------- shared (takes the lock)
+    def _on_due(self, waiter: _Waiter) -> None:
+        """The head's planned instant came: grant what fits now (or plan again)."""
+        with self._lock:
+            if self._queue and self._queue[0] is waiter:
+                self._dispatch()
+
+    def _on_expire(self, waiter: _Waiter) -> None:
+        """An asyncio waiter's deadline passed: unless granted already, it leaves the queue."""
+        with self._lock:
+            if waiter._grant is not None or waiter._error is not None or waiter._expired:
+                return
+            waiter._expired = True
+            self._timeouts += 1
+            self._remove(cast("_W", waiter))
+
+    def _leave(self, waiter: _W, deadline: float | None) -> None:
+        """A waiter gives up (timeout, cancellation): leave the queue, or pass its grant on."""
+        with self._lock:
+            if waiter._error is not None or waiter._expired:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                self._timeouts += 1
+            else:
+                self._cancellations += 1
+            if waiter._grant is not None:
+                # Granted and then cancelled before it could run: nothing was used.
+                waiter._grant = None
+                self._take_back(waiter)
+                self._dispatch()
+            else:
+                self._remove(waiter)
+
+    def _wait_sync(self, waiter: _W, deadline: float | None) -> None:
+        """Block the thread until ``waiter`` is granted.
+
+        Raises:
+            AcquireTimeout: ``deadline`` (monotonic seconds) passed first.
+            Exception: what the owner's store raised while trying the waiter.
+
+        On any exit but a grant (an interrupt too) the waiter leaves the queue and a grant
+        that came meanwhile is passed on.
+        """
+        done = False
+        try:
+            granted = waiter.wait_sync(self._lock, deadline)
+            if waiter._error is not None:
+                raise waiter._error
+            if not granted:
+                raise self._timeout_error(waiter.amount)
+            done = True
+        finally:
+            if not done:
+                self._leave(waiter, deadline)
+
+    async def _wait_async(self, waiter: _W, deadline: float | None) -> None:
+        """Wait in asyncio until ``waiter`` is granted.
+
+        Raises:
+            AcquireTimeout: ``deadline`` (monotonic seconds) passed first.
+            Exception: what the owner's store raised while trying the waiter.
+
+        Cancelled: the waiter leaves the queue, and a grant that came just before is passed
+        on to the next waiters.
+        """
+        done = False
+        try:
+            if deadline is None:
+                fut = waiter._fut
+                assert fut is not None
+                await fut  # no timer needed: skip wait_async()
+            else:
+                await waiter.wait_async(deadline)
+            if waiter._error is not None:
+                raise waiter._error
+            if waiter._grant is None:
+                raise self._timeout_error(waiter.amount)
+            done = True
+        finally:
+            waiter.cancel_timer()
+            if not done:
+                self._leave(waiter, deadline)
