@@ -19,19 +19,16 @@ works without the ``postgres`` extra installed.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._exceptions import ConfigError, StoreError
-from .._usage import CallRecord, CallStatus, Usage
-from ._base import SessionRecord, SessionStatus
-from .sqlite import _dumps
+from .._usage import CallRecord
+from . import _sql
+from ._base import SessionRecord
 
 if TYPE_CHECKING:
     import psycopg
@@ -79,30 +76,18 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _jsonb(value: Any) -> str | None:
-    return None if value is None else _dumps(value)
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
 
 
-_SESSION_COLS = (
-    "id, name, parent_id, status, tags, budget, started_at, ended_at, error, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, cost, "
-    "unpriced_calls, call_count, metadata"
-)
+# The shared columns in their order; a cast where the parameter is JSON text.
 _SESSION_VALUES = (
     "%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
     "%s::jsonb"
-)
-_CALL_COLS = (
-    "id, session_id, kind, provider, model, request, response, tool_calls, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, "
-    "raw_usage, cost, cost_note, status, error, estimated, started_at, latency_s, ttfb_s, "
-    "ttft_s, metadata"
 )
 _CALL_VALUES = (
     "%s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
@@ -110,122 +95,23 @@ _CALL_VALUES = (
 )
 
 
-def _session_params(r: SessionRecord) -> tuple[Any, ...]:
-    u = r.usage
-    return (
-        r.id,
-        r.name,
-        r.parent_id,
-        r.status,
-        _dumps(r.tags),
-        _jsonb(r.budget),
-        _aware(r.started_at),
-        _aware(r.ended_at),
-        r.error,
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_read_tokens,
-        u.cache_write_tokens,
-        u.reasoning_tokens,
-        u.requests,
-        r.cost,
-        r.unpriced_calls,
-        r.calls,
-        _dumps(r.metadata),
-    )
+def _session_params(r: SessionRecord) -> list[Any]:
+    return _sql.session_params(r, _aware, _sql.same)
 
 
-def _call_params(c: CallRecord) -> tuple[Any, ...]:
-    u = c.usage
-    return (
-        c.id,
-        c.session_id,
-        c.kind,
-        c.provider,
-        c.model,
-        _jsonb(c.request),
-        c.response,
-        _jsonb(c.tool_calls),
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_read_tokens,
-        u.cache_write_tokens,
-        u.reasoning_tokens,
-        u.requests,
-        _jsonb(c.raw_usage),
-        c.cost,
-        c.cost_note,
-        c.status,
-        c.error,
-        c.estimated,
-        _aware(c.started_at),
-        c.latency_s,
-        c.ttfb_s,
-        c.ttft_s,
-        _dumps(c.metadata),
-    )
+def _call_params(c: CallRecord) -> list[Any]:
+    return _sql.call_params(c, _aware, _sql.same)
 
 
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
-    return SessionRecord(
-        id=row[0],
-        name=row[1],
-        parent_id=row[2],
-        status=cast(SessionStatus, row[3]),
-        tags=row[4],
-        budget=row[5],
-        started_at=row[6].astimezone(UTC),
-        ended_at=None if row[7] is None else row[7].astimezone(UTC),
-        error=row[8],
-        usage=Usage(row[9], row[10], row[11], row[12], row[13], row[14]),
-        cost=Decimal(row[15]),
-        unpriced_calls=row[16],
-        calls=row[17],
-        metadata=row[18],
-    )
+    return _sql.session_from_row(row, _sql.same, _utc)
 
 
 def _call_from_row(row: Sequence[Any]) -> CallRecord:
-    return CallRecord(
-        id=row[0],
-        session_id=row[1],
-        kind=row[2],
-        provider=row[3],
-        model=row[4],
-        request=row[5],
-        response=row[6],
-        tool_calls=row[7],
-        usage=Usage(row[8], row[9], row[10], row[11], row[12], row[13]),
-        raw_usage=row[14],
-        cost=row[15],
-        cost_note=row[16],
-        status=cast(CallStatus, row[17]),
-        error=row[18],
-        estimated=row[19],
-        started_at=row[20].astimezone(UTC),
-        latency_s=row[21],
-        ttfb_s=row[22],
-        ttft_s=row[23],
-        metadata=row[24],
-    )
+    return _sql.call_from_row(row, _sql.same, _utc)
 
 
-# A libpq connection must not be used (nor closed: that would end the parent's server
-# session) across fork(); a forked child opens its own.
-_LIVE: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
-_ORPHANS: list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_LIVE):
-        store._forget_connection_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class PostgresStore:
+class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
     """Sessions and calls in a PostgreSQL schema; thread-safe, one connection behind a lock.
 
     Every method runs in its own transaction and commits before returning. When the server
@@ -272,8 +158,8 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._closed = False
         self._sql = _Statements(schema)
-        self._conn: psycopg.Connection[Any] | None = self._connect()
-        _LIVE.add(self)
+        self._conn = self._connect()
+        self._track_forks()
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -342,12 +228,6 @@ class PostgresStore:
                 f"{version}, newer than this llmctx understands ({SCHEMA_VERSION}); upgrade "
                 "llmctx or use another schema"
             )
-
-    def _forget_connection_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        if self._conn is not None:
-            _ORPHANS.append(self._conn)
-            self._conn = None
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._closed:
@@ -446,20 +326,10 @@ class PostgresStore:
         Raises:
             StoreError: the read failed or the store is closed.
         """
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if parent_id is not None:
-            where.append("parent_id = %s")
-            params.append(parent_id)
-        if roots_only:
-            where.append("parent_id IS NULL")
-        sql = self._sql.select
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC, id DESC"
+        where, params = _sql.session_filter(
+            "%s", status=status, parent_id=parent_id, roots_only=roots_only
+        )
+        sql = f"{self._sql.select}{where} ORDER BY started_at DESC, id DESC"
         if limit is not None:
             sql += " LIMIT %s"
             params.append(max(limit, 0))
@@ -515,14 +385,6 @@ class PostgresStore:
             return int(cur.rowcount)
 
         return self._run(f"delete session {session_id!r}", body)
-
-    def close(self) -> None:
-        """Close the connection; closing twice is harmless, using it afterwards raises."""
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
     def drop_schema(self) -> None:
         """Drop this store's schema and everything in it (for tests and teardown).
@@ -595,31 +457,22 @@ class _Statements:
             )""",
             f"CREATE INDEX IF NOT EXISTS calls_session ON {q}.calls (session_id, started_at)",
         )
-        update = ", ".join(
-            f"{c} = excluded.{c}"
-            for c in (c.strip() for c in _SESSION_COLS.split(","))
-            if c != "id"
-        )
         self.upsert = (
-            f"INSERT INTO {q}.sessions ({_SESSION_COLS}) VALUES ({_SESSION_VALUES}) "
-            f"ON CONFLICT (id) DO UPDATE SET {update}"
+            f"INSERT INTO {q}.sessions ({_sql.SESSION_COLS}) VALUES ({_SESSION_VALUES}) "
+            f"ON CONFLICT (id) DO UPDATE SET {_sql.excluded_assignments(_sql.SESSION_COLS, {'id'})}"
         )
         self.insert_call = (
-            f"INSERT INTO {q}.calls ({_CALL_COLS}) VALUES ({_CALL_VALUES}) "
+            f"INSERT INTO {q}.calls ({_sql.CALL_COLS}) VALUES ({_CALL_VALUES}) "
             "ON CONFLICT (id) DO NOTHING"
         )
-        self.select = f"SELECT {_SESSION_COLS} FROM {q}.sessions"
+        self.select = f"SELECT {_sql.SESSION_COLS} FROM {q}.sessions"
         self.list_calls = (
-            f"SELECT {_CALL_COLS} FROM {q}.calls WHERE session_id = ANY(%s) "
+            f"SELECT {_sql.CALL_COLS} FROM {q}.calls WHERE session_id = ANY(%s) "
             "ORDER BY started_at, seq"
         )
-        # UNION (not UNION ALL): a parent_id cycle in damaged data still terminates.
-        cte = (
-            f"WITH RECURSIVE tree(id) AS (SELECT id FROM {q}.sessions WHERE id = %s "
-            f"UNION SELECT s.id FROM {q}.sessions s JOIN tree t ON s.parent_id = t.id) "
-        )
+        cte = _sql.tree_cte(f"{q}.sessions", "%s")
         self.tree = (
-            f"{cte}SELECT {_SESSION_COLS} FROM {q}.sessions WHERE id IN (SELECT id FROM tree) "
+            f"{cte}{self.select} WHERE id IN (SELECT id FROM tree) "
             "ORDER BY id <> %s, started_at, id"
         )
         self.delete_calls = f"{cte}DELETE FROM {q}.calls WHERE session_id IN (SELECT id FROM tree)"

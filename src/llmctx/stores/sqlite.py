@@ -27,16 +27,15 @@ import os
 import re
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from .._exceptions import ConfigError, StoreError
-from .._usage import CallRecord, CallStatus, Usage
-from ._base import SessionRecord, SessionStatus
+from .._usage import CallRecord
+from . import _sql
+from ._base import SessionRecord
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
 
@@ -105,19 +104,13 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_session ON calls (session_id, started_us);
 """
 
-_SESSION_COLS = (
-    "id, name, parent_id, status, tags, budget, started_at, started_us, ended_at, error, "
-    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
-    "requests, cost, unpriced_calls, call_count, metadata"
-)
-_SESSION_UPDATE = ", ".join(
-    f"{c} = excluded.{c}" for c in (c.strip() for c in _SESSION_COLS.split(",")) if c != "id"
-)
+# The shared columns, then started_us (which only SQLite has), as _session_params gives them.
+_SESSION_COLS = f"{_sql.SESSION_COLS}, started_us"
 # An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, which would change its
 # rowid (the tie-breaker of the orderings below).
 _UPSERT_SESSION = (
     f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
-    f"ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
+    f"ON CONFLICT (id) DO UPDATE SET {_sql.excluded_assignments(_SESSION_COLS, {'id'})}"
 )
 # The hot path's upsert leaves the indexed columns alone (SQLite rewrites an index entry for
 # every indexed column in SET, changed or not); when they did change it updates nothing and
@@ -125,29 +118,19 @@ _UPSERT_SESSION = (
 _UPSERT_SESSION_TOTALS = (
     f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
     "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = excluded.{c}"
-        for c in (c.strip() for c in _SESSION_COLS.split(","))
-        if c not in {"id", "parent_id", "started_us"}
-    )
+    + _sql.excluded_assignments(_SESSION_COLS, {"id", "parent_id", "started_us"})
     + " WHERE sessions.parent_id IS excluded.parent_id"
     " AND sessions.started_us = excluded.started_us"
 )
-_SELECT_SESSION = f"SELECT {_SESSION_COLS} FROM sessions"
+_SELECT_SESSION = f"SELECT {_sql.SESSION_COLS} FROM sessions"
 
-_CALL_COLS = (
-    "id, session_id, kind, provider, model, request, response, tool_calls, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, "
-    "raw_usage, cost, cost_note, status, error, estimated, started_at, started_us, latency_s, "
-    "ttfb_s, ttft_s, metadata"
-)
+_CALL_COLS = f"{_sql.CALL_COLS}, started_us"
 _INSERT_CALL = f"INSERT INTO calls ({_CALL_COLS}) VALUES ({', '.join('?' * 26)})"
+# list_calls' rows end with its ordering: started_us (the last of _CALL_COLS), then rowid.
+_CALL_STARTED_US = _CALL_COLS.count(",")
+_CALL_ROWID = _CALL_STARTED_US + 1
 
-# UNION (not UNION ALL) on the id alone: a parent_id cycle in damaged data still terminates.
-_TREE_CTE = (
-    "WITH RECURSIVE tree(id) AS (SELECT id FROM sessions WHERE id = ? "
-    "UNION SELECT s.id FROM sessions s JOIN tree t ON s.parent_id = t.id) "
-)
+_TREE_CTE = _sql.tree_cte("sessions", "?")
 
 
 def default_sqlite_path() -> Path:
@@ -207,18 +190,6 @@ def _resolve_path(path: str | os.PathLike[str] | None) -> str:
     return str(Path(text).expanduser())
 
 
-# One encoder for the process: json.dumps() with options builds a new encoder on every call.
-_dumps = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _dumps_opt(value: Any) -> str | None:
-    return None if value is None else _dumps(value)
-
-
-def _loads_opt(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def _epoch_us(value: datetime) -> int:
     # Naive datetimes are taken as UTC for ordering; the ISO text keeps them as they were.
     if value.tzinfo is None:
@@ -226,110 +197,24 @@ def _epoch_us(value: datetime) -> int:
     return (value - _EPOCH) // _US
 
 
-def _dt_opt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+def _session_params(r: SessionRecord) -> list[Any]:
+    params = _sql.session_params(r, datetime.isoformat, str)
+    params.append(_epoch_us(r.started_at))
+    return params
 
 
-def _session_params(r: SessionRecord) -> tuple[Any, ...]:
-    u = r.usage
-    return (
-        r.id,
-        r.name,
-        r.parent_id,
-        r.status,
-        _dumps(r.tags) if r.tags else "{}",
-        _dumps_opt(r.budget),
-        r.started_at.isoformat(),
-        _epoch_us(r.started_at),
-        None if r.ended_at is None else r.ended_at.isoformat(),
-        r.error,
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_read_tokens,
-        u.cache_write_tokens,
-        u.reasoning_tokens,
-        u.requests,
-        str(r.cost),
-        r.unpriced_calls,
-        r.calls,
-        _dumps(r.metadata) if r.metadata else "{}",
-    )
-
-
-def _call_params(c: CallRecord) -> tuple[Any, ...]:
-    u = c.usage
-    return (
-        c.id,
-        c.session_id,
-        c.kind,
-        c.provider,
-        c.model,
-        _dumps_opt(c.request),
-        c.response,
-        _dumps_opt(c.tool_calls),
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_read_tokens,
-        u.cache_write_tokens,
-        u.reasoning_tokens,
-        u.requests,
-        _dumps_opt(c.raw_usage),
-        None if c.cost is None else str(c.cost),
-        c.cost_note,
-        c.status,
-        c.error,
-        1 if c.estimated else 0,
-        c.started_at.isoformat(),
-        _epoch_us(c.started_at),
-        c.latency_s,
-        c.ttfb_s,
-        c.ttft_s,
-        _dumps(c.metadata) if c.metadata else "{}",
-    )
+def _call_params(c: CallRecord) -> list[Any]:
+    params = _sql.call_params(c, datetime.isoformat, str)
+    params.append(_epoch_us(c.started_at))
+    return params
 
 
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
-    return SessionRecord(
-        id=row[0],
-        name=row[1],
-        parent_id=row[2],
-        status=cast(SessionStatus, row[3]),
-        tags=json.loads(row[4]),
-        budget=_loads_opt(row[5]),
-        started_at=datetime.fromisoformat(row[6]),
-        ended_at=_dt_opt(row[8]),
-        error=row[9],
-        usage=Usage(row[10], row[11], row[12], row[13], row[14], row[15]),
-        cost=Decimal(row[16]),
-        unpriced_calls=row[17],
-        calls=row[18],
-        metadata=json.loads(row[19]),
-    )
+    return _sql.session_from_row(row, json.loads, datetime.fromisoformat)
 
 
 def _call_from_row(row: Sequence[Any]) -> CallRecord:
-    return CallRecord(
-        id=row[0],
-        session_id=row[1],
-        kind=row[2],
-        provider=row[3],
-        model=row[4],
-        request=_loads_opt(row[5]),
-        response=row[6],
-        tool_calls=_loads_opt(row[7]),
-        usage=Usage(row[8], row[9], row[10], row[11], row[12], row[13]),
-        raw_usage=_loads_opt(row[14]),
-        cost=None if row[15] is None else Decimal(row[15]),
-        cost_note=row[16],
-        status=cast(CallStatus, row[17]),
-        error=row[18],
-        estimated=bool(row[19]),
-        started_at=datetime.fromisoformat(row[20]),
-        latency_s=row[22],
-        ttfb_s=row[23],
-        ttft_s=row[24],
-        metadata=json.loads(row[25]),
-    )
+    return _sql.call_from_row(row, json.loads, datetime.fromisoformat)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -337,21 +222,7 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-# A SQLite connection must not be used across fork(); a forked child gets fresh connections.
-_LIVE: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-_ORPHANS: list[sqlite3.Connection] = []
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_LIVE):
-        store._forget_connection_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class SQLiteStore:
+class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
     """Sessions and calls in one SQLite file (WAL, ``synchronous=NORMAL``); thread-safe.
 
     One connection is shared by every thread behind a lock: SQLite takes one writer at a time
@@ -373,8 +244,8 @@ class SQLiteStore:
         self.path = _resolve_path(path)
         self._lock = threading.Lock()
         self._closed = False
-        self._conn: sqlite3.Connection | None = self._connect()
-        _LIVE.add(self)
+        self._conn = self._connect()
+        self._track_forks()
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -463,14 +334,6 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
 
-    def _forget_connection_after_fork(self) -> None:
-        # The parent still owns the inherited connection: closing it here could disturb the
-        # parent's locks, so it is parked (never used again) and a new one is opened lazily.
-        self._lock = threading.Lock()
-        if self._conn is not None:
-            _ORPHANS.append(self._conn)
-            self._conn = None
-
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(
@@ -492,7 +355,7 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
-    def _write(self, statements: Sequence[tuple[str, tuple[Any, ...]]], action: str) -> None:
+    def _write(self, statements: Sequence[tuple[str, Sequence[Any]]], action: str) -> None:
         with self._lock:
             conn = self._connection()
             try:
@@ -575,20 +438,10 @@ class SQLiteStore:
         Raises:
             StoreError: the read failed or the store is closed.
         """
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if parent_id is not None:
-            where.append("parent_id = ?")
-            params.append(parent_id)
-        if roots_only:
-            where.append("parent_id IS NULL")
-        sql = _SELECT_SESSION
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_us DESC, rowid DESC LIMIT ?"
+        where, params = _sql.session_filter(
+            "?", status=status, parent_id=parent_id, roots_only=roots_only
+        )
+        sql = f"{_SELECT_SESSION}{where} ORDER BY started_us DESC, rowid DESC LIMIT ?"
         params.append(-1 if limit is None else max(limit, 0))
         return [_session_from_row(r) for r in self._read(sql, params, "list sessions")]
 
@@ -607,7 +460,7 @@ class SQLiteStore:
             )
             rows.extend(self._read(sql, chunk, "list calls"))
         if len(ids) > _CHUNK:
-            rows.sort(key=lambda r: (r[21], r[26]))
+            rows.sort(key=lambda r: (r[_CALL_STARTED_US], r[_CALL_ROWID]))
         return [_call_from_row(r) for r in rows]
 
     def session_tree(self, session_id: str) -> list[SessionRecord]:
@@ -617,7 +470,7 @@ class SQLiteStore:
             StoreError: the read failed or the store is closed.
         """
         sql = (
-            f"{_TREE_CTE}SELECT {_SESSION_COLS} FROM sessions WHERE id IN (SELECT id FROM tree) "
+            f"{_TREE_CTE}{_SELECT_SESSION} WHERE id IN (SELECT id FROM tree) "
             "ORDER BY id != ?, started_us, rowid"
         )
         rows = self._read(sql, (session_id, session_id), "read a session tree")
@@ -653,11 +506,3 @@ class SQLiteStore:
                     raise self._error(f"delete session {session_id!r}", exc) from exc
                 raise
         return int(deleted)
-
-    def close(self) -> None:
-        """Close the connection; closing twice is harmless, using it afterwards raises."""
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
