@@ -79,6 +79,21 @@ def redact_text(text: str) -> str:
     return text
 
 
+_SCALARS = (int, float, bool, type(None))
+# is_secret_key's answers by key; requests reuse a handful of keys, so this stays tiny, and a
+# dict lookup is cheaper than calling the lru_cache wrapper on every key of every request.
+_key_verdicts: dict[str, bool] = {}
+
+
+def _secret_key(key: str) -> bool:
+    verdict = _key_verdicts.get(key)
+    if verdict is None:
+        verdict = is_secret_key(key)
+        if len(_key_verdicts) < 4096:
+            _key_verdicts[key] = verdict
+    return verdict
+
+
 def redact(value: Any) -> Any:
     """A copy of ``value`` (dicts, lists, tuples, strings) with every secret replaced.
 
@@ -88,12 +103,25 @@ def redact(value: Any) -> Any:
     if kind is str:
         return redact_text(value)
     if kind is dict or isinstance(value, Mapping):
-        return {
-            k: (REDACTED if v and type(k) is str and is_secret_key(k) else redact(v))
-            for k, v in value.items()
-        }
+        out = {}
+        # Leaves are handled inline: this runs on every recorded call, and most values of a
+        # request are short strings and numbers.
+        for k, v in value.items():
+            vkind = type(v)
+            if v and type(k) is str and _secret_key(k):
+                out[k] = REDACTED
+            elif vkind is str:
+                out[k] = v if len(v) < 8 else redact_text(v)
+            elif vkind in _SCALARS:
+                out[k] = v
+            else:
+                out[k] = redact(v)
+        return out
     if kind is list or kind is tuple:
-        return [redact(v) for v in value]
+        return [
+            v if type(v) in _SCALARS else redact_text(v) if type(v) is str else redact(v)
+            for v in value
+        ]
     if isinstance(value, str):  # str subclasses (enums and the like)
         return redact_text(value)
     return value
