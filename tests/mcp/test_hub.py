@@ -289,3 +289,26 @@ async def test_entering_twice_is_refused() -> None:
             pass
     with pytest.raises(RuntimeError, match="closed"):
         await hub.call("t.echo")
+
+
+async def test_stderr_is_captured_when_sys_stderr_has_no_file_descriptor(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With sys.stderr replaced by an object without a fd, servers still start and their stderr
+    lines reach the ring buffer and the `llmctx.mcp.server.<name>` logger."""
+    import io
+    import logging
+
+    fake = io.StringIO()  # fileno() raises io.UnsupportedOperation, as under some notebooks/IDEs
+    monkeypatch.setattr("sys.stderr", fake)
+    caplog.set_level(logging.INFO, logger="llmctx.mcp.server.t")
+    async with Hub.from_config({"mcpServers": {"t": tiny()}}) as hub:
+        with anyio.fail_after(5):
+            echoed = await hub.call("t.echo", {"text": "hi"})
+            # The stderr reader task may trail the handshake; the log offers no event to wait
+            # on, so poll, bounded by fail_after.
+            while "tiny: ready" not in hub.server("t").stderr.tail():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert llmctx.mcp.result_text(echoed) == "hi"
+    assert any("tiny: ready" in r.getMessage() for r in caplog.records)
+    assert "tiny: ready" not in fake.getvalue()  # captured, not copied to the process stderr
