@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -390,6 +390,26 @@ class StreamFeed:
         except Exception:
             logger.exception("llmctx: could not read a %s stream chunk", self.call.plan.provider)
             return True
+
+    def relay(self, chunks: Iterable[Any]) -> Iterator[Any]:
+        """Yield the chunks the consumer should see and end the call exactly once.
+
+        The end follows how iteration stopped: exhausted -> complete; the consumer closed the
+        generator (``break``, ``close()``, garbage collection) -> abandon; ``chunks`` raised
+        (or was cancelled) -> error, and the exception propagates.
+        """
+        try:
+            for chunk in chunks:
+                if self.chunk(chunk):
+                    yield chunk
+        except GeneratorExit:
+            self.abandon()
+            raise
+        except BaseException as exc:
+            self.error(exc)
+            raise
+        else:
+            self.complete()
 
     def complete(self) -> None:
         """The stream ended normally."""

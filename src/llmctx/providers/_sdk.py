@@ -77,17 +77,7 @@ def _sync_stream_class(base: Any) -> type[Any]:
                 yield from inner
                 return
             try:
-                for chunk in inner:
-                    if feed.chunk(chunk):
-                        yield chunk
-            except GeneratorExit:
-                feed.abandon()
-                raise
-            except BaseException as exc:
-                feed.error(exc)
-                raise
-            else:
-                feed.complete()
+                yield from feed.relay(inner)
             finally:
                 inner.close()
 

@@ -287,26 +287,21 @@ def _stream(state: _LlamaState, call: Call, plan: Plan, inner: Iterator[Any]) ->
     """Pass ``inner``'s chunks through, counting tokens, and end ``call`` exactly once."""
     counter = _Counter(state.eog)
     feed = StreamFeed(call, _LlamaAccumulator(plan, counter))
-    try:
+
+    def counted() -> Iterator[Any]:
         while True:
             # generate() is called lazily inside next(); it picks up the counter it finds here.
             state.counter = counter
             try:
                 chunk = next(inner)
             except StopIteration:
-                break
+                return
             finally:
                 state.counter = None
-            if feed.chunk(chunk):
-                yield chunk
-    except GeneratorExit:
-        feed.abandon()
-        raise
-    except BaseException as exc:
-        feed.error(exc)
-        raise
-    else:
-        feed.complete()
+            yield chunk
+
+    try:
+        yield from feed.relay(counted())
     finally:
         close = getattr(inner, "close", None)
         if close is not None:
