@@ -408,3 +408,25 @@ def test_recorder_table_shows_model_text_literally() -> None:
     console = Console(record=True, width=200)
     console.print(rec.table())
     assert "[/] [bold]not markup[/bold]" in console.export_text()
+
+
+def test_racing_ends_of_one_call_charge_it_once(memory_store: MemoryStore) -> None:
+    """finish/fail racing from several threads charge the call once and all get one record."""
+    budget = llmctx.Budget(tokens=1_000)
+    with llmctx.session(store=memory_store, budget=budget) as s:
+        tracker = llmctx.track_call(provider="fake", model="fake-model", max_output_tokens=10)
+        tracker.start()
+        usage = llmctx.Usage(input_tokens=3, output_tokens=4, requests=1)
+        barrier = threading.Barrier(8)
+
+        def end(i: int) -> llmctx.CallRecord:
+            barrier.wait()
+            return tracker.finish(usage=usage) if i % 2 else tracker.fail(RuntimeError("x"))
+
+        with ThreadPoolExecutor(8) as pool:
+            records = list(pool.map(end, range(8)))
+    (record,) = {id(r): r for r in records}.values()  # every caller got the same record
+    assert len(s.calls) == 1 and len(memory_store.list_calls([s.id])) == 1
+    assert s.usage == record.usage  # charged once, whichever end won
+    snap = budget.ledger.snapshot()
+    assert snap.reservations == 0 and snap.spent.tokens == record.usage.total_tokens

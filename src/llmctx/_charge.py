@@ -245,10 +245,8 @@ class CallTracker:
         ``usage`` is for a call that consumed tokens before it broke (an interrupted stream).
         """
         status: CallStatus = (
-            "cancelled" if exc is not None and _classify(type(exc)) == "cancelled" else "error"
+            "cancelled" if exc is None or _classify(type(exc)) == "cancelled" else "error"
         )
-        if exc is None:
-            status = "cancelled"
         return self._end(
             status, exc, usage, response, None, None, estimated and usage is not None, None, None
         )
@@ -265,10 +263,29 @@ class CallTracker:
         model: str | None,
         metadata: Mapping[str, Any] | None,
     ) -> CallRecord:
+        # Held for the whole end: a second finish/fail racing the first (a stream closed by the
+        # garbage collector in another thread) waits for it and returns its record, rather than
+        # charging the call twice. Nothing below takes this tracker's lock again.
         with self._lock:
-            if self._done and self.record is not None:
+            if self.record is not None:
                 return self.record
             self._done = True
+            return self._record_end(
+                status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
+            )
+
+    def _record_end(
+        self,
+        status: CallStatus,
+        exc: BaseException | None,
+        usage: Usage | None,
+        response: str | None,
+        tool_calls: list[Any] | None,
+        raw_usage: dict[str, Any] | None,
+        estimated: bool,
+        model: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> CallRecord:
         latency = time.perf_counter() - self._t0 if self._t0 else None
         if model:
             self.model = model
