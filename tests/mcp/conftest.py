@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from mcp_helpers import live_children
+from mcp_helpers import live_children, new_children
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def no_leaked_children() -> Any:
     """Every test must leave no child process behind."""
     before = {p.pid for p in live_children()}
     yield
-    leaked = [p for p in live_children() if p.pid not in before]
+    leaked = new_children(before)
     for proc in leaked:  # clean up so one failure does not cascade
         proc.kill()
     assert not leaked, f"leaked child processes: {[p.cmdline() for p in leaked]}"

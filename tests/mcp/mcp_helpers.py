@@ -35,6 +35,15 @@ def live_children() -> list[psutil.Process]:
     return out
 
 
+def new_children(before: set[int]) -> list[psutil.Process]:
+    """Live children started since ``before`` (pids of :func:`live_children` taken earlier).
+
+    Processes other tests' fixtures keep running (e.g. a session-scoped model server) are
+    not this test's leaks.
+    """
+    return [p for p in live_children() if p.pid not in before]
+
+
 def gone(pid: int, timeout: float = 5.0) -> bool:
     """Whether ``pid`` is dead (or a zombie) within ``timeout`` seconds."""
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp_helpers import EXAMPLES, SERVERS, gone, live_children, stdio, tiny
+from mcp_helpers import EXAMPLES, SERVERS, gone, live_children, new_children, stdio, tiny
 
 import llmctx
 from llmctx.mcp import (
@@ -185,23 +185,25 @@ async def test_startup_timeout_is_honoured() -> None:
 async def test_no_child_or_grandchild_survives_the_hub() -> None:
     """After exit no child of this process remains and the servers' grandchildren are dead too."""
     config = {"mcpServers": {"sdk": stdio(SERVERS / "spawner_server.py"), "t": tiny()}}
+    before = {p.pid for p in live_children()}
     with anyio.fail_after(60):
         async with Hub.from_config(config) as hub:
             sdk_grandchild = int(llmctx.mcp.result_text(await hub.call("sdk.grandchild_pid")))
             tiny_grandchild = int(llmctx.mcp.result_text(await hub.call("t.spawn")))
-            assert live_children()
+            assert new_children(before)
     assert gone(sdk_grandchild) and gone(tiny_grandchild)
-    assert live_children() == []
+    assert new_children(before) == []
 
 
 async def test_hub_exit_on_cancellation_kills_servers() -> None:
     """Cancelling the task that holds the hub still stops every server."""
+    before = {p.pid for p in live_children()}
     with anyio.fail_after(30):
         with anyio.move_on_after(0.5) as scope:
             async with Hub.from_config({"mcpServers": {"t": tiny()}}) as hub:
                 await hub.call("t.slow", {"seconds": 60})
         assert scope.cancelled_caught
-    assert live_children() == []
+    assert new_children(before) == []
 
 
 async def test_tool_calls_are_charged_to_the_session() -> None:

@@ -16,7 +16,7 @@ import time
 
 import anyio
 import pytest
-from mcp_helpers import gone, live_children, tiny
+from mcp_helpers import gone, live_children, new_children, tiny
 
 from llmctx.mcp import Hub, ServerCrashed, ServerUnavailable, ToolTimeout, result_text
 
@@ -74,12 +74,13 @@ async def test_randomized_lifecycles_leave_no_process(
     limit = int(os.environ.get("LLMCTX_MCP_LIFECYCLES", "200"))
     rng = random.Random(20260505)
     grandchildren: list[int] = []
+    before = {p.pid for p in live_children()}
     began = time.perf_counter()
     done = 0
     while done < limit and time.perf_counter() - began < budget:
         await _lifecycle(rng, grandchildren)
         done += 1
-        leaked = live_children()
+        leaked = new_children(before)
         assert leaked == [], f"lifecycle {done} leaked {[p.pid for p in leaked]}"
     elapsed = time.perf_counter() - began
     assert all(gone(pid) for pid in grandchildren)

@@ -7,9 +7,9 @@ loopback. Requests the server saw are counted from its uvicorn access log.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -44,6 +44,21 @@ def async_client(llama_server: Any) -> Any:
     return instrument(
         openai.AsyncOpenAI(base_url=llama_server.base_url, api_key="sk-local-unused-0000000000")
     )
+
+
+T = TypeVar("T")
+
+
+async def closing_after(client: Any, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``, then close ``client``'s connections on the same event loop.
+
+    An AsyncOpenAI client left open is closed later by the garbage collector on whatever
+    loop runs then, which fails that (unrelated) test with "Event loop is closed".
+    """
+    try:
+        return await work
+    finally:
+        await client.close()
 
 
 def cost_of(usage: llmctx.Usage) -> Decimal:
@@ -139,7 +154,7 @@ def test_async_create_and_stream(async_client: Any) -> None:
             await stream.close()
         return s, reply, "".join(parts)
 
-    s, reply, text = asyncio.run(main())
+    s, reply, text = asyncio.run(closing_after(async_client, main()))
     first, second = s.calls
     assert first.usage.input_tokens == reply.usage.prompt_tokens and not first.estimated
     assert first.usage.output_tokens == reply.usage.completion_tokens
@@ -172,7 +187,7 @@ def test_async_consumer_cancelled_mid_stream_is_settled(async_client: Any) -> No
                 await task
         return s
 
-    s = asyncio.run(main())
+    s = asyncio.run(closing_after(async_client, main()))
     (record,) = s.calls
     assert record.estimated and record.metadata.get("abandoned") is True
     assert record.usage.input_tokens > 0
