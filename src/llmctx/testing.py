@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._charge import track_call
+from ._pricing import lookup_price
 from ._usage import CallRecord, Usage
 from .stores.memory import MemoryStore
 
@@ -85,8 +86,6 @@ class FakeModel:
         return " ".join(out.split()[:max_tokens])
 
     def _tracker(self, prompt: str | Sequence[Mapping[str, Any]], max_tokens: int) -> Any:
-        from ._pricing import lookup_price
-
         text = _messages_text(prompt)
         request = {"model": self.model, "max_tokens": max_tokens}
         request["messages" if not isinstance(prompt, str) else "prompt"] = (
