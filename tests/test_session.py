@@ -230,6 +230,16 @@ def test_unknown_price_without_money_budget_warns_and_cost_is_none(
     assert s.calls[0].cost is None and s.calls[0].cost_note
 
 
+def test_unknown_price_warning_gives_the_fix_once() -> None:
+    """The UnknownPriceWarning names llmctx.set_price exactly once."""
+    with llmctx.session(store="memory:"):
+        with pytest.warns(llmctx.UnknownPriceWarning) as caught:
+            with llmctx.track_call(provider="acme", model="unpriced-model-once") as call:
+                call.finish(usage=llmctx.Usage(input_tokens=5, output_tokens=5, requests=1))
+    message = str(caught[0].message)
+    assert message.count("set_price") == 1, message
+
+
 def test_secrets_never_reach_the_store(tmp_path: Path) -> None:
     """API keys and bearer tokens in a request or error are redacted before they are stored."""
     store = SQLiteStore(tmp_path / "r.db")

@@ -700,3 +700,33 @@ def test_default_store_is_shared_and_follows_env(
     assert isinstance(second, MemoryStore)
     assert default_store() is second
     first.close()
+
+
+def test_open_store_keyword_dsn_is_postgres_not_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libpq keyword DSN opens PostgreSQL: no SQLite file named after it, no password shown."""
+    monkeypatch.chdir(tmp_path)
+    dsn = f"host=127.0.0.1 port=1 user=app password={SECRET} dbname=x connect_timeout=2"
+    with pytest.raises((StoreError, ConfigError)) as info:
+        open_store(dsn).close()
+    assert SECRET not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.postgres
+def test_open_store_keyword_dsn_opens_a_postgres_store(postgres_dsn: str, unique: str) -> None:
+    """The keyword form of the test server's DSN opens a working PostgresStore."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(postgres_dsn)
+    dsn = f"host={url.hostname} port={url.port or 5432} user={url.username} dbname={url.path[1:]}"
+    if url.password:
+        dsn += f" password={url.password}"
+    s = open_store(dsn)
+    try:
+        assert isinstance(s, PostgresStore)
+        s.save_session(_session(f"kw-{unique}"))
+        assert s.get_session(f"kw-{unique}") is not None
+    finally:
+        s.close()

@@ -56,9 +56,10 @@ def _warn_unpriced(model: str | None, provider: str | None, note: str | None) ->
     if key in _warned_models:
         return
     _warned_models.add(key)
+    # The pricing note already says how to set a price; say it once.
+    reason = note or _pricing.unknown_reason(model or "?", provider)
     warnings.warn(
-        f"llmctx: {note or f'no price for model {model!r}'}; its calls have cost None. "
-        f"Set one with llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...)",
+        f"llmctx: {reason}; its calls have cost None",
         UnknownPriceWarning,
         stacklevel=4,
     )

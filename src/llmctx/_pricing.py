@@ -661,7 +661,7 @@ def _inconsistent(usage: Usage) -> str:
     )
 
 
-def _unknown_reason(model: str, provider: str | None) -> str:
+def unknown_reason(model: str, provider: str | None) -> str:
     where = f" from provider {provider!r}" if provider else ""
     return (
         f"no price known for model {model!r}{where} (set one with "
@@ -690,13 +690,13 @@ def price_usage(
     if price is _MISSING:
         price = lookup_price(model, provider)
     if price is None:
-        return None, _unknown_reason(model, provider)
+        return None, unknown_reason(model, provider)
     if price._expires_at is not None and time.time() >= price._expires_at:
         with _lock:
             _invalidate()
         price = lookup_price(model, provider)
         if price is None:  # pragma: no cover - a dated price change never removes a model
-            return None, _unknown_reason(model, provider)
+            return None, unknown_reason(model, provider)
     return _cost(price, usage)
 
 

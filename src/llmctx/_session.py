@@ -156,12 +156,6 @@ class Session:
             return None if self._unpriced else self._cost
 
     @property
-    def priced_cost(self) -> Decimal:
-        """Dollars of the calls that could be priced (a lower bound when ``cost`` is None)."""
-        with self._lock:
-            return self._cost
-
-    @property
     def cost_note(self) -> str | None:
         """Why ``cost`` is None, or None when every call was priced."""
         with self._lock:

@@ -31,10 +31,6 @@ QUESTIONS = [
 ]
 
 
-class DemoFailed(Exception):
-    """A self-check of the demo did not hold."""
-
-
 def _check(ok: bool, what: str, results: list[tuple[str, bool]]) -> None:
     results.append((what, ok))
 

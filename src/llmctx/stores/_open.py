@@ -8,6 +8,7 @@ Accepted forms::
     path/to/file.db, ~/x.db, C:\\x.db SQLiteStore (any string without a URL scheme)
     postgresql://user:pw@host/db     PostgresStore (also postgres://); an extra query
                                      parameter ?schema=NAME picks the schema (default llmctx)
+    host=db user=app dbname=x        PostgresStore: a libpq keyword/value DSN (schema llmctx)
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ __all__ = ["default_store", "open_store", "sqlite_file_of"]
 
 ACCEPTED_FORMS = (
     "'memory:', 'sqlite:///absolute/path.db', 'sqlite:relative/path.db', a bare file path, "
-    "or 'postgresql://user:password@host:port/dbname[?schema=NAME]' (also 'postgres://')"
+    "'postgresql://user:password@host:port/dbname[?schema=NAME]' (also 'postgres://'), "
+    "or a libpq keyword DSN such as 'host=db user=app dbname=llmctx'"
+)
+# libpq's keyword/value form: 'host=db user=app ...'. A file path never starts with one of
+# libpq's keywords followed by '='; without this a DSN became a SQLite file named after it,
+# password and all.
+_KEYWORD_DSN = re.compile(
+    r"^\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
+    r"connect_timeout|application_name|options|target_session_attrs)\s*=",
+    re.IGNORECASE,
 )
 # Two characters or more: a one-letter "scheme" is a Windows drive (C:\db).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
@@ -39,7 +49,7 @@ def _kind(target: str) -> str:
         return "memory"
     if lowered.startswith("sqlite:"):
         return "sqlite-url"
-    if lowered.startswith(("postgresql://", "postgres://")):
+    if lowered.startswith(("postgresql://", "postgres://")) or _KEYWORD_DSN.match(target):
         return "postgres"
     if _SCHEME.match(target):
         return "unknown"
