@@ -280,6 +280,18 @@ def test_record_content_false_keeps_usage_not_text(memory_store: MemoryStore) ->
     assert stored.usage.input_tokens == 3
 
 
+def test_record_content_false_keeps_no_text_in_memory_either(memory_store: MemoryStore) -> None:
+    """record_content=False drops the text from s.calls and from every ancestor's calls too."""
+    with llmctx.session("outer", store=memory_store) as outer:
+        with llmctx.session("inner", record_content=False) as inner:
+            FakeModel(reply="secret reply").complete("private words here")
+    for s in (inner, outer):
+        (call,) = s.calls
+        assert call.request is None and call.response is None and call.tool_calls is None
+        assert call.usage.input_tokens == 3
+    assert "private" not in repr(outer.calls) and "secret reply" not in repr(outer.calls)
+
+
 def test_record_captures_prompt_response_pairs_without_a_session(tmp_path: Path) -> None:
     """llmctx.record() captures calls from deep in the stack, with or without a session."""
     model = FakeModel(reply="pong")

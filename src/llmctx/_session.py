@@ -262,8 +262,16 @@ class Session:
 
     # ------------------------------------------------------------------ charging
     def _charge(self, record: CallRecord, unpriced_reason: str | None) -> None:
-        """Add a finished call to this session and every ancestor, then write it through."""
-        for node in self.chain():
+        """Add a finished call to this session and every ancestor, then write it through.
+
+        With ``record_content=False`` on this session or any ancestor, the prompt, response
+        and tool calls are dropped before the record is kept anywhere: in memory as in the
+        store.
+        """
+        chain = self.chain()
+        if not all(node.record_content for node in chain):
+            record = record.replace(request=None, response=None, tool_calls=None)
+        for node in chain:
             with node._lock:
                 node._usage = node._usage + record.usage
                 node._ncalls += 1
@@ -276,13 +284,8 @@ class Session:
         store = self._store
         if store is None:
             return
-        stored = (
-            record
-            if self.record_content
-            else record.replace(request=None, response=None, tool_calls=None)
-        )
         try:
-            store.save_call(stored, self._to_record())
+            store.save_call(record, self._to_record())
         except Exception:
             # Bookkeeping never breaks the user's call; the call is still in memory.
             logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
