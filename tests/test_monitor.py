@@ -27,7 +27,7 @@ def test_monitor_measures_wall_cpu_and_rss() -> None:
     """A monitored block reports non-negative wall and CPU time and the RSS before and after."""
     with monitor("work") as m:
         _burn()
-        blob = bytearray(8 * 1024 * 1024)
+        blob = b"\x01" * (32 * 1024 * 1024)  # written, so every page is resident
     del blob
     r = m.result
     assert isinstance(r, MonitorResult)
@@ -37,6 +37,7 @@ def test_monitor_measures_wall_cpu_and_rss() -> None:
     assert r.rss_start is not None
     assert r.rss_end is not None
     assert r.rss_delta == r.rss_end - r.rss_start
+    assert r.rss_delta >= 24 * 1024 * 1024, r.rss_delta  # the 32 MiB held at exit shows
     assert r.error is None
     assert not r.slow
     assert set(r.to_dict()) == {
@@ -91,11 +92,121 @@ def test_result_is_attached_to_the_current_session() -> None:
     assert events[0]["wall_s"] > 0
 
 
-def test_no_session_is_a_no_op() -> None:
+def test_no_session_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside any session the monitor still measures and attaches nothing."""
+    from llmctx._session import Session
+
+    attached: list[object] = []
+    monkeypatch.setattr(Session, "add_event", lambda self, *a, **k: attached.append(a))
+    idle = session("not-entered", store="memory:")  # exists, but is not the current session
     with monitor("alone") as m:
         pass
+    assert m.result is not None and m.result.name == "alone"
+    assert attached == [] and idle.events == []
+
+
+class _Clock:
+    """A perf_counter the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.anyio
+async def test_overlapping_timed_calls_keep_their_own_measurement_and_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two overlapping calls of one @timed function in two tasks are not swapped."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    import llmctx._monitor as monitor_module
+
+    clock = _Clock()
+    monkeypatch.setattr(
+        monitor_module,
+        "time",
+        SimpleNamespace(perf_counter=clock, process_time=real_time.process_time),
+    )
+    release = {"x": anyio.Event(), "y": anyio.Event()}
+    started = {"x": anyio.Event(), "y": anyio.Event()}
+    done_x = anyio.Event()
+
+    @timed("step")
+    async def step(who: str) -> None:
+        started[who].set()
+        await release[who].wait()
+
+    sessions = {}
+
+    async def run(who: str) -> None:
+        with session(f"caller-{who}", store="memory:") as s:
+            sessions[who] = s
+            await step(who)
+        if who == "x":
+            done_x.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "x")  # x starts at 0
+        await started["x"].wait()
+        clock.now = 10.0
+        tg.start_soon(run, "y")  # y starts at 10
+        await started["y"].wait()
+        clock.now = 11.0
+        release["x"].set()  # x ends first, at 11: its wall is 11
+        await done_x.wait()
+        clock.now = 13.0
+        release["y"].set()  # y ends at 13: its wall is 3
+    walls = {
+        who: [e["wall_s"] for e in s.events if e["kind"] == "monitor"]
+        for who, s in sessions.items()
+    }
+    assert walls == {"x": [11.0], "y": [3.0]}
+
+
+def test_one_monitor_overlapping_in_two_threads_pops_its_own_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One monitor entered in two threads at once: the first to enter, exiting first, gets its own."""
+    import threading
+    import time as real_time
+    from types import SimpleNamespace
+
+    import llmctx._monitor as monitor_module
+
+    clock = _Clock()
+    monkeypatch.setattr(
+        monitor_module,
+        "time",
+        SimpleNamespace(perf_counter=clock, process_time=real_time.process_time),
+    )
+    m = monitor("shared", attach=False)
+    inside = threading.Event()
+    leave = threading.Event()
+    walls: dict[str, float] = {}
+
+    def other() -> None:
+        with m:  # enters at 10
+            inside.set()
+            assert leave.wait(10)
+            clock.now = 13.0
+        assert m.result is not None
+        walls["other"] = m.result.wall_s
+
+    t = threading.Thread(target=other)
+    with m:  # enters at 0
+        clock.now = 10.0
+        t.start()
+        assert inside.wait(10)
+        clock.now = 11.0
     assert m.result is not None
+    walls["main"] = m.result.wall_s  # exited at 11
+    leave.set()
+    t.join(10)
+    assert walls == {"main": 11.0, "other": 3.0}
 
 
 def test_nested_and_reused_monitor_measures_each_block() -> None:

@@ -9,10 +9,12 @@ the ``llmctx.monitor`` logger. ``@llmctx.timed()`` does the same for every call 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -97,6 +99,15 @@ def _check_warn_after(warn_after: float | None) -> float | None:
     return float(warn_after)
 
 
+def _owner() -> object:
+    """The asyncio task running this code, else the thread: who a block's start belongs to."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return task if task is not None else threading.get_ident()
+
+
 class monitor:  # lowercase: used like a function, llmctx.monitor("name")
     """Measure a block's wall time, CPU time and RSS change; sync and async context manager.
 
@@ -131,7 +142,9 @@ class monitor:  # lowercase: used like a function, llmctx.monitor("name")
         self.attach = attach
         #: The latest completed measurement (None until a block exits).
         self.result: MonitorResult | None = None
-        self._starts: list[tuple[float, float, int | None, Any]] = []
+        # One LIFO stack of starts per task or thread: blocks nest within one, but overlap
+        # freely across them, and each exit must pop its own start.
+        self._starts: dict[object, list[tuple[float, float, int | None, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"monitor({self.name!r}, warn_after={self.warn_after!r})"
@@ -139,19 +152,25 @@ class monitor:  # lowercase: used like a function, llmctx.monitor("name")
     @property
     def elapsed(self) -> float:
         """Seconds since the innermost active block started (the last result's if none)."""
-        if self._starts:
-            return time.perf_counter() - self._starts[-1][0]
+        starts = self._starts.get(_owner())
+        if starts:
+            return time.perf_counter() - starts[-1][0]
         return self.result.wall_s if self.result is not None else 0.0
 
     def _start(self) -> None:
         session = current_session() if self.attach else None
-        self._starts.append((time.perf_counter(), time.process_time(), _rss(), session))
+        start = (time.perf_counter(), time.process_time(), _rss(), session)
+        self._starts.setdefault(_owner(), []).append(start)
 
     def _stop(self, exc_type: type[BaseException] | None) -> None:
         wall_end = time.perf_counter()
         cpu_end = time.process_time()
         rss_end = _rss()
-        wall0, cpu0, rss0, session = self._starts.pop()
+        owner = _owner()
+        starts = self._starts[owner]
+        wall0, cpu0, rss0, session = starts.pop()
+        if not starts:
+            del self._starts[owner]
         wall = wall_end - wall0
         slow = self.warn_after is not None and wall > self.warn_after
         result = MonitorResult(
@@ -239,7 +258,7 @@ class timed:  # lowercase: a decorator used like a function
         self.warn_after = _check_warn_after(warn_after)
         self.attach = attach
         self.last: MonitorResult | None = None
-        self._active: list[monitor] = []
+        self._active: dict[object, list[monitor]] = {}  # per task or thread, as in monitor
 
     @overload
     def __call__(
@@ -251,12 +270,14 @@ class timed:  # lowercase: a decorator used like a function
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         name = self.name or getattr(fn, "__qualname__", None) or repr(fn)
-        m = monitor(name, warn_after=self.warn_after, attach=self.attach)
 
+        # A monitor per call: overlapping calls (tasks, threads) each get their own result,
+        # attached to the session of their own caller.
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_run(*args: P.args, **kwargs: P.kwargs) -> Any:
+                m = monitor(name, warn_after=self.warn_after, attach=self.attach)
                 try:
                     async with m:
                         return await fn(*args, **kwargs)
@@ -267,6 +288,7 @@ class timed:  # lowercase: a decorator used like a function
 
         @functools.wraps(fn)
         def run(*args: P.args, **kwargs: P.kwargs) -> Any:
+            m = monitor(name, warn_after=self.warn_after, attach=self.attach)
             try:
                 with m:
                     return fn(*args, **kwargs)
@@ -277,7 +299,7 @@ class timed:  # lowercase: a decorator used like a function
 
     def __enter__(self) -> monitor:
         m = monitor(self.name or "timed", warn_after=self.warn_after, attach=self.attach)
-        self._active.append(m.__enter__())
+        self._active.setdefault(_owner(), []).append(m.__enter__())
         return m
 
     def __exit__(
@@ -286,7 +308,11 @@ class timed:  # lowercase: a decorator used like a function
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        m = self._active.pop()
+        owner = _owner()
+        active = self._active[owner]
+        m = active.pop()
+        if not active:
+            del self._active[owner]
         m.__exit__(exc_type, exc, tb)
         self.last = m.result
 
