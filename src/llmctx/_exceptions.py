@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from ._money import format_usd
+
 __all__ = [
     "BudgetExceeded",
     "ConfigError",
@@ -41,17 +43,7 @@ __all__ = [
 ]
 
 
-def _money(value: object) -> str:
-    """Dollars for people: no exponent, no trailing zeros, at least two decimals."""
-    d = value if isinstance(value, Decimal) else Decimal(str(value))
-    text = f"{d:f}"
-    if "." in text:
-        whole, frac = text.split(".")
-        frac = frac.rstrip("0").ljust(2, "0")
-        text = f"{whole}.{frac}"
-    else:
-        text += ".00"
-    return "$" + text
+_money = format_usd
 
 
 class LLMCtxError(Exception):

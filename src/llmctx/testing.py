@@ -18,7 +18,8 @@ The pytest fixtures (``llmctx_store``, ``llmctx_session``) are available with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,21 @@ from ._pricing import lookup_price
 from ._usage import CallRecord, Usage
 from .stores.memory import MemoryStore
 
-__all__ = ["FakeModel", "FakeReply", "count_words", "llmctx_session", "llmctx_store"]
+__all__ = [
+    "DEFAULT_FAKE_MODEL",
+    "FakeAsyncStream",
+    "FakeModel",
+    "FakeReply",
+    "FakeStream",
+    "count_words",
+    "llmctx_session",
+    "llmctx_store",
+]
+
+#: The default :class:`FakeModel` name: $0 unless priced with ``llmctx.set_price``. Any other
+#: name is priced like a real model (genai-prices, ``set_price``, or ``UnknownPrice`` under a
+#: money budget).
+DEFAULT_FAKE_MODEL = "fake-model"
 
 
 def count_words(text: str) -> int:
@@ -54,8 +69,10 @@ class FakeModel:
     """A deterministic model that answers instantly and is charged like a real one.
 
     Args:
-        model: the model name used for pricing (set a price with ``llmctx.set_price``; without
-            one the calls are free, like a local model).
+        model: the model name used for pricing, like a real model's: genai-prices' price,
+            or one set with ``llmctx.set_price``; a model with neither is ``UnknownPrice``
+            under a money budget (cost None otherwise). The default, ``"fake-model"``,
+            costs $0 unless you set a price for it.
         reply: a fixed reply, or a function of the prompt text; by default the prompt's words
             reversed.
         provider: provider name on the records.
@@ -64,7 +81,7 @@ class FakeModel:
 
     def __init__(
         self,
-        model: str = "fake-model",
+        model: str = DEFAULT_FAKE_MODEL,
         *,
         reply: str | Callable[[str], str] | None = None,
         provider: str = "fake",
@@ -97,7 +114,10 @@ class FakeModel:
             request=request,
             input_tokens=count_words(text),
             max_output_tokens=max_tokens,
-            free=lookup_price(self.model, self.provider) is None,
+            # Only the default name is free when unpriced: any other model must be priced,
+            # so a money budget fails closed on it as on a real one.
+            free=self.model == DEFAULT_FAKE_MODEL
+            and lookup_price(self.model, self.provider) is None,
         )
 
     def complete(
@@ -137,48 +157,135 @@ class FakeModel:
 
     def stream(
         self, prompt: str | Sequence[Mapping[str, Any]], *, max_tokens: int = 64
-    ) -> Iterator[str]:
-        """Yield the answer word by word; the call is charged when the stream ends.
+    ) -> FakeStream:
+        """Start a call now and return its words as a stream; charged when the stream ends.
 
-        A consumer that stops early (``break``, ``close()``) is charged for the words it
+        Like an SDK's ``stream=True``, the budgets are checked and the reservation made at
+        this call, before anything is iterated: ``BudgetExceeded`` and ``UnknownPrice`` are
+        raised here, and the call belongs to the session current here, wherever the stream
+        is consumed. A consumer that stops early (``break`` then ``close()``, the end of a
+        ``with`` block, or the stream being garbage-collected) is charged for the words it
         received, marked ``estimated``; the reservation is always settled or released.
         """
         text, tracker = self._tracker(prompt, max_tokens)
         tracker.start()
         self.requests_sent += 1
-        answer = self._answer(text, max_tokens)
-        sent: list[str] = []
+        return FakeStream(
+            tracker, self._answer(text, max_tokens).split(), count_words(text), self.fail_with
+        )
 
-        def used() -> Usage:
-            return Usage(input_tokens=count_words(text), output_tokens=len(sent), requests=1)
-
-        try:
-            if self.fail_with is not None:
-                raise self.fail_with
-            for word in answer.split():
-                tracker.mark_first_token()
-                sent.append(word)
-                yield word
-        except GeneratorExit:
-            # The consumer stopped early: the words it got were generated and are charged.
-            tracker.finish(
-                usage=used(), response=" ".join(sent), estimated=True, metadata={"abandoned": True}
-            )
-            raise
-        except BaseException as exc:
-            tracker.fail(exc, usage=used(), response=" ".join(sent))
-            raise
-        tracker.finish(usage=used(), response=" ".join(sent))
-
-    async def astream(
+    def astream(
         self, prompt: str | Sequence[Mapping[str, Any]], *, max_tokens: int = 64
-    ) -> AsyncIterator[str]:
-        """Async twin of :meth:`stream`."""
+    ) -> FakeAsyncStream:
+        """Async twin of :meth:`stream` (started at this call; yields to the loop per word)."""
+        return FakeAsyncStream(self.stream(prompt, max_tokens=max_tokens))
+
+
+class FakeStream:
+    """The words of one started :class:`FakeModel` call; iterate, then it is charged.
+
+    Also a context manager: leaving the block closes the stream (charging what was read).
+    """
+
+    def __init__(
+        self,
+        tracker: Any,
+        words: list[str],
+        input_tokens: int,
+        fail_with: BaseException | None,
+    ) -> None:
+        self._tracker = tracker
+        self._words = words
+        self._input_tokens = input_tokens
+        self._fail_with = fail_with
+        self._sent: list[str] = []
+        self._ended = False
+
+    def _usage(self) -> Usage:
+        return Usage(input_tokens=self._input_tokens, output_tokens=len(self._sent), requests=1)
+
+    def __iter__(self) -> FakeStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._ended:
+            raise StopIteration
+        if self._fail_with is not None:
+            self._ended = True
+            self._tracker.fail(self._fail_with, usage=self._usage(), response="")
+            raise self._fail_with
+        if len(self._sent) == len(self._words):
+            self._ended = True
+            self._tracker.finish(usage=self._usage(), response=" ".join(self._sent))
+            raise StopIteration
+        self._tracker.mark_first_token()
+        word = self._words[len(self._sent)]
+        self._sent.append(word)
+        return word
+
+    def throw(self, exc: BaseException) -> None:
+        """Fail the stream mid-read, as a dropped connection would, and raise ``exc``.
+
+        The call is recorded as an error, charged for the words already received; its
+        reservation is released.
+        """
+        if not self._ended:
+            self._ended = True
+            self._tracker.fail(exc, usage=self._usage(), response=" ".join(self._sent))
+        raise exc
+
+    def close(self) -> None:
+        """Stop reading: charge the words received so far (estimated); harmless twice."""
+        if self._ended:
+            return
+        self._ended = True
+        self._tracker.finish(
+            usage=self._usage(),
+            response=" ".join(self._sent),
+            estimated=True,
+            metadata={"abandoned": True},
+        )
+
+    def __enter__(self) -> FakeStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A stream dropped unread must not hold its reservation until the process ends.
+        if not getattr(self, "_ended", True):
+            with contextlib.suppress(Exception):  # a finaliser never raises
+                self.close()
+
+
+class FakeAsyncStream:
+    """Async iteration over a :class:`FakeStream`, one event-loop checkpoint per word."""
+
+    def __init__(self, stream: FakeStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> FakeAsyncStream:
+        return self
+
+    async def __anext__(self) -> str:
         import anyio
 
-        for word in self.stream(prompt, max_tokens=max_tokens):
-            await anyio.sleep(0)
-            yield word
+        await anyio.sleep(0)
+        try:
+            return next(self._stream)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Stop reading: charge the words received so far (estimated); harmless twice."""
+        self._stream.close()
+
+    async def __aenter__(self) -> FakeAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stream.close()
 
 
 try:  # the fixtures need pytest; the rest of this module does not

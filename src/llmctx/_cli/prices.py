@@ -12,17 +12,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._money import format_usd
 from .._pricing import ModelPrice, known_models, lookup_price
 from .._usage import Usage
 
 _EXAMPLE = Usage(input_tokens=1_000, output_tokens=1_000, requests=1)
 
 
-def _usd(amount: Decimal) -> str:
-    """``$2.50``, ``$0.075``, ``$0.0000125``: at least cents, never scientific notation."""
-    text = format(amount.normalize(), "f")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"
+_usd = format_usd
 
 
 def _tier_label(kind: str) -> str:

@@ -26,6 +26,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from .._exceptions import ConfigError, LLMCtxError, SessionNotFound
+from .._money import format_usd
 from .._usage import CallRecord
 from ..stores import MemoryStore, SessionRecord, SessionStatus, Store, open_store
 from ..stores._open import sqlite_file_of
@@ -140,13 +141,7 @@ def _print_json(value: Any) -> None:
 
 
 def _money(value: Decimal | None) -> str:
-    if value is None:
-        return "?"
-    if value == 0:
-        return "$0"
-    text = f"{value:.6f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"
+    return "?" if value is None else format_usd(value)
 
 
 def _session_cost(record: SessionRecord, *, compact: bool = False) -> Text:

@@ -17,6 +17,7 @@ def workshop(
 
     from .. import workshop as ws
     from .._exceptions import ConfigError
+    from .._money import format_usd
     from ..workshop._common import console
 
     by_number = {m.number: m for m in ws.MODULES}
@@ -86,7 +87,7 @@ def workshop(
             f"{o.seconds:.1f}",
             str(o.calls),
             str(o.tokens),
-            "unpriced" if o.cost is None else f"${o.cost:.6f}",
+            "unpriced" if o.cost is None else format_usd(o.cost),
             "[green]ok[/green]" if o.ok else "[red]FAILED[/red]",
         )
     total = sum(o.seconds for o in outcomes)
