@@ -20,6 +20,7 @@ from ._exceptions import (
     StoreError,
     UnknownPrice,
     UnknownPriceWarning,
+    UsageError,
 )
 from ._limits import (
     AcquireTimeout,
@@ -78,6 +79,7 @@ __all__ = [
     "UnknownPrice",
     "UnknownPriceWarning",
     "Usage",
+    "UsageError",
     "WouldBlock",
     "clear_prices",
     "count_tokens",

@@ -4,8 +4,10 @@ The tree::
 
     LLMCtxError
     ├── ConfigError (also ValueError)       bad input: a negative budget, a malformed DSN, ...
-    ├── SessionStateError (also RuntimeError)
-    │                                        a session used out of order: entered twice,
+    ├── UsageError (also RuntimeError)       an object used out of order: a limiter
+    │   │                                    reservation settled before it was admitted, a
+    │   │                                    pool lease or a hub used outside its block, ...
+    │   └── SessionStateError                a session used out of order: entered twice,
     │                                        resumed while completed, ...
     ├── SessionNotFound (also KeyError)      resume/show of an id the store does not have
     ├── StoreError                           the store could not be opened or written
@@ -13,8 +15,10 @@ The tree::
     │   └── UnknownPrice                     no price for a model while a money budget is active
     ├── BudgetExceeded                       a reservation would take a budget past its limit
     ├── WouldBlock                           acquire_nowait() of a limiter or pool cannot proceed
-    │                                        (``retry_after`` says when it could); in _limits.py
-    └── AcquireTimeout (also TimeoutError)   a limiter or pool wait ran past its timeout
+    │                                        (``retry_after`` says when it could)
+    ├── AcquireTimeout (also TimeoutError)   a limiter or pool wait ran past its timeout
+    │                                        (both defined in _waiting.py, which the two share)
+    └── MCPHubError                          llmctx.mcp's errors (tree in mcp/_errors.py)
 
 Warnings: ``LLMCtxWarning`` (a UserWarning) and its child ``UnknownPriceWarning``, issued once per
 model when a call cannot be priced and no money budget is active (its cost is then None).
@@ -40,6 +44,7 @@ __all__ = [
     "StoreError",
     "UnknownPrice",
     "UnknownPriceWarning",
+    "UsageError",
 ]
 
 
@@ -54,7 +59,14 @@ class ConfigError(LLMCtxError, ValueError):
     """Bad input from the caller: the message names the argument and the fix."""
 
 
-class SessionStateError(LLMCtxError, RuntimeError):
+class UsageError(LLMCtxError, RuntimeError):
+    """An llmctx object was used out of order: misuse of the API, not a runtime failure.
+
+    Also a ``RuntimeError``, the builtin Python raises for the same kind of mistake.
+    """
+
+
+class SessionStateError(UsageError):
     """A session was used out of order (entered twice, resumed after completion, ...)."""
 
 

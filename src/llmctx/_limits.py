@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, UsageError
 from ._redis_script import _Script
 from ._waiting import (
     AcquireTimeout,
@@ -359,14 +359,14 @@ class Reservation:
 
         Raises:
             ConfigError: a negative or non-integer count.
-            RuntimeError: the reservation was not admitted yet (enter ``acquire()`` first).
+            UsageError: the reservation was not admitted yet (enter ``acquire()`` first).
         """
         actual = actual_tokens
         if actual.__class__ is not int or actual < 0:
             actual = _check_tokens(actual_tokens, "settle(actual_tokens=...)")
         if self._state != _OPEN:
             if self._state == _PENDING:
-                raise RuntimeError(
+                raise UsageError(
                     "settle() on a reservation that was not admitted: use it in `with` / "
                     "`async with limiter.acquire(...)` first"
                 )
@@ -390,7 +390,7 @@ class Reservation:
 
     def _check_pending(self) -> None:
         if self._state != _PENDING:
-            raise RuntimeError(
+            raise UsageError(
                 "this reservation was already admitted; call limiter.acquire() again for "
                 "another request"
             )
@@ -490,7 +490,20 @@ def _check_rate(name: str, value: Any) -> float | None:
             f"RateLimiter({name}={value!r}) must be a finite number > 0; "
             f"leave {name}=None for no {name} limit"
         )
+    # The limiter keeps one integer nanosecond interval per unit: it must be at least 1 ns
+    # and fit in 62 bits (a rate so slow would overflow; one so fast could not be told
+    # apart from no limit).
+    interval = _MINUTE_NS / value
+    if not 1 <= interval <= _MAX_INTERVAL_NS:
+        raise ConfigError(
+            f"RateLimiter({name}={value!r}) is out of range: use a rate between "
+            f"{_MINUTE_NS / _MAX_INTERVAL_NS:.3g} and {_MINUTE_NS:.3g} per minute, or "
+            f"{name}=None for no {name} limit"
+        )
     return float(value)
+
+
+_MAX_INTERVAL_NS = 2**62
 
 
 class RateLimiter(_FifoQueue[_Waiter]):

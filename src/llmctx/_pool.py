@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, UsageError
 from ._redis_script import _Script
 from ._waiting import (
     AcquireTimeout,
@@ -99,11 +99,11 @@ class Lease(_Waiter, Generic[R]):
         """The resource leased (e.g. a worker object or a GPU index).
 
         Raises:
-            RuntimeError: the lease was not granted yet.
+            UsageError: the lease was not granted yet.
         """
         slot = self._slot
         if slot is None:
-            raise RuntimeError("the lease was not granted yet: enter `pool.acquire(...)` first")
+            raise UsageError("the lease was not granted yet: enter `pool.acquire(...)` first")
         return slot.resource
 
     @property
@@ -118,7 +118,7 @@ class Lease(_Waiter, Generic[R]):
 
     def _check_pending(self) -> None:
         if self._state != _PENDING or self.sequence:
-            raise RuntimeError(
+            raise UsageError(
                 "this lease was already used; call pool.acquire() again for another lease"
             )
 

@@ -221,6 +221,8 @@ def load_config(
             ) from None
         try:
             raw = json.loads(text)
+        except RecursionError:
+            raise _too_deep(where) from None
         except json.JSONDecodeError as exc:
             raise MCPConfigError(
                 f"MCP config {where!r} is not valid JSON: {exc.msg} at line {exc.lineno} "
@@ -236,9 +238,20 @@ def load_config(
     entries = _apply_profile(raw, entries, profile)
 
     servers: dict[str, ServerConfig] = {}
-    for name, entry in entries.items():
-        servers[name] = _build_server(name, entry, env, base_dir)
+    try:
+        for name, entry in entries.items():
+            servers[name] = _build_server(name, entry, env, base_dir)
+    except RecursionError:
+        raise _too_deep(where) from None
     return HubConfig(servers=servers, profile=profile, source=where)
+
+
+def _too_deep(where: str | None) -> MCPConfigError:
+    return MCPConfigError(
+        f"MCP config {where or '(mapping)'} is nested too deeply to read; an mcpServers "
+        "config is a few levels deep (mcpServers -> server -> env/headers): check it for a "
+        "runaway nesting of objects or arrays"
+    )
 
 
 def _apply_profile(

@@ -32,6 +32,7 @@ import anyio.abc
 import mcp_types as types
 
 from .._charge import track_call
+from .._exceptions import ConfigError, UsageError
 from ._errors import MCPHubError, ServerStartError, ServerUnavailable, ToolError, ToolNotFound
 from .config import HubConfig, load_config
 from .server import ManagedServer, ServerState, ServerStatus, SessionCallbacks
@@ -142,7 +143,7 @@ class Hub:
         message_handler: Any = None,
     ) -> None:
         if policy not in ("strict", "best_effort"):
-            raise ValueError(f"policy must be 'strict' or 'best_effort', not {policy!r}")
+            raise ConfigError(f"policy must be 'strict' or 'best_effort', not {policy!r}")
         self.config = config
         self.policy: Policy = policy
         callbacks = SessionCallbacks(
@@ -197,7 +198,7 @@ class Hub:
 
     async def __aenter__(self) -> Hub:
         if self._state != "unopened":
-            raise RuntimeError(f"this Hub is {self._state}; a hub is entered once, make a new one")
+            raise UsageError(f"this Hub is {self._state}; a hub is entered once, make a new one")
         self._state = "opened"
         stack = AsyncExitStack()
         try:
@@ -260,7 +261,7 @@ class Hub:
 
     def _require_open(self) -> None:
         if self._state != "opened":
-            raise RuntimeError(
+            raise UsageError(
                 f"this Hub is {self._state}; use it inside `async with Hub.from_config(...)`"
             )
 
@@ -363,7 +364,7 @@ class Hub:
         self._require_open()
         tool = self._lookup(name)
         server = self._servers[tool.server]
-        args = dict(arguments or {})
+        args = _arguments_of(name, arguments, "call")
         limit = timeout if timeout is not None else server.config.call_timeout
         with track_call(kind="tool", provider="mcp", model=tool.qualified, request=args) as call:
             result = await server.request(
@@ -421,7 +422,7 @@ class Hub:
         owner = self.server(server_name)
         if not any(p.name == prompt for p in owner.prompts):
             raise ToolNotFound(name, [n for n, _ in self.prompts()])
-        args = dict(arguments or {})
+        args = _arguments_of(name, arguments, "get_prompt")
         result: types.GetPromptResult = await owner.request(
             name, lambda session: session.get_prompt(prompt, args), timeout
         )
@@ -444,7 +445,7 @@ class Hub:
             ``is_error=True`` with the reason as text rather than as exceptions.
 
         Raises:
-            ValueError: ``tool_call`` has none of the known shapes.
+            ConfigError: ``tool_call`` has none of the known shapes.
 
         Cancellation propagates (the server is told to cancel the call).
         """
@@ -560,7 +561,7 @@ def _parse_tool_call(tool_call: Any) -> tuple[str | None, str, Any]:
     kind = _get(tool_call, "type")
     name = _get(tool_call, "name")
     if name is None:
-        raise ValueError(
+        raise ConfigError(
             "not a tool call: expected an OpenAI tool call (function.name/arguments), an OpenAI "
             "Responses function_call or an Anthropic tool_use block (name/input)"
         )
@@ -573,6 +574,18 @@ def _parse_tool_call(tool_call: Any) -> tuple[str | None, str, Any]:
     return _get(tool_call, "id"), str(name), _get(tool_call, "input")
 
 
+def _arguments_of(name: str, arguments: Any, method: str) -> dict[str, Any]:
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, Mapping):
+        raise ConfigError(
+            f"hub.{method}({name!r}, ...): arguments must be a mapping of argument names to "
+            f"values, not {type(arguments).__name__}; pass e.g. {{'path': 'README.md'}} "
+            "(for a model's JSON string of arguments use hub.dispatch(tool_call))"
+        )
+    return dict(arguments)
+
+
 def _parse_arguments(raw: Any) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
@@ -580,7 +593,7 @@ def _parse_arguments(raw: Any) -> dict[str, Any]:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+            raise ConfigError(f"not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(raw, Mapping):
-        raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+        raise ConfigError(f"expected a JSON object, got {type(raw).__name__}")
     return dict(raw)
