@@ -115,22 +115,28 @@ class _Clock:
         return self.now
 
 
-@pytest.mark.anyio
-async def test_overlapping_timed_calls_keep_their_own_measurement_and_session(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Two overlapping calls of one @timed function in two tasks are not swapped."""
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """The monitors' perf_counter, moved by hand (their CPU clock stays real)."""
     import time as real_time
     from types import SimpleNamespace
 
     import llmctx._monitor as monitor_module
 
-    clock = _Clock()
+    fake = _Clock()
     monkeypatch.setattr(
         monitor_module,
         "time",
-        SimpleNamespace(perf_counter=clock, process_time=real_time.process_time),
+        SimpleNamespace(perf_counter=fake, process_time=real_time.process_time),
     )
+    return fake
+
+
+@pytest.mark.anyio
+async def test_overlapping_timed_calls_keep_their_own_measurement_and_session(
+    clock: _Clock,
+) -> None:
+    """Two overlapping calls of one @timed function in two tasks are not swapped."""
     release = {"x": anyio.Event(), "y": anyio.Event()}
     started = {"x": anyio.Event(), "y": anyio.Event()}
     done_x = anyio.Event()
@@ -167,22 +173,10 @@ async def test_overlapping_timed_calls_keep_their_own_measurement_and_session(
     assert walls == {"x": [11.0], "y": [3.0]}
 
 
-def test_one_monitor_overlapping_in_two_threads_pops_its_own_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_one_monitor_overlapping_in_two_threads_pops_its_own_start(clock: _Clock) -> None:
     """One monitor entered in two threads at once: the first to enter, exiting first, gets its own."""
     import threading
-    import time as real_time
-    from types import SimpleNamespace
 
-    import llmctx._monitor as monitor_module
-
-    clock = _Clock()
-    monkeypatch.setattr(
-        monitor_module,
-        "time",
-        SimpleNamespace(perf_counter=clock, process_time=real_time.process_time),
-    )
     m = monitor("shared", attach=False)
     inside = threading.Event()
     leave = threading.Event()
