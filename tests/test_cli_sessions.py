@@ -328,7 +328,7 @@ def test_cli_against_postgres(postgres_dsn: str, unique: str) -> None:
 def test_sub_cent_cost_is_shown_exactly_not_as_zero(tmp_path: Path) -> None:
     """A session that cost $0.0000004 is listed as $0.0000004, the figure BudgetExceeded uses."""
     import llmctx
-    from llmctx._exceptions import _money
+    from llmctx._money import format_usd
 
     db = tmp_path / "tiny.db"
     with llmctx.price_override("tiny-model", input_per_mtok="0.4", output_per_mtok="0"):
@@ -336,7 +336,7 @@ def test_sub_cent_cost_is_shown_exactly_not_as_zero(tmp_path: Path) -> None:
             with llmctx.track_call(provider="acme", model="tiny-model", input_tokens=1) as call:
                 call.finish(usage=llmctx.Usage(input_tokens=1, requests=1))
     assert s.cost == Decimal("0.0000004")
-    assert _money(s.cost) == "$0.0000004"
+    assert format_usd(s.cost) == "$0.0000004"
     code, out, _ = _run("ls", "--db", str(db))
     assert code == 0, out
     assert "$0.0000004" in out and "$0.00 " not in out

@@ -48,9 +48,6 @@ __all__ = [
 ]
 
 
-_money = format_usd
-
-
 class LLMCtxError(Exception):
     """Root of every error llmctx raises on purpose."""
 
@@ -140,7 +137,7 @@ class BudgetExceeded(LLMCtxError):
 
     def __str__(self) -> str:
         # Built on demand: the charge path fills in the session after the ledger refused.
-        fmt = _money if self.dimension == "usd" else str
+        fmt = format_usd if self.dimension == "usd" else str
         label = {"usd": "money", "tokens": "token", "requests": "request"}.get(
             self.dimension, self.dimension
         )

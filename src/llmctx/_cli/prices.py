@@ -19,9 +19,6 @@ from .._usage import Usage
 _EXAMPLE = Usage(input_tokens=1_000, output_tokens=1_000, requests=1)
 
 
-_usd = format_usd
-
-
 def _tier_label(kind: str) -> str:
     return kind.replace("_", " ").capitalize()
 
@@ -67,16 +64,16 @@ def _table(price: ModelPrice, example: Decimal) -> Table:
     table = Table(title=Text(title), show_header=True, header_style="bold")
     table.add_column("Tokens")
     table.add_column("USD per million", justify="right")
-    table.add_row("Input", _usd(price.input_per_mtok))
-    table.add_row("Output", _usd(price.output_per_mtok))
+    table.add_row("Input", format_usd(price.input_per_mtok))
+    table.add_row("Output", format_usd(price.output_per_mtok))
     for label, rate in (
         ("Cache read", price.cache_read_per_mtok),
         ("Cache write", price.cache_write_per_mtok),
     ):
-        table.add_row(label, "input rate" if rate is None else _usd(rate))
+        table.add_row(label, "input rate" if rate is None else format_usd(rate))
     for tier in price.tiers:
         label = f"{_tier_label(tier.kind)}, prompts over {tier.above_input_tokens:,} tokens"
-        table.add_row(Text(label), _usd(tier.per_mtok))
+        table.add_row(Text(label), format_usd(tier.per_mtok))
     return table
 
 
@@ -113,7 +110,7 @@ def prices(
         )
     console.print(
         f"Example: {_EXAMPLE.input_tokens:,} input + {_EXAMPLE.output_tokens:,} output tokens "
-        f"cost {_usd(example)}",
+        f"cost {format_usd(example)}",
         highlight=False,
     )
 
