@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psutil
 
@@ -108,6 +108,31 @@ def _owner() -> object:
     return task if task is not None else threading.get_ident()
 
 
+class _StackPerOwner(Generic[T]):
+    """One LIFO stack per task or thread: blocks nest within one but overlap freely across
+    them, and each exit must pop what its own entry pushed."""
+
+    __slots__ = ("_stacks",)
+
+    def __init__(self) -> None:
+        self._stacks: dict[object, list[T]] = {}
+
+    def push(self, item: T) -> None:
+        self._stacks.setdefault(_owner(), []).append(item)
+
+    def pop(self) -> T:
+        owner = _owner()
+        stack = self._stacks[owner]
+        item = stack.pop()
+        if not stack:
+            del self._stacks[owner]
+        return item
+
+    def top(self) -> T | None:
+        stack = self._stacks.get(_owner())
+        return stack[-1] if stack else None
+
+
 class monitor:  # lowercase: used like a function, llmctx.monitor("name")
     """Measure a block's wall time, CPU time and RSS change; sync and async context manager.
 
@@ -142,9 +167,7 @@ class monitor:  # lowercase: used like a function, llmctx.monitor("name")
         self.attach = attach
         #: The latest completed measurement (None until a block exits).
         self.result: MonitorResult | None = None
-        # One LIFO stack of starts per task or thread: blocks nest within one, but overlap
-        # freely across them, and each exit must pop its own start.
-        self._starts: dict[object, list[tuple[float, float, int | None, Any]]] = {}
+        self._starts: _StackPerOwner[tuple[float, float, int | None, Any]] = _StackPerOwner()
 
     def __repr__(self) -> str:
         return f"monitor({self.name!r}, warn_after={self.warn_after!r})"
@@ -152,25 +175,20 @@ class monitor:  # lowercase: used like a function, llmctx.monitor("name")
     @property
     def elapsed(self) -> float:
         """Seconds since the innermost active block started (the last result's if none)."""
-        starts = self._starts.get(_owner())
-        if starts:
-            return time.perf_counter() - starts[-1][0]
+        start = self._starts.top()
+        if start is not None:
+            return time.perf_counter() - start[0]
         return self.result.wall_s if self.result is not None else 0.0
 
     def _start(self) -> None:
         session = current_session() if self.attach else None
-        start = (time.perf_counter(), time.process_time(), _rss(), session)
-        self._starts.setdefault(_owner(), []).append(start)
+        self._starts.push((time.perf_counter(), time.process_time(), _rss(), session))
 
     def _stop(self, exc_type: type[BaseException] | None) -> None:
         wall_end = time.perf_counter()
         cpu_end = time.process_time()
         rss_end = _rss()
-        owner = _owner()
-        starts = self._starts[owner]
-        wall0, cpu0, rss0, session = starts.pop()
-        if not starts:
-            del self._starts[owner]
+        wall0, cpu0, rss0, session = self._starts.pop()
         wall = wall_end - wall0
         slow = self.warn_after is not None and wall > self.warn_after
         result = MonitorResult(
@@ -258,7 +276,7 @@ class timed:  # lowercase: a decorator used like a function
         self.warn_after = _check_warn_after(warn_after)
         self.attach = attach
         self.last: MonitorResult | None = None
-        self._active: dict[object, list[monitor]] = {}  # per task or thread, as in monitor
+        self._active: _StackPerOwner[monitor] = _StackPerOwner()
 
     @overload
     def __call__(
@@ -299,7 +317,7 @@ class timed:  # lowercase: a decorator used like a function
 
     def __enter__(self) -> monitor:
         m = monitor(self.name or "timed", warn_after=self.warn_after, attach=self.attach)
-        self._active.setdefault(_owner(), []).append(m.__enter__())
+        self._active.push(m.__enter__())
         return m
 
     def __exit__(
@@ -308,11 +326,7 @@ class timed:  # lowercase: a decorator used like a function
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        owner = _owner()
-        active = self._active[owner]
-        m = active.pop()
-        if not active:
-            del self._active[owner]
+        m = self._active.pop()
         m.__exit__(exc_type, exc, tb)
         self.last = m.result
 
