@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ._charge import track_call
 from ._pricing import lookup_price
@@ -211,9 +211,7 @@ class FakeStream:
         if self._ended:
             raise StopIteration
         if self._fail_with is not None:
-            self._ended = True
-            self._tracker.fail(self._fail_with, usage=self._usage(), response="")
-            raise self._fail_with
+            self.throw(self._fail_with)
         if len(self._sent) == len(self._words):
             self._ended = True
             self._tracker.finish(usage=self._usage(), response=" ".join(self._sent))
@@ -223,7 +221,7 @@ class FakeStream:
         self._sent.append(word)
         return word
 
-    def throw(self, exc: BaseException) -> None:
+    def throw(self, exc: BaseException) -> NoReturn:
         """Fail the stream mid-read, as a dropped connection would, and raise ``exc``.
 
         The call is recorded as an error, charged for the words already received; its

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def fresh_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("LLMCTX_SKIP_NATIVE_PROBE", raising=False)
-    monkeypatch.setattr(_probe, "_verified", set())
+    monkeypatch.setattr(_probe, "_proven", threading.Event())
     return cache
 
 
@@ -43,6 +44,8 @@ def test_real_build_passes_once_and_is_cached(smollm2_path: Path, fresh_probe: P
     info = json.loads(verdict.read_text())["system_info"]
     assert "CPU" in info
     _probe.check_native_model(smollm2_path, python="/nonexistent/python")  # cached: no child
+    _probe._proven.clear()  # a new process: the verdict on disk serves, still no child
+    _probe.check_native_model(smollm2_path, python="/nonexistent/python")
 
 
 @pytest.mark.skipif(platform.machine() not in {"x86_64", "AMD64"}, reason="x86-64 build flags")

@@ -6,8 +6,9 @@ AVX-512 on cloud Xeons are the usual ones): the first token then kills the whole
 process with SIGILL, and no ``try`` can catch it. So before :func:`llmctx.local_model` loads
 the model in the caller's process, a child process loads it and generates a few tokens. A
 child killed by a signal becomes a :class:`llmctx.ConfigError` that names the cause and the
-exact reinstall command. The verdict is cached per build (the native library's path, size
-and modification time), in the per-user cache directory, so the probe costs its ~1 s once.
+exact reinstall command. A passing verdict is cached on disk per build (the native
+libraries' names, sizes and modification times) and CPU, in the per-user cache directory,
+so the probe costs its ~1 s once; within a process it runs at most once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -39,13 +41,14 @@ REINSTALL_COMMAND: Final = (
 _CHILD: Final = """
 import sys, llama_cpp
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False, seed=0)
-out = llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
+llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
 print(llama_cpp.llama_print_system_info().decode(errors="replace").strip())
 """
 
 _TIMEOUT_S: Final = 120.0
 _lock = threading.Lock()
-_verified: set[str] = set()
+# Once proven, the library this process has loaded cannot change under it.
+_proven = threading.Event()
 
 
 def _library_fingerprint() -> tuple[str, str]:
@@ -53,25 +56,22 @@ def _library_fingerprint() -> tuple[str, str]:
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    parts = [getattr(llama_cpp, "__version__", "?"), platform_tag()]
+    parts = [getattr(llama_cpp, "__version__", "?"), _cpu_tag()]
     for lib in sorted(lib_dir.glob("*.so*")) + sorted(lib_dir.glob("*.dylib")):
         st = lib.stat()
         parts.append(f"{lib.name}:{st.st_size}:{st.st_mtime_ns}")
     return parts[0], hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def platform_tag() -> str:
+def _cpu_tag() -> str:
     """This machine's CPU, as far as a verdict cached on disk must tell CPUs apart."""
-    model = ""
+    flags = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    model = hashlib.sha256(line.encode()).hexdigest()[:12]
-                    break
+            flags = next((line for line in fh if line.startswith("flags")), "")
     except OSError:
-        pass
-    return f"{sys.platform}-{os.uname().machine if hasattr(os, 'uname') else ''}-{model}"
+        pass  # not Linux: the platform and machine name are what there is
+    return f"{sys.platform}-{platform.machine()}-{flags}"
 
 
 def _cache_file(key: str) -> Path:
@@ -97,25 +97,21 @@ def check_native_model(model_path: Path, *, python: str | None = None) -> None:
         ConfigError: the child process that tried the model died by a signal (SIGILL: an
             instruction this CPU does not enable), exited with an error, or hung.
     """
-    if os.environ.get("LLMCTX_SKIP_NATIVE_PROBE") == "1":
-        return
-    version, key = _library_fingerprint()
-    if key in _verified:
+    if _proven.is_set() or os.environ.get("LLMCTX_SKIP_NATIVE_PROBE") == "1":
         return
     with _lock:
-        if key in _verified:
+        if _proven.is_set():
             return
+        version, key = _library_fingerprint()
         cache = _cache_file(key)
-        if cache.is_file():
-            _verified.add(key)
-            return
-        info = _run_child(model_path, version, python or sys.executable)
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"version": version, "system_info": info}))
-        except OSError:
-            pass  # a read-only cache only costs the probe again next time
-        _verified.add(key)
+        if not cache.is_file():
+            info = _run_child(model_path, version, python or sys.executable)
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps({"version": version, "system_info": info}))
+            except OSError:
+                pass  # a read-only cache only costs the probe again next time
+        _proven.set()
 
 
 def _run_child(model_path: Path, version: str, python: str) -> str:
