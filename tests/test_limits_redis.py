@@ -13,7 +13,9 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
-from llmctx._limits import RateLimiter, RedisRateStore, WouldBlock  # noqa: E402
+from llmctx._exceptions import ConfigError, StoreError  # noqa: E402
+from llmctx._limits import RateLimiter, WouldBlock  # noqa: E402
+from llmctx._redis import RedisRateStore  # noqa: E402
 
 pytestmark = pytest.mark.redis
 
@@ -93,7 +95,8 @@ _WORKER = textwrap.dedent(
     """
     import os, sys
     import redis
-    from llmctx._limits import RateLimiter, RedisRateStore
+    from llmctx._limits import RateLimiter
+    from llmctx._redis import RedisRateStore
 
     client = redis.Redis.from_url(os.environ["URL"])
     limiter = RateLimiter(
@@ -154,3 +157,39 @@ def test_processes_sharing_a_redis_limiter_never_exceed_it(
     assert over == []
     # And the whole run took at least as long as the rate requires.
     assert stamps[-1] - t0 >= (len(stamps) - allowed_extra) / rate
+
+
+# -- The Redis convention: a client or a URL, StoreError out ----------------------------------
+
+
+def test_store_built_from_a_url_shares_the_limit(client: Any, name: str, redis_url: str) -> None:
+    """A store built from a URL shares the limit of one given a client; close() is its own."""
+    with RedisRateStore(redis_url, name) as owned, RedisRateStore(client, name) as shared:
+        a = RateLimiter(rpm=60, burst=2.0, store=owned)  # burst of 2
+        b = RateLimiter(rpm=60, burst=2.0, store=shared)
+        a.acquire_nowait()
+        b.acquire_nowait()
+        with pytest.raises(WouldBlock):
+            a.acquire_nowait()
+    assert client.ping()  # the caller's client stays usable after its store closed
+
+
+def test_non_client_is_a_config_error() -> None:
+    """Something that is neither a URL nor a redis client raises ConfigError."""
+    with pytest.raises(ConfigError, match=r"redis\.Redis client or a URL"):
+        RedisRateStore(42, "x")  # type: ignore[arg-type]
+
+
+def test_unreachable_redis_is_a_store_error_without_the_password() -> None:
+    """An acquire that cannot reach Redis raises StoreError naming the server, not its password."""
+    secret = "s3cret-Pa55word"
+    with RedisRateStore(f"redis://someone:{secret}@127.0.0.1:1/0", "x") as store:
+        limiter = RateLimiter(rpm=60, store=store)
+        with pytest.raises(StoreError) as info:
+            limiter.acquire_nowait()
+        message = str(info.value)
+        assert "127.0.0.1:1" in message
+        assert "nothing was admitted" in message
+        assert secret not in message
+        assert secret not in repr(store)
+        assert limiter._admitted == 0  # nothing was admitted

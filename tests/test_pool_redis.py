@@ -17,8 +17,9 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
-from llmctx._exceptions import ConfigError  # noqa: E402
-from llmctx._pool import RedisLeaseStore, ResourcePool  # noqa: E402
+from llmctx._exceptions import ConfigError, StoreError  # noqa: E402
+from llmctx._pool import ResourcePool  # noqa: E402
+from llmctx._redis import RedisLeaseStore  # noqa: E402
 from llmctx._waiting import WouldBlock  # noqa: E402
 
 pytestmark = pytest.mark.redis
@@ -209,7 +210,8 @@ _HOLDER = textwrap.dedent(
     """
     import os, sys
     import redis
-    from llmctx._pool import RedisLeaseStore, ResourcePool
+    from llmctx._pool import ResourcePool
+    from llmctx._redis import RedisLeaseStore
 
     client = redis.Redis.from_url(os.environ["URL"])
     store = RedisLeaseStore(client, os.environ["NAME"], lease_ttl=0.5, renew_every=0.1)
@@ -257,3 +259,40 @@ def test_sigkilled_holder_capacity_comes_back_after_lease_expiry(
             if stream is not None:
                 stream.close()
         store.close()
+
+
+# -- The Redis convention: a client or a URL, StoreError out ----------------------------------
+
+
+def test_store_built_from_a_url_shares_the_capacity(client: Any, name: str, redis_url: str) -> None:
+    """A store built from a URL works like one given a client, and close() closes only its own."""
+    with RedisLeaseStore(redis_url, name) as owned, RedisLeaseStore(client, name) as shared:
+        a = ResourcePool(["w"], capacity=1, store=owned)
+        b = ResourcePool(["w"], capacity=1, store=shared)
+        lease = a.acquire_nowait()
+        with pytest.raises(WouldBlock):
+            b.acquire_nowait()
+        lease.release()
+        b.acquire_nowait().release()
+    assert client.ping()  # the caller's client stays usable after its store closed
+
+
+def test_non_client_is_a_config_error() -> None:
+    """Something that is neither a URL nor a redis client raises ConfigError."""
+    with pytest.raises(ConfigError, match=r"redis\.Redis client or a URL"):
+        RedisLeaseStore(42, "x")  # type: ignore[arg-type]
+
+
+def test_unreachable_redis_is_a_store_error_without_the_password() -> None:
+    """A take that cannot reach Redis raises StoreError naming the server, never its password."""
+    secret = "s3cret-Pa55word"
+    with RedisLeaseStore(f"redis://someone:{secret}@127.0.0.1:1/0", "x") as store:
+        pool = ResourcePool(["w"], capacity=1, store=store)
+        with pytest.raises(StoreError) as info:
+            pool.acquire_nowait()
+        message = str(info.value)
+        assert "127.0.0.1:1" in message
+        assert "no lease was taken" in message
+        assert secret not in message
+        assert secret not in repr(store)
+        assert pool.statistics().borrowed == 0

@@ -27,7 +27,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multip
 import llmctx
 from llmctx._budget import Amount, Budget, Ledger, LedgerSnapshot
 from llmctx._exceptions import BudgetExceeded, ConfigError, StoreError
-from llmctx._redis_ledger import RedisLedger
+from llmctx._redis import RedisLedger
 
 redis = pytest.importorskip("redis")
 
@@ -521,7 +521,7 @@ import json, random, sys
 from decimal import Decimal
 from llmctx._budget import Amount, Budget
 from llmctx._exceptions import BudgetExceeded
-from llmctx._redis_ledger import RedisLedger
+from llmctx._redis import RedisLedger
 
 url, name, prefix, seed = sys.argv[1:5]
 ledger = RedisLedger(url, name, prefix=prefix)
@@ -614,7 +614,7 @@ def test_two_processes_never_exceed_budget_together(ledger: RedisLedger, redis_u
 HOLDER = r"""
 import sys
 from llmctx._budget import Amount, Budget
-from llmctx._redis_ledger import RedisLedger
+from llmctx._redis import RedisLedger
 
 url, name, prefix = sys.argv[1:4]
 ledger = RedisLedger(url, name, prefix=prefix, reservation_ttl=0.5)

@@ -14,8 +14,8 @@ requests never overtake a large one that is waiting. The queue is protected by a
 future woken with ``call_soon_threadsafe`` for asyncio tasks), so one limiter serves threads and
 several event loops at once.
 
-The state can live in Redis (:class:`RedisRateStore`) so that many processes share one limit;
-the FIFO queue stays per process.
+The state can live in Redis (:class:`llmctx.RedisRateStore`, in ``llmctx._redis``) so that
+many processes share one limit; the FIFO queue stays per process.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from ._exceptions import ConfigError, UsageError
-from ._redis_script import _Script
 from ._waiting import (
     AcquireTimeout,
     WouldBlock,
@@ -44,7 +43,6 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStatistics",
     "RateStore",
-    "RedisRateStore",
     "Reservation",
     "WouldBlock",
 ]
@@ -131,151 +129,6 @@ class _MemoryStore:
 
     def state(self, now: int) -> tuple[int, int, int]:
         return self.tat_req, self.tat_tok, now
-
-
-# Times in the scripts are microseconds (Lua numbers are doubles: nanoseconds since the epoch
-# would lose precision). KEYS[1]: the state, one string "TAT_REQUESTS TAT_TOKENS" set with
-# PX, so each write is one command (this runs on every admission; a hash would need HSET and
-# PEXPIRE). The acquire script takes two arguments so the client packs little: ARGV[1] is
-# "interval_req_us interval_tok_us tolerance_us ttl_ms" (encoded once per limit), ARGV[2] the
-# tokens. It returns the delay in microseconds (0: admitted, both dimensions committed).
-_ACQUIRE_LUA = """
-local ireq, itok, tol, ttl = string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+)$')
-ireq = tonumber(ireq)
-itok = tonumber(itok)
-tol = tonumber(tol)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local treq, ttok = now, now
-local v = redis.call('GET', KEYS[1])
-if v then
-  local a, b = string.match(v, '^(%S+) (%S+)$')
-  treq = math.max(tonumber(a), now)
-  ttok = tonumber(b)
-end
-local delay = treq + math.min(ireq, tol) - tol - now
-if itok > 0 then
-  ttok = math.max(ttok, now)
-  local cost = tonumber(ARGV[2]) * itok
-  delay = math.max(delay, ttok + math.min(cost, tol) - tol - now)
-  ttok = ttok + cost
-end
-if delay > 0 then
-  return math.ceil(delay)
-end
-treq = treq + ireq
-local horizon = math.max(treq, ttok, now) - now
-redis.call('SET', KEYS[1], string.format('%.3f %.3f', treq, ttok),
-  'PX', math.ceil(horizon / 1000) + tonumber(ttl))
-return 0
-"""
-
-# The rarer operations. ARGV: op ('adjust', 'push' or 'state'), two signed microsecond values
-# ('' = leave that dimension alone), ttl_ms.
-_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local op = ARGV[1]
-local treq, ttok = now, now
-local v = redis.call('GET', KEYS[1])
-if v then
-  local a, b = string.match(v, '^(%S+) (%S+)$')
-  treq = tonumber(a)
-  ttok = tonumber(b)
-end
-if op == 'state' then
-  return {tostring(treq), tostring(ttok), tostring(now)}
-end
-if op == 'adjust' then
-  treq = treq + tonumber(ARGV[2])
-  ttok = ttok + tonumber(ARGV[3])
-elseif op == 'push' then
-  if ARGV[2] ~= '' then treq = math.max(treq, now + tonumber(ARGV[2])) end
-  if ARGV[3] ~= '' then ttok = math.max(ttok, now + tonumber(ARGV[3])) end
-end
-local horizon = math.max(treq, ttok, now) - now
-redis.call('SET', KEYS[1], string.format('%.3f %.3f', treq, ttok),
-  'PX', math.ceil(horizon / 1000) + tonumber(ARGV[4]))
-return 0
-"""
-
-
-class RedisRateStore:
-    """Rate-limiter state in Redis, so many processes and machines share one limit.
-
-    Every operation is one ``EVALSHA`` round trip of a Lua script, sent straight through the
-    client's ``execute_command``; an acquire sends two arguments, the limits packed and
-    encoded once plus the tokens (after a ``NOSCRIPT`` error, e.g. a restarted Redis, the
-    script is loaded again and the call retried). The
-    script reads Redis's own ``TIME``, so the machines' clocks do not need to agree. The key is
-    hash-tagged (``{llmctx:rl:NAME}:gcra``) so it works on Redis Cluster, and it expires once
-    the bucket has refilled (plus ``ttl`` seconds), so idle limiters leave nothing behind.
-
-    Every limiter sharing a name must use the same ``rpm``, ``tpm`` and ``burst``. FIFO order
-    holds among the waiters of one process; across processes, whoever asks first once
-    capacity is back goes first.
-
-    Args:
-        client: a synchronous ``redis.Redis`` client (``decode_responses`` either way).
-        name: the shared limit's name, e.g. ``"openai-gpt-4o"``.
-        ttl: seconds a full, idle bucket's key stays before it expires (default 60).
-
-    Raises:
-        ConfigError: an empty name or a negative ttl.
-    """
-
-    def __init__(self, client: Any, name: str, *, ttl: float = 60.0) -> None:
-        if not name or not isinstance(name, str):
-            raise ConfigError("RedisRateStore(name=...) must be a non-empty string")
-        if ttl < 0:
-            raise ConfigError(f"RedisRateStore(ttl={ttl!r}) must be >= 0 seconds")
-        self.client = client
-        self.name = name
-        self.key = f"{{llmctx:rl:{name}}}:gcra"
-        self._key = self.key.encode()
-        self._ttl_ms = int(ttl * 1000)
-        self._acquire = _Script(client, _ACQUIRE_LUA)
-        self._other = _Script(client, _LUA)
-        # The acquire script's first argument depends only on the limits: encoded once.
-        self._limits: tuple[int, int, int] | None = None
-        self._packed = b""
-
-    @staticmethod
-    def _us(ns: int) -> str:
-        return repr(ns / 1000)
-
-    def try_acquire(
-        self, interval_req: int, interval_tok: int, tolerance: int, tokens: int, now: int
-    ) -> int:
-        limits = (interval_req, interval_tok, tolerance)
-        if limits != self._limits:
-            self._packed = (
-                f"{self._us(interval_req)} {self._us(interval_tok)} "
-                f"{self._us(tolerance)} {self._ttl_ms}"
-            ).encode()
-            self._limits = limits
-        return int(self._acquire(self._key, self._packed, tokens)) * 1000
-
-    def adjust(self, req_delta: int, tok_delta: int, now: int) -> None:
-        self._other(self._key, "adjust", self._us(req_delta), self._us(tok_delta), self._ttl_ms)
-
-    def push_back(self, req_until: int | None, tok_until: int | None, now: int) -> None:
-        # The store's own clock decides, so pass offsets from "now", not absolute times.
-        req = "" if req_until is None else self._us(req_until - now)
-        tok = "" if tok_until is None else self._us(tok_until - now)
-        self._other(self._key, "push", req, tok, self._ttl_ms)
-
-    def state(self, now: int) -> tuple[int, int, int]:
-        treq, ttok, rnow = self._other(self._key, "state", "", "", self._ttl_ms)
-        return (
-            int(float(treq) * 1000),
-            int(float(ttok) * 1000),
-            int(float(rnow) * 1000),
-        )
-
-    def clear(self) -> None:
-        """Delete the shared state (the bucket starts full again)."""
-        self.client.delete(self.key)
 
 
 # --------------------------------------------------------------------------- limiter
@@ -539,7 +392,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
             sent at once after a quiet period (default 1.0: one second's worth of each
             limit). Larger bursts admit more at once; the long-run rate is unchanged.
         store: where the state lives; in this process by default, or a
-            :class:`RedisRateStore` to share one limit between processes.
+            :class:`~llmctx.RedisRateStore` to share one limit between processes.
         clock: seconds as a float (``time.monotonic`` by default); inject a fake clock in
             tests. It drives the rate schedule only; timeouts always use real time.
 

@@ -10,29 +10,26 @@ only granted waiters are woken), and a waiter cancelled after its grant passes t
 One object serves threads (``with``) and asyncio tasks on any number of event loops
 (``async with``): a ``threading.Lock`` guards the state and each waiter has its own wake-up.
 
-With a :class:`RedisLeaseStore` the capacity is shared by every process using the same pool
-name: leases live in a Redis sorted set scored by their expiry (Redis ``TIME``), a heartbeat
-thread renews the ones this process holds, and the capacity of a holder that died comes back
-once its leases expire.
+With a :class:`LeaseStore` the capacity is shared by every process using the same pool name.
+:class:`llmctx.RedisLeaseStore` (in ``llmctx._redis``) keeps the leases in a Redis sorted set
+scored by their expiry (Redis ``TIME``), a heartbeat thread renews the ones this process
+holds, and the capacity of a holder that died comes back once its leases expire.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from ._exceptions import ConfigError, UsageError
-from ._redis_script import _Script
 from ._waiting import (
     AcquireTimeout,
     WouldBlock,
@@ -42,7 +39,7 @@ from ._waiting import (
     _Waiter,
 )
 
-__all__ = ["Lease", "PoolStatistics", "RedisLeaseStore", "ResourcePool"]
+__all__ = ["Lease", "LeaseStore", "PoolStatistics", "ResourcePool"]
 
 logger = logging.getLogger("llmctx.pool")
 
@@ -53,6 +50,34 @@ _WAIT_SAMPLES = 1024
 _PENDING = 0
 _HELD = 1
 _RELEASED = 2
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Where a pool's leases live when processes share its capacity (called under its lock).
+
+    A resource is known to the store by its position in the pool's constructor list (a
+    replacement inherits it), so every process must list the same resources in the same
+    order. Without a store the pool counts free units itself, in this process only; with
+    one it still keeps that count as its view of its own leases.
+
+    Attributes:
+        poll_interval: seconds between looks at the store while the head waits: releases in
+            other processes are not announced.
+    """
+
+    poll_interval: float
+
+    def take(self, amount: int, slots: Sequence[tuple[int, int]]) -> tuple[int, str] | None:
+        """Lease ``amount`` units on the slot, of ``(slot, capacity)`` pairs, with most free.
+
+        Returns:
+            ``(slot, member)``, the member naming the lease for :meth:`give_back`, or None
+            when no slot has ``amount`` free units now (nothing was taken).
+        """
+
+    def give_back(self, member: str) -> None:
+        """Delete one lease (a release). An unknown member is a no-op."""
 
 
 @dataclass(eq=False, slots=True)
@@ -287,225 +312,6 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-# --------------------------------------------------------------------------- Redis leases
-# Times are Redis server milliseconds. KEYS[1]: the sorted set of leases, member
-# "SLOT:AMOUNT:TOKEN", score = expiry. Acquire ARGV: amount, ttl_ms, token, then pairs of
-# (slot, capacity) for the slots the caller may use. Returns the slot chosen, or -1.
-_ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local key = KEYS[1]
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-local used = {}
-for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-  local slot, amount = string.match(m, '^(%d+):(%d+):')
-  used[slot] = (used[slot] or 0) + tonumber(amount)
-end
-local n = tonumber(ARGV[1])
-local best, bestfree = nil, -1
-for i = 4, #ARGV, 2 do
-  local free = tonumber(ARGV[i + 1]) - (used[ARGV[i]] or 0)
-  if free >= n and free > bestfree then best, bestfree = ARGV[i], free end
-end
-if not best then return -1 end
-local expiry = now + tonumber(ARGV[2])
-redis.call('ZADD', key, expiry, best .. ':' .. ARGV[1] .. ':' .. ARGV[3])
-local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', key, math.max(expiry, tonumber(top[2])) + 1000)
-return tonumber(best)
-"""
-
-# ARGV: ttl_ms, then the members to renew. Returns the members that had already expired.
-_RENEW_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local key = KEYS[1]
-local expiry = now + tonumber(ARGV[1])
-local lost = {}
-for i = 2, #ARGV do
-  local score = redis.call('ZSCORE', key, ARGV[i])
-  if score and tonumber(score) > now then
-    redis.call('ZADD', key, 'XX', expiry, ARGV[i])
-  else
-    redis.call('ZREM', key, ARGV[i])
-    table.insert(lost, ARGV[i])
-  end
-end
-local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-if top[2] then redis.call('PEXPIREAT', key, tonumber(top[2]) + 1000) end
-return lost
-"""
-
-
-class RedisLeaseStore:
-    """A :class:`ResourcePool`'s leases in Redis, so several processes share its capacity.
-
-    Each process builds its pool with the same resources (in the same order: a resource is
-    known by its position), the same capacities and a store with the same ``name``. Leases
-    live in the sorted set ``{llmctx:pool:NAME}:leases`` (hash-tagged for Redis Cluster),
-    scored by their expiry in Redis's own clock, so machines' clocks need not agree. Taking a
-    lease is one ``EVALSHA`` round trip that first drops expired leases; releasing is one
-    ``ZREM``.
-
-    **Renewal.** While this process holds leases, one daemon heartbeat thread per store renews
-    all of them every ``renew_every`` seconds in one round trip, so a lease never expires
-    under a live holder. A holder that dies (even with SIGKILL) stops renewing, and its
-    capacity comes back ``lease_ttl`` seconds after the last renewal at most. A lease found
-    expired at renewal (the process stalled longer than ``lease_ttl``, or Redis was
-    unreachable) is logged as lost on the ``llmctx.pool`` logger and counted in ``lost``:
-    its capacity may already serve another holder.
-
-    **Waiting.** A release in this process hands capacity to this process's waiters at once.
-    Releases by other processes are not announced: the head waiter looks again every
-    ``poll_interval`` seconds (on a timer; the waiting task is woken only once granted).
-
-    Args:
-        client: a synchronous ``redis.Redis`` client (``decode_responses`` either way).
-        name: the shared pool's name.
-        lease_ttl: seconds a lease survives without renewal (default 30).
-        renew_every: seconds between renewals (default ``lease_ttl / 3``); must be below
-            ``lease_ttl``.
-        poll_interval: seconds between looks at Redis while waiting (default 0.05).
-
-    Raises:
-        ConfigError: an empty name, or a ttl / interval that is not a positive number, or
-            ``renew_every >= lease_ttl``.
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        name: str,
-        *,
-        lease_ttl: float = 30.0,
-        renew_every: float | None = None,
-        poll_interval: float = 0.05,
-    ) -> None:
-        if not name or not isinstance(name, str):
-            raise ConfigError("RedisLeaseStore(name=...) must be a non-empty string")
-        for label, value in (("lease_ttl", lease_ttl), ("poll_interval", poll_interval)):
-            if not _positive(value):
-                raise ConfigError(f"RedisLeaseStore({label}={value!r}) must be seconds > 0")
-        if renew_every is None:
-            renew_every = lease_ttl / 3
-        if not _positive(renew_every) or renew_every >= lease_ttl:
-            raise ConfigError(
-                f"RedisLeaseStore(renew_every={renew_every!r}) must be seconds > 0 and below "
-                f"lease_ttl={lease_ttl!r}, or the lease expires between renewals"
-            )
-        self.client = client
-        self.name = name
-        self.key = f"{{llmctx:pool:{name}}}:leases"
-        self.lease_ttl = float(lease_ttl)
-        self.renew_every = float(renew_every)
-        self.poll_interval = float(poll_interval)
-        #: Leases found expired at renewal since creation.
-        self.lost = 0
-        self._ttl_ms = max(1, round(self.lease_ttl * 1000))
-        self._acquire = _Script(client, _ACQUIRE_LUA)
-        self._renew = _Script(client, _RENEW_LUA)
-        self._owner = uuid.uuid4().hex[:16]
-        self._counter = itertools.count(1)
-        self._lock = threading.Lock()
-        self._held: dict[str, None] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __repr__(self) -> str:
-        return f"<RedisLeaseStore {self.name!r} lease_ttl={self.lease_ttl}>"
-
-    def take(self, amount: int, slots: Sequence[tuple[int, int]]) -> tuple[int, str] | None:
-        """Lease ``amount`` units on the slot (of ``(slot, capacity)`` pairs) with most free.
-
-        Returns:
-            ``(slot, member)``, or None when no slot has ``amount`` free units now.
-        """
-        token = f"{self._owner}-{next(self._counter)}"
-        args: list[Any] = [amount, self._ttl_ms, token]
-        for key, capacity in slots:
-            args.append(key)
-            args.append(capacity)
-        slot = int(self._acquire(self.key, *args))
-        if slot < 0:
-            return None
-        member = f"{slot}:{amount}:{token}"
-        with self._lock:
-            self._held[member] = None
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._heartbeat, name=f"llmctx-lease-heartbeat-{self.name}", daemon=True
-                )
-                self._thread.start()
-        return slot, member
-
-    def give_back(self, member: str) -> None:
-        """Delete one lease (a release)."""
-        with self._lock:
-            self._held.pop(member, None)
-        self.client.zrem(self.key, member)
-
-    def renew(self) -> int:
-        """Renew every lease this process holds now; returns how many were found lost."""
-        with self._lock:
-            members = list(self._held)
-        if not members:
-            return 0
-        lost = self._renew(self.key, self._ttl_ms, *members)
-        if not lost:
-            return 0
-        with self._lock:
-            for raw in lost:
-                member = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if self._held.pop(member, "gone") is None:
-                    self.lost += 1
-                    logger.warning(
-                        "llmctx: pool lease %s in %r expired before it was renewed; its "
-                        "capacity may serve another holder. Raise lease_ttl",
-                        member,
-                        self.name,
-                    )
-        return len(lost)
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.renew_every):
-            with self._lock:
-                if not self._held:
-                    self._thread = None
-                    return
-            try:
-                self.renew()
-            except Exception:  # Redis unreachable: try again next beat; leases may expire
-                logger.warning(
-                    "llmctx: renewing pool leases in %r failed", self.name, exc_info=True
-                )
-        with self._lock:
-            self._thread = None
-
-    def close(self, timeout: float | None = 5.0) -> None:
-        """Stop the heartbeat (leases still held then expire after ``lease_ttl``).
-
-        Closing twice is harmless.
-        """
-        self._stop.set()
-        with self._lock:
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def clear(self) -> None:
-        """Delete every lease of this pool name, in every process (for tests and resets)."""
-        self.client.delete(self.key)
-
-
-def _positive(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
 class ResourcePool(_FifoQueue[Lease[R]]):
     """A pool of resources with capacities, leased in strict FIFO order to threads and tasks.
 
@@ -533,8 +339,9 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         factory: ``factory() -> resource`` that makes a replacement for a quarantined one; it
             runs in a background thread. Without it the pool just shrinks.
         name: a label for logs and repr.
-        store: a :class:`RedisLeaseStore` to share the capacity with other processes (None:
-            this process only). ``statistics()`` then describes this process's leases.
+        store: a :class:`LeaseStore` such as :class:`~llmctx.RedisLeaseStore`, to share the
+            capacity with other processes (None: this process only). ``statistics()`` then
+            describes this process's leases.
 
     Raises:
         ConfigError: no resources, a capacity that is not a positive integer, or a capacity
@@ -549,7 +356,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         health_check: Callable[[R], bool] | None = None,
         factory: Callable[[], R] | None = None,
         name: str | None = None,
-        store: RedisLeaseStore | None = None,
+        store: LeaseStore | None = None,
     ) -> None:
         items = list(resources)
         if not items:
@@ -604,7 +411,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         capacity: int = 1,
         health_check: Callable[[R], bool] | None = None,
         name: str | None = None,
-        store: RedisLeaseStore | None = None,
+        store: LeaseStore | None = None,
     ) -> ResourcePool[R]:
         """A pool of ``count`` resources made by ``factory``, which also makes replacements.
 

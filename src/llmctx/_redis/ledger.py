@@ -1,7 +1,7 @@
 """A budget ledger in Redis, shared by every process and machine that names the same budget.
 
-Each operation is one Lua script run with ``EVALSHA`` (redis-py reloads a script the server
-lost, e.g. after ``SCRIPT FLUSH`` or a restart), so the check and the hold of a reservation are
+Each operation is one Lua script run with ``EVALSHA`` (a script the server lost, e.g. after
+``SCRIPT FLUSH`` or a restart, is loaded again), so the check and the hold of a reservation are
 one atomic step on the server: no client-side locks, no ``WATCH`` retry loops.
 
 Data model, all under one hash tag so a cluster keeps the keys on one slot::
@@ -28,16 +28,16 @@ import math
 import os
 import struct
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
-from ._budget import Amount, Budget, LedgerSnapshot
-from ._exceptions import BudgetExceeded, ConfigError, StoreError
+from .._budget import Amount, Budget, LedgerSnapshot
+from .._exceptions import BudgetExceeded, ConfigError, StoreError
+from ._client import _Connection
+from ._script import _Script
 
 if TYPE_CHECKING:
     import redis
-    from redis.commands.core import Script
 
 __all__ = ["RedisLedger"]
 
@@ -202,16 +202,6 @@ return 1
 )
 
 
-def _import_redis() -> ModuleType:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ConfigError(
-            "RedisLedger needs the redis package: pip install 'llmctx[redis]'"
-        ) from None
-    return redis
-
-
 def _to_nano(usd: Decimal, rounding: str) -> int:
     """Dollars as integer nano-dollars, rounded as asked."""
     if not isinstance(usd, Decimal) or not usd.is_finite():
@@ -243,17 +233,6 @@ def _from_nano(nano: int) -> Decimal:
     return usd.normalize()
 
 
-def _redact_url(url: str) -> str:
-    """The URL with any user:password replaced, for error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
-
-
 class RedisLedger:
     """A :class:`~llmctx.Ledger` in Redis that several processes or machines share.
 
@@ -273,7 +252,8 @@ class RedisLedger:
         prefix: namespace of the keys.
 
     Raises:
-        ConfigError: redis is not installed, a bad URL, an empty name or a non-positive ttl.
+        ConfigError: redis is not installed, a bad URL, a client that is not a synchronous
+            ``redis.Redis``, an empty name or a non-positive ttl.
 
     The methods are synchronous and thread-safe; each is one round trip. A reservation whose
     caller is interrupted (KeyboardInterrupt, cancellation of a thread's waiter) after the
@@ -288,7 +268,6 @@ class RedisLedger:
         reservation_ttl: float = 600.0,
         prefix: str = "llmctx",
     ) -> None:
-        module = _import_redis()
         if not isinstance(name, str) or not name:
             raise ConfigError(f"RedisLedger(name={name!r}) must be a non-empty string")
         if not isinstance(prefix, str):
@@ -303,37 +282,32 @@ class RedisLedger:
                 f"RedisLedger(reservation_ttl={reservation_ttl!r}) must be a number of "
                 "seconds > 0, e.g. 600"
             )
-        self._owns_client = isinstance(client_or_url, str)
-        if isinstance(client_or_url, str):
-            try:
-                client = module.Redis.from_url(client_or_url)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"RedisLedger: invalid Redis URL {_redact_url(client_or_url)!r} ({exc}); "
-                    "use redis://[:password@]host:port/db, rediss://... or unix://path"
-                ) from None
-        elif hasattr(client_or_url, "register_script"):
-            client = client_or_url
-        else:
-            raise ConfigError(
-                f"RedisLedger needs a redis.Redis client or a URL, not {type(client_or_url)!r}"
-            )
         self.name = name
         self.prefix = prefix
         self.reservation_ttl = float(reservation_ttl)
-        self._client: redis.Redis = client
-        self._errors: Any = module.exceptions
-        self._closed = False
-        self._audit = False  # tests turn this on to log every change in {prefix:name}:audit
-        self._where, self._password = self._server(client)
         base = f"{{{prefix}:{name}}}"
         self._keys = [f"{base}:{part}" for part in ("totals", "held", "expired", "audit")]
-        self._keys_bytes = tuple(key.encode() for key in self._keys)
+        ttl = f"{self.reservation_ttl:g}s"
+        self._conn = _Connection(
+            client_or_url,
+            owner="RedisLedger",
+            subject=f"budget ledger {name!r}",
+            consequences={
+                "reserve": "nothing was reserved, so the call was not sent",
+                "settle": f"the call's spend was not recorded; its reservation expires after {ttl}",
+                "release": f"the reservation expires after {ttl}",
+            },
+            refused_fix=f"check that the keys {self._keys[0]!r}... are not used by something else",
+        )
+        self._client: redis.Redis = self._conn.client
+        self._closed = False
+        self._audit = False  # tests turn this on to log every change in {prefix:name}:audit
         self._new_token_source()
-        self._reserve_script: Script = client.register_script(_RESERVE)
-        self._finish_script: Script = client.register_script(_FINISH)
-        self._snapshot_script: Script = client.register_script(_SNAPSHOT)
-        self._restore_script: Script = client.register_script(_RESTORE)
+        keys = tuple(key.encode() for key in self._keys)
+        self._reserve_script = _Script(self._conn, _RESERVE, keys)
+        self._finish_script = _Script(self._conn, _FINISH, keys)
+        self._snapshot_script = _Script(self._conn, _SNAPSHOT, keys)
+        self._restore_script = _Script(self._conn, _RESTORE, keys)
         self._ttl_ms = max(1, round(self.reservation_ttl * 1000))
         self._limit_cache: tuple[Decimal, int] | None = None
 
@@ -344,21 +318,10 @@ class RedisLedger:
         self._token_prefix = os.urandom(8).hex()
         self._token_counter = itertools.count()
 
-    @staticmethod
-    def _server(client: Any) -> tuple[str, str | None]:
-        """``host:port`` (or the socket path) of the client, and its password to scrub."""
-        try:
-            kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
-        except AttributeError:
-            return "the Redis server", None
-        password = kwargs.get("password")
-        password = str(password) if password else None
-        if kwargs.get("path"):
-            return f"unix:{kwargs['path']}", password
-        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}", password
-
     def __repr__(self) -> str:
-        return f"RedisLedger(name={self.name!r}, prefix={self.prefix!r}, server={self._where!r})"
+        return (
+            f"RedisLedger(name={self.name!r}, prefix={self.prefix!r}, server={self._conn.where!r})"
+        )
 
     # -- the Ledger protocol --------------------------------------------------------------------
 
@@ -476,18 +439,14 @@ class RedisLedger:
             StoreError: Redis could not be reached.
         """
         self._check_open()
-        try:
-            self._client.delete(*self._keys)
-        except self._errors.RedisError as exc:
-            raise self._store_error(exc, "reset") from exc
+        self._conn.run("reset", self._client.delete, *self._keys)
 
     def close(self) -> None:
         """Close the client if the ledger created it from a URL. Closing twice is harmless."""
         if self._closed:
             return
         self._closed = True
-        if self._owns_client:
-            self._client.close()
+        self._conn.close()
 
     def __enter__(self) -> RedisLedger:
         return self
@@ -517,37 +476,8 @@ class RedisLedger:
         self._limit_cache = (usd, nano)
         return nano
 
-    def _run(self, script: Script, packed: bytes, token: str | None, doing: str) -> Any:
+    def _run(self, script: _Script, packed: bytes, token: str | None, doing: str) -> Any:
         self._check_open()
-        try:
-            return script(
-                keys=self._keys_bytes, args=(packed,) if token is None else (packed, token)
-            )
-        except self._errors.RedisError as exc:
-            raise self._store_error(exc, doing) from exc
-
-    def _store_error(self, exc: Exception, doing: str) -> StoreError:
-        detail = str(exc)
-        if self._password:
-            detail = detail.replace(self._password, "***")
-        connection = isinstance(exc, self._errors.ConnectionError | self._errors.TimeoutError)
-        what = (
-            f"could not reach Redis at {self._where}"
-            if connection
-            else f"Redis at {self._where} refused the {doing}"
-        )
-        consequence = {
-            "reserve": "nothing was reserved, so the call was not sent",
-            "settle": "the call's spend was not recorded; its reservation expires after "
-            f"{self.reservation_ttl:g}s",
-            "release": f"the reservation expires after {self.reservation_ttl:g}s",
-        }.get(doing, f"the {doing} did not happen")
-        fix = (
-            "check that Redis is running and the URL (host, port, password) is right"
-            if connection
-            else f"check that the keys {self._keys[0]!r}... are not used by something else"
-        )
-        return StoreError(
-            f"budget ledger {self.name!r}: {what} ({type(exc).__name__}: {detail}); "
-            f"{consequence}. Fix: {fix}"
-        )
+        if token is None:
+            return script(doing, packed)
+        return script(doing, packed, token)
