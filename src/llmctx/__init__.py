@@ -7,7 +7,7 @@ import on purpose (``llmctx.stores``, ``llmctx.testing``, ``llmctx.mcp``).
 from __future__ import annotations
 
 from ._budget import Amount, Budget, Ledger, LedgerSnapshot, MemoryLedger
-from ._charge import CallTracker, track_call
+from ._charge import CallConsumer, CallTracker, add_call_consumer, track_call
 from ._context import ContextThreadPoolExecutor, current_session, wrap
 from ._exceptions import (
     BudgetExceeded,
@@ -26,15 +26,16 @@ from ._limits import (
     AcquireTimeout,
     RateLimiter,
     RateLimiterStatistics,
+    RedisRateStore,
     Reservation,
     WouldBlock,
 )
 from ._monitor import MonitorResult, monitor, timed
-from ._pool import Lease, PoolStatistics, ResourcePool
+from ._pool import Lease, PoolStatistics, RedisLeaseStore, ResourcePool
 from ._pricing import ModelPrice, clear_prices, lookup_price, price_override, price_usage, set_price
 from ._recorder import PromptResponse, Recorder, record
 from ._redact import redact
-from ._redis import RedisLeaseStore, RedisLedger, RedisRateStore
+from ._redis_ledger import RedisLedger
 from ._session import Session, session
 from ._tokens import TokenCount, count_tokens, register_tokenizer
 from ._usage import CallRecord, Usage, normalize_usage
@@ -47,6 +48,7 @@ __all__ = [
     "Amount",
     "Budget",
     "BudgetExceeded",
+    "CallConsumer",
     "CallRecord",
     "CallTracker",
     "ConfigError",
@@ -80,6 +82,7 @@ __all__ = [
     "Usage",
     "UsageError",
     "WouldBlock",
+    "add_call_consumer",
     "clear_prices",
     "count_tokens",
     "current_session",

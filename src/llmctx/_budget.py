@@ -10,15 +10,18 @@ limit together.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, runtime_checkable
 
 from ._exceptions import BudgetExceeded, ConfigError
 
-__all__ = ["Amount", "Budget", "Ledger", "LedgerSnapshot", "MemoryLedger"]
+__all__ = ["Amount", "Budget", "Holds", "Ledger", "LedgerSnapshot", "MemoryLedger"]
+
+logger = logging.getLogger("llmctx")
 
 _ZERO = Decimal(0)
 
@@ -187,6 +190,69 @@ class Budget:
             requests=data.get("requests"),
             ledger=ledger,
         )
+
+
+class Holds:
+    """The reservations one call holds on a chain of budgets: taken together, ended together.
+
+    :meth:`reserve` is all-or-nothing: if one budget refuses, the holds already taken on the
+    others are released before :class:`BudgetExceeded` propagates. :meth:`settle` and
+    :meth:`release` end every hold once (a second call does nothing) and never raise: a ledger
+    that cannot be reached (Redis down) is logged, and its reservation expires on its own.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: list[tuple[Budget, str]] | None = None) -> None:
+        self._held = held or []
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    @classmethod
+    def reserve(cls, owners: Sequence[tuple[Budget, str, str | None]], amount: Amount) -> Holds:
+        """Reserve ``amount`` on every budget of ``(budget, session_id, session_name)``.
+
+        One ledger shared by several budgets of the chain is reserved on once.
+
+        Raises:
+            BudgetExceeded: some budget has no room (its session named on the error); nothing
+                is held.
+        """
+        held: list[tuple[Budget, str]] = []
+        seen: set[int] = set()
+        try:
+            for budget, session_id, session_name in owners:
+                if id(budget.ledger) in seen:
+                    continue
+                seen.add(id(budget.ledger))
+                try:
+                    held.append((budget, budget.ledger.reserve(amount, budget)))
+                except BudgetExceeded as exc:
+                    exc.session_id, exc.session_name = session_id, session_name
+                    raise
+        except BaseException:
+            cls(held).release()
+            raise
+        return cls(held)
+
+    def settle(self, actual: Amount) -> None:
+        """Turn every hold into spend of ``actual``."""
+        held, self._held = self._held, []
+        for budget, token in held:
+            try:
+                budget.ledger.settle(token, actual)
+            except Exception:
+                logger.exception("llmctx: could not settle a reservation on %r", budget)
+
+    def release(self) -> None:
+        """Give every hold back unspent."""
+        held, self._held = self._held, []
+        for budget, token in held:
+            try:
+                budget.ledger.release(token)
+            except Exception:
+                logger.exception("llmctx: could not release a reservation on %r", budget)
 
 
 @dataclass

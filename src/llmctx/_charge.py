@@ -1,7 +1,7 @@
-"""The charge path of one call: reserve -> request -> settle -> record.
+"""The charge path of one call: reserve -> rate limit -> request -> settle -> record.
 
-Provider instrumentation, the MCP hub and users' own clients all go through
-:class:`CallTracker` (made by :func:`track_call`)::
+One object, :class:`CallTracker` (made by :func:`track_call`), carries a call from request to
+record. Provider instrumentation, the MCP hub and users' own clients all drive it::
 
     with llmctx.track_call(provider="acme", model="acme-large", request=payload,
                            input_tokens=812, max_output_tokens=256) as call:
@@ -11,12 +11,15 @@ Provider instrumentation, the MCP hub and users' own clients all go through
 
 Entering reserves the worst case (input + max output tokens, priced) on every budget from the
 current session up to the root, atomically per budget and all-or-nothing across them, so a call
-that would overspend raises :class:`BudgetExceeded` before anything is sent. ``finish`` settles
-the reservation with the actual usage, prices it, charges the session tree and writes the
-:class:`CallRecord` through to the store before returning it. An exception or cancellation
-inside the block releases the reservation and records a failed (or cancelled) call; the
-exception propagates unchanged. A tracker that outlives its ``with`` block (a stream consumed
-later) is finished or failed explicitly and still charges the session it started in.
+that would overspend raises :class:`BudgetExceeded` before anything is sent; then it waits for
+the rate limiter, if one was given. ``finish`` settles both with the actual usage, prices it,
+and hands the :class:`CallRecord` to its consumers (:class:`CallConsumer`): the session tree,
+which writes it through to the store before ``finish`` returns, the active recorders, and
+every consumer added with :func:`add_call_consumer` (exporters). An exception or cancellation
+inside the block releases the reservations and records a failed (or cancelled) call; the
+exception propagates unchanged. A refusal (budget or rate limiter) holds nothing and records
+nothing: the call was never sent. A tracker that outlives its ``with`` block (a stream
+consumed later) is finished or failed explicitly and still charges the session it started in.
 """
 
 from __future__ import annotations
@@ -25,30 +28,109 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import _pricing
-from ._budget import Amount, Budget
-from ._context import current_recorders, current_session
-from ._exceptions import BudgetExceeded, ConfigError, UnknownPrice, UnknownPriceWarning
+from ._budget import Amount, Holds
+from ._context import get_recorders, get_session
+from ._exceptions import ConfigError, UnknownPrice, UnknownPriceWarning, UsageError, is_cancellation
 from ._redact import redact, redact_text
-from ._session import Session, _classify
 from ._usage import CallRecord, CallStatus, Usage
 
 if TYPE_CHECKING:
     from typing import Self
 
     from ._recorder import Recorder
+    from ._session import Session
 
-__all__ = ["CallTracker", "track_call"]
+__all__ = [
+    "CallConsumer",
+    "CallTracker",
+    "LimiterLike",
+    "ReservationLike",
+    "add_call_consumer",
+    "track_call",
+]
 
 logger = logging.getLogger("llmctx")
 
 _ZERO = Decimal(0)
+_NO_HOLDS = Holds()
 _warned_models: set[tuple[str | None, str | None]] = set()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the tracker talks to: rate limiters, and the consumers of finished calls.
+
+
+class ReservationLike(Protocol):
+    """What a rate limiter's ``reserve`` returns (see :class:`llmctx.RateLimiter`)."""
+
+    def settle(self, actual_tokens: int) -> None: ...
+
+    def release(self) -> None: ...
+
+
+@runtime_checkable
+class LimiterLike(Protocol):
+    """The rate-limiter interface the charge path uses (:class:`llmctx.RateLimiter` has it).
+
+    ``reserve`` blocks a thread, ``areserve`` waits in asyncio; ``feedback`` (optional) takes
+    what the provider's rate-limit headers said.
+    """
+
+    def reserve(self, tokens: int = 0) -> ReservationLike: ...
+
+    async def areserve(self, tokens: int = 0) -> ReservationLike: ...
+
+
+@runtime_checkable
+class CallConsumer(Protocol):
+    """Anything that takes finished calls: a session, a recorder, an exporter.
+
+    ``on_call_end`` runs once per finished (or failed) call, in the thread that ended it,
+    before ``finish`` returns; keep it quick. An exception from an added consumer is logged on
+    the ``llmctx`` logger and never reaches the user's call.
+    """
+
+    def on_call_end(self, record: CallRecord) -> None: ...
+
+
+_consumers: tuple[CallConsumer, ...] = ()
+_consumers_lock = threading.Lock()
+
+
+def add_call_consumer(consumer: CallConsumer) -> Callable[[], None]:
+    """Hand every call that ends in this process, in any session or none, to ``consumer``.
+
+    Returns:
+        A function that removes the consumer again (calling it twice is harmless).
+
+    Raises:
+        ConfigError: ``consumer`` has no ``on_call_end(record)`` method.
+    """
+    global _consumers
+    if not callable(getattr(consumer, "on_call_end", None)):
+        raise ConfigError(
+            f"add_call_consumer() takes an object with an on_call_end(record) method, "
+            f"got {type(consumer).__name__}"
+        )
+    with _consumers_lock:
+        _consumers = (*_consumers, consumer)
+
+    def remove() -> None:
+        global _consumers
+        with _consumers_lock:
+            _consumers = tuple(c for c in _consumers if c is not consumer)
+
+    return remove
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricing helpers.
 
 
 def _warn_unpriced(model: str | None, provider: str | None, note: str | None) -> None:
@@ -65,35 +147,29 @@ def _warn_unpriced(model: str | None, provider: str | None, note: str | None) ->
     )
 
 
-def _price(
-    model: str | None, usage: Usage, provider: str | None
-) -> tuple[Decimal | None, str | None]:
-    return _pricing.price_usage(model, usage, provider)
+def _status_of(exc: BaseException | None) -> int | None:
+    # An SDK error carrying an HTTP response: the provider saw (and counted) the request.
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
-def _estimate(
-    model: str | None, input_tokens: int, max_output: int, provider: str | None
-) -> Decimal | None:
-    if model is None:
-        return None
-    return _pricing.estimate_cost(model, input_tokens, max_output, provider)
-
-
-def _release_quietly(budget: Budget, token: str) -> None:
-    # A ledger that cannot be reached (Redis down) must not turn into the user's error; its
-    # reservations expire on their own.
-    try:
-        budget.ledger.release(token)
-    except Exception:
-        logger.exception("llmctx: could not release a reservation on %r", budget)
+# ---------------------------------------------------------------------------------------------
+# The call.
 
 
 class CallTracker:
-    """One call on its way through the charge path. Made by :func:`track_call`."""
+    """One call from request to record: reservations, rate limit, timing, usage, consumers.
+
+    Made by :func:`track_call`. ``start`` (or ``astart``, or entering it with ``with``)
+    reserves and waits for the rate limiter; ``finish`` / ``fail`` end it exactly once
+    (a second end returns the first record), from any thread.
+    """
 
     __slots__ = (
         "_done",
         "_holds",
+        "_limit",
         "_lock",
         "_recorders",
         "_reserved",
@@ -103,6 +179,7 @@ class CallTracker:
         "free",
         "input_tokens",
         "kind",
+        "limiter",
         "max_output_tokens",
         "metadata",
         "model",
@@ -125,6 +202,7 @@ class CallTracker:
         session: Session | None = None,
         recorders: tuple[Recorder, ...] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        limiter: LimiterLike | None = None,
     ) -> None:
         for name, value in (
             ("input_tokens", input_tokens),
@@ -142,10 +220,12 @@ class CallTracker:
         self.input_tokens = input_tokens
         self.max_output_tokens = max_output_tokens
         self.free = free or kind == "tool"
-        self.session = session if session is not None else current_session()
-        self._recorders = recorders if recorders is not None else current_recorders()
-        self.metadata = dict(metadata or {})
-        self._holds: list[tuple[Budget, str]] = []
+        self.session = session if session is not None else get_session()
+        self._recorders = recorders if recorders is not None else get_recorders()
+        self.metadata = dict(metadata) if metadata else {}
+        self.limiter = limiter
+        self._holds = _NO_HOLDS
+        self._limit: ReservationLike | None = None
         self._reserved = Amount()
         self._t0 = 0.0
         self._ttfb: float | None = None
@@ -154,51 +234,72 @@ class CallTracker:
         self._lock = threading.Lock()
         self.record: CallRecord | None = None
 
-    # ------------------------------------------------------------------ reserve
+    # ------------------------------------------------------------------ before sending
     def start(self) -> Self:
-        """Reserve the worst case on every budget in the session chain and start the clock.
+        """Reserve the worst case on every budget, then wait for the rate limiter (blocking).
 
         Raises:
             BudgetExceeded: some budget has no room; nothing is held.
             UnknownPrice: a money budget is active and the model has no price.
+            Whatever the limiter raises (e.g. AcquireTimeout, KeyboardInterrupt): the budget
+                reservations are released. A refused call leaves no record.
         """
-        if self.session is not None:
-            chain = [s for s in self.session.chain() if s.budget is not None]
-            if chain:
-                self._reserve(chain)
+        self._reserve()
+        if self.limiter is not None:
+            try:
+                self._limit = self.limiter.reserve(self.input_tokens + self.max_output_tokens)
+            except BaseException:
+                self._refused()
+                raise
         self._t0 = time.perf_counter()
         return self
 
-    def _reserve(self, chain: list[Session]) -> None:
+    async def astart(self) -> Self:
+        """Async twin of :meth:`start`: the rate-limiter wait is a cancellation point, and
+        cancellation while waiting releases the budget reservations."""
+        self._reserve()
+        if self.limiter is not None:
+            try:
+                self._limit = await self.limiter.areserve(
+                    self.input_tokens + self.max_output_tokens
+                )
+            except BaseException:
+                self._refused()
+                raise
+        self._t0 = time.perf_counter()
+        return self
+
+    def _reserve(self) -> None:
+        session = self.session
+        if session is None or not session.budgeted:
+            return
         is_llm = self.kind != "tool"  # model calls (chat, completion, embedding) are requests
-        tokens = self.input_tokens + self.max_output_tokens
         usd: Decimal | None = _ZERO
-        if is_llm and not self.free and any(s.budget and s.budget.usd is not None for s in chain):
-            usd = _estimate(self.model, self.input_tokens, self.max_output_tokens, self.provider)
+        if is_llm and not self.free and session.limits_money:
+            usd = (
+                None
+                if self.model is None
+                else _pricing.estimate_cost(
+                    self.model, self.input_tokens, self.max_output_tokens, self.provider
+                )
+            )
             if usd is None:
                 raise UnknownPrice(self.model or "<unknown model>", self.provider)
-        amount = Amount(usd=usd or _ZERO, tokens=tokens, requests=1 if is_llm else 0)
-        seen: set[int] = set()
-        holds: list[tuple[Budget, str]] = []
-        try:
-            for node in chain:
-                budget = node.budget
-                assert budget is not None
-                # One ledger shared by several sessions of the chain is charged once.
-                if id(budget.ledger) in seen:
-                    continue
-                seen.add(id(budget.ledger))
-                try:
-                    holds.append((budget, budget.ledger.reserve(amount, budget)))
-                except BudgetExceeded as exc:
-                    exc.session_id, exc.session_name = node.id, node.name
-                    raise
-        except BaseException:
-            for budget, token in holds:
-                _release_quietly(budget, token)
-            raise
-        self._holds = holds
+        amount = Amount(
+            usd=usd or _ZERO,
+            tokens=self.input_tokens + self.max_output_tokens,
+            requests=1 if is_llm else 0,
+        )
+        self._holds = session.reserve(amount)
         self._reserved = amount
+
+    def _refused(self) -> None:
+        # The call was never sent: give everything back and leave no record (like a budget
+        # refusal). Ending it later is a no-op.
+        with self._lock:
+            self._done = True
+            holds, self._holds = self._holds, _NO_HOLDS
+        holds.release()
 
     # ------------------------------------------------------------------ timing marks
     def mark_first_byte(self) -> None:
@@ -225,9 +326,12 @@ class CallTracker:
         model: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> CallRecord:
-        """Settle with the actual usage, charge the session tree, write the record.
+        """Settle with the actual usage, price it, hand the record to its consumers.
 
         Idempotent: a second finish (or a fail after finish) returns the first record.
+
+        Raises:
+            UsageError: the call was refused (budget or rate limiter) and never sent.
         """
         return self._end(
             "ok", None, usage, response, tool_calls, raw_usage, estimated, model, metadata
@@ -240,16 +344,25 @@ class CallTracker:
         usage: Usage | None = None,
         response: str | None = None,
         estimated: bool = True,
+        metadata: Mapping[str, Any] | None = None,
     ) -> CallRecord:
-        """Record a failed or cancelled call; release the reservation (or settle what was used).
+        """Record a failed or cancelled call; release the reservations (or settle what was used).
 
         ``usage`` is for a call that consumed tokens before it broke (an interrupted stream).
+        Without it the budgets get everything back; the rate limiter keeps the request (not
+        its tokens) when ``exc`` carries the provider's HTTP response.
         """
-        status: CallStatus = (
-            "cancelled" if exc is None or _classify(type(exc)) == "cancelled" else "error"
-        )
+        status: CallStatus = "cancelled" if exc is None or is_cancellation(type(exc)) else "error"
         return self._end(
-            status, exc, usage, response, None, None, estimated and usage is not None, None, None
+            status,
+            exc,
+            usage,
+            response,
+            None,
+            None,
+            estimated and usage is not None,
+            None,
+            metadata,
         )
 
     def _end(
@@ -270,12 +383,26 @@ class CallTracker:
         with self._lock:
             if self.record is not None:
                 return self.record
+            if self._done:
+                raise UsageError(
+                    "this call was refused before it was sent (budget or rate limiter), so it "
+                    "has nothing to finish; start a new one with track_call(...)"
+                )
             self._done = True
-            return self._record_end(
-                status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
-            )
+            try:
+                record = self._build(
+                    status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
+                )
+            except BaseException:
+                # Never leave a reservation behind, even when the record cannot be built.
+                self._release_all()
+                raise
+            self.record = record
+            self._settle(record, status, exc)
+            self._hand_over(record)
+            return record
 
-    def _record_end(
+    def _build(
         self,
         status: CallStatus,
         exc: BaseException | None,
@@ -298,7 +425,7 @@ class CallTracker:
             cost = _ZERO
         else:
             try:
-                cost, note = _price(self.model, usage, self.provider)
+                cost, note = _pricing.price_usage(self.model, usage, self.provider)
             except Exception:
                 logger.exception("llmctx: pricing failed for model %r", self.model)
                 cost, note = None, "pricing failed (see the llmctx log)"
@@ -308,10 +435,10 @@ class CallTracker:
                 cost, note = self._reserved.usd, f"{note}; charged the reserved worst case"
             elif cost is None and status == "ok":
                 _warn_unpriced(self.model, self.provider, note)
-        # Redact only what will be kept: with no session and no recorder nothing is stored,
-        # and the record goes back only to the caller who wrote the request.
-        keeps = self.session is not None or bool(self._recorders)
-        record = CallRecord(
+        # Redact only what will be kept: with no consumer nothing is stored, and the record
+        # goes back only to the caller who wrote the request.
+        keeps = self.session is not None or bool(self._recorders) or bool(_consumers)
+        return CallRecord(
             session_id=self.session.id if self.session is not None else None,
             provider=self.provider,
             model=self.model,
@@ -329,33 +456,57 @@ class CallTracker:
             latency_s=latency,
             ttfb_s=self._ttfb,
             ttft_s=self._ttft,
-            metadata={**self.metadata, **(metadata or {})},
+            metadata={**self.metadata, **metadata} if metadata else dict(self.metadata),
         )
-        self.record = record
-        self._settle(record, status)
-        if self.session is not None:
-            self.session._charge(record, note)
-        for rec in self._recorders:
-            rec._add(record)
-        return record
 
-    def _settle(self, record: CallRecord, status: CallStatus) -> None:
-        holds, self._holds = self._holds, []
+    def _settle(self, record: CallRecord, status: CallStatus, exc: BaseException | None) -> None:
+        holds, self._holds = self._holds, _NO_HOLDS
+        limit, self._limit = self._limit, None
         used = record.usage
-        if status != "ok" and not used.total_tokens and not used.requests:
-            for budget, token in holds:
-                _release_quietly(budget, token)
+        consumed = status == "ok" or bool(used.total_tokens or used.requests)
+        if consumed:
+            holds.settle(
+                Amount(usd=record.cost or _ZERO, tokens=used.total_tokens, requests=used.requests)
+            )
+        else:
+            holds.release()
+        if limit is None:
             return
-        actual = Amount(usd=record.cost or _ZERO, tokens=used.total_tokens, requests=used.requests)
-        for budget, token in holds:
+        try:
+            if consumed:
+                limit.settle(max(0, used.total_tokens))
+            elif _status_of(exc) is not None:
+                limit.settle(0)  # the provider saw (and counted) the request
+            else:
+                limit.release()
+        except Exception:
+            logger.exception("llmctx: could not settle a rate-limit reservation")
+
+    def _release_all(self) -> None:
+        holds, self._holds = self._holds, _NO_HOLDS
+        limit, self._limit = self._limit, None
+        holds.release()
+        if limit is not None:
             try:
-                budget.ledger.settle(token, actual)
+                limit.release()
             except Exception:
-                logger.exception("llmctx: could not settle a reservation on %r", budget)
+                logger.exception("llmctx: could not release a rate-limit reservation")
+
+    def _hand_over(self, record: CallRecord) -> None:
+        # The one way a finished call leaves the charge path. The session writes it through to
+        # its store (a store failure is the session's to log); recorders and added consumers
+        # only keep or export it.
+        if self.session is not None:
+            self.session.on_call_end(record)
+        for consumer in (*self._recorders, *_consumers):
+            try:
+                consumer.on_call_end(record)
+            except Exception:
+                logger.exception("llmctx: %r could not take call %s", consumer, record.id)
 
     @property
     def finished(self) -> bool:
-        """True once finish() or fail() ran."""
+        """True once finish() or fail() ran (or the call was refused)."""
         return self._done
 
     # ------------------------------------------------------------------ context manager
@@ -375,6 +526,17 @@ class CallTracker:
         else:
             self.finish()
 
+    async def __aenter__(self) -> Self:
+        return await self.astart()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
 
 def track_call(
     *,
@@ -387,8 +549,10 @@ def track_call(
     free: bool = False,
     session: Session | None = None,
     metadata: Mapping[str, Any] | None = None,
+    limiter: LimiterLike | None = None,
 ) -> CallTracker:
-    """Put one call on the charge path; use the result with ``with`` (or ``start()``/``finish()``).
+    """Put one call on the charge path; use the result with ``with`` / ``async with`` (or
+    ``start()`` / ``astart()`` and ``finish()``).
 
     Args:
         provider: e.g. ``"openai"``, ``"anthropic"``, ``"llama-cpp"``, ``"mcp"``.
@@ -396,11 +560,13 @@ def track_call(
         request: the request payload; redacted before it is recorded.
         kind: ``"llm"`` (priced, counts as a request), ``"embedding"``, or ``"tool"`` (no token
             cost; latency, status and error are still recorded).
-        input_tokens: prompt tokens counted before sending (for the reservation).
-        max_output_tokens: the call's output limit (for the reservation).
+        input_tokens: prompt tokens counted before sending (for the reservations).
+        max_output_tokens: the call's output limit (for the reservations).
         free: price the call at $0 whatever the model (e.g. a local model without a set price).
         session: charge this session instead of the current one.
         metadata: extra fields kept on the record.
+        limiter: a :class:`llmctx.RateLimiter` (or anything :class:`LimiterLike`) to wait for
+            after the budgets agreed; it is settled with the actual tokens at the end.
 
     Returns:
         A :class:`CallTracker`; entering it reserves, leaving it records.
@@ -415,4 +581,5 @@ def track_call(
         free=free,
         session=session,
         metadata=metadata,
+        limiter=limiter,
     )

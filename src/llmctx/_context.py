@@ -1,6 +1,9 @@
 """The ContextVars behind ``current_session()`` and ``record()``, and helpers for threads.
 
-One ContextVar per concern: the current session, and the recorders that are capturing.
+One ContextVar per concern: the current session, and the recorders that are capturing. This
+module is the only one that touches them (structlog's habit): ``bind_session`` /
+``bind_recorder`` set a var and return the token, ``reset_session`` / ``reset_recorder`` put
+it back, and the getters are the vars' own ``get`` (C calls, cheap on every LLM call).
 asyncio tasks copy the context when they are created, so they inherit both. Threads do not:
 :func:`wrap` and :class:`ContextThreadPoolExecutor` carry the caller's context into them.
 """
@@ -19,8 +22,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ContextThreadPoolExecutor",
+    "bind_recorder",
+    "bind_session",
     "current_recorders",
     "current_session",
+    "idle",
+    "reset_recorder",
+    "reset_session",
     "wrap",
 ]
 
@@ -43,6 +51,46 @@ def current_session() -> Session | None:
 def current_recorders() -> tuple[Recorder, ...]:
     """The ``llmctx.record()`` blocks active in this context, innermost last."""
     return _recorders.get()
+
+
+#: Bound getters for the charge path (no Python frame per call).
+get_session = _current_session.get
+get_recorders = _recorders.get
+
+
+def idle() -> bool:
+    """True when no session and no recorder is active here: nothing to charge or record."""
+    return get_session() is None and not get_recorders()
+
+
+def bind_session(session: Session | None) -> contextvars.Token[Session | None]:
+    """Make ``session`` the current one in this context; returns the token to reset it with."""
+    return _current_session.set(session)
+
+
+def reset_session(token: contextvars.Token[Session | None], fallback: Session | None) -> None:
+    """Undo :func:`bind_session`.
+
+    A session exited in another context than the one it was entered in (another task) cannot
+    use its token there; then ``fallback`` (its parent) becomes current in this context.
+    """
+    try:
+        _current_session.reset(token)
+    except ValueError:
+        _current_session.set(fallback)
+
+
+def bind_recorder(recorder: Recorder) -> contextvars.Token[tuple[Recorder, ...]]:
+    """Add ``recorder`` to the capturing ones in this context; returns the token."""
+    return _recorders.set((*_recorders.get(), recorder))
+
+
+def reset_recorder(token: contextvars.Token[tuple[Recorder, ...]], recorder: Recorder) -> None:
+    """Undo :func:`bind_recorder` (in a foreign context: drop ``recorder`` from the tuple)."""
+    try:
+        _recorders.reset(token)
+    except ValueError:
+        _recorders.set(tuple(r for r in _recorders.get() if r is not recorder))
 
 
 def wrap(fn: Callable[P, R]) -> Callable[P, R]:

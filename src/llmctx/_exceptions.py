@@ -29,6 +29,7 @@ wrapped: they pass through llmctx untouched.
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 from ._money import format_usd
@@ -46,6 +47,21 @@ __all__ = [
     "UnknownPriceWarning",
     "UsageError",
 ]
+
+
+def is_cancellation(exc_type: type[BaseException] | None) -> bool:
+    """True for every flavour of "stopped from outside": asyncio, trio and anyio cancellation,
+    KeyboardInterrupt, SystemExit, GeneratorExit (sessions and calls record them as cancelled).
+    """
+    if exc_type is None:
+        return False
+    if issubclass(
+        exc_type, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit
+    ):
+        return True
+    # trio's and anyio's cancellation classes are not importable without their loops; match
+    # them by name.
+    return exc_type.__name__ == "Cancelled"
 
 
 class LLMCtxError(Exception):

@@ -16,8 +16,9 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._context import _recorders
+from ._context import bind_recorder, reset_recorder
 from ._exceptions import SessionStateError
+from ._money import format_usd
 from ._usage import CallRecord, Usage
 
 if TYPE_CHECKING:
@@ -91,9 +92,10 @@ class Recorder:
     def __iter__(self) -> Iterator[PromptResponse]:
         return iter(self.pairs)
 
-    def _add(self, call: CallRecord) -> None:
+    def on_call_end(self, record: CallRecord) -> None:
+        """Keep a finished call (the :class:`~llmctx.CallConsumer` interface)."""
         with self._lock:
-            self._calls.append(call)
+            self._calls.append(record)
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -145,7 +147,7 @@ class Recorder:
                 clip(pair.prompt),
                 clip(pair.response) if pair.status == "ok" else f"[red]{pair.status}[/red]",
                 f"{pair.usage.input_tokens}+{pair.usage.output_tokens}",
-                "?" if pair.cost is None else f"${pair.cost:.6f}",
+                "?" if pair.cost is None else format_usd(pair.cost),
             )
         return table
 
@@ -153,7 +155,7 @@ class Recorder:
         if self._state != "created":
             raise SessionStateError("a Recorder is entered once; call llmctx.record() again")
         self._state = "recording"
-        self._token = _recorders.set((*_recorders.get(), self))
+        self._token = bind_recorder(self)
         return self
 
     def __exit__(
@@ -164,10 +166,8 @@ class Recorder:
     ) -> None:
         self._state = "closed"
         token, self._token = self._token, None
-        try:
-            _recorders.reset(token)
-        except ValueError:
-            _recorders.set(tuple(r for r in _recorders.get() if r is not self))
+        if token is not None:
+            reset_recorder(token, self)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

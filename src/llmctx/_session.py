@@ -9,7 +9,6 @@ interrupted one from its store with its totals and budget state restored.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import uuid
@@ -19,9 +18,9 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._budget import Amount, Budget
-from ._context import _current_session
-from ._exceptions import ConfigError, SessionNotFound, SessionStateError
+from ._budget import Amount, Budget, Holds
+from ._context import bind_session, get_session, reset_session
+from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
 from ._redact import redact, redact_text
 from ._usage import CallRecord, Usage
 from .stores._base import SessionRecord, SessionStatus, Store
@@ -43,15 +42,7 @@ def _now() -> datetime:
 def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
     if exc_type is None:
         return "completed"
-    # trio's and anyio's cancellation classes are not importable without their loops; match
-    # by name so every flavour of cancellation counts as "cancelled", not "failed".
-    if issubclass(
-        exc_type, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit
-    ):
-        return "cancelled"
-    if exc_type.__name__ == "Cancelled":
-        return "cancelled"
-    return "failed"
+    return "cancelled" if is_cancellation(exc_type) else "failed"
 
 
 _stores_by_url: dict[str, Store] = {}
@@ -137,6 +128,7 @@ class Session:
         self._events: list[dict[str, Any]] = []
         self._resumed = 0
         self._token: Any = None
+        self._owners: list[tuple[Budget, str, str | None]] | None = None
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -196,6 +188,36 @@ class Session:
             node = node.parent
         return out
 
+    # ------------------------------------------------------------------ reserving
+    def _budget_owners(self) -> list[tuple[Budget, str, str | None]]:
+        # The chain is fixed once the session is entered (its parent never changes), so the
+        # budgets a call must reserve on are found once, not on every call.
+        owners = self._owners
+        if owners is None:
+            owners = [(n.budget, n.id, n.name) for n in self.chain() if n.budget is not None]
+            if self.status != "created":
+                self._owners = owners
+        return owners
+
+    @property
+    def budgeted(self) -> bool:
+        """True when this session or an ancestor has a budget (calls must reserve first)."""
+        return bool(self._budget_owners())
+
+    @property
+    def limits_money(self) -> bool:
+        """True when some budget in the chain limits dollars (unknown prices fail closed)."""
+        return any(budget.usd is not None for budget, _, _ in self._budget_owners())
+
+    def reserve(self, amount: Amount) -> Holds:
+        """Reserve ``amount`` on this session's budget and every ancestor's, all or nothing.
+
+        Raises:
+            BudgetExceeded: some budget in the chain has no room (the error names its session);
+                nothing is held.
+        """
+        return Holds.reserve(self._budget_owners(), amount)
+
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Self:
         self._open()
@@ -230,8 +252,9 @@ class Session:
                     "or reopen a stored one with llmctx.session.resume(id)"
                 )
             self.status = "running"
-        parent = _current_session.get()
+        parent = get_session()
         self.parent = parent
+        self._owners = None
         try:
             self._store = _resolve_store(self._store_arg, parent)
         except BaseException:
@@ -239,18 +262,13 @@ class Session:
                 self.status = "created"
             raise
         self.started_at = self.started_at or _now()
-        self._token = _current_session.set(self)
+        self._token = bind_session(self)
         self._persist()
 
     def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         token, self._token = self._token, None
-        try:
-            if token is not None:
-                _current_session.reset(token)
-        except ValueError:
-            # Exited in another context than the one it was entered in (e.g. another task):
-            # the best we can do is restore the parent as current here.
-            _current_session.set(self.parent)
+        if token is not None:
+            reset_session(token, self.parent)
         with self._lock:
             self.status = _classify(exc_type)
             self.ended_at = _now()
@@ -261,26 +279,20 @@ class Session:
         self._persist()
 
     # ------------------------------------------------------------------ charging
-    def _charge(self, record: CallRecord, unpriced_reason: str | None) -> None:
+    def on_call_end(self, record: CallRecord) -> None:
         """Add a finished call to this session and every ancestor, then write it through.
 
-        With ``record_content=False`` on this session or any ancestor, the prompt, response
-        and tool calls are dropped before the record is kept anywhere: in memory as in the
-        store.
+        This is the :class:`~llmctx.CallConsumer` interface: the charge path calls it once per
+        finished call made in this session. With ``record_content=False`` on this session or
+        any ancestor, the prompt, response and tool calls are dropped before the record is kept
+        anywhere: in memory as in the store.
         """
         chain = self.chain()
         if not all(node.record_content for node in chain):
             record = record.replace(request=None, response=None, tool_calls=None)
         for node in chain:
             with node._lock:
-                node._usage = node._usage + record.usage
-                node._ncalls += 1
-                node._calls.append(record)
-                if record.cost is not None:
-                    node._cost += record.cost
-                else:
-                    node._unpriced += 1
-                    node._unpriced_reason = unpriced_reason or record.cost_note
+                node._add(record)
         store = self._store
         if store is None:
             return
@@ -289,6 +301,17 @@ class Session:
         except Exception:
             # Bookkeeping never breaks the user's call; the call is still in memory.
             logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
+
+    def _add(self, record: CallRecord) -> None:
+        # The one roll-up rule, for live charges and for resume(); the caller holds the lock.
+        self._usage = self._usage + record.usage
+        self._ncalls += 1
+        self._calls.append(record)
+        if record.cost is not None:
+            self._cost += record.cost
+        else:
+            self._unpriced += 1
+            self._unpriced_reason = record.cost_note
 
     def add_event(self, kind: str, data: Mapping[str, Any]) -> None:
         """Attach a named measurement (e.g. a ``monitor`` result) to this session."""
@@ -387,15 +410,9 @@ class Session:
         new.started_at = row.started_at
         new._resumed = int(row.metadata.get("resumed", 0)) + 1
         new._events = list(row.metadata.get("events", []))
-        for call in calls:
-            new._usage = new._usage + call.usage
-            new._ncalls += 1
-            if call.cost is not None:
-                new._cost += call.cost
-            else:
-                new._unpriced += 1
-                new._unpriced_reason = call.cost_note
-        new._calls = calls
+        with new._lock:
+            for call in calls:
+                new._add(call)
         if new.budget is not None:
             new.budget.ledger.restore(
                 Amount(usd=new._cost, tokens=new._usage.total_tokens, requests=new._usage.requests)

@@ -1,10 +1,12 @@
 """What every provider integration shares: the plan of one call, its charge, stream feeds.
 
 A provider module turns the request it is about to send into a :class:`Plan` (model, pre-flight
-token counts, how to read the result), then drives one :class:`Call` through the charge path:
-``start`` (budget reservation, then the rate limiter), the request, and ``finish`` / ``fail``.
-Streams get a :class:`StreamFeed` that sees every chunk and ends the call exactly once, whether
-the stream completes, breaks, is closed early, raises or is garbage-collected.
+token counts, how to read the result). ``plan.track(limiter)`` makes the one
+:class:`~llmctx.CallTracker` of the call; the provider starts it (budget reservations, then the
+rate limiter), sends the request, and turns what came back into an :class:`Outcome` that
+``plan.finish`` / ``plan.fail`` hand to the tracker. Streams get a :class:`StreamFeed` that sees
+every chunk and ends the call exactly once, whether the stream completes, breaks, is closed
+early, raises or is garbage-collected.
 
 Bookkeeping never breaks the user's call: past the pre-flight checks (which raise
 :class:`~llmctx.BudgetExceeded` and :class:`~llmctx.UnknownPrice` on purpose), every error in
@@ -15,19 +17,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol
 
-from .._charge import CallTracker, track_call
-from .._context import _current_session, _recorders
+from .._charge import CallTracker, LimiterLike, ReservationLike, track_call
+from .._context import idle
 from .._tokens import Tokenizer, count_tokens, estimate_text_tokens
 from .._usage import Usage
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_TOKENS",
     "Accumulator",
-    "Call",
     "LimiterLike",
     "Outcome",
     "Plan",
@@ -44,36 +53,6 @@ logger = logging.getLogger("llmctx")
 #: Output tokens reserved for a request that sets no output limit (OpenAI without
 #: ``max_tokens``). Set ``max_tokens`` / ``max_output_tokens`` to reserve exactly.
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 4096
-
-# Bound once: the idle check runs on every call of every instrumented client.
-_session_get = _current_session.get
-_recorders_get = _recorders.get
-
-
-def idle() -> bool:
-    """True when no session and no recorder is active here: nothing to charge or record."""
-    return _session_get() is None and not _recorders_get()
-
-
-class ReservationLike(Protocol):
-    """What a rate limiter's ``reserve`` returns (see :class:`llmctx.RateLimiter`)."""
-
-    def settle(self, actual_tokens: int) -> None: ...
-
-    def release(self) -> None: ...
-
-
-@runtime_checkable
-class LimiterLike(Protocol):
-    """The rate-limiter interface instrumented clients use (:class:`llmctx.RateLimiter` has it).
-
-    ``reserve`` blocks a thread, ``areserve`` waits in asyncio; ``feedback`` (optional) takes
-    what the provider's rate-limit headers said.
-    """
-
-    def reserve(self, tokens: int = 0) -> ReservationLike: ...
-
-    async def areserve(self, tokens: int = 0) -> ReservationLike: ...
 
 
 @dataclass(slots=True)
@@ -139,6 +118,70 @@ class Plan:
             requests=1 if self.kind == "llm" else 0,
         )
 
+    # ------------------------------------------------------------------ the call
+    def track(self, limiter: LimiterLike | None) -> CallTracker:
+        """The tracker of this request (in the current session, if any), not yet started."""
+        return track_call(
+            provider=self.provider,
+            model=self.model,
+            request=self.request,
+            kind=self.kind,
+            input_tokens=self.input_tokens,
+            max_output_tokens=self.max_output_tokens,
+            free=self.free,
+            metadata=self.metadata,
+            limiter=limiter,
+        )
+
+    def finish(self, call: CallTracker, outcome: Outcome) -> None:
+        """End ``call`` with what it produced; usage it did not report is estimated.
+
+        Never raises: bookkeeping never breaks the user's call (the tracker has released
+        everything it held if it could not record).
+        """
+        if call.finished:
+            return
+        try:
+            usage = outcome.usage
+            if usage is None:
+                usage = self.estimated_usage(outcome.text or "")
+                outcome.estimated = True
+            call.finish(
+                usage=usage,
+                response=outcome.text,
+                tool_calls=outcome.tool_calls,
+                raw_usage=outcome.raw_usage,
+                estimated=outcome.estimated,
+                metadata=outcome.metadata,
+            )
+        except Exception:
+            logger.exception("llmctx: could not record a %s call", self.provider)
+
+    def fail(self, call: CallTracker, exc: BaseException | None, outcome: Outcome | None) -> None:
+        """Record a failed or cancelled ``call``; charge what it used if it used anything.
+
+        Never raises. Without an ``outcome`` the budgets get everything back.
+        """
+        if call.finished:
+            return
+        try:
+            usage = None if outcome is None else outcome.usage
+            estimated = True
+            if outcome is not None:
+                if usage is None:
+                    usage = self.estimated_usage(outcome.text or "")
+                else:
+                    estimated = outcome.estimated
+            call.fail(
+                exc,
+                usage=usage,
+                response=None if outcome is None else outcome.text,
+                estimated=estimated,
+                metadata=None if outcome is None else outcome.metadata,
+            )
+        except Exception:
+            logger.exception("llmctx: could not record a failed %s call", self.provider)
+
 
 _SENTINELS: Final = frozenset({"NotGiven", "Omit"})
 
@@ -186,198 +229,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _status_of(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-class Call:
-    """One request on the charge path: budget reservation, rate limit, usage, record.
-
-    ``tracker`` is None when no session or recorder is active (only the limiter is used then).
-    ``finish`` and ``fail`` are idempotent and never raise.
-    """
-
-    __slots__ = ("_done", "_marked", "adopted", "limiter", "plan", "reservation", "tracker")
-
-    def __init__(self, plan: Plan, limiter: LimiterLike | None, track: bool) -> None:
-        self.plan = plan
-        self.limiter = limiter
-        self.reservation: ReservationLike | None = None
-        self.tracker: CallTracker | None = None
-        if track:
-            self.tracker = track_call(
-                provider=plan.provider,
-                model=plan.model,
-                request=plan.request,
-                kind=plan.kind,
-                input_tokens=plan.input_tokens,
-                max_output_tokens=plan.max_output_tokens,
-                free=plan.free,
-                metadata=plan.metadata,
-            )
-        self._done = False
-        self._marked = False
-        #: True once the SDK's result (or parsed raw response) is being charged.
-        self.adopted = False
-
-    @property
-    def reserve_tokens(self) -> int:
-        """Tokens asked of the rate limiter: the prompt plus the output limit."""
-        return self.plan.input_tokens + self.plan.max_output_tokens
-
-    # ------------------------------------------------------------------ before sending
-    def start(self) -> None:
-        """Reserve on every budget, then wait for the rate limiter (blocking this thread).
-
-        Raises:
-            BudgetExceeded, UnknownPrice: from the budgets; nothing is held or sent.
-            Whatever the limiter raises (e.g. AcquireTimeout): the budgets are released.
-        """
-        if self.tracker is not None:
-            self.tracker.start()
-        if self.limiter is not None:
-            try:
-                self.reservation = self.limiter.reserve(self.reserve_tokens)
-            except BaseException as exc:
-                self._release_budgets(exc)
-                raise
-
-    async def astart(self) -> None:
-        """Async twin of :meth:`start`; cancellation while waiting releases the budgets."""
-        if self.tracker is not None:
-            self.tracker.start()
-        if self.limiter is not None:
-            try:
-                self.reservation = await self.limiter.areserve(self.reserve_tokens)
-            except BaseException as exc:
-                self._release_budgets(exc)
-                raise
-
-    def _release_budgets(self, exc: BaseException) -> None:
-        self._done = True
-        if self.tracker is not None:
-            try:
-                self.tracker.fail(exc)
-            except Exception:
-                logger.exception("llmctx: could not release a budget reservation")
-
-    # ------------------------------------------------------------------ while receiving
-    def mark_first_byte(self) -> None:
-        """The response headers (or first bytes) arrived."""
-        if self.tracker is not None:
-            self.tracker.mark_first_byte()
-
-    def mark_first_token(self) -> None:
-        """The first text or tool-call delta arrived."""
-        if not self._marked:
-            self._marked = True
-            if self.tracker is not None:
-                self.tracker.mark_first_token()
-
-    # ------------------------------------------------------------------ end
-    def finish(self, outcome: Outcome) -> None:
-        """Settle with what the call used and write the record. Never raises."""
-        if self._done:
-            return
-        self._done = True
-        try:
-            usage = outcome.usage
-            if usage is None:
-                usage = self.plan.estimated_usage(outcome.text or "")
-                outcome.estimated = True
-            if self.reservation is not None:
-                self._settle_limit(usage.total_tokens)
-            if self.tracker is not None:
-                self.tracker.finish(
-                    usage=usage,
-                    response=outcome.text,
-                    tool_calls=outcome.tool_calls,
-                    raw_usage=outcome.raw_usage,
-                    estimated=outcome.estimated,
-                    metadata=outcome.metadata,
-                )
-        except Exception:
-            logger.exception("llmctx: could not record a %s call", self.plan.provider)
-            self._release_quietly()
-
-    def fail(self, exc: BaseException | None, outcome: Outcome | None = None) -> None:
-        """Record a failed or cancelled call; charge what it used if it used anything.
-
-        Never raises. Without an ``outcome`` the budgets are released; the rate limiter keeps
-        the request (not its tokens) when the provider answered with an error status.
-        """
-        if self._done:
-            return
-        self._done = True
-        try:
-            usage = None if outcome is None else outcome.usage
-            estimated = True if outcome is None else outcome.estimated
-            if outcome is not None and usage is None:
-                usage = self.plan.estimated_usage(outcome.text or "")
-                estimated = True
-            if self.reservation is not None:
-                if usage is not None:
-                    self._settle_limit(usage.total_tokens)
-                elif exc is not None and _status_of(exc) is not None:
-                    self._settle_limit(0)  # the provider saw (and counted) the request
-                else:
-                    self._release_limit()
-            if self.tracker is not None:
-                self.tracker.fail(
-                    exc,
-                    usage=usage,
-                    response=None if outcome is None else outcome.text,
-                    estimated=estimated,
-                )
-        except Exception:
-            logger.exception("llmctx: could not record a failed %s call", self.plan.provider)
-            self._release_quietly()
-
-    def _settle_limit(self, tokens: int) -> None:
-        reservation, self.reservation = self.reservation, None
-        if reservation is not None:
-            try:
-                reservation.settle(max(0, int(tokens)))
-            except Exception:
-                logger.exception("llmctx: could not settle a rate-limit reservation")
-
-    def _release_limit(self) -> None:
-        reservation, self.reservation = self.reservation, None
-        if reservation is not None:
-            try:
-                reservation.release()
-            except Exception:
-                logger.exception("llmctx: could not release a rate-limit reservation")
-
-    def _release_quietly(self) -> None:
-        """Last resort after a bookkeeping error: never leave anything reserved."""
-        self._release_limit()
-        tracker = self.tracker
-        if tracker is not None and not tracker.finished:
-            try:
-                tracker.fail(None)
-            except Exception:
-                logger.exception("llmctx: could not release a budget reservation")
-
-    @property
-    def done(self) -> bool:
-        """True once the call was finished or failed."""
-        return self._done
-
-
 class StreamFeed:
-    """Connects one stream to its :class:`Call`: chunks in, exactly one end out.
+    """Connects one stream to its call: chunks in, exactly one end out.
 
     Every method is safe to call in any order and any number of times; only the first end
-    (complete, abandon, error) counts.
+    (complete, abandon, error) counts. :meth:`relay` and :meth:`arelay` are the one rule for
+    how the way a stream stops becomes the way its call ends, for sync and async streams.
     """
 
-    __slots__ = ("acc", "call")
+    __slots__ = ("acc", "call", "plan")
 
-    def __init__(self, call: Call, acc: Accumulator) -> None:
+    def __init__(self, call: CallTracker, plan: Plan, acc: Accumulator) -> None:
         self.call = call
+        self.plan = plan
         self.acc = acc
 
     def chunk(self, chunk: Any) -> bool:
@@ -388,7 +252,7 @@ class StreamFeed:
                 self.call.mark_first_token()
             return keep
         except Exception:
-            logger.exception("llmctx: could not read a %s stream chunk", self.call.plan.provider)
+            logger.exception("llmctx: could not read a %s stream chunk", self.plan.provider)
             return True
 
     def relay(self, chunks: Iterable[Any]) -> Iterator[Any]:
@@ -411,32 +275,47 @@ class StreamFeed:
         else:
             self.complete()
 
+    async def arelay(self, chunks: AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
+        """Async twin of :meth:`relay`: the same ends for the same ways of stopping."""
+        try:
+            async for chunk in chunks:
+                if self.chunk(chunk):
+                    yield chunk
+        except GeneratorExit:
+            self.abandon()
+            raise
+        except BaseException as exc:
+            self.error(exc)
+            raise
+        else:
+            self.complete()
+
     def complete(self) -> None:
         """The stream ended normally."""
-        if self.call.done:
+        if self.call.finished:
             return
-        self.call.finish(self._outcome(True))
+        self.plan.finish(self.call, self._outcome(True))
 
     def abandon(self) -> None:
         """The consumer stopped early (break, close, garbage collection): charge what it got."""
-        if self.call.done:
+        if self.call.finished:
             return
         outcome = self._outcome(False)
         outcome.metadata = {**(outcome.metadata or {}), "abandoned": True}
         if outcome.usage is None:
-            outcome.usage = self.call.plan.estimated_usage(outcome.text or "")
+            outcome.usage = self.plan.estimated_usage(outcome.text or "")
         outcome.estimated = True
-        self.call.finish(outcome)
+        self.plan.finish(self.call, outcome)
 
     def error(self, exc: BaseException) -> None:
         """The stream raised (or was cancelled) mid-way: charge what it got, record the error."""
-        if self.call.done:
+        if self.call.finished:
             return
-        self.call.fail(exc, self._outcome(False))
+        self.plan.fail(self.call, exc, self._outcome(False))
 
     def _outcome(self, complete: bool) -> Outcome:
         try:
             return self.acc.outcome(complete)
         except Exception:
-            logger.exception("llmctx: could not read a %s stream's usage", self.call.plan.provider)
+            logger.exception("llmctx: could not read a %s stream's usage", self.plan.provider)
             return Outcome()

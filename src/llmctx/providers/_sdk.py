@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._base import Call, LimiterLike, Outcome, Plan, StreamFeed, idle
+from .._charge import CallTracker
+from ._base import LimiterLike, Outcome, Plan, StreamFeed, idle
 
 __all__ = ["Adapter", "PatchRecord", "patch_sdk_client"]
 
@@ -104,19 +105,12 @@ def _async_stream_class(base: Any) -> type[Any]:
                 async for chunk in inner:
                     yield chunk
                 return
+            relayed = feed.arelay(inner)
             try:
-                async for chunk in inner:
-                    if feed.chunk(chunk):
-                        yield chunk
-            except GeneratorExit:
-                feed.abandon()
-                raise
-            except BaseException as exc:
-                feed.error(exc)
-                raise
-            else:
-                feed.complete()
+                async for chunk in relayed:
+                    yield chunk
             finally:
+                await relayed.aclose()
                 await inner.aclose()
 
         async def close(self) -> None:
@@ -150,44 +144,46 @@ def tracked_stream_class(stream_cls: Any, is_async: bool) -> Any:
 # Adopting what the SDK returned.
 
 
-def _abandon_unparsed(call: Call) -> None:
-    if not call.done and not call.adopted:
-        call.finish(Outcome(estimated=True, metadata={"unparsed_raw_response": True}))
+def _abandon_unparsed(call: CallTracker, plan: Plan, parsed: list[bool]) -> None:
+    if not parsed:
+        plan.finish(call, Outcome(estimated=True, metadata={"unparsed_raw_response": True}))
 
 
-def _attach_stream(call: Call, plan: Plan, stream: Any) -> None:
+def _attach_stream(call: CallTracker, plan: Plan, stream: Any) -> None:
     if plan.accumulator is None or getattr(stream, "_llmctx_feed", None) is not None:
         return
-    feed = StreamFeed(call, plan.accumulator(plan))
+    feed = StreamFeed(call, plan, plan.accumulator(plan))
     stream._llmctx_feed = feed
-    call.adopted = True
     call.mark_first_byte()
     # Last resort for a stream nobody closes or finishes: charge it when it is collected.
     finalizer = weakref.finalize(stream, feed.abandon)
     finalizer.atexit = False
 
 
-def _adopt_parsed(call: Call, plan: Plan, value: Any) -> None:
-    if call.done:
+def _adopt_parsed(call: CallTracker, plan: Plan, value: Any, parsed: list[bool]) -> None:
+    if call.finished:
         return
+    parsed.append(True)
     try:
         if getattr(type(value), "_llmctx_tracked", False):
             _attach_stream(call, plan, value)
             return
-        call.adopted = True
-        call.finish(plan.extract(plan, value))
+        plan.finish(call, plan.extract(plan, value))
     except Exception:
         logger.exception("llmctx: could not read a %s response", plan.provider)
-        call.finish(Outcome(estimated=True))
+        plan.finish(call, Outcome(estimated=True))
 
 
-def _hook_raw(call: Call, plan: Plan, raw: Any) -> None:
+def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
     original = raw.parse
+    # Whether the raw response was parsed (then the parsed value, or its stream, is charged);
+    # a list so the closures and the finalizer share it without holding ``raw``.
+    parsed: list[bool] = []
     if inspect.iscoroutinefunction(original):
 
         async def aparse(*args: Any, **kwargs: Any) -> Any:
             value = await original(*args, **kwargs)
-            _adopt_parsed(call, plan, value)
+            _adopt_parsed(call, plan, value, parsed)
             return value
 
         raw.parse = aparse
@@ -195,15 +191,15 @@ def _hook_raw(call: Call, plan: Plan, raw: Any) -> None:
 
         def parse(*args: Any, **kwargs: Any) -> Any:
             value = original(*args, **kwargs)
-            _adopt_parsed(call, plan, value)
+            _adopt_parsed(call, plan, value, parsed)
             return value
 
         raw.parse = parse
-    finalizer = weakref.finalize(raw, _abandon_unparsed, call)
+    finalizer = weakref.finalize(raw, _abandon_unparsed, call, plan, parsed)
     finalizer.atexit = False
 
 
-def _adopt(call: Call, plan: Plan, result: Any) -> Any:
+def _adopt(call: CallTracker, plan: Plan, result: Any) -> Any:
     """Start charging ``result``; never raises, always returns ``result`` unchanged."""
     try:
         if getattr(type(result), "_llmctx_tracked", False):
@@ -211,11 +207,10 @@ def _adopt(call: Call, plan: Plan, result: Any) -> Any:
         elif callable(getattr(result, "parse", None)) and hasattr(result, "http_response"):
             _hook_raw(call, plan, result)
         else:
-            call.adopted = True
-            call.finish(plan.extract(plan, result))
+            plan.finish(call, plan.extract(plan, result))
     except Exception:
         logger.exception("llmctx: could not read a %s response", plan.provider)
-        call.finish(Outcome(estimated=True))
+        plan.finish(call, Outcome(estimated=True))
     return result
 
 
@@ -332,13 +327,13 @@ def patch_sdk_client(
             if planned is None:
                 return await original(*args, **kwargs)
             plan, args, kwargs = planned
-            call = Call(plan, limiter, track=not idle())
+            call = plan.track(limiter)
             await call.astart()
             try:
                 result = await original(*args, **kwargs)
             except BaseException as exc:
                 _feedback_from_error(limiter, adapter, exc)
-                call.fail(exc)
+                plan.fail(call, exc, None)
                 raise
             return _adopt(call, plan, result)
 
@@ -352,13 +347,13 @@ def patch_sdk_client(
             if planned is None:
                 return original(*args, **kwargs)
             plan, args, kwargs = planned
-            call = Call(plan, limiter, track=not idle())
+            call = plan.track(limiter)
             call.start()
             try:
                 result = original(*args, **kwargs)
             except BaseException as exc:
                 _feedback_from_error(limiter, adapter, exc)
-                call.fail(exc)
+                plan.fail(call, exc, None)
                 raise
             return _adopt(call, plan, result)
 

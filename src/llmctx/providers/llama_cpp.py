@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._charge import CallTracker
 from .._pricing import lookup_price
 from .._usage import Usage, raw_usage_dict, usage_from_llama_cpp
 from ._base import (
-    Call,
     LimiterLike,
     Outcome,
     Plan,
@@ -283,10 +283,12 @@ def _bind(
     return dict(inspect.signature(original).bind_partial(*args, **kwargs).arguments)
 
 
-def _stream(state: _LlamaState, call: Call, plan: Plan, inner: Iterator[Any]) -> Iterator[Any]:
+def _stream(
+    state: _LlamaState, call: CallTracker, plan: Plan, inner: Iterator[Any]
+) -> Iterator[Any]:
     """Pass ``inner``'s chunks through, counting tokens, and end ``call`` exactly once."""
     counter = _Counter(state.eog)
-    feed = StreamFeed(call, _LlamaAccumulator(plan, counter))
+    feed = StreamFeed(call, plan, _LlamaAccumulator(plan, counter))
 
     def counted() -> Iterator[Any]:
         while True:
@@ -318,18 +320,17 @@ def _charged(
     except Exception:
         logger.exception("llmctx: could not plan a llama.cpp call; running it untracked")
         return original(*args, **kwargs)
-    call = Call(plan, state.limiter, track=not idle())
+    call = plan.track(state.limiter)
     call.start()
     state.depth += 1
     try:
         result = original(*args, **kwargs)
     except BaseException as exc:
-        call.fail(exc)
+        plan.fail(call, exc, None)
         raise
     finally:
         state.depth -= 1
     if stream:
-        call.adopted = True
         call.mark_first_byte()
         return _stream(state, call, plan, result)
     try:
@@ -337,7 +338,7 @@ def _charged(
     except Exception:
         logger.exception("llmctx: could not read a llama.cpp response")
         outcome = Outcome(estimated=True)
-    call.finish(outcome)
+    plan.finish(call, outcome)
     return result
 
 

@@ -1,0 +1,187 @@
+"""The one call object: budgets and rate limiter in one tracker, refusals, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+import llmctx
+from llmctx import CallRecord
+from llmctx.stores import MemoryStore
+
+MODEL = "charge-model"
+
+
+@pytest.fixture(autouse=True)
+def _price() -> Iterator[None]:
+    """$1 per million input tokens, $2 per million output."""
+    with llmctx.price_override(MODEL, input_per_mtok="1", output_per_mtok="2"):
+        yield
+
+
+class NoWait:
+    """A real RateLimiter asked never to wait: a full window refuses at once (AcquireTimeout)."""
+
+    def __init__(self, limiter: llmctx.RateLimiter) -> None:
+        self.limiter = limiter
+
+    def reserve(self, tokens: int = 0) -> llmctx.Reservation:
+        return self.limiter.reserve(tokens, timeout=0)
+
+    async def areserve(self, tokens: int = 0) -> llmctx.Reservation:
+        return await self.limiter.areserve(tokens, timeout=0)
+
+
+class Collect:
+    """A consumer that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    def on_call_end(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+
+def test_limiter_is_settled_with_the_actual_tokens(memory_store: MemoryStore) -> None:
+    """A tracker given a limiter reserves input + max output on it and settles the real use."""
+    now = [0.0]
+    limiter = llmctx.RateLimiter(tpm=60_000, burst=1.0, clock=lambda: now[0])  # 1000 at once
+    with llmctx.session("s", store=memory_store):
+        with llmctx.track_call(
+            provider="acme", model=MODEL, input_tokens=100, max_output_tokens=900, limiter=limiter
+        ) as call:
+            assert limiter.statistics().available_tokens == pytest.approx(0)
+            assert limiter.statistics().in_flight == 1
+            call.finish(usage=llmctx.Usage(input_tokens=100, output_tokens=20, requests=1))
+    stats = limiter.statistics()
+    assert stats.in_flight == 0
+    assert stats.available_tokens == pytest.approx(880)
+
+
+def test_budget_and_limiter_refusals_leave_the_same_trace(memory_store: MemoryStore) -> None:
+    """Neither a budget nor a rate-limiter refusal records a call, and neither holds anything."""
+    limiter = NoWait(llmctx.RateLimiter(rpm=1))
+    budget = llmctx.Budget(tokens=1_000)
+    with llmctx.session("s", budget=budget, store=memory_store) as s:
+        with llmctx.track_call(provider="acme", model=MODEL, input_tokens=10, limiter=limiter):
+            pass  # takes the limiter's only request of the minute
+        with pytest.raises(llmctx.AcquireTimeout):
+            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=10, limiter=limiter):
+                pytest.fail("a refused call must not run")
+        with pytest.raises(llmctx.BudgetExceeded):
+            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=5_000):
+                pytest.fail("a refused call must not run")
+        assert len(s.calls) == 1
+        snap = budget.ledger.snapshot()
+        assert snap.reservations == 0
+        assert snap.spent.requests == 1  # only the call that ran
+    assert len(memory_store.list_calls([s.id])) == 1
+
+
+def test_finishing_a_refused_call_is_a_clear_error(memory_store: MemoryStore) -> None:
+    """A tracker whose start was refused cannot be finished later: the error says why."""
+    limiter = NoWait(llmctx.RateLimiter(rpm=1))
+    with llmctx.session("s", store=memory_store):
+        llmctx.track_call(provider="acme", model=MODEL, limiter=limiter).start().finish()
+        tracker = llmctx.track_call(provider="acme", model=MODEL, limiter=limiter)
+        with pytest.raises(llmctx.AcquireTimeout):
+            tracker.start()
+        assert tracker.finished
+        with pytest.raises(llmctx.UsageError, match="refused before it was sent"):
+            tracker.finish()
+
+
+def test_async_tracker_waits_for_the_limiter_and_releases_budget_on_cancel(
+    memory_store: MemoryStore,
+) -> None:
+    """``async with track_call(limiter=...)`` waits in asyncio; cancelling the wait gives the
+    budget reservation back and records nothing."""
+    limiter = llmctx.RateLimiter(rpm=1)
+    budget = llmctx.Budget(tokens=1_000)
+
+    async def main() -> None:
+        with llmctx.session("s", budget=budget, store=memory_store) as s:
+            async with llmctx.track_call(provider="acme", model=MODEL, limiter=limiter) as call:
+                call.finish(usage=llmctx.Usage(input_tokens=1, output_tokens=1, requests=1))
+            waiting = asyncio.Event()
+
+            async def second() -> None:
+                tracker = llmctx.track_call(
+                    provider="acme", model=MODEL, input_tokens=50, limiter=limiter
+                )
+                waiting.set()
+                async with tracker:
+                    pytest.fail("the minute's only request is taken")
+
+            task = asyncio.create_task(second())
+            await waiting.wait()
+            assert budget.ledger.snapshot().reserved.tokens == 50
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert budget.ledger.snapshot().reservations == 0
+            assert len(s.calls) == 1
+
+    asyncio.run(main())
+
+
+def test_added_consumers_see_every_call_in_or_out_of_a_session(memory_store: MemoryStore) -> None:
+    """A consumer added with add_call_consumer gets each finished call once, session or not,
+    and stops getting them once removed."""
+    seen = Collect()
+    remove = llmctx.add_call_consumer(seen)
+    try:
+        with llmctx.track_call(provider="acme", model=MODEL, request={"api_key": "sk-x"}):
+            pass
+        with llmctx.session("s", store=memory_store) as s:
+            with llmctx.track_call(provider="acme", model=MODEL):
+                pass
+    finally:
+        remove()
+        remove()  # harmless
+    with llmctx.track_call(provider="acme", model=MODEL):
+        pass
+    assert [r.session_id for r in seen.records] == [None, s.id]
+    assert "sk-x" not in repr(seen.records[0].request)  # what a consumer keeps is redacted
+
+
+def test_a_failing_consumer_never_breaks_the_call(
+    memory_store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer that raises is logged; the call, the session and the store are unaffected."""
+
+    class Broken:
+        def on_call_end(self, record: CallRecord) -> None:
+            raise RuntimeError("exporter down")
+
+    remove = llmctx.add_call_consumer(Broken())
+    try:
+        with caplog.at_level(logging.ERROR, logger="llmctx"):
+            with llmctx.session("s", store=memory_store) as s:
+                with llmctx.track_call(provider="acme", model=MODEL) as call:
+                    pass
+    finally:
+        remove()
+    assert call.record is not None and call.record.status == "ok"
+    assert len(memory_store.list_calls([s.id])) == 1
+    assert "could not take call" in caplog.text
+
+
+def test_add_call_consumer_rejects_what_cannot_consume() -> None:
+    """Passing something without on_call_end names the method it needs."""
+    with pytest.raises(llmctx.ConfigError, match="on_call_end"):
+        llmctx.add_call_consumer(print)  # type: ignore[arg-type]
+
+
+def test_sessions_and_recorders_are_call_consumers(memory_store: MemoryStore) -> None:
+    """The session tree and recorders take calls through the same documented interface."""
+    with llmctx.session("s", store=memory_store) as s, llmctx.record() as rec:
+        assert isinstance(s, llmctx.CallConsumer)
+        assert isinstance(rec, llmctx.CallConsumer)
+        with llmctx.track_call(provider="acme", model=MODEL):
+            pass
+    assert len(s.calls) == len(rec.calls) == 1
+
