@@ -26,16 +26,15 @@ from ._limits import (
     AcquireTimeout,
     RateLimiter,
     RateLimiterStatistics,
-    RedisRateStore,
     Reservation,
     WouldBlock,
 )
 from ._monitor import MonitorResult, monitor, timed
-from ._pool import Lease, PoolStatistics, RedisLeaseStore, ResourcePool
+from ._pool import Lease, PoolStatistics, ResourcePool
 from ._pricing import ModelPrice, clear_prices, lookup_price, price_override, price_usage, set_price
 from ._recorder import PromptResponse, Recorder, record
 from ._redact import redact
-from ._redis_ledger import RedisLedger
+from ._redis import RedisLeaseStore, RedisLedger, RedisRateStore
 from ._session import Session, session
 from ._tokens import TokenCount, count_tokens, register_tokenizer
 from ._usage import CallRecord, Usage, normalize_usage
