@@ -7,8 +7,9 @@ with a money-and-token budget and a SQLite store, once to warm up and once under
 first entered; the *helpers*: files that only answer calls (value types, token counting,
 pricing, redaction). A *return to a file already left* is a call from a file back up to one
 the walk came down through (a callback, or two modules calling each other's functions): a
-cycle in the caller -> callee graph. A layered path has none. Calls into C (ContextVar.get,
-sqlite3) are not Python frames and are not counted.
+cycle in the caller -> callee graph. A layered path has none. It also lists the calls of
+another file's private (``_name``) functions: one module reaching into another's internals.
+Calls into C (ContextVar.get, sqlite3) are not Python frames and are not counted.
 
     python benchmarks/walk_charge_path.py            # the walk, one line per file
     python benchmarks/walk_charge_path.py --json     # {"path": [...], "helpers": [...], ...}
@@ -69,6 +70,7 @@ def walk() -> dict[str, list[str]]:
     )
     files: list[str] = []
     edges: dict[str, list[str]] = {}  # caller file -> callee files, in first-call order
+    private: list[str] = []  # calls of another file's private (_name) functions
     stack: list[str | None] = []
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
@@ -84,6 +86,9 @@ def walk() -> dict[str, list[str]]:
                 callees = edges.setdefault(caller, [])
                 if module not in callees:
                     callees.append(module)
+                name = frame.f_code.co_name
+                if name.startswith("_") and not name.startswith("__"):
+                    private.append(f"{caller} -> {module}:{frame.f_code.co_qualname}")
         elif event == "return" and stack:
             stack.pop()
 
@@ -104,7 +109,12 @@ def walk() -> dict[str, list[str]]:
         store.close()
     path = [f for f in files if f in edges]
     helpers = [f for f in files if f not in edges]
-    return {"path": path, "helpers": helpers, "returns": _back_edges(path, edges)}
+    return {
+        "path": path,
+        "helpers": helpers,
+        "returns": _back_edges(path, edges),
+        "private_calls": private,
+    }
 
 
 def _back_edges(path: list[str], edges: dict[str, list[str]]) -> list[str]:
@@ -144,6 +154,10 @@ def main() -> None:
         print(f"      {name}")
     if returns:
         print("returns:", ", ".join(returns))
+    private = result["private_calls"]
+    print(f"calls of another file's private functions: {len(private)}")
+    for call in private:
+        print(f"      {call}")
 
 
 if __name__ == "__main__":

@@ -184,4 +184,3 @@ def test_sessions_and_recorders_are_call_consumers(memory_store: MemoryStore) ->
         with llmctx.track_call(provider="acme", model=MODEL):
             pass
     assert len(s.calls) == len(rec.calls) == 1
-
