@@ -449,3 +449,87 @@ async def test_rate_limited_waiters_make_one_future_each_and_are_not_polled() ->
     # woken to re-check and re-armed would need a second one.
     assert 1 <= made <= 28
     assert (stats.admitted, stats.waiting, stats.in_flight) == (30, 0, 0)
+
+
+# --------------------------------------------------------------------------- cancellation points
+async def _ticks_during(work: Any) -> int:
+    """How many times a concurrently running task got to run while ``work()`` ran."""
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # let it start
+    ticks = 0
+    await work()
+    stop = True
+    await task
+    return ticks
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["async with", "areserve"])
+async def test_uncontended_acquires_let_other_tasks_run(how: str) -> None:
+    """10,000 acquires admitted at once let a concurrent task run once each, not zero times."""
+    limiter = RateLimiter(rpm=6e10, tpm=6e10, burst=60.0)
+
+    async def work() -> None:
+        for _ in range(10_000):
+            if how == "async with":
+                async with limiter.acquire(tokens=10):
+                    pass
+            else:
+                (await limiter.areserve(tokens=10)).release()
+
+    with anyio.fail_after(30):
+        ticks = await _ticks_during(work)
+    assert ticks >= 10_000 - 1  # one yield per acquire
+    assert limiter.statistics().in_flight == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cancel", ["asyncio task", "anyio scope"])
+@pytest.mark.parametrize("how", ["async with", "areserve"])
+async def test_acquire_in_a_cancelled_task_raises_and_takes_nothing(how: str, cancel: str) -> None:
+    """An acquire after the task was cancelled raises the cancellation; capacity stays full."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, tpm=600, burst=1.0, clock=clock)  # 1 request, 10 tokens
+    entered = False
+
+    async def acquire() -> None:
+        nonlocal entered
+        if how == "async with":
+            async with limiter.acquire(tokens=10):
+                entered = True
+        else:
+            await limiter.areserve(tokens=10)
+            entered = True
+
+    async def cancelled_acquire() -> None:
+        if cancel == "asyncio task":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await acquire()
+        else:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await acquire()
+            assert scope.cancelled_caught
+
+    with anyio.fail_after(5):
+        if cancel == "asyncio task":
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.create_task(cancelled_acquire())
+        else:
+            await cancelled_acquire()
+    assert not entered
+    stats = limiter.statistics()
+    assert (stats.available_requests, stats.available_tokens) == (1, 10)
+    assert (stats.in_flight, stats.admitted) == (0, 0)
+    limiter.acquire_nowait(tokens=10)  # the whole burst is still there

@@ -372,3 +372,101 @@ async def test_contended_hand_off_makes_one_future_per_waiter() -> None:
     assert order == list(range(50))  # FIFO
     assert made == 48  # two went straight in; every other one waited once
     assert (stats.acquired, stats.available, stats.waiting) == (50, 2, 0)
+
+
+# --------------------------------------------------------------------------- cancellation points
+async def _ticks_during(work: Any) -> int:
+    """How many times a concurrently running task got to run while ``work()`` ran."""
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # let it start
+    ticks = 0
+    await work()
+    stop = True
+    await task
+    return ticks
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("health_check", [None, bool])
+async def test_uncontended_acquires_let_other_tasks_run(health_check: Any) -> None:
+    """10,000 leases granted at once let a concurrent task run once each, not zero times."""
+    pool = ResourcePool([1, 2], capacity=4, health_check=health_check)
+
+    async def work() -> None:
+        for _ in range(10_000):
+            async with pool.acquire(2):
+                pass
+
+    with anyio.fail_after(30):
+        ticks = await _ticks_during(work)
+    assert ticks >= 10_000 - 1  # one yield per acquire
+    assert pool.statistics().borrowed == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cancel", ["asyncio task", "anyio scope"])
+async def test_acquire_in_a_cancelled_task_raises_and_takes_nothing(cancel: str) -> None:
+    """An acquire after the task was cancelled raises the cancellation; capacity stays full."""
+    pool = ResourcePool(["gpu"], capacity=2)
+    entered = False
+
+    async def acquire() -> None:
+        nonlocal entered
+        async with pool.acquire(2):
+            entered = True
+
+    async def cancelled_acquire() -> None:
+        if cancel == "asyncio task":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await acquire()
+        else:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await acquire()
+            assert scope.cancelled_caught
+
+    with anyio.fail_after(5):
+        if cancel == "asyncio task":
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.create_task(cancelled_acquire())
+        else:
+            await cancelled_acquire()
+    assert not entered
+    stats = pool.statistics()
+    assert (stats.available, stats.borrowed, stats.acquired) == (2, 0, 0)
+    pool.acquire_nowait(2).release()  # the whole capacity is still there
+
+
+@pytest.mark.anyio
+async def test_cancel_at_the_checkpoint_after_a_grant_passes_capacity_on() -> None:
+    """A task cancelled while yielding after a grant made at once gives the lease back."""
+    pool = ResourcePool(["gpu"], capacity=1)
+    entered = False
+
+    async def holder() -> None:
+        nonlocal entered
+        async with pool.acquire():
+            entered = True
+
+    with anyio.fail_after(5):
+        task = asyncio.create_task(holder())
+        await asyncio.sleep(0)  # it is granted at once and now yields at the checkpoint
+        assert pool.statistics().borrowed == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not entered
+    stats = pool.statistics()
+    assert (stats.borrowed, stats.cancellations, stats.acquired) == (0, 1, 0)
+    pool.acquire_nowait().release()

@@ -24,18 +24,20 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from ._exceptions import ConfigError, UsageError
 from ._waiting import (
     AcquireTimeout,
     WouldBlock,
+    _cancel_pending,
     _check_timeout,
     _FifoQueue,
     _Waiter,
+    _yield_now,
 )
 
 __all__ = [
@@ -180,6 +182,8 @@ class Reservation:
     :meth:`RateLimiter.acquire` returns a reservation that is not admitted yet: entering it
     (``with`` / ``async with``, once) waits for admission and returns the reservation itself;
     leaving the block closes it with the estimate charged unless it was settled or released.
+    ``async with`` is always a cancellation point, admitted at once or not (see
+    :meth:`RateLimiter.areserve`).
     """
 
     __slots__ = ("_actual", "_limiter", "_state", "_timeout", "tokens")
@@ -262,43 +266,11 @@ class Reservation:
         if self._state == _OPEN:
             self._keep_estimate()
 
-    async def __aenter__(self) -> Reservation:
+    def __aenter__(self) -> Coroutine[Any, Any, Reservation]:
+        # A plain method handing back the limiter's coroutine: one coroutine per acquire.
         if self._state != _PENDING:
             self._check_pending()
-        limiter = self._limiter
-        store = limiter._fast_store
-        if store is not None:
-            # The fast path: nobody queued and room now; one lock round, no waiter, and
-            # _MemoryStore.try_acquire() inlined (same arithmetic; `slack` is precomputed).
-            # lock.acquire()/release() cost half of `with lock` on CPython 3.11.
-            lock = limiter._lock
-            lock.acquire()
-            try:
-                if not limiter._queue:
-                    now = limiter._clock()
-                    tat = store.tat_req
-                    base_req = tat if tat > now else now
-                    if base_req - now <= limiter._slack_req:
-                        i_tok = limiter._i_tok
-                        if not i_tok:
-                            store.tat_req = base_req + limiter._i_req
-                            limiter._admitted += 1
-                            self._state = _OPEN
-                            return self
-                        tat = store.tat_tok
-                        base_tok = tat if tat > now else now
-                        cost = self.tokens * i_tok
-                        tol = limiter._tolerance
-                        if base_tok - now <= tol - (cost if cost < tol else tol):
-                            store.tat_req = base_req + limiter._i_req
-                            store.tat_tok = base_tok + cost
-                            limiter._admitted += 1
-                            self._state = _OPEN
-                            return self
-            finally:
-                lock.release()
-        await limiter._admit_async(self, self._timeout)
-        return self
+        return self._limiter._admit_async(self, self._timeout)
 
     async def __aexit__(
         self,
@@ -307,11 +279,7 @@ class Reservation:
         tb: TracebackType | None,
     ) -> None:
         if self._state == _OPEN:
-            self._state = _KEPT
-            lock = self._limiter._lock
-            lock.acquire()
-            self._limiter._closed += 1
-            lock.release()
+            self._keep_estimate()
 
     def __repr__(self) -> str:
         state = {
@@ -428,10 +396,6 @@ class RateLimiter(_FifoQueue[_Waiter]):
         self._i_req = round(_MINUTE_NS / self.rpm) if self.rpm is not None else 0
         self._i_tok = max(1, round(_MINUTE_NS / self.tpm)) if self.tpm is not None else 0
         self._store: RateStore = store if store is not None else _MemoryStore()
-        # The in-process store, whose arithmetic the `async with` fast path inlines.
-        self._fast_store = self._store if isinstance(self._store, _MemoryStore) else None
-        # How far ahead of now the request TAT may be for one more request to fit.
-        self._slack_req = self._tolerance - min(self._i_req, self._tolerance)
         self._clock: Callable[[], int]
         if clock is None:
             self._clock = time.monotonic_ns
@@ -487,11 +451,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
                 raise WouldBlock(
                     f"{len(self._queue)} caller(s) are queued first; use acquire() to wait"
                 )
-            delay = self._store.try_acquire(
-                self._i_req, self._i_tok, self._tolerance, n, self._clock()
-            )
+            delay = self._admit(n)
             if delay <= 0:
-                self._admitted += 1
                 return Reservation(self, n)
         raise WouldBlock(
             f"rate limit reached ({self._describe()}); retry in {delay / _NS:.3f} s "
@@ -539,8 +500,11 @@ class RateLimiter(_FifoQueue[_Waiter]):
             AcquireTimeout: not admitted within ``timeout``; nothing was taken.
             ConfigError: negative tokens or timeout.
 
-        Cancelled while waiting: the task leaves the queue and takes nothing (a reservation
-        admitted for it just before is given back), and the next waiter gets its turn.
+        It is always a cancellation point: a task whose cancellation is already pending
+        raises it before anything is taken, and one admitted at once lets the other tasks of
+        its loop run before it returns. Cancelled while waiting or on that last step: the
+        task takes nothing (a reservation admitted for it is given back), and the next waiter
+        gets its turn.
         """
         reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
         await self._admit_async(reservation, _check_timeout(timeout))
@@ -648,11 +612,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
             queue = self._queue
             delay = 0
             if not queue:
-                delay = self._store.try_acquire(
-                    self._i_req, self._i_tok, self._tolerance, n, self._clock()
-                )
+                delay = self._admit(n)
                 if delay <= 0:
-                    self._admitted += 1
                     return None
             if timeout == 0:
                 self._timeouts += 1
@@ -665,18 +626,38 @@ class RateLimiter(_FifoQueue[_Waiter]):
                 waiter.schedule(delay / _NS)  # it is the head: come back when it fits
             return waiter
 
+    def _admit(self, n: int) -> int:
+        """With the lock held: admit one request of ``n`` tokens now if it fits.
+
+        The one place a request is admitted (an acquire at once, a queued head, a nowait).
+
+        Returns:
+            0 (or less) when admitted, else nanoseconds until it would fit.
+        """
+        delay = self._store.try_acquire(self._i_req, self._i_tok, self._tolerance, n, self._clock())
+        if delay <= 0:
+            self._admitted += 1
+        return delay
+
     def _admit_sync(self, reservation: Reservation, timeout: float | None) -> None:
         waiter = self._enqueue(reservation.tokens, None, timeout)
         if waiter is not None:
             self._wait_sync(waiter, None if timeout is None else time.monotonic() + timeout)
         reservation._state = _OPEN
 
-    async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> None:
+    async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> Reservation:
+        if not self._queue and _cancel_pending():
+            # checkpoint_if_cancelled before an admission at once: the cancellation lands
+            # here, nothing taken. (A caller that will queue gets it at its first wait.)
+            await _yield_now()
         waiter = self._enqueue(reservation.tokens, asyncio.get_running_loop(), wait_for)
-        if waiter is not None:
+        if waiter is None:
+            await self._checkpoint_granted(reservation)
+        else:
             deadline = None if wait_for is None else time.monotonic() + wait_for
             await self._wait_async(waiter, deadline)
         reservation._state = _OPEN
+        return reservation
 
     def _dispatch(self) -> None:
         """With the lock held: admit waiters from the head while they fit, then wake them.
@@ -685,13 +666,10 @@ class RateLimiter(_FifoQueue[_Waiter]):
         woken to re-check.
         """
         queue = self._queue
-        store = self._store
         while queue:
             waiter = queue[0]
             try:
-                delay = store.try_acquire(
-                    self._i_req, self._i_tok, self._tolerance, waiter.amount, self._clock()
-                )
+                delay = self._admit(waiter.amount)
             except Exception as exc:  # e.g. Redis is down: the head raises it, not the releaser
                 self._fail_head(exc)
                 return
@@ -699,7 +677,6 @@ class RateLimiter(_FifoQueue[_Waiter]):
                 waiter.schedule(delay / _NS)
                 return
             queue.popleft()
-            self._admitted += 1
             waiter._grant = True
             if not waiter.wake():
                 # Its event loop is closed, so it can never run: give the admission back.
@@ -711,29 +688,32 @@ class RateLimiter(_FifoQueue[_Waiter]):
         self._admitted -= 1
         self._store.adjust(-self._i_req, -n * self._i_tok, self._clock())
 
-    def _take_back(self, waiter: _Waiter) -> None:
-        """With the lock held: a waiter admitted and then cancelled sent nothing: refund it."""
+    def _take_back(self, grant: object) -> None:
+        """With the lock held: a caller admitted and then cancelled sent nothing: refund it.
+
+        ``grant`` is its queued :class:`_Waiter`, or its :class:`Reservation` when it was
+        admitted at once and cancelled at the checkpoint after.
+        """
+        n = grant.tokens if isinstance(grant, Reservation) else cast(_Waiter, grant).amount
         try:
-            self._undo_admission(waiter.amount)
+            self._undo_admission(n)
         except Exception:  # the refund is lost; the limit errs on the safe side
             logger.warning("llmctx: could not give back a rate limit admission", exc_info=True)
 
     def _settle(self, tok_delta: int, *, refund_request: bool) -> None:
+        """Close one admitted reservation: the one place a reservation ends.
+
+        Args:
+            tok_delta: tokens to add to the schedule (negative: a refund of the estimate).
+            refund_request: give the request back too (the request was never sent).
+
+        A refund may let the head of the queue in earlier than planned: it is tried at once.
+        """
         req_delta = -self._i_req if refund_request else 0
         tok_ns = tok_delta * self._i_tok
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             self._closed += 1
             if req_delta or tok_ns:
-                store = self._fast_store
-                if store is not None:
-                    store.tat_req += req_delta
-                    store.tat_tok += tok_ns
-                else:
-                    self._store.adjust(req_delta, tok_ns, self._clock())
+                self._store.adjust(req_delta, tok_ns, self._clock())
                 if (req_delta < 0 or tok_ns < 0) and self._queue:
-                    # A refund may let the head in earlier than planned.
                     self._dispatch()
-        finally:
-            lock.release()

@@ -24,19 +24,21 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from ._exceptions import ConfigError, UsageError
 from ._waiting import (
     AcquireTimeout,
     WouldBlock,
+    _cancel_pending,
     _check_timeout,
     _FifoQueue,
     _get_running_loop,
     _Waiter,
+    _yield_now,
 )
 
 __all__ = ["Lease", "LeaseStore", "PoolStatistics", "ResourcePool"]
@@ -98,6 +100,11 @@ class Lease(_Waiter, Generic[R]):
     / ``async with``, once) waits for the grant and returns the lease itself; leaving the
     block releases it. :meth:`ResourcePool.acquire_nowait` returns a granted one.
 
+    ``async with`` is always a cancellation point, granted at once or not: a task whose
+    cancellation is already pending raises it before anything is taken, and one granted at
+    once lets the other tasks of its loop run before the block starts (cancelled then, it
+    gives the lease back).
+
     Attributes:
         amount: the units held.
         sequence: this lease's number in grant order (1, 2, ...), for auditing FIFO order;
@@ -150,17 +157,7 @@ class Lease(_Waiter, Generic[R]):
     def __enter__(self) -> Lease[R]:
         if self._state != _PENDING or self.sequence:
             self._check_pending()
-        pool = self._pool
-        if pool._plain:
-            lock = pool._lock
-            lock.acquire()
-            try:
-                if not pool._queue and pool._take(self):
-                    pool._waits.append(0.0)
-                    return self
-            finally:
-                lock.release()
-        pool._acquire_sync(self, self._timeout)
+        self._pool._acquire_sync(self, self._timeout)
         return self
 
     def __exit__(
@@ -172,68 +169,11 @@ class Lease(_Waiter, Generic[R]):
         if self._state == _HELD:
             self._pool._release(self)
 
-    async def __aenter__(self) -> Lease[R]:
+    def __aenter__(self) -> Coroutine[Any, Any, Lease[R]]:
+        # A plain method handing back the pool's coroutine: one coroutine per acquire, not two.
         if self._state != _PENDING or self.sequence:
             self._check_pending()
-        pool = self._pool
-        if pool._plain:
-            # The fast path: nobody queued and room now; one lock round, no waiter.
-            # (lock.acquire()/release() cost half of `with lock` on CPython 3.11.)
-            lock = pool._lock
-            lock.acquire()
-            try:
-                if not pool._queue:
-                    # _take() inlined: this is the hot path of every uncontended lease.
-                    n = self.amount
-                    best = pool._only
-                    if best is not None:
-                        best_free = best.free
-                        if best_free < n:
-                            best = None
-                    else:
-                        best_free = n - 1
-                        largest = pool._largest
-                        for slot in pool._slots:
-                            free = slot.free
-                            if free > best_free:
-                                best = slot
-                                best_free = free
-                                if free == largest:
-                                    break
-                    if best is not None:
-                        best.free = best_free - n
-                        pool._sequence += 1
-                        self.sequence = pool._sequence
-                        self._slot = best
-                        self._state = _HELD
-                        pool._waits.append(0.0)
-                        return self
-                # No room: queue in the same lock round (the contended path); the waiter
-                # is built here rather than by _new_waiter() to save a call per hand-off.
-                if self._timeout == 0:
-                    pool._new_waiter(self, None, 0, False)  # raises AcquireTimeout
-                self._begin_wait(asyncio.get_running_loop(), pool)
-                pool._queue.append(self)
-                waiter = self
-            finally:
-                lock.release()
-            timeout = self._timeout
-            if timeout is not None:
-                await pool._wait_async(waiter, waiter._start + timeout)
-                return self
-            # _wait_async() inlined for the common no-timeout case: one future, no timer.
-            done = False
-            try:
-                await waiter._fut  # type: ignore[misc]  # an asyncio waiter has a future
-                if waiter._error is not None:
-                    raise waiter._error
-                done = True
-            finally:
-                if not done:
-                    pool._leave(waiter, None)
-            return self
-        await pool._acquire_async(self, self._timeout)
-        return self
+        return self._pool._acquire_async(self, self._timeout)
 
     async def __aexit__(
         self,
@@ -241,26 +181,8 @@ class Lease(_Waiter, Generic[R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != _HELD:
-            return
-        pool = self._pool
-        if pool._store is not None:
-            pool._release(self)
-            return
-        # _release() inlined for an in-process pool: the hot path of every lease.
-        lock = pool._lock
-        lock.acquire()
-        try:
-            if self._state == _HELD:
-                self._state = _RELEASED
-                slot = self._slot
-                assert slot is not None
-                if not slot.retired:
-                    slot.free += self.amount
-                    if pool._queue:
-                        pool._dispatch(slot)
-        finally:
-            lock.release()
+        if self._state == _HELD:
+            self._pool._release(self)
 
     def __repr__(self) -> str:
         if self._slot is None:
@@ -384,13 +306,13 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         self._health_check = health_check
         self._factory = factory
         self._store = store
-        # In-process and without a health check: a lease is done once the lock is released.
-        self._plain = store is None and health_check is None
         self._slots: list[_Slot[R]] = [
             _Slot(r, c, c, i) for i, (r, c) in enumerate(zip(items, caps, strict=True))
         ]
-        # The single resource of a plain pool (its slots never change without a health check).
-        self._only = self._slots[0] if self._plain and len(self._slots) == 1 else None
+        # The single resource of an in-process pool whose slots never change (no health
+        # check, so nothing is quarantined or replaced): the only one a grant need look at.
+        plain = store is None and health_check is None
+        self._only = self._slots[0] if plain and len(self._slots) == 1 else None
         self._init_queue()
         self._closed = threading.Event()
         self._threads: set[threading.Thread] = set()
@@ -552,31 +474,53 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             )
         return int(amount)
 
-    def _take(self, lease: Lease[R]) -> bool:
-        """With the lock held: grant ``lease`` from the healthy slot with the most free units."""
+    def _take(self, lease: Lease[R], only: _Slot[R] | None = None) -> bool:
+        """With the lock held: grant ``lease`` from the healthy slot with the most free units.
+
+        The one place a lease is granted (an acquire at once, a queued head, a nowait).
+
+        Args:
+            lease: the lease to grant.
+            only: the one in-process slot that can fit it, when the caller knows (the slot
+                a release just freed, for the head of the queue).
+
+        Returns:
+            True when granted; False when nothing fits now (nothing was taken).
+
+        Raises:
+            Exception: whatever the store raised (e.g. StoreError); nothing was taken.
+        """
         n = lease.amount
         store = self._store
-        if store is None:
-            best: _Slot[R] | None = None
-            best_free = n - 1
-            largest = self._largest
-            for slot in self._slots:
-                free = slot.free
-                if free > best_free:
-                    best = slot
-                    best_free = free
-                    if free == largest:  # nothing can have more free units
-                        break
-            if best is None:
-                return False
-            best.free = best_free - n
-        else:
+        if store is not None:
             got = store.take(n, [(s.key, s.capacity) for s in self._slots])
             if got is None:
                 return False
             key, lease._token = got
             best = next(s for s in self._slots if s.key == key)
             best.free -= n
+        else:
+            one = only if only is not None else self._only
+            if one is not None:
+                if one.free < n:
+                    return False
+                best = one
+                best.free -= n
+            else:
+                found: _Slot[R] | None = None
+                best_free = n - 1
+                largest = self._largest
+                for slot in self._slots:
+                    free = slot.free
+                    if free > best_free:
+                        found = slot
+                        best_free = free
+                        if free == largest:  # nothing can have more free units
+                            break
+                if found is None:
+                    return False
+                best = found
+                best.free = best_free - n
         self._sequence += 1
         lease.sequence = self._sequence
         lease._slot = best
@@ -584,7 +528,11 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         return True
 
     def _give_back(self, lease: Lease[R], state: int) -> None:
-        """With the lock held: return a granted lease's capacity (no dispatch)."""
+        """With the lock held: return a granted lease's capacity (no dispatch).
+
+        The one place capacity goes back: a release, a grant its caller will not use, and a
+        lease on a resource that failed its health check.
+        """
         lease._state = state
         slot = lease._slot
         if self._store is not None:
@@ -615,34 +563,20 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 been granted), so the first head needs only that slot checked.
         """
         queue = self._queue
-        only = self._only
-        hint = only if freed is None else freed
         while queue:
             waiter = queue[0]
-            lease = waiter
-            if hint is not None:
-                # _take() inlined for the one slot that can fit (this runs on every hand-off).
-                n = waiter.amount
-                if hint.free < n:
-                    return
-                hint.free -= n
-                self._sequence += 1
-                lease.sequence = self._sequence
-                lease._slot = hint
-                lease._state = _HELD
-                # A new head may fit elsewhere: only a one-resource pool keeps its hint.
-                hint = only
-            else:
-                try:
-                    got = self._take(lease)
-                except Exception as exc:  # Redis failed: the head raises it, not the releaser
-                    self._fail_head(exc)
-                    return
-                if not got:
-                    if self._store is not None:
-                        # Other processes' releases are not announced: look again later.
-                        waiter.schedule(self._store.poll_interval)
-                    return
+            try:
+                got = self._take(waiter, freed)
+            except Exception as exc:  # Redis failed: the head raises it, not the releaser
+                self._fail_head(exc)
+                return
+            if not got:
+                if self._store is not None:
+                    # Other processes' releases are not announced: look again later.
+                    waiter.schedule(self._store.poll_interval)
+                return
+            # A new head may fit on another slot than the one freed.
+            freed = None
             queue.popleft()
             self._waits.append(time.monotonic() - waiter._start)
             waiter._grant = True
@@ -654,29 +588,26 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             elif not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
                 waiter._grant = None
-                self._take_back(lease)
+                self._take_back(waiter)
                 self._cancellations += 1
 
     def _release(self, lease: Lease[R]) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
+        """Give a held lease's capacity back, to the waiters at the head first.
+
+        The one way a lease ends: :meth:`Lease.release` and leaving its block, sync or async.
+        """
+        with self._lock:
             if lease._state != _HELD:
                 return
-            if self._store is None:
-                lease._state = _RELEASED
-                slot = lease._slot
-                assert slot is not None
-                if not slot.retired:
-                    slot.free += lease.amount
-                    if self._queue:
-                        self._dispatch(slot)
-            else:
-                self._give_back(lease, _RELEASED)
-                if self._queue:
+            slot = lease._slot
+            assert slot is not None
+            self._give_back(lease, _RELEASED)
+            if self._queue:
+                if self._store is not None:
                     self._dispatch()
-        finally:
-            lock.release()
+                elif not slot.retired:
+                    # Only the freed slot gained room: the head needs no scan.
+                    self._dispatch(slot)
 
     def _enqueue(
         self,
@@ -717,10 +648,10 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             waiter.schedule(self._store.poll_interval)
         return waiter
 
-    def _take_back(self, waiter: Lease[R]) -> None:
-        """With the lock held: return capacity granted to a waiter that will not use it."""
+    def _take_back(self, grant: object) -> None:
+        """With the lock held: return capacity granted to a lease whose caller will not use it."""
         self._given_back += 1
-        self._give_back(waiter, _PENDING)
+        self._give_back(cast("Lease[R]", grant), _PENDING)
 
     def _timeout_error(self, n: int) -> AcquireTimeout:
         return AcquireTimeout(
@@ -743,19 +674,25 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             waiter = self._enqueue(lease, None, remaining, True)
 
-    async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> None:
+    async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> Lease[R]:
+        if not self._queue and _cancel_pending():
+            # checkpoint_if_cancelled before a grant made at once: the cancellation lands
+            # here, nothing taken. (A caller that will queue gets it at its first wait.)
+            await _yield_now()
         loop = asyncio.get_running_loop()
         waiter = self._enqueue(lease, loop, wait_for, False)
-        if waiter is None and self._health_check is None:
-            return
+        if waiter is None:
+            await self._checkpoint_granted(lease)
+            if self._health_check is None:
+                return lease
         deadline = None
         if wait_for is not None:
             deadline = (time.monotonic() if waiter is None else waiter._start) + wait_for
         while True:
             if waiter is not None:
                 await self._wait_async(waiter, deadline)
-            if self._healthy(lease):
-                return
+            if self._health_check is None or self._healthy(lease):
+                return lease
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             waiter = self._enqueue(lease, loop, remaining, True)
 

@@ -10,6 +10,14 @@ and the sync/async wait that turns a waiter's outcome into a return or an except
 supplies only how the head is tried (``_dispatch``), how an unused grant is given back
 (``_take_back``) and its timeout message.
 
+Every async acquire is a cancellation point and a scheduling point, in anyio's shape (see
+``anyio.Semaphore.acquire``): a cancellation already pending is delivered before anything is
+taken (:func:`_cancel_pending`), and a grant made at once is followed by one yield to the
+event loop (:meth:`_FifoQueue._checkpoint_granted`), so a loop of uncontended acquires lets
+other tasks run. asyncio cannot shield a task from ``Task.cancel()`` (anyio's asyncio
+``Semaphore`` meets the same limit), so a cancellation that lands on that yield gives the grant
+back and propagates: the caller holds nothing and the next waiter gets its turn.
+
 When the head of a queue must wait for *time* rather than for a release (a rate limit refills
 at a known instant, a shared Redis pool is polled), the owner calls :meth:`_Waiter.schedule`:
 an asyncio waiter gets a timer on its own event loop that runs the owner's dispatch there,
@@ -28,13 +36,16 @@ import contextlib
 import math
 import threading
 import time
+import types
 from collections import deque
+from collections.abc import Generator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._exceptions import ConfigError, LLMCtxError
 
 # The running loop of this thread or None, without raising: "are we on the waiter's loop?"
 _get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
 
 __all__ = ["AcquireTimeout", "WouldBlock"]
 
@@ -74,6 +85,28 @@ def _check_timeout(timeout: float | None) -> float | None:
             "or None to wait as long as needed"
         )
     return float(timeout)
+
+
+def _cancel_pending() -> bool:
+    """True when the running task has a cancellation requested and not yet withdrawn.
+
+    This is the cheap half of anyio's ``checkpoint_if_cancelled``: asyncio's ``Task.cancel()``
+    (which ``asyncio.timeout``, ``TaskGroup`` and anyio's cancel scopes all end in) counts in
+    ``Task.cancelling()`` at once, so a caller that sees True yields (:func:`_yield_now`) and
+    the cancellation lands there, before anything is taken. A task that swallowed a
+    cancellation without ``uncancel()`` only costs an extra yield.
+    """
+    task = _current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@types.coroutine
+def _yield_now() -> Generator[None, None, None]:
+    """Let the event loop run every other ready task once: the cheapest asyncio checkpoint.
+
+    A bare ``yield`` is what ``asyncio.sleep(0)`` does, without its extra coroutine frame.
+    """
+    yield
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -262,7 +295,7 @@ class _FifoQueue(Generic[_W]):
 
     The subclass calls :meth:`_init_queue` in its constructor and supplies, all called with
     ``_lock`` held: ``_dispatch()`` (grant to waiters from the head while they fit, and wake
-    them), ``_take_back(waiter)`` (give back what a waiter was granted but will not use) and
+    them), ``_take_back(grant)`` (give back a grant its caller will not use) and
     ``_timeout_error(amount)`` (the :class:`AcquireTimeout` to raise). A waiter leaving the
     queue (timeout, cancellation, interrupt) never takes anything with it: if it was granted
     just before, the grant goes back and the next waiters get their turn.
@@ -285,8 +318,12 @@ class _FifoQueue(Generic[_W]):
         """With the lock held: grant to waiters from the head while they fit, then wake them."""
         raise NotImplementedError
 
-    def _take_back(self, waiter: _W) -> None:
-        """With the lock held: give back what ``waiter`` was granted (it will not use it)."""
+    def _take_back(self, grant: object) -> None:
+        """With the lock held: give back a grant its caller will not use.
+
+        ``grant`` is a queued waiter that was granted and then gave up, or what
+        :meth:`_checkpoint_granted` was passed for a grant made at once.
+        """
         raise NotImplementedError
 
     def _timeout_error(self, n: int) -> AcquireTimeout:
@@ -318,6 +355,12 @@ class _FifoQueue(Generic[_W]):
         if was_head:
             self._dispatch()
 
+    def _pass_on(self, grant: object) -> None:
+        """With the lock held: ``grant`` goes back and the next waiters get their turn."""
+        self._take_back(grant)
+        if self._queue:
+            self._dispatch()
+
     # -------------------------------------------------------------- shared (takes the lock)
     def _on_due(self, waiter: _Waiter) -> None:
         """The head's planned instant came: grant what fits now (or plan again)."""
@@ -346,8 +389,7 @@ class _FifoQueue(Generic[_W]):
             if waiter._grant is not None:
                 # Granted and then cancelled before it could run: nothing was used.
                 waiter._grant = None
-                self._take_back(waiter)
-                self._dispatch()
+                self._pass_on(waiter)
             else:
                 self._remove(waiter)
 
@@ -397,6 +439,25 @@ class _FifoQueue(Generic[_W]):
                 raise self._timeout_error(waiter.amount)
             done = True
         finally:
-            waiter.cancel_timer()
+            if waiter._timer is not None:
+                waiter.cancel_timer()
             if not done:
                 self._leave(waiter, deadline)
+
+    async def _checkpoint_granted(self, grant: object) -> None:
+        """The scheduling checkpoint after a grant made at once (anyio's shape).
+
+        Other tasks run once before the caller proceeds. Cancelled there (a ``Task.cancel()``
+        meanwhile, or an anyio cancel scope cancelled before the acquire, which anyio
+        delivers when the task yields), ``grant`` goes back, the cancellation is counted, and
+        the cancellation propagates.
+        """
+        done = False
+        try:
+            await _yield_now()
+            done = True
+        finally:
+            if not done:
+                with self._lock:
+                    self._cancellations += 1
+                    self._pass_on(grant)
