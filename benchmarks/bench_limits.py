@@ -15,7 +15,10 @@ work, ratios within one run are what to compare. What it prints:
 
 * uncontended acquire+release in asyncio, microseconds per pair, and the ratio to
   ``asyncio.Semaphore`` (targets: ResourcePool/RateLimiter <= 1.5x; faster than aiolimiter,
-  limits and pyrate-limiter). The rate limiters are given a limit they never reach;
+  limits and pyrate-limiter). The rate limiters are given a limit they never reach. llmctx's
+  async acquires are cancellation points that yield once (anyio's shape), which neither
+  ``asyncio.Semaphore`` nor aiolimiter does, so a second ratio compares with
+  ``asyncio.Semaphore`` plus one ``sleep(0)``, and ``anyio.Semaphore`` is listed;
 * contended throughput: 1,000 tasks sharing 10 slots, each taking a slot 20 times and
   yielding once while holding it (target: ResourcePool >= 0.8x asyncio.Semaphore);
 * rate accuracy: 50 tasks hammer a 6,000 rpm limiter (100/s, burst 1 s) for ``--duration``
@@ -47,14 +50,20 @@ from llmctx._limits import RateLimiter
 from llmctx._pool import ResourcePool
 from llmctx._redis import RedisLeaseStore, RedisRateStore
 
+CHECKPOINTED = "asyncio.Semaphore + sleep(0)"
 BIG = 60 * 10**9  # one per nanosecond: the fastest rate a RateLimiter takes, never reached here
 
 
-def _median_ratio_table(results: dict[str, list[float]], base: str, unit: str) -> None:
+def _median_ratio_table(
+    results: dict[str, list[float]], base: str, unit: str, second: str | None = None
+) -> None:
     medians = {label: statistics.median(v) for label, v in results.items()}
     ref = medians[base]
+    if second is not None:
+        print(f"  (ratios: to {base}, then to {second})")
     for label, value in medians.items():
-        print(f"  {label:44s} {value:10.2f} {unit}   {value / ref:5.2f}x")
+        extra = "" if second is None else f"   {value / medians[second]:5.2f}x"
+        print(f"  {label:44s} {value:10.2f} {unit}   {value / ref:5.2f}x{extra}")
 
 
 # --------------------------------------------------------------------------- uncontended
@@ -68,6 +77,25 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
             pass
 
     cases["asyncio.Semaphore"] = semaphore
+
+    # The cheapest acquire that is also a checkpoint: the same pair plus one yield, which is
+    # what every llmctx async acquire now includes (an asyncio.Semaphore never yields).
+    sem_checkpoint = asyncio.Semaphore(10)
+
+    async def semaphore_checkpoint() -> None:
+        async with sem_checkpoint:
+            pass
+        await asyncio.sleep(0)
+
+    cases[CHECKPOINTED] = semaphore_checkpoint
+
+    anyio_sem = anyio.Semaphore(10)
+
+    async def anyio_semaphore() -> None:
+        async with anyio_sem:
+            pass
+
+    cases["anyio.Semaphore (checkpoints, anyio's shape)"] = anyio_semaphore
 
     cap = anyio.CapacityLimiter(10)
 
@@ -162,7 +190,7 @@ async def _uncontended(ops: int, repeats: int) -> None:
                 await step()
             results[label].append((time.thread_time() - start) / chunk * 1e6)
     print(f"Uncontended acquire+release in asyncio ({chunk} pairs x {repeats} chunks, median)")
-    _median_ratio_table(results, "asyncio.Semaphore", "us")
+    _median_ratio_table(results, "asyncio.Semaphore", "us", CHECKPOINTED)
 
 
 def _uncontended_threads(ops: int, repeats: int) -> None:
