@@ -22,28 +22,18 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule
 
 import llmctx
 from llmctx._budget import Amount, Budget, Ledger, LedgerSnapshot
 from llmctx._exceptions import BudgetExceeded, ConfigError, StoreError
 from llmctx._redis import RedisLedger
+from test_budget import DIMENSIONS, PRICE, LedgerModel, total  # one model for every ledger
 
 redis = pytest.importorskip("redis")
 
 pytestmark = pytest.mark.redis
 
 PREFIX = "llmctx-test"
-PRICE = Decimal("0.0000025")
-DIMENSIONS = ("usd", "tokens", "requests")
-
-
-def total(*amounts: Amount) -> Amount:
-    """The sum of ``amounts`` (Amount() when empty)."""
-    out = Amount()
-    for amount in amounts:
-        out = out + amount
-    return out
 
 
 @pytest.fixture
@@ -337,83 +327,25 @@ def test_rounding_never_under_reserves(ledger: RedisLedger) -> None:
 # -- Property-based model ---------------------------------------------------------------------
 
 
-class RedisLedgerModel(RuleBasedStateMachine):
-    """Random reserve/settle/release sequences on Redis agree with a sequential model."""
+class RedisLedgerModel(LedgerModel):
+    """test_budget's ledger state machine, run on a RedisLedger (its restore: only if empty)."""
 
     url = ""
-    reservations = Bundle("reservations")
+    restore_overwrites = False
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.ledger = RedisLedger(self.url, f"t-{uuid.uuid4().hex}", prefix=PREFIX)
-        self.budget = Budget(usd="0.002", tokens=800, requests=12, ledger=self.ledger)
-        self.spent = Amount()
-        self.held: dict[str, Amount] = {}
-
-    @rule(
-        target=reservations,
-        n=st.integers(0, 400),
-        tokens=st.integers(0, 400),
-        requests=st.integers(0, 3),
-    )
-    def reserve(self, n: int, tokens: int, requests: int) -> Any:
-        want = Amount(PRICE * n, tokens, requests)
-        in_use = self.spent + total(*self.held.values())
-        refused = next(
-            (
-                d
-                for d in DIMENSIONS
-                if self.budget.limit(d) is not None
-                and want.get(d)
-                and in_use.get(d) + want.get(d) > self.budget.limit(d)  # type: ignore[operator]
-            ),
-            None,
-        )
-        try:
-            token = self.ledger.reserve(want, self.budget)
-        except BudgetExceeded as exc:
-            err = exc
-        else:
-            assert refused is None
-            self.held[token] = want
-            return token
-        assert err.dimension == refused
-        assert err.spent == self.spent.get(err.dimension)
-        assert err.reserved == total(*self.held.values()).get(err.dimension)
-        return multiple()
-
-    @rule(token=reservations, data=st.data())
-    def settle(self, token: str, data: st.DataObject) -> None:
-        held = self.held.pop(token, None)
-        cap = held or Amount(PRICE * 10, 10, 1)
-        actual = Amount(
-            PRICE * data.draw(st.integers(0, int(cap.usd / PRICE))),
-            data.draw(st.integers(0, cap.tokens)),
-            data.draw(st.integers(0, cap.requests)),
-        )
-        self.ledger.settle(token, actual)
-        if held is not None:
-            self.spent = self.spent + actual
-
-    @rule(token=reservations)
-    def release(self, token: str) -> None:
-        self.held.pop(token, None)
-        self.ledger.release(token)
-
-    @invariant()
-    def matches_model(self) -> None:
-        snap = self.ledger.snapshot()
-        assert snap.spent == self.spent
-        assert snap.reserved == total(*self.held.values())
-        assert snap.reservations == len(self.held)
+    def make_ledger(self) -> Ledger:
+        """A RedisLedger on a fresh budget name."""
+        self.redis_ledger = RedisLedger(self.url, f"t-{uuid.uuid4().hex}", prefix=PREFIX)
+        return self.redis_ledger
 
     def teardown(self) -> None:
-        self.ledger.reset()
-        self.ledger.close()
+        """Delete the budget's keys and close the ledger's client."""
+        self.redis_ledger.reset()
+        self.redis_ledger.close()
 
 
 def test_matches_sequential_model(redis_url: str) -> None:
-    """Hypothesis-driven operation sequences on Redis match the in-memory model exactly."""
+    """Hypothesis-driven operation sequences on Redis match the sequential model exactly."""
     RedisLedgerModel.url = redis_url
     case = RedisLedgerModel.TestCase
     case.settings = settings(
