@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -104,7 +106,9 @@ def test_async_tracker_waits_for_the_limiter_and_releases_budget_on_cancel(
 
     async def main() -> None:
         with llmctx.session("s", budget=budget, store=memory_store) as s:
-            async with llmctx.track_call(provider="acme", model=MODEL, limiter=limiter) as call:
+            async with llmctx.track_call(
+                provider="acme", model=MODEL, input_tokens=1, max_output_tokens=1, limiter=limiter
+            ) as call:
                 call.finish(usage=llmctx.Usage(input_tokens=1, output_tokens=1, requests=1))
             waiting = asyncio.Event()
 
@@ -184,3 +188,82 @@ def test_sessions_and_recorders_are_call_consumers(memory_store: MemoryStore) ->
         with llmctx.track_call(provider="acme", model=MODEL):
             pass
     assert len(s.calls) == len(rec.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("usage", "match"),
+    [
+        (llmctx.Usage(input_tokens=-10_000), "input_tokens=-10000"),
+        (llmctx.Usage(input_tokens="12"), "input_tokens='12'"),  # type: ignore[arg-type]
+        ({"input_tokens": 3}, "takes llmctx.Usage, got dict"),
+    ],
+)
+def test_bad_usage_is_refused_and_the_block_releases_the_reservation(
+    memory_store: MemoryStore, usage: Any, match: str
+) -> None:
+    """Negative, non-integer or non-Usage usage raises ConfigError naming the field; the call
+    stays reserved until its block ends, which records it as failed and releases it."""
+    budget = llmctx.Budget(tokens=1_000)
+    with llmctx.session("s", budget=budget, store=memory_store) as s:
+        with pytest.raises(llmctx.ConfigError, match=match):
+            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=200) as call:
+                try:
+                    call.finish(usage=usage)
+                finally:
+                    assert budget.ledger.snapshot().reserved.tokens == 200  # not yet released
+        assert budget.ledger.snapshot().reservations == 0
+        assert budget.ledger.snapshot().spent.tokens == 0
+        assert [c.status for c in s.calls] == ["error"]
+
+
+def test_corrected_usage_can_finish_the_call(memory_store: MemoryStore) -> None:
+    """After a refused finish(), a finish() with valid usage charges the call normally."""
+    with llmctx.session("s", budget=llmctx.Budget(tokens=1_000), store=memory_store) as s:
+        call = llmctx.track_call(
+            provider="acme", model=MODEL, input_tokens=20, max_output_tokens=10
+        ).start()
+        with pytest.raises(llmctx.ConfigError):
+            call.finish(usage=llmctx.Usage(output_tokens=-1))
+        call.finish(usage=llmctx.Usage(input_tokens=20, output_tokens=5, requests=1))
+        assert s.usage.total_tokens == 25
+
+
+def test_provider_usage_cannot_be_negative() -> None:
+    """A provider reporting negative counts is read as 0: it can never refund a budget."""
+    usage = llmctx.normalize_usage({"prompt_tokens": -10_000, "completion_tokens": 4}, "openai")
+    assert (usage.input_tokens, usage.output_tokens) == (0, 4)
+
+
+def test_usage_over_the_reservation_is_charged_in_full_and_warned(
+    memory_store: MemoryStore,
+) -> None:
+    """A call that used more than it reserved is charged what it used, warned once with both
+    amounts, marked on its record, and the budget refuses the next call."""
+    budget = llmctx.Budget(tokens=1_000)
+    with llmctx.session("s", budget=budget, store=memory_store):
+        call = llmctx.track_call(
+            provider="acme", model=MODEL, input_tokens=6, max_output_tokens=994
+        ).start()
+        with pytest.warns(llmctx.BudgetOverrun, match=r"5,006 tokens \(reserved 1,000\)") as w:
+            call.finish(usage=llmctx.Usage(input_tokens=6, output_tokens=5_000, requests=1))
+        assert len([x for x in w if issubclass(x.category, llmctx.BudgetOverrun)]) == 1
+        assert budget.ledger.snapshot().spent.tokens == 5_006
+        assert call.record is not None and "5,006 tokens" in call.record.metadata["overrun"]
+        with pytest.raises(llmctx.BudgetExceeded):
+            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=1):
+                pass
+    stored = memory_store.list_calls([call.record.session_id or ""])
+    assert "overrun" in stored[0].metadata
+
+
+def test_a_price_raised_mid_call_is_an_overrun_in_dollars(memory_store: MemoryStore) -> None:
+    """A call priced higher at the end than at reservation is charged the new price, warned."""
+    budget = llmctx.Budget(usd="0.01")
+    with llmctx.session("s", budget=budget, store=memory_store):
+        call = llmctx.track_call(
+            provider="acme", model=MODEL, input_tokens=1_000, max_output_tokens=0
+        ).start()
+        raised = llmctx.price_override(MODEL, input_per_mtok="30", output_per_mtok="2")
+        with raised, pytest.warns(llmctx.BudgetOverrun, match=r"\$0\.03 \(reserved \$0\.001\)"):
+            call.finish(usage=llmctx.Usage(input_tokens=1_000, requests=1))
+        assert budget.ledger.snapshot().spent.usd == Decimal("0.03")

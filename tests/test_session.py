@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,6 +113,35 @@ def test_entering_twice_is_a_clear_error(memory_store: MemoryStore) -> None:
         pass
     with pytest.raises(llmctx.SessionStateError, match="already entered"), s:
         pass
+
+
+def test_interrupt_while_the_entry_row_is_written_leaves_no_current_session() -> None:
+    """Ctrl-C while a session's first row is written: it never becomes current, so later
+    sessions are not its children and its budget refuses nothing.
+
+    The store is a MemoryStore whose first save_session raises KeyboardInterrupt: a real store
+    cannot be interrupted at that exact point on demand.
+    """
+
+    class InterruptedOnce(MemoryStore):
+        interrupted = False
+
+        def save_session(self, session: Any) -> None:
+            if not self.interrupted:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            super().save_session(session)
+
+    store = InterruptedOnce()
+    doomed = llmctx.session("doomed", budget=llmctx.Budget(tokens=1), store=store)
+    with pytest.raises(KeyboardInterrupt):
+        doomed.__enter__()
+    assert llmctx.current_session() is None
+    with llmctx.session("next", store=store) as later:
+        assert later.parent is None
+        FakeModel().complete("not refused by the doomed budget")
+    with doomed:  # never entered, so it can still be entered
+        assert llmctx.current_session() is doomed
 
 
 def test_asyncio_tasks_inherit_the_session(memory_store: MemoryStore) -> None:

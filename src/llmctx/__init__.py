@@ -11,6 +11,7 @@ from ._charge import CallConsumer, CallTracker, add_call_consumer, track_call
 from ._context import ContextThreadPoolExecutor, current_session, wrap
 from ._exceptions import (
     BudgetExceeded,
+    BudgetOverrun,
     ConfigError,
     LLMCtxError,
     LLMCtxWarning,
@@ -47,6 +48,7 @@ __all__ = [
     "Amount",
     "Budget",
     "BudgetExceeded",
+    "BudgetOverrun",
     "CallConsumer",
     "CallRecord",
     "CallTracker",

@@ -210,16 +210,24 @@ class Holds:
         return bool(self._held)
 
     @classmethod
-    def reserve(cls, owners: Sequence[tuple[Budget, str, str | None]], amount: Amount) -> Holds:
+    def reserve(
+        cls,
+        owners: Sequence[tuple[Budget, str, str | None]],
+        amount: Amount,
+        into: Holds | None = None,
+    ) -> Holds:
         """Reserve ``amount`` on every budget of ``(budget, session_id, session_name)``.
 
-        One ledger shared by several budgets of the chain is reserved on once.
+        One ledger shared by several budgets of the chain is reserved on once. Each hold goes
+        into ``into`` (a new Holds if None) the moment its ledger agrees, so whoever owns
+        ``into`` can release what was taken even if this is interrupted half-way.
 
         Raises:
             BudgetExceeded: some budget has no room (its session named on the error); nothing
                 is held.
         """
-        held: list[tuple[Budget, str]] = []
+        holds = cls() if into is None else into
+        held = holds._held
         seen: set[int] = set()
         try:
             for budget, session_id, session_name in owners:
@@ -232,13 +240,13 @@ class Holds:
                     exc.session_id, exc.session_name = session_id, session_name
                     raise
         except BaseException:
-            cls(held).release()
+            holds.release()
             raise
-        return cls(held)
+        return holds
 
     def settle(self, actual: Amount) -> None:
         """Turn every hold into spend of ``actual``."""
-        held, self._held = self._held, []
+        held, self._held = self._held, []  # one assignment: a second end finds nothing
         for budget, token in held:
             try:
                 budget.ledger.settle(token, actual)

@@ -36,7 +36,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from . import _pricing
 from ._budget import Amount, Holds
 from ._context import get_recorders, get_session
-from ._exceptions import ConfigError, UnknownPrice, UnknownPriceWarning, UsageError, is_cancellation
+from ._exceptions import (
+    BudgetOverrun,
+    ConfigError,
+    UnknownPrice,
+    UnknownPriceWarning,
+    UsageError,
+    is_cancellation,
+)
+from ._money import format_usd
 from ._redact import redact, redact_text
 from ._usage import CallRecord, CallStatus, Usage
 
@@ -147,6 +155,48 @@ def _warn_unpriced(model: str | None, provider: str | None, note: str | None) ->
     )
 
 
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "requests",
+)
+
+
+def _check_usage(usage: Usage) -> None:
+    # What a user passes to finish()/fail(); provider normalisers already make clean counts.
+    if type(usage) is not Usage:
+        raise ConfigError(
+            f"finish(usage=...) takes llmctx.Usage, got {type(usage).__name__}; build one with "
+            "llmctx.Usage(input_tokens=..., output_tokens=..., requests=1) or "
+            "llmctx.normalize_usage(provider_usage)"
+        )
+    for name in _USAGE_FIELDS:
+        value = getattr(usage, name)
+        if type(value) is not int or value < 0:
+            raise ConfigError(
+                f"Usage({name}={value!r}) must be a whole number >= 0; the call is still "
+                "reserved: finish it again with corrected usage, or leave its with-block to "
+                "record it as failed and release the reservation"
+            )
+
+
+def _overrun(reserved: Amount, used: Amount, limited: frozenset[str]) -> str | None:
+    # Only the dimensions a budget limits (an unlimited one reserves nothing to overrun), and
+    # past a small slack: a prompt counted with the heuristic (no tokenizer for the model) may
+    # come out a few tokens short of what the provider counts. The charge is in full either way.
+    parts = []
+    if "tokens" in limited and used.tokens > reserved.tokens + max(16, reserved.tokens // 20):
+        parts.append(f"{used.tokens:,} tokens (reserved {reserved.tokens:,})")
+    if "usd" in limited and used.usd > reserved.usd * Decimal("1.05"):
+        parts.append(f"{format_usd(used.usd)} (reserved {format_usd(reserved.usd)})")
+    if "requests" in limited and used.requests > reserved.requests:
+        parts.append(f"{used.requests} requests (reserved {reserved.requests})")
+    return "; ".join(parts) or None
+
+
 def _status_of(exc: BaseException | None) -> int | None:
     # An SDK error carrying an HTTP response: the provider saw (and counted) the request.
     response = getattr(exc, "response", None)
@@ -244,13 +294,14 @@ class CallTracker:
             Whatever the limiter raises (e.g. AcquireTimeout, KeyboardInterrupt): the budget
                 reservations are released. A refused call leaves no record.
         """
-        self._reserve()
-        if self.limiter is not None:
-            try:
+        try:
+            self._reserve()
+            if self.limiter is not None:
                 self._limit = self.limiter.reserve(self.input_tokens + self.max_output_tokens)
-            except BaseException:
-                self._refused()
-                raise
+        except BaseException:
+            # A refusal, a limiter timeout or an interrupt anywhere in here: nothing stays held.
+            self._refused()
+            raise
         self._t0 = time.perf_counter()
         return self
 
@@ -290,8 +341,10 @@ class CallTracker:
             tokens=self.input_tokens + self.max_output_tokens,
             requests=1 if is_llm else 0,
         )
-        self._holds = session.reserve(amount)
         self._reserved = amount
+        # Holds fill in as each ledger agrees, so an interrupt half-way leaves nothing unowned.
+        self._holds = Holds()
+        session.reserve(amount, self._holds)
 
     def _refused(self) -> None:
         # The call was never sent: give everything back and leave no record (like a budget
@@ -380,6 +433,8 @@ class CallTracker:
         # Held for the whole end: a second finish/fail racing the first (a stream closed by the
         # garbage collector in another thread) waits for it and returns its record, rather than
         # charging the call twice. Nothing below takes this tracker's lock again.
+        if usage is not None:
+            _check_usage(usage)  # before anything changes: a corrected finish() can follow
         with self._lock:
             if self.record is not None:
                 return self.record
@@ -398,9 +453,27 @@ class CallTracker:
                 self._release_all()
                 raise
             self.record = record
-            self._settle(record, status, exc)
+            over = self._settle(record, status, exc)
             self._hand_over(record)
-            return record
+        # Warnings last: with warnings turned into errors, the call is already settled and
+        # recorded when one propagates.
+        if record.cost is None and status == "ok" and not self.free:
+            _warn_unpriced(self.model, self.provider, record.cost_note)
+        if over is not None:
+            warnings.warn(
+                BudgetOverrun(
+                    f"llmctx: {self.model or 'a'} call used more than it reserved: {over}; "
+                    "charged in full",
+                    reserved=self._reserved,
+                    used=Amount(
+                        usd=record.cost or _ZERO,
+                        tokens=record.usage.total_tokens,
+                        requests=record.usage.requests,
+                    ),
+                ),
+                stacklevel=4,
+            )
+        return record
 
     def _build(
         self,
@@ -433,8 +506,6 @@ class CallTracker:
                 # Fail closed: a call that reserved money but cannot be priced afterwards is
                 # charged what it reserved, never $0.
                 cost, note = self._reserved.usd, f"{note}; charged the reserved worst case"
-            elif cost is None and status == "ok":
-                _warn_unpriced(self.model, self.provider, note)
         # Redact only what will be kept: with no consumer nothing is stored, and the record
         # goes back only to the caller who wrote the request.
         keeps = self.session is not None or bool(self._recorders) or bool(_consumers)
@@ -459,19 +530,29 @@ class CallTracker:
             metadata={**self.metadata, **metadata} if metadata else dict(self.metadata),
         )
 
-    def _settle(self, record: CallRecord, status: CallStatus, exc: BaseException | None) -> None:
+    def _settle(
+        self, record: CallRecord, status: CallStatus, exc: BaseException | None
+    ) -> str | None:
+        """Settle (or release) the budgets and the limiter; returns the overrun, if any."""
         holds, self._holds = self._holds, _NO_HOLDS
         limit, self._limit = self._limit, None
         used = record.usage
+        over: str | None = None
         consumed = status == "ok" or bool(used.total_tokens or used.requests)
         if consumed:
-            holds.settle(
-                Amount(usd=record.cost or _ZERO, tokens=used.total_tokens, requests=used.requests)
+            actual = Amount(
+                usd=record.cost or _ZERO, tokens=used.total_tokens, requests=used.requests
             )
+            if holds and self.session is not None:
+                # Charged in full (the budget may now be past its limit), and marked.
+                over = _overrun(self._reserved, actual, self.session.limited)
+                if over is not None:
+                    record.metadata["overrun"] = over
+            holds.settle(actual)
         else:
             holds.release()
         if limit is None:
-            return
+            return over
         try:
             if consumed:
                 limit.settle(max(0, used.total_tokens))
@@ -481,6 +562,7 @@ class CallTracker:
                 limit.release()
         except Exception:
             logger.exception("llmctx: could not settle a rate-limit reservation")
+        return over
 
     def _release_all(self) -> None:
         holds, self._holds = self._holds, _NO_HOLDS

@@ -20,8 +20,9 @@ The tree::
     │                                        (both defined in _waiting.py, which the two share)
     └── MCPHubError                          llmctx.mcp's errors (tree in mcp/_errors.py)
 
-Warnings: ``LLMCtxWarning`` (a UserWarning) and its child ``UnknownPriceWarning``, issued once per
-model when a call cannot be priced and no money budget is active (its cost is then None).
+Warnings: ``LLMCtxWarning`` (a UserWarning) and its children ``UnknownPriceWarning``, issued once
+per model when a call cannot be priced and no money budget is active (its cost is then None),
+and ``BudgetOverrun``, issued once per call that used more than it reserved (charged in full).
 
 Messages say what happened and what to do next. Cancellation and KeyboardInterrupt are never
 wrapped: they pass through llmctx untouched.
@@ -31,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 from ._money import format_usd
 
 __all__ = [
     "BudgetExceeded",
+    "BudgetOverrun",
     "ConfigError",
     "LLMCtxError",
     "LLMCtxWarning",
@@ -179,3 +182,16 @@ class LLMCtxWarning(UserWarning):
 
 class UnknownPriceWarning(LLMCtxWarning):
     """A call could not be priced; its cost is None (no money budget was active)."""
+
+
+class BudgetOverrun(LLMCtxWarning):
+    """A call used more than it reserved (a provider over-reported, or a price rose mid-call).
+
+    It is charged in full, so the budget may now be past its limit; the next reservation is
+    refused. ``reserved`` and ``used`` are :class:`~llmctx.Amount` values.
+    """
+
+    def __init__(self, message: str, *, reserved: Any = None, used: Any = None) -> None:
+        super().__init__(message)
+        self.reserved = reserved
+        self.used = used

@@ -209,14 +209,28 @@ class Session:
         """True when some budget in the chain limits dollars (unknown prices fail closed)."""
         return any(budget.usd is not None for budget, _, _ in self._budget_owners())
 
-    def reserve(self, amount: Amount) -> Holds:
+    @property
+    def limited(self) -> frozenset[str]:
+        """The dimensions (``usd``, ``tokens``, ``requests``) some budget in the chain limits."""
+        return frozenset(
+            dim
+            for budget, _, _ in self._budget_owners()
+            for dim in ("usd", "tokens", "requests")
+            if budget.limit(dim) is not None
+        )
+
+    def reserve(self, amount: Amount, holds: Holds | None = None) -> Holds:
         """Reserve ``amount`` on this session's budget and every ancestor's, all or nothing.
+
+        Args:
+            amount: the call's worst case.
+            holds: where to keep the reservations as they are taken (a new one if None).
 
         Raises:
             BudgetExceeded: some budget in the chain has no room (the error names its session);
                 nothing is held.
         """
-        return Holds.reserve(self._budget_owners(), amount)
+        return Holds.reserve(self._budget_owners(), amount, holds)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Self:
@@ -253,17 +267,20 @@ class Session:
                 )
             self.status = "running"
         parent = get_session()
-        self.parent = parent
-        self._owners = None
         try:
+            self.parent = parent
+            self._owners = None
             self._store = _resolve_store(self._store_arg, parent)
+            self.started_at = self.started_at or _now()
+            self._persist()
         except BaseException:
+            # A bad store, or an interrupt while the row is written: the session was never
+            # entered, and nothing made it current.
             with self._lock:
                 self.status = "created"
             raise
-        self.started_at = self.started_at or _now()
+        # Last: from here on only __exit__ undoes it.
         self._token = bind_session(self)
-        self._persist()
 
     def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         token, self._token = self._token, None

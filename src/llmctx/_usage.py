@@ -111,9 +111,11 @@ def _int(data: Mapping[str, Any] | None, *path: str) -> int:
             return 0
         value = value.get(key)
     try:
-        return int(value or 0)
+        number = int(value or 0)
     except (TypeError, ValueError):
         return 0
+    # A provider reporting a negative count must not refund a budget.
+    return number if number > 0 else 0
 
 
 def usage_from_openai_chat(raw: Any) -> Usage:
