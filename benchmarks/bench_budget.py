@@ -30,8 +30,8 @@ from typing import Any
 
 import redis
 
+from llmctx import RedisLedger
 from llmctx._budget import Amount, Budget, MemoryLedger
-from llmctx._redis_ledger import RedisLedger
 
 PRICE = Decimal("0.0000025")
 WANT = Amount(PRICE * 1_000, 1_000, 1)

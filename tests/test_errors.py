@@ -7,6 +7,7 @@ import inspect
 import pytest
 
 import llmctx
+import llmctx.mcp
 from llmctx import _exceptions
 
 
