@@ -252,6 +252,10 @@ async def test_tool_schemas_and_dispatch() -> None:
             {"id": "c", "function": {"name": "my_tools__echo", "arguments": "{not json"}}
         )
         assert bad.is_error and "invalid arguments" in bad.content
+        surrogate = await hub.dispatch(
+            {"id": "c", "function": {"name": "my_tools__echo", "arguments": '{"text": "\\udcff"}'}}
+        )
+        assert surrogate.is_error and "not valid Unicode" in surrogate.content
         unknown = await hub.dispatch({"type": "tool_use", "id": "x", "name": "nope", "input": {}})
         assert unknown.is_error and "no MCP tool" in unknown.content
 

@@ -64,3 +64,33 @@ def test_deeply_nested_mapping_is_a_config_error() -> None:
     with pytest.raises(llmctx.ConfigError):
         load_config({"mcpServers": {"a": {"command": "x", "env": nested}}})
     json.dumps({"ok": True})  # the interpreter's recursion state is intact afterwards
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"text": "caf\udcff"}, r"arguments\['text'\] contains '\\udcff'"),
+        ({"text": "x", "n": float("nan")}, r"arguments\['n'\] is nan"),
+        ({"text": "x", "deep": [{"k": object()}]}, r"arguments\['deep'\]\[0\]\['k'\] cannot"),
+    ],
+)
+async def test_an_unsendable_argument_fails_that_call_alone(
+    bad: dict[str, object], match: str
+) -> None:
+    """An argument JSON cannot carry (a lone surrogate, NaN, an object) raises ConfigError naming
+    where it is; eight concurrent good calls succeed and the server is not restarted."""
+    async with Hub.from_config({"mcpServers": {"t": tiny()}}) as hub:
+        results: list[str] = []
+
+        async def good(i: int) -> None:
+            reply = await hub.call("t.echo", {"text": f"ok {i}"})
+            results.append(llmctx.mcp.result_text(reply))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(good, i)
+                with pytest.raises(llmctx.ConfigError, match=match):
+                    await hub.call("t.echo", bad)
+        assert sorted(results) == sorted(f"ok {i}" for i in range(8))
+        assert hub.server("t").status().restarts == 0

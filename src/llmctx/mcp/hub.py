@@ -30,6 +30,7 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 import mcp_types as types
+import pydantic_core
 
 from .._charge import track_call
 from .._exceptions import ConfigError, UsageError
@@ -454,6 +455,9 @@ class Hub:
             arguments = _parse_arguments(raw_args)
         except ValueError as exc:
             return ToolCallResult(call_id, name, f"invalid arguments: {exc}", True)
+        problem = _unsendable(arguments, "arguments")
+        if problem is not None:  # e.g. a "\udcff" escape in the model's JSON
+            return ToolCallResult(call_id, name, f"invalid arguments: {problem}", True)
         try:
             result = await self.call(name, arguments, timeout=timeout)
         except MCPHubError as exc:
@@ -583,7 +587,59 @@ def _arguments_of(name: str, arguments: Any, method: str) -> dict[str, Any]:
             f"values, not {type(arguments).__name__}; pass e.g. {{'path': 'README.md'}} "
             "(for a model's JSON string of arguments use hub.dispatch(tool_call))"
         )
-    return dict(arguments)
+    args = dict(arguments)
+    problem = _unsendable(args, "arguments")
+    if problem is not None:
+        raise ConfigError(
+            f"hub.{method}({name!r}, ...): {problem}; MCP sends arguments as JSON text, so fix "
+            "that value before calling (nothing was sent, the server is untouched)"
+        )
+    return args
+
+
+def _unsendable(value: Any, where: str, depth: int = 0) -> str | None:
+    """Why ``value`` cannot go out as JSON-RPC (None if it can), naming the place in it.
+
+    A lone surrogate (what ``surrogateescape`` makes of invalid UTF-8) or a NaN would break the
+    encoding inside the server's stream and take innocent calls down with it; found here, they
+    fail this call alone.
+    """
+    if depth > 200:
+        return f"{where} is nested too deeply"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where} contains {value[exc.start]!r}, which is not valid Unicode text"
+        return None
+    if isinstance(value, bool | int | None):
+        return None
+    if isinstance(value, float):
+        return None if value == value and value not in (_INF, -_INF) else f"{where} is {value}"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a key {key!r} that is not a string"
+            found = _unsendable(key, f"{where} key {key!r}", depth + 1) or _unsendable(
+                item, f"{where}[{key!r}]", depth + 1
+            )
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _unsendable(item, f"{where}[{i}]", depth + 1)
+            if found:
+                return found
+        return None
+    try:  # anything else (dates, models, ...) as the SDK itself would serialise it
+        pydantic_core.to_json(value)
+    except Exception as exc:
+        return f"{where} cannot be written as JSON ({type(value).__name__}: {exc})"
+    return None
+
+
+_INF = float("inf")
 
 
 def _parse_arguments(raw: Any) -> dict[str, Any]:
