@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from llmctx import redact
-from llmctx._redact import REDACTED, is_secret_key, redact_text
+from llmctx._redact import (
+    REDACTED,
+    dsn_secrets,
+    is_secret_key,
+    redact_dsn,
+    redact_headers,
+    redact_known,
+    redact_text,
+    redact_url,
+)
 
 KEY_CHARS = string.ascii_letters + string.digits
 prose = st.text(alphabet=string.ascii_letters + " .,\n", max_size=200)
@@ -91,3 +101,106 @@ def test_ordinary_text_is_unchanged() -> None:
     """Prompts without secrets come back identical (no false positives on common words)."""
     text = "Explain the token bucket. Basically, a GitHub_user asks: what is https://example.com?"
     assert redact_text(text) == text
+
+
+# -- URLs, DSNs, headers: the one policy every caller uses --------------------------------------
+
+URL_CASES = [
+    # (url, the secret, what must stay readable)
+    ("redis://:hunter2@cache:6379/0", "hunter2", "redis://:[REDACTED]@cache:6379/0"),
+    ("rediss://default:p@ss/w0rd@cache.example:6380/1", "p@ss/w0rd", "@cache.example:6380/1"),
+    ("postgresql://bob:s3cr:et@db.example:5432/app", "s3cr:et", "postgresql://bob:[REDACTED]@"),
+    ("postgresql://bob:pw d@h/db?sslmode=require", "pw d", "?sslmode=require"),
+    ("postgresql://bob@h/db?password=hunter2&sslmode=require", "hunter2", "sslmode=require"),
+    ("https://h.test/mcp?page=2&api_key=hunter2", "hunter2", "page=2&api_key=[REDACTED]"),
+    ("https://h.test/mcp?token=hunter2#frag", "hunter2", "#frag"),
+    ("https://h.test/cb#access_token=hunter2&state=s1", "hunter2", "state=s1"),
+    ("https://user:pw@h.test/mcp?key=hunter2", "hunter2", "https://user:[REDACTED]@h.test/mcp"),
+    ("http://user:hunter2-secret@example.invalid:6379/0", "hunter2", "[REDACTED]@example.invalid"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret", "kept"), URL_CASES)
+def test_redact_url_masks_every_url_form(url: str, secret: str, kept: str) -> None:
+    """Passwords with @, / and :, empty users, rediss/postgresql and query secrets are masked."""
+    out = redact_url(url)
+    assert secret not in out
+    assert kept in out
+
+
+# In free text a blank ends a URL, so a password with a blank is only masked by redact_url.
+@pytest.mark.parametrize(("url", "secret", "kept"), [c for c in URL_CASES if " " not in c[1]])
+def test_urls_quoted_in_text_follow_the_same_policy(url: str, secret: str, kept: str) -> None:
+    """A URL inside a message is masked exactly as redact_url masks it alone."""
+    out = redact_text(f"could not connect to {url} (timeout)")
+    assert secret not in out
+    assert out == f"could not connect to {redact_url(url)} (timeout)"
+
+
+def test_urls_without_secrets_are_unchanged() -> None:
+    """Ports, paths with @, lone users and harmless parameters are not mistaken for secrets."""
+    for url in (
+        "https://host:8080/path/@scope/pkg",
+        "https://registry.npmjs.org/@scope/pkg",
+        "redis://user@host:6379",
+        "postgresql://bob@h/db?email=a@b.example&sslmode=require",
+        "https://example.com/docs?page=2",
+    ):
+        assert redact_url(url) == url
+        assert redact_text(f"see {url} now") == f"see {url} now"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("host=x password=hunter2 user=bob", "hunter2"),
+        ("host=x password='hunter2 with space' user=bob", "with space"),
+        ("host=x password='it\\'s hunter2' user=bob", "hunter2"),
+        ('PGPASSWORD="hunter2" psql', "hunter2"),
+        ("postgresql://bob:hunter2@db/app", "hunter2"),
+    ],
+)
+def test_redact_dsn_masks_keyword_and_url_dsns(text: str, secret: str) -> None:
+    """libpq keyword DSNs (quoted values included) and URL DSNs lose their passwords."""
+    assert secret not in redact_dsn(text, text)
+    assert secret not in redact_dsn(text)
+
+
+def test_redact_dsn_removes_the_dsn_password_wherever_it_is_quoted() -> None:
+    """A message that echoes the password on its own (libpq does) is cleaned with the DSN."""
+    dsn = "postgresql://bob:p@ss/w0rd@db/app"
+    out = redact_dsn('invalid option near "p@ss/w0rd"', dsn)
+    assert "p@ss/w0rd" not in out
+    assert dsn_secrets("host=db password='a\\'b'") == ["'a\\'b'", "a'b"]
+
+
+@given(st.text(alphabet=KEY_CHARS + "._-", min_size=12, max_size=60))
+def test_credential_headers_are_masked(token: str) -> None:
+    """Authorization (any case, any scheme), x-api-key, api-key and cookies lose their values."""
+    text = (
+        f"authorization: bearer {token}\nx-api-key: {token}\nAPI-KEY={token}\n"
+        f"OPENAI_API_KEY={token}\nCookie: session={token}; theme=dark"
+    )
+    out = redact_text(text)
+    assert token not in out
+    assert "authorization: bearer [REDACTED]" in out
+    headers = {"Authorization": f"Basic {token}", "x-api-key": token, "api-key": token}
+    headers |= {"Cookie": token, "X-Request-Id": "r1", "X-Note": f"Bearer {token}"}
+    masked = redact_headers(headers)
+    assert token not in repr(masked)
+    assert masked["X-Request-Id"] == "r1"
+    assert masked["X-Note"] == "Bearer [REDACTED]"
+
+
+def test_redact_known_masks_given_values_longest_first() -> None:
+    """Known secret values are removed verbatim; values below min_length are left alone."""
+    assert redact_known("pw1 then pw", ["pw", "pw1"]) == "[REDACTED] then [REDACTED]"
+    assert redact_known("DEBUG=1 token abcd", ["1", "abcd"], min_length=4) == (
+        "DEBUG=1 token [REDACTED]"
+    )
+
+
+def test_non_ascii_text_is_still_redacted() -> None:
+    """Text whose lower-casing changes its length still has its secrets masked."""
+    out = redact_text("İİİ authorization: bearer abcdefghijkl1234")
+    assert "abcdefghijkl1234" not in out
