@@ -147,7 +147,7 @@ def test_bad_url_hides_password() -> None:
     with pytest.raises(ConfigError) as info:
         RedisLedger("http://user:hunter2-secret@example.invalid:6379/0", "x")
     assert "hunter2-secret" not in str(info.value)
-    assert "***@example.invalid" in str(info.value)
+    assert "[REDACTED]@example.invalid" in str(info.value)
 
 
 def test_is_a_ledger_and_keys_share_one_slot(ledger: RedisLedger, client: Any) -> None:

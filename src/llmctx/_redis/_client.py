@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from .._exceptions import ConfigError, StoreError
+from .._redact import redact_url
 
 _T = TypeVar("_T")
 
@@ -29,19 +29,6 @@ def _import_redis(owner: str) -> ModuleType:
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError(f"{owner} needs the redis package: pip install 'llmctx[redis]'") from None
     return redis
-
-
-# TODO(redaction): `llmctx._redact.redact_url` is to become the one URL redactor; until it
-# exists this private copy serves the Redis stores (and nothing else).
-def _redact_url(url: str) -> str:
-    """The URL with any user:password replaced, for error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _describe(client: Any) -> tuple[str, str | None]:
@@ -100,7 +87,7 @@ class _Connection:
                 client = module.Redis.from_url(client_or_url)
             except ValueError as exc:
                 raise ConfigError(
-                    f"{owner}: invalid Redis URL {_redact_url(client_or_url)!r} ({exc}); "
+                    f"{owner}: invalid Redis URL {redact_url(client_or_url)!r} ({exc}); "
                     "use redis://[:password@]host:port/db, rediss://... or unix://path"
                 ) from None
             self.owns_client = True
