@@ -204,3 +204,30 @@ def test_non_ascii_text_is_still_redacted() -> None:
     """Text whose lower-casing changes its length still has its secrets masked."""
     out = redact_text("İİİ authorization: bearer abcdefghijkl1234")
     assert "abcdefghijkl1234" not in out
+
+
+def test_mcp_start_failures_are_described_without_secrets() -> None:
+    """A server's start error loses its URL secrets, header values and secret env values."""
+    from llmctx.mcp.config import load_config
+    from llmctx.mcp.server import _describe
+
+    config = load_config(
+        {
+            "mcpServers": {
+                "r": {
+                    "type": "http",
+                    "url": "https://user:hunter2@h.test/mcp?token=t0k3n-value",
+                    "headers": {"X-Custom": "custom-secret-1"},
+                    "env": {"DEBUG": "1"},
+                }
+            }
+        }
+    ).servers["r"]
+    exc = RuntimeError(
+        "Client error for url 'https://user:hunter2@h.test/mcp?token=t0k3n-value' "
+        "sent custom-secret-1 and hunter2 again, DEBUG=1"
+    )
+    text = _describe(exc, config)
+    for secret in ("hunter2", "t0k3n-value", "custom-secret-1"):
+        assert secret not in text
+    assert "DEBUG=1" in text and "h.test/mcp" in text

@@ -20,6 +20,7 @@ import pytest
 
 import llmctx
 from llmctx._exceptions import ConfigError, StoreError
+from llmctx._redact import REDACTED, redact_dsn
 from llmctx._usage import CallRecord, Usage
 from llmctx.stores import (
     MemoryStore,
@@ -30,7 +31,6 @@ from llmctx.stores import (
     default_store,
     open_store,
 )
-from llmctx.stores.postgres import redact_dsn
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SECRET = "s3cr3t-Pa55"
@@ -618,7 +618,7 @@ def test_redact_dsn_hides_passwords(text: str, leaked: str) -> None:
     redacted = redact_dsn(text, text)
     assert leaked not in redacted
     assert SECRET not in redacted
-    assert "***" in redacted
+    assert REDACTED in redacted
 
 
 # -- open_store / default_store --------------------------------------------------------------

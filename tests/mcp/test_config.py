@@ -194,3 +194,17 @@ def test_secrets_are_redacted_in_repr() -> None:
     for secret in ("tok-123", "sk-live-999", "pw@", "key=abc"):
         assert secret not in text
     assert "Authorization" in text and "API_KEY" in text
+
+
+def test_url_secrets_are_redacted_in_repr_and_errors() -> None:
+    """Empty-user passwords and secret parameters of a server URL never reach repr or errors."""
+    config = load_config(
+        {"mcpServers": {"w": {"type": "ws", "url": "wss://:hunter2@h.test/mcp?api_key=k3y&v=2"}}}
+    )
+    text = repr(config) + repr(config.servers["w"].redacted())
+    assert "hunter2" not in text and "k3y" not in text
+    assert "wss://:[REDACTED]@h.test/mcp?api_key=[REDACTED]&v=2" in text
+    with pytest.raises(MCPConfigError) as info:
+        load_config({"mcpServers": {"h": {"type": "http", "url": "ftp://u:p@ss/w0rd@h.test/x"}}})
+    assert "p@ss/w0rd" not in str(info.value)
+    assert "ftp://u:[REDACTED]@h.test/x" in str(info.value)

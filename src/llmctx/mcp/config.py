@@ -18,7 +18,9 @@ A config looks like::
 ``cwd``, ``url`` and ``headers``; an unset variable without a default is an error that names the
 server and the field. Children get a minimal environment (``PATH``, ``HOME``, locale, ...) plus
 ``envFile`` plus ``env``, unless ``inheritEnv`` is true. Env values and header values are
-redacted in ``repr`` and in :meth:`ServerConfig.redacted`.
+redacted in ``repr`` and in :meth:`ServerConfig.redacted` (all of them, whatever their names:
+a config carries secrets under any name), and so are the URL's password and secret parameters
+(:func:`llmctx._redact.redact_url`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .._redact import REDACTED
+from .._redact import redact_url as redact_url  # also imported from here by the transports
 from ._errors import MCPConfigError
 
 __all__ = [
@@ -81,7 +85,6 @@ _MINIMAL_ENV_VARS: tuple[str, ...] = (
 )
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_REDACTED = "***"
 
 
 class ServerConfig(BaseModel):
@@ -136,9 +139,9 @@ class ServerConfig(BaseModel):
         data["name"] = self.name
         data["transport"] = self.transport
         if self.env:
-            data["env"] = dict.fromkeys(self.env, _REDACTED)
+            data["env"] = dict.fromkeys(self.env, REDACTED)
         if self.headers:
-            data["headers"] = dict.fromkeys(self.headers, _REDACTED)
+            data["headers"] = dict.fromkeys(self.headers, REDACTED)
         if self.url:
             data["url"] = redact_url(self.url)
         return data
@@ -146,7 +149,7 @@ class ServerConfig(BaseModel):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for key, value in super().__repr_args__():
             if key in ("env", "headers", "env_file_values") and value:
-                yield key, dict.fromkeys(value, _REDACTED)
+                yield key, dict.fromkeys(value, REDACTED)
             elif key == "url" and value:
                 yield key, redact_url(value)
             else:
@@ -166,21 +169,6 @@ class HubConfig(BaseModel):
     def enabled(self) -> list[ServerConfig]:
         """Return the servers that are not ``disabled``, in config order."""
         return [s for s in self.servers.values() if not s.disabled]
-
-
-def redact_url(url: str) -> str:
-    """Mask the password and the query string of a URL (tokens often travel there)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{_REDACTED}@{host}"
-    query = _REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def load_config(

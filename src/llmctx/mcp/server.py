@@ -34,9 +34,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client.session import ClientSession, IncomingMessage
 from mcp.shared.exceptions import MCPError
 
+from .._redact import dsn_secrets, redact_known, redact_text
 from ._errors import ServerCrashed, ServerStartError, ServerUnavailable, ToolError, ToolTimeout
 from ._transports import StderrLog, open_transport
-from .config import ServerConfig, redact_url
+from .config import ServerConfig
 
 __all__ = ["ManagedServer", "ServerState", "ServerStatus", "SessionCallbacks"]
 
@@ -541,11 +542,10 @@ def _describe(exc: BaseException, config: ServerConfig, tail: Sequence[str] = ()
     # First line only: httpx appends a "For more information check: ..." line.
     text = (str(exc) or type(exc).__name__).strip().splitlines()[0]
     if config.url:
-        text = text.replace(config.url, redact_url(config.url))
-    for secret in (*config.headers.values(), *config.env.values()):
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    text = f"{type(exc).__name__}: {text}"
+        text = redact_known(text, dsn_secrets(config.url))
+    # Not every env value is a secret: masking a "1" everywhere would only mangle the message.
+    text = redact_known(text, (*config.headers.values(), *config.env.values()), min_length=4)
+    text = f"{type(exc).__name__}: {redact_text(text)}"
     if isinstance(exc, MCPError) and config.transport == "http" and tail:
         text += f" ({tail[-1]}; check the url and the headers)"
     return text

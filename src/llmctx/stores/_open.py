@@ -19,9 +19,10 @@ import threading
 from urllib.parse import unquote
 
 from .._exceptions import ConfigError
+from .._redact import redact_dsn
 from ._base import Store
 from .memory import MemoryStore
-from .postgres import PostgresStore, redact_dsn
+from .postgres import PostgresStore
 from .sqlite import SQLiteStore, sqlite_path_from_url
 
 __all__ = ["default_store", "open_store", "sqlite_file_of"]

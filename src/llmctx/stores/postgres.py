@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._exceptions import ConfigError, StoreError
+from .._redact import redact_dsn
 from .._usage import CallRecord
 from . import _sql
 from ._base import SessionRecord
@@ -33,37 +34,11 @@ from ._base import SessionRecord
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "redact_dsn"]
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 SCHEMA_VERSION = 1
 _T = TypeVar("_T")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-_PASSWORD_KV = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
-_PASSWORD_URL = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/?#@\s]*:)([^\s]*)@")
-# On the DSN itself (not on free text) a URL password may contain spaces or a stray '@'.
-_PASSWORD_URL_WHOLE = re.compile(r"(?is)^\s*[a-z][a-z0-9+.\-]*://[^:/?#@]*:(.*)@[^@]*$")
-
-
-def redact_dsn(text: str, dsn: str | None = None) -> str:
-    """``text`` with every password of a DSN replaced by ``***``.
-
-    Args:
-        text: a DSN or a message that may quote one (``password=...``, ``user:pass@host``).
-        dsn: the DSN the message is about; its password is also removed wherever it occurs
-            verbatim in ``text`` (libpq quotes malformed fragments back).
-    """
-    secrets: list[str] = []
-    if dsn:
-        whole = _PASSWORD_URL_WHOLE.match(dsn)
-        if whole:
-            secrets.append(whole.group(1))
-        secrets.extend(m.group(2).strip("'") for m in _PASSWORD_KV.finditer(dsn))
-        secrets.extend(m.group(2) for m in _PASSWORD_URL.finditer(dsn))
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    text = _PASSWORD_KV.sub(lambda m: m.group(1) + "***" if m.group(2) else m.group(0), text)
-    return _PASSWORD_URL.sub(lambda m: m.group(1) + "***@", text)
 
 
 def _import_psycopg() -> Any:
