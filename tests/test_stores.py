@@ -730,3 +730,57 @@ def test_open_store_keyword_dsn_opens_a_postgres_store(postgres_dsn: str, unique
         assert s.get_session(f"kw-{unique}") is not None
     finally:
         s.close()
+
+
+def test_sqlite_store_refuses_a_keyword_dsn_in_env_without_showing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLiteStore() with LLMCTX_DB a libpq DSN refuses it: no file named after it, no password."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMCTX_DB", f"host=db user=app password={SECRET}")
+    with pytest.raises(ConfigError, match="PostgreSQL DSN") as info:
+        SQLiteStore()
+    assert SECRET not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_env_sqlite_file_names_only_sqlite_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """env_sqlite_file() is the SQLite file LLMCTX_DB names, None for unset or other stores."""
+    from llmctx.stores._open import env_sqlite_file
+
+    monkeypatch.delenv("LLMCTX_DB", raising=False)
+    assert env_sqlite_file() is None
+    for value, expected in [
+        (str(tmp_path / "a.db"), str(tmp_path / "a.db")),
+        (f"sqlite://{tmp_path / 'b.db'}", str(tmp_path / "b.db")),
+        ("memory:", None),
+        ("postgresql://u:p@h/db", None),
+        ("host=db dbname=x", None),
+    ]:
+        monkeypatch.setenv("LLMCTX_DB", value)
+        assert env_sqlite_file() == expected
+
+
+def test_resolve_store_uses_stores_shares_urls_and_inherits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Store is used as is, a URL gives one store per process, None inherits or defaults."""
+    from llmctx.stores._open import resolve_store
+
+    given = MemoryStore()
+    assert resolve_store(given) is given
+    assert resolve_store(given, inherited=MemoryStore()) is given
+    url = f"sqlite://{tmp_path / 'shared.db'}"
+    first = resolve_store(url)
+    assert isinstance(first, SQLiteStore)
+    assert resolve_store(url) is first
+    assert resolve_store(url, inherited=given) is first
+    assert resolve_store(None, inherited=given) is given
+    monkeypatch.setenv("LLMCTX_DB", "memory:")
+    assert resolve_store(None) is default_store()
+    with pytest.raises(ConfigError) as info:
+        resolve_store(f"mysql://root:{SECRET}@localhost/db")
+    assert "LLMCTX_DB" in str(info.value)
+    assert SECRET not in str(info.value)

@@ -8,7 +8,6 @@ exits non-zero.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from contextlib import ExitStack
 from decimal import Decimal
@@ -38,13 +37,18 @@ def _check(ok: bool, what: str, results: list[tuple[str, bool]]) -> None:
 def demo(
     max_tokens: int = typer.Option(24, help="Output tokens per answer."),
     db: str | None = typer.Option(
-        None, "--db", help="SQLite file to record into (default: LLMCTX_DB, else a temporary file)."
+        None,
+        "--db",
+        help="SQLite file to record into (default: the SQLite file LLMCTX_DB names, else a "
+        "temporary file).",
     ),
 ) -> None:
     """Run a short tour of llmctx on the bundled local model and check what it claims."""
     import llmctx
+    from llmctx._money import format_usd
     from llmctx.providers import LOCAL_MODEL_NAME, local_model
     from llmctx.stores import SQLiteStore
+    from llmctx.stores._open import env_sqlite_file
 
     console = Console()
     try:
@@ -55,7 +59,8 @@ def demo(
     model_name = LOCAL_MODEL_NAME
 
     with ExitStack() as stack:
-        path = db or os.environ.get("LLMCTX_DB")
+        path = db or env_sqlite_file()
+        kept = bool(path)
         if not path:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="llmctx-demo-"))
             path = str(Path(tmp) / "demo.db")
@@ -84,7 +89,7 @@ def demo(
                     reply["choices"][0]["message"]["content"].strip()[:60],
                     str(usage["prompt_tokens"]),
                     str(usage["completion_tokens"]),
-                    f"${s.calls[-1].cost or 0:.7f}",
+                    format_usd(s.calls[-1].cost or 0),
                 )
             console.print(answers)
 
@@ -158,12 +163,14 @@ def demo(
         for what, ok in checks:
             summary.add_row(what, "[green]ok[/green]" if ok else "[red]FAILED[/red]")
         console.print(summary)
-        console.print(
+        totals = (
             f"session 'demo': {s.usage.input_tokens} in / {s.usage.output_tokens} out tokens, "
-            f"${s.cost}. Inspect it with: llmctx sessions show {s.id[:12]} --db {path}"
-            if db or os.environ.get("LLMCTX_DB")
-            else f"session 'demo': {s.usage.input_tokens} in / {s.usage.output_tokens} out tokens, "
-            f"${s.cost} (recorded in a temporary database; set LLMCTX_DB to keep it)"
+            f"{format_usd(s.cost)}"
+        )
+        console.print(
+            f"{totals}. Inspect it with: llmctx sessions show {s.id[:12]} --db {path}"
+            if kept
+            else f"{totals} (recorded in a temporary database; set LLMCTX_DB to keep it)"
         )
         if not all(ok for _, ok in checks):
             raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""Pick a store from a URL or a path, and the process-wide default store.
+"""The one resolver of store URLs: what a URL or path names, ``$LLMCTX_DB``, the shared stores.
 
 Accepted forms::
 
@@ -9,6 +9,9 @@ Accepted forms::
     postgresql://user:pw@host/db     PostgresStore (also postgres://); an extra query
                                      parameter ?schema=NAME picks the schema (default llmctx)
     host=db user=app dbname=x        PostgresStore: a libpq keyword/value DSN (schema llmctx)
+
+This module is the only one that reads ``$LLMCTX_DB`` or parses one of these forms; the stores,
+sessions, the CLI and the workshop ask it. Messages about a form never contain its password.
 """
 
 from __future__ import annotations
@@ -16,16 +19,26 @@ from __future__ import annotations
 import os
 import re
 import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote
 
 from .._exceptions import ConfigError
 from .._redact import redact_dsn
-from ._base import Store
-from .memory import MemoryStore
-from .postgres import PostgresStore
-from .sqlite import SQLiteStore, sqlite_path_from_url
 
-__all__ = ["default_store", "open_store", "sqlite_file_of"]
+if TYPE_CHECKING:
+    from ._base import Store
+
+__all__ = [
+    "default_sqlite_path",
+    "default_store",
+    "env_sqlite_file",
+    "open_store",
+    "resolve_store",
+    "sqlite_file_of",
+    "sqlite_path",
+    "sqlite_path_from_url",
+]
 
 ACCEPTED_FORMS = (
     "'memory:', 'sqlite:///absolute/path.db', 'sqlite:relative/path.db', a bare file path, "
@@ -43,8 +56,15 @@ _KEYWORD_DSN = re.compile(
 # Two characters or more: a one-letter "scheme" is a Windows drive (C:\db).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 
+_Kind = Literal["memory", "sqlite-url", "postgres", "unknown", "path"]
 
-def _kind(target: str) -> str:
+
+def _env() -> str:
+    """``$LLMCTX_DB`` without surrounding blanks ("" when unset): its only reader."""
+    return os.environ.get("LLMCTX_DB", "").strip()
+
+
+def _kind(target: str) -> _Kind:
     lowered = target.lower()
     if lowered in {"memory:", "memory://"}:
         return "memory"
@@ -57,6 +77,88 @@ def _kind(target: str) -> str:
     return "path"
 
 
+def _unknown(target: str) -> ConfigError:
+    return ConfigError(
+        f"unknown store {redact_dsn(target, target)!r}: use {ACCEPTED_FORMS} (in the argument or "
+        "in LLMCTX_DB)"
+    )
+
+
+# -- SQLite files ------------------------------------------------------------------------------
+
+
+def default_sqlite_path() -> Path:
+    """The default database file: ``platformdirs.user_data_dir("llmctx")/llmctx.db``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("llmctx", appauthor=False)) / "llmctx.db"
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """The file path of a ``sqlite:`` URL: ``sqlite:///abs/path.db`` or ``sqlite:rel.db``.
+
+    Raises:
+        ConfigError: ``url`` does not name a file.
+    """
+    rest = url[len("sqlite:") :] if url.lower().startswith("sqlite:") else url
+    if rest.startswith("//"):
+        rest = rest[2:]
+        if not rest.startswith("/"):
+            raise ConfigError(
+                f"SQLite URL {url!r} has a host part; use sqlite:///absolute/path.db "
+                "or sqlite:relative/path.db"
+            )
+        # sqlite:///C:/x.db on Windows names C:/x.db.
+        if len(rest) > 2 and rest[2] == ":" and rest[1].isalpha():
+            rest = rest[1:]
+    rest = unquote(rest.split("?", 1)[0])
+    if not rest:
+        raise ConfigError(
+            f"SQLite URL {url!r} names no file; use sqlite:///absolute/path.db "
+            "or sqlite:relative/path.db"
+        )
+    return rest
+
+
+def sqlite_path(path: str | os.PathLike[str] | None) -> str:
+    """The file :class:`~llmctx.stores.SQLiteStore` opens for ``path``.
+
+    Args:
+        path: a file path, a ``sqlite:`` URL or ``":memory:"``; ``None`` means ``$LLMCTX_DB``,
+            else :func:`default_sqlite_path`.
+
+    Returns:
+        The path (``~`` expanded), or ``":memory:"``.
+
+    Raises:
+        ConfigError: ``path`` is ``None`` and ``$LLMCTX_DB`` names another kind of store, or a
+            ``sqlite:`` URL names no file.
+    """
+    if path is None:
+        env = _env()
+        if not env:
+            return str(default_sqlite_path())
+        kind = _kind(env)
+        if kind not in {"sqlite-url", "path"}:
+            what = "a PostgreSQL DSN" if kind == "postgres" else f"a {_scheme_of(env)!r} URL"
+            raise ConfigError(
+                f"LLMCTX_DB is {what}, not a SQLite file; open it with "
+                "llmctx.stores.open_store() or default_store() instead of SQLiteStore()"
+            )
+        path = env
+    text = os.fspath(path)
+    if text.lower().startswith("sqlite:"):
+        return sqlite_path_from_url(text)
+    if text == ":memory:":
+        return text
+    return str(Path(text).expanduser())
+
+
+def _scheme_of(target: str) -> str:
+    match = _SCHEME.match(target)
+    return match.group(1) if match else "unknown"
+
+
 def sqlite_file_of(url_or_path: str | None) -> str | None:
     """The SQLite file ``open_store(url_or_path)`` would open, or None for other stores.
 
@@ -66,10 +168,8 @@ def sqlite_file_of(url_or_path: str | None) -> str | None:
     Raises:
         ConfigError: ``url_or_path`` is not one of the accepted forms.
     """
-    target = (url_or_path or "").strip() or os.environ.get("LLMCTX_DB", "").strip()
+    target = (url_or_path or "").strip() or _env()
     if not target:
-        from .sqlite import default_sqlite_path
-
         return str(default_sqlite_path())
     kind = _kind(target)
     if kind == "sqlite-url":
@@ -79,6 +179,24 @@ def sqlite_file_of(url_or_path: str | None) -> str | None:
     if kind == "unknown":
         raise _unknown(target)
     return None
+
+
+def env_sqlite_file() -> str | None:
+    """The SQLite file ``$LLMCTX_DB`` names; None when it is unset or names another store.
+
+    For programs that want a SQLite file of their own unless the user chose one (the demo,
+    the workshop).
+
+    Raises:
+        ConfigError: ``$LLMCTX_DB`` is a ``sqlite:`` URL that names no file.
+    """
+    env = _env()
+    if not env or _kind(env) not in {"sqlite-url", "path"}:
+        return None
+    return sqlite_file_of(env)
+
+
+# -- stores ------------------------------------------------------------------------------------
 
 
 def _split_schema(url: str) -> tuple[str, str]:
@@ -97,13 +215,6 @@ def _split_schema(url: str) -> tuple[str, str]:
     return (base + "?" + "&".join(kept) if kept else base), schema
 
 
-def _unknown(target: str) -> ConfigError:
-    return ConfigError(
-        f"unknown store {redact_dsn(target, target)!r}: use {ACCEPTED_FORMS} (in the argument or "
-        "in LLMCTX_DB)"
-    )
-
-
 def open_store(url_or_path: str | None = None) -> Store:
     """Open the store named by a URL or a file path.
 
@@ -118,10 +229,15 @@ def open_store(url_or_path: str | None = None) -> Store:
         ConfigError: the string is not one of the accepted forms, or a DSN is malformed.
         StoreError: the store cannot be opened (unwritable path, unreachable server, ...).
     """
-    target = (url_or_path or "").strip()
+    # Imported here: the stores ask this module for their paths, so it cannot import them
+    # while the package loads.
+    from .memory import MemoryStore
+    from .postgres import PostgresStore
+    from .sqlite import SQLiteStore
+
+    target = (url_or_path or "").strip() or _env()
     if not target:
-        env = os.environ.get("LLMCTX_DB", "").strip()
-        return open_store(env) if env else SQLiteStore()
+        return SQLiteStore(default_sqlite_path())
     kind = _kind(target)
     if kind == "memory":
         return MemoryStore()
@@ -149,7 +265,7 @@ def default_store() -> Store:
         StoreError: the store cannot be opened.
     """
     global _default
-    env = os.environ.get("LLMCTX_DB", "").strip()
+    env = _env()
     current = _default
     if current is not None and current[0] == env:
         return current[1]
@@ -157,3 +273,37 @@ def default_store() -> Store:
         if _default is None or _default[0] != env:
             _default = (env, open_store(env or None))
         return _default[1]
+
+
+_stores_by_url: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def resolve_store(store: Store | str | None, inherited: Store | None = None) -> Store:
+    """The store a session writes to.
+
+    Args:
+        store: a Store, used as is; a URL or path, opened on first use and then shared by
+            everything in the process that names the same string (one store, one connection,
+            per URL per process; never closed by llmctx); or None.
+        inherited: the store to use when ``store`` is None (a parent session's). When both are
+            None: :func:`default_store`.
+
+    Returns:
+        The store.
+
+    Raises:
+        ConfigError: the string (or ``$LLMCTX_DB``) is not one of the accepted forms.
+        StoreError: the store cannot be opened.
+    """
+    if store is not None and not isinstance(store, str):
+        return store
+    if isinstance(store, str):
+        with _stores_lock:
+            found = _stores_by_url.get(store)
+            if found is None:
+                found = _stores_by_url[store] = open_store(store)
+            return found
+    if inherited is not None:
+        return inherited
+    return default_store()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -32,10 +31,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import ConfigError, StoreError
+from .._exceptions import StoreError
 from .._usage import CallRecord
 from . import _sql
 from ._base import SessionRecord
+from ._open import default_sqlite_path, sqlite_path, sqlite_path_from_url
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
 
@@ -45,8 +45,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 # Placeholders per IN (...) list; well under SQLite's oldest default limit of 999 variables.
 _CHUNK = 500
-# A URL scheme of two letters or more (one letter is a Windows drive: C:/db).
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -133,63 +131,6 @@ _CALL_ROWID = _CALL_STARTED_US + 1
 _TREE_CTE = _sql.tree_cte("sessions", "?")
 
 
-def default_sqlite_path() -> Path:
-    """The default database file: ``platformdirs.user_data_dir("llmctx")/llmctx.db``."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("llmctx", appauthor=False)) / "llmctx.db"
-
-
-def sqlite_path_from_url(url: str) -> str:
-    """The file path of a ``sqlite:`` URL: ``sqlite:///abs/path.db`` or ``sqlite:rel.db``.
-
-    Raises:
-        ConfigError: ``url`` does not name a file.
-    """
-    from urllib.parse import unquote
-
-    rest = url[len("sqlite:") :] if url.lower().startswith("sqlite:") else url
-    if rest.startswith("//"):
-        rest = rest[2:]
-        if not rest.startswith("/"):
-            raise ConfigError(
-                f"SQLite URL {url!r} has a host part; use sqlite:///absolute/path.db "
-                "or sqlite:relative/path.db"
-            )
-        # sqlite:///C:/x.db on Windows names C:/x.db.
-        if len(rest) > 2 and rest[2] == ":" and rest[1].isalpha():
-            rest = rest[1:]
-    rest = unquote(rest.split("?", 1)[0])
-    if not rest:
-        raise ConfigError(
-            f"SQLite URL {url!r} names no file; use sqlite:///absolute/path.db "
-            "or sqlite:relative/path.db"
-        )
-    return rest
-
-
-def _resolve_path(path: str | os.PathLike[str] | None) -> str:
-    if path is None:
-        env = os.environ.get("LLMCTX_DB", "").strip()
-        if not env:
-            return str(default_sqlite_path())
-        if env.lower().startswith("sqlite:"):
-            return sqlite_path_from_url(env)
-        scheme = _SCHEME.match(env)
-        if scheme is not None:
-            raise ConfigError(
-                f"LLMCTX_DB is a {scheme.group(1)!r} URL, not a SQLite file; open it with "
-                "llmctx.stores.open_store() or default_store() instead of SQLiteStore()"
-            )
-        path = env
-    text = os.fspath(path)
-    if text.lower().startswith("sqlite:"):
-        return sqlite_path_from_url(text)
-    if text == ":memory:":
-        return text
-    return str(Path(text).expanduser())
-
-
 def _epoch_us(value: datetime) -> int:
     # Naive datetimes are taken as UTC for ordering; the ISO text keeps them as they were.
     if value.tzinfo is None:
@@ -241,7 +182,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = _resolve_path(path)
+        self.path = sqlite_path(path)
         self._lock = threading.Lock()
         self._closed = False
         self._conn = self._connect()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -140,11 +139,12 @@ def priced() -> Iterator[None]:
 
 @contextmanager
 def temp_store() -> Iterator[Any]:
-    """A SQLite store: at ``LLMCTX_DB`` when set, else a temporary file removed afterwards."""
+    """A SQLite store: the file ``LLMCTX_DB`` names, else a temporary file removed afterwards."""
     from ..stores import SQLiteStore
+    from ..stores._open import env_sqlite_file
 
-    path = os.environ.get("LLMCTX_DB")
-    if path and "://" not in path:
+    path = env_sqlite_file()
+    if path is not None:
         store = SQLiteStore(path)
         try:
             yield store
