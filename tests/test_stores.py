@@ -31,6 +31,7 @@ from llmctx.stores import (
     default_store,
     open_store,
 )
+from llmctx.stores.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SECRET = "s3cr3t-Pa55"
@@ -165,6 +166,23 @@ def test_save_call_with_session_writes_both(store: Store) -> None:
     store.save_call(_call("s1", 2), later)
     assert store.get_session("s1") == later
     assert len(store.list_calls(["s1"])) == 2
+
+
+def test_saving_a_call_twice_keeps_one_row_and_the_session_counts_it_once(store: Store) -> None:
+    """A save_call retried with the same call (a lost acknowledgement) adds no second row."""
+    snapshot = _session("s1", status="running").replace(calls=1, usage=Usage(10, 2, requests=1))
+    call = _call("s1", 1, usage=Usage(10, 2, requests=1))
+    store.save_call(call, snapshot)
+    store.save_call(call, snapshot)
+    store.save_call(call.replace(response="changed"))  # the first row stays
+    assert store.list_calls(["s1"]) == [call]
+    assert store.get_session("s1") == snapshot
+    resumed = llmctx.session.resume("s1", store=store)
+    assert resumed.usage == Usage(10, 2, requests=1)
+    assert len(resumed.calls) == 1
+    assert store.delete_session("s1") == 1
+    store.save_call(call, snapshot)  # a deleted call may be saved again
+    assert store.list_calls(["s1"]) == [call]
 
 
 def test_save_call_updates_parent_and_start_of_existing_session(store: Store) -> None:
@@ -429,7 +447,35 @@ def test_sqlite_file_is_wal_and_versioned(tmp_path: Path) -> None:
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION
+    finally:
+        raw.close()
+
+
+def test_sqlite_version_1_file_is_migrated_to_one_row_per_call(tmp_path: Path) -> None:
+    """A file of schema 1 with a call saved twice opens with the first row kept, then dedupes."""
+    db = tmp_path / "v1.db"
+    store = SQLiteStore(db)
+    first = _call("s", 1, response="first")
+    store.save_call(first)
+    store.close()
+    raw = sqlite3.connect(db)
+    raw.execute("DROP INDEX calls_id")
+    row = raw.execute("SELECT * FROM calls").fetchone()
+    raw.execute(f"INSERT INTO calls VALUES ({', '.join('?' * len(row))})", row)
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    store = SQLiteStore(db)
+    try:
+        assert store.list_calls(["s"]) == [first]
+        store.save_call(first.replace(response="again"))
+        assert store.list_calls(["s"]) == [first]
+    finally:
+        store.close()
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION
     finally:
         raw.close()
 

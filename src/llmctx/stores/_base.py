@@ -107,7 +107,12 @@ class Store(Protocol):
         """Insert or replace the session row."""
 
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
-        """Insert one call; when ``session`` is given, update that row in the same commit."""
+        """Insert one call; when ``session`` is given, update that row in the same commit.
+
+        One row per call id: saving an id already stored leaves that row as it is (a write
+        retried after a lost acknowledgement adds nothing), while ``session``, a snapshot of
+        the totals, is still written.
+        """
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         """The session row, or None."""

@@ -18,6 +18,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionRecord] = {}
         self._calls: dict[str, list[CallRecord]] = {}
+        self._call_ids: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._sessions)})"
@@ -27,8 +28,11 @@ class MemoryStore:
             self._sessions[record.id] = record
 
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        """Keep the call (once per id, like every store) and, when given, replace the session."""
         with self._lock:
-            self._calls.setdefault(call.session_id or "", []).append(call)
+            if call.id not in self._call_ids:
+                self._call_ids.add(call.id)
+                self._calls.setdefault(call.session_id or "", []).append(call)
             if session is not None:
                 self._sessions[session.id] = session
 
@@ -79,7 +83,7 @@ class MemoryStore:
         with self._lock:
             for sid in ids:
                 self._sessions.pop(sid, None)
-                self._calls.pop(sid, None)
+                self._call_ids.difference_update(c.id for c in self._calls.pop(sid, ()))
         return len(ids)
 
     def close(self) -> None:

@@ -259,7 +259,9 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
         """Insert one call and, when given, upsert its session in the same transaction.
 
-        A KeyboardInterrupt or cancellation before the commit rolls both back.
+        A call whose id is already stored is not written again (the first row stays); the
+        session row is still upserted, a snapshot of the totals. A KeyboardInterrupt or
+        cancellation before the commit rolls both back.
 
         Raises:
             StoreError: the write failed or the store is closed.

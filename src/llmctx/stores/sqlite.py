@@ -11,8 +11,9 @@ Layout (``PRAGMA user_version`` holds the schema version, so later versions can 
 * ``sessions``: one row per session; usage as integer columns, ``cost`` as Decimal text,
   ``tags``/``budget``/``metadata`` as JSON text, datetimes as ISO 8601 text plus an integer
   ``started_us`` (microseconds since the epoch) that orders rows whatever their time zone.
-* ``calls``: one row per call; ``request``/``tool_calls``/``raw_usage``/``metadata`` as JSON
-  text.
+* ``calls``: one row per call id (a unique index: saving the same call twice keeps the first
+  row, so a write retried after a lost acknowledgement is harmless);
+  ``request``/``tool_calls``/``raw_usage``/``metadata`` as JSON text.
 
 Rows are not tied together by foreign-key constraints on purpose: a call must be kept even
 when its session row was never written (a process killed between the two), and deletes walk
@@ -39,14 +40,16 @@ from ._open import default_sqlite_path, sqlite_path, sqlite_path_from_url
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
 
-SCHEMA_VERSION = 1
+# 2: calls.id is unique (version 1 kept a call saved twice as two rows).
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 # Placeholders per IN (...) list; well under SQLite's oldest default limit of 999 variables.
 _CHUNK = 500
 
-_SCHEMA = """
+_CALLS_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_id ON calls (id)"
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sessions (
     id                 TEXT PRIMARY KEY,
     name               TEXT,
@@ -100,6 +103,7 @@ CREATE TABLE IF NOT EXISTS calls (
     metadata           TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS calls_session ON calls (session_id, started_us);
+{_CALLS_ID_INDEX};
 """
 
 # The shared columns, then started_us (which only SQLite has), as _session_params gives them.
@@ -123,7 +127,10 @@ _UPSERT_SESSION_TOTALS = (
 _SELECT_SESSION = f"SELECT {_sql.SESSION_COLS} FROM sessions"
 
 _CALL_COLS = f"{_sql.CALL_COLS}, started_us"
-_INSERT_CALL = f"INSERT INTO calls ({_CALL_COLS}) VALUES ({', '.join('?' * 26)})"
+# A call id already stored is left as it is (as in PostgresStore and MemoryStore).
+_INSERT_CALL = (
+    f"INSERT INTO calls ({_CALL_COLS}) VALUES ({', '.join('?' * 26)}) ON CONFLICT (id) DO NOTHING"
+)
 # list_calls' rows end with its ordering: started_us (the last of _CALL_COLS), then rowid.
 _CALL_STARTED_US = _CALL_COLS.count(",")
 _CALL_ROWID = _CALL_STARTED_US + 1
@@ -269,7 +276,16 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                version = SCHEMA_VERSION
+            if version == 1:
+                # Version 1 appended a call saved twice; keep its first row, then let the
+                # unique index make every later save of that id a no-op.
+                conn.execute(
+                    "DELETE FROM calls WHERE rowid NOT IN "
+                    "(SELECT min(rowid) FROM calls GROUP BY id)"
+                )
+                conn.execute(_CALLS_ID_INDEX)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -331,9 +347,11 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
         """Insert one call and, when given, upsert its session in the same transaction.
 
-        The call is appended as is (like MemoryStore, saving the same call twice keeps two
-        rows). A KeyboardInterrupt or cancellation before the commit rolls both back; once
-        this returns both rows survive the process being killed.
+        A call whose id is already stored is not written again (the first row stays, like
+        every store); the session row is still upserted, since it is a snapshot of the
+        session's totals and never an increment. A KeyboardInterrupt or cancellation before
+        the commit rolls both back; once this returns both rows survive the process being
+        killed.
 
         Raises:
             StoreError: the write failed or the store is closed.
