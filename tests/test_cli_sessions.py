@@ -298,6 +298,19 @@ def test_bad_db_url_exits_1() -> None:
     assert "hunter2" not in err
 
 
+def test_unreachable_keyword_dsn_exits_1_without_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libpq keyword DSN in --db reaches PostgreSQL (no file made) and hides its password."""
+    monkeypatch.chdir(tmp_path)
+    dsn = "host=127.0.0.1 port=1 user=app password='hunter2 x' dbname=x connect_timeout=2"
+    code, _, err = _run("ls", "--db", dsn)
+    assert code == 1
+    assert "127.0.0.1:1" in err
+    assert "hunter2" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.postgres
 def test_cli_against_postgres(postgres_dsn: str, unique: str) -> None:
     """ls, show, export and rm work the same against a PostgreSQL store."""
