@@ -68,10 +68,14 @@ def test_budget_and_limiter_refusals_leave_the_same_trace(memory_store: MemorySt
     limiter = NoWait(llmctx.RateLimiter(rpm=1))
     budget = llmctx.Budget(tokens=1_000)
     with llmctx.session("s", budget=budget, store=memory_store) as s:
-        with llmctx.track_call(provider="acme", model=MODEL, input_tokens=10, limiter=limiter):
+        with llmctx.track_call(
+            provider="acme", model=MODEL, input_tokens=10, max_output_tokens=0, limiter=limiter
+        ):
             pass  # takes the limiter's only request of the minute
         with pytest.raises(llmctx.AcquireTimeout):
-            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=10, limiter=limiter):
+            with llmctx.track_call(
+                provider="acme", model=MODEL, input_tokens=10, max_output_tokens=0, limiter=limiter
+            ):
                 pytest.fail("a refused call must not run")
         with pytest.raises(llmctx.BudgetExceeded):
             with llmctx.track_call(provider="acme", model=MODEL, input_tokens=5_000):
@@ -114,7 +118,11 @@ def test_async_tracker_waits_for_the_limiter_and_releases_budget_on_cancel(
 
             async def second() -> None:
                 tracker = llmctx.track_call(
-                    provider="acme", model=MODEL, input_tokens=50, limiter=limiter
+                    provider="acme",
+                    model=MODEL,
+                    input_tokens=50,
+                    max_output_tokens=0,
+                    limiter=limiter,
                 )
                 waiting.set()
                 async with tracker:
@@ -206,7 +214,9 @@ def test_bad_usage_is_refused_and_the_block_releases_the_reservation(
     budget = llmctx.Budget(tokens=1_000)
     with llmctx.session("s", budget=budget, store=memory_store) as s:
         with pytest.raises(llmctx.ConfigError, match=match):
-            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=200) as call:
+            with llmctx.track_call(
+                provider="acme", model=MODEL, input_tokens=200, max_output_tokens=0
+            ) as call:
                 try:
                     call.finish(usage=usage)
                 finally:
@@ -267,3 +277,17 @@ def test_a_price_raised_mid_call_is_an_overrun_in_dollars(memory_store: MemorySt
         with raised, pytest.warns(llmctx.BudgetOverrun, match=r"\$0\.03 \(reserved \$0\.001\)"):
             call.finish(usage=llmctx.Usage(input_tokens=1_000, requests=1))
         assert budget.ledger.snapshot().spent.usd == Decimal("0.03")
+
+
+def test_a_call_without_an_output_limit_reserves_the_default(memory_store: MemoryStore) -> None:
+    """track_call without max_output_tokens reserves DEFAULT_MAX_OUTPUT_TOKENS for a model call
+    (never 0, which any reply would overrun); a tool call reserves no tokens."""
+    from llmctx._charge import DEFAULT_MAX_OUTPUT_TOKENS
+
+    budget = llmctx.Budget(tokens=100_000)
+    with llmctx.session("s", budget=budget, store=memory_store):
+        with llmctx.track_call(provider="acme", model=MODEL, input_tokens=10):
+            assert budget.ledger.snapshot().reserved.tokens == 10 + DEFAULT_MAX_OUTPUT_TOKENS
+        with llmctx.track_call(provider="mcp", model="t.echo", kind="tool"):
+            assert budget.ledger.snapshot().reserved.tokens == 0
+    assert DEFAULT_MAX_OUTPUT_TOKENS == llmctx.providers.DEFAULT_MAX_OUTPUT_TOKENS

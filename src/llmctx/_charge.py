@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from . import _pricing
 from ._budget import Amount, Holds
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from ._session import Session
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT_TOKENS",
     "CallConsumer",
     "CallTracker",
     "LimiterLike",
@@ -64,6 +65,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("llmctx")
+
+#: Output tokens reserved for a model call that sets no output limit (a ``track_call`` without
+#: ``max_output_tokens``, OpenAI without ``max_tokens``): reserving 0 would let any reply
+#: overrun its budget. Pass the call's real limit to reserve exactly.
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 4096
 
 _ZERO = Decimal(0)
 _NO_HOLDS = Holds()
@@ -247,13 +253,15 @@ class CallTracker:
         request: Any = None,
         kind: str = "llm",
         input_tokens: int = 0,
-        max_output_tokens: int = 0,
+        max_output_tokens: int | None = None,
         free: bool = False,
         session: Session | None = None,
         recorders: tuple[Recorder, ...] | None = None,
         metadata: Mapping[str, Any] | None = None,
         limiter: LimiterLike | None = None,
     ) -> None:
+        if max_output_tokens is None:
+            max_output_tokens = DEFAULT_MAX_OUTPUT_TOKENS if kind == "llm" else 0
         for name, value in (
             ("input_tokens", input_tokens),
             ("max_output_tokens", max_output_tokens),
@@ -627,7 +635,7 @@ def track_call(
     request: Any = None,
     kind: str = "llm",
     input_tokens: int = 0,
-    max_output_tokens: int = 0,
+    max_output_tokens: int | None = None,
     free: bool = False,
     session: Session | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -643,7 +651,9 @@ def track_call(
         kind: ``"llm"`` (priced, counts as a request), ``"embedding"``, or ``"tool"`` (no token
             cost; latency, status and error are still recorded).
         input_tokens: prompt tokens counted before sending (for the reservations).
-        max_output_tokens: the call's output limit (for the reservations).
+        max_output_tokens: the call's output limit (for the reservations). Not given: a model
+            call (``kind="llm"``) reserves :data:`DEFAULT_MAX_OUTPUT_TOKENS` (4,096), other
+            kinds 0.
         free: price the call at $0 whatever the model (e.g. a local model without a set price).
         session: charge this session instead of the current one.
         metadata: extra fields kept on the record.

@@ -29,7 +29,13 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from .._charge import CallTracker, LimiterLike, ReservationLike, track_call
+from .._charge import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    CallTracker,
+    LimiterLike,
+    ReservationLike,
+    track_call,
+)
 from .._context import idle
 from .._tokens import Tokenizer, count_tokens, estimate_text_tokens
 from .._usage import Usage
@@ -49,10 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("llmctx")
-
-#: Output tokens reserved for a request that sets no output limit (OpenAI without
-#: ``max_tokens``). Set ``max_tokens`` / ``max_output_tokens`` to reserve exactly.
-DEFAULT_MAX_OUTPUT_TOKENS: Final = 4096
 
 
 @dataclass(slots=True)
