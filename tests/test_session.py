@@ -301,6 +301,39 @@ def test_secrets_never_reach_the_store(tmp_path: Path) -> None:
     assert "[REDACTED]" in calls[1].error
 
 
+def test_secrets_in_replies_metadata_names_and_tags_never_reach_the_store(
+    tmp_path: Path,
+) -> None:
+    """A key quoted in a reply, call metadata, a session name or a tag is redacted in the
+    database file, and a BudgetExceeded message does not repeat it."""
+    store = SQLiteStore(tmp_path / "r.db")
+    secret = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX123456"
+    budget = llmctx.Budget(tokens=10)
+    with llmctx.session(
+        f"run with {secret}", budget=budget, tags={"note": f"key={secret}"}, store=store
+    ) as s:
+        with llmctx.track_call(
+            provider="openai",
+            model="fake-model",
+            max_output_tokens=0,
+            metadata={"auth": f"Bearer {secret}"},
+        ) as call:
+            call.finish(
+                usage=llmctx.Usage(input_tokens=1, requests=1),
+                response=f"Sure, your key is {secret}.",
+            )
+        with pytest.raises(llmctx.BudgetExceeded) as info:
+            with llmctx.track_call(provider="openai", model="fake-model", input_tokens=100):
+                pass
+        assert secret not in str(info.value)
+        assert "session" in str(info.value)
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("r.db*"))
+    assert secret.encode() not in raw
+    stored = SQLiteStore(tmp_path / "r.db").list_calls([s.id])[0]
+    assert stored.response == "Sure, your key is [REDACTED]."
+
+
 def test_record_content_false_keeps_usage_not_text(memory_store: MemoryStore) -> None:
     """record_content=False stores usage and cost but neither prompt nor response."""
     with llmctx.session(store=memory_store, record_content=False) as s:

@@ -203,6 +203,13 @@ def _overrun(reserved: Amount, used: Amount, limited: frozenset[str]) -> str | N
     return "; ".join(parts) or None
 
 
+def _kept_metadata(
+    base: dict[str, Any], extra: Mapping[str, Any] | None, keeps: bool
+) -> dict[str, Any]:
+    merged = {**base, **extra} if extra else dict(base)
+    return redact(merged) if keeps and merged else merged
+
+
 def _status_of(exc: BaseException | None) -> int | None:
     # An SDK error carrying an HTTP response: the provider saw (and counted) the request.
     response = getattr(exc, "response", None)
@@ -523,7 +530,7 @@ class CallTracker:
             model=self.model,
             kind=self.kind,
             request=redact(self.request) if keeps else self.request,
-            response=response,
+            response=redact_text(response) if keeps and response else response,
             tool_calls=redact(tool_calls) if keeps and tool_calls else tool_calls,
             usage=usage,
             raw_usage=raw_usage,
@@ -535,7 +542,7 @@ class CallTracker:
             latency_s=latency,
             ttfb_s=self._ttfb,
             ttft_s=self._ttft,
-            metadata={**self.metadata, **metadata} if metadata else dict(self.metadata),
+            metadata=_kept_metadata(self.metadata, metadata, keeps),
         )
 
     def _settle(

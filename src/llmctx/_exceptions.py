@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._money import format_usd
+from ._redact import redact_text
 
 __all__ = [
     "BudgetExceeded",
@@ -161,7 +162,8 @@ class BudgetExceeded(LLMCtxError):
             self.dimension, self.dimension
         )
         who = self.session_name or self.session_id
-        of = f" of session {who!r}" if who else ""
+        # A session name is the user's free text: it may quote a key.
+        of = f" of session {redact_text(who)!r}" if who else ""
         return (
             f"{label} budget{of} exceeded before sending: limit {fmt(self.limit)}, "
             f"spent {fmt(self.spent)}, reserved by calls in flight {fmt(self.reserved)}, "

@@ -24,6 +24,7 @@ from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_can
 from ._redact import redact, redact_text
 from ._usage import CallRecord, Usage
 from .stores._base import SessionRecord, SessionStatus, Store
+from .stores._open import resolve_store
 
 if TYPE_CHECKING:
     from typing import Self
@@ -43,33 +44,6 @@ def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
     if exc_type is None:
         return "completed"
     return "cancelled" if is_cancellation(exc_type) else "failed"
-
-
-_stores_by_url: dict[str, Store] = {}
-_stores_lock = threading.Lock()
-
-
-def _store_for_url(url: str) -> Store:
-    """One store per URL per process: sessions given the same string share its connection."""
-    with _stores_lock:
-        store = _stores_by_url.get(url)
-        if store is None:
-            from .stores import open_store
-
-            store = _stores_by_url[url] = open_store(url)
-        return store
-
-
-def _resolve_store(store: Store | str | None, parent: Session | None) -> Store:
-    if store is not None and not isinstance(store, str):
-        return store
-    if isinstance(store, str):
-        return _store_for_url(store)
-    if parent is not None and parent._store is not None:
-        return parent._store
-    from .stores import default_store
-
-    return default_store()
 
 
 class Session:
@@ -270,7 +244,9 @@ class Session:
         try:
             self.parent = parent
             self._owners = None
-            self._store = _resolve_store(self._store_arg, parent)
+            self._store = resolve_store(
+                self._store_arg, parent._store if parent is not None else None
+            )
             self.started_at = self.started_at or _now()
             self._persist()
         except BaseException:
@@ -353,10 +329,11 @@ class Session:
                 metadata["record_content"] = False
             return SessionRecord(
                 id=self.id,
-                name=self.name,
+                # Names and tags are the user's free text: what is stored is redacted.
+                name=None if self.name is None else redact_text(self.name),
                 parent_id=self.parent.id if self.parent is not None else self._stored_parent_id,
                 status=self.status,
-                tags=dict(self.tags),
+                tags=redact(self.tags),
                 budget=None if self.budget is None else self.budget.to_dict(),
                 started_at=self.started_at or _now(),
                 ended_at=self.ended_at,
@@ -402,7 +379,7 @@ class Session:
             SessionNotFound: no session with that id in the store.
             SessionStateError: the session completed and ``allow_completed`` is false.
         """
-        resolved = _resolve_store(store, None)
+        resolved = resolve_store(store)
         row = resolved.get_session(session_id)
         if row is None:
             raise SessionNotFound(session_id, where=type(resolved).__name__)
