@@ -32,6 +32,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._exceptions import ConfigError
+from ._money import format_usd
 from ._usage import Usage
 
 if TYPE_CHECKING:
@@ -455,7 +456,7 @@ def _describe(gt: Any, value: Any, unit: Any, key: str) -> str:
         return str(gt._format_model_price_line(value, unit))
     except Exception:
         base = value.base if isinstance(value, gt.TieredPrices) else value
-        return f"${base} per {unit.per:,} {key}"
+        return f"{format_usd(base)} per {unit.per:,} {key}"
 
 
 def _rate_of(terms: tuple[_Term, ...], slot: int) -> Decimal | None:

@@ -34,7 +34,7 @@ from typing import Any, Literal, TextIO
 from rich.table import Table
 
 import llmctx
-from llmctx.workshop._common import MODEL_NAME, Checks, console, header, note, run, section
+from llmctx.workshop._common import MODEL_NAME, Checks, console, header, note, run, section, usd
 
 _SLEEP = 0.05  # seconds the timer demos sleep: long enough to measure, short enough not to wait
 
@@ -432,7 +432,7 @@ def main() -> None:
     _raises(priced_then_fail, RuntimeError)
     price_after = llmctx.lookup_price(MODEL_NAME)
     console.print(
-        f"  llmctx.price_override: {MODEL_NAME} priced at ${price_inside}/Mtok input inside, "
+        f"  llmctx.price_override: {MODEL_NAME} priced at {usd(price_inside)}/Mtok input inside, "
         f"{'unpriced' if price_after is None else price_after.input_per_mtok} after the error"
     )
     checks.check(

@@ -33,6 +33,7 @@ from llmctx.workshop._common import (
     run,
     section,
     temp_store,
+    usd,
 )
 
 SYSTEM = "You are a support agent. Answer in one short sentence."
@@ -65,7 +66,7 @@ def _calls_table(title: str, calls: list[llmctx.CallRecord]) -> Table:
             call.status,
             str(call.usage.input_tokens),
             str(call.usage.output_tokens),
-            "unpriced" if call.cost is None else f"${call.cost:.7f}",
+            "unpriced" if call.cost is None else usd(call.cost),
             (call.response or "").strip()[:48],
         )
     return table
@@ -123,9 +124,9 @@ def main() -> None:
                 ask(QUESTIONS[1], system=SYSTEM, max_tokens=MAX_TOKENS)
                 left_now = s.remaining()
                 console.print(
-                    f"  two calls done: {s.usage.total_tokens} tokens, ${s.cost}; budget left: "
-                    f"${left_now['usd']} of ${USD_LIMIT}, {left_now['tokens']} of {TOKEN_LIMIT} "
-                    "tokens"
+                    f"  two calls done: {s.usage.total_tokens} tokens, {usd(s.cost)}; "
+                    f"budget left: {usd(left_now['usd'])} of {usd(USD_LIMIT)}, "
+                    f"{left_now['tokens']} of {TOKEN_LIMIT} tokens"
                 )
                 # A later step fails (the model's calls are real, the outage is simulated):
                 # the exception leaves the block, the session records why and re-raises it.
@@ -179,8 +180,9 @@ def main() -> None:
         in_tok, out_tok, cost = _totals(stored)
         console.print(
             f"  session {s.id[:12]}: status [bold]{s.status}[/bold], error {s.error!r}\n"
-            f"  price: ${WORKSHOP_PRICE['input_per_mtok']} / ${WORKSHOP_PRICE['output_per_mtok']} "
-            f"per million input / output tokens (made up, via priced())"
+            f"  price: {usd(WORKSHOP_PRICE['input_per_mtok'])} / "
+            f"{usd(WORKSHOP_PRICE['output_per_mtok'])} per million input / output tokens "
+            "(made up, via priced())"
         )
         checks.check(
             failure is not None
@@ -196,12 +198,12 @@ def main() -> None:
             and (in_tok, out_tok) == (s.usage.input_tokens, s.usage.output_tokens)
             and cost == s.cost,
             "the calls made before the failure are in SQLite and add up to the session's totals",
-            f"{len(stored)} calls, {in_tok}+{out_tok} tokens, ${cost}",
+            f"{len(stored)} calls, {in_tok}+{out_tok} tokens, {usd(cost)}",
         )
         checks.check(
             all(c.cost == _expected_cost(c) for c in stored) and s.cost == cost > 0,
             "each call was priced exactly at the workshop price (Decimal, no float rounding)",
-            f"session cost ${s.cost}",
+            f"session cost {usd(s.cost)}",
         )
         try:
             with s:
@@ -238,15 +240,15 @@ def main() -> None:
                 "stored row",
                 str(stored_row.calls),
                 str(stored_row.usage.total_tokens),
-                f"${stored_row.cost}",
+                f"{usd(stored_row.cost)}",
                 "",
             )
             table.add_row(
                 "resumed session",
                 str(resumed.usage.requests),
                 str(resumed.usage.total_tokens),
-                f"${resumed.cost}",
-                f"${left['usd']} / {left['tokens']}",
+                f"{usd(resumed.cost)}",
+                f"{usd(left['usd'])} / {left['tokens']}",
             )
             console.print(table)
             checks.check(
@@ -271,7 +273,7 @@ def main() -> None:
             after = r.remaining()
             console.print(
                 f"  status [bold]{r.status}[/bold]; {r.usage.requests} calls, "
-                f"{r.usage.total_tokens} tokens, ${r.cost}; budget left ${after['usd']} / "
+                f"{r.usage.total_tokens} tokens, {usd(r.cost)}; budget left {usd(after['usd'])} / "
                 f"{after['tokens']} tokens"
             )
             meta: dict[str, Any] = final_row.metadata if final_row is not None else {}
@@ -288,7 +290,7 @@ def main() -> None:
                 (in3 + out3, cost3) == (r.usage.total_tokens, r.cost)
                 and after["tokens"] == TOKEN_LIMIT - r.usage.total_tokens,
                 "the store, the session totals and the budget agree after the new call",
-                f"{in3 + out3} tokens, ${cost3}",
+                f"{in3 + out3} tokens, {usd(cost3)}",
             )
 
     checks.verify()

@@ -22,7 +22,17 @@ from typing import Any
 from rich.table import Table
 
 import llmctx
-from llmctx.workshop._common import Checks, console, header, note, priced, run, section, temp_store
+from llmctx.workshop._common import (
+    Checks,
+    console,
+    header,
+    note,
+    priced,
+    run,
+    section,
+    temp_store,
+    usd,
+)
 
 _SLEEP = 0.05
 QUESTIONS = (
@@ -284,7 +294,8 @@ async def main() -> None:
         stat_table.add_row(pk, str(pv), lk, str(lv))
     console.print(stat_table)
     console.print(
-        f"  session {s.status}: {s.usage.requests} calls, {s.usage.total_tokens} tokens, ${s.cost}"
+        f"  session {s.status}: {s.usage.requests} calls, {s.usage.total_tokens} tokens, "
+        f"{usd(s.cost)}"
     )
 
     admitted = sorted(t.admitted for t in traces)

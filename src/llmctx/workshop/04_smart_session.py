@@ -31,6 +31,7 @@ from llmctx.workshop._common import (
     run,
     section,
     temp_store,
+    usd,
 )
 
 # (function, session it saw) for every frame of the deep call stack, in call order.
@@ -64,7 +65,7 @@ def _call_model(prompt: str) -> str:
 
 
 def _session_row(s: llmctx.Session) -> tuple[str, str, str, str, str]:
-    cost = "?" if s.cost is None else f"${s.cost:.6f}"
+    cost = usd(s.cost)
     parent = s.parent.name if s.parent is not None else "-"
     return (
         s.name or s.id[:8],

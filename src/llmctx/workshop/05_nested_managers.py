@@ -36,6 +36,7 @@ from llmctx.workshop._common import (
     run,
     section,
     temp_store,
+    usd,
 )
 
 T = TypeVar("T")
@@ -180,7 +181,7 @@ def run_batch(
                 question,
                 escape(answer[:40]),  # model output is text, not rich markup
                 f"{call.usage.input_tokens}+{call.usage.output_tokens}",
-                "?" if call.cost is None else f"${call.cost:.7f}",
+                usd(call.cost),
                 str(s.remaining()["tokens"]),
             )
         )
@@ -215,8 +216,8 @@ def main() -> None:
 
     section(
         f"1. A batch of questions under Budget(usd={USD_LIMIT}, tokens={TOKEN_LIMIT}) "
-        f"(real local model, priced at ${WORKSHOP_PRICE['input_per_mtok']}/"
-        f"${WORKSHOP_PRICE['output_per_mtok']} per million tokens)"
+        f"(real local model, priced at {usd(WORKSHOP_PRICE['input_per_mtok'])}/"
+        f"{usd(WORKSHOP_PRICE['output_per_mtok'])} per million tokens)"
     )
     log: list[str] = []
     rows: list[tuple[str, str, str, str, str, str]] = []
@@ -330,7 +331,7 @@ def main() -> None:
             and session.cost == sum(c.cost or 0 for c in session.calls)
             and session.cost > 0,
             "the accepted calls were charged in dollars (priced() gave the local model a price)",
-            f"{ok_calls} calls, ${session.cost}",
+            f"{ok_calls} calls, {usd(session.cost)}",
         )
 
     # ------------------------------------------------------------ unwinding
@@ -405,7 +406,7 @@ def main() -> None:
     if row is not None and session is not None:
         console.print(
             f"stored session {row.name!r}: status [bold]{row.status}[/bold], "
-            f"{row.usage.requests} requests, {row.usage.total_tokens} tokens, ${row.cost}\n"
+            f"{row.usage.requests} requests, {row.usage.total_tokens} tokens, {usd(row.cost)}\n"
             f"error: {row.error}"
         )
     checks.check(

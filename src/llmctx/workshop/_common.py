@@ -25,6 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from .._exceptions import LLMCtxError
+from .._money import format_usd
 
 __all__ = [
     "MODEL_NAME",
@@ -86,6 +87,11 @@ class Checks:
             raise CheckFailed("the module made no claims to check")
         if failed:
             raise CheckFailed("self-check failed: " + "; ".join(failed))
+
+
+def usd(value: Any) -> str:
+    """Dollars as the CLI writes them (exact, ``$0.0000004``); ``?`` for an unpriced cost."""
+    return "?" if value is None else format_usd(value)
 
 
 def header(number: int, title: str, summary: str) -> None:
