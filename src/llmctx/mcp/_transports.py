@@ -24,7 +24,8 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from .config import ServerConfig, redact_url
+from .._redact import redact_url
+from .config import ServerConfig
 
 __all__ = ["StderrLog", "open_transport"]
 

@@ -16,10 +16,11 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
+from .._redact import redact_known
+
 __all__ = ["websocket_client"]
 
 _CLOSE_TIMEOUT = 2.0
-_REDACTED = "***"
 
 
 class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
@@ -35,13 +36,8 @@ class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         """Log through the wrapped logger with every secret in the arguments masked."""
         if self._secrets and args:
-            args = tuple(self._mask(a) if isinstance(a, str) else a for a in args)
+            args = tuple(redact_known(a, self._secrets) if isinstance(a, str) else a for a in args)
         super().log(level, msg, *args, **kwargs)
-
-    def _mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
 
 
 @asynccontextmanager
