@@ -353,3 +353,28 @@ def test_sub_cent_cost_is_shown_exactly_not_as_zero(tmp_path: Path) -> None:
     code, out, _ = _run("ls", "--db", str(db))
     assert code == 0, out
     assert "$0.0000004" in out and "$0.00 " not in out
+
+
+def test_show_marks_a_budget_overrun(tmp_path: Path) -> None:
+    """A session whose call used more than it reserved shows how far it went past its budget
+    and which calls overran."""
+    import warnings
+
+    import llmctx
+
+    path = tmp_path / "over.db"
+    with (
+        warnings.catch_warnings(),
+        llmctx.price_override("over-model", input_per_mtok="1", output_per_mtok="1"),
+    ):
+        warnings.simplefilter("ignore", llmctx.BudgetOverrun)
+        with llmctx.session("over", budget=llmctx.Budget(tokens=1_000), store=str(path)) as s:
+            with llmctx.track_call(
+                provider="acme", model="over-model", input_tokens=6, max_output_tokens=994
+            ) as call:
+                call.finish(usage=Usage(input_tokens=6, output_tokens=5_000, requests=1))
+    code, out, _ = _run("show", s.id, "--db", str(path))
+    assert code == 0, out
+    assert "4,006 tokens over" in out
+    assert "1 call(s) used more than they reserved" in out
+    assert "ok over" in out

@@ -302,7 +302,7 @@ def show(
             )
             return
         console = Console()
-        console.print(_details(record))
+        console.print(_details(record, sum("overrun" in c.metadata for c in calls)))
         if len(tree) > 1:
             console.print()
             console.print(Text("Sessions", style="bold"))
@@ -314,7 +314,27 @@ def show(
         console.print(_calls_table(calls, tree, max_calls))
 
 
-def _details(r: SessionRecord) -> Table:
+def _budget_text(r: SessionRecord) -> Text:
+    """The stored limits, and how far the session went past them (usage over a reservation
+    is charged in full, so a budget can end up over its limit)."""
+    assert r.budget is not None
+    text = Text(_dumps(r.budget))
+    over: list[str] = []
+    limit = r.budget.get("usd")
+    if limit is not None and r.cost > Decimal(str(limit)):
+        over.append(f"{format_usd(r.cost - Decimal(str(limit)))} over")
+    limit = r.budget.get("tokens")
+    if limit is not None and r.usage.total_tokens > int(limit):
+        over.append(f"{r.usage.total_tokens - int(limit):,} tokens over")
+    limit = r.budget.get("requests")
+    if limit is not None and r.usage.requests > int(limit):
+        over.append(f"{r.usage.requests - int(limit):,} requests over")
+    if over:
+        text.append("  " + ", ".join(over), style="bold red")
+    return text
+
+
+def _details(r: SessionRecord, overruns: int = 0) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
@@ -337,7 +357,18 @@ def _details(r: SessionRecord) -> Table:
         ("cost", _session_cost(r)),
     ]
     if r.budget:
-        rows.append(("budget", Text(_dumps(r.budget))))
+        rows.append(("budget", _budget_text(r)))
+    if overruns:
+        rows.append(
+            (
+                "overruns",
+                Text(
+                    f"{overruns} call(s) used more than they reserved and were charged in full "
+                    "(metadata.overrun in --json)",
+                    style="yellow",
+                ),
+            )
+        )
     if r.tags:
         rows.append(("tags", Text(", ".join(f"{k}={v}" for k, v in r.tags.items()))))
     if r.metadata:
@@ -377,7 +408,9 @@ def _calls_table(calls: Sequence[CallRecord], tree: Sequence[SessionRecord], lim
         row += [
             Text(c.kind),
             Text(model),
-            _status(c.status),
+            _status(c.status) + Text(" over", style="bold red")
+            if "overrun" in c.metadata
+            else _status(c.status),
             f"{c.usage.input_tokens:,}" + ("~" if c.estimated else ""),
             f"{c.usage.output_tokens:,}" + ("~" if c.estimated else ""),
             cost,
