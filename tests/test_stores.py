@@ -147,6 +147,56 @@ def test_call_round_trips_every_field(store: Store) -> None:
     assert got.request["messages"][0]["content"] == "héllo 世界 🌍"
 
 
+# Strings no SQL store can take as they are: lone surrogates (UTF-8 cannot encode them), NUL
+# (PostgreSQL refuses it in text and jsonb), and the escape character itself, with neighbours.
+AWKWARD = [
+    "\udcff",
+    "bad \udcff byte",
+    "\ud800\udfff\ud83d",
+    "nul\x00inside",
+    "\x00",
+    "\ufdd0",
+    "\ufdd0looks escaped\ufdd00000",
+    "mixed \x00 \udc80 \ufdd0 ü 🚀",
+    "\\u0000 is only text",
+]
+
+
+def test_unstorable_text_round_trips_in_every_field(store: Store) -> None:
+    """Lone surrogates, NUL and the escape character come back as the same Python strings."""
+    for n, text in enumerate(AWKWARD):
+        sid = f"s{n}{text}"
+        session = _session(sid, n, status="running").replace(
+            name=text,
+            parent_id=f"p{text}",
+            tags={text: text, "k": text},
+            error=text,
+            metadata={text: [text, {"nested": text}]},
+            budget={"note": text},
+        )
+        call = _call(sid, n).replace(
+            id=f"c{n}{text}",
+            provider=text,
+            model=text,
+            kind=text,
+            request={"messages": [{"role": "user", "content": text}], text: 1},
+            response=text,
+            tool_calls=[{"function": {"name": text, "arguments": text}}],
+            raw_usage={text: text},
+            cost_note=text,
+            error=text,
+            metadata={"m": text},
+        )
+        store.save_session(session)
+        store.save_call(call)
+        assert store.get_session(sid) == session
+        assert store.list_calls([sid]) == [call]
+        assert [r.id for r in store.list_sessions(parent_id=f"p{text}")] == [sid]
+        assert [r.id for r in store.session_tree(sid)] == [sid]
+    assert store.delete_session(f"s0{AWKWARD[0]}") == 1
+    assert store.list_calls([f"s0{AWKWARD[0]}"]) == []
+
+
 def test_unpriced_call_keeps_none_cost_and_note(store: Store) -> None:
     """A call without a price keeps cost None and its cost_note."""
     call = _call("s", cost=None, cost_note="no price for model 'mystery-1'", request=None)

@@ -3,12 +3,30 @@
 The two stores keep the same columns in the same order (SQLite adds ``started_us`` after
 them), so one mapping turns a record into statement parameters and a row back into a record;
 each store passes in how its dialect encodes and decodes datetimes, money and JSON.
+
+**Text no store can take is escaped, never dropped.** A lone surrogate (``"\\udcff"``, what
+``surrogateescape`` decoding of invalid UTF-8 makes) cannot be encoded as UTF-8, so SQLite and
+PostgreSQL refuse it; PostgreSQL also refuses NUL in ``text`` and ``jsonb``. Every string a SQL
+store writes (ids, names, the response, the error, tags, and every key and string inside the
+JSON columns) goes through :func:`escape_text`, and every one it reads through
+:func:`unescape_text`, so a round trip gives back the same Python string:
+
+* a string with no NUL, no lone surrogate and no U+FDD0 is stored as it is (the usual case,
+  checked without copying);
+* any other string is stored as U+FDD0 (a Unicode noncharacter, reserved for internal use)
+  followed by the string in which each NUL, lone surrogate and U+FDD0 is written as U+FDD0
+  plus its code point in four lower-case hex digits: ``"a\\x00b"`` becomes
+  ``"\\ufdd0a\\ufdd00000b"``.
+
+Reading reverses it for strings that start with U+FDD0 and leaves every other string alone,
+so rows written before the escape existed read back unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable, Collection, Sequence
@@ -29,12 +47,18 @@ __all__ = [
     "call_params",
     "dumps",
     "dumps_opt",
+    "encode_json",
+    "escape_text",
+    "escape_tree",
     "excluded_assignments",
+    "load_json_text",
     "same",
     "session_filter",
     "session_from_row",
     "session_params",
     "tree_cte",
+    "unescape_text",
+    "unescape_tree",
 ]
 
 # The column order of every statement both stores run, matching the converters below.
@@ -54,9 +78,106 @@ CALL_COLS = (
 dumps = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
 
 
+#: The first character of an escaped string, and the escape of one character inside it.
+ESCAPE = "\ufdd0"
+# What makes a string need escaping; in JSON text NUL is already written as \u0000.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff\ufdd0]")
+_UNSTORABLE_IN_JSON = re.compile("[\ud800-\udfff\ufdd0]")
+_ESCAPED_CHAR = re.compile("\ufdd0([0-9a-f]{4})")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    return f"{ESCAPE}{ord(match.group()):04x}"
+
+
+def _unescape_char(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
+
+
+def escape_text(text: str) -> str:
+    """``text`` as a SQL store keeps it: unchanged unless it holds NUL, a lone surrogate or U+FDD0.
+
+    Args:
+        text: any Python string.
+
+    Returns:
+        ``text`` itself, or its escaped form (see the module docstring); :func:`unescape_text`
+        turns either back into ``text``.
+    """
+    if text.isascii():
+        if "\x00" not in text:
+            return text
+    elif _UNSTORABLE.search(text) is None:
+        return text
+    return ESCAPE + _UNSTORABLE.sub(_escape_char, text)
+
+
+def unescape_text(text: str) -> str:
+    """Inverse of :func:`escape_text`; a string not starting with U+FDD0 is returned as is."""
+    if not text.startswith(ESCAPE):
+        return text
+    return _ESCAPED_CHAR.sub(_unescape_char, text[1:])
+
+
+def _escape_opt(text: str | None) -> str | None:
+    # Anything but a string goes to the driver as it is, to be adapted (or refused) there.
+    return escape_text(text) if isinstance(text, str) else text
+
+
+def _unescape_opt(text: str | None) -> str | None:
+    return None if text is None else unescape_text(text)
+
+
+def escape_tree(value: Any) -> Any:
+    """A copy of JSON-ready data with every string (keys included) passed through escape_text.
+
+    Values JSON cannot hold are turned into their ``str()`` first, as :data:`dumps` would.
+    """
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, dict):
+        return {
+            (escape_text(k) if isinstance(k, str) else k): escape_tree(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [escape_tree(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return escape_text(str(value))
+
+
+def unescape_tree(value: Any) -> Any:
+    """Inverse of :func:`escape_tree` (on data read back from JSON)."""
+    if isinstance(value, str):
+        return unescape_text(value)
+    if isinstance(value, dict):
+        return {
+            (unescape_text(k) if isinstance(k, str) else k): unescape_tree(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [unescape_tree(v) for v in value]
+    return value
+
+
+def encode_json(value: Any) -> str:
+    """``value`` as JSON text every store can keep, its strings escaped where they must be."""
+    text = dumps(value)
+    if "\\u0000" in text or (not text.isascii() and _UNSTORABLE_IN_JSON.search(text)):
+        # Rare: only a string holding NUL, a lone surrogate or U+FDD0 pays for the walk.
+        text = dumps(escape_tree(value))
+    return text
+
+
+def load_json_text(text: str) -> Any:
+    """Inverse of :func:`encode_json` for a dialect that hands back JSON as text."""
+    value = json.loads(text)
+    return unescape_tree(value) if ESCAPE in text else value
+
+
 def dumps_opt(value: Any) -> str | None:
-    """``value`` as JSON text, or None (SQL NULL) for None."""
-    return None if value is None else dumps(value)
+    """``value`` as JSON text (see :func:`encode_json`), or None (SQL NULL) for None."""
+    return None if value is None else encode_json(value)
 
 
 _V = TypeVar("_V")
@@ -85,15 +206,15 @@ def session_params(
     u = r.usage
     ended = r.ended_at
     return [
-        r.id,
-        r.name,
-        r.parent_id,
+        escape_text(r.id),
+        _escape_opt(r.name),
+        _escape_opt(r.parent_id),
         r.status,
-        dumps(r.tags) if r.tags else "{}",
+        encode_json(r.tags) if r.tags else "{}",
         dumps_opt(r.budget),
         dump_dt(r.started_at),
         None if ended is None else dump_dt(ended),
-        r.error,
+        _escape_opt(r.error),
         u.input_tokens,
         u.output_tokens,
         u.cache_read_tokens,
@@ -103,7 +224,7 @@ def session_params(
         dump_money(r.cost),
         r.unpriced_calls,
         r.calls,
-        dumps(r.metadata) if r.metadata else "{}",
+        encode_json(r.metadata) if r.metadata else "{}",
     ]
 
 
@@ -126,13 +247,13 @@ def call_params(
     """
     u = c.usage
     return [
-        c.id,
-        c.session_id,
-        c.kind,
-        c.provider,
-        c.model,
+        escape_text(c.id),
+        _escape_opt(c.session_id),
+        escape_text(c.kind),
+        _escape_opt(c.provider),
+        _escape_opt(c.model),
         dumps_opt(c.request),
-        c.response,
+        _escape_opt(c.response),
         dumps_opt(c.tool_calls),
         u.input_tokens,
         u.output_tokens,
@@ -142,15 +263,15 @@ def call_params(
         u.requests,
         dumps_opt(c.raw_usage),
         None if c.cost is None else dump_money(c.cost),
-        c.cost_note,
+        _escape_opt(c.cost_note),
         c.status,
-        c.error,
+        _escape_opt(c.error),
         c.estimated,
         dump_dt(c.started_at),
         c.latency_s,
         c.ttfb_s,
         c.ttft_s,
-        dumps(c.metadata) if c.metadata else "{}",
+        encode_json(c.metadata) if c.metadata else "{}",
     ]
 
 
@@ -164,15 +285,15 @@ def session_from_row(
 ) -> SessionRecord:
     """The session of a row selected with :data:`SESSION_COLS` first."""
     return SessionRecord(
-        id=row[0],
-        name=row[1],
-        parent_id=row[2],
+        id=unescape_text(row[0]),
+        name=_unescape_opt(row[1]),
+        parent_id=_unescape_opt(row[2]),
         status=cast(SessionStatus, row[3]),
         tags=load_json(row[4]),
         budget=None if row[5] is None else load_json(row[5]),
         started_at=load_dt(row[6]),
         ended_at=None if row[7] is None else load_dt(row[7]),
-        error=row[8],
+        error=_unescape_opt(row[8]),
         usage=Usage(row[9], row[10], row[11], row[12], row[13], row[14]),
         cost=Decimal(row[15]),
         unpriced_calls=row[16],
@@ -184,20 +305,20 @@ def session_from_row(
 def call_from_row(row: Sequence[Any], load_json: LoadJSON, load_dt: LoadDatetime) -> CallRecord:
     """The call of a row selected with :data:`CALL_COLS` first."""
     return CallRecord(
-        id=row[0],
-        session_id=row[1],
-        kind=row[2],
-        provider=row[3],
-        model=row[4],
+        id=unescape_text(row[0]),
+        session_id=_unescape_opt(row[1]),
+        kind=unescape_text(row[2]),
+        provider=_unescape_opt(row[3]),
+        model=_unescape_opt(row[4]),
         request=None if row[5] is None else load_json(row[5]),
-        response=row[6],
+        response=_unescape_opt(row[6]),
         tool_calls=None if row[7] is None else load_json(row[7]),
         usage=Usage(row[8], row[9], row[10], row[11], row[12], row[13]),
         raw_usage=None if row[14] is None else load_json(row[14]),
         cost=None if row[15] is None else Decimal(row[15]),
-        cost_note=row[16],
+        cost_note=_unescape_opt(row[16]),
         status=cast(CallStatus, row[17]),
-        error=row[18],
+        error=_unescape_opt(row[18]),
         estimated=bool(row[19]),
         started_at=load_dt(row[20]),
         latency_s=row[21],

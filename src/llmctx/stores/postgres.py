@@ -9,8 +9,9 @@ Layout (schema version kept in ``<schema>.llmctx_schema``, so later versions can
   same microsecond; ``request``/``tool_calls``/``raw_usage``/``metadata`` as ``jsonb``.
 
 Naive datetimes are stored as UTC. Rows come back as timezone-aware datetimes (equal to the
-ones saved). PostgreSQL cannot store the NUL character in text or jsonb; such a write raises
-:class:`~llmctx.StoreError`.
+ones saved). PostgreSQL cannot store the NUL character in text or jsonb, nor can UTF-8 hold a
+lone surrogate: such strings are stored escaped and read back as they were (see
+:mod:`llmctx.stores._sql`).
 
 psycopg is imported when a store is created, so ``from llmctx.stores import PostgresStore``
 works without the ``postgres`` extra installed.
@@ -79,11 +80,11 @@ def _call_params(c: CallRecord) -> list[Any]:
 
 
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
-    return _sql.session_from_row(row, _sql.same, _utc)
+    return _sql.session_from_row(row, _sql.unescape_tree, _utc)
 
 
 def _call_from_row(row: Sequence[Any]) -> CallRecord:
-    return _sql.call_from_row(row, _sql.same, _utc)
+    return _sql.call_from_row(row, _sql.unescape_tree, _utc)
 
 
 class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
@@ -284,7 +285,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         """
 
         def body(cur: Any) -> SessionRecord | None:
-            cur.execute(f"{self._sql.select} WHERE id = %s", (session_id,))
+            cur.execute(f"{self._sql.select} WHERE id = %s", (_sql.escape_text(session_id),))
             row = cur.fetchone()
             return None if row is None else _session_from_row(row)
 
@@ -304,7 +305,10 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             StoreError: the read failed or the store is closed.
         """
         where, params = _sql.session_filter(
-            "%s", status=status, parent_id=parent_id, roots_only=roots_only
+            "%s",
+            status=status,
+            parent_id=None if parent_id is None else _sql.escape_text(parent_id),
+            roots_only=roots_only,
         )
         sql = f"{self._sql.select}{where} ORDER BY started_at DESC, id DESC"
         if limit is not None:
@@ -323,7 +327,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         Raises:
             StoreError: the read failed or the store is closed.
         """
-        ids = list(dict.fromkeys(session_ids))
+        ids = list(dict.fromkeys(_sql.escape_text(sid) for sid in session_ids))
         if not ids:
             return []
 
@@ -341,7 +345,8 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         """
 
         def body(cur: Any) -> list[SessionRecord]:
-            cur.execute(self._sql.tree, (session_id, session_id))
+            key = _sql.escape_text(session_id)
+            cur.execute(self._sql.tree, (key, key))
             return [_session_from_row(r) for r in cur.fetchall()]
 
         return self._run("read a session tree", body)
@@ -356,9 +361,11 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             StoreError: the write failed or the store is closed.
         """
 
+        key = _sql.escape_text(session_id)
+
         def body(cur: Any) -> int:
-            cur.execute(self._sql.delete_calls, (session_id,))
-            cur.execute(self._sql.delete_sessions, (session_id,))
+            cur.execute(self._sql.delete_calls, (key,))
+            cur.execute(self._sql.delete_sessions, (key,))
             return int(cur.rowcount)
 
         return self._run(f"delete session {session_id!r}", body)

@@ -23,7 +23,6 @@ the tree explicitly.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -158,11 +157,11 @@ def _call_params(c: CallRecord) -> list[Any]:
 
 
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
-    return _sql.session_from_row(row, json.loads, datetime.fromisoformat)
+    return _sql.session_from_row(row, _sql.load_json_text, datetime.fromisoformat)
 
 
 def _call_from_row(row: Sequence[Any]) -> CallRecord:
-    return _sql.call_from_row(row, json.loads, datetime.fromisoformat)
+    return _sql.call_from_row(row, _sql.load_json_text, datetime.fromisoformat)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -381,7 +380,9 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         Raises:
             StoreError: the read failed or the store is closed.
         """
-        rows = self._read(f"{_SELECT_SESSION} WHERE id = ?", (session_id,), "read a session")
+        rows = self._read(
+            f"{_SELECT_SESSION} WHERE id = ?", (_sql.escape_text(session_id),), "read a session"
+        )
         return _session_from_row(rows[0]) if rows else None
 
     def list_sessions(
@@ -398,7 +399,10 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
             StoreError: the read failed or the store is closed.
         """
         where, params = _sql.session_filter(
-            "?", status=status, parent_id=parent_id, roots_only=roots_only
+            "?",
+            status=status,
+            parent_id=None if parent_id is None else _sql.escape_text(parent_id),
+            roots_only=roots_only,
         )
         sql = f"{_SELECT_SESSION}{where} ORDER BY started_us DESC, rowid DESC LIMIT ?"
         params.append(-1 if limit is None else max(limit, 0))
@@ -410,7 +414,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         Raises:
             StoreError: the read failed or the store is closed.
         """
-        ids = list(dict.fromkeys(session_ids))
+        ids = list(dict.fromkeys(_sql.escape_text(sid) for sid in session_ids))
         rows: list[Any] = []
         for chunk in _chunks(ids):
             sql = (
@@ -432,7 +436,8 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
             f"{_TREE_CTE}{_SELECT_SESSION} WHERE id IN (SELECT id FROM tree) "
             "ORDER BY id != ?, started_us, rowid"
         )
-        rows = self._read(sql, (session_id, session_id), "read a session tree")
+        key = _sql.escape_text(session_id)
+        rows = self._read(sql, (key, key), "read a session tree")
         return [_session_from_row(r) for r in rows]
 
     def delete_session(self, session_id: str) -> int:
@@ -444,6 +449,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         Raises:
             StoreError: the write failed or the store is closed.
         """
+        key = _sql.escape_text(session_id)
         with self._lock:
             conn = self._connection()
             try:
@@ -452,11 +458,11 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                 # sqlite3 reports rowcount only for statements it recognises as DML.
                 conn.execute(
                     f"DELETE FROM calls WHERE session_id IN ({_TREE_CTE}SELECT id FROM tree)",
-                    (session_id,),
+                    (key,),
                 )
                 deleted = conn.execute(
                     f"DELETE FROM sessions WHERE id IN ({_TREE_CTE}SELECT id FROM tree)",
-                    (session_id,),
+                    (key,),
                 ).rowcount
                 conn.execute("COMMIT")
             except BaseException as exc:
