@@ -8,13 +8,20 @@ describes the server without its password, and turns every redis-py error into a
 :class:`~llmctx.StoreError` whose message names what the store was doing, the server, what
 did not happen and what to check. All Lua goes through :class:`~._script._Script`, which uses
 this class for its errors.
+
+:class:`_Renewal` is the other thing the stores share: what one store object holds in this
+process (leases, reservations) and the daemon thread that renews it in Redis while it is held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from .._exceptions import ConfigError, StoreError
 from .._redact import redact_url
@@ -158,3 +165,167 @@ class _Connection:
         """Close the client if it was made from a URL (the caller's client stays open)."""
         if self.owns_client:
             self.client.close()
+
+
+#: Every live _Renewal, so a forked child can drop what its parent holds (see _after_fork).
+_RENEWALS: Final[weakref.WeakSet[_Renewal]] = weakref.WeakSet()
+_MISSING: Final = object()
+
+
+class _Renewal:
+    """The members one store holds in this process, and the daemon thread that renews them.
+
+    The thread starts with the first member :meth:`add` takes and exits at the first beat that
+    finds nothing held, so an idle store has no thread. Each beat renews every member in one
+    call of ``renew`` (one round trip); the lock is held only to copy the members, never across
+    Redis, so :meth:`add` and :meth:`discard` (the owner's hot path) never wait for a beat. A
+    beat that fails (Redis unreachable) is retried at the next one and logged once per outage:
+    one warning when renewals start failing, one line when they work again. After
+    ``os.fork()`` the child starts with nothing held and no thread: what the parent holds is
+    the parent's to renew.
+
+    Args:
+        renew: renews the members it is given in one round trip and returns those Redis no
+            longer has (expired before they were renewed); raises StoreError.
+        every: seconds between beats; 0 starts no thread (the owner calls :meth:`renew`).
+        on_lost: called with each member found gone that this process still held.
+        logger: where the outage lines go.
+        what: what is renewed, for those lines (``"pool leases in 'gpu'"``).
+        thread_name: the heartbeat thread's name.
+    """
+
+    def __init__(
+        self,
+        renew: Callable[[list[str]], Sequence[Any]],
+        *,
+        every: float,
+        on_lost: Callable[[str], None],
+        logger: logging.Logger,
+        what: str,
+        thread_name: str,
+    ) -> None:
+        self._renew = renew
+        self._every = every
+        self._on_lost = on_lost
+        self._logger = logger
+        self._what = what
+        self._thread_name = thread_name
+        #: Members found gone at a renewal while this process still held them.
+        self.lost = 0
+        self._lock = threading.Lock()
+        self._held: dict[str, None] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        _RENEWALS.add(self)
+
+    def add(self, member: str) -> None:
+        """Hold ``member`` (renewed from now on); starts the heartbeat if none runs."""
+        with self._lock:
+            self._held[member] = None
+            if self._thread is None and self._every > 0 and not self._stop.is_set():
+                thread = threading.Thread(target=self._beat, name=self._thread_name, daemon=True)
+                # Started before it is recorded: an interrupt in between leaves no thread
+                # recorded that never runs (the next add starts one).
+                thread.start()
+                self._thread = thread
+
+    def discard(self, member: str) -> None:
+        """Stop renewing ``member`` (it was released or settled). Unknown members: no-op."""
+        with self._lock:
+            self._held.pop(member, None)
+
+    def clear(self) -> None:
+        """Stop renewing everything (the owner deleted it in Redis)."""
+        with self._lock:
+            self._held.clear()
+
+    def members(self) -> list[str]:
+        """A copy of what is held now."""
+        with self._lock:
+            return list(self._held)
+
+    @property
+    def running(self) -> bool:
+        """Whether a heartbeat thread runs now."""
+        with self._lock:
+            return self._thread is not None
+
+    def renew(self) -> list[str]:
+        """Renew everything held now in one call; return the members found lost.
+
+        A member found gone that this process no longer holds (released while the renewal was
+        on its way) is not lost and is not reported.
+
+        Raises:
+            StoreError: Redis could not be reached; nothing was renewed.
+        """
+        members = self.members()
+        if not members:
+            return []
+        gone = self._renew(members)
+        if not gone:
+            return []
+        lost: list[str] = []
+        with self._lock:
+            for raw in gone:
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if self._held.pop(member, _MISSING) is None:
+                    lost.append(member)
+            self.lost += len(lost)
+        for member in lost:
+            self._on_lost(member)
+        return lost
+
+    def stop(self, timeout: float | None) -> None:
+        """Stop the heartbeat for good and wait up to ``timeout`` seconds for it to end."""
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _beat(self) -> None:
+        failing = False
+        while not self._stop.wait(self._every):
+            with self._lock:
+                if not self._held:  # checked and forgotten together: a racing add starts anew
+                    self._thread = None
+                    return
+            try:
+                self.renew()
+            except Exception:  # Redis unreachable: try again next beat, log once per outage
+                if not failing:
+                    self._logger.warning(
+                        "llmctx: could not renew %s; retrying every %gs, and logging again "
+                        "only when a renewal works",
+                        self._what,
+                        self._every,
+                        exc_info=True,
+                    )
+                failing = True
+            else:
+                if failing:
+                    self._logger.info("llmctx: renewing %s works again", self._what)
+                failing = False
+        with self._lock:
+            if self._thread is threading.current_thread():
+                self._thread = None
+
+    def _after_fork(self) -> None:
+        # Only the forking thread survives in the child: the heartbeat is gone and the lock may
+        # have been held by it. The parent's members stay the parent's.
+        stopped = self._stop.is_set()
+        self._lock = threading.Lock()
+        self._held = {}
+        self._thread = None
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+
+
+def _after_fork() -> None:
+    for renewal in list(_RENEWALS):
+        renewal._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -11,13 +11,12 @@ import itertools
 import logging
 import math
 import os
-import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
-from ._client import _Connection
+from ._client import _Connection, _Renewal
 from ._script import _Script
 
 if TYPE_CHECKING:
@@ -92,7 +91,10 @@ class RedisLeaseStore:
     capacity comes back ``lease_ttl`` seconds after the last renewal at most. A lease found
     expired at renewal (the process stalled longer than ``lease_ttl``, or Redis was
     unreachable) is logged as lost on the ``llmctx.pool`` logger and counted in ``lost``:
-    its capacity may already serve another holder.
+    its capacity may already serve another holder. A renewal that cannot reach Redis is
+    tried again at the next beat and logged once per outage. A forked child renews only the
+    leases it takes itself. The heartbeat is the one :class:`~llmctx.RedisLedger` uses for
+    its reservations.
 
     **Waiting.** A release in this process hands capacity to this process's waiters at once.
     Releases by other processes are not announced: the head waiter looks again every
@@ -143,8 +145,6 @@ class RedisLeaseStore:
         self.lease_ttl = float(lease_ttl)
         self.renew_every = float(renew_every)
         self.poll_interval = float(poll_interval)
-        #: Leases found expired at renewal since creation.
-        self.lost = 0
         self._ttl_ms = max(1, round(self.lease_ttl * 1000))
         self._conn = _Connection(
             client_or_url,
@@ -166,10 +166,14 @@ class RedisLeaseStore:
         self._renew = _Script(self._conn, _RENEW_LUA, keys)
         self._owner = os.urandom(8).hex()
         self._counter = itertools.count(1)
-        self._lock = threading.Lock()
-        self._held: dict[str, None] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._renewal = _Renewal(
+            self._renew_members,
+            every=self.renew_every,
+            on_lost=self._report_lost,
+            logger=logger,
+            what=f"pool leases in {name!r}",
+            thread_name=f"llmctx-lease-heartbeat-{name}",
+        )
 
     def __repr__(self) -> str:
         return (
@@ -195,13 +199,7 @@ class RedisLeaseStore:
         if slot < 0:
             return None
         member = f"{slot}:{amount}:{token}"
-        with self._lock:
-            self._held[member] = None
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._heartbeat, name=f"llmctx-lease-heartbeat-{self.name}", daemon=True
-                )
-                self._thread.start()
+        self._renewal.add(member)
         return slot, member
 
     def give_back(self, member: str) -> None:
@@ -210,9 +208,13 @@ class RedisLeaseStore:
         Raises:
             StoreError: Redis could not be reached; the lease expires after ``lease_ttl``.
         """
-        with self._lock:
-            self._held.pop(member, None)
+        self._renewal.discard(member)
         self._conn.run("release", self.client.zrem, self.key, member)
+
+    @property
+    def lost(self) -> int:
+        """Leases of this process found expired at renewal since the store was created."""
+        return self._renewal.lost
 
     def renew(self) -> int:
         """Renew every lease this process holds now; returns how many were found lost.
@@ -220,40 +222,18 @@ class RedisLeaseStore:
         Raises:
             StoreError: Redis could not be reached; nothing was renewed.
         """
-        with self._lock:
-            members = list(self._held)
-        if not members:
-            return 0
-        lost = self._renew("renew", self._ttl_ms, *members)
-        if not lost:
-            return 0
-        with self._lock:
-            for raw in lost:
-                member = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if self._held.pop(member, "gone") is None:
-                    self.lost += 1
-                    logger.warning(
-                        "llmctx: pool lease %s in %r expired before it was renewed; its "
-                        "capacity may serve another holder. Raise lease_ttl",
-                        member,
-                        self.name,
-                    )
-        return len(lost)
+        return len(self._renewal.renew())
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.renew_every):
-            with self._lock:
-                if not self._held:
-                    self._thread = None
-                    return
-            try:
-                self.renew()
-            except Exception:  # Redis unreachable: try again next beat; leases may expire
-                logger.warning(
-                    "llmctx: renewing pool leases in %r failed", self.name, exc_info=True
-                )
-        with self._lock:
-            self._thread = None
+    def _renew_members(self, members: list[str]) -> Any:
+        return self._renew("renew", self._ttl_ms, *members)
+
+    def _report_lost(self, member: str) -> None:
+        logger.warning(
+            "llmctx: pool lease %s in %r expired before it was renewed; its "
+            "capacity may serve another holder. Raise lease_ttl",
+            member,
+            self.name,
+        )
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop the heartbeat (leases still held then expire after ``lease_ttl``).
@@ -261,11 +241,7 @@ class RedisLeaseStore:
         A client the store made from a URL is closed once the heartbeat has stopped. Closing
         twice is harmless.
         """
-        self._stop.set()
-        with self._lock:
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._renewal.stop(timeout)
         self._conn.close()
 
     def __enter__(self) -> RedisLeaseStore:
