@@ -302,7 +302,9 @@ class LedgerModel(RuleBasedStateMachine):
 
     One machine for every :class:`Ledger`: a subclass overrides :meth:`make_ledger` (and
     ``teardown`` to clean up), and says with ``restore_overwrites`` which of the two
-    ``restore`` policies the protocol allows its ledger follows.
+    ``restore`` policies the protocol allows its ledger follows. A ledger whose reservations
+    can expire adds a rule that expires one and calls :meth:`expired` (the model of what the
+    ledger must do then: count it as spent at its reserved amount until it is settled).
     """
 
     reservations = Bundle("reservations")
@@ -317,6 +319,12 @@ class LedgerModel(RuleBasedStateMachine):
         self.budget = Budget(usd="0.002", tokens=800, requests=12, ledger=self.ledger)
         self.spent = Amount()
         self.held: dict[str, Amount] = {}
+        #: Reservations that expired unsettled: spent at their reserved amount until settled.
+        self.swept: dict[str, Amount] = {}
+        #: The part of spent that expired reservations put there (a release leaves it there).
+        self.expired_spend = Amount()
+        #: What settles and restores put into spent: a ledger may never forget it.
+        self.settled = Amount()
 
     def make_ledger(self) -> Ledger:
         """The ledger under test, fresh for each run of the machine."""
@@ -345,7 +353,8 @@ class LedgerModel(RuleBasedStateMachine):
     @rule(token=reservations, data=st.data())
     def settle(self, token: str, data: st.DataObject) -> None:
         held = self.held.pop(token, None)
-        cap = held or Amount(PRICE * 10, 10, 1)
+        swept = self.swept.pop(token, None)
+        cap = held or swept or Amount(PRICE * 10, 10, 1)
         actual = Amount(
             PRICE * data.draw(st.integers(0, int(cap.usd / PRICE))),
             data.draw(st.integers(0, cap.tokens)),
@@ -354,11 +363,24 @@ class LedgerModel(RuleBasedStateMachine):
         self.ledger.settle(token, actual)
         if held is not None:
             self.spent = self.spent + actual
+            self.settled = self.settled + actual
+        elif swept is not None:  # its reserved amount was spent: the actual one replaces it
+            self.spent = self.spent - swept + actual
+            self.expired_spend = self.expired_spend - swept
+            self.settled = self.settled + actual
 
     @rule(token=reservations)
     def release(self, token: str) -> None:
         self.held.pop(token, None)
+        self.swept.pop(token, None)  # an expired reservation stays spent: the call may have run
         self.ledger.release(token)
+
+    def expired(self, token: str) -> None:
+        """Model the expiry of the live reservation ``token``: its reserved amount is spent."""
+        amount = self.held.pop(token)
+        self.swept[token] = amount
+        self.spent = self.spent + amount
+        self.expired_spend = self.expired_spend + amount
 
     @precondition(lambda self: not self.held)
     @rule(tokens=st.integers(0, 200))
@@ -366,7 +388,7 @@ class LedgerModel(RuleBasedStateMachine):
         spent = Amount(PRICE * tokens, tokens, 1)
         self.ledger.restore(spent)
         if self.restore_overwrites or self.spent == Amount():
-            self.spent = spent
+            self.spent = self.settled = spent
 
     @invariant()
     def matches_model(self) -> None:
@@ -374,6 +396,18 @@ class LedgerModel(RuleBasedStateMachine):
         assert snap.spent == self.spent
         assert snap.reserved == total(*self.held.values())
         assert snap.reservations == len(self.held)
+        assert snap.expired == self.expired_spend
+
+    @invariant()
+    def never_forgets_spend_nor_overspends(self) -> None:
+        # The model only settles at most what was reserved, so it allows no overrun: spent +
+        # reserved stays within every limit, and never drops below what was settled.
+        snap = self.ledger.snapshot()
+        in_use = snap.spent + snap.reserved
+        for dim in DIMENSIONS:
+            assert in_use.get(dim) >= self.settled.get(dim)
+            limit = self.budget.limit(dim)
+            assert limit is None or in_use.get(dim) <= limit
 
 
 TestMemoryLedgerModel = LedgerModel.TestCase

@@ -1,12 +1,16 @@
 """RedisLedger against a real Redis: arithmetic, exact money, atomicity across threads and
-processes, expiry of a crashed process's reservations, script reloads and connection errors."""
+processes, expiry that fails closed (a vanished holder's reservation counts as spent), renewal
+of a live holder's reservations, Redis outages, script reloads and connection errors."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -22,9 +26,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
 
 import llmctx
-from llmctx._budget import Amount, Budget, Ledger, LedgerSnapshot
+from llmctx._budget import Amount, Budget, Holds, Ledger, LedgerSnapshot
 from llmctx._exceptions import BudgetExceeded, ConfigError, StoreError
 from llmctx._redis import RedisLedger
 from test_budget import DIMENSIONS, PRICE, LedgerModel, total  # one model for every ledger
@@ -71,14 +76,16 @@ def client(redis_url: str) -> Iterator[Any]:
 def replay_audit(ledger: RedisLedger, budget: Budget) -> LedgerSnapshot:
     """Replay the ledger's server-side audit log; assert no state ever exceeded the budget.
 
-    The log is appended inside the scripts, so its order is the order Redis ran them in.
+    The log is appended inside the scripts, so its order is the order Redis ran them in. A
+    sweep ("x") moves a reservation to spent at its reserved amount; a later settle of it
+    replaces that amount by the actual one, a later release leaves it spent.
     """
     entries = [e.decode() for e in ledger._client.lrange(ledger._keys[3], 0, -1)]
     assert entries, "auditing was on, so the log must not be empty"
     nano = Decimal("1e-9")
     held: dict[str, Amount] = {}
-    swept: set[str] = set()
-    spent = Amount()
+    swept: dict[str, Amount] = {}
+    spent = expired = Amount()
 
     def amount(parts: list[str]) -> Amount:
         return Amount(Decimal(parts[0]) * nano, int(parts[1]), int(parts[2]))
@@ -88,22 +95,23 @@ def replay_audit(ledger: RedisLedger, budget: Budget) -> LedgerSnapshot:
         if kind == "r":
             held[token] = amount(token.split(":")[1:])  # a token carries its amounts
         elif kind == "x":
-            held.pop(token)
-            swept.add(token)
+            swept[token] = held.pop(token)
+            spent, expired = spent + swept[token], expired + swept[token]
         elif kind == "s":
-            assert held.pop(token, None) is not None or token in swept
-            swept.discard(token)
+            if token in swept:
+                spent, expired = spent - swept[token], expired - swept.pop(token)
+            else:
+                assert held.pop(token, None) is not None
             spent = spent + amount(rest)
         elif kind == "f":
-            assert held.pop(token, None) is not None or token in swept
-            swept.discard(token)
+            assert held.pop(token, None) is not None or swept.pop(token, None) is not None
         else:
             raise AssertionError(f"unknown audit entry {entry!r}")
         in_use = spent + total(*held.values())
         for dim in DIMENSIONS:
             limit = budget.limit(dim)
             assert limit is None or in_use.get(dim) <= limit, f"{dim} over limit after {entry!r}"
-    return LedgerSnapshot(spent, total(*held.values()), len(held))
+    return LedgerSnapshot(spent, total(*held.values()), len(held), expired)
 
 
 def child_env() -> dict[str, str]:
@@ -126,11 +134,16 @@ def child_env() -> dict[str, str]:
         {"reservation_ttl": float("inf")},
         {"reservation_ttl": True},
         {"reservation_ttl": "600"},
+        {"renew_every": -1},
+        {"renew_every": float("nan")},
+        {"renew_every": True},
+        {"reservation_ttl": 1, "renew_every": 1},
+        {"reservation_ttl": 1, "renew_every": 2.5},
     ],
     ids=repr,
 )
 def test_rejects_bad_arguments(redis_url: str, kwargs: dict[str, Any]) -> None:
-    """An empty name or a ttl that is not a positive number raises ConfigError."""
+    """An empty name, a ttl that is not a positive number or a bad renew_every: ConfigError."""
     args: dict[str, Any] = {"name": "x", **kwargs}
     with pytest.raises(ConfigError):
         RedisLedger(redis_url, **args)
@@ -328,15 +341,40 @@ def test_rounding_never_under_reserves(ledger: RedisLedger) -> None:
 
 
 class RedisLedgerModel(LedgerModel):
-    """test_budget's ledger state machine, run on a RedisLedger (its restore: only if empty)."""
+    """test_budget's ledger state machine on a RedisLedger, plus expiry and renewal rules.
+
+    Its restore only sets an empty ledger. The machine expires and renews reservations itself
+    (no renewal thread), so every run is deterministic.
+    """
 
     url = ""
     restore_overwrites = False
 
     def make_ledger(self) -> Ledger:
-        """A RedisLedger on a fresh budget name."""
-        self.redis_ledger = RedisLedger(self.url, f"t-{uuid.uuid4().hex}", prefix=PREFIX)
+        """A RedisLedger on a fresh budget name, without a renewal thread."""
+        self.redis_ledger = RedisLedger(
+            self.url, f"t-{uuid.uuid4().hex}", prefix=PREFIX, renew_every=0
+        )
+        #: Swept reservations the ledger still renews: the next renew() reports them lost.
+        self.unreported: set[str] = set()
         return self.redis_ledger
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data())
+    def expire(self, data: st.DataObject) -> None:
+        """A live reservation's holder vanishes: its expiry passes and a sweep counts it spent."""
+        token = data.draw(st.sampled_from(sorted(self.held)))
+        ledger = self.redis_ledger
+        ledger._client.zadd(ledger._keys[1], {token: 0}, xx=True)  # expired long ago
+        ledger.snapshot()  # sweeps it now, so the other rules see it swept
+        self.expired(token)
+        self.unreported.add(token)
+
+    @rule()
+    def renew(self) -> None:
+        """A renewal changes nothing visible and reports each still-unsettled swept one once."""
+        assert self.redis_ledger.renew() == len(self.unreported & set(self.swept))
+        self.unreported.clear()
 
     def teardown(self) -> None:
         """Delete the budget's keys and close the ledger's client."""
@@ -345,11 +383,11 @@ class RedisLedgerModel(LedgerModel):
 
 
 def test_matches_sequential_model(redis_url: str) -> None:
-    """Hypothesis-driven operation sequences on Redis match the sequential model exactly."""
+    """Hypothesis-driven sequences on Redis, expiries and renewals included, match the model."""
     RedisLedgerModel.url = redis_url
     case = RedisLedgerModel.TestCase
     case.settings = settings(
-        max_examples=25,
+        max_examples=50,
         stateful_step_count=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
@@ -543,16 +581,22 @@ def test_two_processes_never_exceed_budget_together(ledger: RedisLedger, redis_u
     assert switches >= 2
 
 
+# -- Expiry fails closed ----------------------------------------------------------------------
+
 HOLDER = r"""
 import sys
 from llmctx._budget import Amount, Budget
 from llmctx._redis import RedisLedger
 
 url, name, prefix = sys.argv[1:4]
-ledger = RedisLedger(url, name, prefix=prefix, reservation_ttl=0.5)
+ledger = RedisLedger(url, name, prefix=prefix, reservation_ttl=1.0)  # renewed every 1/3 s
 budget = Budget(tokens=100, ledger=ledger)
-print(ledger.reserve(Amount(tokens=100), budget), flush=True)
-sys.stdin.read()  # hold the reservation until killed
+token = ledger.reserve(Amount(tokens=100), budget)
+print(token, flush=True)
+for line in sys.stdin:  # "settle N": the long call ended having used N tokens
+    ledger.renew()  # whatever the renewal thread has not reported yet
+    ledger.settle(token, Amount(tokens=int(line.split()[1])))
+    print(ledger.lost, flush=True)
 """
 
 
@@ -565,58 +609,146 @@ def wait_for(condition: Any, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
-def test_crashed_process_reservation_expires(make_ledger: Any, redis_url: str) -> None:
-    """A reservation held by a SIGKILLed process is swept after its ttl and capacity returns."""
-    ledger: RedisLedger = make_ledger(reservation_ttl=0.5)
-    budget = Budget(tokens=100, ledger=ledger)
+def spawn_holder(redis_url: str, name: str) -> tuple[subprocess.Popen[str], str]:
+    """A child process holding 100 tokens of the budget ``name``; returns it and its token."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, redis_url, ledger.name, PREFIX],
+        [sys.executable, "-c", HOLDER, redis_url, name, PREFIX],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=child_env(),
     )
+    assert proc.stdout is not None
+    token = proc.stdout.readline().strip()
+    assert token, "the holder did not reserve"
+    return proc, token
+
+
+def stop_holder(proc: subprocess.Popen[str]) -> None:
+    """Kill the holder if it still runs, and close its pipes."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
+def test_crashed_process_reservation_counts_as_spent(make_ledger: Any, redis_url: str) -> None:
+    """A holder's reservation is renewed while it lives; SIGKILLed, it expires and stays spent."""
+    ledger: RedisLedger = make_ledger()
+    budget = Budget(tokens=100, ledger=ledger)
+    proc, dead_token = spawn_holder(redis_url, ledger.name)
     try:
-        assert proc.stdout is not None
-        dead_token = proc.stdout.readline().strip()
-        assert dead_token
-        with pytest.raises(BudgetExceeded) as info:
-            ledger.reserve(Amount(tokens=1), budget)
-        assert info.value.reserved == 100
+        time.sleep(1.5)  # past the holder's ttl: its renewals keep the reservation live
+        assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(tokens=100), 1)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_holder(proc)
 
     wait_for(lambda: ledger.snapshot().reservations == 0)
-    assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(), 0)
-    token = ledger.reserve(Amount(tokens=100), budget)
-    ledger.release(token)
-    ledger.release(dead_token)  # late release of the swept reservation: nothing to return
-    assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(), 0)
+    spent = LedgerSnapshot(Amount(tokens=100), Amount(), 0, expired=Amount(tokens=100))
+    assert ledger.snapshot() == spent
+    with pytest.raises(BudgetExceeded) as info:  # the dead call may have run: no capacity back
+        ledger.reserve(Amount(tokens=1), budget)
+    assert (info.value.spent, info.value.reserved) == (100, 0)
+    ledger.release(dead_token)  # a late release cannot prove the call did not run
+    ledger.settle(dead_token, Amount(tokens=10))  # and it ended the token: a no-op
+    assert ledger.snapshot() == spent
 
 
-def test_settle_after_expiry_still_records_spend(make_ledger: Any) -> None:
-    """Settling a reservation that expired and was swept adds the actual spend, once."""
-    ledger: RedisLedger = make_ledger(reservation_ttl=0.2)
+def test_stalled_process_reservation_cannot_be_spent_again(
+    make_ledger: Any, redis_url: str
+) -> None:
+    """A holder stopped past its ttl has its hold counted as spent: 100 of 100, never 200."""
+    ledger: RedisLedger = make_ledger()
+    budget = Budget(tokens=100, ledger=ledger)
+    proc, _ = spawn_holder(redis_url, ledger.name)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.send_signal(signal.SIGSTOP)  # its renewal thread stops with it
+        wait_for(lambda: ledger.snapshot().reservations == 0)
+        assert ledger.snapshot().expired == Amount(tokens=100)
+        with pytest.raises(BudgetExceeded):  # before: this process got all 100 tokens again
+            ledger.reserve(Amount(tokens=1), budget)
+
+        proc.send_signal(signal.SIGCONT)  # it wakes up and its call ends, having used 60
+        proc.stdin.write("settle 60\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "1"  # it found its reservation swept
+        assert ledger.snapshot() == LedgerSnapshot(Amount(tokens=60), Amount(), 0)
+        mine = ledger.reserve(Amount(tokens=40), budget)
+        with pytest.raises(BudgetExceeded):
+            ledger.reserve(Amount(tokens=1), budget)
+        ledger.settle(mine, Amount(tokens=40))
+        assert ledger.snapshot().spent == Amount(tokens=100)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_holder(proc)
+    assert ledger.snapshot().spent == Amount(tokens=100)
+
+
+def test_settle_after_expiry_replaces_the_reserved_amount_once(make_ledger: Any) -> None:
+    """A swept reservation is spent at its reserved amount; a late settle replaces it, once."""
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.2, renew_every=0)
     budget = Budget(usd="0.01", tokens=100, ledger=ledger)
-    token = ledger.reserve(Amount(PRICE * 80, 80, 1), budget)
+    reserved = Amount(PRICE * 80, 80, 1)
+    token = ledger.reserve(reserved, budget)
     wait_for(lambda: ledger.snapshot().reservations == 0)
-    other = ledger.reserve(Amount(PRICE * 90, 90, 1), budget)  # the capacity came back
+    assert ledger.snapshot() == LedgerSnapshot(reserved, Amount(), 0, expired=reserved)
+    with pytest.raises(BudgetExceeded):  # its capacity did not come back
+        ledger.reserve(Amount(PRICE * 90, 90, 1), budget)
+    other = ledger.reserve(Amount(PRICE * 20, 20, 1), budget)
 
-    ledger.settle(token, Amount(PRICE * 70, 70, 1))  # the money was spent all the same
-    ledger.settle(token, Amount(PRICE * 70, 70, 1))
-    snap = ledger.snapshot()
-    assert snap.spent == Amount(PRICE * 70, 70, 1)
-    assert snap.reserved == Amount(PRICE * 90, 90, 1)
+    ledger.settle(token, Amount(PRICE * 70, 70, 1))  # spent += actual - reserved
+    ledger.settle(token, Amount(PRICE * 70, 70, 1))  # a retry: no-op
+    ledger.release(token)  # no-op too
+    assert ledger.snapshot() == LedgerSnapshot(
+        Amount(PRICE * 70, 70, 1), Amount(PRICE * 20, 20, 1), 1
+    )
     ledger.release(other)
 
 
+def test_settle_applied_twice_counts_once_across_an_expiry(make_ledger: Any) -> None:
+    """A settle retried after the ttl passed, or twice after its sweep, counts once."""
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.2, renew_every=0)
+    budget = Budget(tokens=1_000, ledger=ledger)
+    ledger._audit = True
+    settled = ledger.reserve(Amount(tokens=40), budget)
+    ledger.settle(settled, Amount(tokens=30))
+    swept = ledger.reserve(Amount(tokens=50), budget)
+    wait_for(lambda: ledger.snapshot().reservations == 0)  # the ttl passed, a sweep ran
+    assert ledger.snapshot() == LedgerSnapshot(
+        Amount(tokens=80), Amount(), 0, expired=Amount(tokens=50)
+    )
+    for _ in range(2):  # the settle's reply was lost, so the caller (or the outbox) retries
+        ledger.settle(settled, Amount(tokens=30))
+        ledger.settle(swept, Amount(tokens=20))
+    snap = ledger.snapshot()
+    assert snap == LedgerSnapshot(Amount(tokens=50), Amount(), 0)
+    assert replay_audit(ledger, budget) == snap
+
+
+def test_release_after_expiry_leaves_it_spent(make_ledger: Any) -> None:
+    """Releasing a swept reservation keeps its reserved amount spent and shown as expired."""
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.2, renew_every=0)
+    budget = Budget(tokens=100, ledger=ledger)
+    ledger._audit = True
+    token = ledger.reserve(Amount(tokens=30), budget)
+    wait_for(lambda: ledger.snapshot().reservations == 0)
+    ledger.release(token)
+    ledger.settle(token, Amount(tokens=5))  # the release ended it
+    snap = ledger.snapshot()
+    assert snap == LedgerSnapshot(Amount(tokens=30), Amount(), 0, expired=Amount(tokens=30))
+    assert replay_audit(ledger, budget) == snap
+
+
 def test_reserve_sweeps_expired_reservations(make_ledger: Any) -> None:
-    """A reserve call itself sweeps expired holds, without any snapshot in between."""
-    ledger: RedisLedger = make_ledger(reservation_ttl=0.2)
+    """A reserve call itself sweeps expired holds (no snapshot in between) and counts them."""
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.2, renew_every=0)
     budget = Budget(tokens=100, ledger=ledger)
     ledger.reserve(Amount(tokens=100), budget)
     expiry_key = ledger._keys[1]
@@ -627,12 +759,15 @@ def test_reserve_sweeps_expired_reservations(make_ledger: Any) -> None:
         return bool(oldest) and oldest[0][1] <= now_s * 1000 + now_us // 1000
 
     wait_for(expired)
-    ledger.reserve(Amount(tokens=100), budget)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve(Amount(tokens=100), budget)
+    assert (info.value.spent, info.value.reserved) == (100, 0)
+    assert ledger._client.zcard(expiry_key) == 0
 
 
 def test_sweep_is_bounded_per_call(make_ledger: Any) -> None:
     """Each call sweeps at most 64 expired reservations; repeated calls clear the rest."""
-    ledger: RedisLedger = make_ledger(reservation_ttl=0.2)
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.2, renew_every=0)
     budget = Budget(tokens=1_000, ledger=ledger)
     for _ in range(150):
         ledger.reserve(Amount(tokens=1), budget)
@@ -645,7 +780,226 @@ def test_sweep_is_bounded_per_call(make_ledger: Any) -> None:
 
     wait_for(all_expired)
     assert [ledger.snapshot().reservations for _ in range(3)] == [86, 22, 0]
-    assert ledger.snapshot().reserved == Amount()
+    assert ledger.snapshot() == LedgerSnapshot(
+        Amount(tokens=150), Amount(), 0, expired=Amount(tokens=150)
+    )
+
+
+# -- Renewal ----------------------------------------------------------------------------------
+
+
+def test_renewal_keeps_a_reservation_past_its_ttl_until_close(make_ledger: Any) -> None:
+    """A live holder's reservation outlives three ttls; after close() it expires, spent."""
+    holder: RedisLedger = make_ledger(reservation_ttl=0.6)  # renewed every 0.2 s
+    watcher: RedisLedger = make_ledger(holder.name)  # its snapshots sweep what expired
+    holder.reserve(Amount(tokens=50), Budget(tokens=100, ledger=holder))
+    live = LedgerSnapshot(Amount(), Amount(tokens=50), 1)
+    deadline = time.monotonic() + 3 * 0.6
+    while time.monotonic() < deadline:
+        assert watcher.snapshot() == live
+        time.sleep(0.05)
+    assert holder.lost == 0
+
+    holder.close()
+    assert not holder._renewal.running
+    wait_for(lambda: watcher.snapshot().reservations == 0)
+    assert watcher.snapshot() == LedgerSnapshot(
+        Amount(tokens=50), Amount(), 0, expired=Amount(tokens=50)
+    )
+
+
+def test_renewal_thread_runs_only_while_something_is_held(make_ledger: Any) -> None:
+    """The renewal thread starts with the first reservation and ends once none is held."""
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.3)
+    budget = Budget(tokens=100, ledger=ledger)
+    assert not ledger._renewal.running
+    first = ledger.reserve(Amount(tokens=10), budget)
+    second = ledger.reserve(Amount(tokens=10), budget)
+    assert ledger._renewal.running
+    names = [t.name for t in threading.enumerate()]
+    assert names.count(f"llmctx-ledger-renewal-{ledger.name}") == 1
+    ledger.settle(first, Amount(tokens=5))
+    ledger.release(second)
+    wait_for(lambda: not ledger._renewal.running, timeout=5)
+    ledger.release(ledger.reserve(Amount(tokens=10), budget))  # a new one starts again
+
+    manual: RedisLedger = make_ledger(reservation_ttl=0.3, renew_every=0)
+    token = manual.reserve(Amount(tokens=10), Budget(tokens=100, ledger=manual))
+    assert not manual._renewal.running
+    assert manual.renew() == 0  # renewed by hand
+    manual.release(token)
+
+
+def test_reservation_swept_before_renewal_is_reported_lost(
+    make_ledger: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal that finds its reservation swept logs it once and counts it in ``lost``."""
+    ledger: RedisLedger = make_ledger(reservation_ttl=0.2, renew_every=0)
+    token = ledger.reserve(Amount(tokens=10), Budget(tokens=100, ledger=ledger))
+    wait_for(lambda: ledger.snapshot().reservations == 0)
+    with caplog.at_level(logging.WARNING, logger="llmctx.budget"):
+        assert ledger.renew() == 1
+        assert ledger.renew() == 0
+    assert ledger.lost == 1
+    (record,) = caplog.records
+    assert token in record.getMessage()
+    assert "counts as spent at its reserved amount" in record.getMessage()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_renews_only_its_own_reservations(ledger: RedisLedger) -> None:
+    """After fork the child holds none of its parent's reservations and renews only its own."""
+    budget = Budget(tokens=100, ledger=ledger)
+    parent = ledger.reserve(Amount(tokens=10), budget)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        try:
+            inherited = ledger._renewal.members() == [] and not ledger._renewal.running
+            mine = ledger.reserve(Amount(tokens=10), budget)
+            own = ledger._renewal.members() == [mine] and ledger._renewal.running
+            ledger.release(mine)
+            os.write(write, b"ok" if inherited and own else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert os.read(read, 2) == b"ok"
+    os.close(read)
+    assert ledger._renewal.members() == [parent]
+    assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(tokens=10), 1)
+
+
+# -- Redis outages (a server of the test's own, so pausing it stalls no one else) ------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    """URL of a redis-server started for this test alone on a free loopback port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    probe_client = redis.Redis.from_url(url)
+    try:
+
+        def up() -> bool:
+            try:
+                return bool(probe_client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(up, timeout=10)
+        yield url
+    finally:
+        probe_client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def fragile_client(url: str, timeout: float) -> Any:
+    """A client that gives up after ``timeout`` seconds and never retries (a failing network)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
+def test_redis_paused_between_reserve_and_settle_never_overspends(own_redis: str) -> None:
+    """Redis paused between reserve and settle: two ledgers spend <= 1,000 of 1,000, not 1,800."""
+    client = fragile_client(own_redis, 0.2)
+    admin = redis.Redis.from_url(own_redis)
+    try:
+        first = RedisLedger(client, "shared", reservation_ttl=1.0)
+        second = RedisLedger(own_redis, "shared", reservation_ttl=1.0)
+        token = first.reserve(Amount(tokens=1_000), Budget(tokens=1_000, ledger=first))
+        admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        with pytest.raises(StoreError, match="counts as spent at its reserved amount"):
+            first.settle(token, Amount(tokens=800))  # the call ran; its settle is lost
+
+        # Redis is back; the reservation, no longer renewed, expires and stays spent.
+        wait_for(lambda: second.snapshot().reservations == 0)
+        assert second.snapshot() == LedgerSnapshot(
+            Amount(tokens=1_000), Amount(), 0, expired=Amount(tokens=1_000)
+        )
+        other = Budget(tokens=1_000, ledger=second)
+        with pytest.raises(BudgetExceeded):  # before: all 1,000 again, 1,800 in total
+            second.reserve(Amount(tokens=1), other)
+
+        for _ in range(2):  # the lost settle applied once Redis is back, and retried
+            first.settle(token, Amount(tokens=800))
+        assert second.snapshot() == LedgerSnapshot(Amount(tokens=800), Amount(), 0)
+        rest = second.reserve(Amount(tokens=200), other)
+        with pytest.raises(BudgetExceeded):
+            second.reserve(Amount(tokens=1), other)
+        second.settle(rest, Amount(tokens=200))
+        assert second.snapshot().spent == Amount(tokens=1_000)
+        first.close()
+        second.close()
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+        client.close()
+
+
+def test_holds_settle_lost_in_an_outage_is_only_logged_and_fails_closed(
+    own_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call's Holds.settle that cannot reach Redis is logged; its reservation ends up spent."""
+    client = fragile_client(own_redis, 0.2)
+    admin = redis.Redis.from_url(own_redis)
+    try:
+        ledger = RedisLedger(client, "holds", reservation_ttl=0.5)
+        budget = Budget(tokens=100, ledger=ledger)
+        holds = Holds.reserve([(budget, "session-id", None)], Amount(tokens=100))
+        admin.execute_command("CLIENT", "PAUSE", "600", "WRITE")
+        with caplog.at_level(logging.ERROR, logger="llmctx"):
+            holds.settle(Amount(tokens=70))  # never raises: the call already returned
+        assert "could not settle" in caplog.text
+        with RedisLedger(own_redis, "holds") as watcher:  # waits out the pause, then sweeps
+            wait_for(lambda: watcher.snapshot().reservations == 0)
+            assert watcher.snapshot() == LedgerSnapshot(
+                Amount(tokens=100), Amount(), 0, expired=Amount(tokens=100)
+            )
+        ledger.close()
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+        client.close()
+
+
+def test_renewal_survives_an_outage_and_logs_it_once(
+    own_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Renewals failing through a Redis pause are retried each beat and logged once, not each."""
+    client = fragile_client(own_redis, 0.05)
+    admin = redis.Redis.from_url(own_redis)
+    try:
+        ledger = RedisLedger(client, "renew", reservation_ttl=1.0, renew_every=0.05)
+        token = ledger.reserve(Amount(tokens=10), Budget(tokens=100, ledger=ledger))
+        with caplog.at_level(logging.INFO, logger="llmctx.budget"):
+            admin.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+            wait_for(lambda: "works again" in caplog.text, timeout=10)
+        failures = [r for r in caplog.records if "could not renew" in r.getMessage()]
+        assert len(failures) == 1
+        assert failures[0].levelno == logging.WARNING
+        assert ledger._renewal.running
+        assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(tokens=10), 1)
+        assert ledger.lost == 0
+        ledger.release(token)
+        ledger.close()
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+        client.close()
 
 
 # -- Script cache and connection errors -------------------------------------------------------

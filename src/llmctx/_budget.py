@@ -52,11 +52,24 @@ class Amount:
 
 @dataclass(frozen=True, slots=True)
 class LedgerSnapshot:
-    """A ledger's state at one moment: settled spend and what calls in flight hold."""
+    """A ledger's state at one moment: spend and what calls in flight hold.
+
+    Attributes:
+        spent: settled spend, plus the reserved amount of every reservation that expired
+            unsettled (see ``expired``).
+        reserved: the sum of the live reservations.
+        reservations: how many reservations are live.
+        expired: the part of ``spent`` counted only because a reservation's holder vanished:
+            the reserved amounts of reservations that expired (a process crashed, stalled or
+            lost Redis longer than the reservation's ttl) and were not settled since. A
+            settle that arrives later moves its reservation's share from here to its actual
+            spend. Always zero for :class:`MemoryLedger`, whose reservations never expire.
+    """
 
     spent: Amount
     reserved: Amount
     reservations: int
+    expired: Amount = Amount()
 
 
 @runtime_checkable
