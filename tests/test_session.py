@@ -515,3 +515,75 @@ def test_racing_ends_of_one_call_charge_it_once(memory_store: MemoryStore) -> No
     assert s.usage == record.usage  # charged once, whichever end won
     snap = budget.ledger.snapshot()
     assert snap.reservations == 0 and snap.spent.tokens == record.usage.total_tokens
+
+
+def _row_matches_calls(store: llmctx.stores.Store, session_id: str) -> None:
+    """Assert a stored row's totals equal the sum of the stored calls of its tree."""
+    row = store.get_session(session_id)
+    assert row is not None
+    calls = store.list_calls([r.id for r in store.session_tree(session_id)])
+    assert row.calls == len(calls)
+    assert row.usage == sum((c.usage for c in calls), llmctx.Usage())
+    assert row.cost == sum((c.cost for c in calls if c.cost is not None), Decimal(0))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_threads_charging_one_root_leave_its_row_equal_to_its_calls(
+    kind: str, tmp_path: Path
+) -> None:
+    """8 threads charging a root and its children: the stored rows match the calls, every trial."""
+    model = FakeModel()
+    for trial in range(6):
+        store: llmctx.stores.Store = (
+            MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / f"t{trial}.db")
+        )
+        with llmctx.session("root", store=store) as root:
+
+            def work(i: int) -> None:
+                if i % 2:
+                    with llmctx.session(f"child-{i}"):
+                        for _ in range(5):
+                            model.complete(f"c{i}")
+                else:
+                    for _ in range(5):
+                        model.complete(f"r{i}")
+
+            with llmctx.ContextThreadPoolExecutor(8) as pool:
+                list(pool.map(work, range(8)))
+            # Before the root exits (a crash here): its row already counts every call.
+            _row_matches_calls(store, root.id)
+            row = store.get_session(root.id)
+            assert row is not None and row.calls == 40 == len(root.calls)
+        _row_matches_calls(store, root.id)
+        store.close()
+
+
+def test_parent_row_counts_child_calls_before_anyone_exits(tmp_path: Path) -> None:
+    """A process killed inside a child session leaves its parent's row counting the child's calls."""
+    db = tmp_path / "parent.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, llmctx
+        from llmctx.testing import FakeModel
+        parent = llmctx.session("parent", store={str(db)!r})
+        parent.__enter__()
+        FakeModel().complete("one")
+        child = llmctx.session("child")
+        child.__enter__()
+        FakeModel().complete("two three")
+        FakeModel().complete("four")
+        print(parent.id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    store = SQLiteStore(db)
+    try:
+        row = store.get_session(proc.stdout.strip())
+        assert row is not None and row.calls == 3 and row.usage.input_tokens == 4
+        _row_matches_calls(store, row.id)
+    finally:
+        store.close()

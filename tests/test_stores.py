@@ -126,9 +126,24 @@ def _full_call() -> CallRecord:
 # -- the protocol, on every store ----------------------------------------------------------------
 
 
+def _calls_adding_up_to(record: SessionRecord) -> list[CallRecord]:
+    """Calls whose roll-up is ``record``'s totals (one carries them, the rest count)."""
+    priced = record.calls - record.unpriced_calls
+    return [
+        _call(record.id, 0, usage=record.usage, cost=record.cost),
+        *(_call(record.id, n, cost=Decimal(0)) for n in range(1, priced)),
+        *(_call(record.id, priced + n) for n in range(record.unpriced_calls)),
+    ]
+
+
 def test_session_round_trips_every_field(store: Store) -> None:
-    """A saved session reads back equal field by field, Decimal digits included."""
+    """A saved session reads back equal field by field, its rolled-up Decimal digits included."""
     record = _full_session()
+    store.save_session(record)
+    got = store.get_session(record.id)
+    assert got == record.replace(usage=Usage(), cost=Decimal(0), unpriced_calls=0, calls=0)
+    for call in _calls_adding_up_to(record):
+        store.save_call(call)
     store.save_session(record)
     got = store.get_session(record.id)
     assert got == record
@@ -189,7 +204,7 @@ def test_unstorable_text_round_trips_in_every_field(store: Store) -> None:
         )
         store.save_session(session)
         store.save_call(call)
-        assert store.get_session(sid) == session
+        assert store.get_session(sid) == session.replace(calls=1, unpriced_calls=1)
         assert store.list_calls([sid]) == [call]
         assert [r.id for r in store.list_sessions(parent_id=f"p{text}")] == [sid]
         assert [r.id for r in store.session_tree(sid)] == [sid]
@@ -210,46 +225,59 @@ def test_unpriced_call_keeps_none_cost_and_note(store: Store) -> None:
 def test_save_call_with_session_writes_both(store: Store) -> None:
     """save_call(call, session) inserts the session row, then updates it on the next call."""
     s = _session("s1", status="running")
-    store.save_call(_call("s1", 1), s.replace(calls=1, usage=Usage(10, 2, requests=1)))
-    assert store.get_session("s1") == s.replace(calls=1, usage=Usage(10, 2, requests=1))
+    first = _call("s1", 1, usage=Usage(10, 2, requests=1), cost=Decimal("0.01"))
+    store.save_call(first, s.replace(calls=1, usage=Usage(10, 2, requests=1)))
+    assert store.get_session("s1") == s.replace(
+        calls=1, cost=Decimal("0.01"), usage=Usage(10, 2, requests=1)
+    )
     later = s.replace(calls=2, cost=Decimal("0.02"), usage=Usage(20, 4, requests=2))
-    store.save_call(_call("s1", 2), later)
+    store.save_call(_call("s1", 2, usage=Usage(10, 2, requests=1), cost=Decimal("0.01")), later)
     assert store.get_session("s1") == later
     assert len(store.list_calls(["s1"])) == 2
 
 
-def test_saving_a_call_twice_keeps_one_row_and_the_session_counts_it_once(store: Store) -> None:
-    """A save_call retried with the same call (a lost acknowledgement) adds no second row."""
-    snapshot = _session("s1", status="running").replace(calls=1, usage=Usage(10, 2, requests=1))
-    call = _call("s1", 1, usage=Usage(10, 2, requests=1))
-    store.save_call(call, snapshot)
-    store.save_call(call, snapshot)
-    store.save_call(call.replace(response="changed"))  # the first row stays
-    assert store.list_calls(["s1"]) == [call]
-    assert store.get_session("s1") == snapshot
-    resumed = llmctx.session.resume("s1", store=store)
-    assert resumed.usage == Usage(10, 2, requests=1)
-    assert len(resumed.calls) == 1
-    assert store.delete_session("s1") == 1
-    store.save_call(call, snapshot)  # a deleted call may be saved again
-    assert store.list_calls(["s1"]) == [call]
+def test_session_totals_are_the_roll_up_of_stored_calls(store: Store) -> None:
+    """A row's totals come from its calls and its descendants', whatever snapshot was passed."""
+    store.save_session(_session("root", 0, status="running"))
+    store.save_session(_session("mid", 1, parent_id="root", status="running"))
+    leaf = _session("leaf", 2, parent_id="mid", status="running")
+    # The snapshot claims 99 calls and no usage: the store counts what it stores.
+    store.save_call(
+        _call("leaf", 1, usage=Usage(5, 1, requests=1), cost=Decimal("0.5")),
+        leaf.replace(calls=99),
+    )
+    store.save_call(_call("mid", 2, usage=Usage(7, 2, requests=1)))  # unpriced
+    store.save_call(_call("root", 3, usage=Usage(1, 1, requests=1), cost=Decimal("0.25")))
+    got = {r.id: r for r in store.session_tree("root")}
+    assert (got["leaf"].calls, got["mid"].calls, got["root"].calls) == (1, 2, 3)
+    assert got["leaf"].usage == Usage(5, 1, requests=1)
+    assert got["mid"].usage == Usage(12, 3, requests=2)
+    assert got["root"].usage == Usage(13, 4, requests=3)
+    assert (got["mid"].cost, got["root"].cost) == (Decimal("0.5"), Decimal("0.75"))
+    assert (got["leaf"].unpriced_calls, got["mid"].unpriced_calls) == (0, 1)
+    assert got["root"].unpriced_calls == 1
+    # A session row written again (its exit) keeps the roll-up, never the snapshot's totals.
+    store.save_session(_session("root", 0, status="completed", calls=0))
+    root = store.get_session("root")
+    assert root is not None
+    assert (root.status, root.calls, root.cost) == ("completed", 3, Decimal("0.75"))
 
 
 def test_save_call_updates_parent_and_start_of_existing_session(store: Store) -> None:
     """A session row whose parent or start changed is fully rewritten by save_call."""
     store.save_session(_session("child", 5))
     moved = _session("child", 9, parent_id="root", status="completed")
-    store.save_call(_call("child"), moved)
-    assert store.get_session("child") == moved
+    store.save_call(_call("child", cost=Decimal(0)), moved)
+    assert store.get_session("child") == moved.replace(calls=1)
     assert [r.id for r in store.list_sessions(parent_id="root")] == ["child"]
 
 
-def test_save_call_without_session_leaves_row_alone(store: Store) -> None:
-    """save_call(call) without a session does not touch the session row."""
-    s = _session("s1", calls=5)
+def test_save_call_without_session_only_adds_to_the_totals(store: Store) -> None:
+    """save_call(call) without a session adds the call to its row and changes nothing else."""
+    s = _session("s1", status="running")
     store.save_session(s)
-    store.save_call(_call("s1"))
-    assert store.get_session("s1") == s
+    store.save_call(_call("s1", usage=Usage(3, 4), cost=Decimal(1)))
+    assert store.get_session("s1") == s.replace(calls=1, usage=Usage(3, 4), cost=Decimal(1))
 
 
 def test_save_session_replaces(store: Store) -> None:
@@ -384,7 +412,10 @@ def test_sqlite_call_survives_sigkill_right_after_save(tmp_path: Path) -> None:
         store = SQLiteStore({str(db)!r})
         session = SessionRecord(id="victim", status="running", calls=1, cost=Decimal("0.25"))
         store.save_call(
-            CallRecord(session_id="victim", id="last-words", usage=Usage(7, 3)), session
+            CallRecord(
+                session_id="victim", id="last-words", usage=Usage(7, 3), cost=Decimal("0.25")
+            ),
+            session,
         )
         os.kill(os.getpid(), signal.SIGKILL)
         """

@@ -26,9 +26,11 @@ SessionStatus = Literal["created", "running", "completed", "failed", "cancelled"
 class SessionRecord:
     """A session as stored: identity, lifecycle, budget limits and rolled-up totals.
 
-    ``usage``/``cost`` include every descendant session (the live roll-up at the time the row
-    was written). ``unpriced_calls`` counts calls that could not be priced; while it is
-    non-zero the session's cost is unknown and ``cost`` holds only the priced part.
+    ``usage``/``cost``/``calls``/``unpriced_calls`` are the roll-up of every call stored in
+    this session and its descendants: the store adds each new call to its session's row and
+    every ancestor's in the call's own transaction, so a row never disagrees with its calls.
+    ``unpriced_calls`` counts calls that could not be priced; while it is non-zero the
+    session's cost is unknown and ``cost`` holds only the priced part.
     ``budget`` is the limits as data (``{"usd": "0.50", "tokens": 50000, "requests": null}``).
     A record is a value: treat it as read-only (``replace()`` makes a changed copy); it is not
     ``frozen`` because one is built on every call and frozen ones cost three times as much.

@@ -39,7 +39,10 @@ from ._base import SessionRecord, SessionStatus
 
 __all__ = [
     "CALL_COLS",
+    "ROLLUP_SET",
     "SESSION_COLS",
+    "TOTALS_AT",
+    "TOTAL_COLS",
     "ConnectionOwner",
     "LoadDatetime",
     "LoadJSON",
@@ -52,6 +55,7 @@ __all__ = [
     "escape_tree",
     "excluded_assignments",
     "load_json_text",
+    "rollup_params",
     "same",
     "session_filter",
     "session_from_row",
@@ -59,6 +63,7 @@ __all__ = [
     "tree_cte",
     "unescape_text",
     "unescape_tree",
+    "up_cte",
 ]
 
 # The column order of every statement both stores run, matching the converters below.
@@ -67,6 +72,23 @@ SESSION_COLS = (
     "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, cost, "
     "unpriced_calls, call_count, metadata"
 )
+# The totals a store rolls up from the calls themselves (see Store.save_call): the columns
+# save_session writes only when it creates a row.
+TOTAL_COLS = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "requests",
+        "cost",
+        "unpriced_calls",
+        "call_count",
+    }
+)
+# Where they sit in session_params(): 9 .. 17.
+TOTALS_AT = slice(9, 18)
 CALL_COLS = (
     "id, session_id, kind, provider, model, request, response, tool_calls, input_tokens, "
     "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, "
@@ -328,6 +350,34 @@ def call_from_row(row: Sequence[Any], load_json: LoadJSON, load_dt: LoadDatetime
     )
 
 
+def rollup_params(c: CallRecord) -> list[Any]:
+    """What one new call adds to each session row above it: tokens, requests, unpriced.
+
+    Returns:
+        ``[input, output, cache_read, cache_write, reasoning, requests, unpriced]``, the order of
+        the dialects' roll-up statements (money is added by each dialect, exactly).
+    """
+    u = c.usage
+    return [
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        u.requests,
+        1 if c.cost is None else 0,
+    ]
+
+
+# The roll-up's SET list for the integer totals; the parameters are rollup_params()'s.
+ROLLUP_SET = (
+    "input_tokens = input_tokens + {m}, output_tokens = output_tokens + {m}, "
+    "cache_read_tokens = cache_read_tokens + {m}, cache_write_tokens = cache_write_tokens + {m}, "
+    "reasoning_tokens = reasoning_tokens + {m}, requests = requests + {m}, "
+    "unpriced_calls = unpriced_calls + {m}, call_count = call_count + 1"
+)
+
+
 def excluded_assignments(cols: str, skip: Collection[str]) -> str:
     """``c = excluded.c, ...`` for the columns of ``cols`` not in ``skip`` (an upsert's SET)."""
     names = (c.strip() for c in cols.split(","))
@@ -372,6 +422,20 @@ def tree_cte(sessions: str, mark: str) -> str:
     return (
         f"WITH RECURSIVE tree(id) AS (SELECT id FROM {sessions} WHERE id = {mark} "
         f"UNION SELECT s.id FROM {sessions} s JOIN tree t ON s.parent_id = t.id) "
+    )
+
+
+def up_cte(sessions: str, mark: str) -> str:
+    """``WITH RECURSIVE up(id)``: the session whose id is the one parameter, and its ancestors.
+
+    Args:
+        sessions: the (qualified) sessions table.
+        mark: the dialect's parameter placeholder (with a cast where the dialect needs one).
+    """
+    # UNION on the id alone: a parent_id cycle in damaged data still terminates.
+    return (
+        f"WITH RECURSIVE up(id) AS (SELECT {mark} UNION SELECT s.parent_id FROM {sessions} s "
+        "JOIN up u ON s.id = u.id WHERE s.parent_id IS NOT NULL) "
     )
 
 

@@ -10,6 +10,16 @@ from ._base import SessionRecord
 
 __all__ = ["MemoryStore"]
 
+_EMPTY = SessionRecord(id="")
+
+
+def _with_totals(record: SessionRecord, totals: SessionRecord | None) -> SessionRecord:
+    """``record`` with the totals of ``totals`` (zero when None)."""
+    t = _EMPTY if totals is None else totals
+    return record.replace(
+        usage=t.usage, cost=t.cost, unpriced_calls=t.unpriced_calls, calls=t.calls
+    )
+
 
 class MemoryStore:
     """Keeps sessions and calls in dicts; thread-safe; nothing survives the process."""
@@ -24,17 +34,37 @@ class MemoryStore:
         return f"MemoryStore(sessions={len(self._sessions)})"
 
     def save_session(self, record: SessionRecord) -> None:
+        """Keep the row's fields but its totals: those roll up its calls (zero when new)."""
         with self._lock:
-            self._sessions[record.id] = record
+            self._sessions[record.id] = _with_totals(record, self._sessions.get(record.id))
 
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
-        """Keep the call (once per id, like every store) and, when given, replace the session."""
+        """Keep the call once per id; add a new one to its session's and ancestors' totals.
+
+        ``session``'s fields but its totals replace the row's (a new row starts from zero), like
+        every store.
+        """
         with self._lock:
-            if call.id not in self._call_ids:
-                self._call_ids.add(call.id)
-                self._calls.setdefault(call.session_id or "", []).append(call)
             if session is not None:
-                self._sessions[session.id] = session
+                old = self._sessions.get(session.id)
+                self._sessions[session.id] = _with_totals(session, old)
+            if call.id in self._call_ids:
+                return
+            self._call_ids.add(call.id)
+            self._calls.setdefault(call.session_id or "", []).append(call)
+            sid, seen = call.session_id, set()
+            while sid is not None and sid not in seen:
+                seen.add(sid)
+                row = self._sessions.get(sid)
+                if row is None:
+                    break
+                self._sessions[sid] = row.replace(
+                    usage=row.usage + call.usage,
+                    cost=row.cost if call.cost is None else row.cost + call.cost,
+                    unpriced_calls=row.unpriced_calls + (call.cost is None),
+                    calls=row.calls + 1,
+                )
+                sid = row.parent_id
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         with self._lock:

@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._exceptions import ConfigError, StoreError
@@ -71,8 +72,14 @@ _CALL_VALUES = (
 )
 
 
+_ZERO_TOTALS: list[Any] = [0, 0, 0, 0, 0, 0, Decimal(0), 0, 0]
+
+
 def _session_params(r: SessionRecord) -> list[Any]:
-    return _sql.session_params(r, _aware, _sql.same)
+    params = _sql.session_params(r, _aware, _sql.same)
+    # A new row starts from zero totals, whatever the record says: its calls add up.
+    params[_sql.TOTALS_AT] = _ZERO_TOTALS
+    return params
 
 
 def _call_params(c: CallRecord) -> list[Any]:
@@ -249,7 +256,11 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
     # -- Store protocol --------------------------------------------------------------------
 
     def save_session(self, record: SessionRecord) -> None:
-        """Insert or replace the session row (committed before returning).
+        """Insert or update the session row (committed before returning).
+
+        Every field but the totals (usage, cost, unpriced and call counts) is written: those
+        are the roll-up of the calls stored below the row (zero for a new row), which only
+        :meth:`save_call` changes.
 
         Raises:
             StoreError: the write failed or the store is closed.
@@ -258,22 +269,29 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         self._run(f"save session {record.id!r}", lambda cur: cur.execute(self._sql.upsert, params))
 
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
-        """Insert one call and, when given, upsert its session in the same transaction.
+        """Insert one call, add it to the totals of its session and every ancestor, atomically.
 
-        A call whose id is already stored is not written again (the first row stays); the
-        session row is still upserted, a snapshot of the totals. A KeyboardInterrupt or
-        cancellation before the commit rolls both back.
+        One transaction: the call row; when given, the session row's fields from ``session``
+        but its totals (a new row starts from zero); then, if the call id was new, its
+        usage, cost and count added to the row of ``call.session_id`` and of every ancestor
+        stored (rows locked in id order, so concurrent writers neither lose an increment nor
+        deadlock). A call whose id is already stored adds nothing. A KeyboardInterrupt or
+        cancellation before the commit rolls all of it back.
 
         Raises:
             StoreError: the write failed or the store is closed.
         """
         call_params = _call_params(call)
         session_params = None if session is None else _session_params(session)
+        rollup = [call_params[1], *_sql.rollup_params(call), call.cost or Decimal(0)]
 
         def body(cur: Any) -> None:
             cur.execute(self._sql.insert_call, call_params)
+            inserted = cur.rowcount == 1
             if session_params is not None:
                 cur.execute(self._sql.upsert, session_params)
+            if inserted and rollup[0] is not None:
+                cur.execute(self._sql.rollup, rollup)
 
         self._run(f"save call {call.id!r}", body)
 
@@ -441,9 +459,19 @@ class _Statements:
             )""",
             f"CREATE INDEX IF NOT EXISTS calls_session ON {q}.calls (session_id, started_at)",
         )
+        # A new row's totals are zero and an update leaves them: they are the calls' roll-up.
+        header = _sql.excluded_assignments(_sql.SESSION_COLS, {"id", *_sql.TOTAL_COLS})
         self.upsert = (
             f"INSERT INTO {q}.sessions ({_sql.SESSION_COLS}) VALUES ({_SESSION_VALUES}) "
-            f"ON CONFLICT (id) DO UPDATE SET {_sql.excluded_assignments(_sql.SESSION_COLS, {'id'})}"
+            f"ON CONFLICT (id) DO UPDATE SET {header}"
+        )
+        up = _sql.up_cte(f"{q}.sessions", "%s::text")
+        # Rows locked in id order first: two writers rolling up into one ancestor never
+        # deadlock. Parameters: the call's session id, rollup_params(), then its cost.
+        self.rollup = (
+            f"{up}UPDATE {q}.sessions s SET {_sql.ROLLUP_SET.format(m='%s')}, cost = cost + %s "
+            f"FROM (SELECT id FROM {q}.sessions WHERE id IN (SELECT id FROM up) ORDER BY id "
+            "FOR UPDATE) locked WHERE s.id = locked.id"
         )
         self.insert_call = (
             f"INSERT INTO {q}.calls ({_sql.CALL_COLS}) VALUES ({_CALL_VALUES}) "

@@ -8,7 +8,9 @@ without waiting for an fsync.
 
 Layout (``PRAGMA user_version`` holds the schema version, so later versions can migrate):
 
-* ``sessions``: one row per session; usage as integer columns, ``cost`` as Decimal text,
+* ``sessions``: one row per session; its totals (usage, cost, call and unpriced counts) are
+  the roll-up of every call stored in it and its descendants, kept by ``save_call`` in the
+  call's own transaction; usage as integer columns, ``cost`` as Decimal text,
   ``tags``/``budget``/``metadata`` as JSON text, datetimes as ISO 8601 text plus an integer
   ``started_us`` (microseconds since the epoch) that orders rows whatever their time zone.
 * ``calls``: one row per call id (a unique index: saving the same call twice keeps the first
@@ -28,6 +30,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -108,21 +111,29 @@ CREATE INDEX IF NOT EXISTS calls_session ON calls (session_id, started_us);
 # The shared columns, then started_us (which only SQLite has), as _session_params gives them.
 _SESSION_COLS = f"{_sql.SESSION_COLS}, started_us"
 # An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, which would change its
-# rowid (the tie-breaker of the orderings below).
+# rowid (the tie-breaker of the orderings below). A new row's totals are zero, and an update
+# leaves them alone: they are the store's own roll-up of the calls (see save_call).
 _UPSERT_SESSION = (
     f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
-    f"ON CONFLICT (id) DO UPDATE SET {_sql.excluded_assignments(_SESSION_COLS, {'id'})}"
+    "ON CONFLICT (id) DO UPDATE SET "
+    + _sql.excluded_assignments(_SESSION_COLS, {"id", *_sql.TOTAL_COLS})
 )
-# The hot path's upsert leaves the indexed columns alone (SQLite rewrites an index entry for
-# every indexed column in SET, changed or not); when they did change it updates nothing and
-# save_call falls back to the full upsert.
-_UPSERT_SESSION_TOTALS = (
+# The hot path's upsert also leaves the indexed columns alone (SQLite rewrites an index entry
+# for every indexed column in SET, changed or not); when they did change it updates nothing
+# and save_call falls back to the full upsert.
+_UPSERT_SESSION_HEADER = (
     f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
     "ON CONFLICT (id) DO UPDATE SET "
-    + _sql.excluded_assignments(_SESSION_COLS, {"id", "parent_id", "started_us"})
+    + _sql.excluded_assignments(_SESSION_COLS, {"id", "parent_id", "started_us", *_sql.TOTAL_COLS})
     + " WHERE sessions.parent_id IS excluded.parent_id"
     " AND sessions.started_us = excluded.started_us"
 )
+# A new call's roll-up: the rows of its session and of every ancestor, and their money (Decimal
+# text, added in Python: SQLite would add it as a float).
+_UP_CTE = _sql.up_cte("sessions", "?")
+_SELECT_CHAIN = f"{_UP_CTE}SELECT id, cost FROM sessions WHERE id IN (SELECT id FROM up)"
+_ROLLUP = f"UPDATE sessions SET {_sql.ROLLUP_SET.format(m='?')}, cost = ? WHERE id = ?"
+_ZERO_TOTALS = [0, 0, 0, 0, 0, 0, "0", 0, 0]
 _SELECT_SESSION = f"SELECT {_sql.SESSION_COLS} FROM sessions"
 
 _CALL_COLS = f"{_sql.CALL_COLS}, started_us"
@@ -146,6 +157,8 @@ def _epoch_us(value: datetime) -> int:
 
 def _session_params(r: SessionRecord) -> list[Any]:
     params = _sql.session_params(r, datetime.isoformat, str)
+    # A new row starts from zero totals, whatever the record says: its calls add up.
+    params[_sql.TOTALS_AT] = _ZERO_TOTALS
     params.append(_epoch_us(r.started_at))
     return params
 
@@ -336,7 +349,11 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
     # -- Store protocol --------------------------------------------------------------------
 
     def save_session(self, record: SessionRecord) -> None:
-        """Insert or replace the session row (committed before returning).
+        """Insert or update the session row (committed before returning).
+
+        Every field but the totals (usage, cost, unpriced and call counts) is written: those
+        are the roll-up of the calls stored below the row (zero for a new row), which only
+        :meth:`save_call` changes.
 
         Raises:
             StoreError: the write failed or the store is closed.
@@ -344,29 +361,42 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         self._write([(_UPSERT_SESSION, _session_params(record))], f"save session {record.id!r}")
 
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
-        """Insert one call and, when given, upsert its session in the same transaction.
+        """Insert one call, add it to the totals of its session and every ancestor, atomically.
 
-        A call whose id is already stored is not written again (the first row stays, like
-        every store); the session row is still upserted, since it is a snapshot of the
-        session's totals and never an increment. A KeyboardInterrupt or cancellation before
-        the commit rolls both back; once this returns both rows survive the process being
-        killed.
+        One transaction: the call row; when given, the session row's fields from ``session``
+        but its totals (a new row starts from zero); then, if the call id was new, its
+        usage, cost and count added to the row of ``call.session_id`` and of every ancestor
+        stored. A session row's totals therefore always equal the calls stored below it, even
+        after a crash, and writers in several threads or processes never lose an increment.
+        A call whose id is already stored adds nothing (a retried write is harmless). A
+        KeyboardInterrupt or cancellation before the commit rolls all of it back.
 
         Raises:
             StoreError: the write failed or the store is closed.
         """
         call_params = _call_params(call)
         session_params = None if session is None else _session_params(session)
+        rollup = _sql.rollup_params(call)
+        added = call.cost
         with self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(_INSERT_CALL, call_params)
+                inserted = conn.execute(_INSERT_CALL, call_params).rowcount == 1
                 if (
                     session_params is not None
-                    and conn.execute(_UPSERT_SESSION_TOTALS, session_params).rowcount == 0
+                    and conn.execute(_UPSERT_SESSION_HEADER, session_params).rowcount == 0
                 ):
                     conn.execute(_UPSERT_SESSION, session_params)
+                if inserted and call_params[1] is not None:
+                    chain = conn.execute(_SELECT_CHAIN, (call_params[1],)).fetchall()
+                    conn.executemany(
+                        _ROLLUP,
+                        [
+                            (*rollup, str(Decimal(cost) + added) if added else cost, sid)
+                            for sid, cost in chain
+                        ],
+                    )
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._abort(conn)
