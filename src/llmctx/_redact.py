@@ -223,16 +223,32 @@ class _Shape:
     secret: int = 0
     needs: tuple[str, ...] = ()
     fold: bool = False
+    #: The anchor is inside the secret, not at its start (``...-us12``): once an anchor is
+    #: present (or, with no anchors, once ``probe`` finds something), the pattern is searched
+    #: through the whole text.
+    scan: bool = False
+    probe: re.Pattern[str] | None = None
 
 
-def _shape(anchors: str, pattern: str, *, secret: int = 0, needs: str = "") -> _Shape:
+def _shape(
+    anchors: str,
+    pattern: str,
+    *,
+    secret: int = 0,
+    needs: str = "",
+    scan: bool = False,
+    probe: str | None = None,
+) -> _Shape:
     """A shape; ``anchors`` and ``needs`` are blank-separated, a ``(?i)`` pattern folds case."""
+    flags = re.DOTALL if "(?s)" in pattern else 0
     return _Shape(
         tuple(anchors.split()),
-        re.compile(pattern),
+        re.compile(pattern.replace("(?s)", ""), flags),
         secret,
         tuple(needs.split()),
         pattern.startswith("(?i)"),
+        scan or probe is not None,
+        None if probe is None else re.compile(probe),
     )
 
 
@@ -247,9 +263,66 @@ _PASSWORD_ASSIGNMENT = _shape(
     needs="=",
 )
 
-#: Every shape of secret redact_text knows. Add new shapes here (issue corpora included).
+# A keyword assignment whose value looks like a credential (12+ characters, a digit among
+# them, so prose such as "each token: roughly four characters" is left alone): AWS secret
+# keys, npm auth tokens, client secrets, ... (detect-secrets' KeywordDetector, narrowed).
+_KEYWORD_ASSIGNMENT = _shape(
+    "secret token passwd credential private_key access_key",
+    r"""(?i)(?:secret|token|passwd|credential|private_key|access_key)[a-z0-9_\-]*["']?\s*[:=]"""
+    r"""\s*["']?((?=[^\s"',;&]*\d)[^\s"',;&]{12,})""",
+    secret=1,
+    needs=":=",
+)
+
+#: Every shape of secret redact_text knows. Add new shapes here (issue corpora included). The
+#: test corpus is detect-secrets' rule set (tests/test_redact_corpus.py), plus the LLM
+#: providers' key formats.
 _SHAPES: tuple[_Shape, ...] = (
     _shape("sk-", r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}", needs="-"),
+    _shape("hf_", r"\bhf_[A-Za-z0-9]{30,}", needs="_"),
+    _shape("github_pat_", r"\bgithub_pat_[A-Za-z0-9_]{22,}", needs="_"),
+    _shape(
+        "glpat- gldt- glrt- glptt- glcbt- glimt- glft- glsoat-",
+        r"\bgl(?:pat|dt|rt|ptt|cbt|imt|ft|soat)-[A-Za-z0-9_\-]{20,}",
+        needs="-",
+    ),
+    _shape(
+        "eyJ",
+        r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+        needs=". 0123456789",  # base64 of '{"alg":...}' and its claims always has digits
+    ),
+    _shape("npm_", r"\bnpm_[A-Za-z0-9]{36}", needs="_"),
+    _shape("pypi-", r"\bpypi-Ag[A-Za-z0-9_\-]{50,}", needs="-"),
+    _shape("SG.", r"\bSG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}", needs="."),
+    _shape(
+        "hooks.slack.com/",
+        r"hooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9/_\-]+)",
+        secret=1,
+        needs="/",
+    ),
+    _shape("sq0", r"\bsq0(?:csp|atp|idp)-[0-9A-Za-z_\-]{22,}", needs="-"),
+    _shape(
+        "sk_live_ sk_test_ rk_live_ rk_test_ pk_live_",
+        r"\b[rsp]k_(?:live|test)_[0-9A-Za-z]{16,}",
+        needs="_",
+    ),
+    _shape("SK", r"\bSK[0-9a-fA-F]{32}\b", needs="K"),
+    _shape("AKC", r"\bAKC[A-Za-z0-9]{10,}", needs="K"),
+    _shape("AccountKey=", r"AccountKey=([A-Za-z0-9+/=]{40,})", secret=1, needs="="),
+    _shape(
+        "-----BEGIN",
+        r"(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+        r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|.*)",
+        needs="-",
+    ),
+    _shape("-us", r"\b[0-9a-f]{32}-us[0-9]{1,2}\b", needs="-", scan=True),
+    _shape(":AA", r"\b[0-9]{8,10}:AA[0-9A-Za-z_\-]{32,33}", needs=":", scan=True),
+    _shape(  # Discord bot tokens: no literal part, so a cheap probe for ".xxxxxx." first
+        "",
+        r"\b[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,}",
+        needs=". 0123456789",  # the first part is a base64 user id: digits
+        probe=r"\.[A-Za-z0-9_\-]{6}\.",
+    ),
     _shape("AKIA", r"\bAKIA[A-Z0-9]{16}\b", needs="K"),
     _shape("ASIA", r"\bASIA[A-Z0-9]{16}\b", needs="S"),
     _shape("gh", r"\bgh[pousr]_[A-Za-z0-9]{20,}", needs="_"),
@@ -271,11 +344,14 @@ _SHAPES: tuple[_Shape, ...] = (
         "cookie", r"""(?i)\bcookie["']?\s*:\s*["']?([^\r\n"']*=[^\r\n"']*)""", secret=1, needs=": ="
     ),
     _PASSWORD_ASSIGNMENT,
+    _KEYWORD_ASSIGNMENT,
 )
 
 
 def _apply(shape: _Shape, text: str, hay: str) -> str:
     """``text`` with every match of ``shape`` masked; ``hay`` is where its anchors are found."""
+    if shape.scan:
+        return shape.pattern.sub(lambda m: _masked_match(m, shape.secret), text)
     if len(hay) != len(text):  # lower() changed a length (rare non-ASCII): scan the text
         if not any(anchor in hay for anchor in shape.anchors):
             return text
@@ -317,33 +393,43 @@ def _masked_match(match: re.Match[str], group: int) -> str:
 _NEEDED = "".join(sorted({c for shape in _SHAPES for group in shape.needs for c in group}))
 
 
+@functools.lru_cache(maxsize=1024)
+def _candidates(present: frozenset[str]) -> tuple[_Shape, ...]:
+    """The shapes whose needed characters are all in ``present`` (a few thousand sets at most:
+    the subsets of _NEEDED), so a text pays for the shapes it could contain, not for all."""
+    return tuple(
+        shape for shape in _SHAPES if all(not present.isdisjoint(group) for group in shape.needs)
+    )
+
+
 def _redact_shapes(text: str) -> str:
-    present = {c for c in _NEEDED if c in text}
+    candidates = _candidates(frozenset([c for c in _NEEDED if c in text]))
     folded: str | None = None
-    for shape in _SHAPES:
-        missing = False
-        for group in shape.needs:
-            if present.isdisjoint(group):
-                missing = True
-                break
-        if missing:
-            continue
+    i = 0
+    while i < len(candidates):
+        shape = candidates[i]
+        i += 1
         if shape.fold:
             if folded is None:
                 folded = text.lower()
             hay = folded
         else:
             hay = text
-        for anchor in shape.anchors:
-            if anchor in hay:
-                break
+        if shape.probe is not None:
+            if shape.probe.search(text) is None:
+                continue
         else:
-            continue
+            for anchor in shape.anchors:
+                if anchor in hay:
+                    break
+            else:
+                continue
         masked = _apply(shape, text, hay)
         if masked is not text:
             text = masked
             folded = None
-            present = {c for c in _NEEDED if c in text}
+            # Masking can remove needed characters, never add one that matters: the shapes
+            # still to come stay a superset of what the new text could contain.
     return text
 
 
