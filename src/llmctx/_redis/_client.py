@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Final, TypeVar
 
 from .._exceptions import ConfigError, StoreError
-from .._redact import redact_url
+from .._redact import redact_known, redact_text, redact_url
 
 _T = TypeVar("_T")
 
@@ -142,9 +142,9 @@ class _Connection:
         It names the server (never its password), whether Redis was unreachable or refused,
         what did not happen, and the fix.
         """
-        detail = str(exc)
+        detail = redact_text(str(exc))
         if self._password:
-            detail = detail.replace(self._password, "***")
+            detail = redact_known(detail, [self._password])
         connection = isinstance(exc, self._unreachable)
         what = (
             f"could not reach Redis at {self.where}"
