@@ -25,6 +25,7 @@ from ._redact import redact, redact_text
 from ._usage import CallRecord, Usage
 from .stores._base import SessionRecord, SessionStatus, Store
 from .stores._open import resolve_store
+from .stores._outbox import ON_STORE_ERROR, OnStoreError, retrying, write_call, write_session
 
 if TYPE_CHECKING:
     from typing import Self
@@ -58,6 +59,17 @@ class Session:
     exception -> ``failed`` (the exception propagates unchanged). The final row is written to
     the store. Calls still in flight (e.g. a stream consumed later) keep charging this session
     after it exited.
+
+    **A call that returned is recorded.** Each finished call is written through to the store
+    before it returns; a transient failure (SQLite locked, PostgreSQL restarting) is retried
+    briefly, and a write that still fails is kept in the store's durable outbox
+    (:mod:`llmctx.stores._outbox`) and written after the next write that succeeds, or when the
+    store is next opened. ``on_store_error`` chooses what the caller sees then: ``"outbox"``
+    (the default) logs a warning and returns the call's result; ``"raise"`` raises
+    :class:`~llmctx.StoreError` from the call *after* the record is safe in the outbox (so
+    the spend is kept either way), and from entering the session when its row cannot be
+    written (then nothing is kept: the session never started). Only when even the outbox
+    cannot be written is a record lost; that is logged, and raised in ``"raise"`` mode.
     """
 
     def __init__(
@@ -69,7 +81,13 @@ class Session:
         store: Store | str | None = None,
         record_content: bool = True,
         id: str | None = None,
+        on_store_error: OnStoreError = "outbox",
     ) -> None:
+        if on_store_error not in ON_STORE_ERROR:
+            raise ConfigError(
+                f"session(on_store_error={on_store_error!r}) takes 'outbox' (keep what the store "
+                "cannot take and go on; the default) or 'raise'"
+            )
         if budget is not None and not isinstance(budget, Budget):
             raise ConfigError(
                 f"session(budget=...) takes llmctx.Budget, got {type(budget).__name__}; "
@@ -84,6 +102,7 @@ class Session:
         self.budget = budget
         self.tags: dict[str, str] = {str(k): str(v) for k, v in (tags or {}).items()}
         self.record_content = record_content
+        self.on_store_error: OnStoreError = on_store_error
         self.parent: Session | None = None
         self.status: SessionStatus = "created"
         self.started_at: datetime | None = None
@@ -248,7 +267,7 @@ class Session:
                 self._store_arg, parent._store if parent is not None else None
             )
             self.started_at = self.started_at or _now()
-            self._persist()
+            self._persist(entering=True)
         except BaseException:
             # A bad store, or an interrupt while the row is written: the session was never
             # entered, and nothing made it current.
@@ -269,7 +288,8 @@ class Session:
                 self.error = redact_text(f"{type(exc).__name__}: {exc}")
             elif self.status == "cancelled":
                 self.error = type(exc).__name__ if exc is not None else "cancelled"
-        self._persist()
+        # An exception already on its way out is not replaced by a store error.
+        self._persist(raising=exc_type is None)
 
     # ------------------------------------------------------------------ charging
     def on_call_end(self, record: CallRecord) -> None:
@@ -289,10 +309,13 @@ class Session:
         store = self._store
         if store is None:
             return
+        if self.on_store_error == "raise":
+            write_call(store, record, self._to_record(), on_error="raise")
+            return
         try:
-            store.save_call(record, self._to_record())
+            write_call(store, record, self._to_record())
         except Exception:
-            # Bookkeeping never breaks the user's call; the call is still in memory.
+            # Bookkeeping never breaks the user's call; only a full outbox disk gets here.
             logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
 
     def _add(self, record: CallRecord) -> None:
@@ -345,11 +368,20 @@ class Session:
                 metadata=metadata,
             )
 
-    def _persist(self) -> None:
-        if self._store is None:
+    def _persist(self, *, entering: bool = False, raising: bool = False) -> None:
+        store = self._store
+        if store is None:
+            return
+        record = self._to_record()
+        if self.on_store_error == "raise" and entering:
+            # Not entered yet: refuse to start rather than keep a row of a session that never ran.
+            retrying(lambda: store.save_session(record))
+            return
+        if self.on_store_error == "raise" and raising:
+            write_session(store, record, on_error="raise")
             return
         try:
-            self._store.save_session(self._to_record())
+            write_session(store, record)
         except Exception:
             logger.exception("llmctx: could not write session %s", self.id)
 
@@ -426,6 +458,7 @@ class SessionFactory:
         tags: Mapping[str, str] | None = None,
         store: Store | str | None = None,
         record_content: bool = True,
+        on_store_error: OnStoreError = "outbox",
     ) -> Session:
         """Create a session; enter it with ``with`` or ``async with``.
 
@@ -436,8 +469,21 @@ class SessionFactory:
             store: a Store, a URL/path for one, or None for the parent's store (or the default
                 SQLite store at ``LLMCTX_DB`` / the per-user data directory).
             record_content: store prompts and responses (False keeps only metadata and usage).
+            on_store_error: when the store cannot take a write even after retries, the write
+                waits in the store's outbox; ``"outbox"`` (default) then goes on, ``"raise"``
+                also raises :class:`~llmctx.StoreError` (see :class:`Session`).
+
+        Raises:
+            ConfigError: a bad budget, tags or on_store_error.
         """
-        return Session(name, budget=budget, tags=tags, store=store, record_content=record_content)
+        return Session(
+            name,
+            budget=budget,
+            tags=tags,
+            store=store,
+            record_content=record_content,
+            on_store_error=on_store_error,
+        )
 
     resume = staticmethod(Session.resume)
 

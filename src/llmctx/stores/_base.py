@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from .._usage import CallRecord, Usage
 
-__all__ = ["SessionRecord", "SessionStatus", "Store"]
+__all__ = ["SessionRecord", "SessionStatus", "Store", "is_transient", "transient"]
 
 SessionStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 
@@ -99,6 +99,20 @@ class SessionRecord:
             calls=int(data.get("calls") or 0),
             metadata=dict(data.get("metadata") or {}),
         )
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def transient(exc: _E) -> _E:
+    """Mark a store error as transient (the store is busy or out of reach: try again later)."""
+    exc.transient = True  # type: ignore[attr-defined]
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error marked with :func:`transient`: retrying later may succeed."""
+    return getattr(exc, "transient", False) is True
 
 
 @runtime_checkable

@@ -25,13 +25,14 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._exceptions import ConfigError, StoreError
 from .._redact import redact_dsn
 from .._usage import CallRecord
-from . import _sql
-from ._base import SessionRecord
+from . import _outbox, _sql
+from ._base import SessionRecord, transient
 
 if TYPE_CHECKING:
     import psycopg
@@ -143,6 +144,16 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         self._sql = _Statements(schema)
         self._conn = self._connect()
         self._track_forks()
+        _outbox.replay_store(self)
+
+    @property
+    def outbox_path(self) -> Path:
+        """The journal of writes this database could not take yet (in the user data dir).
+
+        Named by a hash of ``host:port/dbname/user/schema``: never by the password.
+        """
+        identity = f"postgresql {self._where}/{self._dbname}/{self._user}/{self.schema}"
+        return _outbox.journal_in_data_dir(identity)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -161,11 +172,15 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         try:
             conn = self._psycopg.connect(self._dsn, **kwargs)
         except self._psycopg.Error as exc:
-            raise StoreError(
+            error = StoreError(
                 f"cannot connect to {self._describe()}: "
                 f"{redact_dsn(str(exc).strip(), self._dsn)}. Check that the server is running "
                 "and the DSN (LLMCTX_DB) is right"
-            ) from None
+            )
+            # Out of reach or starting up: a server that restarts takes connections again.
+            if isinstance(exc, self._psycopg.OperationalError):
+                transient(error)
+            raise error from None
         try:
             self._migrate(conn)
         except BaseException:
@@ -247,10 +262,15 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                         raise
                     if attempt == 1 and (conn.broken or conn.closed):
                         continue
-                    raise StoreError(
+                    error = StoreError(
                         f"could not {action} in schema {self.schema!r} of {self._describe()}: "
                         f"{redact_dsn(str(exc).strip(), self._dsn)}"
-                    ) from None
+                    )
+                    # A dropped link, a shutdown or restart, a deadlock or serialization
+                    # failure (all OperationalError in psycopg): the same write can succeed.
+                    if conn.broken or isinstance(exc, self._psycopg.OperationalError):
+                        transient(error)
+                    raise error from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- Store protocol --------------------------------------------------------------------

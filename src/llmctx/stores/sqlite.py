@@ -36,15 +36,14 @@ from typing import Any
 
 from .._exceptions import StoreError
 from .._usage import CallRecord
-from . import _sql
-from ._base import SessionRecord
+from . import _outbox, _sql
+from ._base import SessionRecord, transient
 from ._open import default_sqlite_path, sqlite_path, sqlite_path_from_url
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
 
 # 2: calls.id is unique (version 1 kept a call saved twice as two rows).
 SCHEMA_VERSION = 2
-_BUSY_TIMEOUT_MS = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 # Placeholders per IN (...) list; well under SQLite's oldest default limit of 999 variables.
@@ -193,6 +192,9 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         path: the database file; ``None`` means ``$LLMCTX_DB``, else
             ``platformdirs.user_data_dir("llmctx")/llmctx.db``. ``sqlite:`` URLs and
             ``":memory:"`` are accepted. Missing parent directories are created.
+        busy_timeout: seconds a write waits for another connection's write lock before it
+            fails (then it is retried briefly, and a session keeps the call in the outbox
+            beside the file: ``<path>-outbox.jsonl``).
 
     Raises:
         StoreError: the file cannot be created or opened for writing, is not a SQLite
@@ -200,12 +202,21 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         ConfigError: ``path`` is ``None`` and ``$LLMCTX_DB`` names a non-SQLite URL.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 10.0
+    ) -> None:
         self.path = sqlite_path(path)
+        self._busy_ms = max(0, round(busy_timeout * 1000))
         self._lock = threading.Lock()
         self._closed = False
         self._conn = self._connect()
         self._track_forks()
+        _outbox.replay_store(self)
+
+    @property
+    def outbox_path(self) -> Path | None:
+        """The journal of writes this file could not take yet (None for ``:memory:``)."""
+        return None if self.path == ":memory:" else Path(f"{self.path}-outbox.jsonl")
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -233,7 +244,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         try:
             conn = sqlite3.connect(
                 self.path,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
+                timeout=self._busy_ms / 1000,
                 isolation_level=None,  # transactions are begun explicitly below
                 check_same_thread=False,  # guarded by self._lock
                 cached_statements=64,
@@ -241,7 +252,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         except sqlite3.Error as exc:
             raise self._fail_open(str(exc)) from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() not in {"wal", "memory"}:
                 raise self._fail_open(f"WAL mode could not be enabled (journal_mode={mode})")
@@ -314,7 +325,13 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         return self._conn
 
     def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
-        return StoreError(f"could not {action} in the SQLite store at {self.path}: {exc}")
+        error = StoreError(f"could not {action} in the SQLite store at {self.path}: {exc}")
+        # Another connection holding the write lock past the busy timeout: it will let go.
+        if getattr(exc, "sqlite_errorname", "") in {"SQLITE_BUSY", "SQLITE_LOCKED"} or any(
+            word in str(exc) for word in ("database is locked", "database is busy")
+        ):
+            transient(error)
+        return error
 
     @staticmethod
     def _abort(conn: sqlite3.Connection) -> None:

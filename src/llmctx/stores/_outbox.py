@@ -1,0 +1,550 @@
+"""The outbox: a durable journal of what a store or a ledger could not take yet, replayed later.
+
+A finished call is written through to its session's store before it returns. When that write
+fails with a transient error (SQLite busy past its timeout, PostgreSQL restarting or out of
+reach) it is retried with a short backoff; if it still fails, the call (and the session row
+that came with it) is appended to the store's outbox and the user's call goes on. The outbox
+is replayed after the next write to that store that succeeds, in this process or any other,
+and when a store on it is opened. Budget settles that could not reach their ledger (Redis
+down) wait in a ledger outbox the same way (see :func:`keep_settle`).
+
+**Where.** One journal per store, named by what the store writes to and never by a secret:
+
+* SQLite file ``x.db``: ``x.db-outbox.jsonl`` beside it;
+* PostgreSQL: ``platformdirs.user_data_dir("llmctx")/outbox-<hash>.jsonl``, the hash of
+  ``host:port/dbname/user/schema`` (no password);
+* a ledger (:class:`~llmctx.RedisLedger`): ``.../outbox-ledger-<hash>.jsonl``, the hash of its
+  server (password redacted), prefix and name;
+* a store or ledger without a durable identity (:class:`~llmctx.stores.MemoryStore`, a SQLite
+  ``:memory:`` database, any other object): a journal in this process's memory, kept as long
+  as the object lives. Writing it to disk would be wrong: no other process can reach that
+  store or ledger, and a new one in a later process is a different one.
+
+**Format.** One JSON object per line, ASCII only (a lone surrogate is written as ``\\udcff``,
+so every string comes back exactly), appended with ``O_APPEND`` under an exclusive ``flock``
+and ``fsync``\\ed before the call returns. Kinds: ``{"kind": "call", "call": {...}, "session":
+{...} | null}``, ``{"kind": "session", "session": {...}}`` and ``{"kind": "settle", "token":
+..., "actual": {...}}``.
+
+**Replay.** One replayer at a time (a second ``flock`` on ``<journal>.lock``; a process that
+finds it taken skips its turn): the journal is renamed aside under its lock, so appenders
+start a new one, then each entry is applied in order. Applying is idempotent: a call already
+stored adds nothing (one row per call id, and the roll-up counts only new rows), a session row
+never carries totals, and a ledger ignores a second settle of a token. An entry that fails
+again is appended back (a transient failure also puts back every entry after it, untried); the
+renamed file is deleted last, so a replayer killed half-way leaves it to the next one, which
+applies what it holds again harmlessly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .._exceptions import StoreError
+from .._usage import CallRecord
+from ._base import SessionRecord, Store, is_transient
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the journal is then guarded per process only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "RETRY_DELAYS",
+    "Outbox",
+    "OnStoreError",
+    "journal_in_data_dir",
+    "keep_settle",
+    "outbox_for",
+    "replay_settles",
+    "replay_store",
+    "retrying",
+    "write_call",
+    "write_session",
+]
+
+logger = logging.getLogger("llmctx")
+
+#: What a session does when its store cannot take a write: keep it in the outbox and go on
+#: (``"outbox"``, the default: nothing is lost), or keep it and raise StoreError.
+OnStoreError = Literal["outbox", "raise"]
+ON_STORE_ERROR = ("outbox", "raise")
+
+#: Seconds slept before each retry of a transient failure, while the whole write has taken
+#: less than RETRY_BUDGET seconds (a SQLite write that already waited out its busy timeout is
+#: not tried again: it goes to the outbox at once).
+RETRY_DELAYS = (0.05, 0.2, 0.5)
+RETRY_BUDGET = 1.0
+
+_T = TypeVar("_T")
+
+
+def retrying(write: Callable[[], _T]) -> _T:
+    """Run ``write``; retry it after a short backoff while it fails with a transient error.
+
+    Raises:
+        Exception: the last failure, when it is not transient or the retries are used up.
+    """
+    start = time.monotonic()
+    for delay in RETRY_DELAYS:
+        try:
+            return write()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() - start + delay > RETRY_BUDGET:
+                raise
+        time.sleep(delay)
+    return write()
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    # ASCII: json writes a lone surrogate as \udcff and reads it back as the same character.
+    return json.dumps(entry, ensure_ascii=True, default=str, separators=(",", ":"))
+
+
+class Outbox:
+    """One journal of pending writes: a file shared by processes, or a list in this process.
+
+    Args:
+        path: the journal file; None keeps the entries in memory (see the module docstring).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._memory: list[str] = []
+        self._replaying = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Outbox {self.path or 'in memory'}>"
+
+    # -- appending ------------------------------------------------------------------------------
+
+    def append(self, *entries: dict[str, Any]) -> None:
+        """Add entries durably (fsynced) before returning.
+
+        Raises:
+            OSError: the journal cannot be written (then nothing of this call was kept).
+        """
+        lines = [_dumps(e) for e in entries]
+        self._append_lines(lines)
+
+    def _append_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        with self._lock:
+            if self.path is None:
+                self._memory.extend(lines)
+                return
+            data = "".join(line + "\n" for line in lines).encode("ascii")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    _flock(fd)
+                    # A replayer may have renamed the file aside while this waited for the lock:
+                    # then write to the new journal instead.
+                    try:
+                        same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                    except FileNotFoundError:
+                        same = False
+                    if same:
+                        os.write(fd, data)
+                        os.fsync(fd)
+                        return
+                finally:
+                    os.close(fd)
+
+    def pending(self) -> bool:
+        """True when the journal may hold entries (cheap: one stat)."""
+        if self.path is None:
+            return bool(self._memory)
+        try:
+            if self.path.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            pass
+        return any(self.path.parent.glob(self.path.name + ".claimed-*"))
+
+    def __len__(self) -> int:
+        """How many entries wait (reads the journal)."""
+        if self.path is None:
+            return len(self._memory)
+        total = 0
+        for file in (self.path, *self.path.parent.glob(self.path.name + ".claimed-*")):
+            with contextlib.suppress(FileNotFoundError):
+                total += sum(1 for line in file.read_text("ascii").splitlines() if line.strip())
+        return total
+
+    # -- replaying ------------------------------------------------------------------------------
+
+    def replay(
+        self,
+        apply: Callable[[dict[str, Any]], None],
+        transient: Callable[[BaseException], bool] = is_transient,
+    ) -> int:
+        """Apply every waiting entry with ``apply``; drop those applied, keep the others.
+
+        Args:
+            apply: applies one entry; raises when it cannot.
+            transient: whether a failure means the target is down (the replay stops and keeps
+                the rest); any other failure keeps that entry and goes on.
+
+        Returns:
+            How many entries were applied (0 when another thread or process is replaying).
+        """
+        if not self._replaying.acquire(blocking=False):
+            return 0
+        try:
+            if self.path is None:
+                with self._lock:
+                    lines, self._memory = self._memory, []
+                applied, kept = _apply_lines(lines, apply, transient)
+                self._requeue(kept)
+                return applied
+            return self._replay_file(apply, transient)
+        finally:
+            self._replaying.release()
+
+    def _requeue(self, kept: list[str]) -> None:
+        if self.path is None:
+            with self._lock:
+                self._memory[:0] = kept  # in front: they are older than what came meanwhile
+        else:
+            self._append_lines(kept)
+
+    def _replay_file(
+        self,
+        apply: Callable[[dict[str, Any]], None],
+        transient: Callable[[BaseException], bool],
+    ) -> int:
+        assert self.path is not None
+        if not self.pending():
+            return 0
+        with _file_lock(Path(f"{self.path}.lock")) as locked:
+            if not locked:
+                return 0  # another process replays this journal now
+            self._claim()
+            applied = 0
+            for claimed in sorted(self.path.parent.glob(self.path.name + ".claimed-*")):
+                try:
+                    lines = claimed.read_text("ascii").splitlines()
+                except FileNotFoundError:
+                    continue
+                done, kept = _apply_lines(lines, apply, transient)
+                applied += done
+                self._append_lines(kept)
+                claimed.unlink(missing_ok=True)
+            return applied
+
+    def _claim(self) -> None:
+        """Move the journal aside (under its lock) so new entries start a new file."""
+        assert self.path is not None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            _flock(fd)
+            stamp = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.path, f"{self.path}.claimed-{stamp}")
+        finally:
+            os.close(fd)
+
+
+def _apply_lines(
+    lines: list[str],
+    apply: Callable[[dict[str, Any]], None],
+    transient: Callable[[BaseException], bool],
+) -> tuple[int, list[str]]:
+    applied = 0
+    kept: list[str] = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            # Only a writer killed mid-append leaves a torn line, and it never returned.
+            logger.warning("llmctx: dropping a torn outbox line: %.80r", line)
+            continue
+        try:
+            apply(entry)
+        except Exception as exc:
+            if transient(exc):
+                kept.extend(rest for rest in lines[n:] if rest.strip())
+                break
+            logger.exception("llmctx: an outbox entry could not be applied; it is kept")
+            kept.append(line)
+        else:
+            applied += 1
+    return applied, kept
+
+
+def _flock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` if no one else does; yields whether it is held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+# -- which outbox ------------------------------------------------------------------------------
+
+_by_path: dict[str, Outbox] = {}
+_by_object: weakref.WeakKeyDictionary[Any, Outbox] = weakref.WeakKeyDictionary()
+_by_id: dict[int, Outbox] = {}
+_registry_lock = threading.Lock()
+
+
+def _data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("llmctx", appauthor=False))
+
+
+def _digest(identity: str) -> str:
+    return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def journal_in_data_dir(identity: str, kind: str = "") -> Path:
+    """The journal of something named by ``identity`` (never a secret) in the data directory."""
+    return _data_dir() / f"outbox-{kind}{_digest(identity)}.jsonl"
+
+
+def _journal_of(owner: Any) -> Path | None:
+    """Where ``owner``'s journal lives, or None when it has no durable identity."""
+    path = getattr(owner, "outbox_path", None)
+    if isinstance(path, Path):
+        return path
+    ledger = _ledger_identity(owner)
+    if ledger is not None:
+        return journal_in_data_dir(ledger, "ledger-")
+    return None
+
+
+def _ledger_identity(ledger: Any) -> str | None:
+    # A RedisLedger is the same budget in every process that names the same server, prefix and
+    # name; its server is shown with the password redacted.
+    if type(ledger).__name__ != "RedisLedger":
+        return None
+    conn = getattr(ledger, "_conn", None)
+    where = getattr(conn, "where", None)
+    name, prefix = getattr(ledger, "name", None), getattr(ledger, "prefix", None)
+    if not all(isinstance(v, str) for v in (where, name, prefix)):
+        return None
+    return f"redis {where} {prefix} {name}"
+
+
+def outbox_for(owner: Any) -> Outbox:
+    """The outbox of a store or a ledger (one object per journal in the process)."""
+    path = _journal_of(owner)
+    with _registry_lock:
+        if path is not None:
+            key = str(path)
+            found = _by_path.get(key)
+            if found is None:
+                found = _by_path[key] = Outbox(path)
+            return found
+        try:
+            found = _by_object.get(owner)
+            if found is None:
+                found = _by_object[owner] = Outbox(None)
+        except TypeError:  # neither hashable nor weakly referable: keyed by id
+            found = _by_id.setdefault(id(owner), Outbox(None))
+        return found
+
+
+# -- stores ------------------------------------------------------------------------------------
+
+
+def _apply_to(store: Store) -> Callable[[dict[str, Any]], None]:
+    def apply(entry: dict[str, Any]) -> None:
+        kind = entry.get("kind")
+        session = entry.get("session")
+        record = None if session is None else SessionRecord.from_dict(session)
+        if kind == "call":
+            store.save_call(CallRecord.from_dict(entry["call"]), record)
+        elif kind == "session" and record is not None:
+            store.save_session(record)
+        else:
+            raise ValueError(f"unknown outbox entry kind {kind!r}")
+
+    return apply
+
+
+def replay_store(store: Store) -> int:
+    """Apply what waits in ``store``'s outbox; never raises (a failure keeps the entries).
+
+    Returns:
+        How many entries were applied.
+    """
+    outbox = outbox_for(store)
+    if not outbox.pending():
+        return 0
+    try:
+        applied = outbox.replay(_apply_to(store))
+    except Exception:
+        logger.exception("llmctx: could not replay the outbox %s", outbox)
+        return 0
+    if applied:
+        logger.info("llmctx: %d write(s) from the outbox %s reached the store", applied, outbox)
+    return applied
+
+
+def _write(
+    store: Store,
+    write: Callable[[], None],
+    entry: dict[str, Any],
+    what: str,
+    on_error: OnStoreError,
+) -> None:
+    try:
+        retrying(write)
+    except Exception as exc:
+        outbox = outbox_for(store)
+        try:
+            outbox.append(entry)
+        except Exception:
+            logger.exception("llmctx: could not %s, nor keep it in the outbox %s", what, outbox)
+            raise StoreError(
+                f"could not {what} ({exc}), nor keep it in the outbox {outbox}; the record is "
+                "lost. Check that the store and the outbox's directory are writable"
+            ) from exc
+        logger.warning(
+            "llmctx: could not %s (%s); it waits in the outbox %s and is written when the "
+            "store takes writes again",
+            what,
+            exc,
+            outbox,
+        )
+        if on_error == "raise":
+            raise StoreError(
+                f"could not {what}: {exc}. The record is kept in the outbox {outbox} and is "
+                "written when the store takes writes again"
+            ) from exc
+        return
+    replay_store(store)
+
+
+def write_call(
+    store: Store,
+    call: CallRecord,
+    session: SessionRecord | None,
+    *,
+    on_error: OnStoreError = "outbox",
+) -> None:
+    """Write a finished call through to ``store``: retried, else kept in the outbox.
+
+    Args:
+        store: where it goes.
+        call: the call.
+        session: its session's row (written with it).
+        on_error: ``"outbox"`` returns once the call is in the outbox; ``"raise"`` then raises.
+
+    Raises:
+        StoreError: with ``on_error="raise"`` when the call went to the outbox; in any mode
+            when even the outbox could not be written.
+    """
+    entry = {
+        "kind": "call",
+        "call": call.to_dict(),
+        "session": None if session is None else session.to_dict(),
+    }
+    _write(
+        store,
+        lambda: store.save_call(call, session),
+        entry,
+        f"write call {call.id} of session {call.session_id}",
+        on_error,
+    )
+
+
+def write_session(
+    store: Store, record: SessionRecord, *, on_error: OnStoreError = "outbox"
+) -> None:
+    """Write a session row through to ``store``: retried, else kept in the outbox.
+
+    Raises:
+        StoreError: as :func:`write_call`.
+    """
+    _write(
+        store,
+        lambda: store.save_session(record),
+        {"kind": "session", "session": record.to_dict()},
+        f"write session {record.id}",
+        on_error,
+    )
+
+
+# -- ledgers -----------------------------------------------------------------------------------
+
+
+def keep_settle(ledger: Any, token: str, actual: dict[str, Any]) -> Outbox:
+    """Keep a settle its ledger could not take, to apply when the ledger answers again.
+
+    Args:
+        ledger: the ledger (its identity picks the journal; see the module docstring).
+        token: the reservation token.
+        actual: the amount as data (``{"usd": "0.01", "tokens": 12, "requests": 1}``).
+
+    Returns:
+        The outbox it went to.
+
+    Raises:
+        OSError: the journal cannot be written.
+    """
+    outbox = outbox_for(ledger)
+    outbox.append({"kind": "settle", "token": token, "actual": actual})
+    return outbox
+
+
+def replay_settles(ledger: Any, settle: Callable[[str, dict[str, Any]], None]) -> int:
+    """Apply the settles waiting for ``ledger`` with ``settle(token, actual)``; never raises.
+
+    Returns:
+        How many were applied.
+    """
+    outbox = outbox_for(ledger)
+    if not outbox.pending():
+        return 0
+
+    def apply(entry: dict[str, Any]) -> None:
+        if entry.get("kind") != "settle":
+            raise ValueError(f"unknown ledger outbox entry kind {entry.get('kind')!r}")
+        settle(str(entry["token"]), dict(entry["actual"]))
+
+    try:
+        # Any store error of a ledger means it cannot be reached: stop, keep the rest.
+        applied = outbox.replay(apply, lambda exc: isinstance(exc, StoreError))
+    except Exception:
+        logger.exception("llmctx: could not replay the settles in %s", outbox)
+        return 0
+    if applied:
+        logger.info("llmctx: %d settle(s) from the outbox %s reached the ledger", applied, outbox)
+    return applied
