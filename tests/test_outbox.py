@@ -416,3 +416,74 @@ def test_threads_writing_through_an_outage_lose_nothing() -> None:
                 f.result()
     replay_store(store)
     _assert_rows_match_calls(store, s.id, 80)
+
+
+# -- Redis: a settle made while the server is down ------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A redis-server only this test uses, with an append-only file so a restart keeps data."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    pytest.importorskip("redis")
+    port = _free_port()
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop() -> None:
+        proc = procs[-1]
+        proc.terminate()  # SIGTERM: redis writes its append-only file and exits
+        proc.wait(timeout=10)
+
+    start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0", (start, stop)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.redis
+def test_settle_while_redis_is_down_is_applied_once_after_it_returns(
+    own_redis: tuple[str, Any],
+) -> None:
+    """A settle that cannot reach Redis waits in the outbox and counts once when Redis is back."""
+    from llmctx._budget import Amount, Holds
+
+    url, (start, stop) = own_redis
+    ledger = llmctx.RedisLedger(url, "outage", renew_every=0)
+    budget = llmctx.Budget(tokens=1_000, ledger=ledger)
+    try:
+        holds = Holds.reserve([(budget, "s", None)], Amount(tokens=100, requests=1))
+        ((_, token),) = holds._held
+        stop()
+        holds.settle(Amount(tokens=30, requests=1))  # returns: the settle is kept
+        assert len(outbox_for(ledger)) == 1
+        start()
+        later = Holds.reserve([(budget, "s", None)], Amount(tokens=100, requests=1))
+        later.settle(Amount(tokens=10, requests=1))  # the ledger answers: the outbox replays
+        assert len(outbox_for(ledger)) == 0
+        snap = ledger.snapshot()
+        assert (snap.spent.tokens, snap.reserved.tokens, snap.reservations) == (40, 0, 0)
+        # The same settle replayed again (a replayer killed before it removed the line): once.
+        again = {"usd": "0", "tokens": 30, "requests": 1}
+        outbox_for(ledger).append({"kind": "settle", "token": token, "actual": again})
+        Holds.reserve([(budget, "s", None)], Amount(tokens=100)).settle(Amount(tokens=5))
+        assert len(outbox_for(ledger)) == 0
+        assert ledger.snapshot().spent.tokens == 45
+    finally:
+        ledger.close()

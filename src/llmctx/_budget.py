@@ -205,13 +205,55 @@ class Budget:
         )
 
 
+# Ids of ledgers this process kept a settle for in the outbox (replayed on their next settle).
+_kept_for: set[int] = set()
+
+
+def _keep_settle(budget: Budget, token: str, actual: Amount, exc: Exception) -> None:
+    """Put a settle the ledger refused into its outbox (Holds.settle's fallback); never raises."""
+    from .stores._outbox import keep_settle
+
+    amount = {"usd": str(actual.usd), "tokens": actual.tokens, "requests": actual.requests}
+    try:
+        outbox = keep_settle(budget.ledger, token, amount)
+        _kept_for.add(id(budget.ledger))
+    except Exception:
+        logger.exception(
+            "llmctx: could not settle a reservation on %r (%s), nor keep the settle in the outbox",
+            budget,
+            exc,
+        )
+        return
+    logger.error(
+        "llmctx: could not settle a reservation on %r (%s); the settle waits in %s and is "
+        "applied after the next settle this ledger takes",
+        budget,
+        exc,
+        outbox,
+    )
+
+
+def _replay_settles(ledger: Ledger) -> None:
+    """Apply the settles waiting for ``ledger`` (cheap when none wait); never raises."""
+    from .stores._outbox import replay_settles
+
+    def settle(token: str, actual: dict[str, Any]) -> None:
+        ledger.settle(
+            token,
+            Amount(Decimal(actual["usd"]), int(actual["tokens"]), int(actual["requests"])),
+        )
+
+    replay_settles(ledger, settle)
+
+
 class Holds:
     """The reservations one call holds on a chain of budgets: taken together, ended together.
 
     :meth:`reserve` is all-or-nothing: if one budget refuses, the holds already taken on the
     others are released before :class:`BudgetExceeded` propagates. :meth:`settle` and
-    :meth:`release` end every hold once (a second call does nothing) and never raise: a ledger
-    that cannot be reached (Redis down) is logged, and its reservation expires on its own.
+    :meth:`release` end every hold once (a second call does nothing) and never raise: a settle
+    a ledger cannot take (Redis down) waits in the outbox until it can (see :meth:`settle`);
+    a release it cannot take is logged, and the reservation expires on its own.
     """
 
     __slots__ = ("_held",)
@@ -258,13 +300,29 @@ class Holds:
         return holds
 
     def settle(self, actual: Amount) -> None:
-        """Turn every hold into spend of ``actual``."""
+        """Turn every hold into spend of ``actual``.
+
+        A settle its ledger cannot take (Redis down) is kept in the ledger's outbox and
+        applied after the next settle that ledger takes, in this process or, for a
+        :class:`~llmctx.RedisLedger`, in any process that settles on the same server, prefix
+        and name (the journal is named by those, never by a password). Applying it twice
+        counts once: a ledger ignores a second settle of a token. Until then the reservation
+        stays counted (as reserved, then as spent at its reserved amount once it expires).
+        The outbox of any other ledger lives in this process only: a settle it holds is lost
+        with the process, and its reservation stays as that ledger keeps unsettled ones.
+        """
         held, self._held = self._held, []  # one assignment: a second end finds nothing
         for budget, token in held:
+            ledger = budget.ledger
             try:
-                budget.ledger.settle(token, actual)
-            except Exception:
-                logger.exception("llmctx: could not settle a reservation on %r", budget)
+                ledger.settle(token, actual)
+            except Exception as exc:
+                _keep_settle(budget, token, actual, exc)
+            else:
+                # Settles wait only for a ledger with a journal on disk (a RedisLedger, kept by
+                # any process) or one this process kept a settle for: skip the rest quickly.
+                if id(ledger) in _kept_for or type(ledger).__name__ == "RedisLedger":
+                    _replay_settles(ledger)
 
     def release(self) -> None:
         """Give every hold back unspent."""

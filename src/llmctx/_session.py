@@ -25,7 +25,16 @@ from ._redact import redact, redact_text
 from ._usage import CallRecord, Usage
 from .stores._base import SessionRecord, SessionStatus, Store
 from .stores._open import resolve_store
-from .stores._outbox import ON_STORE_ERROR, OnStoreError, retrying, write_call, write_session
+from .stores._outbox import (
+    ON_STORE_ERROR,
+    OnStoreError,
+    Outbox,
+    outbox_for,
+    replay_store,
+    retrying,
+    write_call,
+    write_session,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -110,6 +119,7 @@ class Session:
         self.error: str | None = None
         self._store_arg = store
         self._store: Store | None = None
+        self._outbox: Outbox | None = None
         self._stored_parent_id: str | None = None
         self._lock = threading.Lock()
         self._usage = Usage()
@@ -266,6 +276,7 @@ class Session:
             self._store = resolve_store(
                 self._store_arg, parent._store if parent is not None else None
             )
+            self._outbox = outbox_for(self._store)
             self.started_at = self.started_at or _now()
             self._persist(entering=True)
         except BaseException:
@@ -306,17 +317,27 @@ class Session:
         for node in chain:
             with node._lock:
                 node._add(record)
-        store = self._store
+        store, outbox = self._store, self._outbox
         if store is None:
             return
-        if self.on_store_error == "raise":
-            write_call(store, record, self._to_record(), on_error="raise")
-            return
+        row = self._to_record()
         try:
-            write_call(store, record, self._to_record())
+            # The usual case straight to the store: the outbox machinery only on failure.
+            store.save_call(record, row)
         except Exception:
-            # Bookkeeping never breaks the user's call; only a full outbox disk gets here.
-            logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
+            if self.on_store_error == "raise":
+                write_call(store, record, row, on_error="raise")
+                return
+            try:
+                write_call(store, record, row)
+            except Exception:
+                # Bookkeeping never breaks the user's call; only a failing outbox gets here.
+                logger.exception(
+                    "llmctx: could not write call %s of session %s", record.id, self.id
+                )
+            return
+        if outbox is not None and outbox.pending():
+            replay_store(store)
 
     def _add(self, record: CallRecord) -> None:
         # The one roll-up rule, for live charges and for resume(); the caller holds the lock.

@@ -504,6 +504,9 @@ def write_session(
 
 # -- ledgers -----------------------------------------------------------------------------------
 
+# Ids of ledgers without a durable journal whose in-memory outbox got a settle.
+_memory_settles: set[int] = set()
+
 
 def keep_settle(ledger: Any, token: str, actual: dict[str, Any]) -> Outbox:
     """Keep a settle its ledger could not take, to apply when the ledger answers again.
@@ -521,6 +524,8 @@ def keep_settle(ledger: Any, token: str, actual: dict[str, Any]) -> Outbox:
     """
     outbox = outbox_for(ledger)
     outbox.append({"kind": "settle", "token": token, "actual": actual})
+    if outbox.path is None:
+        _memory_settles.add(id(ledger))
     return outbox
 
 
@@ -530,8 +535,13 @@ def replay_settles(ledger: Any, settle: Callable[[str, dict[str, Any]], None]) -
     Returns:
         How many were applied.
     """
+    # The hot path: a ledger with no journal on disk has nothing waiting unless this process
+    # put it there, so most settles skip the look-up entirely.
+    if _ledger_identity(ledger) is None and id(ledger) not in _memory_settles:
+        return 0
     outbox = outbox_for(ledger)
     if not outbox.pending():
+        _memory_settles.discard(id(ledger))
         return 0
 
     def apply(entry: dict[str, Any]) -> None:
