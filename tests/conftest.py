@@ -57,9 +57,11 @@ def memory_store() -> Iterator[MemoryStore]:
 def _isolated_default_db(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Point the default SQLite store at a temporary file so tests never touch the user's."""
+    """Point the default SQLite store (and the outbox journals of stores and ledgers without a
+    file of their own) at temporary places, so tests never touch the user's."""
     path = tmp_path_factory.mktemp("llmctx-db") / "llmctx.db"
     monkeypatch.setenv("LLMCTX_DB", str(path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(path.parent / "data"))
 
 
 @pytest.hookimpl(hookwrapper=True)

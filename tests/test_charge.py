@@ -291,3 +291,29 @@ def test_a_call_without_an_output_limit_reserves_the_default(memory_store: Memor
         with llmctx.track_call(provider="mcp", model="t.echo", kind="tool"):
             assert budget.ledger.snapshot().reserved.tokens == 0
     assert DEFAULT_MAX_OUTPUT_TOKENS == llmctx.providers.DEFAULT_MAX_OUTPUT_TOKENS
+
+
+def test_raise_mode_store_failure_still_reaches_recorders() -> None:
+    """With on_store_error="raise", a call the store refused raises StoreError, yet the
+    recorder (and any added consumer) still gets it and nothing stays reserved.
+
+    The store is a MemoryStore whose save_call fails: a real store cannot be made to refuse
+    one write on demand without also breaking the session row around it.
+    """
+    from llmctx.stores import MemoryStore
+
+    class Refusing(MemoryStore):
+        def save_call(self, call: CallRecord, session: Any = None) -> None:
+            raise llmctx.StoreError("disk full")
+
+    budget = llmctx.Budget(tokens=10_000)
+    with llmctx.record() as rec:
+        with (
+            llmctx.session("s", budget=budget, store=Refusing(), on_store_error="raise"),
+            pytest.raises(llmctx.StoreError),
+        ):
+            with llmctx.track_call(provider="acme", model=MODEL, input_tokens=1) as call:
+                call.finish(usage=llmctx.Usage(input_tokens=1, output_tokens=1, requests=1))
+    assert len(rec.calls) == 1
+    assert budget.ledger.snapshot().reservations == 0
+    assert budget.ledger.snapshot().spent.tokens == 2

@@ -253,7 +253,8 @@ class Holds:
     others are released before :class:`BudgetExceeded` propagates. :meth:`settle` and
     :meth:`release` end every hold once (a second call does nothing) and never raise: a settle
     a ledger cannot take (Redis down) waits in the outbox until it can (see :meth:`settle`);
-    a release it cannot take is logged, and the reservation expires on its own.
+    a release it cannot take is logged, and the reservation stays counted (a Redis one as
+    spent at its reserved amount once it expires).
     """
 
     __slots__ = ("_held",)
@@ -319,9 +320,10 @@ class Holds:
             except Exception as exc:
                 _keep_settle(budget, token, actual, exc)
             else:
-                # Settles wait only for a ledger with a journal on disk (a RedisLedger, kept by
-                # any process) or one this process kept a settle for: skip the rest quickly.
-                if id(ledger) in _kept_for or type(ledger).__name__ == "RedisLedger":
+                # Settles wait only for a ledger with a journal on disk (one with a durable
+                # journal_key, e.g. a RedisLedger, kept by any process) or one this process
+                # kept a settle for: skip the rest quickly.
+                if id(ledger) in _kept_for or hasattr(ledger, "journal_key"):
                     _replay_settles(ledger)
 
     def release(self) -> None:

@@ -593,13 +593,17 @@ class CallTracker:
         # The one way a finished call leaves the charge path. The session writes it through to
         # its store (a store failure is the session's to log); recorders and added consumers
         # only keep or export it.
-        if self.session is not None:
-            self.session.on_call_end(record)
-        for consumer in (*self._recorders, *_consumers):
-            try:
-                consumer.on_call_end(record)
-            except Exception:
-                logger.exception("llmctx: %r could not take call %s", consumer, record.id)
+        try:
+            if self.session is not None:
+                # With on_store_error="raise" this raises StoreError (the record is already in
+                # the outbox); the other consumers still get the call.
+                self.session.on_call_end(record)
+        finally:
+            for consumer in (*self._recorders, *_consumers):
+                try:
+                    consumer.on_call_end(record)
+                except Exception:
+                    logger.exception("llmctx: %r could not take call %s", consumer, record.id)
 
     @property
     def finished(self) -> bool:

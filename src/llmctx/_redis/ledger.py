@@ -431,6 +431,12 @@ class RedisLedger:
         self._token_prefix = os.urandom(8).hex()
         self._token_counter = itertools.count()
 
+    @property
+    def journal_key(self) -> str:
+        """This budget's identity for the outbox: the same in every process that names the
+        same server, prefix and name (the server without its password)."""
+        return f"redis {self._conn.where} {self.prefix} {self.name}"
+
     def __repr__(self) -> str:
         return (
             f"RedisLedger(name={self.name!r}, prefix={self.prefix!r}, server={self._conn.where!r})"

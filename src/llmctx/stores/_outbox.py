@@ -349,16 +349,10 @@ def _journal_of(owner: Any) -> Path | None:
 
 
 def _ledger_identity(ledger: Any) -> str | None:
-    # A RedisLedger is the same budget in every process that names the same server, prefix and
-    # name; its server is shown with the password redacted.
-    if type(ledger).__name__ != "RedisLedger":
-        return None
-    conn = getattr(ledger, "_conn", None)
-    where = getattr(conn, "where", None)
-    name, prefix = getattr(ledger, "name", None), getattr(ledger, "prefix", None)
-    if not all(isinstance(v, str) for v in (where, name, prefix)):
-        return None
-    return f"redis {where} {prefix} {name}"
+    # A ledger with a durable identity (RedisLedger.journal_key: server without password,
+    # prefix, name) is the same budget in every process that names it.
+    key = getattr(ledger, "journal_key", None)
+    return key if isinstance(key, str) else None
 
 
 def outbox_for(owner: Any) -> Outbox:
