@@ -14,6 +14,7 @@ import pytest
 
 from llmctx._exceptions import ConfigError, LLMCtxError
 from llmctx._limits import AcquireTimeout, RateLimiter, Reservation, WouldBlock
+from llmctx._waiting import _YIELD_EVERY, _since_yield
 
 
 @pytest.fixture
@@ -475,7 +476,7 @@ async def _ticks_during(work: Any) -> int:
 @pytest.mark.anyio
 @pytest.mark.parametrize("how", ["async with", "areserve"])
 async def test_uncontended_acquires_let_other_tasks_run(how: str) -> None:
-    """10,000 acquires admitted at once let a concurrent task run once each, not zero times."""
+    """10,000 acquires admitted at once let a concurrent task run once per _YIELD_EVERY of them."""
     limiter = RateLimiter(rpm=6e10, tpm=6e10, burst=60.0)
 
     async def work() -> None:
@@ -488,7 +489,9 @@ async def test_uncontended_acquires_let_other_tasks_run(how: str) -> None:
 
     with anyio.fail_after(30):
         ticks = await _ticks_during(work)
-    assert ticks >= 10_000 - 1  # one yield per acquire
+    # One yield per _YIELD_EVERY acquires (the count may start anywhere in its cycle): other
+    # tasks run, and an uncontended acquire does not pay a trip through the loop each time.
+    assert 10_000 // _YIELD_EVERY - 1 <= ticks <= 10_000 // _YIELD_EVERY + 1
     assert limiter.statistics().in_flight == 0
 
 
@@ -533,3 +536,66 @@ async def test_acquire_in_a_cancelled_task_raises_and_takes_nothing(how: str, ca
     assert (stats.available_requests, stats.available_tokens) == (1, 10)
     assert (stats.in_flight, stats.admitted) == (0, 0)
     limiter.acquire_nowait(tokens=10)  # the whole burst is still there
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cancel", ["asyncio task", "anyio scope"])
+async def test_every_acquire_raises_a_pending_cancellation(cancel: str) -> None:
+    """A pending cancellation raises at each acquire, wherever the amortized yield count stands."""
+    limiter = RateLimiter(rpm=60, tpm=600, burst=1.0, clock=FakeClock())  # 1 request, 10 tokens
+    entered = 0
+
+    async def cancelled_acquire() -> None:
+        nonlocal entered
+        if cancel == "asyncio task":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            async with limiter.acquire(tokens=10):
+                entered += 1
+        else:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                async with limiter.acquire(tokens=10):
+                    entered += 1
+            assert scope.cancelled_caught
+
+    with anyio.fail_after(10):
+        # Each round moves the yield count on by one uncancelled acquire, so the cancelled
+        # acquires meet every position of it.
+        for _ in range(_YIELD_EVERY + 1):
+            (await limiter.areserve(tokens=10)).release()
+            if cancel == "asyncio task":
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.create_task(cancelled_acquire())
+            else:
+                await cancelled_acquire()
+    assert entered == 0
+    stats = limiter.statistics()
+    assert (stats.available_requests, stats.available_tokens) == (1, 10)
+    assert (stats.in_flight, stats.admitted) == (0, _YIELD_EVERY + 1)
+
+
+@pytest.mark.anyio
+async def test_cancel_at_the_yield_after_an_admission_gives_it_back() -> None:
+    """A task cancelled on the amortized yield after an admission made at once refunds it."""
+    limiter = RateLimiter(rpm=60, tpm=600, burst=1.0, clock=FakeClock())  # 1 request, 10 tokens
+    entered = False
+
+    async def holder() -> None:
+        nonlocal entered
+        async with limiter.acquire(tokens=10):
+            entered = True
+
+    with anyio.fail_after(5):
+        _since_yield.count = [_YIELD_EVERY - 1]  # the next acquire is the one that yields
+        task = asyncio.create_task(holder())
+        await asyncio.sleep(0)  # it is admitted at once and now yields
+        assert limiter.statistics().in_flight == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not entered
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.admitted, stats.cancellations) == (0, 0, 1)
+    assert (stats.available_requests, stats.available_tokens) == (1, 10)

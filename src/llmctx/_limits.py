@@ -36,7 +36,9 @@ from ._waiting import (
     _cancel_pending,
     _check_timeout,
     _FifoQueue,
+    _get_running_loop,
     _Waiter,
+    _yield_due,
     _yield_now,
 )
 
@@ -182,7 +184,7 @@ class Reservation:
     :meth:`RateLimiter.acquire` returns a reservation that is not admitted yet: entering it
     (``with`` / ``async with``, once) waits for admission and returns the reservation itself;
     leaving the block closes it with the estimate charged unless it was settled or released.
-    ``async with`` is always a cancellation point, admitted at once or not (see
+    ``async with`` is always a cancellation point and, one time in 64, a scheduling point (see
     :meth:`RateLimiter.areserve`).
     """
 
@@ -428,8 +430,9 @@ class RateLimiter(_FifoQueue[_Waiter]):
             AcquireTimeout: (on entering) not admitted within ``timeout``; nothing was taken.
             ConfigError: negative tokens or timeout.
 
-        A caller cancelled (or interrupted) while waiting leaves the queue and takes nothing;
-        one cancelled just after admission gives the reservation back.
+        Entered with ``async with``, it behaves as :meth:`areserve` on cancellation and
+        scheduling. A caller cancelled (or interrupted) while waiting leaves the queue and
+        takes nothing; one cancelled just after admission gives the reservation back.
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)
@@ -500,11 +503,14 @@ class RateLimiter(_FifoQueue[_Waiter]):
             AcquireTimeout: not admitted within ``timeout``; nothing was taken.
             ConfigError: negative tokens or timeout.
 
-        It is always a cancellation point: a task whose cancellation is already pending
-        raises it before anything is taken, and one admitted at once lets the other tasks of
-        its loop run before it returns. Cancelled while waiting or on that last step: the
-        task takes nothing (a reservation admitted for it is given back), and the next waiter
-        gets its turn.
+        It is always a cancellation point: a task whose cancellation is already requested
+        (``Task.cancel()``, or a cancelled anyio cancel scope) raises it at once, before
+        anything is taken, admitted at once or not. It is a scheduling point in turn: one
+        admission in 64 made at once on a loop lets the loop's other tasks run before it
+        returns, so a loop of uncontended acquires never keeps them waiting longer than 64
+        acquires; one that queues lets them run while it waits. Cancelled while waiting or on
+        that yield: the task takes nothing (a reservation admitted for it is given back), and
+        the next waiter gets its turn.
         """
         reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
         await self._admit_async(reservation, _check_timeout(timeout))
@@ -607,7 +613,11 @@ class RateLimiter(_FifoQueue[_Waiter]):
     def _enqueue(
         self, n: int, loop: asyncio.AbstractEventLoop | None, timeout: float | None
     ) -> _Waiter | None:
-        """Admit at once (None) or queue a waiter; the fast path takes the lock once."""
+        """Admit at once (None) or queue a waiter; the fast path takes the lock once.
+
+        ``loop``: the running event loop of an asyncio caller (its waiter wakes there), None
+        for a thread.
+        """
         with self._lock:
             queue = self._queue
             delay = 0
@@ -646,13 +656,14 @@ class RateLimiter(_FifoQueue[_Waiter]):
         reservation._state = _OPEN
 
     async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> Reservation:
-        if not self._queue and _cancel_pending():
-            # checkpoint_if_cancelled before an admission at once: the cancellation lands
-            # here, nothing taken. (A caller that will queue gets it at its first wait.)
+        loop = _get_running_loop()
+        if _cancel_pending(loop):
+            # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
             await _yield_now()
-        waiter = self._enqueue(reservation.tokens, asyncio.get_running_loop(), wait_for)
+        waiter = self._enqueue(reservation.tokens, loop, wait_for)
         if waiter is None:
-            await self._checkpoint_granted(reservation)
+            if _yield_due():
+                await self._checkpoint_granted(reservation)
         else:
             deadline = None if wait_for is None else time.monotonic() + wait_for
             await self._wait_async(waiter, deadline)

@@ -38,6 +38,7 @@ from ._waiting import (
     _FifoQueue,
     _get_running_loop,
     _Waiter,
+    _yield_due,
     _yield_now,
 )
 
@@ -52,6 +53,9 @@ _WAIT_SAMPLES = 1024
 _PENDING = 0
 _HELD = 1
 _RELEASED = 2
+
+# "Not looked up yet", for a value that may be None once looked up.
+_NOT_LOOKED_UP: Any = object()
 
 
 @runtime_checkable
@@ -100,10 +104,12 @@ class Lease(_Waiter, Generic[R]):
     / ``async with``, once) waits for the grant and returns the lease itself; leaving the
     block releases it. :meth:`ResourcePool.acquire_nowait` returns a granted one.
 
-    ``async with`` is always a cancellation point, granted at once or not: a task whose
-    cancellation is already pending raises it before anything is taken, and one granted at
-    once lets the other tasks of its loop run before the block starts (cancelled then, it
-    gives the lease back).
+    ``async with`` is always a cancellation point: a task whose cancellation is already
+    requested (``Task.cancel()``, or a cancelled anyio cancel scope) raises it at once, before
+    anything is taken, granted at once or not. It is a scheduling point in turn: one lease in
+    64 granted at once on a loop lets the loop's other tasks run before its block starts
+    (cancelled then, it gives the lease back), so a loop of uncontended acquires never keeps
+    them waiting longer than 64 acquires; one that queues lets them run while it waits.
 
     Attributes:
         amount: the units held.
@@ -374,8 +380,12 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             AcquireTimeout: (on entering) no lease within ``timeout``; nothing is held.
             ConfigError: ``amount`` < 1 or larger than any resource, or a negative timeout.
 
-        A caller cancelled while queued leaves the queue; one cancelled after capacity was
-        granted to it passes the capacity to the next waiters.
+        Entered with ``async with``, it raises at once if the task is cancelled (a
+        ``Task.cancel()`` or a cancelled anyio cancel scope), before anything is taken, and
+        lets the loop's other tasks run at least every 64 uncontended acquires (one in 64
+        granted at once yields; one that queues yields while it waits). A caller cancelled
+        while queued leaves the queue; one cancelled after capacity was granted to it passes
+        the capacity to the next waiters.
         """
         if amount.__class__ is not int or not 0 < amount <= self._largest:
             amount = self._check_amount(amount)
@@ -560,13 +570,22 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         Args:
             freed: the only slot whose free units grew since the last dispatch (an in-process
                 release), if known. A queued head never fits anywhere else (it would have
-                been granted), so the first head needs only that slot checked.
+                been granted), nor does any later head at least as large, so those need only
+                that slot checked; a smaller one gets the full scan.
         """
         queue = self._queue
+        if not queue:
+            return
+        # Every slot but `freed` has fewer free units than this (0: nothing known).
+        fits_nowhere_else = queue[0].amount if freed is not None else 0
+        running: Any = _NOT_LOOKED_UP  # this thread's event loop, looked up once if needed
         while queue:
             waiter = queue[0]
+            only = freed if waiter.amount >= fits_nowhere_else else None
+            if only is not None and only.free < waiter.amount:
+                return  # it fits nowhere now (and without a store there is nothing to poll)
             try:
-                got = self._take(waiter, freed)
+                got = self._take(waiter, only)
             except Exception as exc:  # Redis failed: the head raises it, not the releaser
                 self._fail_head(exc)
                 return
@@ -575,21 +594,24 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                     # Other processes' releases are not announced: look again later.
                     waiter.schedule(self._store.poll_interval)
                 return
-            # A new head may fit on another slot than the one freed.
-            freed = None
             queue.popleft()
             self._waits.append(time.monotonic() - waiter._start)
             waiter._grant = True
             fut = waiter._fut
-            if fut is not None and _get_running_loop() is waiter._loop:
-                # wake() inlined for the common case: a task of the loop releasing.
-                if not fut.done():
-                    fut.set_result(None)
-            elif not waiter.wake():
+            if fut is not None:
+                if running is _NOT_LOOKED_UP:
+                    running = _get_running_loop()
+                if running is waiter._loop:
+                    # wake() inlined for the common case: a task of the loop releasing.
+                    if not fut.done():
+                        fut.set_result(None)
+                    continue
+            if not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
                 waiter._grant = None
                 self._take_back(waiter)
                 self._cancellations += 1
+                fits_nowhere_else = 0  # that capacity went back to some slot
 
     def _release(self, lease: Lease[R]) -> None:
         """Give a held lease's capacity back, to the waiters at the head first.
@@ -616,37 +638,40 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         timeout: float | None,
         front: bool,
     ) -> Lease[R] | None:
-        """Grant at once (None) or queue a waiter; the fast path takes the lock once."""
+        """Grant at once (None) or queue ``lease`` as a waiter; the lock is taken once.
+
+        Args:
+            lease: the lease to grant.
+            loop: the running event loop of an asyncio caller (its waiter wakes there), None
+                for a thread.
+            timeout: the caller's timeout; 0 raises instead of queueing.
+            front: queue at the head (a caller whose lease failed its health check keeps its
+                turn), trying a grant first even if others are queued.
+
+        Returns:
+            None when granted, else the queued waiter (the lease itself).
+
+        Raises:
+            AcquireTimeout: nothing fits and ``timeout`` is 0; nothing is held.
+        """
         with self._lock:
             queue = self._queue
             if (front or not queue) and self._take(lease):
                 self._waits.append(0.0)
                 return None
-            return self._new_waiter(lease, loop, timeout, front)
-
-    def _new_waiter(
-        self,
-        lease: Lease[R],
-        loop: asyncio.AbstractEventLoop | None,
-        timeout: float | None,
-        front: bool,
-    ) -> Lease[R]:
-        """With the lock held: queue a waiter for ``lease`` (or raise for timeout=0)."""
-        if timeout == 0:
-            self._timeouts += 1
-            raise AcquireTimeout(
-                f"no resource has {lease.amount} free unit(s) and timeout=0; nothing is held"
-            )
-        lease._begin_wait(loop, self)
-        waiter = lease
-        queue = self._queue
-        if front:
-            queue.appendleft(waiter)
-        else:
-            queue.append(waiter)
-        if self._store is not None and queue[0] is waiter:
-            waiter.schedule(self._store.poll_interval)
-        return waiter
+            if timeout == 0:
+                self._timeouts += 1
+                raise AcquireTimeout(
+                    f"no resource has {lease.amount} free unit(s) and timeout=0; nothing is held"
+                )
+            lease._begin_wait(loop, self)
+            if front:
+                queue.appendleft(lease)
+            else:
+                queue.append(lease)
+            if self._store is not None and queue[0] is lease:
+                lease.schedule(self._store.poll_interval)
+            return lease
 
     def _take_back(self, grant: object) -> None:
         """With the lock held: return capacity granted to a lease whose caller will not use it."""
@@ -675,14 +700,14 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             waiter = self._enqueue(lease, None, remaining, True)
 
     async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> Lease[R]:
-        if not self._queue and _cancel_pending():
-            # checkpoint_if_cancelled before a grant made at once: the cancellation lands
-            # here, nothing taken. (A caller that will queue gets it at its first wait.)
+        loop = _get_running_loop()
+        if _cancel_pending(loop):
+            # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
             await _yield_now()
-        loop = asyncio.get_running_loop()
         waiter = self._enqueue(lease, loop, wait_for, False)
         if waiter is None:
-            await self._checkpoint_granted(lease)
+            if _yield_due():
+                await self._checkpoint_granted(lease)
             if self._health_check is None:
                 return lease
         deadline = None

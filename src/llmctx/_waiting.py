@@ -10,13 +10,21 @@ and the sync/async wait that turns a waiter's outcome into a return or an except
 supplies only how the head is tried (``_dispatch``), how an unused grant is given back
 (``_take_back``) and its timeout message.
 
-Every async acquire is a cancellation point and a scheduling point, in anyio's shape (see
-``anyio.Semaphore.acquire``): a cancellation already pending is delivered before anything is
-taken (:func:`_cancel_pending`), and a grant made at once is followed by one yield to the
-event loop (:meth:`_FifoQueue._checkpoint_granted`), so a loop of uncontended acquires lets
-other tasks run. asyncio cannot shield a task from ``Task.cancel()`` (anyio's asyncio
-``Semaphore`` meets the same limit), so a cancellation that lands on that yield gives the grant
-back and propagates: the caller holds nothing and the next waiter gets its turn.
+Every async acquire is a cancellation point, and the uncontended ones are scheduling points
+in turn, amortized (anyio's ``Semaphore.acquire`` shape, with the yield spread out):
+
+* a cancellation already requested for the task (``Task.cancel()``, which ``asyncio.timeout``
+  and ``TaskGroup`` end in, or a cancelled anyio cancel scope around the task) is delivered
+  before anything is taken, on every acquire (:func:`_cancel_pending`): the task yields once
+  and the cancellation lands there (anyio's ``checkpoint_if_cancelled``);
+* every :data:`_YIELD_EVERY`-th grant made at once on a thread (so on its event loop: a
+  thread runs one loop at a time) is followed by one yield to the loop (:func:`_yield_due`),
+  not every one: a yield costs more than an uncontended acquire and release, so a loop of
+  them lets the other tasks run at least every :data:`_YIELD_EVERY` acquires for a small
+  fraction of that cost. An acquire that queues yields while it waits. asyncio cannot shield
+  a task from ``Task.cancel()`` (anyio's asyncio ``Semaphore`` meets the same limit), so a
+  cancellation that lands on that yield gives the grant back and propagates: the caller
+  holds nothing and the next waiter gets its turn (:meth:`_FifoQueue._checkpoint_granted`).
 
 When the head of a queue must wait for *time* rather than for a release (a rate limit refills
 at a known instant, a shared Redis pool is polled), the owner calls :meth:`_Waiter.schedule`:
@@ -34,18 +42,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import threading
 import time
 import types
+import weakref
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._exceptions import ConfigError, LLMCtxError
 
 # The running loop of this thread or None, without raising: "are we on the waiter's loop?"
 _get_running_loop = asyncio._get_running_loop
-_current_task = asyncio.current_task
+
+# _task_on(loop): the task running on ``loop`` (None outside a task), as cheaply as asyncio
+# allows. From 3.12 asyncio.current_task is C; 3.11 wrote it in Python, around a lookup of
+# its own {loop: task} dict, which costs four times the lookup: take the dict's get then.
+_task_on: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]
+_tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
+if isinstance(asyncio.current_task, types.BuiltinFunctionType) or not isinstance(
+    _tasks_by_loop, dict
+):
+    _task_on = asyncio.current_task
+else:
+    _task_on = _tasks_by_loop.get
 
 __all__ = ["AcquireTimeout", "WouldBlock"]
 
@@ -87,17 +108,102 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def _cancel_pending() -> bool:
-    """True when the running task has a cancellation requested and not yet withdrawn.
+#: Every this many grants made at once to async acquires on a thread (its event loop), one
+#: yields to the loop. One yield (a trip through the loop) costs about two uncontended
+#: acquire+release pairs, so yielding after each would make every acquire three times dearer;
+#: once in 64 adds about 1/30 of a pair to each, while a task looping on acquires that never
+#: wait still lets the other tasks run every 64 of them (about 0.1 ms of llmctx work on a
+#: slow machine, far below asyncio's 100 ms slow-callback warning).
+_YIELD_EVERY = 64
 
-    This is the cheap half of anyio's ``checkpoint_if_cancelled``: asyncio's ``Task.cancel()``
-    (which ``asyncio.timeout``, ``TaskGroup`` and anyio's cancel scopes all end in) counts in
-    ``Task.cancelling()`` at once, so a caller that sees True yields (:func:`_yield_now`) and
-    the cancellation lands there, before anything is taken. A task that swallowed a
-    cancellation without ``uncancel()`` only costs an extra yield.
+# Per thread, so per running event loop (a thread runs one loop at a time): ``count`` is a
+# one-item list, the grants made at once since the last one that yielded. A list read through
+# the thread-local once is cheaper than a thread-local attribute read and write.
+_since_yield = threading.local()
+
+# anyio keeps each task's cancel scopes in a WeakKeyDictionary in its asyncio backend; this
+# is that dictionary's underlying dict (keys: weak references to tasks) once the backend is
+# imported, {} if its layout is not the one expected. Until then no anyio scope can exist.
+_ANYIO_ASYNCIO = "anyio._backends._asyncio"
+_anyio_task_states: dict[Any, Any] | None = None
+_modules_get = sys.modules.get
+_weakref = weakref.ref
+
+
+def _find_anyio_task_states() -> dict[Any, Any]:
+    """anyio's per-task states (see ``_anyio_task_states``), once its backend is imported."""
+    global _anyio_task_states
+    backend = _modules_get(_ANYIO_ASYNCIO)
+    states = getattr(getattr(backend, "_task_states", None), "data", None)
+    _anyio_task_states = states if isinstance(states, dict) else {}
+    return _anyio_task_states
+
+
+def _anyio_scope_cancelled(scope: Any) -> bool:
+    """True when anyio cancel scope ``scope`` or one around it is cancelled, none shielding.
+
+    The test of anyio's own ``checkpoint_if_cancelled``, from a task's innermost scope out.
+    Needed because a scope cancelled from its own task (``scope.cancel()``, or a deadline
+    already past when ``fail_after`` is entered) reaches ``Task.cancel()`` only on the task's
+    next yield.
     """
-    task = _current_task()
-    return task is not None and task.cancelling() > 0
+    while scope is not None:
+        if scope.cancel_called:
+            return True
+        if scope.shield:
+            return False
+        scope = scope._parent_scope
+    return False
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """True when the running task has a cancellation requested and not withdrawn.
+
+    That is ``Task.cancelling()`` (``Task.cancel()``, which ``asyncio.timeout``, ``TaskGroup``
+    and anyio's cancel scopes all end in), or an anyio cancel scope around the task that is
+    cancelled and not yet delivered. An async acquire checks it first, every time: seeing
+    True it yields (:func:`_yield_now`) and the cancellation lands there, before anything is
+    taken (anyio's ``checkpoint_if_cancelled``). A task that swallowed a cancellation without
+    ``uncancel()`` only costs a yield per acquire.
+
+    Args:
+        loop: the running event loop (the caller has it: on CPython 3.11 looking it up costs
+            a system call, so it is looked up once per acquire).
+    """
+    task = _task_on(loop)
+    if task is None:
+        return False
+    if task.cancelling():
+        return True
+    states = _anyio_task_states
+    if states is None:
+        if _modules_get(_ANYIO_ASYNCIO) is None:
+            return False
+        states = _find_anyio_task_states()
+    if states:
+        state = states.get(_weakref(task))
+        # A task outside every anyio scope has no state, or one whose scope is None.
+        if state is not None and state.cancel_scope is not None:
+            return _anyio_scope_cancelled(state.cancel_scope)
+    return False
+
+
+def _yield_due() -> bool:
+    """Count a grant made at once to an async acquire; True for every :data:`_YIELD_EVERY`-th.
+
+    The caller then yields after the grant (:meth:`_FifoQueue._checkpoint_granted`). The
+    count is per thread, so per event loop (a thread runs one loop at a time).
+    """
+    try:
+        count = _since_yield.count
+    except AttributeError:
+        count = _since_yield.count = [0]
+    n = count[0] + 1
+    if n < _YIELD_EVERY:
+        count[0] = n
+        return False
+    count[0] = 0
+    return True
 
 
 @types.coroutine
@@ -165,12 +271,14 @@ class _Waiter:
         # monotonic seconds at which the owner wants the head re-examined (None: not planned)
         self._due: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._fut: asyncio.Future[None] | None = None
-        self._event: threading.Event | None = None
+        self._fut: asyncio.Future[None] | None
+        self._event: threading.Event | None
         if loop is None:
+            self._fut = None
             self._event = threading.Event()
         else:
             self._fut = loop.create_future()
+            self._event = None
 
     # -------------------------------------------------------------- owner side (lock held)
     def wake(self) -> bool:
@@ -445,12 +553,11 @@ class _FifoQueue(Generic[_W]):
                 self._leave(waiter, deadline)
 
     async def _checkpoint_granted(self, grant: object) -> None:
-        """The scheduling checkpoint after a grant made at once (anyio's shape).
+        """The scheduling point after a grant made at once, when :func:`_yield_due` says so.
 
-        Other tasks run once before the caller proceeds. Cancelled there (a ``Task.cancel()``
-        meanwhile, or an anyio cancel scope cancelled before the acquire, which anyio
-        delivers when the task yields), ``grant`` goes back, the cancellation is counted, and
-        the cancellation propagates.
+        Other tasks run once before the caller proceeds (anyio's ``cancel_shielded_checkpoint``
+        position). Cancelled there (a ``Task.cancel()`` meanwhile), ``grant`` goes back, the
+        cancellation is counted, and the cancellation propagates.
         """
         done = False
         try:
