@@ -13,12 +13,15 @@ Timings are the CPU time of this thread (``time.thread_time``), taken in short c
 rotate through the cases, and the median chunk is reported: on a machine shared with other
 work, ratios within one run are what to compare. What it prints:
 
-* uncontended acquire+release in asyncio, microseconds per pair, and the ratio to
-  ``asyncio.Semaphore`` (targets: ResourcePool/RateLimiter <= 1.5x; faster than aiolimiter,
-  limits and pyrate-limiter). The rate limiters are given a limit they never reach. llmctx's
-  async acquires are cancellation points that yield once (anyio's shape), which neither
-  ``asyncio.Semaphore`` nor aiolimiter does, so a second ratio compares with
-  ``asyncio.Semaphore`` plus one ``sleep(0)``, and ``anyio.Semaphore`` is listed;
+* uncontended acquire+release in asyncio, microseconds per pair, and the ratios to
+  ``asyncio.Semaphore`` and to aiolimiter (targets: ResourcePool/RateLimiter <= 1.5x a
+  Semaphore; faster than aiolimiter, limits and pyrate-limiter). The rate limiters are given
+  a limit they never reach. llmctx's async acquires check for a pending cancellation every
+  time and yield once every 64 grants made at once, which neither ``asyncio.Semaphore`` nor
+  aiolimiter does; ``asyncio.Semaphore`` plus one ``sleep(0)`` and ``anyio.Semaphore`` show
+  what a yield on every acquire costs. Each case runs in a task of its own, outside anyio;
+  the "in an anyio scope" rows run inside an ``anyio.CancelScope``, where the cancellation
+  check also reads anyio's scope. Then the parts of an llmctx pair, each timed alone;
 * contended throughput: 1,000 tasks sharing 10 slots, each taking a slot 20 times and
   yielding once while holding it (target: ResourcePool >= 0.8x asyncio.Semaphore);
 * rate accuracy: 50 tasks hammer a 6,000 rpm limiter (100/s, burst 1 s) for ``--duration``
@@ -49,8 +52,11 @@ import anyio
 from llmctx._limits import RateLimiter
 from llmctx._pool import ResourcePool
 from llmctx._redis import RedisLeaseStore, RedisRateStore
+from llmctx._waiting import _cancel_pending, _get_running_loop, _yield_due
 
 CHECKPOINTED = "asyncio.Semaphore + sleep(0)"
+AIOLIMITER = "aiolimiter.AsyncLimiter"
+IN_ANYIO = " in an anyio scope"
 BIG = 60 * 10**9  # one per nanosecond: the fastest rate a RateLimiter takes, never reached here
 
 
@@ -63,7 +69,7 @@ def _median_ratio_table(
         print(f"  (ratios: to {base}, then to {second})")
     for label, value in medians.items():
         extra = "" if second is None else f"   {value / medians[second]:5.2f}x"
-        print(f"  {label:44s} {value:10.2f} {unit}   {value / ref:5.2f}x{extra}")
+        print(f"  {label:48s} {value:10.2f} {unit}   {value / ref:5.2f}x{extra}")
 
 
 # --------------------------------------------------------------------------- uncontended
@@ -136,6 +142,8 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
             r.settle(80)
 
     cases["llmctx.RateLimiter (rpm+tpm, settle)"] = rate_limiter_settle
+    cases["llmctx.ResourcePool" + IN_ANYIO] = resource_pool
+    cases["llmctx.RateLimiter (rpm+tpm)" + IN_ANYIO] = rate_limiter
 
     try:
         from aiolimiter import AsyncLimiter
@@ -146,7 +154,7 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
             async with aio:
                 pass
 
-        cases["aiolimiter.AsyncLimiter"] = aiolimiter_case
+        cases[AIOLIMITER] = aiolimiter_case
     except ImportError:
         pass
 
@@ -179,18 +187,78 @@ def _uncontended_cases() -> dict[str, Callable[[], Awaitable[None]]]:
     return cases
 
 
+async def _chunk(step: Callable[[], Awaitable[None]], n: int, in_anyio: bool) -> float:
+    """Microseconds of this thread's CPU per ``step()``, over ``n`` calls."""
+    start = time.thread_time()
+    if in_anyio:
+        with anyio.CancelScope():
+            for _ in range(n):
+                await step()
+    else:
+        for _ in range(n):
+            await step()
+    return (time.thread_time() - start) / n * 1e6
+
+
 async def _uncontended(ops: int, repeats: int) -> None:
     cases = _uncontended_cases()
     results: dict[str, list[float]] = {label: [] for label in cases}
     chunk = max(1, ops // repeats)
     for _ in range(repeats):
         for label, step in cases.items():
-            start = time.thread_time()
-            for _ in range(chunk):
-                await step()
-            results[label].append((time.thread_time() - start) / chunk * 1e6)
+            # A task of its own, so no case sees another's state (anyio registers a task it
+            # runs in, which the llmctx cancellation check then reads on every acquire).
+            task = asyncio.create_task(_chunk(step, chunk, label.endswith(IN_ANYIO)))
+            results[label].append(await task)
     print(f"Uncontended acquire+release in asyncio ({chunk} pairs x {repeats} chunks, median)")
-    _median_ratio_table(results, "asyncio.Semaphore", "us", CHECKPOINTED)
+    second = AIOLIMITER if AIOLIMITER in results else CHECKPOINTED
+    _median_ratio_table(results, "asyncio.Semaphore", "us", second)
+
+
+async def _components(ops: int, repeats: int) -> None:
+    """What the parts of an uncontended llmctx pair cost, each timed alone in a task."""
+    lock = threading.Lock()
+    pool = ResourcePool([None], capacity=10)
+
+    def lock_round() -> None:
+        with lock:
+            pass
+
+    def running_loop() -> None:
+        _get_running_loop()
+
+    def cancel_check() -> None:
+        _cancel_pending(_get_running_loop())
+
+    cases: dict[str, tuple[Callable[[], object], bool]] = {
+        "`with lock:` (a pair takes two)": (lock_round, False),
+        "pool.acquire() (the Lease, not entered)": (pool.acquire, False),
+        "asyncio._get_running_loop()": (running_loop, False),
+        "cancellation check (loop + task + anyio)": (cancel_check, False),
+        "cancellation check" + IN_ANYIO: (cancel_check, True),
+        "yield count (_yield_due)": (_yield_due, False),
+    }
+
+    async def timed(step: Callable[[], object], n: int, in_anyio: bool) -> float:
+        start = time.thread_time()
+        if in_anyio:
+            # No await inside: the scope is there to be read by the cancellation check.
+            with anyio.CancelScope():  # noqa: ASYNC100
+                for _ in range(n):
+                    step()
+        else:
+            for _ in range(n):
+                step()
+        return (time.thread_time() - start) / n * 1e6
+
+    results: dict[str, list[float]] = {label: [] for label in cases}
+    chunk = max(1, ops // repeats)
+    for _ in range(repeats):
+        for label, (step, in_anyio) in cases.items():
+            results[label].append(await asyncio.create_task(timed(step, chunk, in_anyio)))
+    print(f"\nParts of an uncontended pair, each alone ({chunk} calls x {repeats} chunks, median)")
+    for label, values in results.items():
+        print(f"  {label:48s} {statistics.median(values):10.3f} us")
 
 
 def _uncontended_threads(ops: int, repeats: int) -> None:
@@ -396,6 +464,7 @@ def _redis(url: str, ops: int, repeats: int) -> None:
 
 async def _main(args: argparse.Namespace) -> None:
     await _uncontended(args.ops, args.repeats)
+    await _components(args.ops, args.repeats)
     _uncontended_threads(args.ops, args.repeats)
     await _contended(max(3, args.repeats // 4))
 

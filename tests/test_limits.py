@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -599,3 +601,12 @@ async def test_cancel_at_the_yield_after_an_admission_gives_it_back() -> None:
     stats = limiter.statistics()
     assert (stats.in_flight, stats.admitted, stats.cancellations) == (0, 0, 1)
     assert (stats.available_requests, stats.available_tokens) == (1, 10)
+
+
+def test_the_documented_yield_interval_is_the_one_in_force() -> None:
+    """The limiter's docstrings and docs/limits.md state the yield interval the code uses."""
+    every = re.compile(rf"\b{_YIELD_EVERY}\b")
+    guide = Path(__file__).resolve().parent.parent / "docs" / "limits.md"
+    for text in (RateLimiter.areserve.__doc__, Reservation.__doc__, guide.read_text()):
+        assert text is not None
+        assert every.search(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 import sys
 import threading
 from typing import Any
@@ -542,3 +543,11 @@ async def test_a_contended_acquire_raises_a_pending_scope_cancellation_before_qu
     assert order == ["first", "last"]
     stats = pool.statistics()
     assert (stats.available, stats.waiting, stats.acquired) == (1, 0, 3)
+
+
+def test_the_documented_yield_interval_is_the_one_in_force() -> None:
+    """The pool's docstrings state the amortized yield interval the code uses."""
+    every = re.compile(rf"\b{_YIELD_EVERY}\b")
+    for text in (ResourcePool.acquire.__doc__, Lease.__doc__):
+        assert text is not None
+        assert every.search(text)

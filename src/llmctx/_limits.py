@@ -657,6 +657,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
 
     async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> Reservation:
         loop = _get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()  # raises: the async side needs an asyncio loop
         if _cancel_pending(loop):
             # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
             await _yield_now()

@@ -701,6 +701,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
 
     async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> Lease[R]:
         loop = _get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()  # raises: the async side needs an asyncio loop
         if _cancel_pending(loop):
             # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
             await _yield_now()
