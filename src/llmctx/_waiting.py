@@ -109,11 +109,12 @@ def _check_timeout(timeout: float | None) -> float | None:
 
 
 #: Every this many grants made at once to async acquires on a thread (its event loop), one
-#: yields to the loop. One yield (a trip through the loop) costs about two uncontended
-#: acquire+release pairs, so yielding after each would make every acquire three times dearer;
-#: once in 64 adds about 1/30 of a pair to each, while a task looping on acquires that never
-#: wait still lets the other tasks run every 64 of them (about 0.1 ms of llmctx work on a
-#: slow machine, far below asyncio's 100 ms slow-callback warning).
+#: yields to the loop. One yield (a trip through the loop) costs more than a whole uncontended
+#: acquire and release (2.5 us against 1.9 us for a pool's in docs/benchmarks.md), so yielding
+#: after each made every acquire more than twice as dear; once in 64 adds about 2 % to a pair,
+#: while a task looping on acquires that never wait still lets the other tasks run every 64
+#: of them (about 0.1 ms of llmctx work on a slow machine, far below asyncio's 100 ms
+#: slow-callback warning).
 _YIELD_EVERY = 64
 
 # Per thread, so per running event loop (a thread runs one loop at a time): ``count`` is a
