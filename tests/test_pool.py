@@ -283,6 +283,51 @@ def test_health_check_that_raises_counts_as_failure_and_pool_shrinks() -> None:
     assert (stats.capacity, stats.resources, stats.quarantined, stats.available) == (3, 1, 1, 3)
 
 
+def test_an_all_quarantined_pool_raises_a_named_error_at_once() -> None:
+    """When every resource failed its health check and there is no factory, an acquire raises
+    NoHealthyResource at once (no timeout needed) instead of waiting forever."""
+    from llmctx import NoHealthyResource
+
+    pool = ResourcePool(["a", "b"], health_check=lambda r: False, name="gpus")
+    with pytest.raises(NoHealthyResource, match="pool 'gpus' has no healthy resource") as info:
+        with pool.acquire():
+            pytest.fail("no resource is healthy")
+    assert "factory=" in str(info.value)
+    assert pool.statistics().quarantined == 2
+    with pytest.raises(NoHealthyResource):  # and so does every later acquire
+        pool.acquire_nowait()
+
+
+@pytest.mark.anyio
+async def test_waiters_of_a_pool_whose_last_resource_fails_are_told_at_once() -> None:
+    """Async waiters queued behind the last healthy resource get NoHealthyResource when it
+    fails its check, rather than hanging."""
+    from llmctx import NoHealthyResource
+
+    healthy = {"only": True}
+    pool = ResourcePool(["only"], health_check=lambda r: healthy[r])
+    holder = pool.acquire()
+    await holder.__aenter__()
+    errors: list[BaseException] = []
+
+    async def wait() -> None:
+        try:
+            async with pool.acquire():
+                pass
+        except NoHealthyResource as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            healthy["only"] = False
+            await holder.__aexit__(None, None, None)
+    assert len(errors) == 3
+    assert pool.statistics().quarantined == 1
+
+
 def test_from_factory_builds_the_workers() -> None:
     """from_factory makes `count` workers with the factory and reuses it for replacements."""
     made = itertools.count()

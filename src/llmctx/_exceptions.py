@@ -18,6 +18,8 @@ The tree::
     │                                        (``retry_after`` says when it could)
     ├── AcquireTimeout (also TimeoutError)   a limiter or pool wait ran past its timeout
     │                                        (both defined in _waiting.py, which the two share)
+    ├── NoHealthyResource                    every resource of a pool failed its health check
+    │                                        and none can be replaced
     └── MCPHubError                          llmctx.mcp's errors (tree in mcp/_errors.py)
 
 Warnings: ``LLMCtxWarning`` (a UserWarning) and its children ``UnknownPriceWarning``, issued once
@@ -43,6 +45,7 @@ __all__ = [
     "ConfigError",
     "LLMCtxError",
     "LLMCtxWarning",
+    "NoHealthyResource",
     "PriceError",
     "SessionNotFound",
     "SessionStateError",
@@ -121,6 +124,12 @@ class UnknownPrice(PriceError):
             "so the call was not sent (llmctx never prices an unknown model at $0). Set one with "
             f"llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...)"
         )
+
+
+class NoHealthyResource(LLMCtxError):
+    """Every resource of a :class:`~llmctx.ResourcePool` failed its health check (quarantined)
+    and none can come back: the pool has no ``factory``, or the factory kept failing. Waiting
+    would never end, so waiters and new acquires get this at once."""
 
 
 class BudgetExceeded(LLMCtxError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
-from ._exceptions import ConfigError, UsageError
+from ._exceptions import ConfigError, NoHealthyResource, UsageError
 from ._waiting import (
     AcquireTimeout,
     WouldBlock,
@@ -378,6 +378,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
 
         Raises:
             AcquireTimeout: (on entering) no lease within ``timeout``; nothing is held.
+            NoHealthyResource: (on entering, or while waiting) every resource failed its health
+                check and none can be replaced (no ``factory``, or it kept failing).
             ConfigError: ``amount`` < 1 or larger than any resource, or a negative timeout.
 
         Entered with ``async with``, it raises at once if the task is cancelled (a
@@ -401,6 +403,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
 
         Raises:
             WouldBlock: nothing fits now, or others are queued first.
+            NoHealthyResource: every resource was quarantined and none can be replaced.
             ConfigError: a bad amount.
         """
         lease = Lease(self, self._check_amount(amount))
@@ -409,6 +412,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 got = not self._queue and self._take(lease)
                 if got:
                     self._waits.append(0.0)
+                elif not self._slots and not self._threads:
+                    raise self._no_healthy()
             if not got:
                 raise WouldBlock(
                     f"no resource has {lease.amount} free unit(s) now, or others are queued "
@@ -659,6 +664,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             if (front or not queue) and self._take(lease):
                 self._waits.append(0.0)
                 return None
+            if not self._slots and not self._threads:
+                raise self._no_healthy()
             if timeout == 0:
                 self._timeouts += 1
                 raise AcquireTimeout(
@@ -757,6 +764,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 "llmctx: resource %r failed its health check; quarantined", slot.resource
             )
             if self._factory is None or self._closed.is_set():
+                self._fail_waiters_if_dead()
                 return
             thread = threading.Thread(
                 target=self._replace,
@@ -796,3 +804,28 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
+                self._fail_waiters_if_dead()
+
+    def _no_healthy(self) -> NoHealthyResource:
+        why = (
+            "and it has no factory to replace them"
+            if self._factory is None
+            else "and its factory could not make a replacement (see the llmctx log)"
+        )
+        label = f"pool {self.name!r}" if self.name else "the pool"
+        return NoHealthyResource(
+            f"{label} has no healthy resource: all {self._quarantined} failed their health "
+            f"check {why}, so nothing will ever be free. Fix the resources and build a new "
+            "pool, or pass factory= to replace failed ones"
+        )
+
+    def _fail_waiters_if_dead(self) -> None:
+        """With the lock held: no healthy resource is left and none is coming (no slot, no
+        replacement running): every waiter raises NoHealthyResource instead of waiting forever."""
+        if self._slots or self._threads or not self._queue:
+            return
+        error = self._no_healthy()
+        while self._queue:
+            waiter = self._queue.popleft()
+            waiter._error = error
+            waiter.wake()
