@@ -20,8 +20,8 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
-from typing import Any, Final, TypeVar
+from types import ModuleType, TracebackType
+from typing import Any, Final, Self, TypeVar
 
 from .._exceptions import ConfigError, StoreError
 from .._redact import redact_known, redact_text, redact_url
@@ -329,3 +329,21 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+class _ClosesOnExit:
+    """``with store:`` closes it on the way out (the three Redis stores share this)."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -12,11 +12,10 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
-from ._client import _Connection, _Renewal
+from ._client import _ClosesOnExit, _Connection, _Renewal
 from ._script import _Script
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ return lost
 """
 
 
-class RedisLeaseStore:
+class RedisLeaseStore(_ClosesOnExit):
     """Leases of a :class:`~llmctx.ResourcePool` in Redis, so several processes share capacity.
 
     Each process builds its pool with the same resources (in the same order: a resource is
@@ -243,17 +242,6 @@ class RedisLeaseStore:
         """
         self._renewal.stop(timeout)
         self._conn.close()
-
-    def __enter__(self) -> RedisLeaseStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def clear(self) -> None:
         """Delete every lease of this pool name, in every process (for tests and resets).

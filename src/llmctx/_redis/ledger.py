@@ -36,12 +36,11 @@ import math
 import os
 import struct
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from .._budget import Amount, Budget, LedgerSnapshot
 from .._exceptions import BudgetExceeded, ConfigError, StoreError
-from ._client import _Connection, _Renewal
+from ._client import _ClosesOnExit, _Connection, _Renewal
 from ._script import _Script
 
 if TYPE_CHECKING:
@@ -297,7 +296,7 @@ def _from_nano(nano: int) -> Decimal:
     return usd.normalize()
 
 
-class RedisLedger:
+class RedisLedger(_ClosesOnExit):
     """A :class:`~llmctx.Ledger` in Redis that several processes or machines share.
 
     Every process that builds a ``RedisLedger`` with the same server, ``prefix`` and ``name``
@@ -601,17 +600,6 @@ class RedisLedger:
         self._closed = True
         self._renewal.stop(_STOP_WAIT)
         self._conn.close()
-
-    def __enter__(self) -> RedisLedger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -6,11 +6,10 @@ queue in the process and asks the store, under its lock, whether the head fits n
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
-from ._client import _Connection
+from ._client import _ClosesOnExit, _Connection
 from ._script import _Script
 
 if TYPE_CHECKING:
@@ -85,7 +84,7 @@ return 0
 """
 
 
-class RedisRateStore:
+class RedisRateStore(_ClosesOnExit):
     """Rate-limiter state in Redis, so many processes and machines share one limit.
 
     Every operation is one ``EVALSHA`` round trip of a Lua script, sent straight through the
@@ -212,14 +211,3 @@ class RedisRateStore:
     def close(self) -> None:
         """Close the client if the store created it from a URL. Closing twice is harmless."""
         self._conn.close()
-
-    def __enter__(self) -> RedisRateStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
