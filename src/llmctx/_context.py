@@ -24,7 +24,6 @@ __all__ = [
     "ContextThreadPoolExecutor",
     "bind_recorder",
     "bind_session",
-    "current_recorders",
     "current_session",
     "idle",
     "reset_recorder",
@@ -48,12 +47,8 @@ def current_session() -> Session | None:
     return _current_session.get()
 
 
-def current_recorders() -> tuple[Recorder, ...]:
-    """The ``llmctx.record()`` blocks active in this context, innermost last."""
-    return _recorders.get()
-
-
-#: Bound getters for the charge path (no Python frame per call).
+#: Bound getters for the charge path (no Python frame per call); ``get_recorders()`` is the
+#: ``llmctx.record()`` blocks active in this context, innermost last.
 get_session = _current_session.get
 get_recorders = _recorders.get
 

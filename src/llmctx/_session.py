@@ -13,6 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
@@ -54,6 +55,14 @@ def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
     if exc_type is None:
         return "completed"
     return "cancelled" if is_cancellation(exc_type) else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainBudgets:
+    """The budgets of a session's chain, innermost first, and the dimensions they limit."""
+
+    owners: list[tuple[Budget, str, str | None]]
+    limited: frozenset[str]
 
 
 class Session:
@@ -131,7 +140,7 @@ class Session:
         self._events: list[dict[str, Any]] = []
         self._resumed = 0
         self._token: Any = None
-        self._owners: list[tuple[Budget, str, str | None]] | None = None
+        self._budgets: _ChainBudgets | None = None
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -192,35 +201,37 @@ class Session:
         return out
 
     # ------------------------------------------------------------------ reserving
-    def _budget_owners(self) -> list[tuple[Budget, str, str | None]]:
+    def _chain_budgets(self) -> _ChainBudgets:
         # The chain is fixed once the session is entered (its parent never changes), so the
-        # budgets a call must reserve on are found once, not on every call.
-        owners = self._owners
-        if owners is None:
+        # budgets a call must reserve on, and what they limit, are found once, not per call.
+        found = self._budgets
+        if found is None:
             owners = [(n.budget, n.id, n.name) for n in self.chain() if n.budget is not None]
+            limited = frozenset(
+                dim
+                for budget, _, _ in owners
+                for dim in ("usd", "tokens", "requests")
+                if budget.limit(dim) is not None
+            )
+            found = _ChainBudgets(owners, limited)
             if self.status != "created":
-                self._owners = owners
-        return owners
+                self._budgets = found
+        return found
 
     @property
     def budgeted(self) -> bool:
         """True when this session or an ancestor has a budget (calls must reserve first)."""
-        return bool(self._budget_owners())
+        return bool(self._chain_budgets().owners)
 
     @property
     def limits_money(self) -> bool:
         """True when some budget in the chain limits dollars (unknown prices fail closed)."""
-        return any(budget.usd is not None for budget, _, _ in self._budget_owners())
+        return "usd" in self._chain_budgets().limited
 
     @property
     def limited(self) -> frozenset[str]:
         """The dimensions (``usd``, ``tokens``, ``requests``) some budget in the chain limits."""
-        return frozenset(
-            dim
-            for budget, _, _ in self._budget_owners()
-            for dim in ("usd", "tokens", "requests")
-            if budget.limit(dim) is not None
-        )
+        return self._chain_budgets().limited
 
     def reserve(self, amount: Amount, holds: Holds | None = None) -> Holds:
         """Reserve ``amount`` on this session's budget and every ancestor's, all or nothing.
@@ -233,7 +244,7 @@ class Session:
             BudgetExceeded: some budget in the chain has no room (the error names its session);
                 nothing is held.
         """
-        return Holds.reserve(self._budget_owners(), amount, holds)
+        return Holds.reserve(self._chain_budgets().owners, amount, holds)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Self:
@@ -272,7 +283,7 @@ class Session:
         parent = get_session()
         try:
             self.parent = parent
-            self._owners = None
+            self._budgets = None
             self._store = resolve_store(
                 self._store_arg, parent._store if parent is not None else None
             )
