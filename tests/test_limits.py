@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from cancelling import acquire_while_cancelled
 from llmctx._exceptions import ConfigError, LLMCtxError
 from llmctx._limits import AcquireTimeout, RateLimiter, Reservation, WouldBlock
 from llmctx._waiting import _YIELD_EVERY, _since_yield
@@ -515,24 +516,8 @@ async def test_acquire_in_a_cancelled_task_raises_and_takes_nothing(how: str, ca
             await limiter.areserve(tokens=10)
             entered = True
 
-    async def cancelled_acquire() -> None:
-        if cancel == "asyncio task":
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            await acquire()
-        else:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                await acquire()
-            assert scope.cancelled_caught
-
     with anyio.fail_after(5):
-        if cancel == "asyncio task":
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.create_task(cancelled_acquire())
-        else:
-            await cancelled_acquire()
+        await acquire_while_cancelled(acquire, cancel)
     assert not entered
     stats = limiter.statistics()
     assert (stats.available_requests, stats.available_tokens) == (1, 10)
@@ -547,31 +532,17 @@ async def test_every_acquire_raises_a_pending_cancellation(cancel: str) -> None:
     limiter = RateLimiter(rpm=60, tpm=600, burst=1.0, clock=FakeClock())  # 1 request, 10 tokens
     entered = 0
 
-    async def cancelled_acquire() -> None:
+    async def acquire() -> None:
         nonlocal entered
-        if cancel == "asyncio task":
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            async with limiter.acquire(tokens=10):
-                entered += 1
-        else:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                async with limiter.acquire(tokens=10):
-                    entered += 1
-            assert scope.cancelled_caught
+        async with limiter.acquire(tokens=10):
+            entered += 1
 
     with anyio.fail_after(10):
         # Each round moves the yield count on by one uncancelled acquire, so the cancelled
         # acquires meet every position of it.
         for _ in range(_YIELD_EVERY + 1):
             (await limiter.areserve(tokens=10)).release()
-            if cancel == "asyncio task":
-                with pytest.raises(asyncio.CancelledError):
-                    await asyncio.create_task(cancelled_acquire())
-            else:
-                await cancelled_acquire()
+            await acquire_while_cancelled(acquire, cancel)
     assert entered == 0
     stats = limiter.statistics()
     assert (stats.available_requests, stats.available_tokens) == (1, 10)

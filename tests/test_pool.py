@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from cancelling import acquire_while_cancelled
 from llmctx._exceptions import ConfigError
 from llmctx._limits import AcquireTimeout, WouldBlock
 from llmctx._pool import Lease, ResourcePool
@@ -473,24 +474,8 @@ async def test_acquire_in_a_cancelled_task_raises_and_takes_nothing(cancel: str)
         async with pool.acquire(2):
             entered = True
 
-    async def cancelled_acquire() -> None:
-        if cancel == "asyncio task":
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            await acquire()
-        else:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                await acquire()
-            assert scope.cancelled_caught
-
     with anyio.fail_after(5):
-        if cancel == "asyncio task":
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.create_task(cancelled_acquire())
-        else:
-            await cancelled_acquire()
+        await acquire_while_cancelled(acquire, cancel)
     assert not entered
     stats = pool.statistics()
     assert (stats.available, stats.borrowed, stats.acquired) == (2, 0, 0)
@@ -529,20 +514,10 @@ async def test_every_acquire_raises_a_pending_cancellation(cancel: str) -> None:
     pool = ResourcePool(["gpu"], capacity=2)
     entered = 0
 
-    async def cancelled_acquire() -> None:
+    async def acquire() -> None:
         nonlocal entered
-        if cancel == "asyncio task":
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            async with pool.acquire(2):
-                entered += 1
-        else:
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                async with pool.acquire(2):
-                    entered += 1
-            assert scope.cancelled_caught
+        async with pool.acquire(2):
+            entered += 1
 
     with anyio.fail_after(10):
         # Each round moves the yield count on by one uncancelled acquire, so the cancelled
@@ -550,11 +525,7 @@ async def test_every_acquire_raises_a_pending_cancellation(cancel: str) -> None:
         for _ in range(_YIELD_EVERY + 1):
             async with pool.acquire(2):
                 pass
-            if cancel == "asyncio task":
-                with pytest.raises(asyncio.CancelledError):
-                    await asyncio.create_task(cancelled_acquire())
-            else:
-                await cancelled_acquire()
+            await acquire_while_cancelled(acquire, cancel)
     assert entered == 0
     stats = pool.statistics()
     assert (stats.available, stats.borrowed, stats.acquired) == (2, 0, _YIELD_EVERY + 1)
