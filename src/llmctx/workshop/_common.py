@@ -39,6 +39,7 @@ __all__ = [
     "model",
     "note",
     "priced",
+    "reply_note",
     "run",
     "section",
     "temp_store",
@@ -132,6 +133,14 @@ def ask(question: str, *, max_tokens: int = 16, system: str | None = None, **kwa
         messages=messages, max_tokens=max_tokens, temperature=0, **kwargs
     )
     return str(reply["choices"][0]["message"]["content"] or "").strip()
+
+
+def reply_note(max_tokens: int) -> None:
+    """The one-line caveat printed where the local model's replies appear."""
+    console.print(
+        f"[dim]Replies come from a 135M-parameter model, cut at max_tokens={max_tokens}: "
+        "read them for their token counts, not their wisdom.[/dim]"
+    )
 
 
 @contextmanager
