@@ -1,23 +1,27 @@
 """04. Smart session: code deep in the call stack finds the session through contextvars.
 
 Eric J. Ma's PromptRecorder post shows the trick: a context manager stores itself in a
-``ContextVar`` on entry, and any code running inside the block looks it up instead of having
-it passed down. llmctx is built on it (``llmctx/_context.py``): ``llmctx.current_session()``
-and ``llmctx.record()`` read two ContextVars, so an instrumented model call made five frames
-down is charged to the right session and recorded, with no parameter threaded through. The
-module shows the deep call stack and nested sessions with their roll-up on the real local
-model, then (on ``llmctx.testing.FakeModel``, because it needs many calls) that asyncio tasks
-inherit the session, that plain threads do not, and how ``llmctx.wrap`` and
-``llmctx.ContextThreadPoolExecutor`` carry it into threads.
+``contextvars.ContextVar`` on entry, and any code running inside the block looks it up instead
+of having it passed down. The module builds that recorder by hand first, exactly as the post
+writes it, and shows it break when two recorders nest (its exit sets the variable to None);
+then fixes it with ``var.reset(token)``. llmctx is built on the fixed version
+(``llmctx/_context.py``): ``llmctx.session`` and ``llmctx.record`` are the same pattern, shown
+on the real local model with a call three frames down. Then (on ``llmctx.testing.FakeModel``,
+because it needs many calls) asyncio tasks inherit the context, and threads do or do not
+depending on the Python build and flags, stated exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from rich.table import Table
+from rich.markup import escape
 
 import llmctx
 from llmctx.testing import FakeModel
@@ -27,15 +31,106 @@ from llmctx.workshop._common import (
     ask,
     console,
     header,
-    note,
+    reply_note,
     run,
     section,
     temp_store,
-    usd,
 )
 
-# (function, session it saw) for every frame of the deep call stack, in call order.
-_trace: list[tuple[str, str | None]] = []
+MAX_TOKENS = 16
+
+# ---------------------------------------------------------------- 1. the blog post's recorder
+# As the post writes it: the variable is module-global, __enter__ sets it, __exit__ sets None.
+
+prompt_recorder_var: contextvars.ContextVar[Any] = contextvars.ContextVar("prompt_recorder")
+
+
+class PromptRecorder:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def __enter__(self) -> PromptRecorder:
+        prompt_recorder_var.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        prompt_recorder_var.set(None)
+
+
+def autorecord(prompt: str) -> None:
+    recorder = prompt_recorder_var.get(None)
+    if recorder is not None:
+        recorder.log.append(prompt)
+
+
+# ---------------------------------------------------------------- 2. the fix: reset(token)
+
+
+class ResettingRecorder(PromptRecorder):
+    def __enter__(self) -> ResettingRecorder:
+        self._token = prompt_recorder_var.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        prompt_recorder_var.reset(self._token)  # the value before enter
+
+
+def nest(recorder: type[PromptRecorder]) -> tuple[list[str], list[str], bool]:
+    """Record a, then b in a nested recorder, then c; return both logs and if c was lost."""
+    with recorder() as outer:
+        autorecord("a")
+        with recorder() as inner:
+            autorecord("b")
+        autorecord("c")  # the outer block is still open: c belongs to it
+    return outer.log, inner.log, "c" not in outer.log
+
+
+def _source(obj: Any, skip: int = 0) -> str:
+    """The source of ``obj`` as it ran, indented, blank lines and the first ``skip`` dropped."""
+    lines = inspect.getsource(obj).splitlines()
+    lines = lines[:1] + lines[1 + skip :]
+    return "\n".join(f"  {line}" for line in lines if line.strip())
+
+
+def blog_recorder(checks: Checks) -> None:
+    section("1. The blog post's recorder: a real contextvars.ContextVar")
+    console.print("  prompt_recorder_var = contextvars.ContextVar('prompt_recorder')")
+    first, rest = _source(PromptRecorder, skip=2).split("\n", 1)
+    console.print(escape(f"{first}  # (__init__ sets self.log = [])\n{rest}"))
+    console.print(escape(_source(autorecord)))
+    outer, inner, lost = nest(PromptRecorder)
+    console.print(
+        f"nested: outer logged {outer}, inner {inner}: [red]'c' is lost[/red]: the inner\n"
+        "exit set the variable to None while the outer block was still open"
+    )
+    checks.check(
+        isinstance(prompt_recorder_var, contextvars.ContextVar) and lost and inner == ["b"],
+        "the post's recorder (exit sets None) loses the outer block's calls after a nested one",
+        f"outer {outer}, inner {inner}",
+    )
+
+
+def fixed_recorder(checks: Checks) -> None:
+    section("2. The fix: keep the token set() returns, reset() it on exit")
+    console.print(escape(_source(ResettingRecorder)))
+    outer, inner, lost = nest(ResettingRecorder)
+    after = prompt_recorder_var.get("<unset>")
+    console.print(
+        f"nested: outer logged {outer}, inner {inner}; after both the variable is\n"
+        f"{after!r} again (reset restores the previous value, even 'unset')"
+    )
+    checks.check(
+        not lost and outer == ["a", "c"] and inner == ["b"] and after is None,
+        "with reset(token) each recorder logs its own block, and the previous value returns",
+        f"outer {outer}, inner {inner}, after {after!r}",
+    )
+
+
+# ---------------------------------------------------------------- 3. llmctx, deep call stack
+# None of these functions takes a session: the model call at the bottom is charged to
+# whichever session is current where the top one was called.
+
+_trace: list[str | None] = []  # the session each frame saw, in call order
 
 
 def _seen() -> str | None:
@@ -43,356 +138,278 @@ def _seen() -> str | None:
     return None if current is None else current.name
 
 
-# ---------------------------------------------------------------- a deep call stack
-# None of these functions takes a session: the model call at the bottom is charged to
-# whichever session is current where the top one was called.
-
-
 def answer_question(question: str) -> str:
     """Top of the stack: what application code calls."""
-    _trace.append(("answer_question", _seen()))
+    _trace.append(_seen())
     return _with_instructions(question)
 
 
 def _with_instructions(question: str) -> str:
-    _trace.append(("_with_instructions", _seen()))
+    _trace.append(_seen())
     return _call_model(f"{question} Answer in one short sentence.")
 
 
 def _call_model(prompt: str) -> str:
-    _trace.append(("_call_model", _seen()))
-    return ask(prompt, max_tokens=16)  # the instrumented local model
+    _trace.append(_seen())
+    return ask(prompt, max_tokens=MAX_TOKENS)  # the instrumented local model
 
 
-def _session_row(s: llmctx.Session) -> tuple[str, str, str, str, str]:
-    cost = usd(s.cost)
-    parent = s.parent.name if s.parent is not None else "-"
-    return (
-        s.name or s.id[:8],
-        parent or "-",
-        str(s.usage.requests),
-        str(s.usage.total_tokens),
-        cost,
+def llmctx_sessions(checks: Checks, before: llmctx.Session | None) -> None:
+    section("3. llmctx does the same: llmctx.session + llmctx.record (real local model)")
+    console.print(
+        "llmctx/_context.py sets a ContextVar on entry, resets it with the token in\n"
+        "`finally`; a model call 3 frames down finds the session without being passed it:"
     )
-
-
-def main() -> None:
-    header(
-        4,
-        "Smart session",
-        "contextvars: the session and the recorder reach code that was never handed them",
-    )
-    checks = Checks()
-    # None when run as a script; the workshop's own session under `llmctx workshop`.
-    before = llmctx.current_session()
-
-    note(
-        "llmctx keeps the current session in one ContextVar and the active recorders in another "
-        "(llmctx/_context.py). Entering `with llmctx.session(...)` sets the variable and keeps "
-        "the token; exiting resets it with that token in `finally`, so the previous value comes "
-        "back even after an exception. An instrumented model reads the variable when it is "
-        "called: nothing has to be passed down the stack.",
-        title="The blog post's trick, as llmctx does it",
-    )
-
-    # ------------------------------------------------------------ 1. deep stack, nesting
-    section("1. A model call three frames down, in nested sessions (real local model, 2 calls)")
-    question_1 = "What is the capital of France?"
-    question_2 = "What is 2 + 2?"
+    questions = ("What is the capital of France?", "What is 2 + 2?")
+    _trace.clear()
     with temp_store() as store:
         with llmctx.session("04-outer", store=store) as outer, llmctx.record() as rec:
-            answer_1 = answer_question(question_1)
-            trace_outer = list(_trace)
-            _trace.clear()
-            with llmctx.session("04-inner") as inner:  # no store given: the parent's is used
-                answer_2 = answer_question(question_2)
-                inside_inner = llmctx.current_session()
-            trace_inner = list(_trace)
-            _trace.clear()
+            answer_1 = answer_question(questions[0])
+            # No store given: the parent's is used. The inner recorder nests like section 2's.
+            with llmctx.session("04-inner") as inner, llmctx.record() as inner_rec:
+                answer_2 = answer_question(questions[1])
             after_inner = llmctx.current_session()
         after_outer = llmctx.current_session()
-        # Read back what was written through, before the temporary store is closed.
         rows = {r.id: r for r in store.session_tree(outer.id)}
         stored_calls = store.list_calls(list(rows))
-    outer_calls, inner_calls = outer.calls, inner.calls
-
-    table = Table(title="What each frame saw: llmctx.current_session().name")
-    for col in ("call", "function", "session seen"):
-        table.add_column(col)
-    for label, trace in (("1", trace_outer), ("2", trace_inner)):
-        for fn, name in trace:
-            table.add_row(label, fn, str(name))
-    console.print(table)
-
-    tree = Table(title="Nested sessions: totals roll up to every ancestor")
-    for col in ("session", "parent", "requests", "tokens", "cost"):
-        tree.add_column(col)
-    tree.add_row(*_session_row(outer))
-    tree.add_row(*_session_row(inner))
-    console.print(tree)
+    trace = list(_trace)
+    console.print(f"  call 1: each frame saw {_runs(trace[:3])}; call 2: {_runs(trace[3:])}")
+    for question, answer in zip(questions, (answer_1, answer_2), strict=True):
+        console.print(f"  {question!r} -> [bold]{escape(repr(answer))}[/bold]")
+    reply_note(MAX_TOKENS)
+    if before is not None:
+        console.print(
+            f"[dim]Under `llmctx workshop` your root '04-outer' sits inside the runner's "
+            f"'{before.name}',\nwhich counts each module's calls; the tree starts at your "
+            "root:[/dim]"
+        )
+    parts = " + ".join(str(c.usage.total_tokens) for c in outer.calls)
     console.print(
-        f"after the inner `with`: current_session() is [bold]{_seen_name(after_inner)}[/bold]; "
-        f"after the outer one: [bold]{_seen_name(after_outer)}[/bold]"
+        f"  04-outer: {outer.usage.requests} calls, {outer.usage.total_tokens} tokens "
+        f"({parts}: its own and the inner's, rolled up)\n"
+        f"  └─ 04-inner: {inner.usage.requests} call, {inner.usage.total_tokens} tokens"
     )
-
+    console.print(
+        f"  after the inner `with`: {_name(after_inner)}; after the outer: {_name(after_outer)}"
+    )
+    console.print(
+        f"  llmctx.record(): the outer recorder holds {len(rec)} pairs, the inner one "
+        f"{len(inner_rec)}"
+    )
+    outer_calls, inner_calls = outer.calls, inner.calls
     checks.check(
-        [name for _, name in trace_outer] == ["04-outer"] * 3
-        and [name for _, name in trace_inner] == ["04-inner"] * 3,
+        trace == ["04-outer"] * 3 + ["04-inner"] * 3,
         "every frame of the deep stack saw the innermost session, without being passed it",
-        f"call 1: {[n for _, n in trace_outer]}, call 2: {[n for _, n in trace_inner]}",
+        str(trace),
     )
     checks.check(
-        inside_inner is inner and inner.parent is outer,
-        "a session entered inside another becomes current and links to it as its parent",
-        f"inner.parent = {inner.parent.name if inner.parent else None}",
-    )
-    checks.check(
-        after_inner is outer and after_outer is before,
-        "leaving a session restores the previous one (the ContextVar token is reset)",
-        f"after inner: {_seen_name(after_inner)}; after outer: {_seen_name(after_outer)} "
-        f"(before: {_seen_name(before)})",
+        inner.parent is outer and after_inner is outer and after_outer is before,
+        "a nested session links to its parent, and leaving one restores the previous one",
+        f"after inner: {_name(after_inner)}; after outer: {_name(after_outer)}",
     )
     checks.check(
         len(inner_calls) == 1
         and len(outer_calls) == 2
         and inner_calls[0].id in {c.id for c in outer_calls}
-        and all(c.model == MODEL_NAME and c.status == "ok" for c in outer_calls),
-        "the inner call is charged to the inner session AND rolled up into the outer one",
-        f"inner: {len(inner_calls)} call, outer: {len(outer_calls)} calls ({MODEL_NAME})",
-    )
-    checks.check(
-        outer.usage.total_tokens == sum(c.usage.total_tokens for c in outer_calls)
-        and inner.usage.total_tokens == inner_calls[0].usage.total_tokens
+        and all(c.model == MODEL_NAME and c.status == "ok" for c in outer_calls)
+        and outer.usage.total_tokens == sum(c.usage.total_tokens for c in outer_calls)
         and outer.usage.total_tokens > inner.usage.total_tokens > 0,
-        "the outer session's tokens are its own call's plus the inner session's",
+        "the inner call is charged to the inner session AND rolled up into the outer one",
         f"outer {outer.usage.total_tokens} = "
         f"{' + '.join(str(c.usage.total_tokens) for c in outer_calls)}",
     )
     checks.check(
-        [p.prompt for p in rec.pairs]
-        == [
-            f"{question_1} Answer in one short sentence.",
-            f"{question_2} Answer in one short sentence.",
-        ]
+        [p.prompt for p in rec.pairs] == [f"{q} Answer in one short sentence." for q in questions]
         and [(p.response or "").strip() for p in rec.pairs] == [answer_1, answer_2],
         "llmctx.record() captured both prompt/response pairs, the nested session's included",
         f"{len(rec)} pairs",
     )
-
+    checks.check(
+        [p.prompt for p in inner_rec.pairs] == [f"{questions[1]} Answer in one short sentence."],
+        "a nested llmctx.record() captures only its own block's call (it resets its token)",
+        f"{len(inner_rec)} pair",
+    )
     inner_row, outer_row = rows.get(inner.id), rows.get(outer.id)
-    stored_by_id = {c.id: c for c in stored_calls}
     checks.check(
         inner_row is not None
         and outer_row is not None
         and inner_row.parent_id == outer.id
         and outer_row.usage == outer.usage
-        and outer_row.status == inner_row.status == "completed"
-        and len(stored_calls) == 2
-        and all(c.id in stored_by_id and stored_by_id[c.id].usage == c.usage for c in outer_calls)
         and [c.session_id for c in stored_calls] == [outer.id, inner.id],
-        "the SQLite store holds both calls with their usage, the inner row points at its "
-        "parent, and the parent's row holds the rolled-up total",
-        f"{len(rows)} session rows, {len(stored_calls)} calls; outer row: "
-        f"{outer_row.usage.requests if outer_row else '?'} requests, "
-        f"{outer_row.usage.total_tokens if outer_row else '?'} tokens",
+        "the SQLite store holds both calls; the inner row points at its parent, whose row "
+        "holds the rolled-up total",
+        f"{len(rows)} session rows, {len(stored_calls)} calls",
     )
 
-    # ------------------------------------------------------------ 2. asyncio tasks
-    section("2. asyncio tasks inherit the session (FakeModel: 10 calls, no real model)")
-    note(
-        "The next sections need many calls, so they use llmctx.testing.FakeModel: it answers "
-        "instantly but goes through the same charge path as the local model (budgets, "
-        "sessions, recorders, stores). Its tokens are whitespace-separated words.",
-        title="FakeModel from here on",
-        style="yellow",
-    )
-    fake = FakeModel(reply="ok")
 
+# ---------------------------------------------------------------- 4. asyncio tasks
+
+
+async def _tasks_demo(fake: FakeModel) -> tuple[list[str | None], str | None, str | None]:
     async def one_task(i: int) -> str | None:
-        await fake.acomplete(f"task {i} says hello", max_tokens=4)
+        await fake.acomplete(f"task {i}", max_tokens=2)
         return _seen()
 
-    async def task_with_own_session(
-        opened: asyncio.Event, release: asyncio.Event
-    ) -> tuple[str | None, llmctx.Session]:
-        async with llmctx.session("04-task-child") as child:
-            await fake.acomplete("first call of the child session", max_tokens=4)
+    opened, release = asyncio.Event(), asyncio.Event()
+
+    async def task_with_own_session() -> str | None:
+        async with llmctx.session("04-task-child"):
+            await fake.acomplete("child call", max_tokens=2)
             opened.set()
             await release.wait()  # the parent looks at its own context meanwhile
-            await fake.acomplete("second call of the child session", max_tokens=4)
-            inside = _seen()
-        return inside, child
+            return _seen()
 
-    async def tasks_demo() -> tuple[list[str | None], str | None, llmctx.Session, str | None]:
-        # asyncio.create_task (and gather, TaskGroup) copies the creating task's context.
-        seen = await asyncio.gather(*(one_task(i) for i in range(8)))
-        opened, release = asyncio.Event(), asyncio.Event()
-        child_task = asyncio.create_task(task_with_own_session(opened, release))
-        await opened.wait()
-        parent_meanwhile = _seen()
-        release.set()
-        seen_in_child, child = await child_task
-        return list(seen), seen_in_child, child, parent_meanwhile
+    # asyncio.create_task (and gather, TaskGroup) copies the creating task's context.
+    seen = await asyncio.gather(*(one_task(i) for i in range(8)))
+    child = asyncio.create_task(task_with_own_session())
+    await opened.wait()
+    parent_meanwhile = _seen()
+    release.set()
+    return list(seen), await child, parent_meanwhile
 
+
+def asyncio_tasks(checks: Checks, fake: FakeModel) -> None:
+    section("4. asyncio tasks copy the context when they are created (FakeModel)")
     with llmctx.session("04-tasks", store="memory:") as tasks_session:
-        sent_before = fake.requests_sent
-        task_seen, child_seen, child, parent_meanwhile = asyncio.run(tasks_demo())
-        sent = fake.requests_sent - sent_before
-
-    t = Table(title="asyncio tasks started inside session '04-tasks'")
-    for col in ("task", "current_session() in the task"):
-        t.add_column(col)
-    for i, name in enumerate(task_seen):
-        t.add_row(f"one_task({i})", str(name))
-    t.add_row("task_with_own_session, inside its own `async with`", str(child_seen))
-    t.add_row("the parent task, at the same moment", str(parent_meanwhile))
-    console.print(t)
+        task_seen, child_seen, parent_meanwhile = asyncio.run(_tasks_demo(fake))
     console.print(
-        f"'04-tasks' holds {tasks_session.usage.requests} calls "
-        f"(8 from the tasks + {child.usage.requests} rolled up from '04-task-child')"
+        f"  8 tasks started inside '04-tasks' saw {sorted(set(map(str, task_seen)))}; "
+        f"all {tasks_session.usage.requests} calls were\n"
+        f"  charged. A task that opened its own session saw {child_seen!r}\n"
+        f"  while its parent task, at the same moment, still saw {parent_meanwhile!r}."
     )
     checks.check(
-        task_seen == ["04-tasks"] * 8 and tasks_session.usage.requests == sent == 10,
-        "every asyncio task saw the session it was created in, and all 10 calls were charged",
-        f"{task_seen.count('04-tasks')}/8 tasks, {tasks_session.usage.requests} calls charged",
+        task_seen == ["04-tasks"] * 8 and tasks_session.usage.requests == 9,
+        "every asyncio task saw the session it was created in, and all 9 calls were charged",
+        f"{task_seen.count('04-tasks')}/8 tasks, {tasks_session.usage.requests} charged",
     )
     checks.check(
-        child.parent is tasks_session
-        and child.usage.requests == 2
-        and child_seen == "04-task-child"
-        and parent_meanwhile == "04-tasks",
-        "a session opened inside a task nests under the task's session and never leaks into "
-        "the parent task (each task has its own copy of the context)",
-        f"child.parent = {child.parent.name if child.parent else None}",
+        child_seen == "04-task-child" and parent_meanwhile == "04-tasks",
+        "a session opened inside a task never leaks into the parent task (each task has its "
+        "own copy of the context)",
+        f"child {child_seen!r}, parent {parent_meanwhile!r}",
     )
 
-    # ------------------------------------------------------------ 3. threads
-    section("3. Threads start with an empty context (FakeModel)")
-    note(
-        "A new threading.Thread starts with a fresh, empty context: llmctx.current_session() "
-        "is None there, and its model calls are charged to nobody. llmctx.wrap(fn) binds fn to "
-        "a copy of the caller's context; llmctx.ContextThreadPoolExecutor does it for every "
-        "submitted task. (asyncio.to_thread and loop.run_in_executor(None, llmctx.wrap(fn)) "
-        "carry it too.)",
-        title="Threads do not inherit",
+
+# ---------------------------------------------------------------- 5. threads
+
+
+def thread_inherits_context() -> bool:
+    """Whether a new ``threading.Thread`` starts with a copy of its starter's context.
+
+    Python 3.14 added ``sys.flags.thread_inherit_context``: true by default on free-threaded
+    builds, false on the default (GIL) build, set by ``-X thread_inherit_context=1`` or
+    ``PYTHON_THREAD_INHERIT_CONTEXT=1``. Before 3.14 the flag does not exist and a thread
+    always starts with an empty context.
+    """
+    return bool(getattr(sys.flags, "thread_inherit_context", 0))
+
+
+def threads(checks: Checks, fake: FakeModel) -> None:
+    section("5. Threads: an empty context, or a copy, depending on build and flags")
+    inherits = thread_inherits_context()
+    console.print(
+        "Up to 3.13 a new threading.Thread starts with an empty context. From 3.14,\n"
+        "sys.flags.thread_inherit_context=1 (the free-threaded build's default, or\n"
+        "-X thread_inherit_context=1) starts it with a copy of the context that called\n"
+        "start(); 0 (the default build's default) starts it empty.\n"
+        f"Here: Python {sys.version_info.major}.{sys.version_info.minor}, flag "
+        f"{getattr(sys.flags, 'thread_inherit_context', 'absent')}: "
+        f"[bold]{'a copy' if inherits else 'empty'}[/bold]. "
+        "llmctx.wrap(fn) and\nllmctx.ContextThreadPoolExecutor carry it on every version:"
     )
 
     def call_in_thread(label: str) -> str | None:
-        fake.complete(f"a call from {label}", max_tokens=3)
-        return _seen()  # what this thread sees
+        fake.complete(f"a call from {label}", max_tokens=2)
+        return _seen()
 
     results: dict[str, str | None] = {}
 
-    def thread_target(label: str) -> None:
+    def target(label: str) -> None:
         results[label] = call_in_thread(label)
 
-    with llmctx.session("04-threads", store="memory:") as threads_session:
-        rows_t: list[tuple[str, str | None, int]] = []
+    def plain_thread() -> str | None:
+        thread = threading.Thread(target=target, args=("plain",))
+        thread.start()
+        thread.join()
+        return results.pop("plain")
 
-        def charged_since(start: int) -> int:
-            return threads_session.usage.requests - start
+    def wrapped_thread() -> str | None:
+        thread = threading.Thread(target=llmctx.wrap(target), args=("wrapped",))
+        thread.start()
+        thread.join()
+        return results.pop("wrapped")
 
-        start = threads_session.usage.requests
-        plain = threading.Thread(target=thread_target, args=("plain thread",))
-        plain.start()
-        plain.join()
-        rows_t.append(("Thread(target=fn)", results["plain thread"], charged_since(start)))
+    def pool_of(pool_type: type[ThreadPoolExecutor]) -> str | None:
+        with pool_type(max_workers=2) as pool:
+            seen = set(pool.map(call_in_thread, ["pool"] * 4))
+        return seen.pop() if len(seen) == 1 else str(seen)
 
-        start = threads_session.usage.requests
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            plain_pool = list(pool.map(call_in_thread, ["plain pool"] * 4))
-        rows_t.append(("ThreadPoolExecutor.map (4 calls)", plain_pool[0], charged_since(start)))
-
-        start = threads_session.usage.requests
-        wrapped = threading.Thread(target=llmctx.wrap(thread_target), args=("wrapped thread",))
-        wrapped.start()
-        wrapped.join()
-        rows_t.append(
+    rows: list[tuple[str, str | None, int]] = []
+    with llmctx.session("04-threads", store="memory:") as s:
+        for how, start in (
+            ("Thread(target=fn)", plain_thread),
+            ("Thread(target=llmctx.wrap(fn))", wrapped_thread),
+            ("ThreadPoolExecutor (4 calls)", lambda: pool_of(ThreadPoolExecutor)),
             (
-                "Thread(target=llmctx.wrap(fn))",
-                results["wrapped thread"],
-                charged_since(start),
-            )
-        )
-
-        start = threads_session.usage.requests
-        with llmctx.ContextThreadPoolExecutor(max_workers=2) as cpool:
-            ctx_pool = list(cpool.map(call_in_thread, ["context pool"] * 4))
-        rows_t.append(
-            (
-                "llmctx.ContextThreadPoolExecutor.map (4 calls)",
-                ctx_pool[0],
-                charged_since(start),
-            )
-        )
-
-    tt = Table(title="Inside session '04-threads': what the thread saw, and what was charged")
-    for col in ("thread started with", "current_session() there", "charged"):
-        tt.add_column(col)
-    for how, seen_name, charged in rows_t:
+                "llmctx.ContextThreadPoolExecutor (4 calls)",
+                lambda: pool_of(llmctx.ContextThreadPoolExecutor),
+            ),
+        ):
+            n = s.usage.requests
+            seen_name = start()
+            rows.append((how, seen_name, s.usage.requests - n))
+    for how, seen_name, charged in rows:
         style = "red" if seen_name is None else "green"
-        tt.add_row(how, f"[{style}]{seen_name}[/{style}]", str(charged))
-    console.print(tt)
-
+        console.print(f"  {how:<43} sees [{style}]{seen_name}[/{style}], charged {charged}")
+    plain_expected = "04-threads" if inherits else None
     checks.check(
-        results["plain thread"] is None
-        and plain_pool == [None] * 4
-        and rows_t[0][2] == 0
-        and rows_t[1][2] == 0,
-        "a plain thread (or plain ThreadPoolExecutor) sees None and its calls are charged to "
-        "no session",
-        f"plain thread saw {results['plain thread']}, charged {rows_t[0][2] + rows_t[1][2]}",
+        rows[0][1] == rows[2][1] == plain_expected
+        and rows[0][2] == (1 if inherits else 0)
+        and rows[2][2] == (4 if inherits else 0),
+        "a plain thread (and a plain ThreadPoolExecutor) "
+        + (
+            "inherits the session (thread_inherit_context is on)"
+            if inherits
+            else "sees None and its calls are charged to no session (no thread_inherit_context)"
+        ),
+        f"plain thread saw {rows[0][1]}, charged {rows[0][2] + rows[2][2]}",
     )
     checks.check(
-        results["wrapped thread"] == "04-threads"
-        and ctx_pool == ["04-threads"] * 4
-        and rows_t[2][2] == 1
-        and rows_t[3][2] == 4,
+        rows[1][1] == rows[3][1] == "04-threads" and rows[1][2] == 1 and rows[3][2] == 4,
         "llmctx.wrap and llmctx.ContextThreadPoolExecutor carry the session into threads; "
         "their calls are charged",
-        f"wrap: {rows_t[2][2]} charged, ContextThreadPoolExecutor: {rows_t[3][2]} charged",
+        f"wrap: {rows[1][2]} charged, ContextThreadPoolExecutor: {rows[3][2]} charged",
     )
 
-    # ------------------------------------------------------------ 4. the PromptRecorder
-    section("4. llmctx.record(): the blog post's PromptRecorder")
-    note(
-        "PromptRecorder()         ->  llmctx.record()\n"
-        "with recorder: bot(...)  ->  with llmctx.record() as rec: model(...)\n"
-        "autorecord(p, r)         ->  done by the instrumented client on every call\n"
-        "recorder's pairs         ->  rec.pairs (prompt, response, model, usage, cost), "
-        "rec.table()\n\n"
-        "Unlike the post's version (which sets the variable to None on exit), llmctx resets "
-        "the ContextVar with its token, so recorders nest: each sees the calls of its own block.",
-        title="From the post to llmctx",
-    )
-    console.print(rec.table(width=50))
 
-    with llmctx.record() as everything:
-        fake.complete("first prompt to the bot", max_tokens=4)
-        with llmctx.record() as only_this:
-            fake.complete("second prompt to the bot", max_tokens=4)
-        fake.complete("third prompt to the bot", max_tokens=4)
-    console.print(
-        f"outer recorder: {len(everything)} pairs {[p.prompt for p in everything.pairs]}\n"
-        f"inner recorder: {len(only_this)} pair  {[p.prompt for p in only_this.pairs]}"
-    )
-    checks.check(
-        [p.prompt for p in everything.pairs]
-        == ["first prompt to the bot", "second prompt to the bot", "third prompt to the bot"]
-        and [p.prompt for p in only_this.pairs] == ["second prompt to the bot"],
-        "nested recorders: the outer one captured all three calls, the inner one only its own",
-        f"outer {len(everything)}, inner {len(only_this)}",
-    )
+def _runs(names: list[str | None]) -> str:
+    return ", ".join(sorted({str(n) for n in names})) + f" ({len(names)} frames)"
+
+
+def _name(s: llmctx.Session | None) -> str:
+    return "None" if s is None else repr(s.name)
+
+
+def main() -> None:
+    """The module, section by section."""
+    header(4, "Smart session", "contextvars: a session reaches code that was never handed it")
+    checks = Checks()
+    # None when run as a script; the runner's own session under `llmctx workshop`.
+    before = llmctx.current_session()
+    blog_recorder(checks)
+    fixed_recorder(checks)
+    llmctx_sessions(checks, before)
+    # FakeModel from here on: many calls, answered at once through the same charge path.
+    fake = FakeModel(reply="ok")
+    asyncio_tasks(checks, fake)
+    threads(checks, fake)
     checks.check(
         llmctx.current_session() is before,
         "after the module no session it opened is still current",
-        f"current_session() = {_seen_name(llmctx.current_session())}",
+        _name(llmctx.current_session()),
     )
     checks.verify()
-
-
-def _seen_name(s: llmctx.Session | None) -> str:
-    return "None" if s is None else repr(s.name)
 
 
 if __name__ == "__main__":
