@@ -177,11 +177,10 @@ def llmctx_sessions(checks: Checks, before: llmctx.Session | None) -> None:
     for question, answer in zip(questions, (answer_1, answer_2), strict=True):
         console.print(f"  {question!r} -> [bold]{escape(repr(answer))}[/bold]")
     reply_note(MAX_TOKENS)
-    if before is not None:
+    if before is not None:  # under `llmctx workshop`
         console.print(
-            f"[dim]Under `llmctx workshop` your root '04-outer' sits inside the runner's "
-            f"'{before.name}',\nwhich counts each module's calls; the tree starts at your "
-            "root:[/dim]"
+            f"[dim]04-outer sits in the runner's '{before.name}', which counts each module's "
+            "calls:[/dim]"
         )
     parts = " + ".join(str(c.usage.total_tokens) for c in outer.calls)
     console.print(
