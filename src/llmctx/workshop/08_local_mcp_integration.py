@@ -1,13 +1,15 @@
-"""08. Local MCP integration: a fleet of real MCP servers from one config, with nothing leaked.
+"""08. Local MCP integration: real MCP servers, from a leak to a fleet with nothing leaked.
 
-A config with ``dev`` and ``prod`` profiles is written at run time (``${VAR}`` expansion
-included) and two real MCP servers built on the official SDK (notes on SQLite, read-only
-files) are started from it by :class:`llmctx.mcp.Hub`. First the bad way: a server started by
-hand, an exception before the cleanup line, and a process left behind, counted with psutil
-(then reaped here so nothing really leaks). Then the good way: ``async with
-Hub.from_config(...)``, tool calls charged to the current llmctx session as calls of kind
-``tool``, the ``prod`` profile's narrower tool set, an exception inside the hub's block, and no
-process left behind in either case.
+Four steps, each on real server processes built on the official ``mcp`` SDK (notes on
+SQLite, read-only files) and counted with psutil. First the bad way: a server started by
+hand, an exception before the cleanup line, and a process left behind (then reaped here, so
+nothing really leaks). Then try/finally, which fixes that one process. Then a hand-written
+``@asynccontextmanager`` around the SDK's ``stdio_client`` and ``ClientSession`` for one
+server: the handshake, the calls and the teardown in one ``async with``. Then
+:class:`llmctx.mcp.Hub` for many: a config with ``dev`` and ``prod`` profiles (``${VAR}``
+expansion included), servers started concurrently, tool calls charged to the current llmctx
+session as calls of kind ``tool``, and the local model choosing a tool under a JSON schema
+that allows only the hub's real tool names, so ``hub.dispatch`` really runs it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
+from mcp.client.stdio import stdio_client
 from rich.markup import escape
 from rich.syntax import Syntax
-from rich.table import Table
 
 import llmctx
 from llmctx.mcp import Hub, MCPConfigError, ToolNotFound, load_config, result_text
@@ -34,30 +37,57 @@ from llmctx.workshop._common import (
     child_processes,
     console,
     header,
-    note,
+    reply_note,
     run,
     section,
     temp_store,
 )
+from mcp import ClientSession, StdioServerParameters
 
 README_TEXT = "llmctx workshop: this file is served by the files MCP server.\n"
+WIDTH = 78  # the config is laid out to fit an 80-column terminal
+PICK_MAX_TOKENS = 24
+PICK_QUESTION = "Which tool lists the notes?"
 
-# The bad version, shown as it is run. It reads like harmless code: the error is one line
-# between "start" and "stop", and nothing guarantees the stop.
+# The bad version, as it reads: the error is one line between "start" and "stop", and
+# nothing guarantees the stop.
 BAD_SOURCE = """\
-def start_notes_by_hand(script, db, settings):
-    proc = subprocess.Popen([sys.executable, script, db],
-                            stdin=PIPE, stdout=PIPE, stderr=DEVNULL)
-    timeout = float(settings["callTimeout"])  # KeyError: terminate() never runs
-    proc.terminate()
-"""
+proc = subprocess.Popen([sys.executable, script, db], stdin=PIPE, stdout=PIPE)
+timeout = float(settings["callTimeout"])  # KeyError: terminate() never runs
+proc.terminate()"""
 
-GOOD_SOURCE = """\
-async with Hub.from_config(config_path, profile="dev", environ=env) as hub:
+FINALLY_SOURCE = """\
+proc = subprocess.Popen([sys.executable, script, db], stdin=PIPE, stdout=PIPE)
+try:
+    timeout = float(settings["callTimeout"])  # the same KeyError
+finally:
+    proc.terminate(); proc.wait()             # runs on the way out"""
+
+ONE_SERVER_SOURCE = """\
+@asynccontextmanager
+async def notes_session(db):
+    params = StdioServerParameters(command=sys.executable, args=[script, db])
+    async with stdio_client(params) as (read, write), \\
+               ClientSession(read, write) as session:
+        await session.initialize()
+        yield session"""
+
+HUB_SOURCE = """\
+async with Hub.from_config("mcp.json", profile="dev", environ=env) as hub:
     await hub.call("notes.add_note", {"title": ..., "body": ...})
-    await hub.call("files.read_file", {"path": "README.txt"})
-# here every server's process group is gone: after success, error or cancel
-"""
+# every server's process group is gone here: after success, error or cancel"""
+
+
+# ---------------------------------------------------------------- 1 and 2: by hand
+
+
+def _popen_notes(script: Path, db: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(script), db],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def start_notes_by_hand(
@@ -68,16 +98,25 @@ def start_notes_by_hand(
     ``spawned`` is this demo's own bookkeeping, so that the workshop can reap what the bad
     code leaked; real code of this shape simply loses the process.
     """
-    proc = subprocess.Popen(
-        [sys.executable, str(script), db],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _popen_notes(script, db)
     spawned.append(proc)
     timeout = float(settings["callTimeout"])  # raises KeyError: the cleanup never runs
     proc.terminate()  # pragma: no cover - never reached, which is the point
     del timeout
+
+
+def start_notes_with_finally(
+    script: Path, db: str, settings: Mapping[str, Any], spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    """Better: the same error, but ``finally`` terminates and reaps the process."""
+    proc = _popen_notes(script, db)
+    spawned.append(proc)
+    try:
+        timeout = float(settings["callTimeout"])  # the same KeyError
+        del timeout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def reap(procs: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -96,21 +135,97 @@ def child_pids() -> set[int]:
     return {p.pid for p in child_processes()}
 
 
+def by_hand(checks: Checks) -> None:
+    section("1. BAD: a server started by hand, an exception before the cleanup")
+    console.print(Syntax(BAD_SOURCE, "python"))
+    spawned: list[subprocess.Popen[bytes]] = []
+    before = child_pids()
+    try:
+        start_notes_by_hand(path_of("notes"), ":memory:", {}, spawned)
+    except KeyError as exc:
+        console.print(f"the caller caught [red]KeyError({exc})[/red] and carried on; ", end="")
+    leaked = child_pids() - before
+    console.print(
+        f"[bold red]{len(leaked)}[/bold red] server process\nis still running "
+        f"(pid {', '.join(map(str, sorted(leaked)))}), waiting on a pipe nobody reads."
+    )
+    checks.check(
+        leaked == {p.pid for p in spawned} and len(leaked) == 1,
+        "the bad version leaked exactly the one process it started",
+        f"leaked pids {sorted(leaked)}",
+    )
+    reap(spawned)  # the workshop cleans up after the bad example itself
+    checks.check(not (leaked & child_pids()), "after reaping by pid, the leaked process is gone")
+
+    section("2. try/finally: the cleanup runs on the way out")
+    console.print(Syntax(FINALLY_SOURCE, "python"))
+    spawned.clear()
+    before = child_pids()
+    with suppress(KeyError):
+        start_notes_with_finally(path_of("notes"), ":memory:", {}, spawned)
+    left = child_pids() - before
+    console.print(
+        f"the same KeyError, and {len(left)} processes left (pid {spawned[0].pid} exited with "
+        f"{spawned[0].returncode}).\nThat fixes one process; an MCP client has more to undo "
+        "(its session, task groups)."
+    )
+    checks.check(
+        len(spawned) == 1 and not left and spawned[0].returncode is not None,
+        "with try/finally the same error leaves no process behind",
+        f"returncode {spawned[0].returncode if spawned else None}",
+    )
+    reap(spawned)  # closes the pipes
+
+
+# ---------------------------------------------------------------- 3: one server, by hand
+
+
+@asynccontextmanager
+async def notes_session(db: str) -> AsyncIterator[ClientSession]:
+    """One notes server over stdio, initialized; stopped and reaped when the block exits."""
+    params = StdioServerParameters(command=sys.executable, args=[str(path_of("notes")), db])
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+async def one_server(checks: Checks) -> None:
+    section("3. One server: @asynccontextmanager around stdio_client + ClientSession")
+    console.print(Syntax(ONE_SERVER_SOURCE, "python"))
+    before = child_pids()
+    async with notes_session(":memory:") as session:
+        inside = child_pids() - before
+        tools = [t.name for t in (await session.list_tools()).tools]
+        added = structured(await session.call_tool("add_note", {"title": "hi", "body": "x"}))
+    after = child_pids() - before
+    console.print(
+        f"inside: {len(inside)} server process, {len(tools)} tools ({', '.join(tools[:2])}, "
+        f"...);\nadd_note -> {json.dumps(added)}; after the block: {len(after)} processes"
+    )
+    checks.check(
+        len(inside) == 1
+        and not after
+        and "add_note" in tools
+        and added == {"id": 1, "title": "hi"},
+        "the hand-written manager started one server, talked MCP to it, and left no process",
+        f"inside {sorted(inside)}, after {sorted(after)}",
+    )
+
+
+# ---------------------------------------------------------------- 4: many, the hub
+
+
 def write_config(tmp: Path) -> Path:
     """Write the mcpServers config with its two profiles; return its path."""
     notes, files = str(path_of("notes")), str(path_of("files"))
     config: dict[str, Any] = {
         "mcpServers": {
-            "notes": {
-                "command": sys.executable,
-                "args": [notes, "${NOTES_DB:-:memory:}"],
-                "timeout": 30,
-            },
+            # Startup timeout: the default 60 s; files' calls time out after 10 s.
+            "notes": {"command": sys.executable, "args": [notes, "${NOTES_DB:-:memory:}"]},
             "files": {
                 "command": sys.executable,
-                "args": [files, "${WORKSHOP_DIR}/docs"],
-                "timeout": 30,
                 "callTimeout": 10,
+                "args": [files, "${WORKSHOP_DIR}/docs"],
             },
         },
         "profiles": {
@@ -130,64 +245,39 @@ def write_config(tmp: Path) -> Path:
     return path
 
 
+def compact_json(value: Any, indent: int = 0, width: int = WIDTH, key: str = "") -> list[str]:
+    """``value`` as JSON lines no wider than ``width``: one line where it fits, else split."""
+    pad = " " * indent
+    head = f"{pad}{json.dumps(key)}: " if key else pad
+    one = head + json.dumps(value)
+    if len(one) <= width or not isinstance(value, dict | list) or not value:
+        return [one]
+    if isinstance(value, dict):
+        opening, closing = "{", "}"
+        items = [compact_json(v, indent + 2, width, k) for k, v in value.items()]
+    else:
+        opening, closing = "[", "]"
+        items = [compact_json(v, indent + 2, width) for v in value]
+    # Consecutive one-line items share a line while it fits: valid JSON, fewer lines.
+    lines = [head + opening]
+    packed = False
+    for i, item in enumerate(items):
+        text = [*item[:-1], item[-1] + ("," if i < len(items) - 1 else "")]
+        joined = f"{lines[-1]} {text[0].lstrip()}"
+        if len(text) == 1 and packed and len(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines += text
+        packed = len(text) == 1
+    return [*lines, pad + closing]
+
+
 def show_config(path: Path) -> str:
-    """The config file as written, one server or profile per line, local paths shortened."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    lines = ["{"]
-    for i, key in enumerate(("mcpServers", "profiles")):
-        lines.append(f'  "{key}": {{')
-        items = list(raw[key].items())
-        for j, (name, entry) in enumerate(items):
-            comma = "," if j < len(items) - 1 else ""
-            lines.append(f'    "{name}": {json.dumps(entry)}{comma}')
-        lines.append("  }" + ("," if i == 0 else ""))
-    lines.append("}")
-    text = "\n".join(lines)
-    return text.replace(sys.executable, "python").replace(
-        str(path_of("notes").parent), "<llmctx>/mcp/examples"
-    )
-
-
-def profile_table(config_path: Path, environ: Mapping[str, str]) -> tuple[Table, dict[str, Any]]:
-    """Resolve both profiles and tabulate what each would start."""
-    table = Table(title="Profiles resolved from mcp.json")
-    for col in ("profile", "server", "last arg (after ${VAR})", "tool filter", "callTimeout"):
-        table.add_column(col, overflow="fold")
-    resolved: dict[str, Any] = {}
-    for profile in ("dev", "prod"):
-        cfg = load_config(config_path, profile=profile, environ=environ)
-        resolved[profile] = cfg
-        for server in cfg.enabled():
-            filters = []
-            if server.include is not None:
-                filters.append(f"include {list(server.include)}")
-            if server.exclude:
-                filters.append(f"exclude {list(server.exclude)}")
-            table.add_row(
-                profile,
-                server.name,
-                server.args[-1],
-                ", ".join(filters) or "all",
-                "-" if server.call_timeout is None else f"{server.call_timeout:g}s",
-            )
-    return table, resolved
-
-
-def status_table(hub: Hub, title: str) -> Table:
-    """Tabulate hub.status(): state, start time, pid and tools of every server."""
-    table = Table(title=title)
-    for col in ("server", "state", "started in", "pid", "tools"):
-        table.add_column(col)
-    for name, st in hub.status().items():
-        tools = ", ".join(t.name for t in hub.tools() if t.server == name)
-        table.add_row(
-            name,
-            str(st.state),
-            "-" if st.startup_seconds is None else f"{st.startup_seconds:.2f}s",
-            str(st.pid),
-            tools,
-        )
-    return table
+    """The config file as written, laid out to fit, local paths shortened."""
+    raw = path.read_text(encoding="utf-8")
+    raw = raw.replace(json.dumps(sys.executable)[1:-1], "python")
+    raw = raw.replace(json.dumps(str(path_of("notes").parent))[1:-1], "<examples>")
+    return "\n".join(compact_json(json.loads(raw)))
 
 
 def structured(result: Any) -> Any:
@@ -208,269 +298,244 @@ async def wait_for_resources(hub: Hub, count: int, limit: float = 5.0) -> list[s
     return [str(r.uri) for _, r in hub.resources()]
 
 
+def config_and_profiles(checks: Checks, config_path: Path, env: dict[str, str]) -> None:
+    section("4. Many servers: one config, two profiles, ${VAR} expansion, llmctx.mcp.Hub")
+    console.print(Syntax(show_config(config_path), "json"))
+    try:
+        load_config(config_path, profile="prod", environ=env)
+        prod_error = ""
+    except MCPConfigError as exc:
+        prod_error = str(exc)
+    console.print(
+        "prod without PROD_NOTES_DB fails before anything starts:\n"
+        + "\n".join(f"  [red]{escape(part)}[/red]" for part in prod_error.split("; "))
+    )
+    checks.check(
+        "PROD_NOTES_DB" in prod_error and "mcpServers.notes.args" in prod_error,
+        "an unset ${VAR} is a config error naming the server and field",
+        prod_error[:80],
+    )
+    env["PROD_NOTES_DB"] = env["NOTES_DB"]  # prod reads the notes dev will write
+    dev = load_config(config_path, profile="dev", environ=env)
+    prod = load_config(config_path, profile="prod", environ=env)
+    checks.check(
+        dev.servers["notes"].args[-1] == env["NOTES_DB"]
+        and dev.servers["files"].args[-1] == f"{env['WORKSHOP_DIR']}/docs",
+        "${NOTES_DB} and ${WORKSHOP_DIR} expanded from the given environment",
+    )
+    checks.check(
+        list(prod.servers) == ["notes"] and prod.servers["notes"].exclude == ("add_*", "delete_*"),
+        "prod selects only notes, with add_* and delete_* excluded (read-only)",
+    )
+
+
+async def dev_hub(checks: Checks, config_path: Path, env: dict[str, str], base: set[int]) -> None:
+    console.print(Syntax(HUB_SOURCE, "python"))
+    console.print(
+        "Over notes_session in a loop, the hub adds: concurrent start, one owner task\n"
+        "per server, restarts, process-group kill, tool names prefixed by server."
+    )
+    with temp_store() as store, llmctx.session("workshop-08-mcp", store=store) as s:
+        notifications: list[str] = []
+
+        async def on_message(message: Any) -> None:
+            # Observer: the hub forwards every server notification it receives.
+            method = getattr(message, "method", None)
+            if isinstance(method, str):
+                notifications.append(method)
+
+        hub = Hub.from_config(config_path, profile="dev", environ=env, message_handler=on_message)
+        async with hub:
+            dev_pids = {st.pid for st in hub.status().values() if st.pid is not None}
+            states = {name: str(st.state) for name, st in hub.status().items()}
+            console.print(f"dev hub: {states}, {len(hub.tools())} tools, pids {sorted(dev_pids)}")
+            checks.check(
+                set(states.values()) == {"ready"}
+                and len(dev_pids) == 2
+                and dev_pids <= child_pids(),
+                "dev: both servers ready, each a live child process",
+                f"pids {sorted(dev_pids)}",
+            )
+            first = await hub.call("notes.add_note", {"title": "ship it", "body": "after checks"})
+            second = await hub.call("notes.add_note", {"title": "tests", "body": "real ones"})
+            listed = structured(await hub.call("notes.list_notes"))
+            readme = await hub.call("files.read_file", {"path": "README.txt"})
+            outside = await hub.call("files.read_file", {"path": "../secret.txt"})
+            uris = await wait_for_resources(hub, 2)
+            console.print(
+                f"  notes.add_note x2 -> ids {structured(first)['id']}, {structured(second)['id']};"
+                f" notes.list_notes -> ids {[n['id'] for n in listed]}\n"
+                f"  files.read_file README.txt -> {escape(repr(result_text(readme)[:36]))}...\n"
+                f"  files.read_file ../secret.txt -> isError={outside.is_error} (outside the "
+                "served root)\n"
+                f"  {notifications.count('notifications/resources/list_changed')} list_changed "
+                f"notifications; resources re-listed: {uris}"
+            )
+            checks.check(
+                structured(first) == {"id": 1, "title": "ship it"}
+                and structured(second) == {"id": 2, "title": "tests"}
+                and listed == [{"id": 2, "title": "tests"}, {"id": 1, "title": "ship it"}],
+                "notes.add_note returned ids 1 and 2; notes.list_notes both, newest first",
+                json.dumps(listed),
+            )
+            checks.check(
+                result_text(readme) == README_TEXT
+                and not readme.is_error
+                and outside.is_error
+                and "outside the served root" in result_text(outside),
+                "files.read_file returned the file's exact text and refused a path outside its "
+                "root (isError)",
+            )
+            checks.check(
+                uris == ["note://1", "note://2"]
+                and notifications.count("notifications/resources/list_changed") == 2,
+                "each add_note's list_changed notification made the hub re-list resources",
+                f"{len(notifications)} notification(s)",
+            )
+            await model_picks_a_tool(checks, hub, s)
+        after_dev = child_pids()
+        tool_calls = [(c.model, c.status) for c in s.calls if c.kind == "tool"]
+        stored = [(c.model, c.status) for c in store.list_calls([s.id]) if c.kind == "tool"]
+        zero = all(c.usage.total_tokens == 0 and c.cost == 0 for c in s.calls if c.kind == "tool")
+    console.print(
+        f"session {s.name!r}: {len(tool_calls)} calls of kind 'tool', 0 tokens, $0, all "
+        f"stored;\nafter the hub: {len(after_dev - base)} processes"
+    )
+    expected = [
+        ("notes.add_note", "ok"),
+        ("notes.add_note", "ok"),
+        ("notes.list_notes", "ok"),
+        ("files.read_file", "ok"),
+        ("files.read_file", "error"),
+    ]
+    checks.check(
+        tool_calls[: len(expected)] == expected and zero,
+        "every tool call was charged to the session as kind 'tool' (no tokens, $0)",
+        ", ".join(f"{m}:{st}" for m, st in tool_calls),
+    )
+    checks.check(
+        stored == tool_calls,
+        "the tool calls were written through to the SQLite store",
+        f"{len(stored)} stored",
+    )
+    checks.check(
+        not (dev_pids & after_dev) and after_dev - base == set(),
+        "after the dev hub exited no server process remains",
+        f"children now: {sorted(after_dev - base)}",
+    )
+
+
+def tool_choice_schema(names: Sequence[str]) -> dict[str, Any]:
+    """A JSON schema whose only valid documents name one of ``names``."""
+    return {
+        "type": "object",
+        "properties": {"tool": {"type": "string", "enum": list(names)}},
+        "required": ["tool"],
+    }
+
+
+async def model_picks_a_tool(checks: Checks, hub: Hub, s: llmctx.Session) -> None:
+    """The local model picks a tool under a schema of the hub's real names; the hub runs it."""
+    # The names a model sees are the exported ones (server__tool), as in hub.openai_tools().
+    names = [t["function"]["name"] for t in hub.openai_tools()]
+    question = f"Tools: {', '.join(names)}. {PICK_QUESTION} Reply with its name."
+    # llama.cpp turns the schema into a grammar: at each step only tokens that keep the
+    # output valid can be sampled, so the reply is one of the real names, spelled exactly.
+    schema = tool_choice_schema(names)
+    console.print(
+        f"The local model picks the tool for {PICK_QUESTION!r} under\n"
+        'response_format={"type": "json_object", "schema": S}, S naming only real tools:'
+    )
+    # A worker thread keeps the event loop (and the servers' owner tasks) responsive;
+    # anyio copies the context into it, so the call is charged to the session.
+    reply = await anyio.to_thread.run_sync(
+        lambda: ask(
+            question,
+            max_tokens=PICK_MAX_TOKENS,
+            response_format={"type": "json_object", "schema": schema},
+        )
+    )
+    try:
+        picked = str(json.loads(reply)["tool"])
+    except (ValueError, KeyError, TypeError):
+        picked = ""
+    tool_calls_before = sum(1 for c in s.calls if c.kind == "tool")
+    answer = await hub.dispatch({"id": "call-1", "function": {"name": picked, "arguments": "{}"}})
+    dispatched = sum(1 for c in s.calls if c.kind == "tool") - tool_calls_before
+    console.print(
+        f"  model: [bold]{escape(reply)}[/bold] -> hub.dispatch ran {dispatched} call:\n"
+        f"  {escape(' '.join(answer.content.split())[:74])}"
+    )
+    reply_note(PICK_MAX_TOKENS)
+    checks.check(
+        picked in names and dispatched == 1 and not answer.is_error,
+        "the constrained model named a real tool and hub.dispatch really ran it (once)",
+        f"picked {picked!r}, dispatched {dispatched}",
+    )
+
+
+async def prod_hub(checks: Checks, config_path: Path, env: dict[str, str], base: set[int]) -> None:
+    section("5. The prod profile, and an exception inside the hub's block")
+    prod_pids: set[int] = set()
+    add_refused = ""
+    prod_listed: Any = None
+    prod_tools: list[str] = []
+    try:
+        async with Hub.from_config(config_path, profile="prod", environ=env) as prod:
+            prod_pids = {st.pid for st in prod.status().values() if st.pid is not None}
+            prod_tools = [t.qualified for t in prod.tools()]
+            prod_listed = structured(await prod.call("notes.list_notes"))
+            try:
+                await prod.call("notes.add_note", {"title": "x", "body": "y"})
+            except ToolNotFound as exc:
+                add_refused = str(exc)
+            console.print(
+                f"prod tools: {prod_tools}; it reads dev's {len(prod_listed or [])} notes;\n"
+                f"notes.add_note: [yellow]{escape(add_refused.split(';')[0])}[/yellow]"
+            )
+            settings: dict[str, Any] = {}
+            float(settings["callTimeout"])  # the same bug as the bad version
+    except KeyError as exc:
+        console.print(f"the same [red]KeyError({exc})[/red] escaped the hub's block, ", end="")
+    after_prod = child_pids()
+    console.print(
+        f"and {len(after_prod - base)} server\nprocesses remain "
+        f"(prod pid {', '.join(map(str, sorted(prod_pids)))} is gone)."
+    )
+    checks.check(
+        [t["title"] for t in prod_listed or []] == ["tests", "ship it"],
+        "prod's notes server reads the notes dev wrote",
+    )
+    checks.check(
+        "notes.add_note" in add_refused
+        and prod_tools == ["notes.list_notes", "notes.search_notes"],
+        "prod does not expose notes.add_note (excluded by the profile)",
+    )
+    checks.check(
+        len(prod_pids) == 1 and not (prod_pids & after_prod) and not after_prod - base,
+        "after an exception inside the prod hub's block no server process remains",
+    )
+
+
 async def main() -> None:
-    """Run the module: config and profiles, the bad version, the hub, the prod profile."""
-    header(8, "Local MCP integration", "real MCP servers from a config: the bad way, the hub way")
+    """The module, section by section: by hand, try/finally, one manager, the hub."""
+    header(8, "Local MCP integration", "real MCP servers: a leak, try/finally, one manager, a hub")
     checks = Checks()
     baseline = child_pids()
-
+    by_hand(checks)
+    await one_server(checks)
     with tempfile.TemporaryDirectory(prefix="llmctx-mcp-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "docs").mkdir()
         (tmp / "docs" / "README.txt").write_text(README_TEXT, encoding="utf-8")
         (tmp / "secret.txt").write_text("outside the served root\n", encoding="utf-8")
-        notes_db = str(tmp / "notes.db")
         config_path = write_config(tmp)
         # ${VAR} is looked up here (not in os.environ), so the demo changes no global state.
-        env = {"WORKSHOP_DIR": str(tmp), "NOTES_DB": notes_db}
-
-        # ------------------------------------------------------------ config
-        section("1. One config, two profiles, ${VAR} expansion")
-        console.print(Syntax(show_config(config_path), "json", word_wrap=True))
-        try:
-            load_config(config_path, profile="prod", environ=env)
-            prod_error = ""
-        except MCPConfigError as exc:
-            prod_error = str(exc)
-        note(
-            "prod without PROD_NOTES_DB fails before anything starts:\n"
-            f"[red]{escape(prod_error)}[/red]",
-            title="fail fast on an unset variable",
-        )
-        checks.check(
-            "PROD_NOTES_DB" in prod_error and "mcpServers.notes.args" in prod_error,
-            "an unset ${VAR} is a config error naming the server and field",
-            prod_error[:80],
-        )
-        env["PROD_NOTES_DB"] = notes_db  # prod reads the notes dev will write
-        table, resolved = profile_table(config_path, env)
-        console.print(table)
-        dev_notes = resolved["dev"].servers["notes"]
-        checks.check(
-            dev_notes.args[-1] == notes_db
-            and resolved["dev"].servers["files"].args[-1] == f"{tmp}/docs",
-            "${NOTES_DB} and ${WORKSHOP_DIR} expanded from the given environment",
-        )
-        checks.check(
-            list(resolved["prod"].servers) == ["notes"]
-            and resolved["prod"].servers["notes"].exclude == ("add_*", "delete_*"),
-            "prod selects only notes, with add_* and delete_* excluded (read-only)",
-        )
-
-        # ------------------------------------------------------------ bad
-        section("2. BAD: a server started by hand, an exception before the cleanup")
-        console.print(Syntax(BAD_SOURCE, "python"))
-        spawned: list[subprocess.Popen[bytes]] = []
-        before = child_pids()
-        try:
-            start_notes_by_hand(path_of("notes"), ":memory:", {}, spawned)
-        except KeyError as exc:
-            console.print(f"the caller caught [red]KeyError({exc})[/red] and carried on ...")
-        leaked = child_pids() - before
-        console.print(
-            f"... and [bold red]{len(leaked)}[/bold red] server process(es) are still running "
-            f"(pid {', '.join(map(str, sorted(leaked)))}), waiting on a pipe nobody reads."
-        )
-        checks.check(
-            leaked == {p.pid for p in spawned} and len(leaked) == 1,
-            "the bad version leaked exactly the one process it started",
-            f"leaked pids {sorted(leaked)}",
-        )
-        reap(spawned)  # the workshop cleans up after the bad example itself
-        still = child_pids() - baseline
-        checks.check(
-            not (leaked & child_pids()) and not still,
-            "after reaping by pid, no process of the bad version remains",
-        )
-        note(
-            "In a long-lived program (a web server, a notebook) that process lives on until "
-            "the program exits. try/finally fixes this one server; a fleet also needs "
-            "concurrent startup, one owner task per server, group kill, and cleanup on "
-            "cancellation. That is what the hub is.",
-            title="why it leaks",
-            style="red",
-        )
-
-        # ------------------------------------------------------------ good: dev
-        section("3. GOOD: async with Hub.from_config(..., profile='dev')")
-        console.print(Syntax(GOOD_SOURCE, "python"))
-        with temp_store() as store, llmctx.session("workshop-08-mcp", store=store) as s:
-            notifications: list[str] = []
-
-            async def on_message(message: Any) -> None:
-                # Observer: the hub forwards every server notification it receives.
-                method = getattr(message, "method", None)
-                if isinstance(method, str):
-                    notifications.append(method)
-
-            hub = Hub.from_config(
-                config_path, profile="dev", environ=env, message_handler=on_message
-            )
-            dev_pids: set[int] = set()
-            async with hub:
-                console.print(status_table(hub, "dev hub: both servers started concurrently"))
-                dev_pids = {st.pid for st in hub.status().values() if st.pid is not None}
-                checks.check(
-                    all(str(st.state) == "ready" for st in hub.status().values())
-                    and len(dev_pids) == 2
-                    and dev_pids <= child_pids(),
-                    "dev: both servers ready, each a live child process",
-                    f"pids {sorted(dev_pids)}",
-                )
-                first = await hub.call(
-                    "notes.add_note", {"title": "ship it", "body": "after the checks pass"}
-                )
-                second = await hub.call("notes.add_note", {"title": "tests", "body": "real ones"})
-                listed = structured(await hub.call("notes.list_notes"))
-                readme = await hub.call("files.read_file", {"path": "README.txt"})
-                outside = await hub.call("files.read_file", {"path": "../secret.txt"})
-                uris = await wait_for_resources(hub, 2)
-
-                calls = Table(title="Tool calls through the hub")
-                for col in ("call", "result", "isError"):
-                    calls.add_column(col, overflow="fold")
-                calls.add_row("notes.add_note", json.dumps(structured(first)), str(first.is_error))
-                calls.add_row(
-                    "notes.add_note", json.dumps(structured(second)), str(second.is_error)
-                )
-                calls.add_row("notes.list_notes", json.dumps(listed), "False")
-                calls.add_row("files.read_file README.txt", result_text(readme).strip(), "False")
-                calls.add_row("files.read_file ../secret.txt", result_text(outside), "True")
-                console.print(calls)
-                console.print(f"notifications received: {escape(str(notifications))}")
-                console.print(f"resources after the hub re-listed: {escape(str(uris))}")
-
-                checks.check(
-                    structured(first) == {"id": 1, "title": "ship it"}
-                    and structured(second) == {"id": 2, "title": "tests"},
-                    "notes.add_note returned ids 1 and 2",
-                )
-                checks.check(
-                    listed == [{"id": 2, "title": "tests"}, {"id": 1, "title": "ship it"}],
-                    "notes.list_notes returned both notes, newest first",
-                    json.dumps(listed),
-                )
-                checks.check(
-                    result_text(readme) == README_TEXT and not readme.is_error,
-                    "files.read_file returned the file's exact text",
-                )
-                checks.check(
-                    outside.is_error and "outside the served root" in result_text(outside),
-                    "files.read_file refused a path outside its root (isError)",
-                )
-                checks.check(
-                    uris == ["note://1", "note://2"]
-                    and notifications.count("notifications/resources/list_changed") == 2,
-                    "each add_note's list_changed notification made the hub re-list resources",
-                    f"{len(notifications)} notification(s)",
-                )
-
-                await pick_tool_with_model(hub)
-            after_dev = child_pids()
-            tool_calls = [c for c in s.calls if c.kind == "tool"]
-            stored = [c for c in store.list_calls([s.id]) if c.kind == "tool"]
-
-        ledger = Table(title=f"Session {s.name!r}: calls of kind 'tool' (s.calls)")
-        for col in ("model", "kind", "provider", "status", "latency", "tokens", "cost"):
-            ledger.add_column(col)
-        for c in tool_calls:
-            ledger.add_row(
-                c.model or "",
-                c.kind,
-                c.provider or "",
-                c.status,
-                f"{(c.latency_s or 0) * 1000:.1f} ms",
-                str(c.usage.total_tokens),
-                str(c.cost),
-            )
-        console.print(ledger)
-        expected = [
-            ("notes.add_note", "ok"),
-            ("notes.add_note", "ok"),
-            ("notes.list_notes", "ok"),
-            ("files.read_file", "ok"),
-            ("files.read_file", "error"),
-        ]
-        got = [(c.model, c.status) for c in tool_calls][: len(expected)]
-        checks.check(
-            got == expected and all(c.usage.total_tokens == 0 and c.cost == 0 for c in tool_calls),
-            "every tool call was charged to the session as kind 'tool' (no tokens, $0)",
-            ", ".join(f"{m}:{st}" for m, st in got),
-        )
-        checks.check(
-            [(c.model, c.status) for c in stored][: len(expected)] == expected,
-            "the tool calls were written through to the SQLite store",
-            f"{len(stored)} stored",
-        )
-        checks.check(
-            not (dev_pids & after_dev) and after_dev - baseline == set(),
-            "after the dev hub exited no server process remains",
-            f"children now: {sorted(after_dev - baseline)}",
-        )
-
-        # ------------------------------------------------------------ good: prod + error
-        section("4. The prod profile, and an exception inside the hub's block")
-        prod_pids: set[int] = set()
-        add_refused = ""
-        prod_listed: Any = None
-        prod_tools: list[str] = []
-        try:
-            async with Hub.from_config(config_path, profile="prod", environ=env) as prod:
-                console.print(status_table(prod, "prod hub: notes only, read-only"))
-                prod_pids = {st.pid for st in prod.status().values() if st.pid is not None}
-                prod_tools = [t.qualified for t in prod.tools()]
-                prod_listed = structured(await prod.call("notes.list_notes"))
-                try:
-                    await prod.call("notes.add_note", {"title": "x", "body": "y"})
-                except ToolNotFound as exc:
-                    add_refused = str(exc)
-                console.print(f"notes.add_note in prod: [yellow]{escape(add_refused)}[/yellow]")
-                start_notes_settings: dict[str, Any] = {}
-                float(start_notes_settings["callTimeout"])  # the same bug as the bad version
-        except KeyError as exc:
-            console.print(f"the same [red]KeyError({exc})[/red] escaped the hub's block ...")
-        after_prod = child_pids()
-        console.print(
-            f"... and {len(after_prod - baseline)} server processes remain "
-            f"(prod pid {', '.join(map(str, sorted(prod_pids)))} is gone)."
-        )
-        checks.check(
-            [t["title"] for t in prod_listed or []] == ["tests", "ship it"],
-            "prod's notes server reads the notes dev wrote",
-        )
-        checks.check(
-            "notes.add_note" in add_refused
-            and prod_tools == ["notes.list_notes", "notes.search_notes"],
-            "prod does not expose notes.add_note (excluded by the profile)",
-        )
-        checks.check(
-            len(prod_pids) == 1 and not (prod_pids & after_prod) and not after_prod - baseline,
-            "after an exception inside the prod hub's block no server process remains",
-        )
+        env = {"WORKSHOP_DIR": str(tmp), "NOTES_DB": str(tmp / "notes.db")}
+        config_and_profiles(checks, config_path, env)
+        await dev_hub(checks, config_path, env, baseline)
+        await prod_hub(checks, config_path, env, baseline)
     checks.verify()
-
-
-async def pick_tool_with_model(hub: Hub) -> None:
-    """Let the local model pick a tool by name (shown, not checked: the model is tiny)."""
-    # The names a model sees are the exported ones (server__tool), as in hub.openai_tools().
-    names = [t["function"]["name"] for t in hub.openai_tools()]
-    question = f"Tools: {', '.join(names)}. Which tool lists the notes? Reply with its name."
-    try:
-        # A worker thread keeps the event loop (and the servers' owner tasks) responsive;
-        # anyio copies the context into it, so the call is charged to the session.
-        reply = await anyio.to_thread.run_sync(lambda: ask(question, max_tokens=10))
-    except llmctx.ConfigError as exc:  # no local extra: the MCP part still stands
-        console.print(f"[dim](local model unavailable: {escape(str(exc))})[/dim]")
-        return
-    picked = next((n for n in names if n in reply), None)
-    console.print(
-        f"the local model, asked which tool lists the notes, said: [bold]{escape(repr(reply))}[/]"
-    )
-    if picked is None:
-        console.print("[dim]no exact tool name in the reply (a 135M model); nothing dispatched[/]")
-        return
-    answer = await hub.dispatch({"id": "call-1", "function": {"name": picked, "arguments": "{}"}})
-    console.print(f"hub.dispatch({picked!r}) -> {escape(repr(answer.content[:80]))}")
 
 
 if __name__ == "__main__":
