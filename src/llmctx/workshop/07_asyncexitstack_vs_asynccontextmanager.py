@@ -4,8 +4,11 @@
 composes any number of them, decided at run time, and unwinds them in reverse order. The
 module uses real resources (temporary files, TCP listeners on loopback, child processes) and
 records every enter and exit, then checks the order, that each resource is really gone and
-that no child process remains. It ends with the pitfall that bites MCP clients: a task group
-(an anyio cancel scope) entered in one task and exited in another, shown broken and then fixed
+that no child process remains. It shows what happens when entering fails (``__aexit__`` does
+not run for a manager whose ``__aenter__`` raised), how cancellation reaches a cleanup that
+awaits (asyncio delivers a cancellation once; an anyio cancel scope interrupts every await
+until it is shielded), and ends with the pitfall that bites MCP clients: a task group (an
+anyio cancel scope) entered in one task and exited in another, shown broken and then fixed
 with the one-owner-task pattern that llmctx's MCP hub uses (``llmctx/mcp/hub.py``,
 ``llmctx/mcp/server.py``).
 """
@@ -18,26 +21,27 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
+from types import TracebackType
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 from rich.markup import escape
-from rich.table import Table
+from rich.syntax import Syntax
 
 from llmctx.workshop._common import (
     Checks,
     child_processes,
     console,
     header,
-    note,
     run,
     section,
 )
 
 WORKER = [sys.executable, "-c", "import time; time.sleep(30)"]
+TEMP_PREFIX = "llmctx-07-"
 
 
 class Log:
@@ -47,6 +51,7 @@ class Log:
         self.events: list[str] = []
         self.seen: dict[str, str | None] = {}
         self.tasks: dict[str, list[str]] = {}
+        self.paths: dict[str, Path] = {}
 
     def add(self, event: str) -> None:
         self.events.append(event)
@@ -57,6 +62,14 @@ class Log:
     def exited(self) -> list[str]:
         return [e.removeprefix("exit ") for e in self.events if e.startswith("exit ")]
 
+    def order(self) -> str:
+        """The events as one line: ``+file +listener -listener -file``."""
+        return " ".join(
+            ("+" if e.startswith("enter ") else "-") + e.split(" ", 1)[1]
+            for e in self.events
+            if e.startswith(("enter ", "exit "))
+        )
+
 
 # ---------------------------------------------------------------- three real resources
 # Each is one @asynccontextmanager: setup before ``yield``, teardown in ``finally``. An
@@ -64,14 +77,20 @@ class Log:
 
 
 @asynccontextmanager
-async def temp_file(log: Log, name: str) -> AsyncIterator[Path]:
-    """A temporary file, open for writing; closed and deleted on exit."""
-    fd, raw = tempfile.mkstemp(prefix="llmctx-07-", suffix=".txt")
+async def temp_file(log: Log, name: str, encoding: str = "utf-8") -> AsyncIterator[Path]:
+    """A temporary file, open for writing; closed and deleted on exit.
+
+    The open is inside the ``try``: if it fails, ``finally`` still deletes the file that
+    ``mkstemp`` created (the rule module 01 teaches: nothing acquired before the ``try``
+    that protects it).
+    """
+    fd, raw = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".txt")
     os.close(fd)
-    path = Path(raw)
-    handle = await anyio.open_file(path, "w")
-    log.add(f"enter {name}")
+    path = log.paths[name] = Path(raw)
+    handle: anyio.AsyncFile[str] | None = None
     try:
+        handle = await anyio.open_file(path, "w", encoding=encoding)
+        log.add(f"enter {name}")
         await handle.write(f"{name} was here\n")
         yield path
         log.seen[name] = None
@@ -80,9 +99,11 @@ async def temp_file(log: Log, name: str) -> AsyncIterator[Path]:
         raise
     finally:
         with anyio.CancelScope(shield=True):
-            await handle.aclose()
+            if handle is not None:
+                await handle.aclose()
             await anyio.Path(path).unlink(missing_ok=True)
-        log.add(f"exit {name}")
+        if handle is not None:
+            log.add(f"exit {name}")
 
 
 @asynccontextmanager
@@ -117,12 +138,33 @@ async def worker_process(log: Log, name: str) -> AsyncIterator[anyio.abc.Process
         log.seen[name] = type(exc).__name__
         raise
     finally:
-        # Shielded: even a cancelled owner must reap its child, or it outlives us.
+        # Shielded: inside a cancelled anyio scope every await would raise again (see
+        # section 5), and the child must still be reaped, or it outlives us.
         with anyio.CancelScope(shield=True):
             if proc.returncode is None:
                 proc.kill()
             await proc.aclose()
         log.add(f"exit {name}")
+
+
+class FailingEnter:
+    """A class-based manager whose ``__aenter__`` raises: its ``__aexit__`` must not run."""
+
+    def __init__(self, log: Log, name: str) -> None:
+        self.log, self.name = log, name
+
+    async def __aenter__(self) -> None:
+        self.log.add(f"__aenter__ {self.name} (raises)")
+        raise OSError(f"{self.name}: device busy")
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.log.add(f"exit {self.name}")  # never reached: __aenter__ did not return
+
+
+def _yes(flags: tuple[bool, ...]) -> str:
+    return "/".join("yes" if f else "no" for f in flags)
 
 
 def _task_name() -> str:
@@ -143,50 +185,26 @@ async def _port_open(port: int) -> bool:
     return True
 
 
-def _log_table(title: str, log: Log) -> Table:
-    table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("event")
-    for i, event in enumerate(log.events, 1):
-        table.add_row(str(i), event)
-    return table
+ONE_SOURCE = """\
+@asynccontextmanager
+async def worker_process(...):
+    proc = await anyio.open_process([sys.executable, "-c", "...sleep(30)"])
+    try:
+        yield proc                  # the body of `async with` runs here
+    finally:
+        with anyio.CancelScope(shield=True):  # why shielded: section 5
+            proc.kill(); await proc.aclose()"""
 
 
-async def main() -> None:
-    header(
-        7,
-        "AsyncExitStack vs @asynccontextmanager",
-        "one resource, several, a number decided at run time, errors, and the cross-task pitfall",
-    )
-    checks = Checks()
-    baseline = {p.pid for p in child_processes()}
-
-    # ------------------------------------------------------------ 1. one resource
-    section("1. One resource: @asynccontextmanager")
-    note(
-        escape(
-            "@asynccontextmanager\n"
-            "async def worker_process(...):\n"
-            "    proc = await anyio.open_process([sys.executable, '-c', 'import time; "
-            "time.sleep(30)'])\n"
-            "    try:\n"
-            "        yield proc                 # the body of `async with` runs here\n"
-            "    finally:\n"
-            "        with anyio.CancelScope(shield=True):   # even if cancelled\n"
-            "            proc.kill(); await proc.aclose()\n\n"
-            "One function, setup and teardown side by side: the right tool for ONE resource."
-        ),
-        title="setup -> yield -> teardown",
-    )
-    log1 = Log()
-    async with worker_process(log1, "worker") as proc:
+async def one_resource(checks: Checks) -> None:
+    section("1. One resource: @asynccontextmanager (setup -> yield -> teardown)")
+    console.print(Syntax(ONE_SOURCE, "python"))
+    log = Log()
+    async with worker_process(log, "worker") as proc:
         pid = proc.pid
         alive_inside = _alive(pid)
     alive_after = _alive(pid)
-    console.print(
-        f"child pid {pid}: alive inside the block: [bold]{alive_inside}[/bold], "
-        f"after it: [bold]{alive_after}[/bold] (a 30 s sleep, killed and reaped by the exit)"
-    )
+    console.print(f"child pid {pid}: alive inside the block {alive_inside}, after it {alive_after}")
     checks.check(
         alive_inside and not alive_after,
         "a single @asynccontextmanager resource: the child process lives exactly as long as "
@@ -194,8 +212,9 @@ async def main() -> None:
         f"pid {pid}",
     )
 
-    # ------------------------------------------------------------ 2. several, fixed
-    section("2. Several resources: nested `async with` and AsyncExitStack unwind the same way")
+
+async def several_resources(checks: Checks) -> None:
+    section("2. Several: nested `async with` and AsyncExitStack unwind the same way")
     nested, stacked = Log(), Log()
     async with (
         temp_file(nested, "file") as path_a,
@@ -211,21 +230,17 @@ async def main() -> None:
         proc_b = await stack.enter_async_context(worker_process(stacked, "worker"))
         inside_b = (path_b.exists(), await _port_open(port_b), _alive(proc_b.pid))
     after_b = (path_b.exists(), await _port_open(port_b), _alive(proc_b.pid))
-
-    t2 = Table(title="file / listener / worker")
-    for col in ("", "nested async with", "AsyncExitStack"):
-        t2.add_column(col)
-    t2.add_row("order", " -> ".join(nested.events), " -> ".join(stacked.events))
-    t2.add_row("inside: file, port open, child alive", str(inside_a), str(inside_b))
-    t2.add_row("after", str(after_a), str(after_b))
-    console.print(t2)
+    console.print(
+        f"both: {stacked.order()}\n"
+        f"file exists, port open, child alive: inside {_yes(inside_b)}, after {_yes(after_b)}"
+    )
     expected = ["enter file", "enter listener", "enter worker"]
     expected += ["exit worker", "exit listener", "exit file"]
     checks.check(
         nested.events == stacked.events == expected,
         "nested `async with` and AsyncExitStack enter in order and exit in exactly the reverse "
         "order",
-        " -> ".join(stacked.events),
+        stacked.order(),
     )
     checks.check(
         inside_a == inside_b == (True, True, True) and after_a == after_b == (False, False, False),
@@ -234,16 +249,13 @@ async def main() -> None:
         f"inside {inside_b}, after {after_b}",
     )
 
-    # ------------------------------------------------------------ 3. dynamic
-    section("3. A number of resources decided at run time: AsyncExitStack + push_async_callback")
+
+async def dynamic_resources(checks: Checks) -> None:
+    section("3. A number decided at run time: AsyncExitStack + push_async_callback")
     n_workers = min(4, (os.cpu_count() or 1) + 1)  # one more worker than cores, at most 4
-    note(
-        f"This machine has {os.cpu_count()} CPU(s), so the pool gets {n_workers} workers: a "
-        "number no `async with` statement can spell out. Each worker also gets a TCP client "
-        "connection, a resource with a close method but no context manager of its own: "
-        "push_async_callback(conn.aclose) registers it. Callbacks and contexts unwind together, "
-        "last-in, first-out.",
-        title="Dynamic resources",
+    console.print(
+        f"{os.cpu_count()} CPU(s) here, so {n_workers} workers, each with a TCP connection (a "
+        "close method,\nno context manager: push_async_callback(conn.aclose)):"
     )
     dyn = Log()
     pids: list[int] = []
@@ -255,13 +267,13 @@ async def main() -> None:
     async with AsyncExitStack() as stack:
         port = await stack.enter_async_context(tcp_listener(dyn, "listener"))
         for i in range(n_workers):
-            worker = await stack.enter_async_context(worker_process(dyn, f"worker-{i}"))
+            worker = await stack.enter_async_context(worker_process(dyn, f"w{i}"))
             pids.append(worker.pid)
             conn = await anyio.connect_tcp("127.0.0.1", port)
-            dyn.add(f"enter conn-{i}")
-            stack.push_async_callback(close_conn, conn, f"conn-{i}")
+            dyn.add(f"enter c{i}")
+            stack.push_async_callback(close_conn, conn, f"c{i}")
         alive_dyn = sum(_alive(p) for p in pids)
-    console.print(_log_table(f"{n_workers} workers + {n_workers} connections", dyn))
+    console.print(f"  {dyn.order()}")
     checks.check(
         alive_dyn == n_workers and not any(_alive(p) for p in pids),
         f"all {n_workers} workers chosen at run time were running inside, and none after",
@@ -273,8 +285,9 @@ async def main() -> None:
         " -> ".join(dyn.exited()),
     )
 
-    # ------------------------------------------------------------ 4. errors
-    section("4a. Resource k fails while being entered: resources 0..k-1 unwind in reverse")
+
+async def failing_enter(checks: Checks) -> None:
+    section("4a. Resource k fails while being entered: 0..k-1 unwind, k's exit never runs")
     fail = Log()
     failure: OSError | None = None
     kept: list[tuple[Path, int, int]] = []
@@ -284,13 +297,15 @@ async def main() -> None:
             port_c = await stack.enter_async_context(tcp_listener(fail, "listener"))
             proc_c = await stack.enter_async_context(worker_process(fail, "worker"))
             kept.append((path_c, port_c, proc_c.pid))
-            # A second listener on the same port: a real bind failure (EADDRINUSE).
-            await stack.enter_async_context(tcp_listener(fail, "listener-2", port=port_c))
+            await stack.enter_async_context(FailingEnter(fail, "device"))
             fail.add("body ran")  # never reached
     except OSError as exc:
         failure = exc
-    console.print(f"entering resource 3 failed with: [red]{failure!r}[/red]")
-    console.print(_log_table("enter / exit", fail))
+    console.print(
+        f"{fail.order()}\n{escape(repr(failure))} from the 4th __aenter__.\n"
+        "__aexit__ runs only after __aenter__ returned, so a manager must undo its own\n"
+        "half-done __aenter__; the stack unwinds only what it had entered."
+    )
     path_c, port_c, pid_c = kept[0]
     checks.check(
         failure is not None
@@ -299,20 +314,41 @@ async def main() -> None:
             "enter file",
             "enter listener",
             "enter worker",
+            "__aenter__ device (raises)",
             "exit worker",
             "exit listener",
             "exit file",
         ],
         "a failure while entering resource 3 unwound resources 2, 1, 0 in that order, and the "
         "body never ran",
-        f"{type(failure).__name__}: errno {failure.errno}" if failure else "no failure",
+        fail.order(),
+    )
+    checks.check(
+        "exit device" not in fail.events,
+        "__aexit__ did not run for the manager whose __aenter__ raised",
+        f"{len(fail.exited())} exits, none for 'device'",
     )
     checks.check(
         not path_c.exists() and not await _port_open(port_c) and not _alive(pid_c),
         "after the failed setup nothing is left: file deleted, port closed, child reaped",
         f"port {port_c}, pid {pid_c}",
     )
+    bad = Log()
+    with suppress(LookupError):
+        async with temp_file(bad, "bad-open", encoding="no-such-codec"):  # the open fails
+            pass  # pragma: no cover - never reached
+    console.print(
+        "temp_file opens inside its try, so a failed open (an unknown encoding) still\n"
+        f"deleted its file: exists after = {bad.paths['bad-open'].exists()}"
+    )
+    checks.check(
+        not bad.paths["bad-open"].exists() and not bad.events,
+        "a temp_file whose open failed left no file behind (the open is inside the try)",
+        bad.paths["bad-open"].name,
+    )
 
+
+async def hand_over(checks: Checks, baseline: set[int]) -> None:
     section("4b. All or nothing, then hand over: pop_all()")
 
     async def open_pool(log: Log, n: int) -> AsyncExitStack:
@@ -328,8 +364,8 @@ async def main() -> None:
     pool_pids = [p.pid for p in child_processes() if p.pid not in baseline]
     await pool.aclose()  # later, by the new owner
     console.print(
-        f"after open_pool() returned: {events_after_open} ({len(pool_pids)} workers alive); "
-        f"after pool.aclose(): {pool_log.exited()}"
+        f"open_pool() returned, {len(pool_pids)} workers alive; the new owner's aclose(): "
+        f"{pool_log.order().split(' ', 2)[-1]}"
     )
     checks.check(
         events_after_open == ["enter pool-0", "enter pool-1"]
@@ -341,6 +377,8 @@ async def main() -> None:
         f"pids {pool_pids}",
     )
 
+
+async def body_raises(checks: Checks) -> None:
     section("4c. An exception in the body reaches every resource's exit")
     body = Log()
     raised: ValueError | None = None
@@ -356,18 +394,10 @@ async def main() -> None:
             raise ValueError("step 2 of the job failed")
     except ValueError as exc:
         raised = exc
-    t4 = Table(title="What each exit saw")
-    t4.add_column("resource")
-    t4.add_column("exception seen in its exit")
-    for name, seen in body.seen.items():
-        t4.add_row(name, str(seen))
-    console.print(t4)
-    note(
-        "The exception is thrown into each generator at its `yield`; AsyncExitStack passes it "
-        "to every exit, innermost first, and re-raises it to the caller. An exit that returns "
-        "True (or a generator that swallows the exception) would stop it there: the outer "
-        "exits would then see no exception.",
-        title="Exceptions travel outward",
+    console.print(
+        f"the exits of {', '.join(body.seen)} saw {', '.join(set(map(str, body.seen.values())))}; "
+        "then the caller got it.\n"
+        "An exit that returns True would swallow it, and the outer exits would see none."
     )
     checks.check(
         raised is not None
@@ -377,53 +407,144 @@ async def main() -> None:
         str(raised),
     )
 
-    # ------------------------------------------------------------ 5. the pitfall
-    section("5. The pitfall: a task group entered in one task and exited in another")
-    note(
-        "MCP clients (stdio_client, ClientSession) hold anyio task groups. A class that enters "
-        "them in `start()` and exits them in `stop()` breaks as soon as start and stop run in "
-        "different tasks (a web framework's startup hook vs its shutdown hook, a background "
-        "task vs the caller): a cancel scope must be exited by the task that entered it. "
-        "Below, start() runs in its own asyncio task and stop() in the main task. (Started from "
-        "an anyio task group instead, start()'s task itself fails as it returns with the scope "
-        "still open: 'Attempted to exit a cancel scope that isn't the current tasks's current "
-        "cancel scope'.)",
-        title="Why it matters",
-        style="yellow",
+
+# ---------------------------------------------------------------- 5. cancellation
+
+
+async def asyncio_cancel_once() -> list[str]:
+    """Cancel a task; its cleanup awaits. asyncio raised CancelledError once: the await runs."""
+    steps: list[str] = []
+
+    async def job() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            steps.append("cleanup started")
+            await asyncio.sleep(0.01)  # e.g. telling a server goodbye
+            steps.append("cleanup awaited and finished")
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)  # let it start waiting
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    return steps
+
+
+async def anyio_cancel_scope(shield: bool) -> list[str]:
+    """The same in a cancelled anyio scope: each await raises again, unless shielded."""
+    steps: list[str] = []
+
+    async def job() -> None:
+        try:
+            await anyio.sleep(30)
+        finally:
+            steps.append("cleanup started")
+            with anyio.CancelScope(shield=shield):
+                await anyio.sleep(0.01)
+                steps.append("cleanup awaited and finished")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job)
+        await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    return steps
+
+
+async def cancellation(checks: Checks) -> None:
+    section("5. Cancellation and a cleanup that awaits: asyncio vs an anyio scope")
+    plain = await asyncio_cancel_once()
+    scoped = await anyio_cancel_scope(shield=False)
+    shielded = await anyio_cancel_scope(shield=True)
+    console.print(
+        "asyncio's task.cancel() raises CancelledError once, at the next await; the\n"
+        "cleanup's own awaits then run (until something cancels again). A cancelled\n"
+        "anyio scope is level-triggered: every await inside it raises, cleanup's too,\n"
+        "until a CancelScope(shield=True) protects it. What each cleanup got to:"
+    )
+    for label, steps in (
+        ("asyncio task.cancel()", plain),
+        ("anyio scope, unshielded", scoped),
+        ("anyio scope, shield=True", shielded),
+    ):
+        console.print(f"  {label:<26} {' -> '.join(steps)}")
+    done = "cleanup awaited and finished"
+    checks.check(
+        done in plain,
+        "asyncio delivers a cancellation once: a cleanup's await after it completes",
+        " -> ".join(plain),
+    )
+    checks.check(
+        scoped == ["cleanup started"] and done in shielded,
+        "in a cancelled anyio scope the cleanup's await is interrupted, unless shielded",
+        f"unshielded {scoped}, shielded {shielded}",
     )
 
-    @asynccontextmanager
-    async def supervised_worker(log: Log, name: str) -> AsyncIterator[anyio.abc.Process]:
-        """A worker plus a watcher task in a task group, like an MCP transport."""
-        async with worker_process(log, name) as proc:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(proc.wait)  # the watcher: notices if the child dies
-                log.tasks.setdefault(f"{name} task group", []).append(_task_name())
-                try:
-                    yield proc
-                finally:
-                    log.tasks[f"{name} task group"].append(_task_name())
-                    tg.cancel_scope.cancel()
 
-    class BrokenClient:
-        """The anti-pattern: enter in start(), exit in stop(), whatever task calls them."""
+# ---------------------------------------------------------------- 6. the pitfall
 
-        def __init__(self, log: Log) -> None:
-            self._stack = AsyncExitStack()
-            self._log = log
-            self.pid: int | None = None
 
-        async def start(self) -> None:
-            proc = await self._stack.enter_async_context(supervised_worker(self._log, "broken"))
+@asynccontextmanager
+async def supervised_worker(log: Log, name: str) -> AsyncIterator[anyio.abc.Process]:
+    """A worker plus a watcher task in a task group, like an MCP transport."""
+    async with worker_process(log, name) as proc:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(proc.wait)  # the watcher: notices if the child dies
+            log.tasks.setdefault(f"{name} task group", []).append(_task_name())
+            try:
+                yield proc
+            finally:
+                log.tasks[f"{name} task group"].append(_task_name())
+                tg.cancel_scope.cancel()
+
+
+class BrokenClient:
+    """The anti-pattern: enter in start(), exit in stop(), whatever task calls them."""
+
+    def __init__(self, log: Log) -> None:
+        self._stack = AsyncExitStack()
+        self._log = log
+        self.pid: int | None = None
+
+    async def start(self) -> None:
+        proc = await self._stack.enter_async_context(supervised_worker(self._log, "broken"))
+        self.pid = proc.pid
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+
+class OwnedWorker:
+    """The fix: one owner task enters AND exits the resource; stop() only signals it."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._stop = anyio.Event()
+        self.pid: int | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with supervised_worker(self._log, "owned") as proc:
             self.pid = proc.pid
+            task_status.started(proc.pid)  # tg.start() returns here, the task lives on
+            await self._stop.wait()
+        # exited right here, in the task that entered it
 
-        async def stop(self) -> None:
-            await self._stack.aclose()
+    def stop(self) -> None:
+        """Ask the owner to close; safe from any task (or a sync callback)."""
+        self._stop.set()
 
+
+async def cross_task_pitfall(checks: Checks) -> list[int]:
+    section("6. The pitfall: a task group entered in one task, exited in another")
+    console.print(
+        "MCP clients hold anyio task groups; a class entering them in start() and exiting\n"
+        "in stop() breaks once a framework calls those from different tasks:"
+    )
     broken_log = Log()
     broken = BrokenClient(broken_log)
     broken_error: RuntimeError | None = None
-    # A framework's startup hook runs in a task of its own, and its shutdown hook in another.
     await asyncio.create_task(broken.start(), name="startup-hook")  # entered in that task...
     try:
         await broken.stop()  # ...stopped in another (this one)
@@ -433,41 +554,11 @@ async def main() -> None:
     for p in leaked:  # a safety net so the workshop never leaves a process behind
         p.kill()
         p.wait(timeout=5)
+    tasks = broken_log.tasks["broken task group"]
     console.print(
-        f"[red]RuntimeError: {broken_error}[/red]"
-        if broken_error
-        else "[yellow]no error this time[/yellow]"
+        f"  broken: entered in {tasks[0]}, exited in {tasks[-1]}: "
+        f"[red]RuntimeError[/red]\n  [red]{escape(str(broken_error))[:76]}[/red]"
     )
-    console.print(
-        f"task group entered in task {broken_log.tasks['broken task group'][0]}, "
-        f"exit attempted in task {broken_log.tasks['broken task group'][-1]}; its child: "
-        + (
-            f"[red]left running, killed by hand ({len(leaked)})[/red]"
-            if leaked
-            else "reaped by worker_process's `finally` (the RuntimeError passed through it)"
-        )
-    )
-
-    class OwnedWorker:
-        """The fix: one owner task enters AND exits the resource; stop() only signals it."""
-
-        def __init__(self, log: Log) -> None:
-            self._log = log
-            self._stop = anyio.Event()
-            self.pid: int | None = None
-
-        async def run(
-            self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
-        ) -> None:
-            async with supervised_worker(self._log, "owned") as proc:
-                self.pid = proc.pid
-                task_status.started(proc.pid)  # tg.start() returns here, the task lives on
-                await self._stop.wait()
-            # exited right here, in the task that entered it
-
-        def stop(self) -> None:
-            """Ask the owner to close; safe from any task (or a sync callback)."""
-            self._stop.set()
 
     fixed_log = Log()
     owner = OwnedWorker(fixed_log)
@@ -483,25 +574,16 @@ async def main() -> None:
             tg.start_soon(shutdown_hook, name="shutdown-hook")
     except RuntimeError as exc:  # pragma: no cover - what the fix prevents
         fixed_error = exc
+    owned = fixed_log.tasks["owned task group"]
     console.print(
-        f"[green]fixed: no error[/green]; task group entered in task "
-        f"{fixed_log.tasks['owned task group'][0]} and exited in task "
-        f"{fixed_log.tasks['owned task group'][-1]}"
-    )
-    note(
-        "llmctx's MCP hub works this way. In llmctx/mcp/hub.py, Hub._lifespan starts each "
-        "server with `starters.start_soon(tg.start, server.run)`: the owner task lives in the "
-        "hub's task group. In llmctx/mcp/server.py, ManagedServer.run is that owner: "
-        "_serve_once enters the transport and the ClientSession on an AsyncExitStack and exits "
-        "them in the same task; ManagedServer.stop() only sets an event and sends a signal. "
-        "Other tasks just send requests through the session.",
-        title="The one-owner-task rule, in llmctx",
-        style="green",
+        f"  fixed (one owner task, started with tg.start; stop() sets an event): entered\n"
+        f"  and exited in {owned[0]}, [green]no error[/green]. llmctx's Hub runs each server "
+        "this way."
     )
     checks.check(
         broken_error is not None
         and "different task" in str(broken_error)
-        and broken_log.tasks["broken task group"][0] != broken_log.tasks["broken task group"][-1],
+        and tasks[0] != tasks[-1],
         "the broken version (enter in one task, exit in another) raised anyio's RuntimeError",
         str(broken_error),
     )
@@ -509,30 +591,49 @@ async def main() -> None:
         fixed_error is None
         and alive_fixed
         and not _alive(owned_pid)
-        and fixed_log.tasks["owned task group"][0] == fixed_log.tasks["owned task group"][-1]
+        and owned[0] == owned[-1]
         and fixed_log.exited() == ["owned"],
         "the fixed version (one owner task, started with TaskGroup.start) raised nothing and "
         "closed its worker, exiting in the task that entered",
-        f"owner task {fixed_log.tasks['owned task group'][0]}",
+        f"owner task {owned[0]}",
     )
+    return [p.pid for p in leaked]
 
-    # ------------------------------------------------------------ summary
-    section("Which one when")
-    guide = Table(title="Combine them: each resource a @asynccontextmanager, composed on a stack")
-    guide.add_column("situation")
-    guide.add_column("use")
-    guide.add_row(
-        "one resource, setup + teardown", "@asynccontextmanager (try/finally around yield)"
-    )
-    guide.add_row("a fixed few resources", "one `async with a, b, c:` statement")
-    guide.add_row("a number known only at run time", "AsyncExitStack.enter_async_context in a loop")
-    guide.add_row("a close function, no context manager", "AsyncExitStack.push_async_callback")
-    guide.add_row("open all or none, then hand over", "AsyncExitStack + pop_all()")
-    guide.add_row(
-        "a resource used from many tasks", "one owner task (TaskGroup.start) + a stop event"
-    )
-    console.print(guide)
 
+GUIDE = (
+    ("one resource, setup + teardown", "@asynccontextmanager, try/finally at yield"),
+    ("a fixed few resources", "one `async with a, b, c:` statement"),
+    ("a number known only at run time", "AsyncExitStack.enter_async_context in a loop"),
+    ("a close function, no manager", "AsyncExitStack.push_async_callback"),
+    ("open all or none, then hand over", "AsyncExitStack + pop_all()"),
+    ("a resource used from many tasks", "one owner task (tg.start) + a stop event"),
+)
+
+
+def which_one_when() -> None:
+    section("Which one when (combine them: each resource a manager, composed on a stack)")
+    for situation, use in GUIDE:
+        console.print(f"  {situation:<33} {use}")
+
+
+async def main() -> None:
+    """The module, section by section."""
+    header(
+        7,
+        "AsyncExitStack vs @asynccontextmanager",
+        "one, several, a run-time number, errors, cancellation, the cross-task pitfall",
+    )
+    checks = Checks()
+    baseline = {p.pid for p in child_processes()}
+    await one_resource(checks)
+    await several_resources(checks)
+    await dynamic_resources(checks)
+    await failing_enter(checks)
+    await hand_over(checks, baseline)
+    await body_raises(checks)
+    await cancellation(checks)
+    leaked = await cross_task_pitfall(checks)
+    which_one_when()
     remaining = [p for p in child_processes() if p.pid not in baseline]
     checks.check(
         not remaining,
