@@ -8,18 +8,22 @@ the call that would overspend is refused *before it is sent*, which the module p
 counting the runs of llama.cpp's generation loop. The ``BudgetExceeded`` then travels out
 through every layer, and each one cleans up in reverse order: the monitor's measurement is
 attached to the session (``s.events``), the session is stored as failed with its reason, the
-price is restored and the store closed.
+price is restored and the store closed. Last, the outline's GPU scenario run for real: an
+``llmctx.ResourcePool(['cuda:0', 'cuda:1'], capacity=24)`` leasing 8 and 16 GB to asyncio
+tasks, strictly first come first served, with ``statistics()`` at each step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import textwrap
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from rich.markup import escape
-from rich.table import Table
 
 import llmctx
 from llmctx.stores import SessionRecord, Store
@@ -31,8 +35,8 @@ from llmctx.workshop._common import (
     console,
     header,
     model,
-    note,
     priced,
+    reply_note,
     run,
     section,
     temp_store,
@@ -167,8 +171,8 @@ def run_batch(
                 (
                     str(i),
                     question,
-                    "[red]refused before sending[/red]",
-                    f"needs {exc.requested}",
+                    "[red]refused before sending[/red]    ",
+                    f"{exc.requested}",
                     "-",
                     str(s.remaining()["tokens"]),
                 )
@@ -179,7 +183,7 @@ def run_batch(
             (
                 str(i),
                 question,
-                escape(answer[:40]),  # model output is text, not rich markup
+                escape(repr(answer[:24])),  # model output is text, not rich markup
                 f"{call.usage.input_tokens}+{call.usage.output_tokens}",
                 usd(call.cost),
                 str(s.remaining()["tokens"]),
@@ -187,166 +191,147 @@ def run_batch(
         )
 
 
-def main() -> None:
-    header(
-        5,
-        "Nested managers",
-        "budget control + performance monitoring + session management, cleaned up in reverse",
-    )
-    checks = Checks()
-    llama = model()  # load the model before anything is measured
-    price_before = llmctx.lookup_price(MODEL_NAME)
-    generate_before = vars(llama).get("generate")
+NEST_SOURCE = f"""\
+with temp_store() as store, priced(), \\
+     llmctx.session("05-nested", store=store,
+                    budget=llmctx.Budget(usd="{USD_LIMIT}", tokens={TOKEN_LIMIT})) as s, \\
+     llmctx.record() as rec, \\
+     llmctx.monitor("batch", warn_after={WARN_AFTER}) as m:
+    ...                                  # the batch of questions"""
 
-    note(
-        "Written by hand, the nest is one `with` statement:\n\n"
-        "  with temp_store() as store, priced(), \\\n"
-        "       llmctx.session('05-nested', store=store,\n"
-        f"                      budget=llmctx.Budget(usd='{USD_LIMIT}', tokens={TOKEN_LIMIT})) "
-        "as s, \\\n"
-        "       llmctx.record() as rec, \\\n"
-        f"       llmctx.monitor('batch', warn_after={WARN_AFTER}) as m:\n"
-        "      ...\n\n"
-        "Here the optional layers come from FEATURES at run time, so the nest is built on an "
-        "ExitStack: enter_context() enters a manager and registers its exit; callback() "
-        "registers a plain function. On the way out (normally or by an exception) they run "
-        "last-in, first-out.",
-        title="The nest",
-    )
 
-    section(
-        f"1. A batch of questions under Budget(usd={USD_LIMIT}, tokens={TOKEN_LIMIT}) "
-        f"(real local model, priced at {usd(WORKSHOP_PRICE['input_per_mtok'])}/"
-        f"{usd(WORKSHOP_PRICE['output_per_mtok'])} per million tokens)"
-    )
-    log: list[str] = []
-    rows: list[tuple[str, str, str, str, str, str]] = []
-    refusals: list[Refusal] = []
-    stored: dict[str, Any] = {}
+@dataclass
+class Nest:
+    """What the nested run left behind, for the sections that look at it."""
+
+    log: list[str] = field(default_factory=list)
+    rows: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    stored: dict[str, Any] = field(default_factory=dict)
     session: llmctx.Session | None = None
     mon: llmctx.monitor | None = None
     rec: llmctx.Recorder | None = None
-    warnings_seen: list[logging.LogRecord] = []
+    warnings_seen: list[logging.LogRecord] = field(default_factory=list)
     escaped: BaseException | None = None
+
+
+def run_the_nest(llama: Any) -> Nest:
+    """Build the nest on an ExitStack (layers chosen at run time), run the batch inside it."""
+    section(
+        f"1. A batch under Budget(usd={USD_LIMIT}, tokens={TOKEN_LIMIT}), priced "
+        f"{usd(WORKSHOP_PRICE['input_per_mtok'])}/{usd(WORKSHOP_PRICE['output_per_mtok'])}/Mtok"
+    )
+    console.print("Written by hand, the nest is one `with` statement:")
+    console.print(escape(NEST_SOURCE))
+    console.print(
+        "Here the optional layers come from FEATURES at run time, so it is an ExitStack:\n"
+        "enter_context() enters a manager and registers its exit; callback() a function.\n"
+        "On the way out (normally or by an exception) they run last-in, first-out."
+    )
+    nest = Nest()
 
     def read_back(store: Store) -> None:
         # Registered right after the store: it runs after every inner layer has exited and
         # before the store closes, so it sees the session's final row.
-        if session is not None:
-            stored["session"] = store.get_session(session.id)
-            stored["calls"] = store.list_calls([session.id])
-        log.append("read the session back from the store")
+        if nest.session is not None:
+            nest.stored["session"] = store.get_session(nest.session.id)
+            nest.stored["calls"] = store.list_calls([nest.session.id])
+        nest.log.append("read the session back from the store")
 
+    log = nest.log
     try:
         with ExitStack() as stack:
-            store = stack.enter_context(traced("store (SQLite)", temp_store(), log))
+            store = stack.enter_context(traced("store", temp_store(), log))
             stack.callback(read_back, store)
             stack.enter_context(traced("priced()", priced(), log))
-            runs = stack.enter_context(traced("model-run counter", counting_model_runs(llama), log))
+            runs = stack.enter_context(traced("run counter", counting_model_runs(llama), log))
             budget = llmctx.Budget(usd=USD_LIMIT, tokens=TOKEN_LIMIT)
-            session = stack.enter_context(
+            nest.session = stack.enter_context(
                 traced("session", llmctx.session("05-nested", store=store, budget=budget), log)
             )
             if FEATURES["record"]:
-                rec = stack.enter_context(traced("record()", llmctx.record(), log))
+                nest.rec = stack.enter_context(traced("record()", llmctx.record(), log))
             if FEATURES["monitor"]:
                 # The log capture is entered first so it is still there when monitor warns on exit.
-                warnings_seen = stack.enter_context(
+                nest.warnings_seen = stack.enter_context(
                     traced("warning capture", captured_warnings("llmctx.monitor"), log)
                 )
-                mon = stack.enter_context(
+                nest.mon = stack.enter_context(
                     traced("monitor", llmctx.monitor("batch", warn_after=WARN_AFTER), log)
                 )
-            run_batch(session, runs, store, rows, refusals)
+            run_batch(nest.session, runs, store, nest.rows, nest.refusals)
     except llmctx.BudgetExceeded as exc:
-        escaped = exc
+        nest.escaped = exc
+    console.print(f"  #  {'question':<22} {'reply':<26} {'in+out':>6}  budget left")
+    for i, question, answer, tokens, _cost, left in nest.rows:
+        console.print(f"  {i}. {question:<22} {answer:<26} {tokens:>6}  {left:>4} tokens")
+    reply_note(MAX_TOKENS)
+    return nest
 
-    table = Table(title="The batch")
-    for col in ("#", "question", "answer", "tokens in+out", "cost", "tokens left"):
-        table.add_column(col, overflow="fold")
-    for cells in rows:
-        table.add_row(*cells)
-    console.print(table)
 
-    # ------------------------------------------------------------ the refusal
+def the_refusal(checks: Checks, nest: Nest) -> None:
     section("2. The budget refused the next call before it was sent")
-    refusal = refusals[0] if refusals else None
-    if refusal is not None:
-        err = refusal.error
-        ft = Table(title="BudgetExceeded")
-        ft.add_column("field")
-        ft.add_column("value", overflow="fold")
-        for field_name, value in (
-            ("dimension", err.dimension),
-            ("limit", err.limit),
-            ("spent", err.spent),
-            ("reserved", err.reserved),
-            ("requested", err.requested),
-            ("remaining", err.remaining),
-            ("session_name", err.session_name),
-            ("str(exc)", str(err)),
-        ):
-            ft.add_row(field_name, str(value))
-        console.print(ft)
-        pt = Table(title=f"Around the refused call ({refusal.question!r})")
-        for col in ("measure", "before", "after"):
-            pt.add_column(col)
-        pt.add_row("llama.cpp generation runs", *map(str, refusal.runs))
-        pt.add_row("session requests", *map(str, refusal.requests))
-        pt.add_row("calls in the store", *map(str, refusal.stored_calls))
-        console.print(pt)
-
+    refusal = nest.refusals[0] if nest.refusals else None
+    session = nest.session
     checks.check(
-        refusal is not None and escaped is refusal.error,
+        refusal is not None and nest.escaped is refusal.error,
         "the budget stopped the batch with BudgetExceeded, which propagated out of the nest",
-        f"refused call #{len(rows)} of {len(QUESTIONS)}" if refusal else "nothing was refused",
+        f"refused call #{len(nest.rows)} of {len(QUESTIONS)}" if refusal else "nothing refused",
     )
-    if refusal is not None and session is not None:
-        err = refusal.error
-        ok_calls = len(rows) - 1
-        checks.check(
-            refusal.runs[0] == refusal.runs[1] == ok_calls
-            and refusal.requests[0] == refusal.requests[1] == ok_calls
-            and refusal.stored_calls[0] == refusal.stored_calls[1] == ok_calls,
-            "the refused call never reached the model: llama.cpp's generation loop ran once per "
-            "accepted call and not for the refused one; no request or record was added",
-            f"generation runs {refusal.runs[0]} -> {refusal.runs[1]}, "
-            f"requests {refusal.requests[0]} -> {refusal.requests[1]}",
-        )
-        snap = refusal.reserved_after
-        checks.check(
-            err.dimension == "tokens"
-            and err.limit == TOKEN_LIMIT
-            and err.spent == session.usage.total_tokens
-            and err.spent + err.requested > err.limit
-            and snap is not None
-            and snap.reservations == 0
-            and snap.reserved.tokens == 0,
-            "the refusal is exact: spent + requested > limit, and nothing stayed reserved",
-            f"{err.spent} + {err.requested} > {err.limit}",
-        )
-        checks.check(
-            2 <= ok_calls <= 3
-            and session.cost is not None
-            and session.cost == sum(c.cost or 0 for c in session.calls)
-            and session.cost > 0,
-            "the accepted calls were charged in dollars (priced() gave the local model a price)",
-            f"{ok_calls} calls, {usd(session.cost)}",
-        )
+    if refusal is None or session is None:
+        return
+    err = refusal.error
+    console.print(
+        f"BudgetExceeded({err.dimension}): spent {err.spent} + requested {err.requested} "
+        f"(prompt + max_tokens)\n> limit {err.limit}. Around the refused call, before -> after:\n"
+        f"  llama.cpp generation runs {refusal.runs[0]} -> {refusal.runs[1]}, session requests "
+        f"{refusal.requests[0]} -> {refusal.requests[1]}, stored calls "
+        f"{refusal.stored_calls[0]} -> {refusal.stored_calls[1]}"
+    )
+    ok_calls = len(nest.rows) - 1
+    checks.check(
+        refusal.runs[0] == refusal.runs[1] == ok_calls
+        and refusal.requests[0] == refusal.requests[1] == ok_calls
+        and refusal.stored_calls[0] == refusal.stored_calls[1] == ok_calls,
+        "the refused call never reached the model: llama.cpp's generation loop ran once per "
+        "accepted call and not for the refused one; no request or record was added",
+        f"generation runs {refusal.runs[0]} -> {refusal.runs[1]}, "
+        f"requests {refusal.requests[0]} -> {refusal.requests[1]}",
+    )
+    snap = refusal.reserved_after
+    checks.check(
+        err.dimension == "tokens"
+        and err.limit == TOKEN_LIMIT
+        and err.spent == session.usage.total_tokens
+        and err.spent + err.requested > err.limit
+        and snap is not None
+        and snap.reservations == 0
+        and snap.reserved.tokens == 0,
+        "the refusal is exact: spent + requested > limit, and nothing stayed reserved",
+        f"{err.spent} + {err.requested} > {err.limit}",
+    )
+    checks.check(
+        2 <= ok_calls <= 3
+        and session.cost is not None
+        and session.cost == sum(c.cost or 0 for c in session.calls)
+        and session.cost > 0,
+        "the accepted calls were charged in dollars (priced() gave the local model a price)",
+        f"{ok_calls} calls, {usd(session.cost)}",
+    )
 
-    # ------------------------------------------------------------ unwinding
-    section("3. Every layer cleaned up, in reverse order, while the exception passed through")
-    lt = Table(title="Enter / exit log")
-    lt.add_column("#", justify="right")
-    lt.add_column("event")
-    for i, line in enumerate(log, 1):
-        lt.add_row(str(i), line)
-    console.print(lt)
 
+def the_unwinding(checks: Checks, nest: Nest, llama: Any, before: tuple[Any, Any]) -> None:
+    section("3. Every layer cleaned up, in reverse order, as the exception passed through")
+    log = nest.log
     entered = [line.removeprefix("enter ") for line in log if line.startswith("enter ")]
     exited = [
         line.removeprefix("exit  ").split("  (")[0] for line in log if line.startswith("exit  ")
     ]
+    console.print(
+        f"  entered: {', '.join(entered[:4])},\n           {', '.join(entered[4:])}\n"
+        f"  exited:  {', '.join(exited[:3])},\n           {', '.join(exited[3:])}\n"
+        "  (each exit saw the BudgetExceeded; the read-back ran before the store closed)"
+    )
     checks.check(
         exited == entered[::-1]
         and log.index("read the session back from the store") == len(log) - 2,
@@ -359,6 +344,7 @@ def main() -> None:
         "the BudgetExceeded reached every layer's exit on its way out",
         f"{len(exited)} layers",
     )
+    price_before, generate_before = before
     checks.check(
         llmctx.lookup_price(MODEL_NAME) == price_before
         and vars(llama).get("generate") is generate_before,
@@ -366,22 +352,20 @@ def main() -> None:
         f"price now: {llmctx.lookup_price(MODEL_NAME)}",
     )
 
-    # ------------------------------------------------------------ monitor + session
-    section("4. The monitor's measurement, attached to the session, and the stored session")
+
+def monitor_and_store(checks: Checks, nest: Nest) -> None:
+    section("4. The monitor's measurement, on the session, and the stored session")
+    session, mon = nest.session, nest.mon
     if not FEATURES["monitor"]:
         console.print("(monitor layer disabled in FEATURES)")
     elif mon is not None and mon.result is not None and session is not None:
         r = mon.result
-        mt = Table(title="monitor('batch')")
-        mt.add_column("measure")
-        mt.add_column("value")
-        mt.add_row("wall", f"{r.wall_s:.3f} s")
-        mt.add_row("CPU (process)", f"{r.cpu_s:.3f} s")
-        mt.add_row("RSS change", "?" if r.rss_delta is None else f"{r.rss_delta / 1e6:+.1f} MB")
-        mt.add_row("error", str(r.error))
-        mt.add_row(f"slow (> warn_after={WARN_AFTER} s)", str(r.slow))
-        mt.add_row("warnings logged", str(len(warnings_seen)))
-        console.print(mt)
+        rss = "?" if r.rss_delta is None else f"{r.rss_delta / 1e6:+.1f} MB"
+        console.print(
+            f"  monitor('batch'): wall {r.wall_s:.3f} s, CPU {r.cpu_s:.3f} s, RSS {rss};\n"
+            f"  error {r.error}, slow (> {WARN_AFTER} s) {r.slow}, warnings logged "
+            f"{len(nest.warnings_seen)}: in s.events"
+        )
         events = [e for e in session.events if e.get("kind") == "monitor"]
         checks.check(
             len(events) == 1
@@ -393,21 +377,21 @@ def main() -> None:
             f"s.events[0]: wall_s={r.wall_s:.3f}, error={r.error}",
         )
         checks.check(
-            r.slow == (r.wall_s > WARN_AFTER) and len(warnings_seen) == int(r.slow),
+            r.slow == (r.wall_s > WARN_AFTER) and len(nest.warnings_seen) == int(r.slow),
             "warn_after works: the block is flagged slow exactly when it took longer, and then "
             "one warning was logged on 'llmctx.monitor'",
-            warnings_seen[0].getMessage() if warnings_seen else "not slow: no warning",
+            nest.warnings_seen[0].getMessage() if nest.warnings_seen else "not slow: no warning",
         )
     else:
         checks.check(False, "the monitor measured the batch", "no monitor result")
 
-    row: SessionRecord | None = stored.get("session")
-    stored_calls = stored.get("calls") or []
+    row: SessionRecord | None = nest.stored.get("session")
+    stored_calls = nest.stored.get("calls") or []
     if row is not None and session is not None:
         console.print(
-            f"stored session {row.name!r}: status [bold]{row.status}[/bold], "
-            f"{row.usage.requests} requests, {row.usage.total_tokens} tokens, {usd(row.cost)}\n"
-            f"error: {row.error}"
+            f"  stored {row.name!r}: [bold]{row.status}[/bold], {row.usage.requests} requests, "
+            f"{row.usage.total_tokens} tokens, {usd(row.cost)}\n"
+            f"  error: {escape(textwrap.shorten(str(row.error), 70))}"
         )
     checks.check(
         row is not None
@@ -423,16 +407,144 @@ def main() -> None:
     )
     if FEATURES["record"]:
         checks.check(
-            rec is not None and session is not None and len(rec) == len(session.calls),
+            nest.rec is not None and session is not None and len(nest.rec) == len(session.calls),
             "the recorder layer captured exactly the accepted calls",
-            f"{len(rec) if rec else 0} pairs",
+            f"{len(nest.rec) if nest.rec else 0} pairs",
         )
-    note(
-        "A budget stop is an exception, so everything around it unwinds like any other error. "
-        "To carry on with more money, reopen the stored session with a bigger budget: "
-        "llmctx.session.resume(session_id, budget=llmctx.Budget(...)) restores its spend.",
-        title="What next",
+    console.print(
+        "To carry on with more money, reopen it with a bigger budget (its spend stays):\n"
+        "  llmctx.session.resume(session_id, budget=llmctx.Budget(...))"
     )
+
+
+# ---------------------------------------------------------------- 5. the GPU pool
+
+GPUS = ["cuda:0", "cuda:1"]
+GPU_GB = 24
+JOB_GB = 8
+BIG_JOB_GB = 16
+
+
+@dataclass
+class GpuRun:
+    """What the pool did: where each job ran, and the statistics at each step."""
+
+    where: dict[str, str] = field(default_factory=dict)
+    steps: list[tuple[str, str, llmctx.PoolStatistics]] = field(default_factory=list)
+
+
+async def gpu_jobs(pool: llmctx.ResourcePool[str]) -> GpuRun:
+    """Six 8 GB jobs fill both GPUs; a 16 GB job and an 8 GB one queue; jobs end one by one."""
+    result = GpuRun()
+    finish: dict[str, asyncio.Event] = {}
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def job(name: str, gb: int) -> None:
+        async with pool.acquire(gb) as lease:  # waits, in arrival order, for gb on one GPU
+            result.where[name] = lease.resource
+            await finish[name].wait()
+
+    async def start(name: str, gb: int) -> None:
+        finish[name] = asyncio.Event()
+        tasks[name] = asyncio.create_task(job(name, gb))
+        await asyncio.sleep(0)  # let it reach the pool: arrival order is start order
+
+    def snapshot(what: str) -> None:
+        waiting = [n for n in tasks if n not in result.where]
+        result.steps.append((what, ", ".join(waiting) or "-", pool.statistics()))
+
+    async def end(name: str) -> None:
+        finish[name].set()
+        await tasks[name]
+        await asyncio.sleep(0)  # the woken waiters run (they were granted at the release)
+
+    for name in "ABCDEF":
+        await start(name, JOB_GB)
+    snapshot("A-F (8 GB each) started")
+    await start("G", BIG_JOB_GB)
+    await start("H", JOB_GB)
+    snapshot("G (16 GB), then H (8 GB)")
+    same_gpu = [n for n in "BCDEF" if result.where[n] == result.where["A"]]
+    await end("A")
+    snapshot(f"A ended: 8 GB free on {result.where['A']}")
+    await end(same_gpu[0])
+    snapshot(f"{same_gpu[0]} ended: 16 GB free on {result.where['A']}")
+    other = next(n for n in "BCDEF" if result.where[n] != result.where["A"])
+    await end(other)
+    snapshot(f"{other} ended: 8 GB free on {result.where[other]}")
+    for name in finish:
+        finish[name].set()
+    await asyncio.gather(*tasks.values())
+    snapshot("all ended")
+    return result
+
+
+def gpu_pool(checks: Checks) -> None:
+    section("5. The GPU pool: weighted leases, first come first served")
+    console.print(
+        f"pool = llmctx.ResourcePool({GPUS}, capacity={GPU_GB})   # GB per GPU\n"
+        f"async with pool.acquire({JOB_GB}) as lease: ...   # 8 GB on one GPU, lease.resource\n"
+        "Each step: the jobs still waiting, then pool.statistics():"
+    )
+    pool: llmctx.ResourcePool[str] = llmctx.ResourcePool(GPUS, capacity=GPU_GB, name="gpus")
+    gpu = asyncio.run(gpu_jobs(pool))
+    console.print(f"  {'step':<30} {'waiting':<8} borrowed  free  queued")
+    for what, waiting, st in gpu.steps:
+        console.print(
+            f"  {what:<30} {waiting:<8} {st.borrowed:>5} GB {st.available:>3} GB {st.waiting:>5}"
+        )
+    final = gpu.steps[-1][2]
+    console.print(
+        f"  G ran on {gpu.where.get('G')}, H on {gpu.where.get('H')}; statistics(): acquired "
+        f"{final.acquired}, wait_max {final.wait_max * 1000:.1f} ms.\n"
+        "  H would have fit after A ended, but waited behind G: strict FIFO, so a big\n"
+        "  job is never starved by a stream of small ones."
+    )
+    spread = {g: sorted(n for n in "ABCDEF" if gpu.where[n] == g) for g in GPUS}
+    after_a = gpu.steps[2]
+    checks.check(
+        all(len(v) == 3 for v in spread.values())
+        and gpu.steps[0][2].borrowed == 2 * GPU_GB
+        and gpu.steps[0][2].available == 0,
+        "six 8 GB leases filled both 24 GB GPUs, three each (the one with most free first)",
+        str(spread),
+    )
+    checks.check(
+        gpu.steps[1][1] == "G, H"
+        and after_a[1] == "G, H"
+        and after_a[2].available == JOB_GB
+        and after_a[2].waiting == 2,
+        "with 8 GB free, the 8 GB job H still waited behind the 16 GB job G (strict FIFO)",
+        f"after A ended: free {after_a[2].available} GB, waiting {after_a[1]}",
+    )
+    checks.check(
+        gpu.steps[3][1] == "H"
+        and gpu.where.get("G") == gpu.where["A"]
+        and gpu.steps[4][1] == "-"
+        and gpu.where.get("H") != gpu.where["A"],
+        "G got the GPU once 16 GB were free on it, then H the next 8 GB freed",
+        f"G on {gpu.where.get('G')}, H on {gpu.where.get('H')}",
+    )
+    checks.check(
+        final.borrowed == 0 and final.waiting == 0 and final.acquired == 8 and final.wait_max > 0,
+        "statistics(): all 8 leases granted and returned, nobody waiting, the waits measured",
+        f"acquired {final.acquired}, wait_max {final.wait_max:.4f} s",
+    )
+
+
+def main() -> None:
+    """The module, section by section."""
+    header(
+        5, "Nested managers", "a budget, a monitor and a session, unwound in reverse; a GPU pool"
+    )
+    checks = Checks()
+    llama = model()  # load the model before anything is measured
+    before = (llmctx.lookup_price(MODEL_NAME), vars(llama).get("generate"))
+    nest = run_the_nest(llama)
+    the_refusal(checks, nest)
+    the_unwinding(checks, nest, llama, before)
+    monitor_and_store(checks, nest)
+    gpu_pool(checks)
     checks.verify()
 
 
