@@ -116,8 +116,8 @@ def fixed_recorder(checks: Checks) -> None:
     outer, inner, lost = nest(ResettingRecorder)
     after = prompt_recorder_var.get("<unset>")
     console.print(
-        f"nested: outer logged {outer}, inner {inner}; after both the variable is\n"
-        f"{after!r} again (reset restores the previous value, even 'unset')"
+        f"nested: outer logged {outer}, inner {inner}; after both the variable holds\n"
+        f"{after!r}, the value it had before them (reset restores it, even 'unset')"
     )
     checks.check(
         not lost and outer == ["a", "c"] and inner == ["b"] and after is None,
@@ -272,10 +272,10 @@ def asyncio_tasks(checks: Checks, fake: FakeModel) -> None:
     with llmctx.session("04-tasks", store="memory:") as tasks_session:
         task_seen, child_seen, parent_meanwhile = asyncio.run(_tasks_demo(fake))
     console.print(
-        f"  8 tasks started inside '04-tasks' saw {sorted(set(map(str, task_seen)))}; "
-        f"all {tasks_session.usage.requests} calls were\n"
-        f"  charged. A task that opened its own session saw {child_seen!r}\n"
-        f"  while its parent task, at the same moment, still saw {parent_meanwhile!r}."
+        f"  8 tasks started inside '04-tasks' saw {sorted(set(map(str, task_seen)))}. A task "
+        f"that opened its\n  own session saw {child_seen!r} while its parent, at the same "
+        f"moment, saw\n  {parent_meanwhile!r}. '04-tasks' was charged all "
+        f"{tasks_session.usage.requests} calls (8 + the child's 1)."
     )
     checks.check(
         task_seen == ["04-tasks"] * 8 and tasks_session.usage.requests == 9,

@@ -363,8 +363,8 @@ def monitor_and_store(checks: Checks, nest: Nest) -> None:
         rss = "?" if r.rss_delta is None else f"{r.rss_delta / 1e6:+.1f} MB"
         console.print(
             f"  monitor('batch'): wall {r.wall_s:.3f} s, CPU {r.cpu_s:.3f} s, RSS {rss};\n"
-            f"  error {r.error}, slow (> {WARN_AFTER} s) {r.slow}, warnings logged "
-            f"{len(nest.warnings_seen)}: in s.events"
+            f"  error {r.error}, slow (> {WARN_AFTER} s) {r.slow}, "
+            f"{len(nest.warnings_seen)} warning logged; attached to s.events"
         )
         events = [e for e in session.events if e.get("kind") == "monitor"]
         checks.check(
@@ -412,7 +412,7 @@ def monitor_and_store(checks: Checks, nest: Nest) -> None:
             f"{len(nest.rec) if nest.rec else 0} pairs",
         )
     console.print(
-        "To carry on with more money, reopen it with a bigger budget (its spend stays):\n"
+        "To carry on, reopen the stored session with a bigger budget (its spend is kept):\n"
         "  llmctx.session.resume(session_id, budget=llmctx.Budget(...))"
     )
 

@@ -63,11 +63,15 @@ class Log:
         return [e.removeprefix("exit ") for e in self.events if e.startswith("exit ")]
 
     def order(self) -> str:
-        """The events as one line: ``+file +listener -listener -file``."""
+        """The events as one line: ``+file +listener !device -listener -file``.
+
+        ``+`` entered, ``-`` exited, ``!`` an ``__aenter__`` that raised.
+        """
+        marks = {"enter": "+", "exit": "-", "__aenter__": "!"}
         return " ".join(
-            ("+" if e.startswith("enter ") else "-") + e.split(" ", 1)[1]
-            for e in self.events
-            if e.startswith(("enter ", "exit "))
+            marks[kind] + rest.split(" ", 1)[0]
+            for kind, rest in (e.split(" ", 1) for e in self.events if " " in e)
+            if kind in marks
         )
 
 
@@ -302,7 +306,7 @@ async def failing_enter(checks: Checks) -> None:
     except OSError as exc:
         failure = exc
     console.print(
-        f"{fail.order()}\n{escape(repr(failure))} from the 4th __aenter__.\n"
+        f"{fail.order()}\n(! = its __aenter__ raised {escape(repr(failure))})\n"
         "__aexit__ runs only after __aenter__ returned, so a manager must undo its own\n"
         "half-done __aenter__; the stack unwinds only what it had entered."
     )
