@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -448,13 +449,17 @@ async def model_picks_a_tool(checks: Checks, hub: Hub, s: llmctx.Session) -> Non
     )
     # A worker thread keeps the event loop (and the servers' owner tasks) responsive;
     # anyio copies the context into it, so the call is charged to the session.
-    reply = await anyio.to_thread.run_sync(
-        lambda: ask(
-            question,
-            max_tokens=PICK_MAX_TOKENS,
-            response_format={"type": "json_object", "schema": schema},
+    try:
+        reply = await anyio.to_thread.run_sync(
+            lambda: ask(
+                question,
+                max_tokens=PICK_MAX_TOKENS,
+                response_format={"type": "json_object", "schema": schema},
+            )
         )
-    )
+    except llmctx.ConfigError as exc:  # no local extra: the MCP part still stands
+        console.print(f"[dim](local model unavailable: {escape(str(exc))})[/dim]")
+        return
     try:
         picked = str(json.loads(reply)["tool"])
     except (ValueError, KeyError, TypeError):
@@ -464,7 +469,7 @@ async def model_picks_a_tool(checks: Checks, hub: Hub, s: llmctx.Session) -> Non
     dispatched = sum(1 for c in s.calls if c.kind == "tool") - tool_calls_before
     console.print(
         f"  model: [bold]{escape(reply)}[/bold] -> hub.dispatch ran {dispatched} call:\n"
-        f"  {escape(' '.join(answer.content.split())[:74])}"
+        f"  {escape(textwrap.shorten(answer.content, 76))}"
     )
     reply_note(PICK_MAX_TOKENS)
     checks.check(
