@@ -93,6 +93,7 @@ def _source(obj: Any, skip: int = 0) -> str:
 
 
 def blog_recorder(checks: Checks) -> None:
+    """Section 1: the post's recorder, verbatim, losing a call when two nest."""
     section("1. The blog post's recorder: a real contextvars.ContextVar")
     console.print("  prompt_recorder_var = contextvars.ContextVar('prompt_recorder')")
     first, rest = _source(PromptRecorder, skip=2).split("\n", 1)
@@ -111,6 +112,7 @@ def blog_recorder(checks: Checks) -> None:
 
 
 def fixed_recorder(checks: Checks) -> None:
+    """Section 2: the same recorder with reset(token): nesting works."""
     section("2. The fix: keep the token set() returns, reset() it on exit")
     console.print(escape(_source(ResettingRecorder)))
     outer, inner, lost = nest(ResettingRecorder)
@@ -155,6 +157,7 @@ def _call_model(prompt: str) -> str:
 
 
 def llmctx_sessions(checks: Checks, before: llmctx.Session | None) -> None:
+    """Section 3: llmctx.session and llmctx.record, a model call three frames down."""
     section("3. llmctx does the same: llmctx.session + llmctx.record (real local model)")
     console.print(
         "llmctx/_context.py sets a ContextVar on entry, resets it with the token in\n"
@@ -268,6 +271,7 @@ async def _tasks_demo(fake: FakeModel) -> tuple[list[str | None], str | None, st
 
 
 def asyncio_tasks(checks: Checks, fake: FakeModel) -> None:
+    """Section 4: asyncio tasks inherit the session; a child's never leaks back."""
     section("4. asyncio tasks copy the context when they are created (FakeModel)")
     with llmctx.session("04-tasks", store="memory:") as tasks_session:
         task_seen, child_seen, parent_meanwhile = asyncio.run(_tasks_demo(fake))
@@ -305,6 +309,7 @@ def thread_inherits_context() -> bool:
 
 
 def threads(checks: Checks, fake: FakeModel) -> None:
+    """Section 5: what a thread sees, by Python version and flag, and the carriers."""
     section("5. Threads: an empty context, or a copy, depending on build and flags")
     inherits = thread_inherits_context()
     console.print(

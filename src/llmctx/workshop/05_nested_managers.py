@@ -270,6 +270,7 @@ def run_the_nest(llama: Any) -> Nest:
 
 
 def the_refusal(checks: Checks, nest: Nest) -> None:
+    """Section 2: the refused call, and proof that it never reached the model."""
     section("2. The budget refused the next call before it was sent")
     refusal = nest.refusals[0] if nest.refusals else None
     session = nest.session
@@ -321,6 +322,7 @@ def the_refusal(checks: Checks, nest: Nest) -> None:
 
 
 def the_unwinding(checks: Checks, nest: Nest, llama: Any, before: tuple[Any, Any]) -> None:
+    """Section 3: every layer exited in reverse, and global state is restored."""
     section("3. Every layer cleaned up, in reverse order, as the exception passed through")
     log = nest.log
     entered = [line.removeprefix("enter ") for line in log if line.startswith("enter ")]
@@ -354,6 +356,7 @@ def the_unwinding(checks: Checks, nest: Nest, llama: Any, before: tuple[Any, Any
 
 
 def monitor_and_store(checks: Checks, nest: Nest) -> None:
+    """Section 4: the monitor's event on the session, and the stored failed session."""
     section("4. The monitor's measurement, on the session, and the stored session")
     session, mon = nest.session, nest.mon
     if not FEATURES["monitor"]:
@@ -480,6 +483,7 @@ async def gpu_jobs(pool: llmctx.ResourcePool[str]) -> GpuRun:
 
 
 def gpu_pool(checks: Checks) -> None:
+    """Section 5: the outline's GPU pool, weighted leases run for real."""
     section("5. The GPU pool: weighted leases, first come first served")
     console.print(
         f"pool = llmctx.ResourcePool({GPUS}, capacity={GPU_GB})   # GB per GPU\n"

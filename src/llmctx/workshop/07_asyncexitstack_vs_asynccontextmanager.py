@@ -201,6 +201,7 @@ async def worker_process(...):
 
 
 async def one_resource(checks: Checks) -> None:
+    """Section 1: one resource as one @asynccontextmanager."""
     section("1. One resource: @asynccontextmanager (setup -> yield -> teardown)")
     console.print(Syntax(ONE_SOURCE, "python"))
     log = Log()
@@ -218,6 +219,7 @@ async def one_resource(checks: Checks) -> None:
 
 
 async def several_resources(checks: Checks) -> None:
+    """Section 2: nested `async with` and AsyncExitStack, side by side."""
     section("2. Several: nested `async with` and AsyncExitStack unwind the same way")
     nested, stacked = Log(), Log()
     async with (
@@ -255,6 +257,7 @@ async def several_resources(checks: Checks) -> None:
 
 
 async def dynamic_resources(checks: Checks) -> None:
+    """Section 3: a number of resources known only at run time, plus callbacks."""
     section("3. A number decided at run time: AsyncExitStack + push_async_callback")
     n_workers = min(4, (os.cpu_count() or 1) + 1)  # one more worker than cores, at most 4
     console.print(
@@ -291,6 +294,7 @@ async def dynamic_resources(checks: Checks) -> None:
 
 
 async def failing_enter(checks: Checks) -> None:
+    """Section 4a: an __aenter__ that raises, and a temp_file whose open fails."""
     section("4a. Resource k fails while being entered: 0..k-1 unwind, k's exit never runs")
     fail = Log()
     failure: OSError | None = None
@@ -353,6 +357,7 @@ async def failing_enter(checks: Checks) -> None:
 
 
 async def hand_over(checks: Checks, baseline: set[int]) -> None:
+    """Section 4b: open all or none, then hand the stack over with pop_all()."""
     section("4b. All or nothing, then hand over: pop_all()")
 
     async def open_pool(log: Log, n: int) -> AsyncExitStack:
@@ -383,6 +388,7 @@ async def hand_over(checks: Checks, baseline: set[int]) -> None:
 
 
 async def body_raises(checks: Checks) -> None:
+    """Section 4c: an exception in the body reaches every exit."""
     section("4c. An exception in the body reaches every resource's exit")
     body = Log()
     raised: ValueError | None = None
@@ -456,6 +462,7 @@ async def anyio_cancel_scope(shield: bool) -> list[str]:
 
 
 async def cancellation(checks: Checks) -> None:
+    """Section 5: asyncio's deliver-once cancellation vs an anyio scope's."""
     section("5. Cancellation and a cleanup that awaits: asyncio vs an anyio scope")
     plain = await asyncio_cancel_once()
     scoped = await anyio_cancel_scope(shield=False)
@@ -541,6 +548,7 @@ class OwnedWorker:
 
 
 async def cross_task_pitfall(checks: Checks) -> list[int]:
+    """Section 6: a task group exited in a foreign task, then the owner-task fix."""
     section("6. The pitfall: a task group entered in one task, exited in another")
     console.print(
         "MCP clients hold anyio task groups; a class entering them in start() and exiting\n"
@@ -615,6 +623,7 @@ GUIDE = (
 
 
 def which_one_when() -> None:
+    """The summary: which tool for which situation."""
     section("Which one when (combine them: each resource a manager, composed on a stack)")
     for situation, use in GUIDE:
         console.print(f"  {situation:<33} {use}")

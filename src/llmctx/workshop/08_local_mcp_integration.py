@@ -137,6 +137,7 @@ def child_pids() -> set[int]:
 
 
 def by_hand(checks: Checks) -> None:
+    """Sections 1 and 2: a server leaked by hand, then try/finally."""
     section("1. BAD: a server started by hand, an exception before the cleanup")
     console.print(Syntax(BAD_SOURCE, "python"))
     spawned: list[subprocess.Popen[bytes]] = []
@@ -191,6 +192,7 @@ async def notes_session(db: str) -> AsyncIterator[ClientSession]:
 
 
 async def one_server(checks: Checks) -> None:
+    """Section 3: one server behind a hand-written @asynccontextmanager."""
     section("3. One server: @asynccontextmanager around stdio_client + ClientSession")
     console.print(Syntax(ONE_SERVER_SOURCE, "python"))
     before = child_pids()
@@ -300,6 +302,7 @@ async def wait_for_resources(hub: Hub, count: int, limit: float = 5.0) -> list[s
 
 
 def config_and_profiles(checks: Checks, config_path: Path, env: dict[str, str]) -> None:
+    """Section 4: the config, its profiles and ${VAR} expansion."""
     section("4. Many servers: one config, two profiles, ${VAR} expansion, llmctx.mcp.Hub")
     console.print(Syntax(show_config(config_path), "json"))
     try:
@@ -331,6 +334,7 @@ def config_and_profiles(checks: Checks, config_path: Path, env: dict[str, str]) 
 
 
 async def dev_hub(checks: Checks, config_path: Path, env: dict[str, str], base: set[int]) -> None:
+    """Section 4, continued: the dev hub, its tool calls and the model's pick."""
     console.print(Syntax(HUB_SOURCE, "python"))
     console.print(
         "Over notes_session in a loop, the hub adds: concurrent start, one owner task\n"
@@ -480,6 +484,7 @@ async def model_picks_a_tool(checks: Checks, hub: Hub, s: llmctx.Session) -> Non
 
 
 async def prod_hub(checks: Checks, config_path: Path, env: dict[str, str], base: set[int]) -> None:
+    """Section 5: the prod profile, and an exception inside the hub's block."""
     section("5. The prod profile, and an exception inside the hub's block")
     prod_pids: set[int] = set()
     add_refused = ""
