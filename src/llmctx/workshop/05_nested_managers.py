@@ -367,7 +367,7 @@ def monitor_and_store(checks: Checks, nest: Nest) -> None:
         console.print(
             f"  monitor('batch'): wall {r.wall_s:.3f} s, CPU {r.cpu_s:.3f} s, RSS {rss};\n"
             f"  error {r.error}, slow (> {WARN_AFTER} s) {r.slow}, "
-            f"{len(nest.warnings_seen)} warning logged; attached to s.events"
+            f"{len(nest.warnings_seen)} warning(s); in s.events"
         )
         events = [e for e in session.events if e.get("kind") == "monitor"]
         checks.check(

@@ -169,7 +169,7 @@ def by_hand(checks: Checks) -> None:
     console.print(
         f"the same KeyError, and {len(left)} processes left (pid {spawned[0].pid} exited with "
         f"{spawned[0].returncode}).\nThat fixes one process; an MCP client has more to undo "
-        "(its session, task groups)."
+        "(session, tasks)."
     )
     checks.check(
         len(spawned) == 1 and not left and spawned[0].returncode is not None,
