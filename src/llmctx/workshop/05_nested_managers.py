@@ -447,10 +447,16 @@ async def gpu_jobs(pool: llmctx.ResourcePool[str]) -> GpuRun:
             result.where[name] = lease.resource
             await finish[name].wait()
 
+    async def settle() -> None:
+        # A few loop turns: a started job reaches the pool (granted or queued; a fast grant
+        # may yield once), and a woken waiter records where it runs.
+        for _ in range(4):
+            await asyncio.sleep(0)
+
     async def start(name: str, gb: int) -> None:
         finish[name] = asyncio.Event()
         tasks[name] = asyncio.create_task(job(name, gb))
-        await asyncio.sleep(0)  # let it reach the pool: arrival order is start order
+        await settle()  # arrival order is start order
 
     def snapshot(what: str) -> None:
         waiting = [n for n in tasks if n not in result.where]
@@ -459,7 +465,7 @@ async def gpu_jobs(pool: llmctx.ResourcePool[str]) -> GpuRun:
     async def end(name: str) -> None:
         finish[name].set()
         await tasks[name]
-        await asyncio.sleep(0)  # the woken waiters run (they were granted at the release)
+        await settle()  # the woken waiters run (they were granted at the release)
 
     for name in "ABCDEF":
         await start(name, JOB_GB)
