@@ -370,9 +370,8 @@ async def dev_hub(checks: Checks, config_path: Path, env: dict[str, str], base: 
             console.print(
                 f"  notes.add_note x2 -> ids {structured(first)['id']}, {structured(second)['id']};"
                 f" notes.list_notes -> ids {[n['id'] for n in listed]}\n"
-                f"  files.read_file README.txt -> {escape(repr(result_text(readme)[:36]))}...\n"
-                f"  files.read_file ../secret.txt -> isError={outside.is_error} (outside the "
-                "served root)\n"
+                f"  files.read_file: README.txt -> its {len(result_text(readme))} chars; "
+                f"../secret.txt -> isError={outside.is_error}\n"
                 f"  {notifications.count('notifications/resources/list_changed')} list_changed "
                 f"notifications; resources re-listed: {uris}"
             )
@@ -403,8 +402,8 @@ async def dev_hub(checks: Checks, config_path: Path, env: dict[str, str], base: 
         stored = [(c.model, c.status) for c in store.list_calls([s.id]) if c.kind == "tool"]
         zero = all(c.usage.total_tokens == 0 and c.cost == 0 for c in s.calls if c.kind == "tool")
     console.print(
-        f"session {s.name!r}: {len(tool_calls)} calls of kind 'tool', 0 tokens, $0, all "
-        f"stored;\nafter the hub: {len(after_dev - base)} processes"
+        f"session {s.name!r}: {len(tool_calls)} calls of kind 'tool' ($0), stored. "
+        f"Processes: {len(after_dev - base)}"
     )
     expected = [
         ("notes.add_note", "ok"),
