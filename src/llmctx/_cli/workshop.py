@@ -1,33 +1,79 @@
-"""``llmctx workshop [N ...]``: run the workshop modules and summarise them."""
+"""``llmctx workshop [N ...]``: run the workshop modules and summarise them.
+
+The same command is ``python -m llmctx.workshop``. On a terminal the run pauses between
+modules ("press Enter for module N, q to stop") and pages the Markdown modules; ``--no-pause``
+and runs whose input or output is not a terminal go straight through.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
+
+_WHAT_IT_USES = {"model": "calls the local model", "processes": "starts child processes"}
+
+
+def _list_modules() -> None:
+    """Each module's lesson, where its file is, both ways to run it and what it uses."""
+    from .. import workshop as ws
+    from ..workshop._common import console
+
+    console.rule("[bold]llmctx workshop[/bold]: nine modules")
+    console.print("The files, installed with the package (run the scripts from there):")
+    console.print(f"  cd {ws.HERE}", soft_wrap=True)
+    for m in ws.MODULES:
+        uses = ", ".join(_WHAT_IT_USES[u] for u in m.uses) or "plain Python"
+        if m.kind == "read":
+            uses = "reading"
+        console.print(f"\n[bold]{m.number}. {m.title}[/bold] [dim]({uses})[/dim]")
+        console.print(f"   {m.lesson}")
+        other = "open" if m.kind == "read" else "python"
+        console.print(f"   llmctx workshop {m.number}  |  {other} {m.filename}", soft_wrap=True)
+    console.print(
+        "\nAll of them: llmctx workshop (or python -m llmctx.workshop); --no-pause runs "
+        "straight through, --verbose prints every self-check."
+    )
+
+
+def _ask_to_continue(next_number: int) -> bool:
+    """Wait for Enter before the next module; False when the learner typed q (or EOF)."""
+    from ..workshop._common import console
+
+    try:
+        answer = console.input(f"\n[dim]press Enter for module {next_number}, q to stop[/dim] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() not in {"q", "quit", "exit"}
 
 
 def workshop(
     modules: list[int] | None = typer.Argument(
         None, help="Module numbers to run (1-9); all of them when omitted."
     ),
-    list_only: bool = typer.Option(False, "--list", help="List the modules and exit."),
+    list_only: bool = typer.Option(
+        False, "--list", help="Each module's lesson, file and how to run it; then exit."
+    ),
+    no_pause: bool = typer.Option(
+        False, "--no-pause", help="Do not wait for Enter between modules (or page 06 and 09)."
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Print every self-check row, not one line per module."
+    ),
 ) -> None:
     """Run the nine-module workshop offline on the bundled local model and SQLite."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich import box
     from rich.table import Table
 
     from .. import workshop as ws
     from .._exceptions import ConfigError
     from .._money import format_usd
-    from ..workshop._common import console
+    from ..workshop._common import VERBOSE_ENV, console
 
     by_number = {m.number: m for m in ws.MODULES}
     if list_only:
-        table = Table(title="llmctx workshop")
-        for col in ("#", "module", "kind", "file"):
-            table.add_column(col)
-        for m in ws.MODULES:
-            table.add_row(str(m.number), m.title, m.kind, m.filename)
-        console.print(table)
+        _list_modules()
         return
     unknown = [n for n in modules or [] if n not in by_number]
     if unknown:
@@ -51,35 +97,37 @@ def workshop(
             )
             raise typer.Exit(2) from None
 
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not no_pause
+    verbose_before = os.environ.get(VERBOSE_ENV)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
     outcomes: list[ws.ModuleOutcome] = []
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("workshop", total=len(chosen))
-        for m in chosen:
-            progress.update(task, description=f"{m.number:02d} {m.title}")
-            outcome = ws.run_module(m)
+    try:
+        for i, m in enumerate(chosen):
+            if i and interactive and not _ask_to_continue(m.number):
+                break
+            outcome = ws.run_module(m, pager=interactive)
             outcomes.append(outcome)
             if not outcome.ok:
                 console.print(f"[bold red]module {m.number:02d} failed:[/bold red] {outcome.error}")
-            progress.advance(task)
+    finally:
+        if verbose_before is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = verbose_before
 
-    table = Table(title="Workshop summary")
+    table = Table(title="Workshop summary", box=box.SIMPLE_HEAD, show_edge=False)
     for col, justify in (
         ("#", "right"),
         ("module", "left"),
         ("seconds", "right"),
-        ("LLM calls", "right"),
+        ("calls", "right"),
         ("tokens", "right"),
         ("cost", "right"),
         ("result", "left"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.columns[1].overflow = "ellipsis"
     for o in outcomes:
         table.add_row(
             f"{o.module.number:02d}",
@@ -102,5 +150,8 @@ def workshop(
         f"{sum(o.ok for o in outcomes)}/{len(outcomes)} ok",
     )
     console.print(table)
+    console.print(
+        "[dim]calls and tokens: real calls to the local model; cost: at a made-up price[/dim]"
+    )
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)

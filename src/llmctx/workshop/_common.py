@@ -1,10 +1,12 @@
 """What every workshop module shares: the console, the local model, a store, self-checks.
 
 A module is a script with a ``main()`` (sync or async) that prints what it demonstrates and
-ends with ``checks.verify()``, which raises :class:`CheckFailed` when a claim did not hold.
-It runs on its own (``python workshop/02_llm_session_manager.py``) through :func:`run`, and
-under ``llmctx workshop``, which imports it and calls ``main()`` inside a session that
-counts its LLM calls, tokens and cost.
+ends with ``checks.verify()``, which prints one line ("14/14 held", every failed claim in
+full) and raises :class:`CheckFailed` when a claim did not hold; with ``--verbose`` (or
+``LLMCTX_WORKSHOP_VERBOSE=1``) it prints every claim. It runs on its own
+(``python workshop/02_llm_session_manager.py [--verbose]``) through :func:`run`, and under
+``llmctx workshop``, which imports it and calls ``main()`` inside a session that counts its
+LLM calls, tokens and cost.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -29,6 +33,7 @@ from .._money import format_usd
 
 __all__ = [
     "MODEL_NAME",
+    "VERBOSE_ENV",
     "WORKSHOP_PRICE",
     "CheckFailed",
     "Checks",
@@ -43,9 +48,20 @@ __all__ = [
     "run",
     "section",
     "temp_store",
+    "verbose",
 ]
 
 console = Console(highlight=False)
+
+#: Set to a non-empty value other than ``0`` to print every self-check row (what
+#: ``llmctx workshop --verbose`` and ``python NN_*.py --verbose`` do).
+VERBOSE_ENV = "LLMCTX_WORKSHOP_VERBOSE"
+
+
+def verbose() -> bool:
+    """Whether self-checks print every row (see :data:`VERBOSE_ENV`)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
 
 #: The bundled model's name on every record (price it to see money budgets at work).
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -75,19 +91,38 @@ class Checks:
         return bool(ok)
 
     def verify(self) -> None:
-        """Print the table of claims and raise CheckFailed if any failed (or none were made)."""
-        table = Table(title=self.title)
-        table.add_column("claim")
-        table.add_column("result")
-        table.add_column("detail", overflow="fold")
-        for claim, ok, detail in self.results:
-            table.add_row(claim, "[green]ok[/green]" if ok else "[red]FAILED[/red]", detail)
-        console.print(table)
-        failed = [claim for claim, ok, _ in self.results if not ok]
+        """Print one line ("14/14 held"), failed claims in full, and raise if any failed.
+
+        With :func:`verbose` every claim is printed as a table row first.
+
+        Raises:
+            CheckFailed: a claim did not hold (the message names each), or none were made.
+        """
+        if verbose():
+            table = Table(title=self.title)
+            table.add_column("claim", ratio=3)
+            table.add_column("result", no_wrap=True)
+            table.add_column("detail", ratio=2, overflow="fold")
+            for claim, ok, detail in self.results:
+                table.add_row(claim, "[green]ok[/green]" if ok else "[red]FAILED[/red]", detail)
+            console.print(table)
+        failed = [(claim, detail) for claim, ok, detail in self.results if not ok]
+        held = len(self.results) - len(failed)
+        for claim, detail in failed:
+            console.print(
+                f"[bold red]✗ FAILED:[/bold red] {escape(claim)}"
+                + (f"\n    [red]{escape(detail)}[/red]" if detail else "")
+            )
         if not self.results:
             raise CheckFailed("the module made no claims to check")
+        style = "red" if failed else "green"
+        mark = "✗" if failed else "✓"
+        console.print(
+            f"[{style}]{mark} {self.title}: {held}/{len(self.results)} held[/{style}]"
+            + ("" if failed or verbose() else " [dim](--verbose lists them)[/dim]")
+        )
         if failed:
-            raise CheckFailed("self-check failed: " + "; ".join(failed))
+            raise CheckFailed("self-check failed: " + "; ".join(claim for claim, _ in failed))
 
 
 def usd(value: Any) -> str:
@@ -182,14 +217,19 @@ def child_processes() -> list[Any]:
 
 
 def run(main: Callable[[], Any]) -> None:
-    """Entry point for ``python workshop/NN_*.py``: run ``main`` and exit 1 on a failed check."""
+    """Entry point for ``python workshop/NN_*.py [--verbose]``: exit 1 on a failed check.
+
+    ``--verbose`` (or ``-v``) prints every self-check row, as ``llmctx workshop --verbose`` does.
+    """
+    if {"--verbose", "-v"} & set(sys.argv[1:]):
+        os.environ[VERBOSE_ENV] = "1"
     try:
         if inspect.iscoroutinefunction(main):
             asyncio.run(main())
         else:
             main()
     except CheckFailed as exc:
-        console.print(f"[bold red]{exc}[/bold red]")
+        console.print(f"[bold red]{escape(str(exc))}[/bold red]")
         sys.exit(1)
     except LLMCtxError as exc:
         console.print(f"[bold red]{type(exc).__name__}: {exc}[/bold red]")
