@@ -16,6 +16,11 @@ several event loops at once.
 
 The state can live in Redis (:class:`llmctx.RedisRateStore`, in ``llmctx._redis``) so that
 many processes share one limit; the FIFO queue stays per process.
+
+Ctrl-C safe (see :mod:`llmctx._interrupt`): admitting, settling and releasing are
+:func:`~llmctx._interrupt.protected`, so a ``KeyboardInterrupt`` that lands there waits until
+the limiter is consistent; a wait is interruptible, and an interrupt raised there leaves the
+queue and gives back an admission that arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
 
 from ._exceptions import ConfigError, UsageError
+from ._interrupt import protected
 from ._waiting import (
+    _DONE,
     AcquireTimeout,
     WouldBlock,
     _cancel_pending,
@@ -210,6 +217,7 @@ class Reservation:
         """True from admission until :meth:`settle` or :meth:`release` is called."""
         return self._state == _OPEN
 
+    @protected
     def settle(self, actual_tokens: int) -> None:
         """Replace the estimate by the tokens the request actually used.
 
@@ -234,6 +242,7 @@ class Reservation:
         self._state = _SETTLED
         self._limiter._settle(actual - self.tokens, refund_request=False)
 
+    @protected
     def release(self) -> None:
         """Give the whole reservation back: the request was not sent. No-op once closed."""
         if self._state != _OPEN:
@@ -241,6 +250,7 @@ class Reservation:
         self._state = _RELEASED
         self._limiter._settle(-self.tokens, refund_request=True)
 
+    @protected
     def _keep_estimate(self) -> None:
         """Close the reservation with its estimate charged (leaving ``acquire()``'s block)."""
         if self._state == _OPEN:
@@ -254,11 +264,13 @@ class Reservation:
                 "another request"
             )
 
+    @protected
     def __enter__(self) -> Reservation:
         self._check_pending()
         self._limiter._admit_sync(self, self._timeout)
         return self
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -268,20 +280,24 @@ class Reservation:
         if self._state == _OPEN:
             self._keep_estimate()
 
+    @protected
     def __aenter__(self) -> Coroutine[Any, Any, Reservation]:
         # A plain method handing back the limiter's coroutine: one coroutine per acquire.
         if self._state != _PENDING:
             self._check_pending()
         return self._limiter._admit_async(self, self._timeout)
 
-    async def __aexit__(
+    @protected
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        # A plain method: the call itself closes the reservation (see _waiting._Done).
         if self._state == _OPEN:
             self._keep_estimate()
+        return _DONE
 
     def __repr__(self) -> str:
         state = {
@@ -440,6 +456,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
             tokens = _check_tokens(tokens, "tokens")
         return Reservation(self, tokens, timeout, _PENDING)
 
+    @protected
     def acquire_nowait(self, tokens: int = 0) -> Reservation:
         """Admit one request of ``tokens`` tokens now, or raise without taking anything.
 
@@ -463,6 +480,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
             retry_after=delay / _NS,
         )
 
+    @protected
     def reserve(self, tokens: int = 0, *, timeout: float | None = None) -> Reservation:
         """Block this thread until one request of ``tokens`` tokens is admitted.
 
@@ -484,6 +502,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         return reservation
 
     # The timeout parameter mirrors reserve() and lets the limiter count timeouts itself.
+    @protected
     async def areserve(
         self,
         tokens: int = 0,
@@ -516,6 +535,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         await self._admit_async(reservation, _check_timeout(timeout))
         return reservation
 
+    @protected
     def feedback(
         self,
         *,
@@ -610,6 +630,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
             f"({n} tokens requested); nothing was taken. Raise the timeout or the limits"
         )
 
+    @protected
     def _enqueue(
         self, n: int, loop: asyncio.AbstractEventLoop | None, timeout: float | None
     ) -> _Waiter | None:
@@ -649,12 +670,14 @@ class RateLimiter(_FifoQueue[_Waiter]):
             self._admitted += 1
         return delay
 
+    @protected
     def _admit_sync(self, reservation: Reservation, timeout: float | None) -> None:
         waiter = self._enqueue(reservation.tokens, None, timeout)
         if waiter is not None:
             self._wait_sync(waiter, None if timeout is None else time.monotonic() + timeout)
         reservation._state = _OPEN
 
+    @protected
     async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> Reservation:
         loop = _get_running_loop()
         if loop is None:
@@ -672,6 +695,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         reservation._state = _OPEN
         return reservation
 
+    @protected
     def _dispatch(self) -> None:
         """With the lock held: admit waiters from the head while they fit, then wake them.
 
@@ -701,6 +725,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         self._admitted -= 1
         self._store.adjust(-self._i_req, -n * self._i_tok, self._clock())
 
+    @protected
     def _take_back(self, grant: object) -> None:
         """With the lock held: a caller admitted and then cancelled sent nothing: refund it.
 
@@ -713,6 +738,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         except Exception:  # the refund is lost; the limit errs on the safe side
             logger.warning("llmctx: could not give back a rate limit admission", exc_info=True)
 
+    @protected
     def _settle(self, tok_delta: int, *, refund_request: bool) -> None:
         """Close one admitted reservation: the one place a reservation ends.
 

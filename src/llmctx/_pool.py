@@ -14,6 +14,11 @@ With a :class:`LeaseStore` the capacity is shared by every process using the sam
 :class:`llmctx.RedisLeaseStore` (in ``llmctx._redis``) keeps the leases in a Redis sorted set
 scored by their expiry (Redis ``TIME``), a heartbeat thread renews the ones this process
 holds, and the capacity of a holder that died comes back once its leases expire.
+
+Ctrl-C safe (see :mod:`llmctx._interrupt`): taking and giving back a lease is
+:func:`~llmctx._interrupt.protected`, so a ``KeyboardInterrupt`` that lands there waits until
+the pool is consistent; the waits and the user's health check are the interruptible parts,
+and an interrupt raised in them gives back what the caller was granted.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from ._exceptions import ConfigError, NoHealthyResource, UsageError
+from ._interrupt import protected, unprotected
 from ._waiting import (
+    _DONE,
     AcquireTimeout,
     WouldBlock,
     _cancel_pending,
@@ -56,6 +63,18 @@ _RELEASED = 2
 
 # "Not looked up yet", for a value that may be None once looked up.
 _NOT_LOOKED_UP: Any = object()
+
+
+@unprotected
+def _run_check(check: Callable[[R], bool], resource: R) -> bool:
+    """The user's health check: it may block, so a Ctrl-C there is raised at once."""
+    return bool(check(resource))
+
+
+@unprotected
+def _join(thread: threading.Thread, timeout: float | None) -> None:
+    """Wait for a replacement thread (interruptible; it holds nothing)."""
+    thread.join(timeout)
 
 
 @runtime_checkable
@@ -149,6 +168,7 @@ class Lease(_Waiter, Generic[R]):
         """True once the capacity went back to the pool."""
         return self._state == _RELEASED
 
+    @protected
     def release(self) -> None:
         """Give the capacity back (to the next waiters first). A second call is a no-op."""
         if self._state == _HELD:
@@ -160,12 +180,14 @@ class Lease(_Waiter, Generic[R]):
                 "this lease was already used; call pool.acquire() again for another lease"
             )
 
+    @protected
     def __enter__(self) -> Lease[R]:
         if self._state != _PENDING or self.sequence:
             self._check_pending()
         self._pool._acquire_sync(self, self._timeout)
         return self
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -175,20 +197,24 @@ class Lease(_Waiter, Generic[R]):
         if self._state == _HELD:
             self._pool._release(self)
 
+    @protected
     def __aenter__(self) -> Coroutine[Any, Any, Lease[R]]:
         # A plain method handing back the pool's coroutine: one coroutine per acquire, not two.
         if self._state != _PENDING or self.sequence:
             self._check_pending()
         return self._pool._acquire_async(self, self._timeout)
 
-    async def __aexit__(
+    @protected
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        # A plain method: the call itself releases (see _waiting._Done), nothing to await.
         if self._state == _HELD:
             self._pool._release(self)
+        return _DONE
 
     def __repr__(self) -> str:
         if self._slot is None:
@@ -395,6 +421,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             timeout = _check_timeout(timeout)
         return Lease(self, amount, timeout)
 
+    @protected
     def acquire_nowait(self, amount: int = 1) -> Lease[R]:
         """Lease ``amount`` units now, or raise without taking anything.
 
@@ -454,6 +481,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         with self._lock:
             return [s.resource for s in self._slots if not s.retired]
 
+    @protected
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop making replacements and wait for running factory calls (up to ``timeout``).
 
@@ -464,7 +492,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         self._closed.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in list(self._threads):
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            _join(t, None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> ResourcePool[R]:
         return self
@@ -569,6 +597,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 exc_info=True,
             )
 
+    @protected
     def _dispatch(self, freed: _Slot[R] | None = None) -> None:
         """With the lock held: grant capacity to the waiters at the head while they fit.
 
@@ -618,6 +647,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 self._cancellations += 1
                 fits_nowhere_else = 0  # that capacity went back to some slot
 
+    @protected
     def _release(self, lease: Lease[R]) -> None:
         """Give a held lease's capacity back, to the waiters at the head first.
 
@@ -680,6 +710,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 lease.schedule(self._store.poll_interval)
             return lease
 
+    @protected
     def _take_back(self, grant: object) -> None:
         """With the lock held: return capacity granted to a lease whose caller will not use it."""
         self._given_back += 1
@@ -691,6 +722,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             "Raise the timeout, lower the amount, or add capacity"
         )
 
+    @protected
     def _acquire_sync(self, lease: Lease[R], timeout: float | None) -> None:
         waiter = self._enqueue(lease, None, timeout, False)
         if waiter is None and self._health_check is None:
@@ -706,6 +738,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             waiter = self._enqueue(lease, None, remaining, True)
 
+    @protected
     async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> Lease[R]:
         loop = _get_running_loop()
         if loop is None:
@@ -731,23 +764,35 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             waiter = self._enqueue(lease, loop, remaining, True)
 
     # ------------------------------------------------------------------ health
+    @protected
     def _healthy(self, lease: Lease[R]) -> bool:
-        """Run the health check; on failure quarantine the resource and return False."""
+        """Run the health check; on failure quarantine the resource and return False.
+
+        Raises:
+            BaseException: what interrupted the check (KeyboardInterrupt): the lease goes
+                back to the pool first (the next waiters get it), nothing is quarantined.
+        """
         check = self._health_check
         if check is None:
             return True
+        ok: bool | None = None
         try:
-            ok = bool(check(lease.resource))
+            ok = _run_check(check, lease.resource)
         except Exception:
             logger.warning(
                 "llmctx: health check of %r raised; quarantining it", lease.resource, exc_info=True
             )
             ok = False
+        finally:
+            if ok is None:  # interrupted: neither passed nor failed, and the caller gets nothing
+                with self._lock:
+                    self._pass_on(lease)
         if ok:
             return True
         self._quarantine(lease)
         return False
 
+    @protected
     def _quarantine(self, lease: Lease[R]) -> None:
         with self._lock:
             slot = lease._slot
@@ -775,6 +820,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             self._threads.add(thread)
         thread.start()
 
+    @protected
     def _replace(self, capacity: int, key: int) -> None:
         factory = self._factory
         assert factory is not None

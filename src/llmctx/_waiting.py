@@ -33,12 +33,23 @@ without waking the task; a thread waiter is told when to run the dispatch itself
 no event loop to run callbacks on).
 
 A waiter has one wake-up for its whole wait: a future created once (asyncio) or a
-``threading.Event`` (threads). Wakes from other threads go through ``call_soon_threadsafe``, so
+:class:`_Wakeup` (threads). Wakes from other threads go through ``call_soon_threadsafe``, so
 one owner serves threads and several event loops at once.
+
+Ctrl-C safety (see :mod:`llmctx._interrupt`): everything that takes or gives back a grant, a
+queue place or the lock is :func:`~llmctx._interrupt.protected` (a ``KeyboardInterrupt``
+landing there waits until the bookkeeping is done), and the blocking waits are two small
+:func:`~llmctx._interrupt.unprotected` leaves that own nothing (:func:`_block` for a thread,
+:func:`_wait_for` for a task): an interrupt raised there propagates into the protected
+caller, whose ``finally`` leaves the queue and passes on a grant that arrived meanwhile
+(:meth:`_FifoQueue._leave`). A thread's wait wakes every :data:`_WAKE_EVERY` seconds, so an
+interrupt scheduled with ``_thread.interrupt_main()`` (how a deferred one is re-delivered)
+reaches a thread blocked in it too.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import math
@@ -52,6 +63,7 @@ from collections.abc import Callable, Generator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._exceptions import ConfigError, LLMCtxError
+from ._interrupt import protected, unprotected
 
 # The running loop of this thread or None, without raising: "are we on the waiter's loop?"
 _get_running_loop = asyncio._get_running_loop
@@ -72,6 +84,12 @@ __all__ = ["AcquireTimeout", "WouldBlock"]
 
 # Seconds before the next head retries after the owner's store (Redis) failed for the previous.
 _STORE_RETRY = 0.1
+
+#: Longest single sleep of a blocked thread, in seconds. A real SIGINT interrupts the sleep
+#: at once, but ``_thread.interrupt_main()`` (how :mod:`llmctx._interrupt` re-delivers a
+#: deferred Ctrl-C, and how tests simulate one) only sets a flag the thread reads when it
+#: next runs Python code: waking this often bounds how late that interrupt can land.
+_WAKE_EVERY = 0.05
 
 
 class WouldBlock(LLMCtxError):
@@ -217,9 +235,82 @@ def _yield_now() -> Generator[None, None, None]:
     yield
 
 
+class _Done:
+    """An awaitable already complete: what a synchronous ``__aexit__`` hands ``async with``.
+
+    A lease's or reservation's ``__aexit__`` gives back what it holds in the call itself and
+    returns this. Written ``async def``, the call would only create a coroutine, and CPython
+    checks for signals between that call and the await: a Ctrl-C there would leave the
+    coroutine never run and the unit never given back.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_DONE = _Done()
+
+
+@protected
 def _resolve(fut: asyncio.Future[None]) -> None:
+    # A loop callback (a wake from another thread): an interrupt before set_result would
+    # leave a granted waiter asleep forever.
     if not fut.done():
         fut.set_result(None)
+
+
+class _Wakeup:
+    """A thread waiter's wake-up: a raw lock that is held while no wake is pending.
+
+    Not a ``threading.Event``: its ``wait`` is Python code around a ``Condition``, and a
+    ``KeyboardInterrupt`` landing inside it can leave the condition's lock released twice
+    (a ``RuntimeError`` instead of the interrupt) or held (the owner's ``set()``, made under
+    the owner's lock, would then hang every thread). Here the sleep is one C call that takes
+    the lock or does not. :meth:`set` and :meth:`clear` run under the owner's lock; while
+    ``_set`` is False the lock is held, so :meth:`set` always releases a held lock, and the
+    sleeper taking it (consuming the wake) only does what the next :meth:`clear` would.
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        """With the owner's lock held: wake the sleeper (or let its next sleep return at once)."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def clear(self) -> None:
+        """With the owner's lock held: forget a wake already seen, before sleeping again."""
+        if self._set:
+            self._set = False
+            self._lock.acquire(False)
+
+
+@unprotected
+def _block(wakeup: _Wakeup, timeout: float | None) -> None:
+    """Sleep until ``wakeup`` is set or ``timeout`` passes: the interruptible leaf of a wait.
+
+    It holds nothing: a ``KeyboardInterrupt`` raised here goes to the caller's ``finally``.
+    """
+    if timeout is None or timeout > _WAKE_EVERY:
+        timeout = _WAKE_EVERY
+    elif timeout < 0:  # the instant passed since it was computed (a raw lock refuses < 0)
+        timeout = 0.0
+    wakeup._lock.acquire(True, timeout)
+
+
+@unprotected
+@types.coroutine
+def _wait_for(fut: asyncio.Future[None]) -> Generator[Any, None, None]:
+    """Await ``fut``: the interruptible leaf of a task's wait (it holds nothing)."""
+    yield from fut
 
 
 class _Owner(Protocol):
@@ -274,10 +365,10 @@ class _Waiter:
         self._due: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._fut: asyncio.Future[None] | None
-        self._event: threading.Event | None
+        self._event: _Wakeup | None
         if loop is None:
             self._fut = None
-            self._event = threading.Event()
+            self._event = _Wakeup()
         else:
             self._fut = loop.create_future()
             self._event = None
@@ -318,6 +409,7 @@ class _Waiter:
                 self._loop.call_soon_threadsafe(self._arm)
 
     # -------------------------------------------------------------- waiter side
+    @protected
     def _arm(self) -> None:
         """In the waiter's event loop: (re)start the timer that runs the owner's ``_on_due``."""
         due = self._due
@@ -330,6 +422,7 @@ class _Waiter:
             return
         self._timer = loop.call_later(max(0.0, due - time.monotonic()), self._fire)
 
+    @protected
     def _fire(self) -> None:
         self._timer = None
         self._due = None
@@ -341,6 +434,7 @@ class _Waiter:
             self._timer.cancel()
             self._timer = None
 
+    @protected
     async def wait_async(self, deadline: float | None) -> None:
         """Return once granted, failed, or expired at ``deadline`` (monotonic seconds)."""
         fut = self._fut
@@ -348,26 +442,29 @@ class _Waiter:
         assert fut is not None
         assert loop is not None
         if deadline is None:
-            await fut
+            await _wait_for(fut)
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
         handle = loop.call_later(remaining, self._expire)
         try:
-            await fut
+            await _wait_for(fut)
         finally:
             handle.cancel()
 
+    @protected
     def _expire(self) -> None:
         self._owner._on_expire(self)
         if self._fut is not None:
             _resolve(self._fut)
 
+    @protected
     def wait_sync(self, lock: threading.Lock, deadline: float | None) -> bool:
         """Block the thread until granted (True) or ``deadline`` passes (False).
 
-        Runs the owner's ``_on_due`` itself when the owner scheduled a re-examination.
+        Runs the owner's ``_on_due`` itself when the owner scheduled a re-examination. Only
+        the sleep (:func:`_block`) is interruptible; the caller leaves the queue then.
         """
         event = self._event
         assert event is not None
@@ -394,7 +491,7 @@ class _Waiter:
                 if remaining <= 0:
                     return False
                 timeout = remaining if timeout is None else min(timeout, remaining)
-            event.wait(timeout)
+            _block(event, timeout)
 
 
 _W = TypeVar("_W", bound=_Waiter)
@@ -472,12 +569,14 @@ class _FifoQueue(Generic[_W]):
             self._dispatch()
 
     # -------------------------------------------------------------- shared (takes the lock)
+    @protected
     def _on_due(self, waiter: _Waiter) -> None:
         """The head's planned instant came: grant what fits now (or plan again)."""
         with self._lock:
             if self._queue and self._queue[0] is waiter:
                 self._dispatch()
 
+    @protected
     def _on_expire(self, waiter: _Waiter) -> None:
         """An asyncio waiter's deadline passed: unless granted already, it leaves the queue."""
         with self._lock:
@@ -487,6 +586,7 @@ class _FifoQueue(Generic[_W]):
             self._timeouts += 1
             self._remove(cast("_W", waiter))
 
+    @protected
     def _leave(self, waiter: _W, deadline: float | None) -> None:
         """A waiter gives up (timeout, cancellation): leave the queue, or pass its grant on."""
         with self._lock:
@@ -503,6 +603,7 @@ class _FifoQueue(Generic[_W]):
             else:
                 self._remove(waiter)
 
+    @protected
     def _wait_sync(self, waiter: _W, deadline: float | None) -> None:
         """Block the thread until ``waiter`` is granted.
 
@@ -525,6 +626,7 @@ class _FifoQueue(Generic[_W]):
             if not done:
                 self._leave(waiter, deadline)
 
+    @protected
     async def _wait_async(self, waiter: _W, deadline: float | None) -> None:
         """Wait in asyncio until ``waiter`` is granted.
 
@@ -540,7 +642,7 @@ class _FifoQueue(Generic[_W]):
             if deadline is None:
                 fut = waiter._fut
                 assert fut is not None
-                await fut  # no timer needed: skip wait_async()
+                await _wait_for(fut)  # no timer needed: skip wait_async()
             else:
                 await waiter.wait_async(deadline)
             if waiter._error is not None:
@@ -554,6 +656,7 @@ class _FifoQueue(Generic[_W]):
             if not done:
                 self._leave(waiter, deadline)
 
+    @protected
     async def _checkpoint_granted(self, grant: object) -> None:
         """The scheduling point after a grant made at once, when :func:`_yield_due` says so.
 

@@ -3,6 +3,10 @@
 :class:`RedisLeaseStore` is a :class:`~llmctx._pool.LeaseStore`: the pool keeps its FIFO
 queue and its view of each resource's free units in the process and asks the store, under its
 lock, for a lease on the resource with the most free units across every process.
+
+Taking and giving back are :func:`~llmctx._interrupt.protected` (as are the pool's callers): a
+Ctrl-C landing between Redis's reply and the lease that records it waits until the lease owns
+its member (and the heartbeat renews it), so the release deletes it like any other.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
+from .._interrupt import protected
 from ._client import _ClosesOnExit, _Connection, _Renewal
 from ._script import _Script
 
@@ -180,6 +185,7 @@ class RedisLeaseStore(_ClosesOnExit):
             f"server={self._conn.where!r}>"
         )
 
+    @protected
     def take(self, amount: int, slots: Sequence[tuple[int, int]]) -> tuple[int, str] | None:
         """Lease ``amount`` units on the slot (of ``(slot, capacity)`` pairs) with most free.
 
@@ -201,6 +207,7 @@ class RedisLeaseStore(_ClosesOnExit):
         self._renewal.add(member)
         return slot, member
 
+    @protected
     def give_back(self, member: str) -> None:
         """Delete one lease (a release).
 

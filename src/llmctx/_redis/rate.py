@@ -2,6 +2,10 @@
 
 :class:`RedisRateStore` is a :class:`~llmctx._limits.RateStore`: the limiter keeps its FIFO
 queue in the process and asks the store, under its lock, whether the head fits now.
+
+Its acquire and adjust are :func:`~llmctx._interrupt.protected` (as are the limiter's callers):
+a Ctrl-C landing between Redis's reply and the limiter's record of it waits until the
+admission is recorded, so it is settled or given back like any other.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
+from .._interrupt import protected
 from ._client import _ClosesOnExit, _Connection
 from ._script import _Script
 
@@ -151,6 +156,7 @@ class RedisRateStore(_ClosesOnExit):
     def _us(ns: int) -> str:
         return repr(ns / 1000)
 
+    @protected
     def try_acquire(
         self, interval_req: int, interval_tok: int, tolerance: int, tokens: int, now: int
     ) -> int:
@@ -168,6 +174,7 @@ class RedisRateStore(_ClosesOnExit):
             self._limits = limits
         return int(self._acquire("acquire", self._packed, tokens)) * 1000
 
+    @protected
     def adjust(self, req_delta: int, tok_delta: int, now: int) -> None:
         """Move the shared schedules by signed nanoseconds.
 
