@@ -46,7 +46,6 @@ from llmctx.workshop._common import (
 from mcp import ClientSession, StdioServerParameters
 
 README_TEXT = "llmctx workshop: this file is served by the files MCP server.\n"
-WIDTH = 78  # the config is laid out to fit an 80-column terminal
 PICK_MAX_TOKENS = 24
 PICK_QUESTION = "Which tool lists the notes?"
 
@@ -137,18 +136,19 @@ def child_pids() -> set[int]:
 
 
 def by_hand(checks: Checks) -> None:
-    """Sections 1 and 2: a server leaked by hand, then try/finally."""
-    section("1. BAD: a server started by hand, an exception before the cleanup")
+    """Section 1: a server leaked by hand, then try/finally."""
+    section("1. By hand: a server leaked by an exception before the cleanup, then fixed")
     console.print(Syntax(BAD_SOURCE, "python"))
     spawned: list[subprocess.Popen[bytes]] = []
     before = child_pids()
+    caught = "nothing was raised; "
     try:
         start_notes_by_hand(path_of("notes"), ":memory:", {}, spawned)
     except KeyError as exc:
-        console.print(f"the caller caught [red]KeyError({exc})[/red] and carried on; ", end="")
+        caught = f"the caller caught [red]KeyError({exc})[/red] and carried on; "
     leaked = child_pids() - before
     console.print(
-        f"[bold red]{len(leaked)}[/bold red] server process\nis still running "
+        f"{caught}[bold red]{len(leaked)}[/bold red] server process\nis still running "
         f"(pid {', '.join(map(str, sorted(leaked)))}), waiting on a pipe nobody reads."
     )
     checks.check(
@@ -159,7 +159,7 @@ def by_hand(checks: Checks) -> None:
     reap(spawned)  # the workshop cleans up after the bad example itself
     checks.check(not (leaked & child_pids()), "after reaping by pid, the leaked process is gone")
 
-    section("2. try/finally: the cleanup runs on the way out")
+    console.print("With try/finally the cleanup runs on the way out:")
     console.print(Syntax(FINALLY_SOURCE, "python"))
     spawned.clear()
     before = child_pids()
@@ -192,8 +192,8 @@ async def notes_session(db: str) -> AsyncIterator[ClientSession]:
 
 
 async def one_server(checks: Checks) -> None:
-    """Section 3: one server behind a hand-written @asynccontextmanager."""
-    section("3. One server: @asynccontextmanager around stdio_client + ClientSession")
+    """Section 2: one server behind a hand-written @asynccontextmanager."""
+    section("2. One server: @asynccontextmanager around stdio_client + ClientSession")
     console.print(Syntax(ONE_SERVER_SOURCE, "python"))
     before = child_pids()
     async with notes_session(":memory:") as session:
@@ -248,39 +248,28 @@ def write_config(tmp: Path) -> Path:
     return path
 
 
-def compact_json(value: Any, indent: int = 0, width: int = WIDTH, key: str = "") -> list[str]:
-    """``value`` as JSON lines no wider than ``width``: one line where it fits, else split."""
-    pad = " " * indent
-    head = f"{pad}{json.dumps(key)}: " if key else pad
-    one = head + json.dumps(value)
-    if len(one) <= width or not isinstance(value, dict | list) or not value:
-        return [one]
-    if isinstance(value, dict):
-        opening, closing = "{", "}"
-        items = [compact_json(v, indent + 2, width, k) for k, v in value.items()]
-    else:
-        opening, closing = "[", "]"
-        items = [compact_json(v, indent + 2, width) for v in value]
-    # Consecutive one-line items share a line while it fits: valid JSON, fewer lines.
-    lines = [head + opening]
-    packed = False
-    for i, item in enumerate(items):
-        text = [*item[:-1], item[-1] + ("," if i < len(items) - 1 else "")]
-        joined = f"{lines[-1]} {text[0].lstrip()}"
-        if len(text) == 1 and packed and len(joined) <= width:
-            lines[-1] = joined
-        else:
-            lines += text
-        packed = len(text) == 1
-    return [*lines, pad + closing]
-
-
 def show_config(path: Path) -> str:
-    """The config file as written, laid out to fit, local paths shortened."""
-    raw = path.read_text(encoding="utf-8")
-    raw = raw.replace(json.dumps(sys.executable)[1:-1], "python")
-    raw = raw.replace(json.dumps(str(path_of("notes").parent))[1:-1], "<examples>")
-    return "\n".join(compact_json(json.loads(raw)))
+    """The config file as written, one line per server and profile, script paths shortened."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+
+    def text(value: Any) -> str:
+        items = value if isinstance(value, list) else [value]
+        return " ".join(Path(v).name if str(v).endswith(".py") else str(v) for v in items)
+
+    def words(entry: dict[str, Any]) -> str:
+        extra = [f", {k} {text(v)}" for k, v in entry.items() if k not in ("command", "args")]
+        return text(entry.get("args", [])) + "".join(extra)
+
+    lines = [f'{path.name}: "mcpServers" (the standard shape), plus llmctx\'s "profiles":']
+    for name, entry in raw["mcpServers"].items():
+        command = "python" if entry["command"] == sys.executable else entry["command"]
+        lines.append(f"  {name:<6} {command} {words(entry)}")
+    for name, profile in raw["profiles"].items():
+        overrides = "".join(
+            f", as {words(entry)}" for entry in profile.get("mcpServers", {}).values()
+        )
+        lines.append(f"  {name:<6} {', '.join(profile['servers'])}{overrides}")
+    return "\n".join(lines)
 
 
 def structured(result: Any) -> Any:
@@ -302,9 +291,9 @@ async def wait_for_resources(hub: Hub, count: int, limit: float = 5.0) -> list[s
 
 
 def config_and_profiles(checks: Checks, config_path: Path, env: dict[str, str]) -> None:
-    """Section 4: the config, its profiles and ${VAR} expansion."""
-    section("4. Many servers: one config, two profiles, ${VAR} expansion, llmctx.mcp.Hub")
-    console.print(Syntax(show_config(config_path), "json"))
+    """Section 3: the config, its profiles and ${VAR} expansion."""
+    section("3. Many servers: one config, two profiles, ${VAR} expansion, llmctx.mcp.Hub")
+    console.print(escape(show_config(config_path)))
     try:
         load_config(config_path, profile="prod", environ=env)
         prod_error = ""
@@ -312,7 +301,7 @@ def config_and_profiles(checks: Checks, config_path: Path, env: dict[str, str]) 
         prod_error = str(exc)
     console.print(
         "prod without PROD_NOTES_DB fails before anything starts:\n"
-        + "\n".join(f"  [red]{escape(part)}[/red]" for part in prod_error.split("; "))
+        f"  [red]{escape(prod_error.split('; ')[0])}[/red]"
     )
     checks.check(
         "PROD_NOTES_DB" in prod_error and "mcpServers.notes.args" in prod_error,
@@ -334,11 +323,11 @@ def config_and_profiles(checks: Checks, config_path: Path, env: dict[str, str]) 
 
 
 async def dev_hub(checks: Checks, config_path: Path, env: dict[str, str], base: set[int]) -> None:
-    """Section 4, continued: the dev hub, its tool calls and the model's pick."""
+    """Section 3, continued: the dev hub, its tool calls and the model's pick."""
     console.print(Syntax(HUB_SOURCE, "python"))
     console.print(
-        "Over notes_session in a loop, the hub adds: concurrent start, one owner task\n"
-        "per server, restarts, process-group kill, tool names prefixed by server."
+        "Beyond notes_session in a loop: concurrent start, an owner task per server,\n"
+        "restarts, process-group kill, tool names prefixed by their server."
     )
     with temp_store() as store, llmctx.session("workshop-08-mcp", store=store) as s:
         notifications: list[str] = []
@@ -402,8 +391,8 @@ async def dev_hub(checks: Checks, config_path: Path, env: dict[str, str], base: 
         stored = [(c.model, c.status) for c in store.list_calls([s.id]) if c.kind == "tool"]
         zero = all(c.usage.total_tokens == 0 and c.cost == 0 for c in s.calls if c.kind == "tool")
     console.print(
-        f"session {s.name!r}: {len(tool_calls)} calls of kind 'tool' ($0), stored. "
-        f"Processes: {len(after_dev - base)}"
+        f"session {s.name!r}: {len(tool_calls)} calls of kind 'tool' ($0), stored; "
+        f"{len(after_dev - base)} processes left"
     )
     expected = [
         ("notes.add_note", "ok"),
@@ -483,8 +472,8 @@ async def model_picks_a_tool(checks: Checks, hub: Hub, s: llmctx.Session) -> Non
 
 
 async def prod_hub(checks: Checks, config_path: Path, env: dict[str, str], base: set[int]) -> None:
-    """Section 5: the prod profile, and an exception inside the hub's block."""
-    section("5. The prod profile, and an exception inside the hub's block")
+    """Section 4: the prod profile, and an exception inside the hub's block."""
+    section("4. The prod profile, and an exception inside the hub's block")
     prod_pids: set[int] = set()
     add_refused = ""
     prod_listed: Any = None
@@ -499,18 +488,15 @@ async def prod_hub(checks: Checks, config_path: Path, env: dict[str, str], base:
             except ToolNotFound as exc:
                 add_refused = str(exc)
             console.print(
-                f"prod tools: {prod_tools}; it reads dev's {len(prod_listed or [])} notes;\n"
-                f"notes.add_note: [yellow]{escape(add_refused.split(';')[0])}[/yellow]"
+                f"prod tools: {', '.join(prod_tools)}; it reads dev's {len(prod_listed or [])} "
+                f"notes;\nnotes.add_note: [yellow]{escape(add_refused.split(';')[0])}[/yellow]"
             )
             settings: dict[str, Any] = {}
             float(settings["callTimeout"])  # the same bug as the bad version
     except KeyError as exc:
-        console.print(f"the same [red]KeyError({exc})[/red] escaped the hub's block, ", end="")
+        console.print(f"the same [red]KeyError({exc})[/red] escaped the hub's block ...")
     after_prod = child_pids()
-    console.print(
-        f"and {len(after_prod - base)} server\nprocesses remain "
-        f"(prod pid {', '.join(map(str, sorted(prod_pids)))} is gone)."
-    )
+    console.print(f"... and {len(after_prod - base)} server processes remain.")
     checks.check(
         [t["title"] for t in prod_listed or []] == ["tests", "ship it"],
         "prod's notes server reads the notes dev wrote",
