@@ -261,8 +261,7 @@ async def dynamic_resources(checks: Checks) -> None:
     section("3. A number decided at run time: AsyncExitStack + push_async_callback")
     n_workers = min(4, (os.cpu_count() or 1) + 1)  # one more worker than cores, at most 4
     console.print(
-        f"{os.cpu_count()} CPU(s) here, so {n_workers} workers, each with a TCP connection (a "
-        "close method,\nno context manager: push_async_callback(conn.aclose)):"
+        f"{n_workers} workers (CPUs + 1), each with a connection: push_async_callback(aclose)"
     )
     dyn = Log()
     pids: list[int] = []
@@ -295,7 +294,8 @@ async def dynamic_resources(checks: Checks) -> None:
 
 async def failing_enter(checks: Checks) -> None:
     """Section 4a: an __aenter__ that raises, and a temp_file whose open fails."""
-    section("4a. Resource k fails while being entered: 0..k-1 unwind, k's exit never runs")
+    section("4. Errors: a failing enter, all or nothing, a failing body")
+    console.print("a) resource 3 fails while being entered: 0..2 unwind, its exit never runs")
     fail = Log()
     failure: OSError | None = None
     kept: list[tuple[Path, int, int]] = []
@@ -310,9 +310,9 @@ async def failing_enter(checks: Checks) -> None:
     except OSError as exc:
         failure = exc
     console.print(
-        f"{fail.order()}\n(! = its __aenter__ raised {escape(repr(failure))})\n"
-        "__aexit__ runs only after __aenter__ returned, so a manager must undo its own\n"
-        "half-done __aenter__; the stack unwinds only what it had entered."
+        f"  {fail.order()}   (!: raised)\n"
+        f"  {escape(repr(failure))}: __aexit__ runs only after __aenter__ returned,\n"
+        "  so a manager must undo its own half-done __aenter__"
     )
     path_c, port_c, pid_c = kept[0]
     checks.check(
@@ -346,8 +346,8 @@ async def failing_enter(checks: Checks) -> None:
         async with temp_file(bad, "bad-open", encoding="no-such-codec"):  # the open fails
             pass  # pragma: no cover - never reached
     console.print(
-        "temp_file opens inside its try, so a failed open (an unknown encoding) still\n"
-        f"deleted its file: exists after = {bad.paths['bad-open'].exists()}"
+        "  temp_file opens inside its try: after a failed open, a file was left: "
+        f"{bad.paths['bad-open'].exists()}"
     )
     checks.check(
         not bad.paths["bad-open"].exists() and not bad.events,
@@ -358,7 +358,7 @@ async def failing_enter(checks: Checks) -> None:
 
 async def hand_over(checks: Checks, baseline: set[int]) -> None:
     """Section 4b: open all or none, then hand the stack over with pop_all()."""
-    section("4b. All or nothing, then hand over: pop_all()")
+    console.print("b) all or nothing, then hand over: pop_all()")
 
     async def open_pool(log: Log, n: int) -> AsyncExitStack:
         """Start n workers; if any fails the started ones are closed, else the caller owns all."""
@@ -373,7 +373,7 @@ async def hand_over(checks: Checks, baseline: set[int]) -> None:
     pool_pids = [p.pid for p in child_processes() if p.pid not in baseline]
     await pool.aclose()  # later, by the new owner
     console.print(
-        f"open_pool() returned, {len(pool_pids)} workers alive; the new owner's aclose(): "
+        f"  open_pool() returned: {len(pool_pids)} workers alive; new owner's aclose(): "
         f"{pool_log.order().split(' ', 2)[-1]}"
     )
     checks.check(
@@ -389,7 +389,7 @@ async def hand_over(checks: Checks, baseline: set[int]) -> None:
 
 async def body_raises(checks: Checks) -> None:
     """Section 4c: an exception in the body reaches every exit."""
-    section("4c. An exception in the body reaches every resource's exit")
+    console.print("c) an exception in the body reaches every resource's exit")
     body = Log()
     raised: ValueError | None = None
     try:
@@ -405,9 +405,9 @@ async def body_raises(checks: Checks) -> None:
     except ValueError as exc:
         raised = exc
     console.print(
-        f"the exits of {', '.join(body.seen)} saw {', '.join(set(map(str, body.seen.values())))}; "
-        "then the caller got it.\n"
-        "An exit that returns True would swallow it, and the outer exits would see none."
+        f"  the exits of {', '.join(body.seen)} saw "
+        f"{', '.join(set(map(str, body.seen.values())))}, then the caller did\n"
+        "  (an exit returning True would swallow it: the outer exits would see none)"
     )
     checks.check(
         raised is not None
@@ -468,10 +468,9 @@ async def cancellation(checks: Checks) -> None:
     scoped = await anyio_cancel_scope(shield=False)
     shielded = await anyio_cancel_scope(shield=True)
     console.print(
-        "asyncio's task.cancel() raises CancelledError once, at the next await; the\n"
-        "cleanup's own awaits then run (until something cancels again). A cancelled\n"
-        "anyio scope is level-triggered: every await inside it raises, cleanup's too,\n"
-        "until a CancelScope(shield=True) protects it. What each cleanup got to:"
+        "task.cancel() raises CancelledError once, at the next await: cleanup's awaits\n"
+        "then run. A cancelled anyio scope raises at every await inside it, cleanup's\n"
+        "too, unless a CancelScope(shield=True) protects them. Each cleanup got to:"
     )
     for label, steps in (
         ("asyncio task.cancel()", plain),
@@ -551,8 +550,8 @@ async def cross_task_pitfall(checks: Checks) -> list[int]:
     """Section 6: a task group exited in a foreign task, then the owner-task fix."""
     section("6. The pitfall: a task group entered in one task, exited in another")
     console.print(
-        "MCP clients hold anyio task groups; a class entering them in start() and exiting\n"
-        "in stop() breaks once a framework calls those from different tasks:"
+        "MCP clients hold task groups; entering them in start() and exiting in stop()\n"
+        "breaks once a framework calls those from different tasks:"
     )
     broken_log = Log()
     broken = BrokenClient(broken_log)
@@ -588,9 +587,8 @@ async def cross_task_pitfall(checks: Checks) -> list[int]:
         fixed_error = exc
     owned = fixed_log.tasks["owned task group"]
     console.print(
-        f"  fixed (one owner task, started with tg.start; stop() sets an event): entered\n"
-        f"  and exited in {owned[0]}, [green]no error[/green]. llmctx's Hub runs each server "
-        "this way."
+        f"  fixed (an owner task started by tg.start; stop() sets an event): entered and\n"
+        f"  exited in {owned[0]}, [green]no error[/green]. llmctx's Hub runs each server so."
     )
     checks.check(
         broken_error is not None
