@@ -58,8 +58,7 @@ class PromptRecorder:
 
 
 def autorecord(prompt: str) -> None:
-    recorder = prompt_recorder_var.get(None)
-    if recorder is not None:
+    if (recorder := prompt_recorder_var.get(None)) is not None:
         recorder.log.append(prompt)
 
 
@@ -313,14 +312,12 @@ def threads(checks: Checks, fake: FakeModel) -> None:
     section("5. Threads: an empty context, or a copy, depending on build and flags")
     inherits = thread_inherits_context()
     console.print(
-        "Up to 3.13 a new threading.Thread starts with an empty context. From 3.14,\n"
-        "sys.flags.thread_inherit_context=1 (the free-threaded build's default, or\n"
-        "-X thread_inherit_context=1) starts it with a copy of the context that called\n"
-        "start(); 0 (the default build's default) starts it empty.\n"
+        "Up to 3.13 a new Thread starts with an empty context. From 3.14 it copies the\n"
+        "context that called start() if sys.flags.thread_inherit_context is 1 (default\n"
+        "on free-threaded builds, or -X thread_inherit_context=1), else starts empty.\n"
         f"Here: Python {sys.version_info.major}.{sys.version_info.minor}, flag "
         f"{getattr(sys.flags, 'thread_inherit_context', 'absent')}: "
-        f"[bold]{'a copy' if inherits else 'empty'}[/bold]. "
-        "llmctx.wrap(fn) and\nllmctx.ContextThreadPoolExecutor carry it on every version:"
+        f"[bold]{'a copy' if inherits else 'empty'}[/bold]. The carriers work on all:"
     )
 
     def call_in_thread(label: str) -> str | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import textwrap
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -224,9 +223,8 @@ def run_the_nest(llama: Any) -> Nest:
     console.print("Written by hand, the nest is one `with` statement:")
     console.print(escape(NEST_SOURCE))
     console.print(
-        "Here the optional layers come from FEATURES at run time, so it is an ExitStack:\n"
-        "enter_context() enters a manager and registers its exit; callback() a function.\n"
-        "On the way out (normally or by an exception) they run last-in, first-out."
+        "Here FEATURES picks layers at run time, so it is an ExitStack: enter_context()\n"
+        "and callback() register exits, run last-in, first-out however the block ends."
     )
     nest = Nest()
 
@@ -244,7 +242,7 @@ def run_the_nest(llama: Any) -> Nest:
             store = stack.enter_context(traced("store", temp_store(), log))
             stack.callback(read_back, store)
             stack.enter_context(traced("priced()", priced(), log))
-            runs = stack.enter_context(traced("run counter", counting_model_runs(llama), log))
+            runs = stack.enter_context(traced("counter", counting_model_runs(llama), log))
             budget = llmctx.Budget(usd=USD_LIMIT, tokens=TOKEN_LIMIT)
             nest.session = stack.enter_context(
                 traced("session", llmctx.session("05-nested", store=store, budget=budget), log)
@@ -254,7 +252,7 @@ def run_the_nest(llama: Any) -> Nest:
             if FEATURES["monitor"]:
                 # The log capture is entered first so it is still there when monitor warns on exit.
                 nest.warnings_seen = stack.enter_context(
-                    traced("warning capture", captured_warnings("llmctx.monitor"), log)
+                    traced("warnings", captured_warnings("llmctx.monitor"), log)
                 )
                 nest.mon = stack.enter_context(
                     traced("monitor", llmctx.monitor("batch", warn_after=WARN_AFTER), log)
@@ -330,8 +328,7 @@ def the_unwinding(checks: Checks, nest: Nest, llama: Any, before: tuple[Any, Any
         line.removeprefix("exit  ").split("  (")[0] for line in log if line.startswith("exit  ")
     ]
     console.print(
-        f"  entered: {', '.join(entered[:4])},\n           {', '.join(entered[4:])}\n"
-        f"  exited:  {', '.join(exited[:3])},\n           {', '.join(exited[3:])}\n"
+        f"  entered: {', '.join(entered)}\n  exited:  {', '.join(exited)}\n"
         "  (each exit saw the BudgetExceeded; the read-back ran before the store closed)"
     )
     checks.check(
@@ -392,9 +389,9 @@ def monitor_and_store(checks: Checks, nest: Nest) -> None:
     stored_calls = nest.stored.get("calls") or []
     if row is not None and session is not None:
         console.print(
-            f"  stored {row.name!r}: [bold]{row.status}[/bold], {row.usage.requests} requests, "
-            f"{row.usage.total_tokens} tokens, {usd(row.cost)}\n"
-            f"  error: {escape(textwrap.shorten(str(row.error), 70))}"
+            f"  stored {row.name!r}: [bold]{row.status}[/bold] "
+            f"({escape(str(row.error).split(':')[0])}), {row.usage.requests} calls, "
+            f"{row.usage.total_tokens} tokens, {usd(row.cost)}"
         )
     checks.check(
         row is not None
@@ -414,10 +411,7 @@ def monitor_and_store(checks: Checks, nest: Nest) -> None:
             "the recorder layer captured exactly the accepted calls",
             f"{len(nest.rec) if nest.rec else 0} pairs",
         )
-    console.print(
-        "To carry on, reopen the stored session with a bigger budget (its spend is kept):\n"
-        "  llmctx.session.resume(session_id, budget=llmctx.Budget(...))"
-    )
+    console.print("More budget? llmctx.session.resume(session_id, budget=...) keeps its spend.")
 
 
 # ---------------------------------------------------------------- 5. the GPU pool
@@ -493,22 +487,19 @@ def gpu_pool(checks: Checks) -> None:
     section("5. The GPU pool: weighted leases, first come first served")
     console.print(
         f"pool = llmctx.ResourcePool({GPUS}, capacity={GPU_GB})   # GB per GPU\n"
-        f"async with pool.acquire({JOB_GB}) as lease: ...   # 8 GB on one GPU, lease.resource\n"
-        "Each step: the jobs still waiting, then pool.statistics():"
+        f"async with pool.acquire({JOB_GB}) as lease: ...   # 8 GB on one GPU, lease.resource"
     )
     pool: llmctx.ResourcePool[str] = llmctx.ResourcePool(GPUS, capacity=GPU_GB, name="gpus")
     gpu = asyncio.run(gpu_jobs(pool))
-    console.print(f"  {'step':<30} {'waiting':<8} borrowed  free  queued")
+    console.print(f"  {'step':<30} {'waiting':<8} borrowed  free  queued (statistics())")
     for what, waiting, st in gpu.steps:
         console.print(
             f"  {what:<30} {waiting:<8} {st.borrowed:>5} GB {st.available:>3} GB {st.waiting:>5}"
         )
     final = gpu.steps[-1][2]
     console.print(
-        f"  G ran on {gpu.where.get('G')}, H on {gpu.where.get('H')}; statistics(): acquired "
-        f"{final.acquired}, wait_max {final.wait_max * 1000:.1f} ms.\n"
-        "  H would have fit after A ended, but waited behind G: strict FIFO, so a big\n"
-        "  job is never starved by a stream of small ones."
+        f"  acquired {final.acquired}, wait_max {final.wait_max * 1000:.1f} ms. H fit after A "
+        "ended, but waited behind G:\n  strict FIFO, so a big job is never starved by small ones."
     )
     spread = {g: sorted(n for n in "ABCDEF" if gpu.where[n] == g) for g in GPUS}
     after_a = gpu.steps[2]
