@@ -1,20 +1,25 @@
 """01. Basic concepts: what a context manager is, and the patterns every later module builds on.
 
 A context manager pairs a setup with a cleanup that runs however the block ends. This module
-writes the classic ones by hand: ``@contextmanager`` with ``try/finally`` (setup -> use ->
-cleanup), a timer, a temporary configuration override (environment variables and a settings
-dict, restored even when the block raises), class-based managers whose ``__exit__`` decides
-whether an exception is swallowed, ``contextlib.suppress``, ``nullcontext``,
+starts where everyone meets one (``with open()``), shows what a ``with`` statement expands to
+(and runs the expansion by hand against the real statement), then writes the classic managers
+by hand: ``@contextmanager`` with ``try/finally`` (setup -> use -> cleanup), a timer, a
+temporary configuration override (environment variables and a settings dict, restored even
+when the block raises), class-based managers whose ``__exit__`` decides whether an exception
+is swallowed, a real ``sqlite3`` transaction (``with conn:`` commits or rolls back but does not
+close; ``contextlib.closing`` closes), ``contextlib.suppress``, ``nullcontext``,
 ``ContextDecorator`` and an atomic file write that keeps a backup. Each is then pointed at the
-llmctx part that does the same job for real: ``llmctx.monitor`` (timer), ``llmctx.price_override``
-(temporary configuration), ``llmctx.timed`` (decorator). No LLM calls: everything here is
-plain Python, checked at the end.
+llmctx part that does the same job for real: ``llmctx.monitor`` (timer),
+``llmctx.price_override`` (temporary configuration), ``llmctx.timed`` (decorator). No LLM
+calls: everything here is plain Python, checked at the end.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import (
     AbstractContextManager,
     ContextDecorator,
+    closing,
     contextmanager,
     nullcontext,
     suppress,
@@ -31,12 +37,77 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
-from rich.table import Table
-
 import llmctx
-from llmctx.workshop._common import MODEL_NAME, Checks, console, header, note, run, section, usd
+from llmctx.workshop._common import MODEL_NAME, Checks, console, header, run, say, section, usd
 
 _SLEEP = 0.05  # seconds the timer demos sleep: long enough to measure, short enough not to wait
+
+
+# ------------------------------------------------------------ 0. what `with` expands to
+class Traced:
+    """A class-based manager that logs its calls; with ``swallow`` its ``__exit__`` returns True."""
+
+    def __init__(self, log: list[str], *, swallow: bool = False) -> None:
+        self.log = log
+        self.swallow = swallow
+
+    def __enter__(self) -> str:
+        self.log.append("__enter__")
+        return "value"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self.log.append(f"__exit__({exc_type.__name__ if exc_type else None})")
+        return self.swallow
+
+
+def expanded_with(manager: Any, body: Callable[[Any], object]) -> None:
+    """``with manager as value: body(value)``, written out as the language reference does.
+
+    Args:
+        manager: any context manager.
+        body: the block; receives what ``__enter__`` returned.
+
+    Both methods are looked up on the *type*, before ``__enter__`` runs (so an ``__exit__``
+    set on the instance is ignored); an exception in the block goes to ``__exit__`` with
+    ``sys.exc_info()`` and is re-raised unless it returns a true value; on success
+    ``__exit__(None, None, None)`` runs from ``finally``.
+    """
+    mgr = manager
+    exit_ = type(mgr).__exit__
+    value = type(mgr).__enter__(mgr)
+    hit_except = False
+    try:
+        body(value)
+    except BaseException:  # the expansion hands *every* exception to __exit__, as `with` does
+        hit_except = True
+        if not exit_(mgr, *sys.exc_info()):
+            raise
+    finally:
+        if not hit_except:
+            exit_(mgr, None, None, None)
+
+
+_EXPANSION = """\
+  with EXPR as VAR: BLOCK        is, per the language reference:
+  mgr = EXPR
+  exit = type(mgr).__exit__      # looked up on the type, before entering
+  value = type(mgr).__enter__(mgr)
+  hit_except = False
+  try:
+      VAR = value
+      BLOCK
+  except BaseException:          # any exception, even KeyboardInterrupt
+      hit_except = True
+      if not exit(mgr, *sys.exc_info()):
+          raise                  # re-raised unless __exit__ returned true
+  finally:
+      if not hit_except:
+          exit(mgr, None, None, None)"""
 
 
 # ----------------------------------------------------------------------------- 1. the shape
@@ -263,7 +334,8 @@ def atomic_write(path: Path, *, backup: bool = True, encoding: str = "utf-8") ->
 
     The block writes to a temporary file in the same directory; only when it finishes without
     an exception is the data flushed to disk and the temporary file renamed over ``path``
-    (``os.replace`` is atomic on one filesystem, POSIX and Windows). With ``backup`` the
+    with ``os.replace``. The Python docs promise that the replace, if successful, is atomic
+    on POSIX (same filesystem); they promise no such thing on Windows. With ``backup`` the
     previous version is first copied to ``<name>.bak``.
 
     Args:
@@ -303,23 +375,87 @@ def _raises(fn: Callable[[], object], exc_type: type[Exception]) -> bool:
     return False
 
 
-def main() -> None:
-    """Run every demonstration, then verify what each one claimed."""
-    header(
-        1,
-        "Basic concepts",
-        "setup -> use -> cleanup, timers, temporary overrides, __exit__, contextlib helpers",
-    )
-    checks = Checks()
+# ------------------------------------------------------------------------------ sections
+def with_open(checks: Checks, folder: Path) -> None:
+    """``with open()``: the file is closed when the block ends, also when it raises."""
+    section("1. with open(): the manager everyone has used")
+    path = folder / "notes.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("context managers close what they open\n")
+    closed_after_ok = f.closed
 
-    # ------------------------------------------------------------------ 1
-    section("1. The shape: setup -> use -> cleanup with @contextmanager and try/finally")
-    note(
-        "Code before `yield` is the setup (__enter__), the yielded value is what `as` binds, and "
-        "the `finally` after it is the cleanup (__exit__). If the block raises, Python throws "
-        "the exception into the generator at the `yield`: the `finally` runs, then the "
-        "exception continues to the caller.",
-        title="@contextmanager",
+    def read_then_fail() -> None:
+        with open(path, encoding="utf-8") as g:
+            handles.append(g)
+            g.readline()
+            raise ValueError("a parse error after the first line")
+
+    handles: list[TextIO] = []
+    raised = _raises(read_then_fail, ValueError)
+    closed_after_error = bool(handles) and handles[0].closed
+    say(
+        f"f.closed after the block: {closed_after_ok}; after a ValueError in it: "
+        f"{closed_after_error} (and the error went on)"
+    )
+    checks.check(closed_after_ok, "with open() closed the file when the block ended")
+    checks.check(
+        raised and closed_after_error,
+        "with open() closed the file when the block raised, and the error propagated",
+    )
+
+
+def with_expanded(checks: Checks) -> None:
+    """What ``with`` expands to, run by hand beside the real statement."""
+    section("2. What a with statement expands to")
+    console.print(_EXPANSION, style="cyan", highlight=False)
+    real: dict[str, list[str]] = {}
+    by_hand: dict[str, list[str]] = {}
+    for case, swallow in (("ok", False), ("raises", False), ("swallowed", True)):
+        for runs in (real, by_hand):
+            log: list[str] = []
+            runs[case] = log
+
+            def block(value: object, log: list[str] = log, case: str = case) -> None:
+                log.append(f"block got {value!r}")
+                if case != "ok":
+                    raise KeyError(case)
+
+            def go(
+                runs: dict[str, list[str]] = runs, log: list[str] = log, swallow: bool = swallow
+            ) -> None:
+                if runs is real:
+                    with Traced(log, swallow=swallow) as v:
+                        block(v)
+                else:
+                    expanded_with(Traced(log, swallow=swallow), block)
+
+            if not _raises(go, KeyError):
+                log.append("continued after with")
+    for case, log in real.items():
+        say(f"{case:9} " + " -> ".join(log).replace("continued after with", "goes on"))
+    checks.check(
+        real == by_hand,
+        "the hand expansion did exactly what `with` did (success, raise, swallow)",
+        f"with: {real}; by hand: {by_hand}",
+    )
+    instance_exit: list[str] = []
+    traced = Traced(instance_exit)
+    vars(traced)["__exit__"] = lambda *a: instance_exit.append("instance __exit__")
+    with traced:
+        pass
+    checks.check(
+        instance_exit == ["__enter__", "__exit__(None)"],
+        "with looked __exit__ up on the type: one set on the instance was ignored",
+        " -> ".join(instance_exit),
+    )
+
+
+def the_shape(checks: Checks) -> None:
+    """``@contextmanager`` with try/finally: setup -> use -> cleanup."""
+    section("3. @contextmanager: setup -> yield -> cleanup in finally")
+    say(
+        "Before `yield` is __enter__, the yielded value is what `as` binds, `finally` is "
+        "__exit__: a raise in the block is thrown in at the `yield`, then goes on."
     )
     ok_log: list[str] = []
     with managed("db-connection", ok_log) as resource:
@@ -332,10 +468,8 @@ def main() -> None:
             raise ConnectionError("the server went away")
 
     reached_caller = _raises(failing_block, ConnectionError)
-    table = Table("block", "what happened, in order")
-    table.add_row("succeeds", " -> ".join(ok_log))
-    table.add_row("raises ConnectionError", " -> ".join(failing_log) + " -> error reaches caller")
-    console.print(table)
+    say("succeeds: " + " -> ".join(ok_log))
+    say("raises:   " + " -> ".join(failing_log) + " -> ConnectionError goes on")
     checks.check(
         ok_log == ["setup", "use db-connection", "cleanup"],
         "setup, use and cleanup ran in order",
@@ -347,8 +481,10 @@ def main() -> None:
         " -> ".join(failing_log),
     )
 
-    # ------------------------------------------------------------------ 2
-    section("2. A timer")
+
+def a_timer(checks: Checks) -> None:
+    """A hand-written timer, then ``llmctx.monitor``."""
+    section("4. A timer, then llmctx.monitor")
     with timer(f"time.sleep({_SLEEP})") as t:
         time.sleep(_SLEEP)
 
@@ -363,10 +499,9 @@ def main() -> None:
     with llmctx.monitor("sleep", attach=False) as m:
         time.sleep(_SLEEP)
     wall = m.result.wall_s if m.result is not None else 0.0
-    console.print(
-        f"  llmctx.monitor measured {wall * 1000:.1f} ms wall, "
-        f"{(m.result.cpu_s if m.result else 0) * 1000:.1f} ms CPU (it also records RSS and "
-        "attaches the result to the current session)"
+    say(
+        f"llmctx.monitor: {wall * 1000:.1f} ms wall, "
+        f"{(m.result.cpu_s if m.result else 0) * 1000:.1f} ms CPU, RSS; kept on the session"
     )
     checks.check(
         t.seconds >= _SLEEP, f"the timer measured >= the {_SLEEP}s sleep", f"{t.seconds:.4f}s"
@@ -379,16 +514,13 @@ def main() -> None:
     )
     checks.check(wall >= _SLEEP, "llmctx.monitor measured >= the sleep too", f"{wall:.4f}s")
 
-    # ------------------------------------------------------------------ 3
-    section("3. Temporary configuration: environment variables and a settings dict")
-    note(
-        "Save the old values first, change inside `try`, restore in `finally`. A variable "
-        "that did not exist before must be *removed* afterwards, not set to an empty string.",
-        title="state save/restore",
-    )
+
+def temporary_configuration(checks: Checks) -> None:
+    """Environment variables and a settings dict overridden, restored after an error."""
+    section("5. Temporary configuration, restored even after an error")
     env_key = "LLMCTX_WORKSHOP_01_MODEL"
     env_before = os.environ.get(env_key)
-    settings: dict[str, Any] = {"model": MODEL_NAME, "temperature": 0.0, "max_tokens": 16}
+    settings: dict[str, Any] = {"model": MODEL_NAME, "temperature": 0.0}
     original = dict(settings)
     seen_inside: dict[str, Any] = {}
 
@@ -402,11 +534,14 @@ def main() -> None:
             raise RuntimeError("a test failed inside the override")
 
     override_raised = _raises(override_then_fail, RuntimeError)
-    table = Table("where", env_key, "settings")
-    table.add_row("before", repr(env_before), repr(original))
-    table.add_row("inside", repr(seen_inside.get("env")), repr(seen_inside.get("settings")))
-    table.add_row("after the error", repr(os.environ.get(env_key)), repr(settings))
-    console.print(table)
+    say(
+        f"${env_key}: inside {seen_inside.get('env')!r}, after "
+        f"{os.environ.get(env_key)!r} (unset before: removed, not emptied)"
+    )
+    say(
+        f"temperature: inside {seen_inside.get('settings', {}).get('temperature')}, "
+        f"after {settings.get('temperature')}; 'stop' after: {'stop' in settings}"
+    )
     checks.check(
         seen_inside.get("env") == "tiny-test-model"
         and seen_inside.get("settings", {}).get("temperature") == 0.7,
@@ -417,8 +552,6 @@ def main() -> None:
         "after an exception the env var was restored (removed: it was unset) and the settings too",
         f"{env_key}={os.environ.get(env_key)!r}; settings == original: {settings == original}",
     )
-
-    # llmctx's own temporary configuration: a price that holds inside the block only.
     price_before = llmctx.lookup_price(MODEL_NAME)
     price_inside: Decimal | None = None
 
@@ -431,8 +564,8 @@ def main() -> None:
 
     _raises(priced_then_fail, RuntimeError)
     price_after = llmctx.lookup_price(MODEL_NAME)
-    console.print(
-        f"  llmctx.price_override: {MODEL_NAME} priced at {usd(price_inside)}/Mtok input inside, "
+    say(
+        f"llmctx.price_override: {usd(price_inside)}/Mtok input inside, "
         f"{'unpriced' if price_after is None else price_after.input_per_mtok} after the error"
     )
     checks.check(
@@ -441,14 +574,11 @@ def main() -> None:
         f"inside {price_inside}, after {price_after}",
     )
 
-    # ------------------------------------------------------------------ 4
-    section("4. Class-based managers: what __exit__ sees and what returning True does")
-    note(
-        "__exit__(exc_type, exc, tb) receives the exception (all None on success). Return "
-        "False (or None) and Python re-raises it after __exit__; return True and the exception "
-        "is swallowed: execution continues after the `with`. Swallow only what you can handle.",
-        title="__exit__",
-    )
+
+def exit_decides(checks: Checks) -> None:
+    """Class-based managers: ``__exit__`` sees the exception; True swallows it."""
+    section("6. Class-based: __exit__(exc_type, exc, tb) decides")
+    say("Return False/None: Python re-raises after __exit__. True: swallowed.")
     data = {"greeting": "hello"}
     tx_ok = Transaction(data)
     with tx_ok as staged:
@@ -461,13 +591,12 @@ def main() -> None:
             raise KeyError("validation failed")
 
     tx_raised = _raises(failing_transaction, KeyError)
-    console.print(f"  Transaction 1: {tx_ok.outcome}; Transaction 2: {tx_bad.outcome}")
+    say(f"Transaction 1: {tx_ok.outcome}; Transaction 2: {tx_bad.outcome}")
     checks.check(
         data == {"greeting": "hello", "answer": "42"} and tx_raised,
         "__exit__ committed on success, rolled back on error and let the error propagate",
         f"data={data}",
     )
-
     after_with: list[str] = []
     swallow = Swallow(ValueError)
     with swallow:
@@ -483,11 +612,7 @@ def main() -> None:
     with handle_value_errors(handled):
         int("forty-two")
     after_with.append("ran again")
-    table = Table("manager", "exception in the block", "result")
-    table.add_row("Swallow(ValueError)", "ValueError", "swallowed (__exit__ returned True)")
-    table.add_row("Swallow(ValueError)", "KeyError", "propagated (__exit__ returned False)")
-    table.add_row("@contextmanager handle_value_errors", "ValueError", "; ".join(handled))
-    console.print(table)
+    say("Swallow(ValueError): ValueError swallowed, KeyError went on")
     checks.check(
         swallow.swallowed is not None and after_with == ["ran", "ran again"],
         "returning True from __exit__ swallowed the ValueError; code after `with` ran",
@@ -500,126 +625,170 @@ def main() -> None:
         handled[0] if handled else "",
     )
 
-    # ------------------------------------------------------------------ 5 / 6
+
+def _is_open(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+        return False
+    return True
+
+
+def sqlite_transaction(checks: Checks, folder: Path) -> None:
+    """A real database transaction: ``with conn:`` commits or rolls back, ``closing`` closes."""
+    section("7. A real transaction: sqlite3's `with conn:`, then closing()")
+    say(
+        "`with conn:` commits if the block succeeds, rolls back if it raises, and does NOT "
+        "close the connection: contextlib.closing() does."
+    )
+    db = folder / "orders.db"
+    with closing(sqlite3.connect(db)) as conn:
+        with conn:
+            conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+            conn.execute("INSERT INTO orders (item) VALUES ('book')")
+
+        def insert_then_fail() -> None:
+            with conn:
+                conn.execute("INSERT INTO orders (item) VALUES ('half an order')")
+                raise sqlite3.IntegrityError("payment declined")
+
+        raised = _raises(insert_then_fail, sqlite3.IntegrityError)
+        open_after_with = _is_open(conn)
+        # A second connection sees only what was committed.
+        with closing(sqlite3.connect(db)) as other:
+            items = [row[0] for row in other.execute("SELECT item FROM orders ORDER BY id")]
+    closed_after_closing = not _is_open(conn)
+    say(
+        f"rows after a commit and a rollback: {items}; after `with conn:` "
+        f"{'open' if open_after_with else 'closed'}, after closing() "
+        f"{'closed' if closed_after_closing else 'open'}"
+    )
+    checks.check(
+        raised and items == ["book"],
+        "with conn: committed the first insert and rolled back the failed one",
+        f"rows seen by another connection: {items}",
+    )
+    checks.check(open_after_with, "the connection was still open after `with conn:`")
+    checks.check(closed_after_closing, "contextlib.closing() closed it")
+
+
+def contextlib_helpers(checks: Checks, folder: Path) -> None:
+    """``suppress`` ignores one named error; ``nullcontext`` stands in for an optional manager."""
+    section("8. contextlib.suppress and nullcontext")
+    cache = folder / "cache.json"
+    unlinked = False
+    with suppress(FileNotFoundError):
+        cache.unlink()  # the cache may not exist yet: that is fine
+        unlinked = True  # not reached: unlink() raised and suppress() swallowed it
+
+    def parse_reply() -> None:
+        with suppress(FileNotFoundError):
+            int("not a number")
+
+    other_escaped = _raises(parse_reply, ValueError)
+    checks.check(
+        not unlinked and not cache.exists() and other_escaped,
+        "suppress swallowed only FileNotFoundError; a ValueError still propagated",
+    )
+    lock = threading.Lock()
+    observed: list[bool] = []
+
+    def process(items: list[str], guard: AbstractContextManager[object] | None) -> list[str]:
+        with guard if guard is not None else nullcontext():
+            observed.append(lock.locked())
+            return [item.upper() for item in items]
+
+    process(["a", "b"], lock)
+    process(["x"], None)
+    with nullcontext("already-open client") as client:
+        pass
+    say(
+        "suppress(FileNotFoundError) ignored the missing file, not a ValueError; "
+        f"lock held: {observed[0]}, nullcontext() held: {observed[1]}"
+    )
+    checks.check(
+        observed == [True, False] and not lock.locked() and client == "already-open client",
+        "nullcontext() stood in for the lock (nothing held) and nullcontext(v) bound v",
+        f"lock held inside: {observed}",
+    )
+
+
+def context_decorator(checks: Checks) -> None:
+    """One manager used as ``with`` and as ``@decorator``."""
+    section("9. ContextDecorator: `with` and `@decorator` in one class")
+    durations: list[tuple[str, float]] = []
+
+    @log_duration("tokenize", durations)
+    def tokenize(text: str) -> list[str]:
+        return text.split()
+
+    words = tokenize("context managers scope resources")
+    tokenize("twice")
+    with log_duration("block", durations):
+        time.sleep(_SLEEP)
+    say("timed: " + ", ".join(f"{label} {secs * 1000:.2f} ms" for label, secs in durations))
+    say("llmctx.timed() is the library's version (sync and async, attached).")
+    checks.check(
+        [label for label, _ in durations] == ["tokenize", "tokenize", "block"]
+        and words == ["context", "managers", "scope", "resources"]
+        and durations[-1][1] >= _SLEEP,
+        "the decorator timed both calls (returning their values) and the block its sleep",
+    )
+
+
+def atomic_file(checks: Checks, folder: Path) -> None:
+    """A write that leaves the old file or the new one, never half of it."""
+    section("10. Atomic write with backup")
+    say(
+        "Write a temp file beside the target; on success os.replace() it over the original. "
+        "The Python docs promise that a successful replace is atomic on POSIX; for Windows "
+        "they promise no such thing."
+    )
+    target = folder / "config.json"
+    target.write_text('{"model": "v1"}', encoding="utf-8")
+
+    def half_write() -> None:
+        with atomic_write(target) as handle:
+            handle.write('{"model": "v2", "half')
+            raise RuntimeError("serializer crashed half-way")
+
+    write_raised = _raises(half_write, RuntimeError)
+    after_failure = target.read_text(encoding="utf-8")
+    leftovers = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    backup_file = target.with_name(target.name + ".bak")
+    with atomic_write(target) as handle:
+        handle.write('{"model": "v2"}')
+    after_success = target.read_text(encoding="utf-8")
+    backup_content = backup_file.read_text(encoding="utf-8") if backup_file.exists() else None
+    say(f"failed write: {after_failure}, temp files left: {len(leftovers)}")
+    say(f"good write: {after_success}, .bak: {backup_content}")
+    checks.check(
+        write_raised and after_failure == '{"model": "v1"}' and not leftovers,
+        "a failed atomic write left the original unchanged and no temp file behind",
+        after_failure,
+    )
+    checks.check(
+        after_success == '{"model": "v2"}' and backup_content == '{"model": "v1"}',
+        "a successful atomic write replaced the file and kept the old one as .bak",
+    )
+
+
+def main() -> None:
+    """The module, section by section; then verify what each section claimed."""
+    header(1, "Basic concepts", "with open(), the with statement, @contextmanager, __exit__")
+    checks = Checks()
     with tempfile.TemporaryDirectory(prefix="llmctx-workshop-01-") as tmp_dir:
         folder = Path(tmp_dir)
-
-        section("5. contextlib.suppress: ignore one named error, nothing else")
-        cache = folder / "cache.json"
-        unlinked = False
-        with suppress(FileNotFoundError):
-            cache.unlink()  # the cache may not exist yet: that is fine
-            unlinked = True  # not reached: unlink() raised and suppress() swallowed it
-
-        def parse_reply() -> None:
-            with suppress(FileNotFoundError):
-                int("not a number")
-
-        other_escaped = _raises(parse_reply, ValueError)
-        console.print(
-            "  suppress(FileNotFoundError) ignored the missing file; a ValueError inside the "
-            f"same kind of block {'propagated' if other_escaped else 'was swallowed'}"
-        )
-        checks.check(
-            not unlinked and not cache.exists() and other_escaped,
-            "suppress swallowed only FileNotFoundError; a ValueError still propagated",
-        )
-
-        section("6. nullcontext: a stand-in when a manager is optional")
-        lock = threading.Lock()
-        observed: list[bool] = []
-
-        def process(items: list[str], guard: AbstractContextManager[object] | None) -> list[str]:
-            with guard if guard is not None else nullcontext():
-                observed.append(lock.locked())
-                return [item.upper() for item in items]
-
-        process(["a", "b"], lock)
-        process(["x"], None)
-        with nullcontext("already-open client") as client:
-            pass
-        console.print(
-            f"  with the lock: held inside = {observed[0]}; with nullcontext(): held = "
-            f"{observed[1]}; nullcontext(value) binds {client!r}"
-        )
-        checks.check(
-            observed == [True, False] and not lock.locked() and client == "already-open client",
-            "nullcontext() stood in for the lock (nothing held) and nullcontext(v) bound v",
-            f"lock held inside: {observed}",
-        )
-
-        # -------------------------------------------------------------- 7
-        section("7. ContextDecorator: one manager, used as `with` and as `@decorator`")
-        durations: list[tuple[str, float]] = []
-
-        @log_duration("tokenize", durations)
-        def tokenize(text: str) -> list[str]:
-            return text.split()
-
-        words = tokenize("context managers scope resources")
-        tokenize("twice")
-        with log_duration("block", durations):
-            time.sleep(_SLEEP)
-        table = Table("label", "seconds")
-        for label, secs in durations:
-            table.add_row(label, f"{secs:.4f}")
-        console.print(table)
-        console.print(
-            "  llmctx.timed() is the library's version: a decorator for sync *and* async "
-            "functions, and a block, attaching each measurement to the session."
-        )
-        checks.check(
-            [label for label, _ in durations] == ["tokenize", "tokenize", "block"]
-            and words == ["context", "managers", "scope", "resources"]
-            and durations[-1][1] >= _SLEEP,
-            "the decorator timed both calls (returning their values) and the block its sleep",
-        )
-
-        # -------------------------------------------------------------- 8
-        section("8. Atomic write with backup")
-        note(
-            "Write to a temporary file next to the target, and only when the block succeeded "
-            "rename it over the original (os.replace is atomic). A crash or an exception "
-            "half-way leaves the original exactly as it was.",
-            title="all or nothing",
-        )
-        target = folder / "config.json"
-        target.write_text('{"model": "v1"}', encoding="utf-8")
-
-        def half_write() -> None:
-            with atomic_write(target) as handle:
-                handle.write('{"model": "v2", "half')
-                raise RuntimeError("serializer crashed half-way")
-
-        write_raised = _raises(half_write, RuntimeError)
-        after_failure = target.read_text(encoding="utf-8")
-        leftovers = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
-        backup_file = target.with_name(target.name + ".bak")
-        backup_after_failure = backup_file.exists()
-        with atomic_write(target) as handle:
-            handle.write('{"model": "v2"}')
-        after_success = target.read_text(encoding="utf-8")
-        backup_content = backup_file.read_text(encoding="utf-8") if backup_file.exists() else None
-        table = Table("step", "config.json", "config.json.bak", "temp files")
-        table.add_row("before", '{"model": "v1"}', "-", "-")
-        table.add_row(
-            "write raised",
-            after_failure,
-            "yes" if backup_after_failure else "-",
-            ", ".join(leftovers) or "none",
-        )
-        table.add_row("write succeeded", after_success, backup_content or "-", "none")
-        console.print(table)
-        checks.check(
-            write_raised and after_failure == '{"model": "v1"}' and not leftovers,
-            "a failed atomic write left the original unchanged and no temp file behind",
-            after_failure,
-        )
-        checks.check(
-            after_success == '{"model": "v2"}' and backup_content == '{"model": "v1"}',
-            "a successful atomic write replaced the file and kept the old one as .bak",
-        )
-
+        with_open(checks, folder)
+        with_expanded(checks)
+        the_shape(checks)
+        a_timer(checks)
+        temporary_configuration(checks)
+        exit_decides(checks)
+        sqlite_transaction(checks, folder)
+        contextlib_helpers(checks, folder)
+        context_decorator(checks)
+        atomic_file(checks, folder)
     checks.verify()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 
@@ -46,6 +47,7 @@ __all__ = [
     "priced",
     "reply_note",
     "run",
+    "say",
     "section",
     "temp_store",
     "verbose",
@@ -139,6 +141,11 @@ def header(number: int, title: str, summary: str) -> None:
 def section(title: str) -> None:
     """A sub-heading inside a module."""
     console.print(f"\n[bold cyan]▶ {title}[/bold cyan]")
+
+
+def say(text: str, *, style: str | None = None) -> None:
+    """One indented paragraph; continuation lines keep the indent when it wraps."""
+    console.print(Padding(text, (0, 0, 0, 2), expand=False), style=style)
 
 
 def note(text: str, *, title: str | None = None, style: str = "blue") -> None:
