@@ -1,20 +1,22 @@
-"""02. LLM session manager: a session's lifecycle around real calls, a failure, and recovery.
+"""02. LLM session manager: build one by hand, then use the production one.
 
-An ``llmctx.session`` is the context manager an LLM application lives in: every call made
-inside it is counted (tokens from the model's own report), priced (``llmctx.price_override``
-through the workshop's ``priced()``), checked against a ``llmctx.Budget`` before it is sent, and
-written through to a store (SQLite here) before the caller gets the reply. This module makes
-real calls to the bundled SmolLM2 model, compares ``llmctx.count_tokens`` with the usage the
-model reported, lets an exception end the session as ``failed``, and then recovers: a fresh
-connection to the same SQLite file and ``llmctx.session.resume`` rebuild the totals and the
-budget's spend from the stored calls, and the work continues where it stopped.
+The module opens with ``LLMSession``, a class-based session manager of about forty lines that
+you can read whole: a lifecycle (created -> running -> completed | failed | cancelled, entered
+once), token and cost totals from the model's own usage report, the failure that ended it
+recorded, and an ``__exit__`` that returns False so the failure still reaches the caller. It
+runs on the bundled SmolLM2 model. Then ``llmctx.session`` does the same job for production
+and adds what a real application needs: a ``llmctx.Budget`` checked *before* each call is sent,
+child sessions rolling up into their parent, every call written through to a store (SQLite
+here) and ``llmctx.session.resume`` rebuilding a failed session from that store so the work
+continues where it stopped. ``llmctx.count_tokens`` is compared with what the model reported.
 """
 
 from __future__ import annotations
 
 from contextlib import closing
 from decimal import Decimal
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 from rich.table import Table
 
@@ -28,9 +30,10 @@ from llmctx.workshop._common import (
     console,
     header,
     model,
-    note,
     priced,
+    reply_note,
     run,
+    say,
     section,
     temp_store,
     usd,
@@ -48,28 +51,59 @@ TOKEN_LIMIT = 400
 _MTOK = Decimal(1_000_000)
 
 
+# ------------------------------------------------------------- the session, built by hand
+class LLMSession:
+    """A session by hand: a lifecycle, token and cost totals, the failure that ended it."""
+
+    def __init__(self, name: str, llm: Any, usd_per_token: tuple[Decimal, Decimal]) -> None:
+        self.name, self.llm = name, llm
+        self.price_in, self.price_out = usd_per_token
+        self.state = "created"  # -> running -> completed | failed | cancelled
+        self.calls = self.input_tokens = self.output_tokens = 0
+        self.cost = Decimal(0)
+        self.error: str | None = None
+
+    def __enter__(self) -> LLMSession:
+        if self.state != "created":  # entered once: its totals belong to one piece of work
+            raise RuntimeError(f"session {self.name!r} is {self.state}; start a new one")
+        self.state = "running"
+        return self
+
+    def ask(self, question: str, max_tokens: int) -> str:
+        reply = self.llm.create_chat_completion(
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+            max_tokens=max_tokens,
+            temperature=0,
+        )
+        used = reply["usage"]  # the model's own count, not an estimate
+        self.calls += 1
+        self.input_tokens += used["prompt_tokens"]
+        self.output_tokens += used["completion_tokens"]
+        self.cost += used["prompt_tokens"] * self.price_in
+        self.cost += used["completion_tokens"] * self.price_out
+        return str(reply["choices"][0]["message"]["content"] or "").strip()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if exc_type is None:
+            self.state = "completed"
+        else:  # Ctrl-C or a cancelled task is not a failure of the work
+            self.state = "failed" if issubclass(exc_type, Exception) else "cancelled"
+            self.error = f"{exc_type.__name__}: {exc}"
+        return False  # never swallow: the caller must learn that the block failed
+
+
+# ---------------------------------------------------------------------------- helpers
 def _expected_cost(call: llmctx.CallRecord) -> Decimal:
     """The cost of a call at the workshop price, computed here independently of llmctx."""
     return (
         call.usage.input_tokens * Decimal(WORKSHOP_PRICE["input_per_mtok"])
         + call.usage.output_tokens * Decimal(WORKSHOP_PRICE["output_per_mtok"])
     ) / _MTOK
-
-
-def _calls_table(title: str, calls: list[llmctx.CallRecord]) -> Table:
-    table = Table(title=title)
-    for col in ("#", "status", "input tok", "output tok", "cost", "reply"):
-        table.add_column(col, justify="right" if "tok" in col or col == "cost" else "left")
-    for i, call in enumerate(calls, 1):
-        table.add_row(
-            str(i),
-            call.status,
-            str(call.usage.input_tokens),
-            str(call.usage.output_tokens),
-            "unpriced" if call.cost is None else usd(call.cost),
-            (call.response or "").strip()[:48],
-        )
-    return table
 
 
 def _totals(calls: list[llmctx.CallRecord]) -> tuple[int, int, Decimal]:
@@ -80,219 +114,230 @@ def _totals(calls: list[llmctx.CallRecord]) -> tuple[int, int, Decimal]:
     )
 
 
-def main() -> None:
-    """Run a session that fails mid-way, then resume it from the store and finish."""
-    header(
-        2,
-        "LLM session manager",
-        "token counting, cost tracking, a failure mid-session and recovery from SQLite",
+def _calls_table(calls: list[llmctx.CallRecord]) -> Table:
+    table = Table("#", "status", "in", "out", "cost", "reply", title="the calls in SQLite")
+    for i, call in enumerate(calls, 1):
+        table.add_row(
+            str(i),
+            call.status,
+            str(call.usage.input_tokens),
+            str(call.usage.output_tokens),
+            usd(call.cost),
+            (call.response or "").strip()[:36],
+        )
+    return table
+
+
+# ---------------------------------------------------------------------------- sections
+def by_hand(checks: Checks, llm: Any) -> None:
+    """Run the hand-written LLMSession on the real model: two calls, then a failure."""
+    section("1. Build it: LLMSession, about forty lines (read it at the top of this file)")
+    price = (
+        Decimal(WORKSHOP_PRICE["input_per_mtok"]) / _MTOK,
+        Decimal(WORKSHOP_PRICE["output_per_mtok"]) / _MTOK,
     )
-    checks = Checks()
-    llm = model()
+    session = LLMSession("support-chat", llm, price)
+    replies: list[str] = []
+    propagated = False
+    try:
+        with session as s:
+            replies.append(s.ask(QUESTIONS[0], MAX_TOKENS))
+            replies.append(s.ask(QUESTIONS[1], MAX_TOKENS))
+            raise ConnectionError("the ticket system did not answer")  # a later step fails
+    except ConnectionError:
+        propagated = True
+    reply_note(MAX_TOKENS)
+    for question, reply in zip(QUESTIONS, replies, strict=False):
+        say(f"{question} -> {reply!r}", style="dim")
+    say(
+        f"state {session.state}, error {session.error!r}; {session.calls} calls, "
+        f"{session.input_tokens} + {session.output_tokens} tokens, {usd(session.cost)}"
+    )
+    try:
+        with session:
+            pass
+        reentered = "entered again"
+    except RuntimeError as exc:
+        reentered = f"RuntimeError: {exc}"
+    say(f"entering it again: {reentered}")
+    checks.check(
+        session.state == "failed" and propagated and "ConnectionError" in (session.error or ""),
+        "LLMSession recorded the failure, and __exit__ returning False let it propagate",
+        f"state {session.state}, error {session.error!r}",
+    )
+    checks.check(
+        session.calls == 2 and session.input_tokens > 0 and session.output_tokens > 0,
+        "LLMSession totalled the tokens the model reported for both calls",
+        f"{session.input_tokens} in, {session.output_tokens} out",
+    )
+    checks.check(reentered.startswith("RuntimeError"), "LLMSession is entered once")
+
+
+def production(checks: Checks, llm: Any, store: SQLiteStore) -> llmctx.Session:
+    """The same story on ``llmctx.session``: a budget, write-through, the failure recorded."""
+    section("2. Use it: llmctx.session, the production version")
+    say(
+        "It adds: a Budget checked before each call is sent (prompt + max_tokens reserved, "
+        "the real usage settled after); child sessions rolling up into their parent; every "
+        "call written to a store before the reply returns; resume() after a crash."
+    )
+    session = llmctx.session(
+        "support-chat",
+        budget=llmctx.Budget(usd=USD_LIMIT, tokens=TOKEN_LIMIT),
+        store=store,
+        tags={"workshop": "02"},
+    )
+    failure: Exception | None = None
+    try:
+        with session as s:
+            ask(QUESTIONS[0], system=SYSTEM, max_tokens=MAX_TOKENS)
+            ask(QUESTIONS[1], system=SYSTEM, max_tokens=MAX_TOKENS)
+            raise ConnectionError("the ticket system did not answer")
+    except ConnectionError as exc:
+        failure = exc
+    row = store.get_session(s.id)
+    stored = store.list_calls([s.id])
+    in_tok, out_tok, cost = _totals(stored)
+    left = s.remaining()
+    say(
+        f"session {s.status}, error {s.error!r}; in SQLite: {len(stored)} calls, "
+        f"{in_tok} + {out_tok} tokens, {usd(cost)}; budget left {usd(left['usd'])}, "
+        f"{left['tokens']} tokens"
+    )
+    checks.check(
+        failure is not None
+        and s.status == "failed"
+        and row is not None
+        and row.status == "failed"
+        and "ConnectionError" in (row.error or ""),
+        "the exception ended the session `failed`, with the error recorded in the store",
+        f"stored status {row.status if row else None!r}, error {row.error if row else None!r}",
+    )
+    checks.check(
+        len(stored) == 2 == s.usage.requests
+        and (in_tok, out_tok) == (s.usage.input_tokens, s.usage.output_tokens)
+        and cost == s.cost,
+        "the calls made before the failure are in SQLite and add up to the session's totals",
+        f"{len(stored)} calls, {in_tok}+{out_tok} tokens, {usd(cost)}",
+    )
+    checks.check(
+        all(c.cost == _expected_cost(c) for c in stored) and s.cost == cost > 0,
+        "each call was priced exactly at the workshop price (Decimal, no float rounding)",
+        f"session cost {usd(s.cost)}",
+    )
+    try:
+        with s:
+            pass
+        reentered = False
+    except llmctx.SessionStateError:
+        reentered = True
+    checks.check(reentered, "a session object is entered once; again raises SessionStateError")
+    return s
+
+
+def counted_vs_reported(checks: Checks, llm: Any, first: llmctx.CallRecord) -> None:
+    """``count_tokens`` before the call against the usage llama.cpp reported after it."""
+    section("3. Tokens counted before the call vs reported after it")
 
     def tokenizer(text: str) -> int:
         return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    text_only = sum(tokenizer(m["content"]) for m in messages)
+    counted = llmctx.count_tokens(messages, tokenizer=tokenizer)
+    estimate = llmctx.count_tokens(messages)
+    reported = int((first.raw_usage or {}).get("prompt_tokens", -1))
+    table = Table("what", "tokens", "how")
+    table.add_row("the messages' text", str(text_only), "the model's tokenizer: exact")
+    table.add_row(
+        "count_tokens(messages, tokenizer=)", str(counted.tokens), "text + framing estimate"
+    )
+    table.add_row("count_tokens(messages)", str(estimate.tokens), "heuristic, no tokenizer")
+    table.add_row("prompt llama.cpp reported", str(reported), "text + the real chat template")
+    console.print(table)
+    say(
+        f"The chat template wraps the text in {reported - text_only} tokens of role markers; "
+        f"count_tokens adds a fixed estimate of that framing ({counted.tokens - text_only}), "
+        "so its count is exact for the text only. llmctx's llama.cpp client renders the real "
+        "template before a call, so what it reserves is the real prompt."
+    )
+    checks.check(
+        first.usage.input_tokens == reported,
+        "llmctx recorded exactly the prompt tokens llama.cpp reported",
+        f"{first.usage.input_tokens} vs {reported}",
+    )
+    checks.check(
+        abs(reported - counted.tokens) <= 2 < reported - text_only,
+        "count_tokens with the model's tokenizer came within 2 tokens of the real prompt",
+        f"counted {counted.tokens}, reported {reported}, text alone {text_only}",
+    )
+
+
+def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session) -> None:
+    """A new connection to the same file plays the restarted process; resume and finish."""
+    section("4. Recovery: llmctx.session.resume() from the store")
+    with closing(SQLiteStore(store.path)) as reopened:
+        stored_row = reopened.get_session(failed.id)
+        if stored_row is None:
+            raise CheckFailed(f"session {failed.id} is not in the reopened store")
+        resumed = llmctx.session.resume(failed.id, store=reopened)
+        left = resumed.remaining()
+        say(
+            f"resumed from a new connection: {resumed.usage.requests} calls, "
+            f"{resumed.usage.total_tokens} tokens, {usd(resumed.cost)}; budget left "
+            f"{usd(left['usd'])} / {left['tokens']} tokens (the spend restored, not reset)"
+        )
+        checks.check(
+            resumed.usage == stored_row.usage
+            and resumed.cost == stored_row.cost
+            and resumed.usage.requests == stored_row.calls == 2,
+            "the resumed session's totals equal the stored ones",
+            f"{resumed.usage.requests} calls, {resumed.usage.total_tokens} tokens",
+        )
+        checks.check(
+            left["usd"] == USD_LIMIT - stored_row.cost
+            and left["tokens"] == TOKEN_LIMIT - stored_row.usage.total_tokens,
+            "its budget remaining is limit - spent (the spend was restored, not reset)",
+            f"usd {left['usd']}, tokens {left['tokens']}",
+        )
+        with resumed as r:
+            ask(QUESTIONS[2], system=SYSTEM, max_tokens=MAX_TOKENS)
+        final_row = reopened.get_session(r.id)
+        all_calls = reopened.list_calls([r.id])
+        console.print(_calls_table(all_calls))
+        after = r.remaining()
+        say(
+            f"status {r.status}; {r.usage.requests} calls, {r.usage.total_tokens} tokens, "
+            f"{usd(r.cost)}; budget left {usd(after['usd'])} / {after['tokens']} tokens"
+        )
+        meta: dict[str, Any] = final_row.metadata if final_row is not None else {}
+        checks.check(
+            final_row is not None
+            and final_row.status == "completed"
+            and final_row.calls == len(all_calls) == 3
+            and meta.get("resumed") == 1,
+            "the resumed session continued under the same id and completed with 3 calls",
+            f"status {final_row.status if final_row else None}, resumed {meta.get('resumed')}",
+        )
+        in3, out3, cost3 = _totals(all_calls)
+        checks.check(
+            (in3 + out3, cost3) == (r.usage.total_tokens, r.cost)
+            and after["tokens"] == TOKEN_LIMIT - r.usage.total_tokens,
+            "the store, the session totals and the budget agree after the new call",
+            f"{in3 + out3} tokens, {usd(cost3)}",
+        )
+
+
+def main() -> None:
+    """The module, section by section; then verify what each section claimed."""
+    header(2, "LLM session manager", "a session by hand, then llmctx.session: tokens, cost, resume")
+    checks = Checks()
+    llm = model()
     with priced(), temp_store() as store:
-        # ------------------------------------------------------------------ 1
-        section("1. A session around real calls; tokens counted before vs reported after")
-        messages = [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": QUESTIONS[0]},
-        ]
-        exact = llmctx.count_tokens(messages, tokenizer=tokenizer)
-        estimate = llmctx.count_tokens(messages)
-        note(
-            "A session is entered once: created -> running -> completed | failed | cancelled. "
-            "Inside it, every call of an instrumented client reserves its worst case "
-            "(prompt + max_tokens, priced) against the budget *before* it is sent, then settles "
-            "with the usage the model reports and commits the call to the store before the "
-            "reply is returned.",
-            title="llmctx.session",
-        )
-        session = llmctx.session(
-            "support-chat",
-            budget=llmctx.Budget(usd=USD_LIMIT, tokens=TOKEN_LIMIT),
-            store=store,
-            tags={"workshop": "02"},
-        )
-        failure: Exception | None = None
-        try:
-            with session as s:
-                ask(QUESTIONS[0], system=SYSTEM, max_tokens=MAX_TOKENS)
-                first = s.calls[-1]
-                ask(QUESTIONS[1], system=SYSTEM, max_tokens=MAX_TOKENS)
-                left_now = s.remaining()
-                console.print(
-                    f"  two calls done: {s.usage.total_tokens} tokens, {usd(s.cost)}; "
-                    f"budget left: {usd(left_now['usd'])} of {usd(USD_LIMIT)}, "
-                    f"{left_now['tokens']} of {TOKEN_LIMIT} tokens"
-                )
-                # A later step fails (the model's calls are real, the outage is simulated):
-                # the exception leaves the block, the session records why and re-raises it.
-                raise ConnectionError("the ticket system did not answer")
-        except ConnectionError as exc:
-            failure = exc
-
-        reported_in = int((first.raw_usage or {}).get("prompt_tokens", -1))
-        reported_out = int((first.raw_usage or {}).get("completion_tokens", -1))
-        table = Table(title="tokens of call 1")
-        table.add_column("what")
-        table.add_column("tokens", justify="right")
-        table.add_column("how")
-        table.add_row("count_tokens(messages)", str(estimate.tokens), estimate.method)
-        table.add_row(
-            "count_tokens(messages, tokenizer=llm)", str(exact.tokens), exact.method + " (exact)"
-        )
-        table.add_row("prompt tokens llama.cpp reported", str(reported_in), "the model's usage")
-        table.add_row(
-            "llmctx recorded input / output",
-            f"{first.usage.input_tokens} / {first.usage.output_tokens}",
-            "CallRecord.usage",
-        )
-        console.print(table)
-        note(
-            "With the model's tokenizer the count is exact for the text; the rest is the chat "
-            "template's framing (role markers, the assistant header), which count_tokens adds "
-            "as a documented constant per message. llmctx's llama.cpp integration goes further: "
-            "it renders the model's own template before the call, so its reservation is exact. "
-            "Without a tokenizer, count_tokens falls back to a labelled heuristic estimate "
-            "(exact=False) meant for reservations. Note SmolLM2's template also adds a default "
-            "system prompt when you give none.",
-            title="why the numbers differ",
-        )
-        checks.check(
-            first.usage.input_tokens == reported_in and first.usage.output_tokens == reported_out,
-            "llmctx recorded exactly the usage llama.cpp reported",
-            f"{first.usage.input_tokens} in / {first.usage.output_tokens} out",
-        )
-        checks.check(
-            exact.exact and abs(reported_in - exact.tokens) <= 2,
-            "count_tokens with the model's tokenizer came within 2 tokens of the real prompt",
-            f"counted {exact.tokens}, reported {reported_in} (the gap is template framing)",
-        )
-
-        # ------------------------------------------------------------------ 2
-        section("2. Cost tracking and the failure, as the store saw them")
-        row = store.get_session(s.id)
-        stored = store.list_calls([s.id])
-        console.print(_calls_table("calls committed to SQLite before the failure", stored))
-        in_tok, out_tok, cost = _totals(stored)
-        console.print(
-            f"  session {s.id[:12]}: status [bold]{s.status}[/bold], error {s.error!r}\n"
-            f"  price: {usd(WORKSHOP_PRICE['input_per_mtok'])} / "
-            f"{usd(WORKSHOP_PRICE['output_per_mtok'])} per million input / output tokens "
-            "(made up, via priced())"
-        )
-        checks.check(
-            failure is not None
-            and s.status == "failed"
-            and row is not None
-            and row.status == "failed"
-            and "ConnectionError" in (row.error or ""),
-            "the exception ended the session `failed`, with the error recorded in the store",
-            f"stored status {row.status if row else None!r}, error {row.error if row else None!r}",
-        )
-        checks.check(
-            len(stored) == 2 == s.usage.requests
-            and (in_tok, out_tok) == (s.usage.input_tokens, s.usage.output_tokens)
-            and cost == s.cost,
-            "the calls made before the failure are in SQLite and add up to the session's totals",
-            f"{len(stored)} calls, {in_tok}+{out_tok} tokens, {usd(cost)}",
-        )
-        checks.check(
-            all(c.cost == _expected_cost(c) for c in stored) and s.cost == cost > 0,
-            "each call was priced exactly at the workshop price (Decimal, no float rounding)",
-            f"session cost {usd(s.cost)}",
-        )
-        try:
-            with s:
-                pass
-            reentered = "entered again"
-        except llmctx.SessionStateError as exc:
-            reentered = f"SessionStateError: {str(exc)[:60]}..."
-        console.print(f"  entering the finished session object again: {reentered}")
-        checks.check(
-            reentered.startswith("SessionStateError"),
-            "a session object is entered once; re-entering it raises SessionStateError",
-        )
-
-        # ------------------------------------------------------------------ 3
-        section("3. State recovery: resume the failed session from the store")
-        note(
-            "A crash, a deploy or an exception ends the process's session, not the work. "
-            "llmctx.session.resume(id, store=...) rebuilds usage, cost and the budget's spend "
-            "from the calls in the store, so the resumed session stops exactly where the "
-            "original would have. Here a *new connection* to the same SQLite file plays the "
-            "restarted process.",
-            title="llmctx.session.resume",
-        )
-        with closing(SQLiteStore(store.path)) as reopened:
-            stored_row = reopened.get_session(s.id)
-            if stored_row is None:
-                raise CheckFailed(f"session {s.id} is not in the reopened store")
-            resumed = llmctx.session.resume(s.id, store=reopened)
-            left = resumed.remaining()
-            table = Table(title="before and after resume")
-            for col in ("", "requests", "tokens", "cost", "budget left (usd / tokens)"):
-                table.add_column(col)
-            table.add_row(
-                "stored row",
-                str(stored_row.calls),
-                str(stored_row.usage.total_tokens),
-                f"{usd(stored_row.cost)}",
-                "",
-            )
-            table.add_row(
-                "resumed session",
-                str(resumed.usage.requests),
-                str(resumed.usage.total_tokens),
-                f"{usd(resumed.cost)}",
-                f"{usd(left['usd'])} / {left['tokens']}",
-            )
-            console.print(table)
-            checks.check(
-                resumed.usage == stored_row.usage
-                and resumed.cost == stored_row.cost
-                and resumed.usage.requests == stored_row.calls == 2,
-                "the resumed session's totals equal the stored ones",
-                f"{resumed.usage.requests} calls, {resumed.usage.total_tokens} tokens",
-            )
-            checks.check(
-                left["usd"] == USD_LIMIT - stored_row.cost
-                and left["tokens"] == TOKEN_LIMIT - stored_row.usage.total_tokens,
-                "its budget remaining is limit - spent (the spend was restored, not reset)",
-                f"usd {left['usd']}, tokens {left['tokens']}",
-            )
-
-            with resumed as r:
-                ask(QUESTIONS[2], system=SYSTEM, max_tokens=MAX_TOKENS)
-            final_row = reopened.get_session(r.id)
-            all_calls = reopened.list_calls([r.id])
-            console.print(_calls_table("the session's calls after recovery", all_calls))
-            after = r.remaining()
-            console.print(
-                f"  status [bold]{r.status}[/bold]; {r.usage.requests} calls, "
-                f"{r.usage.total_tokens} tokens, {usd(r.cost)}; budget left {usd(after['usd'])} / "
-                f"{after['tokens']} tokens"
-            )
-            meta: dict[str, Any] = final_row.metadata if final_row is not None else {}
-            checks.check(
-                final_row is not None
-                and final_row.status == "completed"
-                and final_row.calls == len(all_calls) == 3
-                and meta.get("resumed") == 1,
-                "the resumed session continued under the same id and completed with 3 calls",
-                f"status {final_row.status if final_row else None}, resumed {meta.get('resumed')}",
-            )
-            in3, out3, cost3 = _totals(all_calls)
-            checks.check(
-                (in3 + out3, cost3) == (r.usage.total_tokens, r.cost)
-                and after["tokens"] == TOKEN_LIMIT - r.usage.total_tokens,
-                "the store, the session totals and the budget agree after the new call",
-                f"{in3 + out3} tokens, {usd(cost3)}",
-            )
-
+        by_hand(checks, llm)
+        failed = production(checks, llm, store)
+        counted_vs_reported(checks, llm, store.list_calls([failed.id])[0])
+        recovery(checks, store, failed)
     checks.verify()
 
 
