@@ -2,7 +2,9 @@
 
 ``async with`` is the same setup -> use -> cleanup as ``with``, except that setup and cleanup
 may await, and that cleanup must also run when the task is *cancelled*. This module writes two
-small async managers by hand (a timer and a connection whose cleanup survives cancellation),
+small async managers by hand (a timer, and a connection whose cleanup awaits a goodbye
+message and still runs when the task is cancelled: asyncio delivers a cancellation once, so
+the ``finally`` can await),
 then coordinates concurrent asyncio tasks through llmctx's real parts: a
 ``llmctx.ResourcePool`` of local model workers (the "GPU pool": here two SmolLM2 instances on
 the CPU, each serving one caller at a time), a ``llmctx.RateLimiter`` that paces requests
@@ -19,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 import llmctx
@@ -26,9 +29,10 @@ from llmctx.workshop._common import (
     Checks,
     console,
     header,
-    note,
     priced,
+    reply_note,
     run,
+    say,
     section,
     temp_store,
     usd,
@@ -45,7 +49,7 @@ SYSTEM = "Answer in a few words."
 MAX_TOKENS = 8
 WORKERS = 2
 RPM = 120  # one request every 0.5 s ...
-BURST = 1.0  # ... and one second's worth (2 requests) may go at once after a quiet period
+BURST = 1.0  # seconds of the rate: 1 s at 2 requests/s = 2 requests may go at once
 TPM = 30_000  # generous: tokens are reserved and settled, but requests set the pace here
 
 
@@ -91,13 +95,17 @@ async def connection(name: str, log: list[str]) -> AsyncIterator[str]:
         The connection (its name).
 
     On cancellation ``asyncio.CancelledError`` is thrown in at the ``yield``: the ``finally``
-    closes the connection and the cancellation continues (never swallow it).
+    awaits its goodbye (asyncio delivered the cancellation once, so this await is not
+    interrupted unless the task is cancelled again), closes the connection, and the
+    cancellation continues (never swallow it).
     """
     await asyncio.sleep(0)  # the handshake: setup may await
     log.append(f"open {name}")
     try:
         yield name
     finally:
+        await asyncio.sleep(0)  # the goodbye message: cleanup awaits too
+        log.append(f"goodbye sent to {name}")
         log.append(f"close {name}")
 
 
@@ -143,12 +151,9 @@ def _new_worker() -> Any:
     return llmctx.local_model(n_ctx=512, n_threads=1, n_threads_batch=1)
 
 
-async def main() -> None:
-    """Demonstrate async managers, then run a batch through the pool and the limiter."""
-    header(3, "Async manager", "@asynccontextmanager, a pool of model workers, a rate limiter")
-    checks = Checks()
-
-    # ------------------------------------------------------------------ 1
+# ---------------------------------------------------------------------------- sections
+async def async_managers(checks: Checks) -> None:
+    """A hand-written async timer, and a connection whose cleanup awaits when cancelled."""
     section("1. @asynccontextmanager: setup and cleanup that await")
     async with async_timer(f"asyncio.sleep({_SLEEP})") as watch:
         await asyncio.sleep(_SLEEP)
@@ -157,7 +162,6 @@ async def main() -> None:
         f"the async timer measured >= the {_SLEEP}s sleep",
         f"{watch.seconds:.4f}s",
     )
-
     log: list[str] = []
     inside = asyncio.Event()
 
@@ -171,51 +175,26 @@ async def main() -> None:
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
-    console.print(f"  a task cancelled inside `async with connection(...)`: {' -> '.join(log)}")
+    say(f"a task cancelled inside `async with connection(...)`: {' -> '.join(log)}")
+    say(
+        "asyncio delivers a cancellation once, so the cleanup's own await ran; an anyio "
+        "cancel scope would interrupt it too unless shielded (module 07)."
+    )
     checks.check(
-        task.cancelled() and log == ["open model-server", "close model-server"],
-        "cancelling the task ran the connection's cleanup, and the task ended cancelled",
+        task.cancelled()
+        and log == ["open model-server", "goodbye sent to model-server", "close model-server"],
+        "cancelling the task ran the connection's cleanup, which awaited, and the task ended "
+        "cancelled",
         " -> ".join(log),
     )
 
-    # ------------------------------------------------------------------ 2
-    section(f"2. A ResourcePool of {WORKERS} local model workers + a RateLimiter")
-    note(
-        "ResourcePool leases units of one resource in strict FIFO order: here each worker is "
-        "a SmolLM2 instance with capacity 1 (one caller at a time). Resources are just objects "
-        "with capacities, so the same code runs a GPU pool:\n"
-        "    pool = llmctx.ResourcePool(['cuda:0', 'cuda:1'], capacity=24)  # GB each\n"
-        "    async with pool.acquire(8) as lease: run_on(lease.resource)\n"
-        f"RateLimiter(rpm={RPM}, burst={BURST}) admits {int(RPM / 60 * BURST)} requests at once, "
-        f"then one every {60 / RPM:.1f} s (GCRA, exact waits, FIFO). Each task reserves its "
-        "estimated tokens before the call and settles the real count after. llama.cpp calls "
-        "block, so they run in threads with asyncio.to_thread, which copies the task's "
-        "context: the calls are still charged to the session. (Pass limiter= to "
-        "llmctx.local_model() or llmctx.instrument() and the client reserves and settles by "
-        "itself, with the exact prompt size.)",
-        title="the plan",
-    )
-    with llmctx.monitor("load workers", attach=False) as load:
-        pool: llmctx.ResourcePool[Any] = llmctx.ResourcePool.from_factory(
-            _new_worker, WORKERS, capacity=1, name="smollm2-workers"
-        )
-    names = {id(w): f"worker-{i}" for i, w in enumerate(pool.resources)}
-    console.print(
-        f"  loaded {WORKERS} workers in {load.result.wall_s if load.result else 0:.2f} s: {pool}"
-    )
-    limiter = llmctx.RateLimiter(rpm=RPM, tpm=TPM, burst=BURST)
-    concurrency = Concurrency()
-    traces = [Trace(q) for q in QUESTIONS]
 
-    # Estimates before the batch starts: tokenizing on a worker while another thread
-    # generates with it is not something llama.cpp promises to support.
-    first_worker = pool.resources[0]
-    for trace in traces:
-        counted = llmctx.count_tokens(
-            _messages(trace.question),
-            tokenizer=lambda text: len(first_worker.tokenize(text.encode(), add_bos=False)),
-        )
-        trace.estimated_tokens = counted.tokens + MAX_TOKENS
+async def the_batch(
+    pool: llmctx.ResourcePool[Any], limiter: llmctx.RateLimiter, traces: list[Trace]
+) -> tuple[Concurrency, llmctx.Session, list[llmctx.CallRecord], Any]:
+    """Four questions as asyncio tasks through the limiter, then the pool, in one session."""
+    names = {id(w): f"worker-{i}" for i, w in enumerate(pool.resources)}
+    concurrency = Concurrency()
 
     async def answer(trace: Trace, t0: float) -> None:
         async with limiter.acquire(tokens=trace.estimated_tokens) as reservation:
@@ -235,75 +214,89 @@ async def main() -> None:
             trace.reply = str(reply["choices"][0]["message"]["content"] or "").strip()
             trace.done = time.perf_counter() - t0
 
+    with priced(), temp_store() as store:
+        async with llmctx.session("async-batch", store=store) as s:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(answer(t, t0) for t in traces))
+        return concurrency, s, store.list_calls([s.id]), store.get_session(s.id)
+
+
+def _estimate(worker: Any, question: str) -> int:
+    """What a task reserves: the prompt counted before the call, plus max_tokens."""
+    counted = llmctx.count_tokens(
+        _messages(question),
+        tokenizer=lambda text: len(worker.tokenize(text.encode(), add_bos=False)),
+    )
+    return counted.tokens + MAX_TOKENS
+
+
+async def pool_and_limiter(checks: Checks) -> None:
+    """A ResourcePool of model workers and a RateLimiter coordinating four tasks."""
+    section(f"2. A ResourcePool of {WORKERS} model workers + a RateLimiter")
+    say(
+        "Each worker is a SmolLM2 instance with capacity 1; leases go in strict FIFO order "
+        "(module 05 runs the same pool as GPUs: capacity=24 GB, acquire(8)). llama.cpp calls "
+        "block, so they run in asyncio.to_thread, which copies the task's context: the calls "
+        "are still charged to the session."
+    )
+    with llmctx.monitor("load workers", attach=False) as load:
+        pool: llmctx.ResourcePool[Any] = llmctx.ResourcePool.from_factory(
+            _new_worker, WORKERS, capacity=1, name="smollm2-workers"
+        )
+    limiter = llmctx.RateLimiter(rpm=RPM, tpm=TPM, burst=BURST)
+    traces = [Trace(q) for q in QUESTIONS]
+    # Estimated before the batch: tokenizing on a worker while another thread generates
+    # with it is not something llama.cpp promises to support.
+    for trace in traces:
+        trace.estimated_tokens = _estimate(pool.resources[0], trace.question)
     try:
-        with priced(), temp_store() as store:
-            async with llmctx.session("async-batch", store=store) as s:
-                t0 = time.perf_counter()
-                await asyncio.gather(*(answer(t, t0) for t in traces))
-            stored = store.list_calls([s.id])
-            row = store.get_session(s.id)
+        concurrency, s, stored, row = await the_batch(pool, limiter, traces)
         stats = pool.statistics()
         limits = limiter.statistics()
     finally:
         pool.close()
         for worker in pool.resources:
             worker.close()
-
-    table = Table(title="the batch, seconds since start")
-    for col in (
-        "question",
-        "admitted",
-        "leased",
-        "worker",
-        "done",
-        "tokens reserved/real",
-        "reply",
-    ):
-        table.add_column(col)
+    burst_requests = RPM / 60 * BURST
+    say(
+        f"{WORKERS} workers loaded in {load.result.wall_s if load.result else 0:.2f} s. "
+        f"RateLimiter(rpm={RPM}, burst={BURST}): burst is in seconds of the rate, so "
+        f"{BURST} s x {RPM / 60:.0f} requests/s = {burst_requests:.0f} go at once, then one "
+        f"every {60 / RPM:.1f} s."
+    )
+    reply_note(MAX_TOKENS)
+    table = Table(title="the batch, seconds since its start", box=box.SIMPLE_HEAD, show_edge=False)
+    widths = {"question": 16, "admitted": 8, "leased": 6, "worker": 6, "done": 5, "tokens": 6}
+    for col in ("question", "admitted", "leased", "worker", "done", "tokens", "reply"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths.get(col, 16))
     for t in traces:
         table.add_row(
             t.question,
             f"{t.admitted:.2f}",
             f"{t.leased:.2f}",
-            t.worker,
+            t.worker.removeprefix("worker-"),
             f"{t.done:.2f}",
             f"{t.estimated_tokens}/{t.actual_tokens}",
-            t.reply[:30],
+            t.reply,
         )
     console.print(table)
-    stat_table = Table(title="statistics() at the end")
-    stat_table.add_column("pool")
-    stat_table.add_column("")
-    stat_table.add_column("rate limiter")
-    stat_table.add_column("")
-    pool_rows = [
-        ("capacity", stats.capacity),
-        ("borrowed", stats.borrowed),
-        ("waiting", stats.waiting),
-        ("acquired", stats.acquired),
-        ("wait p50 / max", f"{stats.wait_p50:.2f} / {stats.wait_max:.2f} s"),
-    ]
-    limit_rows = [
-        ("admitted", limits.admitted),
-        ("in flight", limits.in_flight),
-        ("waiting", limits.waiting),
-        ("available requests", f"{limits.available_requests:.2f}"),
-        ("timeouts / cancellations", f"{limits.timeouts} / {limits.cancellations}"),
-    ]
-    for (pk, pv), (lk, lv) in zip(pool_rows, limit_rows, strict=True):
-        stat_table.add_row(pk, str(pv), lk, str(lv))
-    console.print(stat_table)
-    console.print(
-        f"  session {s.status}: {s.usage.requests} calls, {s.usage.total_tokens} tokens, "
-        f"{usd(s.cost)}"
+    say(
+        "tokens: reserved/real. A task reserves its counted prompt + max_tokens before the "
+        "call; real is what llama.cpp reported: 1 above when the chat template adds a token "
+        "the count's framing estimate lacks, below when the reply stops before max_tokens. "
+        "settle() books the real figure."
     )
-
+    say(
+        f"pool: {stats.acquired} leases, {stats.borrowed} borrowed at the end, wait max "
+        f"{stats.wait_max:.2f} s; limiter: {limits.admitted} admitted, {limits.in_flight} "
+        f"in flight; session {s.status}: {s.usage.requests} calls, {s.usage.total_tokens} "
+        f"tokens, {usd(s.cost)}"
+    )
     admitted = sorted(t.admitted for t in traces)
-    interval = 60 / RPM
     # GCRA admits the burst at once, then one request per interval: the last of the four
     # goes (4 - burst) intervals after the first. Only a lower bound is checked (a loaded
     # machine can only make it later); 20 ms covers the clock read after admission.
-    expected_span = (len(traces) - int(RPM / 60 * BURST)) * interval
+    expected_span = (len(traces) - int(burst_requests)) * (60 / RPM)
     checks.check(
         concurrency.peak == WORKERS and max(concurrency.borrowed_seen) <= stats.capacity,
         "never more leases than capacity at once, and both workers did run side by side",
@@ -338,6 +331,14 @@ async def main() -> None:
         "all calls made in worker threads were charged to the session and stored",
         f"{len(stored)} calls, {s.usage.total_tokens} tokens, session {s.status}",
     )
+
+
+async def main() -> None:
+    """The module, section by section; then verify what each section claimed."""
+    header(3, "Async manager", "@asynccontextmanager, a pool of model workers, a rate limiter")
+    checks = Checks()
+    await async_managers(checks)
+    await pool_and_limiter(checks)
     checks.verify()
 
 
