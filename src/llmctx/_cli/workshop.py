@@ -117,17 +117,16 @@ def workshop(
             os.environ[VERBOSE_ENV] = verbose_before
 
     table = Table(title="Workshop summary", box=box.SIMPLE_HEAD, show_edge=False)
-    for col, justify in (
-        ("#", "right"),
-        ("module", "left"),
-        ("seconds", "right"),
-        ("calls", "right"),
-        ("tokens", "right"),
-        ("cost", "right"),
-        ("result", "left"),
+    for col, justify, width in (
+        ("#", "right", 2),
+        ("module", "left", 24),
+        ("seconds", "right", 8),
+        ("calls", "right", 5),
+        ("tokens", "right", 7),
+        ("cost", "right", 10),
+        ("result", "left", 7),
     ):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    table.columns[1].overflow = "ellipsis"
+        table.add_column(col, justify=justify, width=width, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
     for o in outcomes:
         table.add_row(
             f"{o.module.number:02d}",
@@ -139,10 +138,9 @@ def workshop(
             "[green]ok[/green]" if o.ok else "[red]FAILED[/red]",
         )
     total = sum(o.seconds for o in outcomes)
-    table.add_section()
     table.add_row(
         "",
-        "total",
+        "[bold]total[/bold]",
         f"{total:.1f}",
         str(sum(o.calls for o in outcomes)),
         str(sum(o.tokens for o in outcomes)),

@@ -395,7 +395,7 @@ def with_open(checks: Checks, folder: Path) -> None:
     closed_after_error = bool(handles) and handles[0].closed
     say(
         f"f.closed after the block: {closed_after_ok}; after a ValueError in it: "
-        f"{closed_after_error} (and the error went on)"
+        f"{closed_after_error}"
     )
     checks.check(closed_after_ok, "with open() closed the file when the block ended")
     checks.check(
@@ -535,8 +535,8 @@ def temporary_configuration(checks: Checks) -> None:
 
     override_raised = _raises(override_then_fail, RuntimeError)
     say(
-        f"${env_key}: inside {seen_inside.get('env')!r}, after "
-        f"{os.environ.get(env_key)!r} (unset before: removed, not emptied)"
+        f"env var: inside {seen_inside.get('env')!r}, after {os.environ.get(env_key)!r} "
+        "(unset before: removed)"
     )
     say(
         f"temperature: inside {seen_inside.get('settings', {}).get('temperature')}, "
@@ -637,10 +637,7 @@ def _is_open(conn: sqlite3.Connection) -> bool:
 def sqlite_transaction(checks: Checks, folder: Path) -> None:
     """A real database transaction: ``with conn:`` commits or rolls back, ``closing`` closes."""
     section("7. A real transaction: sqlite3's `with conn:`, then closing()")
-    say(
-        "`with conn:` commits if the block succeeds, rolls back if it raises, and does NOT "
-        "close the connection: contextlib.closing() does."
-    )
+    say("`with conn:` commits or rolls back but does NOT close; closing() does.")
     db = folder / "orders.db"
     with closing(sqlite3.connect(db)) as conn:
         with conn:
@@ -659,9 +656,9 @@ def sqlite_transaction(checks: Checks, folder: Path) -> None:
             items = [row[0] for row in other.execute("SELECT item FROM orders ORDER BY id")]
     closed_after_closing = not _is_open(conn)
     say(
-        f"rows after a commit and a rollback: {items}; after `with conn:` "
-        f"{'open' if open_after_with else 'closed'}, after closing() "
-        f"{'closed' if closed_after_closing else 'open'}"
+        f"rows after commit + rollback: {items}; "
+        f"{'open' if open_after_with else 'closed'} after `with conn:`, "
+        f"{'closed' if closed_after_closing else 'open'} after closing()"
     )
     checks.check(
         raised and items == ["book"],
@@ -703,8 +700,8 @@ def contextlib_helpers(checks: Checks, folder: Path) -> None:
     with nullcontext("already-open client") as client:
         pass
     say(
-        "suppress(FileNotFoundError) ignored the missing file, not a ValueError; "
-        f"lock held: {observed[0]}, nullcontext() held: {observed[1]}"
+        f"suppress: missing file ignored, ValueError not; lock held {observed[0]}, "
+        f"null {observed[1]}"
     )
     checks.check(
         observed == [True, False] and not lock.locked() and client == "already-open client",
@@ -740,9 +737,8 @@ def atomic_file(checks: Checks, folder: Path) -> None:
     """A write that leaves the old file or the new one, never half of it."""
     section("10. Atomic write with backup")
     say(
-        "Write a temp file beside the target; on success os.replace() it over the original. "
-        "The Python docs promise that a successful replace is atomic on POSIX; for Windows "
-        "they promise no such thing."
+        "Write a temp file beside it; on success os.replace() it over the original: the "
+        "Python docs promise a successful replace is atomic on POSIX (not on Windows)."
     )
     target = folder / "config.json"
     target.write_text('{"model": "v1"}', encoding="utf-8")
@@ -760,8 +756,10 @@ def atomic_file(checks: Checks, folder: Path) -> None:
         handle.write('{"model": "v2"}')
     after_success = target.read_text(encoding="utf-8")
     backup_content = backup_file.read_text(encoding="utf-8") if backup_file.exists() else None
-    say(f"failed write: {after_failure}, temp files left: {len(leftovers)}")
-    say(f"good write: {after_success}, .bak: {backup_content}")
+    say(
+        f"failed: {after_failure}, {len(leftovers)} temp files; then: {after_success}, "
+        f".bak {backup_content}"
+    )
     checks.check(
         write_raised and after_failure == '{"model": "v1"}' and not leftovers,
         "a failed atomic write left the original unchanged and no temp file behind",

@@ -18,6 +18,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal
 
+from rich import box
 from rich.table import Table
 
 import llmctx
@@ -115,7 +116,7 @@ def _totals(calls: list[llmctx.CallRecord]) -> tuple[int, int, Decimal]:
 
 
 def _calls_table(calls: list[llmctx.CallRecord]) -> Table:
-    table = Table("#", "status", "in", "out", "cost", "reply", title="the calls in SQLite")
+    table = Table("#", "status", "in", "out", "cost", "reply", box=box.SIMPLE_HEAD, show_edge=False)
     for i, call in enumerate(calls, 1):
         table.add_row(
             str(i),
@@ -147,11 +148,11 @@ def by_hand(checks: Checks, llm: Any) -> None:
     except ConnectionError:
         propagated = True
     reply_note(MAX_TOKENS)
-    for question, reply in zip(QUESTIONS, replies, strict=False):
-        say(f"{question} -> {reply!r}", style="dim")
+    for reply in replies:
+        say(f"reply: {reply[:64]!r}", style="dim")
     say(
-        f"state {session.state}, error {session.error!r}; {session.calls} calls, "
-        f"{session.input_tokens} + {session.output_tokens} tokens, {usd(session.cost)}"
+        f"{session.state}, the error recorded; {session.calls} calls, "
+        f"{session.input_tokens}+{session.output_tokens} tokens, {usd(session.cost)}"
     )
     try:
         with session:
@@ -159,7 +160,7 @@ def by_hand(checks: Checks, llm: Any) -> None:
         reentered = "entered again"
     except RuntimeError as exc:
         reentered = f"RuntimeError: {exc}"
-    say(f"entering it again: {reentered}")
+    say(f"again: {reentered}")
     checks.check(
         session.state == "failed" and propagated and "ConnectionError" in (session.error or ""),
         "LLMSession recorded the failure, and __exit__ returning False let it propagate",
@@ -177,9 +178,8 @@ def production(checks: Checks, llm: Any, store: SQLiteStore) -> llmctx.Session:
     """The same story on ``llmctx.session``: a budget, write-through, the failure recorded."""
     section("2. Use it: llmctx.session, the production version")
     say(
-        "It adds: a Budget checked before each call is sent (prompt + max_tokens reserved, "
-        "the real usage settled after); child sessions rolling up into their parent; every "
-        "call written to a store before the reply returns; resume() after a crash."
+        "It adds a Budget checked before each call is sent, child sessions rolling up into "
+        "their parent, every call stored before the reply returns, and resume()."
     )
     session = llmctx.session(
         "support-chat",
@@ -200,9 +200,8 @@ def production(checks: Checks, llm: Any, store: SQLiteStore) -> llmctx.Session:
     in_tok, out_tok, cost = _totals(stored)
     left = s.remaining()
     say(
-        f"session {s.status}, error {s.error!r}; in SQLite: {len(stored)} calls, "
-        f"{in_tok} + {out_tok} tokens, {usd(cost)}; budget left {usd(left['usd'])}, "
-        f"{left['tokens']} tokens"
+        f"{s.status}, the error stored; in SQLite {len(stored)} calls, {in_tok}+{out_tok} "
+        f"tokens, {usd(cost)}; budget left {usd(left['usd'])}, {left['tokens']} tokens"
     )
     checks.check(
         failure is not None
@@ -247,7 +246,7 @@ def counted_vs_reported(checks: Checks, llm: Any, first: llmctx.CallRecord) -> N
     counted = llmctx.count_tokens(messages, tokenizer=tokenizer)
     estimate = llmctx.count_tokens(messages)
     reported = int((first.raw_usage or {}).get("prompt_tokens", -1))
-    table = Table("what", "tokens", "how")
+    table = Table("what", "tokens", "how", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_row("the messages' text", str(text_only), "the model's tokenizer: exact")
     table.add_row(
         "count_tokens(messages, tokenizer=)", str(counted.tokens), "text + framing estimate"
@@ -256,10 +255,9 @@ def counted_vs_reported(checks: Checks, llm: Any, first: llmctx.CallRecord) -> N
     table.add_row("prompt llama.cpp reported", str(reported), "text + the real chat template")
     console.print(table)
     say(
-        f"The chat template wraps the text in {reported - text_only} tokens of role markers; "
-        f"count_tokens adds a fixed estimate of that framing ({counted.tokens - text_only}), "
-        "so its count is exact for the text only. llmctx's llama.cpp client renders the real "
-        "template before a call, so what it reserves is the real prompt."
+        f"The chat template adds {reported - text_only} tokens of role markers; count_tokens "
+        f"adds a fixed estimate of them ({counted.tokens - text_only}): exact for the text "
+        "only. llmctx's llama.cpp client renders the real template, so it reserves exactly."
     )
     checks.check(
         first.usage.input_tokens == reported,
@@ -283,9 +281,9 @@ def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session) -> None
         resumed = llmctx.session.resume(failed.id, store=reopened)
         left = resumed.remaining()
         say(
-            f"resumed from a new connection: {resumed.usage.requests} calls, "
-            f"{resumed.usage.total_tokens} tokens, {usd(resumed.cost)}; budget left "
-            f"{usd(left['usd'])} / {left['tokens']} tokens (the spend restored, not reset)"
+            f"resumed on a new connection: {resumed.usage.requests} calls, "
+            f"{resumed.usage.total_tokens} tokens; budget left {usd(left['usd'])} / "
+            f"{left['tokens']} (spend restored)"
         )
         checks.check(
             resumed.usage == stored_row.usage
@@ -307,8 +305,8 @@ def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session) -> None
         console.print(_calls_table(all_calls))
         after = r.remaining()
         say(
-            f"status {r.status}; {r.usage.requests} calls, {r.usage.total_tokens} tokens, "
-            f"{usd(r.cost)}; budget left {usd(after['usd'])} / {after['tokens']} tokens"
+            f"{r.status}: {r.usage.requests} calls, {r.usage.total_tokens} tokens, "
+            f"{usd(r.cost)}; budget left {usd(after['usd'])} / {after['tokens']}"
         )
         meta: dict[str, Any] = final_row.metadata if final_row is not None else {}
         checks.check(
