@@ -93,7 +93,6 @@ def expanded_with(manager: Any, body: Callable[[Any], object]) -> None:
 
 
 _EXPANSION = """\
-  with EXPR as VAR: BLOCK        is, per the language reference:
   mgr = EXPR
   exit = type(mgr).__exit__      # looked up on the type, before entering
   value = type(mgr).__enter__(mgr)
@@ -406,7 +405,7 @@ def with_open(checks: Checks, folder: Path) -> None:
 
 def with_expanded(checks: Checks) -> None:
     """What ``with`` expands to, run by hand beside the real statement."""
-    section("2. What a with statement expands to")
+    section("2. What `with EXPR as VAR: BLOCK` expands to (the language reference)")
     console.print(_EXPANSION, style="cyan", highlight=False)
     real: dict[str, list[str]] = {}
     by_hand: dict[str, list[str]] = {}
@@ -453,10 +452,7 @@ def with_expanded(checks: Checks) -> None:
 def the_shape(checks: Checks) -> None:
     """``@contextmanager`` with try/finally: setup -> use -> cleanup."""
     section("3. @contextmanager: setup -> yield -> cleanup in finally")
-    say(
-        "Before `yield` is __enter__, the yielded value is what `as` binds, `finally` is "
-        "__exit__: a raise in the block is thrown in at the `yield`, then goes on."
-    )
+    say("Before `yield`: __enter__; `finally`: __exit__. A raise is thrown in at the `yield`.")
     ok_log: list[str] = []
     with managed("db-connection", ok_log) as resource:
         ok_log.append(f"use {resource}")

@@ -180,8 +180,8 @@ def ask(question: str, *, max_tokens: int = 16, system: str | None = None, **kwa
 def reply_note(max_tokens: int) -> None:
     """The one-line caveat printed where the local model's replies appear."""
     console.print(
-        f"[dim]Replies come from a 135M-parameter model, cut at max_tokens={max_tokens}: "
-        "read them for their token counts, not their wisdom.[/dim]"
+        f"[dim](a 135M model, cut at max_tokens={max_tokens}: read the replies' tokens, "
+        "not their wisdom)[/dim]"
     )
 
 
