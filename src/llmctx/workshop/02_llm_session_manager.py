@@ -174,8 +174,12 @@ def by_hand(checks: Checks, llm: Any) -> None:
     checks.check(reentered.startswith("RuntimeError"), "LLMSession is entered once")
 
 
-def production(checks: Checks, llm: Any, store: SQLiteStore) -> llmctx.Session:
-    """The same story on ``llmctx.session``: a budget, write-through, the failure recorded."""
+def production(checks: Checks, llm: Any, store: SQLiteStore) -> tuple[llmctx.Session, str]:
+    """The same story on ``llmctx.session``: a budget, a child rolled up, the failure stored.
+
+    Returns:
+        The failed session and the id of its child session.
+    """
     section("2. Use it: llmctx.session, the production version")
     say(
         "It adds a Budget checked before each call is sent, child sessions rolling up into "
@@ -191,17 +195,29 @@ def production(checks: Checks, llm: Any, store: SQLiteStore) -> llmctx.Session:
     try:
         with session as s:
             ask(QUESTIONS[0], system=SYSTEM, max_tokens=MAX_TOKENS)
-            ask(QUESTIONS[1], system=SYSTEM, max_tokens=MAX_TOKENS)
+            # A sub-task in a session of its own: its totals roll up into the parent.
+            with llmctx.session("address-lookup") as child:
+                ask(QUESTIONS[1], system=SYSTEM, max_tokens=MAX_TOKENS)
             raise ConnectionError("the ticket system did not answer")
     except ConnectionError as exc:
         failure = exc
     row = store.get_session(s.id)
-    stored = store.list_calls([s.id])
+    stored = store.list_calls([s.id, child.id])
     in_tok, out_tok, cost = _totals(stored)
     left = s.remaining()
     say(
+        f"child 'address-lookup': {child.usage.requests} call, rolled up: 'support-chat' "
+        f"counts {s.usage.requests}"
+    )
+    say(
         f"{s.status}, the error stored; in SQLite {len(stored)} calls, {in_tok}+{out_tok} "
         f"tokens, {usd(cost)}; budget left {usd(left['usd'])}, {left['tokens']} tokens"
+    )
+    checks.check(
+        child.usage.requests == 1 and s.usage.requests == 2 and row is not None and row.calls == 2,
+        "the child session's call rolled up into its parent (live and in the store)",
+        f"child {child.usage.requests}, parent {s.usage.requests}, "
+        f"stored {row.calls if row else None}",
     )
     checks.check(
         failure is not None
@@ -231,7 +247,7 @@ def production(checks: Checks, llm: Any, store: SQLiteStore) -> llmctx.Session:
     except llmctx.SessionStateError:
         reentered = True
     checks.check(reentered, "a session object is entered once; again raises SessionStateError")
-    return s
+    return s, child.id
 
 
 def counted_vs_reported(checks: Checks, llm: Any, first: llmctx.CallRecord) -> None:
@@ -271,7 +287,7 @@ def counted_vs_reported(checks: Checks, llm: Any, first: llmctx.CallRecord) -> N
     )
 
 
-def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session) -> None:
+def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session, child_id: str) -> None:
     """A new connection to the same file plays the restarted process; resume and finish."""
     section("4. Recovery: llmctx.session.resume() from the store")
     with closing(SQLiteStore(store.path)) as reopened:
@@ -283,7 +299,7 @@ def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session) -> None
         say(
             f"resumed on a new connection: {resumed.usage.requests} calls, "
             f"{resumed.usage.total_tokens} tokens; budget left {usd(left['usd'])} / "
-            f"{left['tokens']} (spend restored)"
+            f"{left['tokens']}"
         )
         checks.check(
             resumed.usage == stored_row.usage
@@ -301,7 +317,7 @@ def recovery(checks: Checks, store: SQLiteStore, failed: llmctx.Session) -> None
         with resumed as r:
             ask(QUESTIONS[2], system=SYSTEM, max_tokens=MAX_TOKENS)
         final_row = reopened.get_session(r.id)
-        all_calls = reopened.list_calls([r.id])
+        all_calls = reopened.list_calls([r.id, child_id])
         console.print(_calls_table(all_calls))
         after = r.remaining()
         say(
@@ -333,9 +349,9 @@ def main() -> None:
     llm = model()
     with priced(), temp_store() as store:
         by_hand(checks, llm)
-        failed = production(checks, llm, store)
+        failed, child_id = production(checks, llm, store)
         counted_vs_reported(checks, llm, store.list_calls([failed.id])[0])
-        recovery(checks, store, failed)
+        recovery(checks, store, failed, child_id)
     checks.verify()
 
 
