@@ -454,7 +454,7 @@ def with_expanded(checks: Checks) -> None:
 def the_shape(checks: Checks) -> None:
     """``@contextmanager`` with try/finally: setup -> use -> cleanup."""
     section("3. @contextmanager: setup -> yield -> cleanup in finally")
-    say("Before `yield`: __enter__; `finally`: __exit__. A raise is thrown in at the `yield`.")
+    say("Before `yield`: __enter__; `finally`: __exit__. A raise arrives at the `yield`.")
     ok_log: list[str] = []
     with managed("db-connection", ok_log) as resource:
         ok_log.append(f"use {resource}")
@@ -654,8 +654,7 @@ def sqlite_transaction(checks: Checks, folder: Path) -> None:
             items = [row[0] for row in other.execute("SELECT item FROM orders ORDER BY id")]
     closed_after_closing = not _is_open(conn)
     say(
-        f"rows after commit + rollback: {items}; "
-        f"{'open' if open_after_with else 'closed'} after `with conn:`, "
+        f"rows: {items}; {'open' if open_after_with else 'closed'} after `with conn:`; "
         f"{'closed' if closed_after_closing else 'open'} after closing()"
     )
     checks.check(
@@ -754,10 +753,7 @@ def atomic_file(checks: Checks, folder: Path) -> None:
         handle.write('{"model": "v2"}')
     after_success = target.read_text(encoding="utf-8")
     backup_content = backup_file.read_text(encoding="utf-8") if backup_file.exists() else None
-    say(
-        f"failed: {after_failure}, {len(leftovers)} temp files; then: {after_success}, "
-        f".bak {backup_content}"
-    )
+    say(f"failed: {after_failure} kept, {len(leftovers)} temp files; then {after_success}")
     checks.check(
         write_raised and after_failure == '{"model": "v1"}' and not leftovers,
         "a failed atomic write left the original unchanged and no temp file behind",

@@ -210,8 +210,8 @@ def production(checks: Checks, llm: Any, store: SQLiteStore) -> tuple[llmctx.Ses
         f"counts {s.usage.requests}"
     )
     say(
-        f"{s.status}, the error stored; in SQLite {len(stored)} calls, {in_tok}+{out_tok} "
-        f"tokens, {usd(cost)}; budget left {usd(left['usd'])}, {left['tokens']} tokens"
+        f"{s.status}, error stored; in SQLite: {len(stored)} calls, {in_tok}+{out_tok} tok, "
+        f"{usd(cost)}; {left['tokens']} tok left"
     )
     checks.check(
         child.usage.requests == 1 and s.usage.requests == 2 and row is not None and row.calls == 2,

@@ -234,15 +234,13 @@ async def pool_and_limiter(checks: Checks) -> None:
     """A ResourcePool of model workers and a RateLimiter coordinating four tasks."""
     section(f"2. A ResourcePool of {WORKERS} model workers + a RateLimiter")
     say(
-        "Each worker is a SmolLM2 instance with capacity 1; leases go in strict FIFO order "
-        "(module 05 runs the same pool as GPUs: capacity=24 GB, acquire(8)). llama.cpp calls "
-        "block, so they run in asyncio.to_thread, which copies the task's context: the calls "
-        "are still charged to the session."
+        "Each worker: a SmolLM2 of capacity 1, leased in FIFO order (05 runs it as GPUs). "
+        "Calls run in asyncio.to_thread, which copies the context: still charged to the "
+        "session."
     )
-    with llmctx.monitor("load workers", attach=False) as load:
-        pool: llmctx.ResourcePool[Any] = llmctx.ResourcePool.from_factory(
-            _new_worker, WORKERS, capacity=1, name="smollm2-workers"
-        )
+    pool: llmctx.ResourcePool[Any] = llmctx.ResourcePool.from_factory(
+        _new_worker, WORKERS, capacity=1, name="smollm2-workers"
+    )
     limiter = llmctx.RateLimiter(rpm=RPM, tpm=TPM, burst=BURST)
     traces = [Trace(q) for q in QUESTIONS]
     # Estimated before the batch: tokenizing on a worker while another thread generates
@@ -259,9 +257,8 @@ async def pool_and_limiter(checks: Checks) -> None:
             worker.close()
     burst_requests = RPM / 60 * BURST
     say(
-        f"{WORKERS} workers loaded in {load.result.wall_s if load.result else 0:.2f} s. "
         f"RateLimiter(rpm={RPM}, burst={BURST}): burst is in seconds of the rate, so "
-        f"{BURST} s x {RPM / 60:.0f} requests/s = {burst_requests:.0f} go at once, then one "
+        f"{BURST} s x {RPM / 60:.0f}/s = {burst_requests:.0f} requests go at once, then one "
         f"every {60 / RPM:.1f} s."
     )
     reply_note(MAX_TOKENS)
