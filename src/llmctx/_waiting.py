@@ -60,7 +60,7 @@ import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from ._exceptions import ConfigError, LLMCtxError
 from ._interrupt import protected, unprotected
@@ -246,8 +246,14 @@ class _Done:
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]
+    if TYPE_CHECKING:
+
+        def __await__(self) -> Generator[Any, None, None]: ...
+
+    else:
+        # An empty tuple's iterator, built in C: as cheap as an async def's coroutine, and
+        # awaiting it finishes at once with None.
+        __await__ = ().__iter__
 
 
 _DONE = _Done()
