@@ -488,6 +488,7 @@ def test_a_blocked_acquire_is_interrupted_promptly(kind: str, armed: bool) -> No
 
 @contextmanager
 def _nothing() -> Iterator[None]:
+    """No deferring handler: Python's default one raises the interrupt wherever it lands."""
     yield
 
 

@@ -10,8 +10,8 @@ later requests wait out, so it never hangs and never errors.
 
 Waiters queue in strict FIFO order and only the head of the queue may be admitted, so small
 requests never overtake a large one that is waiting. The queue is protected by a
-``threading.Lock`` and each waiter carries its own wake-up (a ``threading.Event`` for threads, a
-future woken with ``call_soon_threadsafe`` for asyncio tasks), so one limiter serves threads and
+``threading.Lock`` and each waiter carries its own wake-up (a raw lock for threads, a future
+woken with ``call_soon_threadsafe`` for asyncio tasks), so one limiter serves threads and
 several event loops at once.
 
 The state can live in Redis (:class:`llmctx.RedisRateStore`, in ``llmctx._redis``) so that
