@@ -150,10 +150,17 @@ def _interrupt_at(k: int) -> tuple[Callable[[FrameType, str, Any], Any], list[in
 class _Case:
     """One operation to interrupt: a fresh limiter or pool, and a thread that contends for it."""
 
-    def __init__(self, make: Callable[[], Limited], contended: bool, run_async: bool) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Limited],
+        contended: bool,
+        run_async: bool,
+        timeout: float | None = None,
+    ) -> None:
         self.make = make
         self.contended = contended
         self.run_async = run_async
+        self.timeout = timeout
         self.x: Any = None
         self._held: Any = None
         self._done = threading.Event()
@@ -180,12 +187,12 @@ class _Case:
         if self.run_async:
             _run_to_end(self._async_operation())
         else:
-            with self.x.acquire():
+            with self.x.acquire(timeout=self.timeout):
                 pass
 
     @_interrupt.unprotected
     async def _async_operation(self) -> None:
-        async with self.x.acquire():
+        async with self.x.acquire(timeout=self.timeout):
             pass
 
     def teardown(self) -> None:
@@ -246,29 +253,38 @@ def _pool() -> ResourcePool[str]:
     return ResourcePool(["gpu0"], capacity=1)
 
 
+def _checked_pool() -> ResourcePool[str]:
+    return ResourcePool(["gpu0", "gpu1"], health_check=bool)
+
+
 def _limiter() -> RateLimiter:
     # One request's room (a unit another thread can hold); a fake clock that stands still
     # during a run, so only a release makes room again.
     return RateLimiter(rpm=60, tpm=60_000, burst=1.0, clock=lambda: _NOW[0])
 
 
-CASES = {
-    "pool": (_pool, False, False),
-    "pool contended": (_pool, True, False),
-    "pool async": (_pool, False, True),
-    "pool async contended": (_pool, True, True),
-    "limiter": (_limiter, False, False),
-    "limiter contended": (_limiter, True, False),
-    "limiter async": (_limiter, False, True),
-    "limiter async contended": (_limiter, True, True),
+CASES: dict[str, tuple[Callable[[], Limited], bool, bool, float | None]] = {
+    "pool": (_pool, False, False, None),
+    "pool contended": (_pool, True, False, None),
+    "pool contended, timeout": (_pool, True, False, 30.0),
+    "pool async": (_pool, False, True, None),
+    "pool async contended": (_pool, True, True, None),
+    "pool async contended, timeout": (_pool, True, True, 30.0),
+    "pool health-checked": (_checked_pool, False, False, None),
+    "pool health-checked async": (_checked_pool, False, True, None),
+    "limiter": (_limiter, False, False, None),
+    "limiter contended": (_limiter, True, False, None),
+    "limiter contended, timeout": (_limiter, True, False, 30.0),
+    "limiter async": (_limiter, False, True, None),
+    "limiter async contended": (_limiter, True, True, None),
+    "limiter async contended, timeout": (_limiter, True, True, 30.0),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_an_interrupt_at_any_point_of_an_acquire_leaves_nothing_behind(name: str) -> None:
     """A Ctrl-C at any line of an acquire, its wait or its release leaks no unit, place or lock."""
-    make, contended, run_async = CASES[name]
-    case = _Case(make, contended, run_async)
+    case = _Case(*CASES[name])
     with _default_sigint():
         points, deferred = _every_point(case)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
