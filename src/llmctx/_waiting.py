@@ -42,9 +42,10 @@ landing there waits until the bookkeeping is done), and the blocking waits are t
 :func:`~llmctx._interrupt.unprotected` leaves that own nothing (:func:`_block` for a thread,
 :func:`_wait_for` for a task): an interrupt raised there propagates into the protected
 caller, whose ``finally`` leaves the queue and passes on a grant that arrived meanwhile
-(:meth:`_FifoQueue._leave`). A thread's wait wakes every :data:`_WAKE_EVERY` seconds, so an
-interrupt scheduled with ``_thread.interrupt_main()`` (how a deferred one is re-delivered)
-reaches a thread blocked in it too.
+(:meth:`_FifoQueue._leave`). The main thread's wait wakes every :data:`_WAKE_EVERY` seconds,
+so an interrupt scheduled with ``_thread.interrupt_main()`` (how a deferred one is
+re-delivered) reaches it while it is blocked too; other threads never get interrupts and sleep
+until woken.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ __all__ = ["AcquireTimeout", "WouldBlock"]
 # Seconds before the next head retries after the owner's store (Redis) failed for the previous.
 _STORE_RETRY = 0.1
 
-#: Longest single sleep of a blocked thread, in seconds. A real SIGINT interrupts the sleep
+#: Longest single sleep of the blocked main thread, in seconds. A real SIGINT interrupts the sleep
 #: at once, but ``_thread.interrupt_main()`` (how :mod:`llmctx._interrupt` re-delivers a
 #: deferred Ctrl-C, and how tests simulate one) only sets a flag the thread reads when it
 #: next runs Python code: waking this often bounds how late that interrupt can land.
@@ -304,9 +305,16 @@ def _block(wakeup: _Wakeup, timeout: float | None) -> None:
     """Sleep until ``wakeup`` is set or ``timeout`` passes: the interruptible leaf of a wait.
 
     It holds nothing: a ``KeyboardInterrupt`` raised here goes to the caller's ``finally``.
+    Only the main thread, the one interrupts reach, sleeps in :data:`_WAKE_EVERY` slices.
     """
-    if timeout is None or timeout > _WAKE_EVERY:
+    if timeout is None:
+        if threading.get_ident() != threading.main_thread().ident:
+            wakeup._lock.acquire()
+            return
         timeout = _WAKE_EVERY
+    elif timeout > _WAKE_EVERY:
+        if threading.get_ident() == threading.main_thread().ident:
+            timeout = _WAKE_EVERY
     elif timeout < 0:  # the instant passed since it was computed (a raw lock refuses < 0)
         timeout = 0.0
     wakeup._lock.acquire(True, timeout)
