@@ -9,6 +9,12 @@ unprotected code and defers it in protected code). The storms then deliver real 
 while acquires and releases loop. Every run must leave no unit borrowed, no reservation in
 flight, no waiter queued, the internal lock free, and the next acquire must succeed at once.
 
+One kind of point is skipped, in unprotected frames only: on CPython 3.11+ a with-block's exit
+is reported as a 'line' event before ``__exit__`` is called, at an instruction where the
+interpreter never delivers a signal (three ``LOAD_CONST None``, then the call, found from the
+bytecode at ``frame.f_lasti``); raising there would skip ``__exit__``, a leak no real Ctrl-C
+can cause. Every point in protected frames is kept.
+
 ``LLMCTX_STORM=N`` runs each storm for N interrupts instead of CI's 1,000.
 """
 
