@@ -40,12 +40,15 @@ import pytest
 from llmctx import _interrupt, _limits, _pool, _waiting
 from llmctx._limits import RateLimiter
 from llmctx._pool import ResourcePool
+from llmctx._redis import _client as _redis_client_module
+from llmctx._redis import _script as _script_module
 from llmctx._redis import lease as _lease_module
 from llmctx._redis import rate as _rate_module
 
-TRACED = {
-    str(module.__file__) for module in (_waiting, _pool, _limits, _lease_module, _rate_module)
-}
+# The limiter and pool modules, and the Redis code they call (the client wrapper and the script
+# runner: where an interrupt lands between Redis's reply and the object that records it).
+_MODULES = (_waiting, _pool, _limits, _lease_module, _rate_module, _script_module)
+TRACED = {str(module.__file__) for module in (*_MODULES, _redis_client_module)}
 STORM = int(os.environ.get("LLMCTX_STORM", "1000"))
 
 Limited = ResourcePool[str] | RateLimiter
