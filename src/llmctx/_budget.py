@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, runtime_checkable
 
 from ._exceptions import BudgetExceeded, ConfigError
+from ._interrupt import protected
 
 __all__ = ["Amount", "Budget", "Holds", "Ledger", "LedgerSnapshot", "MemoryLedger"]
 
@@ -266,6 +267,7 @@ class Holds:
         return bool(self._held)
 
     @classmethod
+    @protected
     def reserve(
         cls,
         owners: Sequence[tuple[Budget, str, str | None]],
@@ -300,6 +302,7 @@ class Holds:
             raise
         return holds
 
+    @protected
     def settle(self, actual: Amount) -> None:
         """Turn every hold into spend of ``actual``.
 
@@ -326,6 +329,7 @@ class Holds:
                 if id(ledger) in _kept_for or hasattr(ledger, "journal_key"):
                     _replay_settles(ledger)
 
+    @protected
     def release(self) -> None:
         """Give every hold back unspent."""
         held, self._held = self._held, []
@@ -346,6 +350,7 @@ class MemoryLedger:
     _reserved: Amount = field(default_factory=Amount)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @protected
     def reserve(self, amount: Amount, budget: Budget) -> str:
         with self._lock:
             token = str(next(self._ids))
@@ -354,6 +359,7 @@ class MemoryLedger:
             self._reserved = self._reserved + amount
         return token
 
+    @protected
     def settle(self, token: str, actual: Amount) -> None:
         with self._lock:
             held = self._held.pop(token, None)
@@ -362,6 +368,7 @@ class MemoryLedger:
             self._reserved = self._reserved - held
             self._spent = self._spent + actual
 
+    @protected
     def release(self, token: str) -> None:
         with self._lock:
             held = self._held.pop(token, None)
@@ -372,6 +379,7 @@ class MemoryLedger:
         with self._lock:
             return LedgerSnapshot(self._spent, self._reserved, len(self._held))
 
+    @protected
     def restore(self, spent: Amount) -> None:
         with self._lock:
             self._spent = spent

@@ -44,6 +44,7 @@ from ._exceptions import (
     UsageError,
     is_cancellation,
 )
+from ._interrupt import protected
 from ._money import format_usd
 from ._redact import redact, redact_text
 from ._usage import CallRecord, CallStatus, Usage
@@ -300,6 +301,7 @@ class CallTracker:
         self.record: CallRecord | None = None
 
     # ------------------------------------------------------------------ before sending
+    @protected
     def start(self) -> Self:
         """Reserve the worst case on every budget, then wait for the rate limiter (blocking).
 
@@ -320,6 +322,7 @@ class CallTracker:
         self._t0 = time.perf_counter()
         return self
 
+    @protected
     async def astart(self) -> Self:
         """Async twin of :meth:`start`: the rate-limiter wait is a cancellation point, and
         cancellation while waiting releases the budget reservations."""
@@ -383,6 +386,7 @@ class CallTracker:
                 self._ttfb = self._ttft
 
     # ------------------------------------------------------------------ end
+    @protected
     def finish(
         self,
         *,
@@ -405,6 +409,7 @@ class CallTracker:
             "ok", None, usage, response, tool_calls, raw_usage, estimated, model, metadata
         )
 
+    @protected
     def fail(
         self,
         exc: BaseException | None = None,
@@ -611,9 +616,11 @@ class CallTracker:
         return self._done
 
     # ------------------------------------------------------------------ context manager
+    @protected
     def __enter__(self) -> Self:
         return self.start()
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -627,9 +634,11 @@ class CallTracker:
         else:
             self.finish()
 
+    @protected
     async def __aenter__(self) -> Self:
         return await self.astart()
 
+    @protected
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

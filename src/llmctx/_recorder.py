@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._context import bind_recorder, reset_recorder
 from ._exceptions import SessionStateError
+from ._interrupt import protected
 from ._money import format_usd
 from ._usage import CallRecord, Usage
 
@@ -151,6 +152,7 @@ class Recorder:
             )
         return table
 
+    @protected
     def __enter__(self) -> Self:
         if self._state != "created":
             raise SessionStateError("a Recorder is entered once; call llmctx.record() again")
@@ -158,6 +160,7 @@ class Recorder:
         self._token = bind_recorder(self)
         return self
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -169,9 +172,11 @@ class Recorder:
         if token is not None:
             reset_recorder(token, self)
 
+    @protected
     async def __aenter__(self) -> Self:
         return self.__enter__()
 
+    @protected
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

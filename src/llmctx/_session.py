@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._budget import Amount, Budget, Holds
 from ._context import bind_session, get_session, reset_session
 from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
+from ._interrupt import arm, disarm, protected
 from ._redact import redact, redact_text
 from ._usage import CallRecord, Usage
 from .stores._base import SessionRecord, SessionStatus, Store
@@ -140,6 +141,7 @@ class Session:
         self._events: list[dict[str, Any]] = []
         self._resumed = 0
         self._token: Any = None
+        self._armed = False
         self._budgets: _ChainBudgets | None = None
 
     def __repr__(self) -> str:
@@ -247,10 +249,14 @@ class Session:
         return Holds.reserve(self._chain_budgets().owners, amount, holds)
 
     # ------------------------------------------------------------------ lifecycle
+    # Entry and exit are protected (see _interrupt): a Ctrl-C landing in them waits until the
+    # session is wholly entered or wholly left.
+    @protected
     def __enter__(self) -> Self:
         self._open()
         return self
 
+    @protected
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -259,10 +265,12 @@ class Session:
     ) -> None:
         self._close(exc_type, exc)
 
+    @protected
     async def __aenter__(self) -> Self:
         self._open()
         return self
 
+    @protected
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -281,6 +289,9 @@ class Session:
                 )
             self.status = "running"
         parent = get_session()
+        # A root session on the main thread defers Ctrl-C landing in llmctx's bookkeeping
+        # until that bookkeeping is consistent (_interrupt); disarmed as its exit's last step.
+        armed = parent is None and arm()
         try:
             self.parent = parent
             self._budgets = None
@@ -295,8 +306,10 @@ class Session:
             # entered, and nothing made it current.
             with self._lock:
                 self.status = "created"
+            disarm(armed)
             raise
         # Last: from here on only __exit__ undoes it.
+        self._armed = armed
         self._token = bind_session(self)
 
     def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
@@ -310,8 +323,12 @@ class Session:
                 self.error = redact_text(f"{type(exc).__name__}: {exc}")
             elif self.status == "cancelled":
                 self.error = type(exc).__name__ if exc is not None else "cancelled"
-        # An exception already on its way out is not replaced by a store error.
-        self._persist(raising=exc_type is None)
+        armed, self._armed = self._armed, False
+        try:
+            # An exception already on its way out is not replaced by a store error.
+            self._persist(raising=exc_type is None)
+        finally:
+            disarm(armed)  # last: a Ctrl-C deferred until now is raised here
 
     # ------------------------------------------------------------------ charging
     def on_call_end(self, record: CallRecord) -> None:

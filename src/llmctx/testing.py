@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ._charge import track_call
+from ._interrupt import protected
 from ._pricing import lookup_price
 from ._usage import CallRecord, Usage
 from .stores.memory import MemoryStore
@@ -155,6 +156,7 @@ class FakeModel:
             rec = call.finish(usage=usage, response=answer)
         return FakeReply(answer, usage, rec)
 
+    @protected
     def stream(
         self, prompt: str | Sequence[Mapping[str, Any]], *, max_tokens: int = 64
     ) -> FakeStream:
@@ -207,6 +209,7 @@ class FakeStream:
     def __iter__(self) -> FakeStream:
         return self
 
+    @protected
     def __next__(self) -> str:
         if self._ended:
             raise StopIteration
@@ -221,6 +224,7 @@ class FakeStream:
         self._sent.append(word)
         return word
 
+    @protected
     def throw(self, exc: BaseException) -> NoReturn:
         """Fail the stream mid-read, as a dropped connection would, and raise ``exc``.
 
@@ -232,6 +236,7 @@ class FakeStream:
             self._tracker.fail(exc, usage=self._usage(), response=" ".join(self._sent))
         raise exc
 
+    @protected
     def close(self) -> None:
         """Stop reading: charge the words received so far (estimated); harmless twice."""
         if self._ended:
@@ -250,6 +255,7 @@ class FakeStream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @protected
     def __del__(self) -> None:
         # A stream dropped unread must not hold its reservation until the process ends.
         if not getattr(self, "_ended", True):

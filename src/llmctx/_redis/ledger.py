@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._budget import Amount, Budget, LedgerSnapshot
 from .._exceptions import BudgetExceeded, ConfigError, StoreError
+from .._interrupt import protected
 from ._client import _ClosesOnExit, _Connection, _Renewal
 from ._script import _Script
 
@@ -443,6 +444,7 @@ class RedisLedger(_ClosesOnExit):
 
     # -- the Ledger protocol --------------------------------------------------------------------
 
+    @protected
     def reserve(self, amount: Amount, budget: Budget) -> str:
         """Hold ``amount`` if it fits under ``budget`` beside everything every process holds.
 
@@ -490,6 +492,7 @@ class RedisLedger(_ClosesOnExit):
             requested=amount.get(dimension),
         )
 
+    @protected
     def settle(self, token: str, actual: Amount) -> None:
         """Replace the reservation by the actual spend (usd rounded half-up to the nano-dollar).
 
@@ -514,6 +517,7 @@ class RedisLedger(_ClosesOnExit):
         self._renewal.discard(token)
         self._run(self._finish_script, packed, token, "settle")
 
+    @protected
     def release(self, token: str) -> None:
         """Drop the reservation without spending. Unknown or finished tokens: no-op.
 
@@ -560,6 +564,7 @@ class RedisLedger(_ClosesOnExit):
         """Reservations of this process found swept at renewal since the ledger was created."""
         return self._renewal.lost
 
+    @protected
     def restore(self, spent: Amount) -> None:
         """Set the settled spend, but only on an empty ledger.
 

@@ -37,6 +37,7 @@ from .._charge import (
     track_call,
 )
 from .._context import idle
+from .._interrupt import protected
 from .._tokens import Tokenizer, count_tokens, estimate_text_tokens
 from .._usage import Usage
 
@@ -135,6 +136,7 @@ class Plan:
             limiter=limiter,
         )
 
+    @protected
     def finish(self, call: CallTracker, outcome: Outcome) -> None:
         """End ``call`` with what it produced; usage it did not report is estimated.
 
@@ -159,6 +161,7 @@ class Plan:
         except Exception:
             logger.exception("llmctx: could not record a %s call", self.provider)
 
+    @protected
     def fail(self, call: CallTracker, exc: BaseException | None, outcome: Outcome | None) -> None:
         """Record a failed or cancelled ``call``; charge what it used if it used anything.
 
@@ -246,6 +249,7 @@ class StreamFeed:
         self.plan = plan
         self.acc = acc
 
+    @protected
     def chunk(self, chunk: Any) -> bool:
         """Take one chunk; False means the user asked not to see it (an injected usage chunk)."""
         try:
@@ -262,20 +266,20 @@ class StreamFeed:
 
         The end follows how iteration stopped: exhausted -> complete; the consumer closed the
         generator (``break``, ``close()``, garbage collection) -> abandon; ``chunks`` raised
-        (or was cancelled) -> error, and the exception propagates.
+        (or was cancelled) -> error, and the exception propagates. The end is inside the ``try``:
+        a Ctrl-C landing just before it still ends the call (as cancelled).
         """
         try:
             for chunk in chunks:
                 if self.chunk(chunk):
                     yield chunk
+            self.complete()
         except GeneratorExit:
             self.abandon()
             raise
         except BaseException as exc:
             self.error(exc)
             raise
-        else:
-            self.complete()
 
     async def arelay(self, chunks: AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
         """Async twin of :meth:`relay`: the same ends for the same ways of stopping."""
@@ -283,21 +287,22 @@ class StreamFeed:
             async for chunk in chunks:
                 if self.chunk(chunk):
                     yield chunk
+            self.complete()
         except GeneratorExit:
             self.abandon()
             raise
         except BaseException as exc:
             self.error(exc)
             raise
-        else:
-            self.complete()
 
+    @protected
     def complete(self) -> None:
         """The stream ended normally."""
         if self.call.finished:
             return
         self.plan.finish(self.call, self._outcome(True))
 
+    @protected
     def abandon(self) -> None:
         """The consumer stopped early (break, close, garbage collection): charge what it got."""
         if self.call.finished:
@@ -309,6 +314,7 @@ class StreamFeed:
         outcome.estimated = True
         self.plan.finish(self.call, outcome)
 
+    @protected
     def error(self, exc: BaseException) -> None:
         """The stream raised (or was cancelled) mid-way: charge what it got, record the error."""
         if self.call.finished:

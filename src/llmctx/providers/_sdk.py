@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._charge import CallTracker
+from .._interrupt import protected, unprotected
 from ._base import LimiterLike, Outcome, Plan, StreamFeed, idle
 
 __all__ = ["Adapter", "PatchRecord", "patch_sdk_client"]
@@ -144,11 +145,13 @@ def tracked_stream_class(stream_cls: Any, is_async: bool) -> Any:
 # Adopting what the SDK returned.
 
 
+@protected
 def _abandon_unparsed(call: CallTracker, plan: Plan, parsed: list[bool]) -> None:
     if not parsed:
         plan.finish(call, Outcome(estimated=True, metadata={"unparsed_raw_response": True}))
 
 
+@protected
 def _attach_stream(call: CallTracker, plan: Plan, stream: Any) -> None:
     if plan.accumulator is None or getattr(stream, "_llmctx_feed", None) is not None:
         return
@@ -160,6 +163,7 @@ def _attach_stream(call: CallTracker, plan: Plan, stream: Any) -> None:
     finalizer.atexit = False
 
 
+@protected
 def _adopt_parsed(call: CallTracker, plan: Plan, value: Any, parsed: list[bool]) -> None:
     if call.finished:
         return
@@ -199,6 +203,7 @@ def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
     finalizer.atexit = False
 
 
+@protected
 def _adopt(call: CallTracker, plan: Plan, result: Any) -> Any:
     """Start charging ``result``; never raises, always returns ``result`` unchanged."""
     try:
@@ -302,6 +307,20 @@ def _plan(
         return None
 
 
+@unprotected
+def _send(original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # The request itself: a Ctrl-C here is raised at once (see _interrupt), into the protected
+    # wrapper that records the call as cancelled.
+    return original(*args, **kwargs)
+
+
+@unprotected
+async def _asend(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    return await original(*args, **kwargs)
+
+
 def patch_sdk_client(
     client: Any, adapter: Adapter, limiter: LimiterLike | None, is_async: bool
 ) -> list[PatchRecord]:
@@ -320,42 +339,46 @@ def patch_sdk_client(
     original = client.request
     if is_async:
 
+        @protected
         async def arequest(*args: Any, **kwargs: Any) -> Any:
             if limiter is None and idle():
-                return await original(*args, **kwargs)
+                return await _asend(original, args, kwargs)
             planned = _plan(adapter, args, kwargs, True)
             if planned is None:
-                return await original(*args, **kwargs)
+                return await _asend(original, args, kwargs)
             plan, args, kwargs = planned
             call = plan.track(limiter)
-            await call.astart()
             try:
-                result = await original(*args, **kwargs)
+                await call.astart()
+                result = await _asend(original, args, kwargs)
+                return _adopt(call, plan, result)
             except BaseException as exc:
-                _feedback_from_error(limiter, adapter, exc)
-                plan.fail(call, exc, None)
+                if not call.finished:
+                    _feedback_from_error(limiter, adapter, exc)
+                    plan.fail(call, exc, None)
                 raise
-            return _adopt(call, plan, result)
 
         patch("request", arequest)
     else:
 
+        @protected
         def request(*args: Any, **kwargs: Any) -> Any:
             if limiter is None and idle():
-                return original(*args, **kwargs)
+                return _send(original, args, kwargs)
             planned = _plan(adapter, args, kwargs, False)
             if planned is None:
-                return original(*args, **kwargs)
+                return _send(original, args, kwargs)
             plan, args, kwargs = planned
             call = plan.track(limiter)
-            call.start()
             try:
-                result = original(*args, **kwargs)
+                call.start()
+                result = _send(original, args, kwargs)
+                return _adopt(call, plan, result)
             except BaseException as exc:
-                _feedback_from_error(limiter, adapter, exc)
-                plan.fail(call, exc, None)
+                if not call.finished:  # refused calls are done already, and leave no record
+                    _feedback_from_error(limiter, adapter, exc)
+                    plan.fail(call, exc, None)
                 raise
-            return _adopt(call, plan, result)
 
         patch("request", request)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._charge import CallTracker
+from .._interrupt import protected, unprotected
 from .._pricing import lookup_price
 from .._usage import Usage, raw_usage_dict, usage_from_llama_cpp
 from ._base import (
@@ -310,6 +311,7 @@ def _stream(
             close()
 
 
+@protected
 def _charged(
     state: _LlamaState, original: Any, chat: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -319,14 +321,14 @@ def _charged(
         plan = state.plan(chat, params, stream)
     except Exception:
         logger.exception("llmctx: could not plan a llama.cpp call; running it untracked")
-        return original(*args, **kwargs)
+        return _generate(original, args, kwargs)
     call = plan.track(state.limiter)
-    call.start()
-    state.depth += 1
+    state.depth += 1  # calls llama.cpp makes inside this one are not charged again
     try:
-        result = original(*args, **kwargs)
+        call.start()
+        result = _generate(original, args, kwargs)
     except BaseException as exc:
-        plan.fail(call, exc, None)
+        plan.fail(call, exc, None)  # a no-op for a refused call: it leaves no record
         raise
     finally:
         state.depth -= 1
@@ -340,6 +342,13 @@ def _charged(
         outcome = Outcome(estimated=True)
     plan.finish(call, outcome)
     return result
+
+
+@unprotected
+def _generate(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # The generation itself: a Ctrl-C here is raised at once (see _interrupt), into _charged,
+    # which records the call as cancelled.
+    return original(*args, **kwargs)
 
 
 def patch_llama(
