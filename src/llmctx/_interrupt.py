@@ -39,8 +39,7 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
@@ -118,14 +117,33 @@ class _Handler:
         self._wake.put_nowait(None)
 
     def _deliver_loop(self, wake: queue.SimpleQueue[None]) -> None:
+        main = threading.main_thread().ident
         while True:
             wake.get()
             with _lock:
-                if self.pending and not self._inflight and _depth:
-                    self._inflight = True
-                    _thread.interrupt_main(signal.SIGINT)
+                if not (self.pending and not self._inflight and _depth):
+                    continue
+                self._inflight = True
+                _thread.interrupt_main(signal.SIGINT)
+            # A trip wakes nothing: a main thread that left protected code for a blocking
+            # call (a socket read, a lock, an idle event loop) would see it only when that
+            # call returns. Still unseen after a moment, it gets a real signal, which
+            # interrupts the call (and at most 20 a second while it stays unseen).
+            while True:
+                try:
+                    wake.get(timeout=_NUDGE_AFTER)
+                except queue.Empty:
+                    pass
+                else:
+                    wake.put_nowait(None)  # the handler ran and deferred again: start over
+                    break
+                with _lock:
+                    if not (self.pending and self._inflight and _depth) or main is None:
+                        break
+                    signal.pthread_kill(main, signal.SIGINT)
 
 
+_NUDGE_AFTER = 0.05  # seconds a re-delivery may go unseen before a real signal follows it
 _handler = _Handler()
 _lock = threading.Lock()
 _depth = 0
@@ -182,15 +200,25 @@ def disarm(armed: bool) -> None:
         raise KeyboardInterrupt
 
 
-@contextmanager
-def deferring() -> Iterator[bool]:
-    """Arm the deferring handler for a block (yields whether it could be armed).
+class deferring:
+    """Arm the deferring handler for a block (``as`` gives whether it could be armed).
 
     Sessions arm it themselves; this is for code that uses a limiter, a pool or a budget
-    without a session around it.
+    without a session around it. A class with protected ``__enter__``/``__exit__`` rather
+    than a generator: a Ctrl-C landing in a generator's exit machinery could skip the disarm.
     """
-    armed = arm()
-    try:
-        yield armed
-    finally:
+
+    __slots__ = ("_armed",)
+
+    def __init__(self) -> None:
+        self._armed = False
+
+    @protected
+    def __enter__(self) -> bool:
+        self._armed = arm()
+        return self._armed
+
+    @protected
+    def __exit__(self, *exc_info: object) -> None:
+        armed, self._armed = self._armed, False
         disarm(armed)
