@@ -24,6 +24,7 @@ from ._exceptions import (
     UnknownPriceWarning,
     UsageError,
 )
+from ._interrupt import deferring as defer_interrupts
 from ._limits import (
     AcquireTimeout,
     RateLimiter,
@@ -89,6 +90,7 @@ __all__ = [
     "clear_prices",
     "count_tokens",
     "current_session",
+    "defer_interrupts",
     "instrument",
     "is_instrumented",
     "local_model",

@@ -25,11 +25,12 @@ The rules, for code in this package:
   when a SIGINT arrives.
 
 The handler is installed (:func:`arm`) for the lifetime of a root :func:`llmctx.session` on
-the main thread, or of a :func:`deferring` block, and only when SIGINT still has Python's
-default handler (so it never replaces an application's own handler, nor asyncio's: under
-``asyncio.run`` a Ctrl-C already becomes a task cancellation, which llmctx's async paths
-handle at their await points). Deferral delays an interrupt by the length of the bookkeeping
-step it landed in: microseconds, or a store write (bounded by the store's timeouts).
+the main thread, or of a ``with llmctx.defer_interrupts():`` block, and only when SIGINT
+still has Python's default handler (so it never replaces an application's own handler, nor
+asyncio's: under ``asyncio.run`` a Ctrl-C already becomes a task cancellation, which
+llmctx's async paths handle at their await points). Deferral delays an interrupt by the
+length of the bookkeeping step it landed in: microseconds, or a store write (bounded by the
+store's timeouts).
 """
 
 from __future__ import annotations
