@@ -127,8 +127,8 @@ def test_ls_shows_root_sessions_as_a_table(db: str) -> None:
     assert "summarise" not in out
     assert "1,500" in out
     assert "$0.012345" in out
-    assert "$0.012345+?" in out
-    assert "no known price" in out
+    assert "$0.012345 + 1 unpriced" in out
+    assert "no price known" in out
     assert "1m15s" in out
     assert ROOT[:12] in out
 

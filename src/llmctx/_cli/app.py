@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from ._layout import PlainHelpCommand, PlainHelpGroup
 from .demo import demo
 from .mcp import mcp_app
 from .prices import prices
@@ -16,13 +17,14 @@ app = typer.Typer(
     help="Context managers for LLM applications: sessions, budgets, recordings, MCP fleets.",
     no_args_is_help=True,
     rich_markup_mode="rich",
+    cls=PlainHelpGroup,
     pretty_exceptions_enable=False,
 )
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(mcp_app, name="mcp")
-app.command("prices")(prices)
-app.command("demo")(demo)
-app.command("workshop")(workshop)
+app.command("prices", cls=PlainHelpCommand)(prices)
+app.command("demo", cls=PlainHelpCommand)(demo)
+app.command("workshop", cls=PlainHelpCommand)(workshop)
 
 
 def _version(value: bool) -> None:

@@ -14,9 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..mcp import Hub, HubConfig, MCPConfigError, MCPHubError, ServerState, load_config, result_text
+from ._layout import PlainHelpCommand, PlainHelpGroup
 
 mcp_app = typer.Typer(
-    help="Start, inspect and call MCP servers from a config.", no_args_is_help=True
+    help="Start, inspect and call MCP servers from a config.",
+    no_args_is_help=True,
+    cls=PlainHelpGroup,
 )
 
 _T = TypeVar("_T")
@@ -59,7 +62,7 @@ def _run(
         raise typer.Exit(1) from None
 
 
-@mcp_app.command("check")
+@mcp_app.command("check", cls=PlainHelpCommand)
 def check(
     config: Path = _CONFIG,
     profile: str | None = _PROFILE,
@@ -96,7 +99,7 @@ def check(
         raise typer.Exit(1)
 
 
-@mcp_app.command("tools")
+@mcp_app.command("tools", cls=PlainHelpCommand)
 def tools(
     config: Path = _CONFIG,
     profile: str | None = _PROFILE,
@@ -127,7 +130,7 @@ def tools(
     _run(config, profile, body, strict=False)
 
 
-@mcp_app.command("call")
+@mcp_app.command("call", cls=PlainHelpCommand)
 def call(
     config: Path = _CONFIG,
     tool: str = typer.Argument(..., help="server.tool (or server__tool)."),

@@ -30,11 +30,14 @@ from .._money import format_usd
 from .._usage import CallRecord
 from ..stores import MemoryStore, SessionRecord, SessionStatus, Store, open_store
 from ..stores._open import sqlite_file_of
+from ._layout import Column, PlainHelpCommand, PlainHelpGroup, print_fitted
 
 __all__ = ["sessions_app"]
 
 sessions_app = typer.Typer(
-    help="List, show, export and delete recorded sessions.", no_args_is_help=True
+    help="List, show, export and delete recorded sessions.",
+    no_args_is_help=True,
+    cls=PlainHelpGroup,
 )
 
 DbOption = Annotated[
@@ -140,18 +143,20 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, default=str, ensure_ascii=False, indent=2))
 
 
-def _money(value: Decimal | None) -> str:
-    return "?" if value is None else format_usd(value)
+def _money(value: Decimal | None) -> Text:
+    """A call's cost: dollars, or ``unpriced`` when no price was known."""
+    return Text("unpriced", style="yellow") if value is None else Text(format_usd(value))
 
 
 def _session_cost(record: SessionRecord, *, compact: bool = False) -> Text:
-    text = Text(_money(record.cost))
-    if record.unpriced_calls:
-        n = record.unpriced_calls
-        text.append(
-            "+?" if compact else f" + {n} call{'s' if n != 1 else ''} with unknown price",
-            style="yellow",
-        )
+    """A session's cost; with unpriced calls, the priced part and how many were not priced."""
+    n = record.unpriced_calls
+    if not n:
+        return Text(format_usd(record.cost))
+    if not record.cost:
+        return Text("unpriced", style="yellow")
+    text = Text(format_usd(record.cost))
+    text.append(f" + {n} unpriced" if compact else f" + {_plural(n, 'call')} unpriced", "yellow")
     return text
 
 
@@ -192,9 +197,11 @@ def _short(session_id: str, full: bool) -> str:
 # -- ls ----------------------------------------------------------------------------------------
 
 
-@sessions_app.command("ls")
+@sessions_app.command("ls", cls=PlainHelpCommand)
 def ls(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most N.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, metavar="N", help="Show at most N.")
+    ] = 50,
     status: Annotated[
         str | None,
         typer.Option("--status", help=f"Only this status ({', '.join(_STATUSES)})."),
@@ -202,7 +209,9 @@ def ls(
     all_: Annotated[
         bool, typer.Option("--all", "-a", help="Include child sessions, not only roots.")
     ] = False,
-    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Show full ids.")] = False,
+    no_trunc: Annotated[
+        bool, typer.Option("--no-trunc", help="Show full ids and names, however wide.")
+    ] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -218,21 +227,23 @@ def ls(
         if not rows:
             console.print(f"No sessions in {_where(store)}.", highlight=False)
             return
-        table = Table(show_edge=False, pad_edge=False)
-        table.add_column("id", no_wrap=True, style="bold")
-        table.add_column("name", overflow="fold")
-        table.add_column("status")
-        table.add_column("started", no_wrap=True)
-        table.add_column("duration", justify="right")
-        table.add_column("calls", justify="right")
-        table.add_column("tokens in", justify="right")
-        table.add_column("tokens out", justify="right")
-        table.add_column("cost", justify="right")
-        for r in rows:
-            name = Text(("↳ " if r.parent_id else "") + (r.name or ""))
-            table.add_row(
+        columns = [
+            Column("id", style="bold"),
+            Column("name", free_text=True, min_width=16),
+            Column("status", min_width=9),
+            Column("started", drop=2),
+            Column("duration", drop=3, justify="right"),
+            Column("calls", drop=1, justify="right"),
+            Column("tokens in", drop=4, justify="right"),
+            Column("tokens out", drop=4, justify="right"),
+            Column("cost", justify="right"),
+        ]
+        if no_trunc:  # the full name, even if the table gets wider than the terminal
+            columns[1] = Column("name")
+        table_rows: list[list[Text | str]] = [
+            [
                 Text(_short(r.id, no_trunc)),
-                name,
+                Text(("↳ " if r.parent_id else "") + (r.name or "")),
                 _status(r.status),
                 _when(r.started_at),
                 _duration(r),
@@ -240,10 +251,16 @@ def ls(
                 f"{r.usage.input_tokens:,}",
                 f"{r.usage.output_tokens:,}",
                 _session_cost(r, compact=True),
-            )
+            ]
+            for r in rows
+        ]
+        notes = []
         if any(r.unpriced_calls for r in rows):
-            table.caption = "+? some calls had no known price: the cost shown is the priced part"
-        console.print(table)
+            notes.append(
+                "unpriced: no price known for the model (llmctx prices MODEL); "
+                "a cost beside it is the priced part"
+            )
+        print_fitted(console, columns, table_rows, notes=notes)
 
 
 # -- show --------------------------------------------------------------------------------------
@@ -255,7 +272,7 @@ def _tree(records: Sequence[SessionRecord]) -> Tree:
         children.setdefault(r.parent_id, []).append(r)
 
     def label(r: SessionRecord) -> Text:
-        text = Text(r.id, style="bold")
+        text = Text(r.id[:12], style="bold")
         if r.name:
             text.append(f"  {r.name}")
         text.append("  ")
@@ -278,11 +295,11 @@ def _tree(records: Sequence[SessionRecord]) -> Tree:
     return root
 
 
-@sessions_app.command("show")
+@sessions_app.command("show", cls=PlainHelpCommand)
 def show(
     session_id: Annotated[str, typer.Argument(metavar="ID", help="Session id or unique prefix.")],
     max_calls: Annotated[
-        int, typer.Option("--calls", min=0, help="Show at most N calls (the latest).")
+        int, typer.Option("--calls", min=0, metavar="N", help="Show at most N calls (the latest).")
     ] = 50,
     db: DbOption = None,
     as_json: JsonOption = False,
@@ -311,26 +328,39 @@ def show(
         if not calls:
             console.print("No calls recorded.")
             return
-        console.print(_calls_table(calls, tree, max_calls))
+        _print_calls(console, calls, tree, max_calls)
 
 
 def _budget_text(r: SessionRecord) -> Text:
-    """The stored limits, and how far the session went past them (usage over a reservation
-    is charged in full, so a budget can end up over its limit)."""
+    """Each stored limit as limit / spent / reserved / left, and how far the session went
+    past it (usage over a reservation is charged in full, so a budget can end over its limit).
+
+    A stored session holds no reservations once it has ended; a running one's live
+    reservations are not stored, so they read ``-``.
+    """
     assert r.budget is not None
-    text = Text(_dumps(r.budget))
-    over: list[str] = []
-    limit = r.budget.get("usd")
-    if limit is not None and r.cost > Decimal(str(limit)):
-        over.append(f"{format_usd(r.cost - Decimal(str(limit)))} over")
-    limit = r.budget.get("tokens")
-    if limit is not None and r.usage.total_tokens > int(limit):
-        over.append(f"{r.usage.total_tokens - int(limit):,} tokens over")
-    limit = r.budget.get("requests")
-    if limit is not None and r.usage.requests > int(limit):
-        over.append(f"{r.usage.requests - int(limit):,} requests over")
-    if over:
-        text.append("  " + ", ".join(over), style="bold red")
+    ended = r.ended_at is not None
+    text = Text()
+    spent_of: dict[str, tuple[Decimal, Any]] = {
+        "usd": (r.cost, format_usd),
+        "tokens": (Decimal(r.usage.total_tokens), lambda v: f"{int(v):,} tokens"),
+        "requests": (Decimal(r.usage.requests), lambda v: f"{int(v):,} requests"),
+    }
+    for key, (spent, fmt) in spent_of.items():
+        raw = r.budget.get(key)
+        if raw is None:
+            continue
+        limit = Decimal(str(raw))
+        if text:
+            text.append("\n")
+        reserved = fmt(Decimal(0)) if ended else "-"
+        text.append(f"{fmt(limit)} limit / {fmt(spent)} spent / {reserved} reserved / ")
+        if spent > limit:
+            text.append(f"{fmt(spent - limit)} over", style="bold red")
+        else:
+            text.append(f"{fmt(limit - spent)} left")
+    if r.unpriced_calls and r.budget.get("usd") is not None:
+        text.append(f"  (+ {_plural(r.unpriced_calls, 'call')} unpriced)", style="yellow")
     return text
 
 
@@ -380,44 +410,49 @@ def _details(r: SessionRecord, overruns: int = 0) -> Table:
     return grid
 
 
-def _calls_table(calls: Sequence[CallRecord], tree: Sequence[SessionRecord], limit: int) -> Table:
+def _print_calls(
+    console: Console, calls: Sequence[CallRecord], tree: Sequence[SessionRecord], limit: int
+) -> None:
     shown = calls[-limit:] if limit else []
     hidden = len(calls) - len(shown)
-    caption = f"{hidden} earlier calls not shown (--calls N, --json or export)" if hidden else None
-    table = Table(title="Calls", title_justify="left", caption=caption, show_edge=False)
     several = len(tree) > 1
     names = {r.id: r.name or r.id[:12] for r in tree}
-    table.add_column("started", no_wrap=True)
-    if several:
-        table.add_column("session")
-    table.add_column("kind")
-    table.add_column("model")
-    table.add_column("status")
-    table.add_column("in", justify="right")
-    table.add_column("out", justify="right")
-    table.add_column("cost", justify="right")
-    table.add_column("latency", justify="right")
+    columns = [
+        Column("started", drop=2),
+        Column("session", drop=3, free_text=True, min_width=10),
+        Column("kind", drop=4),
+        Column("model"),  # whole: which model ran is what a reader looks for
+        Column("status", min_width=6),
+        Column("in", drop=1, justify="right"),
+        Column("out", drop=1, justify="right"),
+        Column("cost", justify="right"),
+        Column("latency", drop=4, justify="right"),
+    ]
+    rows: list[list[Text | str]] = []
     for c in shown:
-        model = "/".join(x for x in (c.provider, c.model) if x) or "-"
-        cost = Text(_money(c.cost))
-        if c.cost is None:
-            cost.stylize("yellow")
-        row: list[Text | str] = [c.started_at.astimezone().strftime("%H:%M:%S.%f")[:-3]]
-        if several:
-            row.append(Text(names.get(c.session_id or "", c.session_id or "-")))
-        row += [
-            Text(c.kind),
-            Text(model),
-            _status(c.status) + Text(" over", style="bold red")
-            if "overrun" in c.metadata
-            else _status(c.status),
-            f"{c.usage.input_tokens:,}" + ("~" if c.estimated else ""),
-            f"{c.usage.output_tokens:,}" + ("~" if c.estimated else ""),
-            cost,
-            "-" if c.latency_s is None else f"{c.latency_s:.2f}s",
-        ]
-        table.add_row(*row)
-    return table
+        status = _status(c.status)
+        if "overrun" in c.metadata:
+            status += Text(" over", style="bold red")
+        rows.append(
+            [
+                c.started_at.astimezone().strftime("%H:%M:%S.%f")[:-3],
+                Text(names.get(c.session_id or "", c.session_id or "-")),
+                Text(c.kind),
+                Text("/".join(x for x in (c.provider, c.model) if x) or "-"),
+                status,
+                f"{c.usage.input_tokens:,}" + ("~" if c.estimated else ""),
+                f"{c.usage.output_tokens:,}" + ("~" if c.estimated else ""),
+                _money(c.cost),
+                "-" if c.latency_s is None else f"{c.latency_s:.2f}s",
+            ]
+        )
+    if not several:
+        del columns[1]
+        for row in rows:
+            del row[1]
+    notes = [f"{hidden} earlier calls not shown (--calls N, --json or export)"] if hidden else []
+    console.print(Text("Calls", style="bold"))
+    print_fitted(console, columns, rows, notes=notes)
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -502,7 +537,7 @@ def _write_export(
     return len(calls)
 
 
-@sessions_app.command("export")
+@sessions_app.command("export", cls=PlainHelpCommand)
 def export(
     session_ids: Annotated[
         list[str] | None,
@@ -552,7 +587,7 @@ def export(
 # -- rm ----------------------------------------------------------------------------------------
 
 
-@sessions_app.command("rm")
+@sessions_app.command("rm", cls=PlainHelpCommand)
 def rm(
     session_id: Annotated[str, typer.Argument(metavar="ID", help="Session id or unique prefix.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
