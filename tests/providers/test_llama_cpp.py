@@ -103,6 +103,18 @@ def test_stream_abandoned_early_is_settled(model: Any) -> None:
     assert no_reservations(s)
 
 
+def test_stream_dropped_before_its_first_chunk_gives_its_reservation_back(model: Any) -> None:
+    """A stream requested and never read holds nothing once it is garbage-collected."""
+    with llmctx.session(store="memory:", budget=llmctx.Budget(tokens=1_000)) as s:
+        stream = model.create_chat_completion(messages=MESSAGES, stream=True, **GREEDY)
+        assert s.budget is not None and s.budget.ledger.snapshot().reservations == 1
+        del stream
+        gc.collect()
+        assert no_reservations(s)
+    (record,) = s.calls
+    assert record.metadata["abandoned"] and record.usage.output_tokens == 0
+
+
 def test_stream_consumed_after_scope_charges_its_session(model: Any) -> None:
     """A stream opened in a session and read after it ended is charged to that session."""
     with llmctx.session(store="memory:", budget=llmctx.Budget(tokens=1_000)) as s:

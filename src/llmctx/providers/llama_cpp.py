@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -284,12 +285,25 @@ def _bind(
     return dict(inspect.signature(original).bind_partial(*args, **kwargs).arguments)
 
 
-def _stream(
+@protected
+def _tracked_stream(
     state: _LlamaState, call: CallTracker, plan: Plan, inner: Iterator[Any]
 ) -> Iterator[Any]:
-    """Pass ``inner``'s chunks through, counting tokens, and end ``call`` exactly once."""
+    """The stream the caller gets: charged when it ends, or when it is dropped unread."""
     counter = _Counter(state.eog)
     feed = StreamFeed(call, plan, _LlamaAccumulator(plan, counter))
+    stream = _stream(state, counter, feed, inner)
+    # A generator never started runs no finally: without this, a stream dropped before its
+    # first chunk would hold its reservation until the process ends.
+    finalizer = weakref.finalize(stream, feed.abandon)
+    finalizer.atexit = False
+    return stream
+
+
+def _stream(
+    state: _LlamaState, counter: _Counter, feed: StreamFeed, inner: Iterator[Any]
+) -> Iterator[Any]:
+    """Pass ``inner``'s chunks through, counting tokens, and end the call exactly once."""
 
     def counted() -> Iterator[Any]:
         while True:
@@ -334,7 +348,7 @@ def _charged(
         state.depth -= 1
     if stream:
         call.mark_first_byte()
-        return _stream(state, call, plan, result)
+        return _tracked_stream(state, call, plan, result)
     try:
         outcome = _extract(plan, result)
     except Exception:
