@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..mcp import Hub, HubConfig, MCPConfigError, MCPHubError, ServerState, load_config, result_text
-from ._layout import PlainHelpCommand, PlainHelpGroup
+from ._layout import Column, PlainHelpCommand, PlainHelpGroup, print_fitted
 
 mcp_app = typer.Typer(
     help="Start, inspect and call MCP servers from a config.",
@@ -104,7 +105,17 @@ def tools(
     config: Path = _CONFIG,
     profile: str | None = _PROFILE,
     fmt: str = typer.Option(
-        "table", "--format", "-f", help="table, openai or anthropic (the latter two as JSON)."
+        "table",
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="table, openai or anthropic (the latter two as JSON).",
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print a JSON list, one object per tool: server, name, qualified, exported, "
+        "description, input_schema.",
     ),
 ) -> None:
     """List the tools of every server that started (name-spaced as server.tool)."""
@@ -112,20 +123,42 @@ def tools(
         raise typer.BadParameter("use table, openai or anthropic", param_hint="--format")
 
     async def body(hub: Hub) -> None:
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    [
+                        {
+                            "server": t.server,
+                            "name": t.name,
+                            "qualified": t.qualified,
+                            "exported": t.exported,
+                            "description": t.description,
+                            "input_schema": t.input_schema,
+                        }
+                        for t in hub.tools()
+                    ],
+                    indent=2,
+                )
+            )
+            return
         if fmt == "openai":
             typer.echo(json.dumps(hub.openai_tools(), indent=2))
             return
         if fmt == "anthropic":
             typer.echo(json.dumps(hub.anthropic_tools(), indent=2))
             return
-        table = Table(title=f"MCP tools in {config}")
-        table.add_column("tool")
-        table.add_column("model name")
-        table.add_column("description")
+        rows: list[list[Text | str]] = []
         for tool in hub.tools():
             summary = tool.description.strip().splitlines()[0] if tool.description else ""
-            table.add_row(escape(tool.qualified), escape(tool.exported), escape(summary))
-        Console().print(table)
+            rows.append([Text(tool.qualified), Text(tool.exported), Text(summary)])
+        console = Console()
+        console.print(Text(f"MCP tools in {config}", style="bold"))
+        columns = [
+            Column("tool"),
+            Column("model name", drop=1),
+            Column("description", free_text=True, min_width=20),
+        ]
+        print_fitted(console, columns, rows)
 
     _run(config, profile, body, strict=False)
 
