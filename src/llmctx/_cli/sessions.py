@@ -3,6 +3,11 @@
 Every command takes ``--db URL_OR_PATH`` (default: ``$LLMCTX_DB``, else the default SQLite
 file) and, where a machine reading makes sense, ``--json``. Errors go to stderr with exit code
 1; a session id may be given as any unique prefix.
+
+``--json`` shapes (stable; money as decimal strings, times as ISO 8601): ``ls`` prints a list
+of sessions (``SessionRecord.to_dict()``); ``show`` prints ``{"session": ..., "descendants":
+[...], "calls": [CallRecord.to_dict(), ...]}``; ``rm`` prints ``{"id", "deleted_sessions"}``.
+Tables fit the terminal (80 columns in a pipe): see ``_layout``.
 """
 
 from __future__ import annotations
