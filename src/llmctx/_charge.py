@@ -58,10 +58,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_OUTPUT_TOKENS",
     "CallConsumer",
+    "CallTrace",
+    "CallTracer",
     "CallTracker",
     "LimiterLike",
     "ReservationLike",
     "add_call_consumer",
+    "set_call_tracer",
     "track_call",
 ]
 
@@ -142,6 +145,36 @@ def add_call_consumer(consumer: CallConsumer) -> Callable[[], None]:
             _consumers = tuple(c for c in _consumers if c is not consumer)
 
     return remove
+
+
+class CallTrace(Protocol):
+    """What a tracer keeps for one call from its start; told once how the call ended."""
+
+    def on_call_end(self, record: CallRecord) -> None: ...
+
+    def on_call_refused(self, exc: BaseException) -> None: ...
+
+
+class CallTracer(Protocol):
+    """Sees every call start (``llmctx.otel``): the parent span and start time are known only
+    then, and a refused call never reaches the consumers of finished calls."""
+
+    def on_call_start(self, call: CallTracker) -> CallTrace | None: ...
+
+
+_tracer: CallTracer | None = None
+
+
+def set_call_tracer(tracer: CallTracer | None) -> CallTracer | None:
+    """Install the process's one call tracer (None removes it); returns the previous one.
+
+    Its ``on_call_start(call)`` runs as each call starts, before the budgets are asked; the
+    :class:`CallTrace` it returns gets the finished record, or the exception that refused
+    the call. Errors from either are logged and never reach the user's call.
+    """
+    global _tracer
+    previous, _tracer = _tracer, tracer
+    return previous
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +271,7 @@ class CallTracker:
         "_recorders",
         "_reserved",
         "_t0",
+        "_trace",
         "_ttfb",
         "_ttft",
         "free",
@@ -294,6 +328,7 @@ class CallTracker:
         self._limit: ReservationLike | None = None
         self._reserved = Amount()
         self._t0 = 0.0
+        self._trace: CallTrace | None = None
         self._ttfb: float | None = None
         self._ttft: float | None = None
         self._done = False
@@ -311,13 +346,15 @@ class CallTracker:
             Whatever the limiter raises (e.g. AcquireTimeout, KeyboardInterrupt): the budget
                 reservations are released. A refused call leaves no record.
         """
+        if _tracer is not None:
+            self._begin_trace(_tracer)
         try:
             self._reserve()
             if self.limiter is not None:
                 self._limit = self.limiter.reserve(self.input_tokens + self.max_output_tokens)
-        except BaseException:
+        except BaseException as exc:
             # A refusal, a limiter timeout or an interrupt anywhere in here: nothing stays held.
-            self._refused()
+            self._refused(exc)
             raise
         self._t0 = time.perf_counter()
         return self
@@ -326,14 +363,20 @@ class CallTracker:
     async def astart(self) -> Self:
         """Async twin of :meth:`start`: the rate-limiter wait is a cancellation point, and
         cancellation while waiting releases the budget reservations."""
-        self._reserve()
+        if _tracer is not None:
+            self._begin_trace(_tracer)
+        try:
+            self._reserve()
+        except BaseException as exc:
+            self._end_trace(None, exc)  # Holds.reserve already gave back what it took
+            raise
         if self.limiter is not None:
             try:
                 self._limit = await self.limiter.areserve(
                     self.input_tokens + self.max_output_tokens
                 )
-            except BaseException:
-                self._refused()
+            except BaseException as exc:
+                self._refused(exc)
                 raise
         self._t0 = time.perf_counter()
         return self
@@ -364,13 +407,32 @@ class CallTracker:
         self._holds = Holds()
         session.reserve(amount, self._holds)
 
-    def _refused(self) -> None:
+    def _refused(self, exc: BaseException) -> None:
         # The call was never sent: give everything back and leave no record (like a budget
         # refusal). Ending it later is a no-op.
         with self._lock:
             self._done = True
             holds, self._holds = self._holds, _NO_HOLDS
         holds.release()
+        self._end_trace(None, exc)
+
+    def _begin_trace(self, tracer: CallTracer) -> None:
+        try:
+            self._trace = tracer.on_call_start(self)
+        except Exception:
+            logger.exception("llmctx: call tracer %r failed at a call's start", tracer)
+
+    def _end_trace(self, record: CallRecord | None, exc: BaseException | None) -> None:
+        trace, self._trace = self._trace, None
+        if trace is None:
+            return
+        try:
+            if record is not None:
+                trace.on_call_end(record)
+            elif exc is not None:
+                trace.on_call_refused(exc)
+        except Exception:
+            logger.exception("llmctx: call tracer %r failed at a call's end", trace)
 
     # ------------------------------------------------------------------ timing marks
     def mark_first_byte(self) -> None:
@@ -609,6 +671,8 @@ class CallTracker:
                     consumer.on_call_end(record)
                 except Exception:
                     logger.exception("llmctx: %r could not take call %s", consumer, record.id)
+            if self._trace is not None:
+                self._end_trace(record, None)
 
     @property
     def finished(self) -> bool:

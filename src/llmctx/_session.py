@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._budget import Amount, Budget, Holds
 from ._context import bind_session, get_session, reset_session
@@ -41,7 +41,7 @@ from .stores._outbox import (
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Session", "SessionFactory", "session"]
+__all__ = ["Session", "SessionFactory", "SessionListener", "add_session_listener", "session"]
 
 logger = logging.getLogger("llmctx")
 
@@ -56,6 +56,49 @@ def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
     if exc_type is None:
         return "completed"
     return "cancelled" if is_cancellation(exc_type) else "failed"
+
+
+class SessionListener(Protocol):
+    """Told when any session of the process is entered and left (``llmctx.otel``'s spans).
+
+    ``on_session_start`` runs once the session is current; ``on_session_end`` once its status
+    and end time are set, before its final row is written. Both run in the entering / leaving
+    thread and must be quick; an exception from either is logged and ignored.
+    """
+
+    def on_session_start(self, session: Session) -> None: ...
+
+    def on_session_end(self, session: Session) -> None: ...
+
+
+_listeners: tuple[SessionListener, ...] = ()
+_listeners_lock = threading.Lock()
+
+
+def add_session_listener(listener: SessionListener) -> Callable[[], None]:
+    """Tell ``listener`` of every session entered and left in this process from now on.
+
+    Returns:
+        A function that removes the listener again (calling it twice is harmless).
+    """
+    global _listeners
+    with _listeners_lock:
+        _listeners = (*_listeners, listener)
+
+    def remove() -> None:
+        global _listeners
+        with _listeners_lock:
+            _listeners = tuple(x for x in _listeners if x is not listener)
+
+    return remove
+
+
+def _tell(event: str, session: Session) -> None:
+    for listener in _listeners:
+        try:
+            getattr(listener, event)(session)
+        except Exception:
+            logger.exception("llmctx: session listener %r failed in %s", listener, event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +354,8 @@ class Session:
         # Last: from here on only __exit__ undoes it.
         self._armed = armed
         self._token = bind_session(self)
+        if _listeners:
+            _tell("on_session_start", self)
 
     def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         token, self._token = self._token, None
@@ -323,6 +368,8 @@ class Session:
                 self.error = redact_text(f"{type(exc).__name__}: {exc}")
             elif self.status == "cancelled":
                 self.error = type(exc).__name__ if exc is not None else "cancelled"
+        if _listeners:
+            _tell("on_session_end", self)
         armed, self._armed = self._armed, False
         try:
             # An exception already on its way out is not replaced by a store error.
