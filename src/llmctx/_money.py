@@ -1,14 +1,15 @@
 """The one way llmctx writes dollars for people (CLI, errors, workshop, warnings).
 
 Exact: no rounding, so a sub-cent cost such as ``$0.0000004`` never shows as ``$0.00``;
-no exponent; no trailing zeros past the cents.
+no exponent; no trailing zeros past the cents. :func:`decimal_text` is the same amount for
+machines (``--json``, exports): a plain decimal string, never ``"4E-7"``.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-__all__ = ["format_usd"]
+__all__ = ["decimal_text", "format_usd"]
 
 
 def format_usd(value: object) -> str:
@@ -28,3 +29,12 @@ def format_usd(value: object) -> str:
     if text.startswith("-"):
         return "-$" + text[1:]
     return "$" + text
+
+
+def decimal_text(value: Decimal) -> str:
+    """``value`` as a plain, exact decimal string: ``"0.0000004"``, ``"0.50"``, ``"0"``.
+
+    What ``str(value)`` gives, except that ``str`` switches to an exponent below 1e-6
+    (``"4E-7"``), which JSON readers and spreadsheets misread; this never does.
+    """
+    return f"{value:f}"

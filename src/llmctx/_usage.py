@@ -21,6 +21,8 @@ from decimal import Decimal
 from random import getrandbits as _getrandbits
 from typing import Any, Literal
 
+from ._money import decimal_text
+
 __all__ = [
     "CallRecord",
     "CallStatus",
@@ -33,7 +35,7 @@ __all__ = [
     "usage_from_openai_responses",
 ]
 
-CallStatus = Literal["ok", "error", "cancelled"]
+CallStatus = Literal["ok", "error", "cancelled", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,9 @@ class CallRecord:
     ``request`` is already redacted (no API keys or bearer tokens) by the time a record exists
     outside the charge path. ``cost`` is ``None`` when the call could not be priced, with the
     reason in ``cost_note``. ``estimated`` is true when usage was estimated from the text
-    because the provider reported none.
+    because the provider reported none. ``status`` is ``ok``, ``error``, ``cancelled``, or
+    ``refused``: stopped before it was sent (a budget, an unknown price under a money budget,
+    the rate limiter), with the reason in ``error``, no usage and no cost.
     """
 
     session_id: str | None
@@ -257,7 +261,7 @@ class CallRecord:
             "tool_calls": self.tool_calls,
             "usage": self.usage.to_dict(),
             "raw_usage": self.raw_usage,
-            "cost": None if self.cost is None else str(self.cost),
+            "cost": None if self.cost is None else decimal_text(self.cost),
             "cost_note": self.cost_note,
             "status": self.status,
             "error": self.error,

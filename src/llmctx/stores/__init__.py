@@ -3,11 +3,12 @@
 ``open_store(url)`` picks one from a URL or path: ``memory:``, ``sqlite:///path.db`` or a bare
 path, ``postgresql://...``. ``default_store()`` is the process-wide store named by
 ``$LLMCTX_DB``. ``PostgresStore`` imports psycopg only when one is created.
+``shown_status(row)`` tells a ``running`` row whose process is gone (``interrupted``).
 """
 
 from __future__ import annotations
 
-from ._base import SessionRecord, SessionStatus, Store
+from ._base import SessionRecord, SessionStatus, Store, shown_status
 from ._open import default_store, open_store
 from .memory import MemoryStore
 from .postgres import PostgresStore
@@ -22,4 +23,5 @@ __all__ = [
     "Store",
     "default_store",
     "open_store",
+    "shown_status",
 ]

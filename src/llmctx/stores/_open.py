@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "default_sqlite_path",
     "default_store",
+    "program_sqlite_path",
     "env_sqlite_file",
     "open_store",
     "resolve_store",
@@ -92,6 +93,15 @@ def default_sqlite_path() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("llmctx", appauthor=False)) / "llmctx.db"
+
+
+def program_sqlite_path(program: str) -> Path:
+    """The kept database of one of llmctx's own programs, beside the default one.
+
+    ``llmctx workshop`` records into ``workshop.db`` and ``llmctx demo`` into ``demo.db`` in
+    the directory of :func:`default_sqlite_path`, each reset at the start of a run.
+    """
+    return default_sqlite_path().with_name(f"{program}.db")
 
 
 def sqlite_path_from_url(url: str) -> str:

@@ -70,7 +70,7 @@ __all__ = [
 SESSION_COLS = (
     "id, name, parent_id, status, tags, budget, started_at, ended_at, error, input_tokens, "
     "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, requests, cost, "
-    "unpriced_calls, call_count, metadata"
+    "unpriced_calls, call_count, metadata, pid, host, heartbeat_at"
 )
 # The totals a store rolls up from the calls themselves (see Store.save_call): the columns
 # save_session writes only when it creates a row.
@@ -247,6 +247,9 @@ def session_params(
         r.unpriced_calls,
         r.calls,
         encode_json(r.metadata) if r.metadata else "{}",
+        r.pid,
+        _escape_opt(r.host),
+        None if r.heartbeat_at is None else dump_dt(r.heartbeat_at),
     ]
 
 
@@ -321,6 +324,9 @@ def session_from_row(
         unpriced_calls=row[16],
         calls=row[17],
         metadata=load_json(row[18]),
+        pid=row[19],
+        host=_unescape_opt(row[20]),
+        heartbeat_at=None if row[21] is None else load_dt(row[21]),
     )
 
 
@@ -385,7 +391,13 @@ def excluded_assignments(cols: str, skip: Collection[str]) -> str:
 
 
 def session_filter(
-    mark: str, *, status: str | None, parent_id: str | None, roots_only: bool
+    mark: str,
+    *,
+    status: str | None,
+    parent_id: str | None,
+    roots_only: bool,
+    name: str | None = None,
+    sessions: str = "sessions",
 ) -> tuple[str, list[Any]]:
     """The WHERE clause of ``list_sessions`` and its parameters.
 
@@ -393,7 +405,10 @@ def session_filter(
         mark: the dialect's parameter placeholder (``?`` or ``%s``).
         status: only sessions with this status, unless None.
         parent_id: only children of this session, unless None.
-        roots_only: only sessions without a parent.
+        roots_only: only sessions without a parent in this store (none, or one never stored
+            here).
+        name: only sessions with this (escaped) name, unless None.
+        sessions: the (qualified) sessions table, for the roots' parent lookup.
 
     Returns:
         ``" WHERE ..."`` (empty when nothing is filtered) and the parameters it takes.
@@ -406,8 +421,12 @@ def session_filter(
     if parent_id is not None:
         where.append(f"parent_id = {mark}")
         params.append(parent_id)
+    if name is not None:
+        where.append(f"name = {mark}")
+        params.append(name)
     if roots_only:
-        where.append("parent_id IS NULL")
+        # ids are never NULL (primary key), so NOT IN is safe.
+        where.append(f"(parent_id IS NULL OR parent_id NOT IN (SELECT id FROM {sessions}))")
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 
 from .._usage import CallRecord
 from ._base import SessionRecord
@@ -42,7 +43,7 @@ class MemoryStore:
         """Keep the call once per id; add a new one to its session's and ancestors' totals.
 
         ``session``'s fields but its totals replace the row's (a new row starts from zero), like
-        every store.
+        every store. A ``refused`` call is kept and adds to no total.
         """
         with self._lock:
             if session is not None:
@@ -52,6 +53,8 @@ class MemoryStore:
                 return
             self._call_ids.add(call.id)
             self._calls.setdefault(call.session_id or "", []).append(call)
+            if call.status == "refused":  # never sent: kept, but adds to no total
+                return
             sid, seen = call.session_id, set()
             while sid is not None and sid not in seen:
                 seen.add(sid)
@@ -77,23 +80,38 @@ class MemoryStore:
         status: str | None = None,
         parent_id: str | None = None,
         roots_only: bool = False,
+        name: str | None = None,
     ) -> list[SessionRecord]:
         with self._lock:
+            stored = self._sessions
             rows = [
                 r
-                for r in self._sessions.values()
+                for r in stored.values()
                 if (status is None or r.status == status)
                 and (parent_id is None or r.parent_id == parent_id)
-                and (not roots_only or r.parent_id is None)
+                and (name is None or r.name == name)
+                and (not roots_only or r.parent_id is None or r.parent_id not in stored)
             ]
         rows.sort(key=lambda r: r.started_at, reverse=True)
         return rows if limit is None else rows[:limit]
 
-    def list_calls(self, session_ids: Sequence[str]) -> list[CallRecord]:
+    def list_calls(self, session_ids: Sequence[str], *, refused: bool = False) -> list[CallRecord]:
         with self._lock:
-            calls = [c for sid in session_ids for c in self._calls.get(sid, [])]
+            calls = [
+                c
+                for sid in dict.fromkeys(session_ids)
+                for c in self._calls.get(sid, [])
+                if refused or c.status != "refused"
+            ]
         calls.sort(key=lambda c: c.started_at)
         return calls
+
+    def touch_sessions(self, session_ids: Sequence[str], at: datetime) -> None:
+        with self._lock:
+            for sid in session_ids:
+                row = self._sessions.get(sid)
+                if row is not None and row.status == "running":
+                    self._sessions[sid] = row.replace(heartbeat_at=at)
 
     def session_tree(self, session_id: str) -> list[SessionRecord]:
         with self._lock:

@@ -3,10 +3,16 @@
 Layout (schema version kept in ``<schema>.llmctx_schema``, so later versions can migrate):
 
 * ``sessions``: usage as ``bigint`` columns, ``cost`` as ``numeric`` (exact Decimal),
-  ``tags``/``budget``/``metadata`` as ``jsonb``, datetimes as ``timestamptz``.
+  ``tags``/``budget``/``metadata`` as ``jsonb``, datetimes as ``timestamptz``;
+  ``pid``/``host``/``heartbeat_at`` say which process runs the session and when it was last
+  seen alive (see :func:`llmctx.stores.shown_status`).
 * ``calls``: ``id`` is the primary key (saving the same call twice keeps one row, so a write
   retried after a dropped connection is harmless); ``seq`` orders calls that started in the
-  same microsecond; ``request``/``tool_calls``/``raw_usage``/``metadata`` as ``jsonb``.
+  same microsecond; ``request``/``tool_calls``/``raw_usage``/``metadata`` as ``jsonb``. A
+  call refused before it was sent has status ``refused`` and adds nothing to the totals.
+
+A schema of an older version is migrated when a store opens it: version 1 to 2 adds the
+session's ``pid``, ``host`` and ``heartbeat_at`` (NULL in old rows, which read as before).
 
 Naive datetimes are stored as UTC. Rows come back as timezone-aware datetimes (equal to the
 ones saved). PostgreSQL cannot store the NUL character in text or jsonb, nor can UTF-8 hold a
@@ -39,7 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
-SCHEMA_VERSION = 1
+# 2: sessions.pid, host and heartbeat_at (interrupted sessions are told from running ones).
+SCHEMA_VERSION = 2
 _T = TypeVar("_T")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -65,7 +72,7 @@ def _utc(value: datetime) -> datetime:
 # The shared columns in their order; a cast where the parameter is JSON text.
 _SESSION_VALUES = (
     "%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-    "%s::jsonb"
+    "%s::jsonb, %s, %s, %s"
 )
 _CALL_VALUES = (
     "%s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, "
@@ -206,7 +213,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                         cur.execute(statement)
                     cur.execute(f"SELECT max(version) FROM {sql.q}.llmctx_schema")
                     found = cur.fetchone()
-                    if not found or found[0] is None:
+                    if not found or found[0] is None or found[0] < SCHEMA_VERSION:
                         cur.execute(
                             f"INSERT INTO {sql.q}.llmctx_schema (version) VALUES (%s)",
                             (SCHEMA_VERSION,),
@@ -295,8 +302,9 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         but its totals (a new row starts from zero); then, if the call id was new, its
         usage, cost and count added to the row of ``call.session_id`` and of every ancestor
         stored (rows locked in id order, so concurrent writers neither lose an increment nor
-        deadlock). A call whose id is already stored adds nothing. A KeyboardInterrupt or
-        cancellation before the commit rolls all of it back.
+        deadlock). A call whose id is already stored adds nothing, nor does a ``refused`` one
+        (never sent). A KeyboardInterrupt or cancellation before the commit rolls all of it
+        back.
 
         Raises:
             StoreError: the write failed or the store is closed.
@@ -310,7 +318,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             inserted = cur.rowcount == 1
             if session_params is not None:
                 cur.execute(self._sql.upsert, session_params)
-            if inserted and rollup[0] is not None:
+            if inserted and rollup[0] is not None and call.status != "refused":
                 cur.execute(self._sql.rollup, rollup)
 
         self._run(f"save call {call.id!r}", body)
@@ -336,8 +344,12 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         status: str | None = None,
         parent_id: str | None = None,
         roots_only: bool = False,
+        name: str | None = None,
     ) -> list[SessionRecord]:
-        """Sessions, newest first, filtered by status / parent / roots only.
+        """Sessions, newest first, filtered by status / parent / name / roots only.
+
+        ``roots_only``: sessions without a parent in this store (a parent never stored here
+        makes its child a root).
 
         Raises:
             StoreError: the read failed or the store is closed.
@@ -347,6 +359,8 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             status=status,
             parent_id=None if parent_id is None else _sql.escape_text(parent_id),
             roots_only=roots_only,
+            name=None if name is None else _sql.escape_text(name),
+            sessions=f"{self._sql.q}.sessions",
         )
         sql = f"{self._sql.select}{where} ORDER BY started_at DESC, id DESC"
         if limit is not None:
@@ -359,8 +373,8 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
 
         return self._run("list sessions", body)
 
-    def list_calls(self, session_ids: Sequence[str]) -> list[CallRecord]:
-        """Calls of the given sessions, oldest first.
+    def list_calls(self, session_ids: Sequence[str], *, refused: bool = False) -> list[CallRecord]:
+        """Calls of the given sessions, oldest first (``refused``: with the refused ones).
 
         Raises:
             StoreError: the read failed or the store is closed.
@@ -368,12 +382,24 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         ids = list(dict.fromkeys(_sql.escape_text(sid) for sid in session_ids))
         if not ids:
             return []
+        sql = self._sql.list_all_calls if refused else self._sql.list_calls
 
         def body(cur: Any) -> list[CallRecord]:
-            cur.execute(self._sql.list_calls, (ids,))
+            cur.execute(sql, (ids,))
             return [_call_from_row(r) for r in cur.fetchall()]
 
         return self._run("list calls", body)
+
+    def touch_sessions(self, session_ids: Sequence[str], at: datetime) -> None:
+        """Set the heartbeat of the given sessions that are still running (one transaction).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        ids = list(dict.fromkeys(_sql.escape_text(sid) for sid in session_ids))
+        if ids:
+            params = (_aware(at), ids)
+            self._run("record a heartbeat", lambda cur: cur.execute(self._sql.touch, params))
 
     def session_tree(self, session_id: str) -> list[SessionRecord]:
         """The session and all its descendants (the session first, then by start time).
@@ -447,6 +473,10 @@ class _Statements:
                 call_count         integer NOT NULL,
                 metadata           jsonb NOT NULL
             )""",
+            # Version 2 (on a version 1 schema as on a new one).
+            f"ALTER TABLE {q}.sessions ADD COLUMN IF NOT EXISTS pid integer, "
+            "ADD COLUMN IF NOT EXISTS host text, "
+            "ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz",
             f"CREATE INDEX IF NOT EXISTS sessions_started ON {q}.sessions (started_at)",
             f"CREATE INDEX IF NOT EXISTS sessions_parent ON {q}.sessions (parent_id)",
             f"""CREATE TABLE IF NOT EXISTS {q}.calls (
@@ -498,9 +528,15 @@ class _Statements:
             "ON CONFLICT (id) DO NOTHING"
         )
         self.select = f"SELECT {_sql.SESSION_COLS} FROM {q}.sessions"
-        self.list_calls = (
+        self.list_all_calls = (
             f"SELECT {_sql.CALL_COLS} FROM {q}.calls WHERE session_id = ANY(%s) "
             "ORDER BY started_at, seq"
+        )
+        self.list_calls = self.list_all_calls.replace(
+            " ORDER BY", " AND status <> 'refused' ORDER BY"
+        )
+        self.touch = (
+            f"UPDATE {q}.sessions SET heartbeat_at = %s WHERE status = 'running' AND id = ANY(%s)"
         )
         cte = _sql.tree_cte(f"{q}.sessions", "%s")
         self.tree = (

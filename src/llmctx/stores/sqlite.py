@@ -12,10 +12,17 @@ Layout (``PRAGMA user_version`` holds the schema version, so later versions can 
   the roll-up of every call stored in it and its descendants, kept by ``save_call`` in the
   call's own transaction; usage as integer columns, ``cost`` as Decimal text,
   ``tags``/``budget``/``metadata`` as JSON text, datetimes as ISO 8601 text plus an integer
-  ``started_us`` (microseconds since the epoch) that orders rows whatever their time zone.
+  ``started_us`` (microseconds since the epoch) that orders rows whatever their time zone;
+  ``pid``/``host``/``heartbeat_at`` say which process runs it and when it was last seen
+  alive (see :func:`llmctx.stores.shown_status`).
 * ``calls``: one row per call id (a unique index: saving the same call twice keeps the first
   row, so a write retried after a lost acknowledgement is harmless);
-  ``request``/``tool_calls``/``raw_usage``/``metadata`` as JSON text.
+  ``request``/``tool_calls``/``raw_usage``/``metadata`` as JSON text. A call refused before it
+  was sent has status ``refused`` and adds nothing to the totals.
+
+Files of an older schema are migrated in place when opened (one transaction): version 1 to 2
+drops duplicate call rows, 2 to 3 adds the session's ``pid``, ``host`` and ``heartbeat_at``
+(NULL in old rows, which read as before).
 
 Rows are not tied together by foreign-key constraints on purpose: a call must be kept even
 when its session row was never written (a process killed between the two), and deletes walk
@@ -43,7 +50,8 @@ from ._open import default_sqlite_path, sqlite_path, sqlite_path_from_url
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
 
 # 2: calls.id is unique (version 1 kept a call saved twice as two rows).
-SCHEMA_VERSION = 2
+# 3: sessions.pid, host and heartbeat_at (interrupted sessions are told from running ones).
+SCHEMA_VERSION = 3
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 # Placeholders per IN (...) list; well under SQLite's oldest default limit of 999 variables.
@@ -71,7 +79,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     cost               TEXT NOT NULL,
     unpriced_calls     INTEGER NOT NULL,
     call_count         INTEGER NOT NULL,
-    metadata           TEXT NOT NULL
+    metadata           TEXT NOT NULL,
+    pid                INTEGER,
+    host               TEXT,
+    heartbeat_at       TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_us);
 CREATE INDEX IF NOT EXISTS sessions_parent ON sessions (parent_id);
@@ -106,14 +117,21 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_session ON calls (session_id, started_us);
 {_CALLS_ID_INDEX};
 """
+# Version 2 -> 3: what a session row says about the process running it.
+_ADD_LIVENESS = (
+    "ALTER TABLE sessions ADD COLUMN pid INTEGER",
+    "ALTER TABLE sessions ADD COLUMN host TEXT",
+    "ALTER TABLE sessions ADD COLUMN heartbeat_at TEXT",
+)
 
 # The shared columns, then started_us (which only SQLite has), as _session_params gives them.
 _SESSION_COLS = f"{_sql.SESSION_COLS}, started_us"
+_SESSION_MARKS = ", ".join("?" * (_SESSION_COLS.count(",") + 1))
 # An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, which would change its
 # rowid (the tie-breaker of the orderings below). A new row's totals are zero, and an update
 # leaves them alone: they are the store's own roll-up of the calls (see save_call).
 _UPSERT_SESSION = (
-    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
+    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({_SESSION_MARKS}) "
     "ON CONFLICT (id) DO UPDATE SET "
     + _sql.excluded_assignments(_SESSION_COLS, {"id", *_sql.TOTAL_COLS})
 )
@@ -121,7 +139,7 @@ _UPSERT_SESSION = (
 # for every indexed column in SET, changed or not); when they did change it updates nothing
 # and save_call falls back to the full upsert.
 _UPSERT_SESSION_HEADER = (
-    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 20)}) "
+    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({_SESSION_MARKS}) "
     "ON CONFLICT (id) DO UPDATE SET "
     + _sql.excluded_assignments(_SESSION_COLS, {"id", "parent_id", "started_us", *_sql.TOTAL_COLS})
     + " WHERE sessions.parent_id IS excluded.parent_id"
@@ -132,6 +150,7 @@ _UPSERT_SESSION_HEADER = (
 _UP_CTE = _sql.up_cte("sessions", "?")
 _SELECT_CHAIN = f"{_UP_CTE}SELECT id, cost FROM sessions WHERE id IN (SELECT id FROM up)"
 _ROLLUP = f"UPDATE sessions SET {_sql.ROLLUP_SET.format(m='?')}, cost = ? WHERE id = ?"
+_TOUCH = "UPDATE sessions SET heartbeat_at = ? WHERE status = 'running' AND id IN "
 _ZERO_TOTALS = [0, 0, 0, 0, 0, 0, "0", 0, 0]
 _SELECT_SESSION = f"SELECT {_sql.SESSION_COLS} FROM sessions"
 
@@ -308,6 +327,12 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                     "(SELECT min(rowid) FROM calls GROUP BY id)"
                 )
                 conn.execute(_CALLS_ID_INDEX)
+                version = 2
+            if version == 2:
+                have = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+                for statement in _ADD_LIVENESS:
+                    if statement.split()[5] not in have:
+                        conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -385,8 +410,9 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         usage, cost and count added to the row of ``call.session_id`` and of every ancestor
         stored. A session row's totals therefore always equal the calls stored below it, even
         after a crash, and writers in several threads or processes never lose an increment.
-        A call whose id is already stored adds nothing (a retried write is harmless). A
-        KeyboardInterrupt or cancellation before the commit rolls all of it back.
+        A call whose id is already stored adds nothing (a retried write is harmless), nor does
+        a ``refused`` one (never sent). A KeyboardInterrupt or cancellation before the commit
+        rolls all of it back.
 
         Raises:
             StoreError: the write failed or the store is closed.
@@ -405,7 +431,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                     and conn.execute(_UPSERT_SESSION_HEADER, session_params).rowcount == 0
                 ):
                     conn.execute(_UPSERT_SESSION, session_params)
-                if inserted and call_params[1] is not None:
+                if inserted and call_params[1] is not None and call.status != "refused":
                     chain = conn.execute(_SELECT_CHAIN, (call_params[1],)).fetchall()
                     conn.executemany(
                         _ROLLUP,
@@ -439,8 +465,12 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         status: str | None = None,
         parent_id: str | None = None,
         roots_only: bool = False,
+        name: str | None = None,
     ) -> list[SessionRecord]:
-        """Sessions, newest first, filtered by status / parent / roots only.
+        """Sessions, newest first, filtered by status / parent / name / roots only.
+
+        ``roots_only``: sessions without a parent in this store (a parent never stored here
+        makes its child a root).
 
         Raises:
             StoreError: the read failed or the store is closed.
@@ -450,28 +480,46 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
             status=status,
             parent_id=None if parent_id is None else _sql.escape_text(parent_id),
             roots_only=roots_only,
+            name=None if name is None else _sql.escape_text(name),
         )
         sql = f"{_SELECT_SESSION}{where} ORDER BY started_us DESC, rowid DESC LIMIT ?"
         params.append(-1 if limit is None else max(limit, 0))
         return [_session_from_row(r) for r in self._read(sql, params, "list sessions")]
 
-    def list_calls(self, session_ids: Sequence[str]) -> list[CallRecord]:
-        """Calls of the given sessions, oldest first.
+    def list_calls(self, session_ids: Sequence[str], *, refused: bool = False) -> list[CallRecord]:
+        """Calls of the given sessions, oldest first (``refused``: with the refused ones).
 
         Raises:
             StoreError: the read failed or the store is closed.
         """
         ids = list(dict.fromkeys(_sql.escape_text(sid) for sid in session_ids))
         rows: list[Any] = []
+        sent = "" if refused else " AND status != 'refused'"
         for chunk in _chunks(ids):
             sql = (
                 f"SELECT {_CALL_COLS}, rowid FROM calls WHERE session_id IN "
-                f"({', '.join('?' * len(chunk))}) ORDER BY started_us, rowid"
+                f"({', '.join('?' * len(chunk))}){sent} ORDER BY started_us, rowid"
             )
             rows.extend(self._read(sql, chunk, "list calls"))
         if len(ids) > _CHUNK:
             rows.sort(key=lambda r: (r[_CALL_STARTED_US], r[_CALL_ROWID]))
         return [_call_from_row(r) for r in rows]
+
+    def touch_sessions(self, session_ids: Sequence[str], at: datetime) -> None:
+        """Set the heartbeat of the given sessions that are still running (one transaction).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        ids = list(dict.fromkeys(_sql.escape_text(sid) for sid in session_ids))
+        when = at.isoformat()
+        self._write(
+            [
+                (f"{_TOUCH}({', '.join('?' * len(chunk))})", (when, *chunk))
+                for chunk in _chunks(ids)
+            ],
+            "record a heartbeat",
+        )
 
     def session_tree(self, session_id: str) -> list[SessionRecord]:
         """The session and all its descendants (the session first, then by start time).
