@@ -508,6 +508,12 @@ class _Statements:
                 metadata           jsonb NOT NULL
             )""",
             f"CREATE INDEX IF NOT EXISTS calls_session ON {q}.calls (session_id, started_at)",
+            # What `llmctx ui` filters through: calls by model, failed calls (partial), and
+            # the newest call (its live view polls max(seq)).
+            f"CREATE INDEX IF NOT EXISTS calls_model ON {q}.calls (model, session_id)",
+            f"CREATE INDEX IF NOT EXISTS calls_failed ON {q}.calls (session_id) "
+            "WHERE status = 'error'",
+            f"CREATE INDEX IF NOT EXISTS calls_seq ON {q}.calls (seq)",
         )
         # A new row's totals are zero and an update leaves them: they are the calls' roll-up.
         header = _sql.excluded_assignments(_sql.SESSION_COLS, {"id", *_sql.TOTAL_COLS})

@@ -58,6 +58,15 @@ _US = timedelta(microseconds=1)
 _CHUNK = 500
 
 _CALLS_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS calls_id ON calls (id)"
+# The indexes `llmctx ui` filters through: calls by model, and failed calls (a partial index,
+# so a call that succeeds costs it nothing). Created when a store opens a file that lacks them.
+_UI_INDEXES = (
+    ("calls_model", "CREATE INDEX IF NOT EXISTS calls_model ON calls (model, session_id)"),
+    (
+        "calls_failed",
+        "CREATE INDEX IF NOT EXISTS calls_failed ON calls (session_id) WHERE status = 'error'",
+    ),
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sessions (
     id                 TEXT PRIMARY KEY,
@@ -195,6 +204,22 @@ def _call_from_row(row: Sequence[Any]) -> CallRecord:
     return _sql.call_from_row(row, _sql.load_json_text, datetime.fromisoformat)
 
 
+def _ensure_indexes(conn: sqlite3.Connection) -> None:
+    """Create the :data:`_UI_INDEXES` a file lacks (one catalog read when it has them all)."""
+    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = [sql for name, sql in _UI_INDEXES if name not in have]
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql in missing:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -278,6 +303,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            _ensure_indexes(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
