@@ -17,9 +17,13 @@ and hands the :class:`CallRecord` to its consumers (:class:`CallConsumer`): the 
 which writes it through to the store before ``finish`` returns, the active recorders, and
 every consumer added with :func:`add_call_consumer` (exporters). An exception or cancellation
 inside the block releases the reservations and records a failed (or cancelled) call; the
-exception propagates unchanged. A refusal (budget or rate limiter) holds nothing and records
-nothing: the call was never sent. A tracker that outlives its ``with`` block (a stream
-consumed later) is finished or failed explicitly and still charges the session it started in.
+exception propagates unchanged. A refusal (a budget, an unknown price under a money budget, or
+the rate limiter) holds nothing and leaves one trace, whichever refused: a record with status
+``refused``, the reason in ``error``, no usage and no cost, written to the session's store only
+(it is in no total, not in ``session.calls``, and recorders and added consumers, which take
+calls that were sent, never see it). Cancellation or Ctrl-C while waiting records nothing.
+A tracker that outlives its ``with`` block (a stream consumed later) is finished or failed
+explicitly and still charges the session it started in.
 """
 
 from __future__ import annotations
@@ -344,7 +348,8 @@ class CallTracker:
             BudgetExceeded: some budget has no room; nothing is held.
             UnknownPrice: a money budget is active and the model has no price.
             Whatever the limiter raises (e.g. AcquireTimeout, KeyboardInterrupt): the budget
-                reservations are released. A refused call leaves no record.
+                reservations are released. A refused call (any of these but cancellation and
+                KeyboardInterrupt) is stored with status ``refused``.
         """
         if _tracer is not None:
             self._begin_trace(_tracer)
@@ -368,7 +373,7 @@ class CallTracker:
         try:
             self._reserve()
         except BaseException as exc:
-            self._end_trace(None, exc)  # Holds.reserve already gave back what it took
+            self._refused(exc)  # Holds.reserve already gave back what it took
             raise
         if self.limiter is not None:
             try:
@@ -408,13 +413,37 @@ class CallTracker:
         session.reserve(amount, self._holds)
 
     def _refused(self, exc: BaseException) -> None:
-        # The call was never sent: give everything back and leave no record (like a budget
-        # refusal). Ending it later is a no-op.
+        # The call was never sent: give everything back, then leave the one trace every kind
+        # of refusal leaves (not for cancellation or Ctrl-C: the caller stopped it). Ending it
+        # later is a no-op.
         with self._lock:
             self._done = True
             holds, self._holds = self._holds, _NO_HOLDS
         holds.release()
         self._end_trace(None, exc)
+        session = self.session
+        if session is not None and isinstance(exc, Exception):
+            try:
+                session.on_call_end(self._refusal(exc))
+            except Exception:
+                # The refusal propagates, not a store's trouble recording it.
+                logger.exception("llmctx: could not record a refused %s call", self.model)
+
+    def _refusal(self, exc: Exception) -> CallRecord:
+        assert self.session is not None
+        return CallRecord(
+            session_id=self.session.id,
+            provider=self.provider,
+            model=self.model,
+            kind=self.kind,
+            request=redact(self.request),
+            usage=Usage(),
+            cost=_ZERO,
+            cost_note="refused before it was sent",
+            status="refused",
+            error=redact_text(f"{type(exc).__name__}: {exc}"),
+            metadata=_kept_metadata(self.metadata, None, True),
+        )
 
     def _begin_trace(self, tracer: CallTracer) -> None:
         try:

@@ -91,12 +91,15 @@ class SessionStateError(UsageError):
 
 
 class SessionNotFound(LLMCtxError, KeyError):
-    """No session with that id exists in the store."""
+    """No session with that id (or name, for ``session.resume``) exists in the store."""
 
-    def __init__(self, session_id: str, where: str = "the store") -> None:
+    def __init__(
+        self, session_id: str, where: str = "the store", *, message: str | None = None
+    ) -> None:
         self.session_id = session_id
         super().__init__(
-            f"no session with id {session_id!r} in {where}; "
+            message
+            or f"no session with id {session_id!r} in {where}; "
             "`llmctx sessions ls` lists the ids that exist"
         )
 

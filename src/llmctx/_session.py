@@ -4,14 +4,22 @@ Sessions nest into a tree through the current-session ContextVar. A charge appli
 the session it was made in and to every ancestor, so an outer budget sees inner spend in real
 time. Lifecycle: ``created -> running -> completed | failed | cancelled``; a session is entered
 once (``with`` or ``async with``), and :meth:`Session.resume` reopens a failed, cancelled or
-interrupted one from its store with its totals and budget state restored.
+interrupted one (by id, or by name: the most recent of that name) from its store with its
+totals and budget state restored.
+
+While it runs, a session's row names its process (``pid``, ``host``) and carries a heartbeat,
+refreshed with every write and every ``HEARTBEAT_INTERVAL`` seconds by one daemon thread per
+process (:class:`_Heartbeat`), so a reader can tell a session whose process died
+(``interrupted``, :func:`llmctx.stores.shown_status`) from one still running.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +33,15 @@ from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_can
 from ._interrupt import arm, disarm, protected
 from ._redact import redact, redact_text
 from ._usage import CallRecord, Usage
-from .stores._base import SessionRecord, SessionStatus, Store
+from .stores._base import (
+    HEARTBEAT_INTERVAL,
+    RESUMABLE,
+    SessionRecord,
+    SessionStatus,
+    Store,
+    shown_status,
+    this_host,
+)
 from .stores._open import resolve_store
 from .stores._outbox import (
     ON_STORE_ERROR,
@@ -37,6 +53,7 @@ from .stores._outbox import (
     write_call,
     write_session,
 )
+from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
     from typing import Self
@@ -99,6 +116,78 @@ def _tell(event: str, session: Session) -> None:
             getattr(listener, event)(session)
         except Exception:
             logger.exception("llmctx: session listener %r failed in %s", listener, event)
+
+
+class _Heartbeat:
+    """One daemon thread per process that refreshes the heartbeat of its running sessions.
+
+    Sessions join on entry and leave on exit (both inside their protected entry and exit);
+    every :data:`HEARTBEAT_INTERVAL` seconds :meth:`beat` writes one ``touch_sessions`` per
+    store. Sessions of a :class:`MemoryStore` (no other process can read it) and of stores
+    without ``touch_sessions`` are not tracked. A failing write is logged at debug level and
+    tried again at the next beat; the thread never keeps the process alive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, weakref.ref[Session]] = {}
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def join(self, session: Session) -> None:
+        store = session._store
+        if store is None or isinstance(store, MemoryStore) or not hasattr(store, "touch_sessions"):
+            return
+        with self._lock:
+            self._live[id(session)] = weakref.ref(session)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="llmctx-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def leave(self, session: Session) -> None:
+        with self._lock:
+            self._live.pop(id(session), None)
+
+    def beat(self) -> int:
+        """Write one heartbeat for every tracked session now; returns how many were written."""
+        with self._lock:
+            sessions = [s for ref in self._live.values() if (s := ref()) is not None]
+        by_store: dict[int, tuple[Store, list[str]]] = {}
+        for s in sessions:
+            if s._store is not None and s.status == "running":
+                by_store.setdefault(id(s._store), (s._store, []))[1].append(s.id)
+        now = _now()
+        written = 0
+        for store, ids in by_store.values():
+            try:
+                store.touch_sessions(ids, now)
+                written += len(ids)
+            except Exception:
+                logger.debug("llmctx: heartbeat of %d session(s) failed", len(ids), exc_info=True)
+        return written
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(HEARTBEAT_INTERVAL)
+            self._wake.clear()
+            try:
+                self.beat()
+            except Exception:  # pragma: no cover - beat() logs its own failures
+                logger.debug("llmctx: heartbeat failed", exc_info=True)
+
+    def _after_fork_in_child(self) -> None:
+        # The thread did not survive fork(); the child's own sessions start a new one.
+        self._lock = threading.Lock()
+        self._live = {}
+        self._thread = None
+        self._wake = threading.Event()
+
+
+_heartbeat = _Heartbeat()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_heartbeat._after_fork_in_child)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +275,7 @@ class Session:
         self._token: Any = None
         self._armed = False
         self._budgets: _ChainBudgets | None = None
+        self._pid: int | None = None
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -343,10 +433,13 @@ class Session:
             )
             self._outbox = outbox_for(self._store)
             self.started_at = self.started_at or _now()
+            self._pid = os.getpid()
             self._persist(entering=True)
+            _heartbeat.join(self)
         except BaseException:
             # A bad store, or an interrupt while the row is written: the session was never
             # entered, and nothing made it current.
+            _heartbeat.leave(self)
             with self._lock:
                 self.status = "created"
             disarm(armed)
@@ -361,6 +454,7 @@ class Session:
         token, self._token = self._token, None
         if token is not None:
             reset_session(token, self.parent)
+        _heartbeat.leave(self)
         with self._lock:
             self.status = _classify(exc_type)
             self.ended_at = _now()
@@ -384,14 +478,16 @@ class Session:
         This is the :class:`~llmctx.CallConsumer` interface: the charge path calls it once per
         finished call made in this session. With ``record_content=False`` on this session or
         any ancestor, the prompt, response and tool calls are dropped before the record is kept
-        anywhere: in memory as in the store.
+        anywhere: in memory as in the store. A ``refused`` record (a call stopped before it was
+        sent) is only written to the store: it is in no total and not in ``calls``.
         """
         chain = self.chain()
         if not all(node.record_content for node in chain):
             record = record.replace(request=None, response=None, tool_calls=None)
-        for node in chain:
-            with node._lock:
-                node._add(record)
+        if record.status != "refused":
+            for node in chain:
+                with node._lock:
+                    node._add(record)
         store, outbox = self._store, self._outbox
         if store is None:
             return
@@ -462,6 +558,9 @@ class Session:
                 unpriced_calls=self._unpriced,
                 calls=self._ncalls,
                 metadata=metadata,
+                pid=self._pid,
+                host=this_host() if self._pid is not None else None,
+                heartbeat_at=_now(),
             )
 
     def _persist(self, *, entering: bool = False, raising: bool = False) -> None:
@@ -490,35 +589,43 @@ class Session:
         budget: Budget | None = None,
         allow_completed: bool = False,
     ) -> Session:
-        """Reopen a failed, cancelled or interrupted session from its store.
+        """Reopen a failed, cancelled or interrupted session from its store, by id or by name.
 
         Totals (usage, cost, calls) are rebuilt from the stored calls of the session and all its
         descendants, and the budget's ledger is restored to that spend, so the resumed session
         stops exactly where the original would have. Enter the returned object as usual.
 
+        A name (what ``llmctx.session(name)`` took) picks the most recent session of that
+        name, which must be resumable (failed, cancelled, or interrupted: its process is gone);
+        when the most recent one is not (it completed, or still runs), the error lists the
+        sessions of that name with their ids, start times and statuses, so one can be resumed
+        by id.
+
         Args:
-            session_id: the id (``llmctx sessions ls`` lists them).
+            session_id: the id (``llmctx sessions ls`` lists them), or a session name.
             store: where to look; the default store when omitted.
             budget: limits to use; by default the stored limits with a fresh in-memory ledger.
                 Pass your shared ledger (e.g. Redis) here to keep using it.
             allow_completed: also reopen a session that completed normally.
 
         Raises:
-            SessionNotFound: no session with that id in the store.
-            SessionStateError: the session completed and ``allow_completed`` is false.
+            SessionNotFound: no session with that id or name in the store.
+            SessionStateError: the session completed and ``allow_completed`` is false; or,
+                for a name, its most recent session cannot be resumed (the message lists the
+                candidates).
         """
         resolved = resolve_store(store)
         row = resolved.get_session(session_id)
         if row is None:
-            raise SessionNotFound(session_id, where=type(resolved).__name__)
-        if row.status == "completed" and not allow_completed:
+            row = _latest_by_name(resolved, session_id, allow_completed)
+        elif row.status == "completed" and not allow_completed:
             raise SessionStateError(
                 f"session {session_id!r} completed normally, so there is nothing to recover; pass "
                 "allow_completed=True to continue it anyway, or start a new session"
             )
         if budget is None and row.budget:
             budget = Budget.from_dict(row.budget)
-        tree = resolved.session_tree(session_id)
+        tree = resolved.session_tree(row.id)
         calls = resolved.list_calls([r.id for r in tree])
         new = cls(
             row.name,
@@ -542,9 +649,52 @@ class Session:
         return new
 
 
+def _where(store: Store) -> str:
+    path = getattr(store, "path", None)
+    return f"{type(store).__name__} at {path}" if isinstance(path, str) else type(store).__name__
+
+
+def _latest_by_name(store: Store, name: str, allow_completed: bool) -> SessionRecord:
+    """The most recent session named ``name`` when it can be resumed; else a clear error."""
+    rows = store.list_sessions(limit=None, name=name)
+    stored_name = redact_text(name)  # names are stored redacted
+    if not rows and stored_name != name:
+        rows = store.list_sessions(limit=None, name=stored_name)
+    if not rows:
+        raise SessionNotFound(
+            name,
+            where=_where(store),
+            message=(
+                f"no session with id or name {name!r} in {_where(store)}; "
+                "`llmctx sessions ls` lists the sessions that exist"
+            ),
+        )
+    now = _now()
+    shown = [(r, shown_status(r, now)) for r in rows]
+    latest, status = shown[0]
+    if status in RESUMABLE or (allow_completed and status == "completed"):
+        return latest
+
+    def line(r: SessionRecord, st: str) -> str:
+        when = r.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        return f"  {r.id}  started {when}  {st}"
+
+    listed = "\n".join(line(r, st) for r, st in shown[:10])
+    more = f"\n  ... and {len(shown) - 10} more" if len(shown) > 10 else ""
+    why = (
+        "completed normally (pass allow_completed=True to continue it)"
+        if status == "completed"
+        else f"is {status}, not failed, cancelled or interrupted"
+    )
+    raise SessionStateError(
+        f"the most recent session named {name!r} ({latest.id}) {why}; resume one by id, "
+        f"llmctx.session.resume(ID). Sessions named {name!r}, newest first:\n{listed}{more}"
+    )
+
+
 class SessionFactory:
-    """The callable ``llmctx.session``: ``session(...)`` makes a Session, ``session.resume(id)``
-    reopens a stored one."""
+    """The callable ``llmctx.session``: ``session(...)`` makes a Session,
+    ``session.resume(id_or_name)`` reopens a stored one."""
 
     def __call__(
         self,
