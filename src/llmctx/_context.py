@@ -28,6 +28,7 @@ __all__ = [
     "idle",
     "reset_recorder",
     "reset_session",
+    "set_tracing",
     "wrap",
 ]
 
@@ -53,9 +54,18 @@ get_session = _current_session.get
 get_recorders = _recorders.get
 
 
+_tracing = False
+
+
 def idle() -> bool:
-    """True when no session and no recorder is active here: nothing to charge or record."""
-    return get_session() is None and not get_recorders()
+    """True when no session, no recorder and no tracer is active: nothing to charge or record."""
+    return not _tracing and get_session() is None and not get_recorders()
+
+
+def set_tracing(on: bool) -> None:
+    """Track every call, in a session or not, while a call tracer is on (``llmctx.otel``)."""
+    global _tracing
+    _tracing = on
 
 
 def bind_session(session: Session | None) -> contextvars.Token[Session | None]:

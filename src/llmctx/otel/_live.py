@@ -1,0 +1,400 @@
+"""The live exporter: sessions and calls become spans and metrics as they happen.
+
+One :class:`Telemetry` object is at once the charge path's call tracer
+(:func:`llmctx._charge.set_call_tracer`) and a session listener
+(:func:`llmctx._session.add_session_listener`):
+
+* a session entered is a span started under the current OpenTelemetry context, and made the
+  current span while the session is (so the user's own spans and llmctx's calls inside it nest
+  under it, in tasks and in threads started with llmctx's helpers); at its end it gets its
+  status and the rolled-up usage and cost of its whole subtree;
+* a call is told to the tracer as it starts (the parent context and the start time are taken
+  then) and its span is made in one go when the call ends, with explicit start and end times:
+  nothing stays open while the request runs, so a cancelled or interrupted call cannot leave a
+  span unfinished, and a stream's span ends when the stream does, in whatever thread;
+* a call refused before it was sent (a budget, an unknown price, the rate limiter) is a span
+  with error status and an ``llmctx.call.refused`` event.
+
+Bookkeeping never breaks the user's call: the charge path and the session log and swallow any
+exception from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as gm
+from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from .._exceptions import BudgetExceeded, UnknownPrice
+from .._redact import redact_text
+from .._usage import CallRecord
+from .._version import __version__
+from .._waiting import AcquireTimeout, WouldBlock
+from ._attrs import (
+    COST_USD,
+    OP_TOOL,
+    REFUSED_EVENT,
+    SESSION_ID,
+    TOKEN_INPUT,
+    TOKEN_OUTPUT,
+    Content,
+    call_attributes,
+    call_span_name,
+    operation_of,
+    request_attributes,
+    session_attributes,
+    session_end_attributes,
+    session_span_name,
+)
+
+if TYPE_CHECKING:
+    from .._charge import CallTracker
+    from .._session import Session
+
+__all__ = ["SCOPE", "Telemetry"]
+
+logger = logging.getLogger("llmctx")
+
+#: The instrumentation scope of every span and metric llmctx makes.
+SCOPE: Final = "llmctx"
+
+# The conventions' advised histogram buckets (seconds; tokens).
+_DURATION_BUCKETS: Final = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+_TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
+
+_REFUSALS = (BudgetExceeded, UnknownPrice, AcquireTimeout, WouldBlock)
+_BUDGET_DIMENSIONS: Final = ("usd", "tokens", "requests")
+
+
+def _plain_number(value: Any) -> float | int | None:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return None
+
+
+class _SessionSpan:
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: trace.Span, token: object) -> None:
+        self.span = span
+        self.token = token
+
+
+class _CallTrace:
+    """One call from its start: where its span goes, when it began, what it asked for."""
+
+    __slots__ = ("kind", "metadata", "model", "owner", "parent", "provider", "request", "start")
+
+    def __init__(self, owner: Telemetry, call: CallTracker) -> None:
+        self.owner = owner
+        self.parent = otel_context.get_current()
+        self.start = time.time_ns()
+        self.kind = call.kind
+        self.provider = call.provider
+        self.model = call.model
+        self.request = call.request
+        self.metadata = call.metadata
+
+    def on_call_end(self, record: CallRecord) -> None:
+        self.owner.end_call(self, record)
+
+    def on_call_refused(self, exc: BaseException) -> None:
+        self.owner.refuse_call(self, exc)
+
+
+class Telemetry:
+    """Spans and metrics for every session and call of the process (see the module docstring).
+
+    Made and installed by :func:`llmctx.otel.instrument`; one at a time.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        content: Content,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.content = content
+        self.tracer: Tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
+        meter: Meter = get_meter(SCOPE, __version__, meter_provider=meter_provider)
+        self.token_usage = meter.create_histogram(
+            gm.GEN_AI_CLIENT_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS),
+        )
+        self.duration = meter.create_histogram(
+            gm.GEN_AI_CLIENT_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+        )
+        self.first_chunk = meter.create_histogram(
+            gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time from the request to the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+        )
+        self.cost = meter.create_counter(
+            "llmctx.cost",
+            unit="USD",
+            description="Dollars spent on model calls (priced calls only).",
+        )
+        self.refusals = meter.create_counter(
+            "llmctx.calls.refused",
+            unit="{call}",
+            description="Calls refused before they were sent (budget, unknown price, limiter).",
+        )
+        # Sessions that own a budget, while they run: what the budget gauges report.
+        self._budgeted: dict[str, Session] = {}
+        self._sessions: dict[int, _SessionSpan] = {}
+        self._lock = threading.Lock()
+        self._remove_listener: Callable[[], None] | None = None
+        self._closing = False
+        for state in ("limit", "spent", "reserved"):
+            meter.create_observable_gauge(
+                f"llmctx.budget.{state}",
+                callbacks=[self._budget_callback(state)],
+                unit="1",
+                description=f"The {state} amount of each running session's own budget, "
+                "per dimension (usd, tokens, requests).",
+            )
+
+    def close(self, remove_listener: Callable[[], None]) -> None:
+        """Make no new spans; stop listening once the sessions already traced have ended."""
+        with self._lock:
+            self._closing = True
+            if self._sessions:
+                self._remove_listener = remove_listener
+                return
+        remove_listener()
+
+    # ------------------------------------------------------------------ sessions
+    def on_session_start(self, session: Session) -> None:
+        """Start the session's span under the current context and make it current."""
+        if self._closing:
+            return
+        parent = session.parent
+        span = self.tracer.start_span(
+            session_span_name(session.name),
+            kind=SpanKind.INTERNAL,
+            attributes=session_attributes(
+                session_id=session.id,
+                name=session.name,
+                parent_id=parent.id if parent is not None else None,
+                tags=session.tags,
+            ),
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        with self._lock:
+            self._sessions[id(session)] = _SessionSpan(span, token)
+            if session.budget is not None:
+                self._budgeted[session.id] = session
+
+    def on_session_end(self, session: Session) -> None:
+        """Give the session's span its status and rolled-up totals, end it, restore the context."""
+        with self._lock:
+            held = self._sessions.pop(id(session), None)
+            self._budgeted.pop(session.id, None)
+            remove = None
+            if self._closing and not self._sessions:
+                remove, self._remove_listener = self._remove_listener, None
+        if remove is not None:
+            remove()
+        if held is None:
+            return
+        span = held.span
+        # A session left in another context than it was entered in (another task) was never
+        # current there: nothing to restore in this one.
+        if trace.get_current_span() is span:
+            otel_context.detach(held.token)  # type: ignore[arg-type]
+        usage = session.usage
+        span.set_attributes(
+            session_end_attributes(
+                status=session.status,
+                usage=usage,
+                cost=session.cost,
+                calls=len(session.calls),
+                error=session.error,
+            )
+        )
+        budget = session.budget
+        if budget is not None:
+            for dim in _BUDGET_DIMENSIONS:
+                limit = _plain_number(budget.limit(dim))
+                if limit is not None:
+                    span.set_attribute(f"llmctx.budget.{dim}.limit", limit)
+        if session.status in ("failed", "cancelled"):
+            span.set_status(Status(StatusCode.ERROR, redact_text(session.error or session.status)))
+        span.end()
+
+    def _budget_callback(self, state: str) -> Any:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                sessions = list(self._budgeted.values())
+            out: list[Observation] = []
+            for session in sessions:
+                budget = session.budget
+                if budget is None:
+                    continue
+                try:
+                    snap = None if state == "limit" else budget.ledger.snapshot()
+                except Exception:
+                    logger.exception("llmctx: could not read the budget of session %s", session.id)
+                    continue
+                for dim in _BUDGET_DIMENSIONS:
+                    limit = budget.limit(dim)
+                    if limit is None:
+                        continue
+                    if snap is None:
+                        value = limit
+                    elif state == "spent":
+                        value = snap.spent.get(dim)
+                    else:
+                        value = snap.reserved.get(dim)
+                    number = _plain_number(value)
+                    if number is not None:
+                        out.append(
+                            Observation(
+                                number,
+                                {SESSION_ID: session.id, "llmctx.budget.dimension": dim},
+                            )
+                        )
+            return out
+
+        return observe
+
+    # ------------------------------------------------------------------ calls
+    def on_call_start(self, call: CallTracker) -> _CallTrace:
+        """Note where and when ``call`` started; its span is made when it ends."""
+        return _CallTrace(self, call)
+
+    def end_call(self, trace_: _CallTrace, record: CallRecord) -> None:
+        """Make the span of a finished (or failed) call and record its metrics."""
+        end = time.time_ns()
+        operation = operation_of(record.kind, record.metadata)
+        request_model = trace_.model if trace_.kind != "tool" else record.model
+        attributes = call_attributes(
+            record,
+            operation=operation,
+            provider=trace_.provider,
+            request_model=request_model,
+            content=self.content,
+        )
+        span = self.tracer.start_span(
+            call_span_name(operation, request_model or record.model),
+            context=trace_.parent,
+            kind=SpanKind.INTERNAL if operation == OP_TOOL else SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=trace_.start,
+        )
+        if record.status == "refused":
+            span.add_event(REFUSED_EVENT, {"llmctx.reason": redact_text(record.error or "")})
+        if record.status != "ok":
+            span.set_status(Status(StatusCode.ERROR, redact_text(record.error or record.status)))
+        span.end(end_time=end)
+        self._metrics(record, attributes, operation, (end - trace_.start) / 1e9)
+
+    def refuse_call(self, trace_: _CallTrace, exc: BaseException) -> None:
+        """Make the span of a call stopped before it was sent."""
+        end = time.time_ns()
+        operation = operation_of(trace_.kind, trace_.metadata)
+        attributes: dict[str, Any] = {ga.GEN_AI_OPERATION_NAME: operation}
+        if operation == OP_TOOL:
+            if trace_.model:
+                attributes[ga.GEN_AI_TOOL_NAME] = trace_.model
+        else:
+            if trace_.provider:
+                attributes[ga.GEN_AI_PROVIDER_NAME] = trace_.provider
+            if trace_.model:
+                attributes[ga.GEN_AI_REQUEST_MODEL] = trace_.model
+            attributes.update(request_attributes(trace_.request))
+        attributes[error_attributes.ERROR_TYPE] = type(exc).__name__
+        refused = isinstance(exc, _REFUSALS)
+        attributes["llmctx.call.status"] = "refused" if refused else "cancelled"
+        message = redact_text(str(exc)) or type(exc).__name__
+        span = self.tracer.start_span(
+            call_span_name(operation, trace_.model),
+            context=trace_.parent,
+            kind=SpanKind.INTERNAL if operation == OP_TOOL else SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=trace_.start,
+        )
+        if refused:
+            event: dict[str, Any] = {
+                "llmctx.reason": type(exc).__name__,
+                "llmctx.message": message,
+            }
+            if isinstance(exc, BudgetExceeded):
+                event["llmctx.budget.dimension"] = exc.dimension
+                for name in ("limit", "spent", "reserved", "requested"):
+                    number = _plain_number(getattr(exc, name))
+                    if number is not None:
+                        event[f"llmctx.budget.{name}"] = number
+                if exc.session_id:
+                    event[SESSION_ID] = exc.session_id
+            span.add_event(REFUSED_EVENT, event, timestamp=end)
+            self.refusals.add(
+                1, {ga.GEN_AI_OPERATION_NAME: operation, "llmctx.reason": type(exc).__name__}
+            )
+        span.set_status(Status(StatusCode.ERROR, message))
+        span.end(end_time=end)
+
+    def _metrics(
+        self, record: CallRecord, attributes: Mapping[str, Any], operation: str, seconds: float
+    ) -> None:
+        base: dict[str, Any] = {ga.GEN_AI_OPERATION_NAME: operation}
+        for key in (
+            ga.GEN_AI_PROVIDER_NAME,
+            ga.GEN_AI_REQUEST_MODEL,
+            ga.GEN_AI_RESPONSE_MODEL,
+            error_attributes.ERROR_TYPE,
+            "server.address",
+        ):
+            value = attributes.get(key)
+            if value is not None:
+                base[key] = value
+        self.duration.record(record.latency_s if record.latency_s is not None else seconds, base)
+        if operation == OP_TOOL:
+            return
+        if record.ttft_s is not None:
+            self.first_chunk.record(record.ttft_s, base)
+        usage = record.usage
+        if record.status == "ok" or usage.total_tokens:
+            self.token_usage.record(usage.input_tokens, {**base, ga.GEN_AI_TOKEN_TYPE: TOKEN_INPUT})
+            self.token_usage.record(
+                usage.output_tokens, {**base, ga.GEN_AI_TOKEN_TYPE: TOKEN_OUTPUT}
+            )
+        cost = attributes.get(COST_USD)
+        if cost is not None:
+            self.cost.add(cost, base)
