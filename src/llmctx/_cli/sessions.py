@@ -32,6 +32,7 @@ from rich.tree import Tree
 
 from .._exceptions import ConfigError, LLMCtxError, SessionNotFound
 from .._money import format_usd
+from .._redact import redact_url
 from .._usage import CallRecord
 from ..stores import MemoryStore, SessionRecord, SessionStatus, Store, open_store
 from ..stores._open import sqlite_file_of
@@ -74,6 +75,7 @@ class ExportFormat(StrEnum):
 
     jsonl = "jsonl"
     csv = "csv"
+    otlp = "otlp"
 
 
 # -- plumbing ----------------------------------------------------------------------------------
@@ -542,6 +544,26 @@ def _write_export(
     return len(calls)
 
 
+def _export_otlp(
+    store: Store,
+    sessions: Sequence[SessionRecord],
+    fmt: ExportFormat,
+    endpoint: str | None,
+    output: Path | None,
+) -> None:
+    if fmt is not ExportFormat.otlp or endpoint is None or output is not None:
+        raise ConfigError("--endpoint URL goes with --format otlp (and no --output)")
+    try:
+        from ..otel import export_sessions
+    except ImportError:
+        raise ConfigError("--format otlp needs OpenTelemetry: pip install 'llmctx[otel]'") from None
+    sent = export_sessions(store, sessions, endpoint=endpoint, timeout=10.0)
+    Console(stderr=True, highlight=False).print(
+        f"Sent {sent.sessions} sessions and {sent.calls} calls as {sent.spans} spans "
+        f"to {redact_url(sent.endpoint or endpoint)}"
+    )
+
+
 @sessions_app.command("export", cls=PlainHelpCommand)
 def export(
     session_ids: Annotated[
@@ -556,18 +578,30 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="jsonl: one object per line, type session or call; csv: one row per call.",
+            help="jsonl: one object per line, type session or call; csv: one row per call; "
+            "otlp: send them as OpenTelemetry spans to --endpoint.",
         ),
     ] = ExportFormat.jsonl,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            metavar="URL",
+            help="With --format otlp: the OTLP/HTTP URL, e.g. http://localhost:6006/v1/traces.",
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", dir_okay=False, help="Write to FILE (default: stdout)."),
     ] = None,
     db: DbOption = None,
 ) -> None:
-    """Export sessions and their calls as JSON lines or CSV."""
+    """Export sessions and their calls as JSON lines or CSV, or send them over OTLP."""
     with _open(db) as store:
         sessions = _selected(store, session_ids or [])
+        if fmt is ExportFormat.otlp or endpoint is not None:
+            _export_otlp(store, sessions, fmt, endpoint, output)
+            return
         if output is None:
             _write_export(sys.stdout, fmt, sessions, store)
             sys.stdout.flush()
