@@ -70,6 +70,14 @@ def demo(
         checks: list[tuple[str, bool]] = []
         console.rule("[bold]llmctx demo[/bold]")
         console.print(f"model: {model_name} (bundled, local) - store: SQLite at {path}")
+        console.print(
+            f"price: ${DEMO_PRICE['input_per_mtok']} input / ${DEMO_PRICE['output_per_mtok']} "
+            "output per million tokens, made up by this demo (llmctx.price_override) to show "
+            "money budgets; the local model is otherwise free "
+            f"(llmctx prices {model_name})",
+            markup=False,
+            highlight=False,
+        )
 
         # 1. Real calls in a budgeted session.
         budget = llmctx.Budget(usd="0.001", tokens=600)
