@@ -66,6 +66,9 @@ CALL_STATUS: Final = "llmctx.call.status"
 ESTIMATED: Final = "llmctx.usage.estimated"
 COST_NOTE: Final = "llmctx.cost_note"
 REFUSED_EVENT: Final = "llmctx.call.refused"
+#: A session's rolled-up tokens: ``llmctx.usage.input_tokens``, ``llmctx.usage.output_tokens``, ...
+ROLLUP_USAGE: Final = "llmctx.usage."
+_GENAI_USAGE: Final = ga.GEN_AI_USAGE_INPUT_TOKENS.rsplit(".", 1)[0] + "."
 
 _TEXT_ENDPOINTS = frozenset({"completions", "completion"})
 
@@ -365,9 +368,15 @@ def session_attributes(
 def session_end_attributes(
     *, status: str, usage: Usage, cost: Decimal | None, calls: int, error: str | None
 ) -> dict[str, Any]:
-    """What a session span learns at its end: its status and rolled-up usage and cost."""
+    """What a session span learns at its end: its status and rolled-up usage and cost.
+
+    The roll-up goes under ``llmctx.usage.*``, not ``gen_ai.usage.*``: backends (Phoenix,
+    Langfuse) add up ``gen_ai.usage.*`` over every span of a trace, so the same tokens on the
+    session span would be counted twice.
+    """
     out: dict[str, Any] = {SESSION_STATUS: status, SESSION_CALLS: calls}
-    out.update(usage_attributes(usage))
+    for key, value in usage_attributes(usage).items():
+        out[key.replace(_GENAI_USAGE, ROLLUP_USAGE, 1)] = value
     value = _cost(cost)
     if value is not None:
         out[COST_USD] = value

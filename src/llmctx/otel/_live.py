@@ -88,6 +88,7 @@ _DURATION_BUCKETS: Final = (
 )
 _TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
 
+_NO_CONTENT: Final = Content(False)
 _REFUSALS = (BudgetExceeded, UnknownPrice, AcquireTimeout, WouldBlock)
 _BUDGET_DIMENSIONS: Final = ("usd", "tokens", "requests")
 
@@ -111,7 +112,17 @@ class _SessionSpan:
 class _CallTrace:
     """One call from its start: where its span goes, when it began, what it asked for."""
 
-    __slots__ = ("kind", "metadata", "model", "owner", "parent", "provider", "request", "start")
+    __slots__ = (
+        "kind",
+        "metadata",
+        "model",
+        "owner",
+        "parent",
+        "provider",
+        "request",
+        "session",
+        "start",
+    )
 
     def __init__(self, owner: Telemetry, call: CallTracker) -> None:
         self.owner = owner
@@ -122,6 +133,7 @@ class _CallTrace:
         self.model = call.model
         self.request = call.request
         self.metadata = call.metadata
+        self.session = call.session
 
     def on_call_end(self, record: CallRecord) -> None:
         self.owner.end_call(self, record)
@@ -304,12 +316,21 @@ class Telemetry:
         end = time.time_ns()
         operation = operation_of(record.kind, record.metadata)
         request_model = trace_.model if trace_.kind != "tool" else record.model
+        content = self.content
+        session = trace_.session
+        # A session (or an ancestor) that keeps no content keeps none on spans either.
+        if (
+            content.on
+            and session is not None
+            and not all(node.record_content for node in session.chain())
+        ):
+            content = _NO_CONTENT
         attributes = call_attributes(
             record,
             operation=operation,
             provider=trace_.provider,
             request_model=request_model,
-            content=self.content,
+            content=content,
         )
         span = self.tracer.start_span(
             call_span_name(operation, request_model or record.model),
