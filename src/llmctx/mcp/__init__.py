@@ -13,6 +13,15 @@ See ``docs/mcp.md`` for the config format, the lifecycle and the error types.
 
 from __future__ import annotations
 
+from ._auth import (
+    FileTokenStorage,
+    HeaderAuth,
+    HeaderProvider,
+    MemoryTokenStorage,
+    TokenStorage,
+    default_token_dir,
+    loopback_callback,
+)
 from ._errors import (
     MCPConfigError,
     MCPHubError,
@@ -21,32 +30,57 @@ from ._errors import (
     ServerUnavailable,
     ToolError,
     ToolNotFound,
+    ToolRefused,
     ToolTimeout,
 )
+from ._sampling import model_sampler
 from ._ws import websocket_client
-from .config import HubConfig, ServerConfig, Transport, load_config
-from .hub import Hub, HubTool, ToolCallResult, result_text
-from .server import ManagedServer, ServerState, ServerStatus
+from .config import HubConfig, OAuthSettings, ServerConfig, Transport, load_config
+from .hub import Hub, HubTool, Interceptor, Proceed, ToolCall, ToolCallResult, result_text
+from .server import (
+    CallbackContext,
+    ManagedServer,
+    ServerCallbacks,
+    ServerState,
+    ServerStatus,
+    ToolFilter,
+)
 
 __all__ = [
+    "CallbackContext",
+    "FileTokenStorage",
+    "HeaderAuth",
+    "HeaderProvider",
     "Hub",
     "HubConfig",
     "HubTool",
+    "Interceptor",
     "MCPConfigError",
     "MCPHubError",
     "ManagedServer",
+    "MemoryTokenStorage",
+    "OAuthSettings",
+    "Proceed",
+    "ServerCallbacks",
     "ServerConfig",
     "ServerCrashed",
     "ServerStartError",
     "ServerState",
     "ServerStatus",
     "ServerUnavailable",
+    "TokenStorage",
+    "ToolCall",
     "ToolCallResult",
     "ToolError",
+    "ToolFilter",
     "ToolNotFound",
+    "ToolRefused",
     "ToolTimeout",
     "Transport",
+    "default_token_dir",
     "load_config",
+    "loopback_callback",
+    "model_sampler",
     "result_text",
     "websocket_client",
 ]

@@ -8,17 +8,20 @@ The tree (under the library root)::
     └── MCPHubError                  anything that goes wrong while the hub runs
         ├── ServerStartError         a server could not be started (strict policy, or on call)
         ├── ServerUnavailable        the server is failed, stopped or disabled
-        ├── ServerCrashed            the server died while a call was in flight
+        ├── ServerCrashed            the server died (or hung and was killed) with the call
+        │                            in flight
         ├── ToolNotFound (also KeyError)
         │                            no tool, prompt or resource by that name
         ├── ToolTimeout (also TimeoutError)
         │                            a call ran past its timeout (the session stays up)
+        ├── ToolRefused              an interceptor refused the call (nothing was sent)
         └── ToolError                the server answered with an error (protocol or ``isError``)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from .._exceptions import ConfigError, LLMCtxError
 
@@ -30,6 +33,7 @@ __all__ = [
     "ServerUnavailable",
     "ToolError",
     "ToolNotFound",
+    "ToolRefused",
     "ToolTimeout",
 ]
 
@@ -100,29 +104,56 @@ class ServerCrashed(MCPHubError):
     """
 
     def __init__(
-        self, server: str, *, returncode: int | None = None, stderr: Sequence[str] = ()
+        self,
+        server: str,
+        *,
+        returncode: int | None = None,
+        stderr: Sequence[str] = (),
+        reason: str | None = None,
     ) -> None:
         self.server = server
         self.returncode = returncode
         self.stderr = tuple(stderr)
+        self.reason = reason
         code = f" with exit status {returncode}" if returncode is not None else ""
+        what = reason if reason is not None else f"crashed{code}"
         super().__init__(
-            f"MCP server {server!r} crashed{code} while the call was in flight"
+            f"MCP server {server!r} {what} while the call was in flight"
             f"{_format_tail(self.stderr)}. The hub restarts it with backoff; retry the call "
             "if it is safe to repeat"
         )
 
 
 class ToolNotFound(MCPHubError, KeyError):
-    """No tool (or prompt, or resource) by that name on any running server."""
+    """No tool (or prompt, or resource, or server) by that name on any running server.
 
-    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+    Attributes:
+        name: the name that was looked up.
+        kind: ``"tool"``, ``"prompt"``, ``"resource"`` or ``"server"``.
+    """
+
+    _HINTS: ClassVar[dict[str, str]] = {
+        "tool": "Names are 'server.tool' (or the model-facing 'server__tool'); "
+        "`llmctx mcp tools CONFIG` lists them",
+        "prompt": "Names are 'server.prompt'; hub.prompts() lists them",
+        "resource": "hub.resources() and hub.resource_templates() list what the servers "
+        "serve; pass server= to read from one server",
+        "server": "Names are the keys of mcpServers in the config",
+    }
+
+    def __init__(
+        self,
+        name: str,
+        known: Sequence[str] = (),
+        *,
+        kind: str = "tool",
+        detail: str | None = None,
+    ) -> None:
         self.name = name
+        self.kind = kind
         hint = f"; known: {', '.join(sorted(known)[:20])}" if known else ""
-        super().__init__(
-            f"no MCP tool named {name!r}{hint}. Names are 'server.tool' (or the model-facing "
-            "'server__tool'); `llmctx mcp tools CONFIG` lists them"
-        )
+        what = detail if detail is not None else f"no MCP {kind} named {name!r}"
+        super().__init__(f"{what}{hint}. {self._HINTS.get(kind, self._HINTS['tool'])}")
 
     def __str__(self) -> str:  # KeyError would repr() the message otherwise
         return str(self.args[0])
@@ -136,8 +167,23 @@ class ToolTimeout(MCPHubError, TimeoutError):
         self.timeout = timeout
         super().__init__(
             f"MCP call {name!r} did not answer within {timeout:g}s; it was cancelled on the "
-            "server, whose session stays open. Pass a larger timeout= if the tool is slow"
+            "server, whose session stays open. If the tool is just slow, raise the limit: "
+            "timeout= on the call, or callTimeout in the server's config"
         )
+
+
+class ToolRefused(MCPHubError):
+    """An interceptor refused a call; nothing was sent to the server.
+
+    Attributes:
+        name: the dotted name of the tool.
+        reason: why, as the interceptor said it.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"MCP call {name!r} was refused: {reason}")
 
 
 class ToolError(MCPHubError):

@@ -13,10 +13,10 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from subprocess import PIPE
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -26,6 +26,11 @@ from mcp.shared.message import SessionMessage
 
 from .._redact import redact_url
 from .config import ServerConfig
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from ._reaper import Reaper
 
 __all__ = ["StderrLog", "open_transport"]
 
@@ -41,6 +46,10 @@ TERM_GRACE = 1.0
 #: How long a dead server's stderr is drained before its crash is reported.
 _STDERR_DRAIN = 0.25
 _EXIT_POLL = 0.02
+#: Non-JSON stdout lines: how many are logged at WARNING, kept, and how long each may be.
+_NOISE_LOGGED = 5
+_NOISE_KEPT = 3
+_NOISE_CHARS = 200
 
 
 class StderrLog:
@@ -55,11 +64,31 @@ class StderrLog:
     def __init__(self, server: str, maxlen: int = 200) -> None:
         self._lines: deque[str] = deque(maxlen=maxlen)
         self._logger = logging.getLogger(f"llmctx.mcp.server.{server}")
+        self._noise: deque[str] = deque(maxlen=_NOISE_KEPT)
+        self.noise_count = 0
 
     def add(self, line: str) -> None:
         """Record one line (without its newline)."""
         self._lines.append(line)
         self._logger.info("%s", line)
+
+    def add_noise(self, line: str) -> None:
+        """Record a line a stdio server wrote to stdout that is not JSON-RPC.
+
+        MCP stdio servers must write only protocol messages to stdout; a banner or a log line
+        there is a common reason a server never gets ready. The first few are logged at
+        WARNING (cut to 200 characters), later ones at DEBUG; the last few are kept for the
+        start error (:meth:`noise`).
+        """
+        self.noise_count += 1
+        shown = line if len(line) <= _NOISE_CHARS else line[:_NOISE_CHARS] + "..."
+        self._noise.append(shown)
+        level = logging.WARNING if self.noise_count <= _NOISE_LOGGED else logging.DEBUG
+        self._logger.log(level, "not JSON-RPC on stdout (ignored): %s", shown)
+
+    def noise(self) -> tuple[str, ...]:
+        """The last non-JSON lines the server wrote to stdout, oldest first."""
+        return tuple(self._noise)
 
     def tail(self, n: int = 20) -> tuple[str, ...]:
         """Return the last ``n`` lines, oldest first."""
@@ -73,6 +102,11 @@ async def open_transport(
     stderr: StderrLog,
     on_closed: OnClosed,
     on_pid: Callable[[int], None] | None = None,
+    *,
+    reaper: Reaper | None = None,
+    graceful: Callable[[], bool] = lambda: True,
+    auth: httpx2.Auth | None = None,
+    headers: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Open the transport the config names.
 
@@ -81,6 +115,12 @@ async def open_transport(
         stderr: where a stdio server's stderr lines go.
         on_closed: called once if the connection ends by itself (not on our own exit).
         on_pid: called with the process id once a stdio server is spawned.
+        reaper: the hub's watcher: a stdio server is registered with it and carries its
+            marker, so it dies with the host process.
+        graceful: asked at exit; ``False`` (a server that missed its start deadline or stopped
+            answering pings) skips the polite stdin-close / SIGTERM steps and kills at once.
+        auth: an ``httpx2.Auth`` for every HTTP request of an http/sse server.
+        headers: an async callable giving extra headers for the WebSocket handshake.
 
     Yields:
         ``(read_stream, write_stream)`` for a ``ClientSession``.
@@ -92,7 +132,7 @@ async def open_transport(
     and, for stdio, the server's whole process group is killed.
     """
     if config.transport == "stdio":
-        async with _open_stdio(config, stderr, on_closed, on_pid) as streams:
+        async with _open_stdio(config, stderr, on_closed, on_pid, reaper, graceful) as streams:
             yield streams
         return
     async with AsyncExitStack() as stack:
@@ -101,7 +141,7 @@ async def open_transport(
             from mcp.shared._httpx_utils import create_mcp_http_client
 
             client = await stack.enter_async_context(
-                create_mcp_http_client(headers=dict(config.headers) or None)
+                create_mcp_http_client(headers=dict(config.headers) or None, auth=auth)
             )
             # The SDK turns an HTTP error into a bare "Server returned an error response";
             # keep the status so a failed start can say "401 Unauthorized".
@@ -113,13 +153,14 @@ async def open_transport(
             from mcp.client.sse import sse_client
 
             inner = await stack.enter_async_context(
-                sse_client(config.url or "", headers=dict(config.headers) or None)
+                sse_client(config.url or "", headers=dict(config.headers) or None, auth=auth)
             )
         else:
             from ._ws import websocket_client
 
+            extra = dict(await headers()) if headers is not None else {}
             inner = await stack.enter_async_context(
-                websocket_client(config.url or "", headers=dict(config.headers))
+                websocket_client(config.url or "", headers={**config.headers, **extra})
             )
         async with _watch_closed(inner[0], on_closed) as read_stream:
             yield read_stream, inner[1]
@@ -172,12 +213,16 @@ async def _open_stdio(
     stderr: StderrLog,
     on_closed: OnClosed,
     on_pid: Callable[[int], None] | None,
+    reaper: Reaper | None,
+    graceful: Callable[[], bool],
 ) -> AsyncIterator[Streams]:
     assert config.command is not None  # the config validator guarantees it
     # Shielded: a cancellation landing after the fork but before open_process returns would
     # leave a live child nobody owns. Spawning is quick and bounded.
     with anyio.CancelScope(shield=True):
-        process = await _spawn(config)
+        process = await _spawn(config, reaper.env if reaper is not None else {})
+        if reaper is not None:
+            reaper.watch(process.pid)
     if on_pid is not None:
         on_pid(process.pid)
     read_send, read_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
@@ -213,7 +258,13 @@ async def _open_stdio(
                 for line in lines:
                     if not line.strip():
                         continue
-                    await read_send.send(_parse(line))
+                    message = _parse(line)
+                    if isinstance(message, Exception):
+                        # Not a protocol message (a banner, a stray print): name it in the
+                        # log and the start error rather than let it vanish.
+                        stderr.add_noise(line.decode(errors="replace").rstrip("\r"))
+                        continue
+                    await read_send.send(message)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             pass
         stdout_done.set()
@@ -262,11 +313,13 @@ async def _open_stdio(
             finally:
                 closing = True
                 with anyio.CancelScope(shield=True):
-                    await _stop_process(process)
+                    await _stop_process(process, graceful())
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             _kill_group(process.pid)
+            if reaper is not None:  # the group is dead: its id may be reused
+                reaper.unwatch(process.pid)
             for stream in (read_send, read_receive, write_send, write_receive):
                 stream.close()
             for pipe in (process.stdin, process.stdout, process.stderr):
@@ -276,7 +329,7 @@ async def _open_stdio(
             _close_asyncio_transport(process)
 
 
-async def _spawn(config: ServerConfig) -> anyio.abc.Process:
+async def _spawn(config: ServerConfig, marker: Mapping[str, str]) -> anyio.abc.Process:
     assert config.command is not None  # the config validator guarantees it
     return await anyio.open_process(
         [config.command, *config.args],
@@ -284,7 +337,7 @@ async def _spawn(config: ServerConfig) -> anyio.abc.Process:
         stdout=PIPE,
         stderr=PIPE,
         cwd=config.cwd,
-        env=config.child_env(),
+        env={**config.child_env(), **marker},
         # Its own process group, so one killpg() reaches every grandchild too.
         start_new_session=sys.platform != "win32",
     )
@@ -304,8 +357,15 @@ async def _wait_exit(process: anyio.abc.Process, timeout: float) -> bool:  # noq
     return process.returncode is not None
 
 
-async def _stop_process(process: anyio.abc.Process) -> None:
-    """Close stdin (the MCP way to ask for exit), then SIGTERM, then SIGKILL the group."""
+async def _stop_process(process: anyio.abc.Process, graceful: bool = True) -> None:
+    """Close stdin (the MCP way to ask for exit), then SIGTERM, then SIGKILL the group.
+
+    Not ``graceful`` (a hung server, or one that missed its start deadline): SIGKILL at once,
+    so the polite steps' grace periods are not added to the time the caller waits.
+    """
+    if not graceful and process.returncode is None:
+        _signal_group(process, getattr(signal, "SIGKILL", signal.SIGTERM))
+        await _wait_exit(process, TERM_GRACE)
     if process.returncode is None and process.stdin is not None:
         with suppress(Exception):
             await process.stdin.aclose()

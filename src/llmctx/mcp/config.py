@@ -16,7 +16,10 @@ A config looks like::
 
 ``${VAR}`` and ``${VAR:-default}`` are expanded in ``command``, ``args``, ``env``, ``envFile``,
 ``cwd``, ``url`` and ``headers``; an unset variable without a default is an error that names the
-server and the field. Children get a minimal environment (``PATH``, ``HOME``, locale, ...) plus
+server and the field. ``${CONFIG_DIR}`` is the directory of the config file (the working
+directory for a config given as a mapping). Only the servers that will run are expanded: a
+missing variable of a disabled server, or of one a profile or ``servers=`` leaves out, is no
+error. Children get a minimal environment (``PATH``, ``HOME``, locale, ...) plus
 ``envFile`` plus ``env``, unless ``inheritEnv`` is true. Env values and header values are
 redacted in ``repr`` and in :meth:`ServerConfig.redacted` (all of them, whatever their names:
 a config carries secrets under any name), and so are the URL's password and secret parameters
@@ -30,7 +33,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -42,10 +45,14 @@ from .._redact import redact_url as redact_url  # also imported from here by the
 from ._errors import MCPConfigError
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "DEFAULT_PING_INTERVAL",
     "HubConfig",
+    "OAuthSettings",
     "ServerConfig",
     "Transport",
     "load_config",
+    "server_names",
 ]
 
 logger = logging.getLogger("llmctx.mcp")
@@ -84,7 +91,38 @@ _MINIMAL_ENV_VARS: tuple[str, ...] = (
     else ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR")
 )
 
+#: What a call may take when neither the config (``callTimeout``) nor the call says otherwise;
+#: the TypeScript SDK's default request timeout.
+DEFAULT_CALL_TIMEOUT = 60.0
+#: Seconds between liveness pings of a ready server when the config says nothing.
+DEFAULT_PING_INTERVAL = 30.0
+
+# Where _build_server puts the config's directory into the lookup mapping (no real variable
+# can have this name, so ${CONFIG_DIR} always means the config's directory).
+_CONFIG_DIR_KEY = "\0CONFIG_DIR"
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class OAuthSettings(BaseModel):
+    """OAuth 2.1 for one http/sse server (``"auth": "oauth"`` or ``"auth": {...}`` in the JSON).
+
+    The hub drives the SDK's ``OAuthClientProvider``: discovery, dynamic client registration,
+    the authorization-code flow with PKCE, refresh. Tokens are kept by a token store (on disk,
+    mode 0600, by default; see :class:`llmctx.mcp.FileTokenStorage`).
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    type: Literal["oauth"] = "oauth"
+    scopes: tuple[str, ...] = ()
+    """Scopes to ask for (default: what the server advertises)."""
+    client_name: str = Field(default="llmctx", alias="clientName")
+    redirect_uri: str = Field(default="http://127.0.0.1:33418/callback", alias="redirectUri")
+    """Where the authorization server sends the browser back; a loopback URL the hub listens
+    on while it waits for the code."""
+    token_dir: str | None = Field(default=None, alias="tokenDir")
+    """Where the token files go (default: the per-user data directory's ``mcp-tokens``)."""
 
 
 class ServerConfig(BaseModel):
@@ -109,8 +147,16 @@ class ServerConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=60.0, gt=0)
     """Seconds allowed for spawn/connect plus the MCP handshake and the first tool listing."""
-    call_timeout: float | None = Field(default=None, gt=0, alias="callTimeout")
-    """Default per-call timeout in seconds (``None``: wait as long as the server takes)."""
+    call_timeout: float | None = Field(default=DEFAULT_CALL_TIMEOUT, gt=0, alias="callTimeout")
+    """Default per-call timeout in seconds (JSON ``null``: wait as long as the server takes)."""
+    ping_interval: float | None = Field(default=DEFAULT_PING_INTERVAL, ge=0, alias="pingInterval")
+    """Seconds between liveness pings of a ready server (``0`` or ``null``: no pings)."""
+    ping_timeout: float | None = Field(default=None, gt=0, alias="pingTimeout")
+    """Seconds a ping may take (default: ``pingInterval / pingFailures``)."""
+    ping_failures: int = Field(default=2, ge=1, alias="pingFailures")
+    """Unanswered pings in a row that make the server ``unhealthy`` (it is then restarted)."""
+    auth: OAuthSettings | None = None
+    """``"oauth"`` (or an object of :class:`OAuthSettings`): OAuth 2.1 for an http/sse server."""
     disabled: bool = False
     include: tuple[str, ...] | None = None
     """Shell-style patterns of tool names to keep (``None``: all)."""
@@ -119,6 +165,15 @@ class ServerConfig(BaseModel):
     max_restarts: int = Field(default=5, ge=0, alias="maxRestarts")
     """Crashes tolerated within ``restart_window`` seconds before the breaker opens."""
     restart_window: float = Field(default=60.0, gt=0, alias="restartWindow")
+
+    @property
+    def effective_ping_timeout(self) -> float | None:
+        """Seconds one ping may take, or ``None`` when pings are off."""
+        if not self.ping_interval:
+            return None
+        if self.ping_timeout is not None:
+            return self.ping_timeout
+        return self.ping_interval / self.ping_failures
 
     def child_env(self) -> dict[str, str]:
         """Build the environment of a stdio child.
@@ -176,6 +231,7 @@ def load_config(
     *,
     profile: str | None = None,
     environ: Mapping[str, str] | None = None,
+    servers: Collection[str] | None = None,
 ) -> HubConfig:
     """Read, select, expand and validate an ``mcpServers`` config.
 
@@ -183,6 +239,8 @@ def load_config(
         source: a path to a JSON file, or the already-parsed mapping.
         profile: the name of an entry of ``profiles`` to apply (``None``: all servers as-is).
         environ: where ``${VAR}`` is looked up (default: ``os.environ``).
+        servers: keep only these servers (after the profile); the others are neither
+            expanded nor validated, so their missing variables are no error.
 
     Returns:
         The validated config.
@@ -192,7 +250,46 @@ def load_config(
             unknown, a required field is missing, a variable is unset, or the profile does not
             exist. The message names the server and the field.
     """
+    raw, base_dir, where = _read(source)
+    entries = _entries(raw, profile)
+    if servers is not None:
+        wanted = set(servers)
+        entries = {name: entry for name, entry in entries.items() if name in wanted}
     env = os.environ if environ is None else environ
+    config_dir = str((base_dir or Path.cwd()).resolve())
+    built: dict[str, ServerConfig] = {}
+    try:
+        for name, entry in entries.items():
+            try:
+                built[name] = _build_server(name, entry, env, base_dir, config_dir)
+            except MCPConfigError:
+                if not (isinstance(entry, Mapping) and entry.get("disabled") is True):
+                    raise
+                # A disabled server never runs: its unset variables or half-written fields
+                # must not stop the others. It is kept (as disabled) so listings show it.
+                built[name] = ServerConfig.model_construct(
+                    name=name, transport="stdio", command="(disabled)", disabled=True
+                )
+    except RecursionError:
+        raise _too_deep(where) from None
+    return HubConfig(servers=built, profile=profile, source=where)
+
+
+def server_names(
+    source: str | os.PathLike[str] | Mapping[str, Any], *, profile: str | None = None
+) -> list[str]:
+    """The names of a config's servers (after the profile), without expanding any of them.
+
+    Raises:
+        MCPConfigError: the file cannot be read, is not JSON, or the profile does not exist.
+    """
+    raw, _, _ = _read(source)
+    return list(_entries(raw, profile))
+
+
+def _read(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+) -> tuple[Any, Path | None, str | None]:
     base_dir: Path | None = None
     where: str | None = None
     if isinstance(source, Mapping):
@@ -216,22 +313,19 @@ def load_config(
                 f"MCP config {where!r} is not valid JSON: {exc.msg} at line {exc.lineno} "
                 f"column {exc.colno}"
             ) from None
+    return raw, base_dir, where
+
+
+def _entries(raw: Any, profile: str | None) -> dict[str, Any]:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("mcpServers"), Mapping):
         raise MCPConfigError(
             'the config must be a JSON object with an "mcpServers" object, e.g. '
-            '{"mcpServers": {"notes": {"command": "python", "args": ["notes_server.py"]}}}',
+            '{"mcpServers": {"notes": {"command": "python", "args": '
+            '["-m", "llmctx.mcp.examples.notes_server"]}}}',
             field="mcpServers",
         )
     entries: dict[str, Any] = dict(cast(Mapping[str, Any], raw["mcpServers"]))
-    entries = _apply_profile(raw, entries, profile)
-
-    servers: dict[str, ServerConfig] = {}
-    try:
-        for name, entry in entries.items():
-            servers[name] = _build_server(name, entry, env, base_dir)
-    except RecursionError:
-        raise _too_deep(where) from None
-    return HubConfig(servers=servers, profile=profile, source=where)
+    return _apply_profile(raw, entries, profile)
 
 
 def _too_deep(where: str | None) -> MCPConfigError:
@@ -298,6 +392,8 @@ def _expand(value: str, env: Mapping[str, str], server: str, field: str) -> str:
     def substitute(match: re.Match[str]) -> str:
         var, default = match.group(1), match.group(2)
         found = env.get(var)
+        if var == "CONFIG_DIR" and _CONFIG_DIR_KEY in env:
+            found = env[_CONFIG_DIR_KEY]
         if found is not None and (found != "" or default is None):
             return found
         if default is not None:
@@ -331,13 +427,15 @@ def _expand_fields(name: str, entry: dict[str, Any], env: Mapping[str, str]) -> 
 
 
 def _build_server(
-    name: str, entry: Any, env: Mapping[str, str], base_dir: Path | None
+    name: str, entry: Any, env: Mapping[str, str], base_dir: Path | None, config_dir: str
 ) -> ServerConfig:
     if not isinstance(entry, Mapping):
         raise MCPConfigError("a server entry must be a JSON object", server=name)
     if not name or not name.strip():
         raise MCPConfigError("server names must not be empty", field="mcpServers")
-    data = _expand_fields(name, dict(entry), env)
+    data = _expand_fields(name, dict(entry), _WithConfigDir(env, config_dir))
+    if data.get("auth") == "oauth":
+        data["auth"] = {"type": "oauth"}
 
     kind = data.pop("type", None)
     alt = data.pop("transport", None)
@@ -412,7 +510,34 @@ def _build_server(
                 server=name,
                 field="command",
             )
+    if server.auth is not None and server.transport not in ("http", "sse"):
+        raise MCPConfigError(
+            f"OAuth is for http and sse servers; a {server.transport} server cannot use it "
+            '(remove "auth", or give the server a "url")',
+            server=name,
+            field="auth",
+        )
     return server
+
+
+class _WithConfigDir(Mapping[str, str]):
+    """The variables' mapping plus the config's directory under a key no variable can have."""
+
+    def __init__(self, env: Mapping[str, str], config_dir: str) -> None:
+        self._env = env
+        self._dir = config_dir
+
+    def __getitem__(self, key: str) -> str:
+        if key == _CONFIG_DIR_KEY:
+            return self._dir
+        return self._env[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._env
+        yield _CONFIG_DIR_KEY
+
+    def __len__(self) -> int:
+        return len(self._env) + 1
 
 
 def _transport(name: str, kind: Any, data: Mapping[str, Any]) -> Transport:
