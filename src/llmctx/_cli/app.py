@@ -10,6 +10,7 @@ from .demo import demo
 from .mcp import mcp_app
 from .prices import prices
 from .sessions import sessions_app
+from .ui import ui
 from .workshop import workshop
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(mcp_app, name="mcp")
 app.command("prices", cls=PlainHelpCommand)(prices)
 app.command("demo", cls=PlainHelpCommand)(demo)
 app.command("workshop", cls=PlainHelpCommand)(workshop)
+app.command("ui", cls=PlainHelpCommand)(ui)
 
 
 def _version(value: bool) -> None:

@@ -75,6 +75,7 @@ class ExportFormat(StrEnum):
 
     jsonl = "jsonl"
     csv = "csv"
+    html = "html"
     otlp = "otlp"
 
 
@@ -529,6 +530,10 @@ def _selected(store: Store, refs: Sequence[str]) -> list[SessionRecord]:
 def _write_export(
     out: IO[str], fmt: ExportFormat, sessions: Sequence[SessionRecord], store: Store
 ) -> int:
+    if fmt is ExportFormat.html:
+        from ..ui import export_html  # jinja2 and the templates load only for this format
+
+        return export_html(out, store, sessions)
     calls = store.list_calls([r.id for r in sessions])
     if fmt is ExportFormat.jsonl:
         for r in sessions:
@@ -579,6 +584,7 @@ def export(
             "--format",
             "-f",
             help="jsonl: one object per line, type session or call; csv: one row per call; "
+            "html: the session pages as one self-contained file; "
             "otlp: send them as OpenTelemetry spans to --endpoint.",
         ),
     ] = ExportFormat.jsonl,
