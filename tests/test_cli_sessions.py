@@ -280,7 +280,12 @@ def test_rm_yes_json(db: str) -> None:
     """rm --yes --json deletes without asking and reports the count as JSON."""
     code, out, _ = _run("rm", ROOT, "--db", db, "--yes", "--json")
     assert code == 0
-    assert json.loads(out) == {"id": ROOT, "deleted_sessions": 3}
+    assert json.loads(out) == {
+        "deleted": [
+            {"id": ROOT, "name": "chat [bold]001[/bold]", "status": "completed", "sessions": 3}
+        ],
+        "deleted_sessions": 3,
+    }
 
 
 def test_rm_unknown_id_exits_1(db: str) -> None:

@@ -3,15 +3,16 @@
 It makes real calls to SmolLM2-135M-Instruct inside a budgeted session, streams one answer,
 lets the budget stop a call before it is sent, crashes the session on purpose and resumes it
 from SQLite, then checks that everything it claimed is in the database. Any failed check
-exits non-zero.
+exits non-zero. It records into ``--db PATH``, else the SQLite file ``$LLMCTX_DB`` names, else
+``demo.db`` beside the per-user default database (emptied at the start of each run), and ends
+by printing that path and the commands to look at it.
 """
 
 from __future__ import annotations
 
-import tempfile
+import shlex
 from contextlib import ExitStack
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -39,8 +40,10 @@ def demo(
     db: str | None = typer.Option(
         None,
         "--db",
-        help="SQLite file to record into (default: the SQLite file LLMCTX_DB names, else a "
-        "temporary file).",
+        metavar="PATH",
+        help="SQLite file to record into (default: the SQLite file LLMCTX_DB names, else "
+        "demo.db beside the default database, reset at each run; see llmctx info).",
+        show_default=False,
     ),
 ) -> None:
     """Run a short tour of llmctx on the bundled local model and check what it claims."""
@@ -48,7 +51,8 @@ def demo(
     from llmctx._money import format_usd
     from llmctx.providers import LOCAL_MODEL_NAME, local_model
     from llmctx.stores import SQLiteStore
-    from llmctx.stores._open import env_sqlite_file
+
+    from .workshop import print_where, recording_db
 
     console = Console()
     try:
@@ -59,11 +63,7 @@ def demo(
     model_name = LOCAL_MODEL_NAME
 
     with ExitStack() as stack:
-        path = db or env_sqlite_file()
-        kept = bool(path)
-        if not path:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="llmctx-demo-"))
-            path = str(Path(tmp) / "demo.db")
+        path, where_note = recording_db(db, "demo")
         store = SQLiteStore(path)
         stack.callback(store.close)
         stack.enter_context(llmctx.price_override(model_name, **DEMO_PRICE))
@@ -126,6 +126,14 @@ def demo(
                 )
             _check(stopped is not None, "the budget stopped the 900-token call", checks)
             _check(len(s.calls) == calls_before, "the stopped call was never sent", checks)
+            refused = [c for c in store.list_calls([s.id], refused=True) if c.status == "refused"]
+            _check(
+                len(refused) == 1
+                and "BudgetExceeded" in (refused[0].error or "")
+                and refused[0].cost == 0,
+                "the stopped call is recorded as refused, with the reason and no cost",
+                checks,
+            )
 
         _check(s.usage.requests == len(QUESTIONS) + 1, "4 calls charged to the session", checks)
         stored = store.list_calls([s.id])
@@ -175,10 +183,12 @@ def demo(
             f"session 'demo': {s.usage.input_tokens} in / {s.usage.output_tokens} out tokens, "
             f"{format_usd(s.cost)}"
         )
+        console.print(f"{totals}.")
+        print_where(console, path, where_note)
         console.print(
-            f"{totals}. Inspect it with: llmctx sessions show {s.id[:12]} --db {path}"
-            if kept
-            else f"{totals} (recorded in a temporary database; set LLMCTX_DB to keep it)"
+            f"  llmctx sessions show {s.id[:12]} --db {shlex.quote(path)}",
+            markup=False,
+            soft_wrap=True,
         )
         if not all(ok for _, ok in checks):
             raise typer.Exit(1)

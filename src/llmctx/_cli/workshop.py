@@ -3,12 +3,22 @@
 The same command is ``python -m llmctx.workshop``. On a terminal the run pauses between
 modules ("press Enter for module N, q to stop") and pages the Markdown modules; ``--no-pause``
 and runs whose input or output is not a terminal go straight through.
+
+Everything the run records is kept in one SQLite file, printed at the end with the commands to
+look at it: ``--db PATH``, else the SQLite file ``$LLMCTX_DB`` names, else ``workshop.db``
+beside the per-user default database (``llmctx info`` prints where), emptied at the start of
+each run. The runner's session of each module (``workshop-NN``) is stored there too, so
+``llmctx sessions ls --db ...`` lists one root per module with the module's sessions under it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import typer
 
@@ -37,6 +47,65 @@ def _list_modules() -> None:
     )
 
 
+def _reset(path: Path) -> None:
+    """Empty a database llmctx owns (its WAL, shared-memory and outbox files too)."""
+    for suffix in ("", "-wal", "-shm", "-journal", "-outbox.jsonl"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def recording_db(db: str | None, program: str) -> tuple[str, str]:
+    """The SQLite file a run of ``program`` records into, and a note on where it came from.
+
+    ``db`` (the ``--db`` option) first, then the SQLite file ``$LLMCTX_DB`` names; both are
+    the user's and kept as they are. Otherwise ``<program>.db`` beside the default database,
+    emptied here: each run starts from nothing.
+
+    Raises:
+        typer.BadParameter: ``db`` is not a SQLite file path.
+    """
+    from ..stores._open import env_sqlite_file, program_sqlite_path, sqlite_file_of
+
+    if db:
+        path = sqlite_file_of(db)
+        if path is None or path == ":memory:":
+            raise typer.BadParameter(
+                "takes a SQLite file (a path or sqlite:///path)", param_hint="--db"
+            )
+        return path, "kept as it is"
+    env = env_sqlite_file()
+    if env is not None and env != ":memory:":
+        return env, "LLMCTX_DB; kept as it is"
+    fresh = program_sqlite_path(program)
+    _reset(fresh)
+    return str(fresh), "reset at each run"
+
+
+@contextmanager
+def env_db(path: str) -> Iterator[None]:
+    """``$LLMCTX_DB`` set to ``path`` inside the block (what the modules' stores open)."""
+    before = os.environ.get("LLMCTX_DB")
+    os.environ["LLMCTX_DB"] = path
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LLMCTX_DB", None)
+        else:
+            os.environ["LLMCTX_DB"] = before
+
+
+def print_where(console: object, path: str, note: str) -> None:
+    """Where a run recorded, and the commands that show it."""
+    from rich.console import Console
+
+    assert isinstance(console, Console)
+    quoted = shlex.quote(path)
+    # Never folded: a command broken across lines cannot be copied.
+    console.print(f"Recorded in {path} ({note}):", markup=False, soft_wrap=True)
+    console.print(f"  llmctx sessions ls --db {quoted}", markup=False, soft_wrap=True)
+    console.print(f"  llmctx ui --db {quoted}", markup=False, soft_wrap=True)
+
+
 def _ask_to_continue(next_number: int) -> bool:
     """Wait for Enter before the next module; False when the learner typed q (or EOF)."""
     from ..workshop._common import console
@@ -60,6 +129,14 @@ def workshop(
     ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Print every self-check row, not one line per module."
+    ),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        metavar="PATH",
+        help="SQLite file to record into (default: the file LLMCTX_DB names, else "
+        "workshop.db beside the default database, reset at each run; see llmctx info).",
+        show_default=False,
     ),
 ) -> None:
     """Run the nine-module workshop offline on the bundled local model and SQLite."""
@@ -97,19 +174,25 @@ def workshop(
             )
             raise typer.Exit(2) from None
 
+    from ..stores import SQLiteStore
+
+    path, where_note = recording_db(db, "workshop")
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not no_pause
     verbose_before = os.environ.get(VERBOSE_ENV)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     outcomes: list[ws.ModuleOutcome] = []
     try:
-        for i, m in enumerate(chosen):
-            if i and interactive and not _ask_to_continue(m.number):
-                break
-            outcome = ws.run_module(m, pager=interactive)
-            outcomes.append(outcome)
-            if not outcome.ok:
-                console.print(f"[bold red]module {m.number:02d} failed:[/bold red] {outcome.error}")
+        with env_db(path), closing(SQLiteStore(path)) as store:
+            for i, m in enumerate(chosen):
+                if i and interactive and not _ask_to_continue(m.number):
+                    break
+                outcome = ws.run_module(m, pager=interactive, store=store)
+                outcomes.append(outcome)
+                if not outcome.ok:
+                    console.print(
+                        f"[bold red]module {m.number:02d} failed:[/bold red] {outcome.error}"
+                    )
     finally:
         if verbose_before is None:
             os.environ.pop(VERBOSE_ENV, None)
@@ -151,5 +234,6 @@ def workshop(
     console.print(
         "[dim]calls and tokens: real calls to the local model; cost: at a made-up price[/dim]"
     )
+    print_where(console, path, where_note)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)

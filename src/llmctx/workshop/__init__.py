@@ -3,9 +3,9 @@
 Runnable modules are scripts (``NN_name.py``) with a ``main()``; reading modules are Markdown
 (``NN_name.md``), paged on a terminal and otherwise summarised (their path, title, opening
 lines and headings), whose references to llmctx's files and names are checked to exist.
-:func:`run_module` runs one inside a session of its own and reports its seconds, LLM calls,
-tokens, cost and result. ``python -m llmctx.workshop`` is the same command as
-``llmctx workshop``.
+:func:`run_module` runs one inside a session of its own (stored in the run's database by
+``llmctx workshop``) and reports its seconds, LLM calls, tokens, cost and result.
+``python -m llmctx.workshop`` is the same command as ``llmctx workshop``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ..stores import Store
 
 __all__ = [
     "HERE",
@@ -279,40 +282,47 @@ def _run_script(module: Module) -> None:
         sys.modules.pop(spec.name, None)
 
 
-def run_module(module: Module, *, pager: bool = False) -> ModuleOutcome:
+def run_module(module: Module, *, pager: bool = False, store: Store | None = None) -> ModuleOutcome:
     """Run one module inside a session of its own and report what it did.
 
     Args:
         module: the module to run.
         pager: show a reading module whole through rich's pager (on a terminal) instead of
             its summary.
+        store: where the module's session (``workshop-NN``) is recorded: ``llmctx
+            workshop`` passes the run's database, so the module's own sessions are stored
+            under it. Default: a :class:`~llmctx.stores.MemoryStore`.
 
     Returns:
         The module's seconds, real model calls, tokens, cost and result.
 
-    Exceptions from the module are caught and reported in the outcome (``ok=False``);
-    KeyboardInterrupt and cancellation propagate.
+    Exceptions from the module are caught and reported in the outcome (``ok=False``), and
+    end the module's session ``failed`` with the error; KeyboardInterrupt and cancellation
+    propagate.
     """
     import llmctx
     from llmctx.stores import MemoryStore
 
     start = time.perf_counter()
     error: str | None = None
-    with llmctx.session(f"workshop-{module.number:02d}", store=MemoryStore()) as s:
-        try:
+    s = llmctx.session(
+        f"workshop-{module.number:02d}", store=store if store is not None else MemoryStore()
+    )
+    try:
+        with s:
             if module.kind == "read":
                 _run_read(module, pager=pager)
             else:
                 _run_script(module)
-        except Exception as exc:
-            from .._exceptions import ConfigError
-            from ._common import CheckFailed
+    except Exception as exc:
+        from .._exceptions import ConfigError
+        from ._common import CheckFailed
 
-            # A ConfigError (a missing extra, a llama.cpp build this CPU cannot run) says
-            # what to do in its message; a traceback would bury that.
-            plain = isinstance(exc, CheckFailed | ConfigError)
-            error = str(exc) if plain else traceback.format_exc(limit=6)
-            error = error or type(exc).__name__
+        # A ConfigError (a missing extra, a llama.cpp build this CPU cannot run) says
+        # what to do in its message; a traceback would bury that.
+        plain = isinstance(exc, CheckFailed | ConfigError)
+        error = str(exc) if plain else traceback.format_exc(limit=6)
+        error = error or type(exc).__name__
     # Count real model calls only: some modules use llmctx.testing.FakeModel for volume.
     real = [c for c in s.calls if c.kind != "tool" and c.provider != "fake"]
     return ModuleOutcome(
