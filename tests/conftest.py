@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from llmctx._pricing import reload_prices
 from llmctx.stores import MemoryStore
 
 
@@ -58,10 +59,14 @@ def _isolated_default_db(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Point the default SQLite store (and the outbox journals of stores and ledgers without a
-    file of their own) at temporary places, so tests never touch the user's."""
+    file of their own) and the prices file at temporary places, so tests never touch the
+    user's."""
     path = tmp_path_factory.mktemp("llmctx-db") / "llmctx.db"
     monkeypatch.setenv("LLMCTX_DB", str(path))
     monkeypatch.setenv("XDG_DATA_HOME", str(path.parent / "data"))
+    # No prices file (the user's or a project's) changes what a test is charged.
+    monkeypatch.setenv("LLMCTX_PRICES", str(path.parent / "prices.toml"))
+    reload_prices()
 
 
 @pytest.hookimpl(hookwrapper=True)

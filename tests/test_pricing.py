@@ -216,7 +216,7 @@ def test_override_wins_and_coerces_numbers() -> None:
               cache_write_per_mtok=Decimal("3"))  # fmt: skip
     price = lookup_price("gpt-4o")
     assert price is not None
-    assert price.source == "override"
+    assert price.source == "code"
     assert (price.input_per_mtok, price.output_per_mtok) == (Decimal("1.10"), Decimal(2))
     assert price.cache_read_per_mtok == Decimal("0.1")
     assert price.cache_write_per_mtok == Decimal(3)
@@ -261,7 +261,7 @@ def test_override_replaces_a_cached_lookup() -> None:
     set_price("gpt-4o-mini", input_per_mtok=9, output_per_mtok=9)
     after = lookup_price("gpt-4o-mini")
     assert after is not None
-    assert after.source == "override"
+    assert after.source == "code"
     clear_prices()
     again = lookup_price("gpt-4o-mini")
     assert again is not None
@@ -314,7 +314,7 @@ def test_price_override_restores_on_exception() -> None:
         with price_override("gpt-4o", input_per_mtok=0, output_per_mtok=0):
             price = lookup_price("gpt-4o")
             assert price is not None
-            assert price.source == "override"
+            assert price.source == "code"
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
@@ -450,6 +450,33 @@ def test_cli_json() -> None:
     }
     assert data["example"]["cost_usd"] == "0.006"
     assert data["source"] == "genai-prices"
+    assert data["origin"].startswith("genai-prices ")
+    assert data["shadowed"] == []
+
+
+def test_other_units_read_as_words_with_one_money_format() -> None:
+    """Units other than tokens read "$10.00 per 1K web searches", in JSON as decimal strings."""
+    price = lookup_price("gpt-4o", "openai")
+    assert price is not None
+    assert "$10.00 per 1K web searches" in price.other_prices
+    web = next(u for u in price.unit_prices if u.unit == "web searches")
+    assert (web.per, web.usd, web.charged) == (1000, Decimal(10), False)
+    result = runner.invoke(app, ["prices", "gpt-4o", "--provider", "openai"])
+    assert "Also priced, not tracked by llmctx: $10.00 per 1K web searches" in result.output
+    assert "/web searches K" not in result.output
+    data = json.loads(runner.invoke(app, ["prices", "gpt-4o", "--json"]).output)
+    assert {"unit": "web searches", "per": 1000, "usd": "10", "charged": False,
+            "text": "$10.00 per 1K web searches"} in data["unit_prices"]  # fmt: skip
+
+
+def test_a_per_request_fee_is_shown_as_charged() -> None:
+    """A per-request fee (charged on every call) is listed as charged, not as untracked."""
+    price = lookup_price("sonar", "perplexity")
+    assert price is not None
+    fee = next(u for u in price.unit_prices if u.unit == "requests")
+    assert fee.charged and fee.text == "$12.00 per 1K requests"
+    result = runner.invoke(app, ["prices", "sonar", "--provider", "perplexity"])
+    assert "Also charged: $12.00 per 1K requests" in result.output
 
 
 def test_cli_shows_an_override() -> None:
@@ -457,17 +484,18 @@ def test_cli_shows_an_override() -> None:
     set_price("house-model", input_per_mtok="0.5", output_per_mtok="1.5")
     result = runner.invoke(app, ["prices", "house-model"])
     assert result.exit_code == 0, result.output
-    assert "override" in result.output
+    assert "Source: code (llmctx.set_price in this process)" in result.output
     assert "$0.50" in result.output
     assert "input rate" in result.output  # no cache rates given
     assert "$0.002" in result.output  # 1000 * 0.5 / 1M + 1000 * 1.5 / 1M
 
 
 def test_cli_unknown_model_suggests_close_names() -> None:
-    """An unknown model exits 1 with close model names and the set_price hint."""
+    """An unknown model exits 1 with close model names and both ways to price it."""
     result = runner.invoke(app, ["prices", "gpt-4o-minni"])
     assert result.exit_code == 1
     assert "gpt-4o-mini" in result.output
+    assert "llmctx prices set gpt-4o-minni --input USD_PER_MTOK" in result.output
     assert "llmctx.set_price" in result.output
 
 

@@ -1,20 +1,36 @@
-"""Prices per million tokens: user overrides first, then genai-prices' bundled data.
+"""Prices per million tokens: code, then the prices file, then genai-prices' bundled data.
 
-Two sources answer :func:`lookup_price`, in this order:
+Four sources answer :func:`lookup_price`; the first that knows the model wins:
 
-1. overrides set with :func:`set_price` (or :func:`price_override`), matched on the model name
-   (case-insensitive) and, when the override names one, the provider;
-2. the data snapshot bundled with the installed ``genai-prices`` package. llmctx never starts
-   genai-prices' network auto-update (``UpdatePrices``): prices change only when the package
-   is upgraded, so the same usage always costs the same.
+1. **code**: prices set with :func:`set_price` (for the process) or :func:`price_override`
+   (for a ``with`` block), matched on the model name (case-insensitive) and, when the price
+   names one, the provider. Code wins because it is the most specific decision: a test pinning
+   a price, a program's negotiated rate.
+2. **the prices file** (``$LLMCTX_PRICES``, else the per-user ``prices.toml``, else a project
+   ``llmctx.toml``; see :mod:`llmctx._prices_file`), written by ``llmctx prices set`` or by
+   hand, shared by every program and the CLI. It is read at the first lookup and checked
+   again at most once a second, so a running program sees an edit within a second.
+3. **genai-prices**: the data snapshot bundled with the installed ``genai-prices`` package.
+   llmctx never starts genai-prices' network auto-update (``UpdatePrices``): these prices
+   change only when the package is upgraded.
+4. **the bundled local model** (``SmolLM2-135M-Instruct``, also as
+   ``llama-cpp/SmolLM2-135M-Instruct``): $0, source ``"local model"``; it runs on this machine.
 
-Lookups are cached per ``(model, provider)`` (misses too); changing an override empties the
-cache. Pricing one call (:func:`price_usage`) with a cached price costs a few microseconds:
-the genai-prices price is compiled once into a short list of ``(token kind, rate)`` terms that
-reproduce ``genai_prices.calc_price`` operation by operation, so the result is the very same
-``Decimal``. Every compiled price is checked against ``calc_price`` on two probe usages when it
-is first looked up; a price that does not reproduce exactly (or that varies with the time of
-day) is marked "complex" and every call goes through ``calc_price`` instead.
+A prices file that cannot be used (bad TOML, a negative rate, an unknown key) never makes a
+price up and never hides: :func:`lookup_price` and :func:`estimate_cost` raise
+:class:`~llmctx._prices_file.PricesFileError` (a ``ConfigError`` naming the file, the line
+and the fix) for every model that code does not price, so a call under a money budget is
+refused before it is sent (fail closed); :func:`price_usage`, which runs after a call, returns
+no cost with that message as the reason (the call is recorded unpriced and warned about).
+
+Lookups are cached per ``(model, provider)`` (misses too); changing an override or the file
+empties the cache. Pricing one call (:func:`price_usage`) with a cached price costs a few
+microseconds: the genai-prices price is compiled once into a short list of
+``(token kind, rate)`` terms that reproduce ``genai_prices.calc_price`` operation by operation,
+so the result is the very same ``Decimal``. Every compiled price is checked against
+``calc_price`` on two probe usages when it is first looked up; a price that does not
+reproduce exactly (or that varies with the time of day) is marked "complex" and every call
+goes through ``calc_price`` instead.
 
 Unknown prices are reported, never guessed: :func:`price_usage` returns ``(None, reason)``
 and the caller applies the unknown-price policy (a money budget fails closed).
@@ -31,26 +47,34 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from . import _prices_file
 from ._exceptions import ConfigError
 from ._money import format_usd
+from ._prices_file import PricesFile, PricesFileError
 from ._usage import Usage
 
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
 
 __all__ = [
+    "LOCAL_MODEL_NAMES",
     "ModelPrice",
     "PriceTier",
+    "UnitPrice",
     "clear_prices",
     "estimate_cost",
+    "is_unpriced",
     "known_models",
     "lookup_price",
     "price_override",
+    "price_sources",
     "price_usage",
+    "prices_file",
+    "reload_prices",
     "set_price",
 ]
 
-PriceSource = Literal["override", "genai-prices"]
+PriceSource = Literal["code", "file", "genai-prices", "local model"]
 Number = str | int | float | Decimal
 
 _ZERO: Final = Decimal(0)
@@ -99,6 +123,45 @@ class PriceTier:
     per_mtok: Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class UnitPrice:
+    """A price of a unit other than input/output/cache tokens (web searches, requests, audio).
+
+    Attributes:
+        unit: what is counted, in words: ``"web searches"``, ``"requests"``, ``"input audio
+            tokens"``, ``"seconds of audio"``.
+        per: how many units the price is for (``1000`` for "per 1K web searches").
+        usd: US dollars per ``per`` units (the base rate when the price is tiered).
+        charged: ``True`` when llmctx charges it (a per-request fee); ``False`` when llmctx
+            does not see that unit, so it is shown, not charged.
+    """
+
+    unit: str
+    per: int
+    usd: Decimal
+    charged: bool
+
+    @property
+    def text(self) -> str:
+        """``"$10.00 per 1K web searches"``, ``"$0.006 per hour of audio"``."""
+        return _unit_text(self.unit, self.per, self.usd)
+
+
+def _count_label(n: int) -> str:
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if n >= size and n % size == 0:
+            return f"{n // size:,}{suffix}"
+    return f"{n:,}"
+
+
+def _unit_text(unit: str, per: int, usd: Decimal) -> str:
+    if unit.startswith("seconds of ") and per == 3600:
+        return f"{format_usd(usd)} per hour of {unit.removeprefix('seconds of ')}"
+    if per == 1:
+        return f"{format_usd(usd)} per {unit.removesuffix('s')}"
+    return f"{format_usd(usd)} per {_count_label(per)} {unit}"
+
+
 @dataclass(frozen=True)
 class ModelPrice:
     """What one model costs, in US dollars per million tokens.
@@ -112,14 +175,18 @@ class ModelPrice:
         output_per_mtok: rate for output tokens, reasoning included.
         cache_read_per_mtok: rate for cache reads; ``None`` means they cost the input rate.
         cache_write_per_mtok: rate for cache writes; ``None`` means they cost the input rate.
-        source: ``"override"`` or ``"genai-prices"``.
+        source: where the price comes from: ``"code"`` (:func:`set_price` /
+            :func:`price_override`), ``"file"`` (the prices file), ``"genai-prices"``, or
+            ``"local model"`` (the bundled model, $0).
         name: a display name, when genai-prices has one.
         tiers: higher rates for long prompts, lowest threshold first.
-        other_prices: other priced units of the model (web searches, audio, ...) as text;
-            llmctx does not report those units, so they are shown, not charged.
+        other_prices: :attr:`unit_prices` as text, e.g. ``"$10.00 per 1K web searches"``.
         snapshot: where the data comes from, e.g. ``"genai-prices 0.2.3 (bundled data)"``.
         note: why this price is computed by ``genai_prices.calc_price`` on every call
             (time-of-day pricing, ...), or ``None`` when the fast path applies.
+        origin: where exactly, for people: ``"llmctx.set_price"``, ``"<file>, line 3"``,
+            the genai-prices snapshot, or ``"the bundled local model"``.
+        unit_prices: prices of units other than tokens (web searches, per-request fees, ...).
     """
 
     provider: str | None
@@ -128,12 +195,14 @@ class ModelPrice:
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
-    source: PriceSource = "override"
+    source: PriceSource = "code"
     name: str | None = None
     tiers: tuple[PriceTier, ...] = ()
     other_prices: tuple[str, ...] = ()
     snapshot: str | None = None
     note: str | None = None
+    origin: str | None = None
+    unit_prices: tuple[UnitPrice, ...] = ()
     # Compiled pricing: every priced unit as a term; the fast path, or None to call
     # calc_price on the genai (provider, model) pair; _expires_at (epoch seconds) is when a
     # dated price change makes this entry stale.
@@ -199,8 +268,9 @@ def _to_rate(name: str, value: Number) -> Decimal:
             f"{name} must be a number of US dollars per million tokens (str, int, float or "
             f"Decimal), got {value!r}"
         ) from None
-    if not rate.is_finite() or rate < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    problem = _prices_file.rate_problem(rate)
+    if problem is not None:
+        raise ConfigError(f"{name} {problem}, got {value!r}")
     return rate
 
 
@@ -220,6 +290,8 @@ def _override_price(
     cache_read_per_mtok: Number | None,
     cache_write_per_mtok: Number | None,
     provider: str | None,
+    source: PriceSource = "code",
+    origin: str = "llmctx.set_price",
 ) -> ModelPrice:
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"model must be a non-empty model name, got {model!r}")
@@ -242,7 +314,8 @@ def _override_price(
         output_per_mtok=out,
         cache_read_per_mtok=cread,
         cache_write_per_mtok=cwrite,
-        source="override",
+        source=source,
+        origin=origin,
         _terms=tuple(terms),
         _fast=_compile_fast(tuple(terms)),
     )
@@ -257,11 +330,13 @@ def set_price(
     cache_write_per_mtok: Number | None = None,
     provider: str | None = None,
 ) -> None:
-    """Set (or replace) the price of ``model``; overrides win over genai-prices.
+    """Set (or replace) the price of ``model`` for this process; it wins over every other source.
 
-    Use it for models genai-prices does not know (local models: price them at 0), for
-    negotiated rates, or to pin a price in tests. The override lasts for the process; use
-    :func:`price_override` to scope one to a ``with`` block.
+    Use it for models genai-prices does not know, for negotiated rates, or to pin a price in
+    tests. A price set here wins over the prices file and genai-prices (see the module
+    docstring); to price a model for every program and the CLI, write the prices file
+    instead (``llmctx prices set MODEL --input ... --output ...``). The price lasts for the
+    process; :func:`price_override` scopes one to a ``with`` block.
 
     Args:
         model: the model name as the provider returns it (matched case-insensitively; a
@@ -290,7 +365,10 @@ def set_price(
 
 
 def clear_prices() -> None:
-    """Remove every override set with :func:`set_price` (genai-prices data stays)."""
+    """Remove every price set in code with :func:`set_price` (the file and genai-prices stay).
+
+    A :func:`price_override` block still running puts back what it replaced when it ends.
+    """
     with _lock:
         _overrides.clear()
         _invalidate()
@@ -306,19 +384,36 @@ def price_override(
     cache_write_per_mtok: Number | None = None,
     provider: str | None = None,
 ) -> Iterator[ModelPrice]:
-    """Override the price of ``model`` inside a ``with`` block only.
+    """Price ``model`` inside a ``with`` block only, then put back what was there.
 
-    Arguments are those of :func:`set_price`. The override is process-wide while the block
-    runs (prices are configuration, not per-task context).
+    ::
+
+        with llmctx.price_override("my-model", input_per_mtok="0.50", output_per_mtok="1.50"):
+            ...  # calls of my-model are charged at these rates, money budgets apply
+
+    A price set in code, like :func:`set_price`'s: it wins over the prices file and
+    genai-prices while the block runs. Handy in tests and demos (``llmctx demo`` prices the
+    free local model this way to show money budgets). The price is process-wide while the
+    block runs (prices are configuration, not per-task context), so concurrent tasks and
+    threads see it too; nest blocks rather than overlap them for the same model.
+
+    Args:
+        model: as :func:`set_price`.
+        input_per_mtok: as :func:`set_price`.
+        output_per_mtok: as :func:`set_price`.
+        cache_read_per_mtok: as :func:`set_price`.
+        cache_write_per_mtok: as :func:`set_price`.
+        provider: as :func:`set_price`.
 
     Yields:
-        The :class:`ModelPrice` in force inside the block.
+        The :class:`ModelPrice` in force inside the block (source ``"code"``).
 
     Raises:
         ConfigError: as :func:`set_price`, before the block runs.
 
-    On exit (normal, exception or cancellation) the previous override for the same
-    ``(model, provider)`` is restored, or removed when there was none.
+    On exit (normal, exception, cancellation or KeyboardInterrupt) the price set in code
+    before the block for the same ``(model, provider)`` is restored, or removed when there
+    was none; the prices file and genai-prices then answer again.
     """
     price = _override_price(
         model,
@@ -327,6 +422,7 @@ def price_override(
         cache_read_per_mtok=cache_read_per_mtok,
         cache_write_per_mtok=cache_write_per_mtok,
         provider=provider,
+        origin="llmctx.price_override",
     )
     key = (price.model.lower(), _norm(price.provider))
     with _lock:
@@ -342,6 +438,119 @@ def price_override(
             else:
                 _overrides[key] = previous
             _invalidate()
+
+
+# --------------------------------------------------------------------------------------------
+# The prices file: read on first use, checked again at most once a second.
+
+_FILE_CHECK_EVERY: Final = 1.0
+_file_next_check = 0.0  # time.monotonic() of the next check; 0: never checked
+_file_signature: tuple[Any, ...] | None = None
+_file_where: PricesFile | None = None
+_file_prices: dict[tuple[str, str | None], ModelPrice] = {}
+_file_error: PricesFileError | None = None
+
+
+def _signature(where: PricesFile | None) -> tuple[Any, ...]:
+    if where is None:
+        return (None,)
+    try:
+        st = where.path.stat()
+    except OSError:
+        return (where.path, where.chosen_by, None)
+    return (where.path, where.chosen_by, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _load_file(where: PricesFile | None) -> None:
+    # Caller holds _lock.
+    global _file_where, _file_prices, _file_error
+    prices: dict[tuple[str, str | None], ModelPrice] = {}
+    error: PricesFileError | None = None
+    if where is not None:
+        try:
+            for entry in _prices_file.read(where.path).values():
+                rates = entry.rates
+                price = _override_price(
+                    entry.model,
+                    input_per_mtok=rates["input_per_mtok"],
+                    output_per_mtok=rates["output_per_mtok"],
+                    cache_read_per_mtok=rates.get("cache_read_per_mtok"),
+                    cache_write_per_mtok=rates.get("cache_write_per_mtok"),
+                    provider=entry.provider,
+                    source="file",
+                    origin=f"{where.path}, line {entry.line}" if entry.line else str(where.path),
+                )
+                prices[(price.model.lower(), _norm(price.provider))] = price
+        except PricesFileError as exc:
+            prices, error = {}, exc
+    _file_where, _file_prices, _file_error = where, prices, error
+    _invalidate()
+
+
+def _check_file(force: bool = False) -> None:
+    global _file_next_check, _file_signature
+    now = time.monotonic()
+    if not force and now < _file_next_check:
+        return
+    where = _prices_file.locate()
+    signature = _signature(where)
+    with _lock:
+        _file_next_check = now + _FILE_CHECK_EVERY
+        if force or signature != _file_signature:
+            _file_signature = signature
+            _load_file(where)
+
+
+def reload_prices() -> PricesFile | None:
+    """Read the prices file again now (normally it is checked at most once a second).
+
+    Returns:
+        Where the prices file is (it may not exist yet), or ``None`` when there is none.
+    """
+    _check_file(force=True)
+    return _file_where
+
+
+def prices_file() -> tuple[PricesFile | None, PricesFileError | None]:
+    """The prices file in force and, when it cannot be used, why (read now if it changed)."""
+    _check_file()
+    with _lock:
+        return _file_where, _file_error
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled local model: free, because it runs on this machine.
+
+#: The names the bundled model's calls carry (``providers.LOCAL_MODEL_NAME``; a test keeps
+#: them equal), and its GGUF file's stem, which ``instrument(Llama(...))`` uses.
+LOCAL_MODEL_NAMES: Final = ("SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1")
+_LOCAL_PROVIDER: Final = "llama-cpp"
+_LOCAL_KEYS: Final = frozenset(n.lower() for n in LOCAL_MODEL_NAMES)
+
+
+def _local_price(name: str, provider: str | None) -> ModelPrice | None:
+    """$0 for the bundled model's names, bare or as ``llama-cpp/NAME``; else None."""
+    if provider not in (None, _LOCAL_PROVIDER):
+        return None
+    if name.startswith(_LOCAL_PROVIDER + "/"):
+        name = name[len(_LOCAL_PROVIDER) + 1 :]
+    if name not in _LOCAL_KEYS:
+        return None
+    return local_price(LOCAL_MODEL_NAMES[0], origin="the bundled model runs on this machine")
+
+
+def local_price(model: str, *, origin: str) -> ModelPrice:
+    """A $0 price of source ``"local model"`` for ``model``, run by llama.cpp on this machine."""
+    return ModelPrice(
+        provider=_LOCAL_PROVIDER,
+        model=model,
+        input_per_mtok=_ZERO,
+        output_per_mtok=_ZERO,
+        source="local model",
+        origin=origin,
+        # No terms: every usage costs exactly Decimal(0).
+        _fast=(_ZERO, (), False, False),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +626,9 @@ def _active_model_price(info: Any, now: datetime) -> tuple[Any, float | None, st
     return info.get_prices(now), expires, None
 
 
-def _compile_terms(model_price: Any) -> tuple[tuple[_Term, ...], list[PriceTier], list[str]]:
+def _compile_terms(
+    model_price: Any,
+) -> tuple[tuple[_Term, ...], list[PriceTier], list[UnitPrice]]:
     """Mirror genai's ModelPrice.calc_price: one term per priced unit, in its order."""
     from genai_prices import types as gt
     from genai_prices.units import _get_registry
@@ -425,7 +636,7 @@ def _compile_terms(model_price: Any) -> tuple[tuple[_Term, ...], list[PriceTier]
     registry = _get_registry()
     terms: list[_Term] = []
     tiers: list[PriceTier] = []
-    other: list[str] = []
+    other: list[UnitPrice] = []
     for key, value in model_price.__dict__.items():
         if key.startswith("_") or value is None:
             continue
@@ -444,19 +655,19 @@ def _compile_terms(model_price: Any) -> tuple[tuple[_Term, ...], list[PriceTier]
             base, steps = value, ()
         terms.append((slot, base, steps, unit.per))
         if slot not in _KIND_OF_SLOT:
-            other.append(_describe(gt, value, unit, key))
+            other.append(UnitPrice(_unit_name(unit.usage_key), unit.per, base, slot == _ONE))
     order = ("input", "output", "cache_read", "cache_write")
     tiers.sort(key=lambda t: (t.above_input_tokens, order.index(t.kind)))
     return tuple(terms), tiers, other
 
 
-def _describe(gt: Any, value: Any, unit: Any, key: str) -> str:
-    # genai-prices' own wording ("$10/web searches K") is private API: fall back if it moves.
-    try:
-        return str(gt._format_model_price_line(value, unit))
-    except Exception:
-        base = value.base if isinstance(value, gt.TieredPrices) else value
-        return f"{format_usd(base)} per {unit.per:,} {key}"
+def _unit_name(usage_key: str) -> str:
+    """``web_searches`` -> ``web searches``; ``audio_seconds`` -> ``seconds of audio``."""
+    words = usage_key.replace("_", " ")
+    if words.endswith(" seconds") or words == "seconds":
+        what = words.removesuffix("seconds").strip()
+        return f"seconds of {what}" if what else "seconds"
+    return words
 
 
 def _rate_of(terms: tuple[_Term, ...], slot: int) -> Decimal | None:
@@ -489,7 +700,7 @@ def _resolve_genai(model: str, provider: str | None) -> ModelPrice | None:
     gprovider, info = found
     now = datetime.now(tz=UTC)
     model_price, expires_at, note = _active_model_price(info, now)
-    terms, tiers, other = _compile_terms(model_price)
+    terms, tiers, units = _compile_terms(model_price)
     if note is None and _reasoning_priced(model_price):
         note = "reasoning tokens have a rate of their own"
     if note is None:
@@ -504,9 +715,11 @@ def _resolve_genai(model: str, provider: str | None) -> ModelPrice | None:
         source="genai-prices",
         name=info.name,
         tiers=tuple(tiers),
-        other_prices=tuple(other),
+        other_prices=tuple(u.text for u in units),
         snapshot=_snapshot_label(),
         note=note,
+        origin=_snapshot_label(),
+        unit_prices=tuple(units),
         _terms=terms,
         _fast=_compile_fast(terms) if note is None else None,
         _genai=found,
@@ -544,21 +757,62 @@ def _self_check(terms: tuple[_Term, ...], info: Any, gprovider: Any, now: dateti
 # Lookup and pricing.
 
 
-def _resolve(model: str, provider: str | None) -> ModelPrice | None:
-    name = _norm(model) or ""
-    prov = _norm(provider)
+def _keys(name: str, prov: str | None) -> list[tuple[str, str | None]]:
     keys: list[tuple[str, str | None]] = [(name, prov), (name, None)]
     if "/" in name:
         prefix, rest = name.split("/", 1)
         keys += [(rest, prov or prefix), (rest, None)]
+    return keys
+
+
+def _resolve(model: str, provider: str | None) -> ModelPrice | None:
+    name = _norm(model) or ""
+    prov = _norm(provider)
+    keys = _keys(name, prov)
     with _lock:
         for key in keys:
             hit = _overrides.get(key)
             if hit is not None:
                 return hit
+        if _file_error is not None:
+            # Fail closed: the file may have priced this model; no other source may guess.
+            raise _file_error
+        for key in keys:
+            hit = _file_prices.get(key)
+            if hit is not None:
+                return hit
     if not name:
         return None
-    return _resolve_genai(name, prov)
+    return _resolve_genai(name, prov) or _local_price(name, prov)
+
+
+def price_sources(model: str, provider: str | None = None) -> list[ModelPrice]:
+    """Every source that prices ``model``, the one in force first (code, file, genai, local).
+
+    What ``llmctx prices MODEL`` shows: the price :func:`lookup_price` returns, then those it
+    shadows.
+
+    Raises:
+        PricesFileError: the prices file cannot be used.
+    """
+    _check_file()
+    name = _norm(model) or ""
+    prov = _norm(provider)
+    keys = _keys(name, prov)
+    found: list[ModelPrice] = []
+    with _lock:
+        for layer in (_overrides, _file_prices):
+            hit = next((layer[k] for k in keys if k in layer), None)
+            if hit is not None:
+                found.append(hit)
+        error = _file_error
+    if error is not None:
+        raise error
+    if name:
+        for other in (_resolve_genai(name, prov), _local_price(name, prov)):
+            if other is not None:
+                found.append(other)
+    return found
 
 
 def lookup_price(model: str, provider: str | None = None) -> ModelPrice | None:
@@ -569,14 +823,23 @@ def lookup_price(model: str, provider: str | None = None) -> ModelPrice | None:
     genai-prices model loads its data (~0.4 s once per process) and checks the compiled price
     against ``genai_prices.calc_price`` (1-3 ms); later lookups are a dict hit.
 
+    Sources, first match wins: prices set in code, the prices file, genai-prices, the
+    bundled local model ($0); see the module docstring.
+
     Args:
         model: the model name.
         provider: a provider id (``"openai"``, ``"anthropic"``, ``"google"``, ...). A provider
-            genai-prices does not know yields ``None`` unless an override matches.
+            genai-prices does not know yields ``None`` unless code or the file prices it.
 
     Returns:
         The :class:`ModelPrice`, or ``None``.
+
+    Raises:
+        PricesFileError: (a ``ConfigError``) the prices file cannot be used and code does not
+            price the model: its message names the file, the line and the fix.
     """
+    if time.monotonic() >= _file_next_check:
+        _check_file()
     key = (model, provider)
     hit = _cache.get(key, _MISSING)
     if hit is not _MISSING:
@@ -665,9 +928,24 @@ def _inconsistent(usage: Usage) -> str:
 def unknown_reason(model: str, provider: str | None) -> str:
     where = f" from provider {provider!r}" if provider else ""
     return (
-        f"no price known for model {model!r}{where} (set one with "
-        f"llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...))"
+        f"no price known for model {model!r}{where} (set one for every program with "
+        f"`llmctx prices set {model} --input USD_PER_MTOK --output USD_PER_MTOK`, or in code "
+        f"with llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...))"
     )
+
+
+def is_unpriced(model: str | None, provider: str | None = None) -> bool:
+    """True when nothing prices ``model``: for integrations whose unpriced calls are free.
+
+    Never raises. False when the prices file cannot be used (it might price the model), so
+    such a call is priced like any other and fails closed under a money budget.
+    """
+    if model is None:
+        return True
+    try:
+        return lookup_price(model, provider) is None
+    except PricesFileError:
+        return False
 
 
 def price_usage(
@@ -686,18 +964,23 @@ def price_usage(
     """
     if model is None:
         return None, "the call reported no model name, so it cannot be priced"
+    if time.monotonic() >= _file_next_check:
+        _check_file()
     key = (model, provider)
     price = _cache.get(key, _MISSING)
-    if price is _MISSING:
-        price = lookup_price(model, provider)
-    if price is None:
-        return None, unknown_reason(model, provider)
-    if price._expires_at is not None and time.time() >= price._expires_at:
-        with _lock:
-            _invalidate()
-        price = lookup_price(model, provider)
-        if price is None:  # pragma: no cover - a dated price change never removes a model
+    try:
+        if price is _MISSING:
+            price = lookup_price(model, provider)
+        if price is None:
             return None, unknown_reason(model, provider)
+        if price._expires_at is not None and time.time() >= price._expires_at:
+            with _lock:
+                _invalidate()
+            price = lookup_price(model, provider)
+            if price is None:  # pragma: no cover - a dated price change never removes a model
+                return None, unknown_reason(model, provider)
+    except PricesFileError as exc:
+        return None, str(exc)
     return _cost(price, usage)
 
 
@@ -723,6 +1006,7 @@ def estimate_cost(
 
     Raises:
         ConfigError: a token count is negative.
+        PricesFileError: the prices file cannot be used (so a budgeted call is refused).
     """
     if input_tokens < 0 or max_output_tokens < 0:
         raise ConfigError(
@@ -786,15 +1070,17 @@ def _worst_case_uncached(terms: tuple[_Term, ...], input_tokens: int, max_output
 
 
 def known_models(provider: str | None = None) -> list[str]:
-    """Every model id a price is known for (overrides and genai-prices), sorted.
+    """Every model id a price is known for (code, the prices file, genai-prices), sorted.
 
     Args:
         provider: only models of this provider id.
     """
+    _check_file()
     prov = _norm(provider)
     names: set[str] = set()
     with _lock:
-        names.update(m for (m, p) in _overrides if prov is None or p in (None, prov))
+        for layer in (_overrides, _file_prices):
+            names.update(m for (m, p) in layer if prov is None or p in (None, prov))
     for gp in _snapshot().providers:
         if prov is None or gp.id == prov:
             names.update(m.id for m in gp.models)

@@ -12,8 +12,22 @@ without any model or network, so users' tests can assert on sessions and budgets
         assert s.usage.requests == 3
 
 Tokens are counted as whitespace-separated words, so counts are exact and predictable.
-The pytest fixtures (``llmctx_store``, ``llmctx_session``) are available with
-``pytest_plugins = ["llmctx.testing"]`` in a conftest.py.
+
+This module is also a pytest plugin, registered through the ``pytest11`` entry point, so its
+fixtures are there in every test once llmctx is installed (no ``pytest_plugins`` line; an old
+``pytest_plugins = ["llmctx.testing"]`` is harmless; ``-p no:llmctx.testing`` turns it off):
+
+* ``llmctx_store``: a fresh :class:`~llmctx.stores.MemoryStore` that is also the default store
+  for the test, so every session the code under test opens without ``store=`` is recorded
+  there, never in the per-user database;
+* ``llmctx_session``: a running session named ``"test"`` on that store.
+
+::
+
+    def test_agent_records_its_calls(llmctx_session, llmctx_store):
+        my_agent(FakeModel(reply="done"))
+        assert llmctx_session.usage.requests == 1
+        assert llmctx_store.list_sessions()
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from typing import Any, NoReturn
 
 from ._charge import track_call
 from ._interrupt import protected
-from ._pricing import lookup_price
+from ._pricing import is_unpriced
 from ._usage import CallRecord, Usage
 from .stores.memory import MemoryStore
 
@@ -117,8 +131,7 @@ class FakeModel:
             max_output_tokens=max_tokens,
             # Only the default name is free when unpriced: any other model must be priced,
             # so a money budget fails closed on it as on a real one.
-            free=self.model == DEFAULT_FAKE_MODEL
-            and lookup_price(self.model, self.provider) is None,
+            free=self.model == DEFAULT_FAKE_MODEL and is_unpriced(self.model, self.provider),
         )
 
     def complete(
@@ -300,15 +313,24 @@ else:
     from collections.abc import Generator
 
     @pytest.fixture
-    def llmctx_store() -> Generator[MemoryStore, None, None]:
-        """A fresh in-memory store."""
+    def llmctx_store(monkeypatch: pytest.MonkeyPatch) -> Generator[MemoryStore, None, None]:
+        """A fresh in-memory store, also the test's default store (never the per-user database).
+
+        ``$LLMCTX_DB`` is ``memory:`` during the test and the process-wide default store is
+        this one, so a session opened without ``store=`` lands here; both are restored after.
+        """
+        from .stores import _open
+
         store = MemoryStore()
+        monkeypatch.setenv("LLMCTX_DB", "memory:")
+        # default_store() hands out the store it holds for the current $LLMCTX_DB value.
+        monkeypatch.setattr(_open, "_default", ("memory:", store))
         yield store
         store.close()
 
     @pytest.fixture
     def llmctx_session(llmctx_store: MemoryStore) -> Generator[Any, None, None]:
-        """A running session on an in-memory store."""
+        """A running session named ``"test"`` on :func:`llmctx_store`; it ends with the test."""
         from ._session import session
 
         with session("test", store=llmctx_store) as s:

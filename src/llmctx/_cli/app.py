@@ -7,8 +7,9 @@ import typer
 from .. import __version__
 from ._layout import PlainHelpCommand, PlainHelpGroup
 from .demo import demo
+from .info import info
 from .mcp import mcp_app
-from .prices import prices
+from .prices import prices_app
 from .sessions import sessions_app
 from .ui import ui
 from .workshop import workshop
@@ -23,8 +24,9 @@ app = typer.Typer(
 )
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(mcp_app, name="mcp")
-app.command("prices", cls=PlainHelpCommand)(prices)
+app.add_typer(prices_app, name="prices")
 app.command("demo", cls=PlainHelpCommand)(demo)
+app.command("info", cls=PlainHelpCommand)(info)
 app.command("workshop", cls=PlainHelpCommand)(workshop)
 app.command("ui", cls=PlainHelpCommand)(ui)
 

@@ -1,63 +1,140 @@
-"""``llmctx prices MODEL``: what a model costs per million tokens, and where that comes from."""
+"""``llmctx prices``: what a model costs, where that price comes from, and the prices file.
+
+``llmctx prices MODEL`` shows the price in force and every source it shadows (code, the prices
+file, genai-prices, the bundled local model). ``llmctx prices set|rm`` edit the prices file
+that every llmctx program reads; ``llmctx prices ls`` lists it.
+
+``--json`` shapes (every money amount is a decimal string, US dollars; ``null`` when absent):
+
+* ``prices MODEL --json``: ``{"model", "name", "provider", "source", "origin", "snapshot",
+  "per_mtok_usd": {"input", "output", "cache_read", "cache_write"}, "tiers": [{"kind",
+  "above_input_tokens", "per_mtok_usd"}], "unit_prices": [{"unit", "per", "usd", "charged",
+  "text"}], "other_prices": [text], "note", "example": {"input_tokens", "output_tokens",
+  "cost_usd"}, "shadowed": [{"source", "origin", "provider", "per_mtok_usd"}],
+  "prices_file": {"path", "chosen_by", "exists"} | null}``
+* ``prices set --json`` / ``prices rm --json``: ``{"file", "model", "provider", "line",
+  "per_mtok_usd", "in_force": bool}`` (``in_force``: programs read this file).
+* ``prices ls --json``: ``{"prices_file": ... | null, "entries": [{"model", "provider", "line",
+  "per_mtok_usd"}]}``.
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
-from decimal import Decimal
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer import _click
 
+from .. import _prices_file
 from .._money import format_usd
-from .._pricing import ModelPrice, known_models, lookup_price
+from .._prices_file import FileEntry, PricesFile, PricesFileError
+from .._pricing import (
+    ModelPrice,
+    known_models,
+    local_price,
+    price_sources,
+    prices_file,
+    reload_prices,
+)
 from .._usage import Usage
+from ._layout import Column, PlainHelpCommand, PlainHelpGroup, print_fitted
+
+__all__ = ["prices_app"]
 
 _EXAMPLE = Usage(input_tokens=1_000, output_tokens=1_000, requests=1)
+_LOCAL_PROVIDER = "llama-cpp"
 
 
-def _tier_label(kind: str) -> str:
-    return kind.replace("_", " ").capitalize()
+class _PricesGroup(PlainHelpGroup):
+    """``llmctx prices MODEL`` is ``llmctx prices show MODEL``; set, rm and ls are commands."""
+
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        """Route anything that is not a subcommand (or --help) to ``show``."""
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
 
 
-def _as_json(price: ModelPrice, example: Decimal) -> dict[str, Any]:
-    def num(value: Decimal | None) -> str | None:
-        return None if value is None else format(value.normalize(), "f")
+prices_app = typer.Typer(
+    help="What a model costs and where the price comes from; edit the prices file.\n\n"
+    "llmctx prices MODEL shows a price (same as: llmctx prices show MODEL).",
+    no_args_is_help=True,
+    cls=_PricesGroup,
+    subcommand_metavar="MODEL | COMMAND [ARGS]...",
+)
 
+
+def _num(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _rates_json(price: ModelPrice) -> dict[str, str | None]:
+    return {
+        "input": _num(price.input_per_mtok),
+        "output": _num(price.output_per_mtok),
+        "cache_read": _num(price.cache_read_per_mtok),
+        "cache_write": _num(price.cache_write_per_mtok),
+    }
+
+
+def _file_json(where: PricesFile | None) -> dict[str, Any] | None:
+    if where is None:
+        return None
+    return {"path": str(where.path), "chosen_by": where.chosen_by, "exists": where.path.is_file()}
+
+
+def _as_json(
+    price: ModelPrice, example: Decimal, shadowed: list[ModelPrice], where: PricesFile | None
+) -> dict[str, Any]:
     return {
         "model": price.model,
         "name": price.name,
         "provider": price.provider,
         "source": price.source,
+        "origin": price.origin,
         "snapshot": price.snapshot,
-        "per_mtok_usd": {
-            "input": num(price.input_per_mtok),
-            "output": num(price.output_per_mtok),
-            "cache_read": num(price.cache_read_per_mtok),
-            "cache_write": num(price.cache_write_per_mtok),
-        },
+        "per_mtok_usd": _rates_json(price),
         "tiers": [
             {
                 "kind": t.kind,
                 "above_input_tokens": t.above_input_tokens,
-                "per_mtok_usd": num(t.per_mtok),
+                "per_mtok_usd": _num(t.per_mtok),
             }
             for t in price.tiers
+        ],
+        "unit_prices": [
+            {"unit": u.unit, "per": u.per, "usd": _num(u.usd), "charged": u.charged, "text": u.text}
+            for u in price.unit_prices
         ],
         "other_prices": list(price.other_prices),
         "note": price.note,
         "example": {
             "input_tokens": _EXAMPLE.input_tokens,
             "output_tokens": _EXAMPLE.output_tokens,
-            "cost_usd": num(example),
+            "cost_usd": _num(example),
         },
+        "shadowed": [
+            {
+                "source": p.source,
+                "origin": p.origin,
+                "provider": p.provider,
+                "per_mtok_usd": _rates_json(p),
+            }
+            for p in shadowed
+        ],
+        "prices_file": _file_json(where),
     }
 
 
-def _table(price: ModelPrice, example: Decimal) -> Table:
+def _table(price: ModelPrice) -> Table:
     title = price.model if not price.provider else f"{price.model} ({price.provider})"
     if price.name and price.name.lower() != price.model.lower():
         title += f" - {price.name}"
@@ -72,37 +149,95 @@ def _table(price: ModelPrice, example: Decimal) -> Table:
     ):
         table.add_row(label, "input rate" if rate is None else format_usd(rate))
     for tier in price.tiers:
-        label = f"{_tier_label(tier.kind)}, prompts over {tier.above_input_tokens:,} tokens"
+        kind = tier.kind.replace("_", " ").capitalize()
+        label = f"{kind}, prompts over {tier.above_input_tokens:,} tokens"
         table.add_row(Text(label), format_usd(tier.per_mtok))
     return table
 
 
-def prices(
+def _source_line(price: ModelPrice, where: PricesFile | None) -> str:
+    if price.source == "code":
+        return f"Source: code ({price.origin} in this process)"
+    if price.source == "file":
+        why = f" ({where.why})" if where is not None else ""
+        return f"Source: prices file {price.origin}{why}"
+    if price.source == "local model":
+        return (
+            f"Source: local model: {price.origin}, so its calls cost $0 unless you price "
+            f"it (llmctx prices set {price.model} --input USD --output USD)"
+        )
+    return f"Source: {price.origin or price.snapshot}"
+
+
+def _short(price: ModelPrice) -> str:
+    return (
+        f"{format_usd(price.input_per_mtok)} input, {format_usd(price.output_per_mtok)} output "
+        "per million tokens"
+    )
+
+
+def _llama_cpp_free(model: str, provider: str | None) -> ModelPrice | None:
+    """What a llama.cpp call of an unpriced model costs: $0 (its integration's rule)."""
+    named = model.strip().lower().startswith(_LOCAL_PROVIDER + "/")
+    if (provider or "").strip().lower() != _LOCAL_PROVIDER and not named:
+        return None
+    name = model.strip().split("/", 1)[1] if named else model.strip()
+    return local_price(name, origin="llama.cpp runs it on this machine")
+
+
+def _file_failed(exc: PricesFileError) -> typer.Exit:
+    err = Console(stderr=True, soft_wrap=True)
+    err.print(str(exc), highlight=False, markup=False)
+    return typer.Exit(2)
+
+
+@prices_app.command("show", cls=PlainHelpCommand)
+def show(
     model: str = typer.Argument(..., help="Model name as the provider returns it, e.g. gpt-4o"),
     provider: str | None = typer.Option(
-        None, "--provider", "-p", help="Provider id: openai, anthropic, google, ..."
+        None, "--provider", "-p", help="Provider id: openai, anthropic, google, llama-cpp, ..."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the price per million tokens of MODEL and where it comes from.
 
-    Exits with status 1, suggesting close model names, when no price is known.
+    First the price in force (code, else the prices file, else genai-prices, else local).
+
+    Then the prices it shadows. Exit 1 when none is known, 2 when the prices file is bad.
     """
-    price = lookup_price(model, provider)
-    if price is None:
-        _unknown(model, provider)
-        raise typer.Exit(1)
+    try:
+        found = price_sources(model, provider)
+    except PricesFileError as exc:
+        raise _file_failed(exc) from None
+    where, _ = prices_file()
+    if not found:
+        free = _llama_cpp_free(model, provider)
+        if free is None:
+            _unknown(model, provider, where)
+            raise typer.Exit(1)
+        found = [free]
+    price, shadowed = found[0], found[1:]
     example = price.cost(_EXAMPLE)
     if as_json:
-        typer.echo(json.dumps(_as_json(price, example), indent=2))
+        typer.echo(json.dumps(_as_json(price, example, shadowed, where), indent=2))
         return
     console = Console(soft_wrap=True)
-    console.print(_table(price, example))
-    source = "override (llmctx.set_price)" if price.source == "override" else price.snapshot
-    console.print(f"Source: {source}", highlight=False)
-    if price.other_prices:
+    console.print(_table(price))
+    console.print(_source_line(price, where), highlight=False, markup=False)
+    for other in shadowed:
+        label = {"file": "prices file ", "code": "code, "}.get(other.source, "")
         console.print(
-            f"Also priced (not tracked): {'; '.join(price.other_prices)}", highlight=False
+            f"Shadows: {label}{other.origin}: {_short(other)}", highlight=False, markup=False
+        )
+    charged = [u.text for u in price.unit_prices if u.charged]
+    shown = [u.text for u in price.unit_prices if not u.charged]
+    if charged:
+        console.print(f"Also charged: {'; '.join(charged)}", highlight=False, markup=False)
+    if shown:
+        console.print(
+            f"Also priced, not tracked by llmctx: {'; '.join(shown)}",
+            highlight=False,
+            markup=False,
         )
     if price.note:
         console.print(
@@ -115,26 +250,297 @@ def prices(
     )
 
 
-def _unknown(model: str, provider: str | None) -> None:
+def _unknown(model: str, provider: str | None, where: PricesFile | None) -> None:
     err = Console(stderr=True, soft_wrap=True)
-    where = f" from provider {provider!r}" if provider else ""
-    err.print(f"No price known for model {model!r}{where}.", highlight=False, markup=False)
+
+    def say(text: str) -> None:
+        err.print(text, highlight=False, markup=False)
+
+    where_from = f" from provider {provider!r}" if provider else ""
+    say(f"No price known for model {model!r}{where_from}.")
     try:
         candidates = known_models(provider)
     except Exception:  # a broken genai-prices install must not hide the real message
         candidates = []
     if provider and not candidates:
-        err.print(
-            f"genai-prices knows no provider {provider!r}; try without --provider.",
-            highlight=False,
-            markup=False,
-        )
+        say(f"genai-prices knows no provider {provider!r}; try without --provider.")
     close = difflib.get_close_matches(model.strip().lower(), candidates, n=5, cutoff=0.6)
     if close:
-        err.print(f"Did you mean: {', '.join(close)}?", highlight=False, markup=False)
-    err.print(
-        "To price it, call in your program: "
-        f"llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...)",
+        say(f"Did you mean: {', '.join(close)}?")
+    target = where.path if where is not None else _prices_file.user_prices_path()
+    say(
+        f"To price it for every program: llmctx prices set {model} --input USD_PER_MTOK "
+        f"--output USD_PER_MTOK (writes {target})"
+    )
+    say(f"Or in your program: llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=...)")
+
+
+def _rate_option(option: str, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        rate = Decimal(value.strip().removeprefix("$"))
+    except InvalidOperation:
+        rate = Decimal("NaN")
+    problem = _prices_file.rate_problem(rate)
+    if problem is not None:
+        raise typer.BadParameter(
+            f"{value!r} is not a price: it {problem}; give US dollars per million tokens, "
+            "e.g. 0.15",
+            param_hint=option,
+        )
+    return rate
+
+
+def _target(file: Path | None) -> tuple[Path, bool]:
+    """The file to edit, and whether programs read it (it is the file in force)."""
+    where = reload_prices()
+    if file is not None:
+        path = file.expanduser()
+        in_force = where is not None and _same(where.path, path)
+        return path, in_force
+    if where is not None:
+        return where.path, True
+    # No file yet: the per-user one is read by every program once it exists.
+    return _prices_file.user_prices_path(), True
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
+
+
+def _entry_json(path: Path, entry: FileEntry, in_force: bool) -> dict[str, Any]:
+    return {
+        "file": str(path),
+        "model": entry.model,
+        "provider": entry.provider,
+        "line": entry.line,
+        "per_mtok_usd": _entry_rates(entry.rates),
+        "in_force": in_force,
+    }
+
+
+def _entry_rates(rates: Mapping[str, Decimal]) -> dict[str, str | None]:
+    return {
+        "input": _num(rates.get("input_per_mtok")),
+        "output": _num(rates.get("output_per_mtok")),
+        "cache_read": _num(rates.get("cache_read_per_mtok")),
+        "cache_write": _num(rates.get("cache_write_per_mtok")),
+    }
+
+
+def _not_in_force_note(console: Console, path: Path) -> None:
+    where = reload_prices()
+    read = f"{where.path} ({where.why})" if where is not None else "no prices file"
+    console.print(
+        f"Note: programs read {read}, not {path}; point LLMCTX_PRICES at it to use it.",
         highlight=False,
         markup=False,
     )
+
+
+@prices_app.command("set", cls=PlainHelpCommand)
+def set_(
+    model: str = typer.Argument(..., help="Model name as the provider returns it."),
+    input_rate: str = typer.Option(
+        ..., "--input", metavar="USD", help="US dollars per million input tokens, e.g. 0.15."
+    ),
+    output_rate: str = typer.Option(
+        ..., "--output", metavar="USD", help="US dollars per million output tokens."
+    ),
+    cached_input: str | None = typer.Option(
+        None,
+        "--cached-input",
+        metavar="USD",
+        help="Per million cache-read (cached input) tokens; default: the input rate.",
+    ),
+    cache_write: str | None = typer.Option(
+        None,
+        "--cache-write",
+        metavar="USD",
+        help="Per million cache-write tokens; default: the input rate.",
+    ),
+    provider: str | None = typer.Option(
+        None, "--provider", "-p", help="Price only this provider's MODEL (default: any)."
+    ),
+    file: Path | None = typer.Option(
+        None, "--file", metavar="PATH", help="Prices file to edit (default: the one in force)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Write the price of MODEL to the prices file that every llmctx program reads.
+
+    The file in force: LLMCTX_PRICES, else the per-user prices.toml, else llmctx.toml.
+
+    Without any, the per-user prices.toml is created. Other entries and comments stay.
+
+    Exit 2, writing nothing, on a bad number or a prices file that cannot be edited.
+    """
+    if not model.strip():
+        raise typer.BadParameter("give a model name", param_hint="MODEL")
+    if provider is not None and not provider.strip():
+        raise typer.BadParameter(
+            "give a provider id, or leave --provider out", param_hint="--provider"
+        )
+    rates: dict[str, Decimal] = {}
+    for key, option, value in (
+        ("input_per_mtok", "--input", input_rate),
+        ("output_per_mtok", "--output", output_rate),
+        ("cache_read_per_mtok", "--cached-input", cached_input),
+        ("cache_write_per_mtok", "--cache-write", cache_write),
+    ):
+        rate = _rate_option(option, value)
+        if rate is not None:
+            rates[key] = rate
+    path, in_force = _target(file)
+    try:
+        entry = _prices_file.set_entry(path, model, rates, provider.strip() if provider else None)
+    except PricesFileError as exc:
+        raise _file_failed(exc) from None
+    except OSError as exc:
+        Console(stderr=True).print(
+            f"cannot write {path}: {exc}; choose another file with --file PATH",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(2) from None
+    reload_prices()
+    if as_json:
+        typer.echo(json.dumps(_entry_json(path, entry, in_force), indent=2))
+        return
+    console = Console(soft_wrap=True)
+    parts = [
+        f"{format_usd(rates['input_per_mtok'])} input",
+        f"{format_usd(rates['output_per_mtok'])} output",
+    ]
+    if "cache_read_per_mtok" in rates:
+        parts.append(f"{format_usd(rates['cache_read_per_mtok'])} cached input")
+    if "cache_write_per_mtok" in rates:
+        parts.append(f"{format_usd(rates['cache_write_per_mtok'])} cache write")
+    only = f" (provider {entry.provider} only)" if entry.provider else ""
+    console.print(
+        f"Priced {entry.model}{only}: {', '.join(parts)} per million tokens, in {path}, "
+        f"line {entry.line}.",
+        highlight=False,
+        markup=False,
+    )
+    if not in_force:
+        _not_in_force_note(console, path)
+
+
+@prices_app.command("rm", cls=PlainHelpCommand)
+def rm(
+    model: str = typer.Argument(..., help="Model whose entry to remove."),
+    file: Path | None = typer.Option(
+        None, "--file", metavar="PATH", help="Prices file to edit (default: the one in force)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Remove the price of MODEL from the prices file (other entries and comments stay).
+
+    Exit 1 when the file has no entry for MODEL, 2 when it cannot be edited.
+    """
+    path, in_force = _target(file)
+    try:
+        entry = _prices_file.remove_entry(path, model)
+    except PricesFileError as exc:
+        raise _file_failed(exc) from None
+    except OSError as exc:
+        Console(stderr=True).print(f"cannot write {path}: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if entry is None:
+        Console(stderr=True, soft_wrap=True).print(
+            f"{path} has no price for {model!r}; `llmctx prices ls` lists what it has.",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(1)
+    reload_prices()
+    if as_json:
+        typer.echo(json.dumps(_entry_json(path, entry, in_force), indent=2))
+        return
+    console = Console(soft_wrap=True)
+    console.print(f"Removed the price of {entry.model} from {path}.", highlight=False, markup=False)
+    if not in_force:
+        _not_in_force_note(console, path)
+
+
+@prices_app.command("ls", cls=PlainHelpCommand)
+def ls(
+    file: Path | None = typer.Option(
+        None, "--file", metavar="PATH", help="Prices file to list (default: the one in force)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the prices file in force (where it is, why that one) and its entries."""
+    where = reload_prices()
+    if file is not None:
+        path = file.expanduser()
+        where = (
+            PricesFile(path, "LLMCTX_PRICES")
+            if where is None or not _same(where.path, path)
+            else where
+        )
+    try:
+        entries = list(_prices_file.read(where.path).values()) if where is not None else []
+    except PricesFileError as exc:
+        raise _file_failed(exc) from None
+    if as_json:
+        data = {
+            "prices_file": _file_json(where),
+            "entries": [
+                {
+                    "model": e.model,
+                    "provider": e.provider,
+                    "line": e.line,
+                    "per_mtok_usd": _entry_rates(e.rates),
+                }
+                for e in entries
+            ],
+        }
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console(soft_wrap=True)
+    if where is None:
+        console.print(
+            "No prices file. `llmctx prices set MODEL --input USD --output USD` creates "
+            f"{_prices_file.user_prices_path()}; LLMCTX_PRICES or a project llmctx.toml with "
+            "[prices] tables work too.",
+            highlight=False,
+            markup=False,
+        )
+        return
+    state = "" if where.path.is_file() else ", does not exist yet"
+    console.print(f"Prices file: {where.path} ({where.why}{state})", highlight=False, markup=False)
+    if not entries:
+        console.print("No entries.", highlight=False)
+        return
+
+    def usd(rates: Mapping[str, Decimal], key: str) -> str:
+        return format_usd(rates[key]) if key in rates else "input rate"
+
+    columns = [
+        Column("model"),
+        Column("provider", drop=2),
+        Column("input", justify="right"),
+        Column("output", justify="right"),
+        Column("cached input", justify="right", drop=1),
+        Column("cache write", justify="right", drop=1),
+        Column("line", justify="right", drop=3),
+    ]
+    rows = [
+        [
+            e.model,
+            e.provider or "any",
+            format_usd(e.rates["input_per_mtok"]),
+            format_usd(e.rates["output_per_mtok"]),
+            usd(e.rates, "cache_read_per_mtok"),
+            usd(e.rates, "cache_write_per_mtok"),
+            str(e.line or ""),
+        ]
+        for e in entries
+    ]
+    print_fitted(console, columns, rows, notes=["US dollars per million tokens"])

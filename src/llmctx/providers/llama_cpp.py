@@ -31,7 +31,7 @@ from typing import Any
 
 from .._charge import CallTracker
 from .._interrupt import protected, unprotected
-from .._pricing import lookup_price
+from .._pricing import is_unpriced
 from .._usage import Usage, raw_usage_dict, usage_from_llama_cpp
 from ._base import (
     LimiterLike,
@@ -220,7 +220,7 @@ class _LlamaState:
             input_tokens=input_tokens,
             max_output_tokens=limit,
             extract=_extract,
-            free=lookup_price(model, PROVIDER) is None,
+            free=is_unpriced(model, PROVIDER),
             tokenizer=self.count_text,
             metadata=meta,
         )
