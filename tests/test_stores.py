@@ -30,6 +30,7 @@ from llmctx.stores import (
     Store,
     default_store,
     open_store,
+    shown_status,
 )
 from llmctx.stores.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
@@ -911,3 +912,118 @@ def test_resolve_store_uses_stores_shares_urls_and_inherits(
         resolve_store(f"mysql://root:{SECRET}@localhost/db")
     assert "LLMCTX_DB" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+# -- liveness columns, refused calls, roots: issue 16 -----------------------------------------
+
+
+def test_refused_call_is_kept_without_touching_any_total(store: Store) -> None:
+    """A refused call is stored once and listed only with refused=True; the session's and its
+    parent's totals count only the call that was sent."""
+    store.save_session(_session("parent"))
+    store.save_session(_session("child", parent_id="parent"))
+    sent = _call("child", 0, usage=Usage(10, 5, requests=1), cost=Decimal("0.01"))
+    refused = _call("child", 1, status="refused", cost=Decimal(0), error="BudgetExceeded: no")
+    store.save_call(sent)
+    store.save_call(refused)
+    store.save_call(refused)  # a retried write adds nothing either
+    assert store.list_calls(["child"]) == [sent]
+    assert store.list_calls(["child"], refused=True) == [sent, refused]
+    for sid in ("parent", "child"):
+        row = store.get_session(sid)
+        assert row is not None and row.calls == 1 and row.cost == Decimal("0.01")
+        assert row.usage == Usage(10, 5, requests=1)
+
+
+def test_liveness_fields_round_trip_and_heartbeats_touch_only_running_rows(store: Store) -> None:
+    """pid, host and heartbeat_at round-trip; touch_sessions moves the heartbeat of running
+    rows and leaves an ended row's alone."""
+    beat = T0 + timedelta(seconds=5)
+    store.save_session(_session("live", status="running", pid=4242, host="h1", heartbeat_at=T0))
+    store.save_session(_session("gone", status="failed", pid=4243, host="h1", heartbeat_at=T0))
+    store.touch_sessions(["live", "gone", "unknown"], beat)
+    live, gone = store.get_session("live"), store.get_session("gone")
+    assert live is not None and (live.pid, live.host, live.heartbeat_at) == (4242, "h1", beat)
+    assert gone is not None and gone.heartbeat_at == T0
+
+
+def test_roots_include_sessions_whose_parent_is_not_stored(store: Store) -> None:
+    """roots_only lists parentless sessions and those whose parent this store never saw."""
+    store.save_session(_session("root"))
+    store.save_session(_session("child", parent_id="root"))
+    store.save_session(_session("orphan", parent_id="never-stored"))
+    assert {r.id for r in store.list_sessions(roots_only=True)} == {"root", "orphan"}
+
+
+def _v2_file(path: Path) -> None:
+    """A SQLite file as schema 2 left it: no liveness columns, one running session."""
+    store = SQLiteStore(path)
+    store.save_call(
+        _call("old", 0, usage=Usage(3, 4, requests=1)), _session("old", status="running")
+    )
+    store.close()
+    raw = sqlite3.connect(path)
+    for column in ("pid", "host", "heartbeat_at"):
+        raw.execute(f"ALTER TABLE sessions DROP COLUMN {column}")
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+
+
+def test_sqlite_version_2_file_gains_the_liveness_columns_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    """A schema 2 file opens as schema 3: its rows read as before (a running row without a pid
+    stays running), and new sessions record their process."""
+    db = tmp_path / "v2.db"
+    _v2_file(db)
+    store = SQLiteStore(db)
+    try:
+        old = store.get_session("old")
+        assert old is not None and old.pid is None and old.heartbeat_at is None
+        assert shown_status(old) == "running" and old.calls == 1
+        with llmctx.session("new", store=store) as s:
+            pass
+        new = store.get_session(s.id)
+        assert new is not None and new.pid == os.getpid() and new.status == "completed"
+    finally:
+        store.close()
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION == 3
+    finally:
+        raw.close()
+
+
+@pytest.mark.postgres
+def test_postgres_version_1_schema_gains_the_liveness_columns(
+    postgres_dsn: str, unique: str
+) -> None:
+    """A schema written by version 1 (no liveness columns) is migrated when a store opens it;
+    its rows read as before and the recorded version is 2."""
+    import psycopg
+
+    schema = f"t_{unique}"
+    store = PostgresStore(postgres_dsn, schema=schema)
+    store.save_call(_call("old", 0), _session("old", status="running"))
+    store.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(
+            f'ALTER TABLE "{schema}".sessions DROP COLUMN pid, DROP COLUMN host, '
+            "DROP COLUMN heartbeat_at"
+        )
+        admin.execute(f'DELETE FROM "{schema}".llmctx_schema')
+        admin.execute(f'INSERT INTO "{schema}".llmctx_schema (version) VALUES (1)')
+    store = PostgresStore(postgres_dsn, schema=schema)
+    try:
+        old = store.get_session("old")
+        assert old is not None and old.pid is None and old.calls == 1
+        store.save_session(old.replace(pid=7, host="h", heartbeat_at=T0))
+        again = store.get_session("old")
+        assert again is not None and again.pid == 7
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            row = admin.execute(f'SELECT max(version) FROM "{schema}".llmctx_schema').fetchone()
+        assert row is not None and row[0] == 2
+    finally:
+        store.drop_schema()
+        store.close()
