@@ -1,4 +1,5 @@
-"""llmctx.testing.FakeModel is charged like a real model: eager streams, prices, async streams."""
+"""llmctx.testing: FakeModel is charged like a real model (eager streams, prices, async streams);
+the pytest fixtures record into their own MemoryStore."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import gc
 import pytest
 
 import llmctx
-from llmctx.stores import MemoryStore
+from llmctx.stores import MemoryStore, default_store
 from llmctx.testing import FakeModel
 
 
@@ -99,3 +100,23 @@ async def test_astream_over_budget_raises_before_iteration() -> None:
         with pytest.raises(llmctx.BudgetExceeded):
             model.astream("a b c", max_tokens=50)
     assert model.requests_sent == 0
+
+
+def test_llmctx_store_is_the_default_store_of_the_test(llmctx_store: MemoryStore) -> None:
+    """Under the llmctx_store fixture, a session opened without store= is recorded there."""
+    with llmctx.session("no-store-given"):
+        FakeModel(reply="ok").complete("hello")
+    (row,) = llmctx_store.list_sessions(limit=None)
+    assert row.name == "no-store-given" and row.usage.requests == 1
+    assert default_store() is llmctx_store
+
+
+def test_llmctx_session_charges_its_memory_store(
+    llmctx_session: llmctx.Session, llmctx_store: MemoryStore
+) -> None:
+    """The llmctx_session fixture is a running session named "test" on llmctx_store."""
+    FakeModel(reply="ok").complete("hello there")
+    assert llmctx_session.name == "test" and llmctx_session.usage.requests == 1
+    assert [c.session_id for c in llmctx_store.list_calls([llmctx_session.id])] == [
+        llmctx_session.id
+    ]
