@@ -14,7 +14,18 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..mcp import Hub, HubConfig, MCPConfigError, MCPHubError, ServerState, load_config, result_text
+from ..mcp import (
+    Hub,
+    HubConfig,
+    MCPConfigError,
+    MCPHubError,
+    ServerState,
+    ToolTimeout,
+    load_config,
+    result_text,
+)
+from ..mcp.config import server_names
+from ..mcp.hub import split_qualified
 from ._layout import Column, PlainHelpCommand, PlainHelpGroup, print_fitted
 
 mcp_app = typer.Typer(
@@ -28,6 +39,7 @@ _T = TypeVar("_T")
 _STATE_STYLE = {
     ServerState.READY: "green",
     ServerState.FAILED: "red",
+    ServerState.UNHEALTHY: "red",
     ServerState.RESTARTING: "yellow",
     ServerState.STARTING: "yellow",
     ServerState.STOPPED: "dim",
@@ -58,6 +70,14 @@ def _run(
 
     try:
         return anyio.run(main)
+    except ToolTimeout as exc:
+        # The library's message names timeout= and callTimeout; here the knob is the flag.
+        err.print(
+            f"[red]error:[/] MCP call {escape(repr(exc.name))} did not answer within "
+            f"{exc.timeout:g}s (it was cancelled on the server). If the tool is just slow, "
+            "pass a larger --timeout (or raise callTimeout in the config)"
+        )
+        raise typer.Exit(1) from None
     except MCPHubError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -70,16 +90,51 @@ def check(
     best_effort: bool = typer.Option(
         False, "--best-effort", help="Exit 0 even if some servers fail to start."
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print a JSON list, one object per server: name, transport, state, "
+        "startup_seconds, tool_count, restarts, crashes, hangs, last_ping_seconds, "
+        "last_error, stderr (its last lines).",
+    ),
 ) -> None:
-    """Start every server, print state, start time and tool count; exit 1 if any failed."""
+    """Start every server, print state, start time and tool count; exit 1 if any failed.
+
+    A failed server's last stderr lines are printed under the table (npm's "404 Not Found",
+    a Python traceback): they usually say why.
+    """
 
     async def body(hub: Hub) -> bool:
+        failed = any(
+            s.state in (ServerState.FAILED, ServerState.UNHEALTHY) for s in hub.status().values()
+        )
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    [
+                        {
+                            "name": st.name,
+                            "transport": st.transport,
+                            "state": str(st.state),
+                            "startup_seconds": st.startup_seconds,
+                            "tool_count": st.tool_count,
+                            "restarts": st.restarts,
+                            "crashes": st.crashes,
+                            "hangs": st.hangs,
+                            "last_ping_seconds": st.last_ping_seconds,
+                            "last_error": st.last_error,
+                            "stderr": list(hub.server(st.name).stderr.tail(10)),
+                        }
+                        for st in hub.status().values()
+                    ],
+                    indent=2,
+                )
+            )
+            return failed
         table = Table(title=f"MCP servers in {config}")
         for column in ("server", "transport", "state", "start", "tools", "error"):
             table.add_column(column, justify="right" if column in ("start", "tools") else "left")
-        failed = False
         for status in hub.status().values():
-            failed = failed or status.state is ServerState.FAILED
             start = f"{status.startup_seconds:.2f}s" if status.startup_seconds is not None else "-"
             style = _STATE_STYLE.get(status.state, "")
             table.add_row(
@@ -90,7 +145,16 @@ def check(
                 str(status.tool_count),
                 escape(status.last_error or ""),
             )
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        for status in hub.status().values():
+            if status.state is ServerState.READY:
+                continue
+            tail = hub.server(status.name).stderr.tail(10)
+            if tail:
+                console.print(Text(f"{status.name}: last stderr lines", style="bold"))
+                for line in tail:
+                    console.print(Text(f"  {line}"))
         return failed
 
     # Always best effort inside, so the table shows every server; the exit status applies
@@ -172,19 +236,28 @@ def call(
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds before giving up."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ) -> None:
-    """Call one tool and print its result; exit 1 if the tool reports an error."""
+    """Call one tool and print its result; exit 1 if the tool reports an error.
+
+    A tool error goes to stderr, after "error: TOOL returned an error:" (with --json the
+    result still goes to stdout, for scripts, and the exit status is 1).
+    """
     try:
         args: Any = json.loads(arguments)
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc.msg}", param_hint="ARGUMENTS") from None
     if not isinstance(args, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="ARGUMENTS")
-    server = tool.partition(".")[0] if "." in tool else tool.partition("__")[0]
+    server = _server_of(config, profile, tool)
+    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
 
     async def body(hub: Hub) -> bool:
-        result = await hub.call(tool, args, timeout=timeout)
+        result = await hub.call(tool, args, **options)
         if as_json:
             typer.echo(result.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+        elif result.is_error:
+            err = Console(stderr=True)
+            err.print(f"[red]error:[/] {escape(tool)} returned an error:")
+            err.print(Text(result_text(result)))
         else:
             typer.echo(result_text(result))
         return result.is_error
@@ -196,16 +269,32 @@ def call(
         raise typer.Exit(1)
 
 
-def _only(config: Path, profile: str | None, server: str) -> HubConfig:
+def _server_of(config: Path, profile: str | None, tool: str) -> str:
+    """The server a ``server.tool`` (or ``server__tool``) names; server keys may hold dots."""
     try:
-        loaded = load_config(config, profile=profile)
+        names = server_names(config, profile=profile)
     except MCPConfigError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    if server not in loaded.servers:
-        Console(stderr=True).print(
-            f"[red]error:[/] no server {escape(server)!r} in {config}; "
-            f"servers: {escape(', '.join(loaded.servers))}"
-        )
-        raise typer.Exit(2)
-    return loaded.model_copy(update={"servers": {server: loaded.servers[server]}})
+    split = split_qualified(tool, names)
+    if split is not None:
+        return split[0]
+    prefix = tool.partition("__")[0]
+    exported = [n for n in names if n.replace(".", "_") == prefix or n == prefix]
+    return exported[0] if exported else tool.partition(".")[0]
+
+
+def _only(config: Path, profile: str | None, server: str) -> HubConfig:
+    try:
+        names = server_names(config, profile=profile)
+        if server not in names:
+            Console(stderr=True).print(
+                f"[red]error:[/] no server {escape(repr(server))} in {config}; "
+                f"servers: {escape(', '.join(names))}"
+            )
+            raise typer.Exit(2)
+        # Only that server is expanded: a neighbour's unset ${VAR} must not block the call.
+        return load_config(config, profile=profile, servers=[server])
+    except MCPConfigError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -557,19 +558,23 @@ class ManagedServer:
 
     async def _serve(self, session: ClientSession, signals: Any) -> str:
         """Serve until a signal ends the generation; returns that signal."""
-        async for signal in signals:
-            if signal in ("stop", "closed", "restart"):
-                if signal == "closed":
+        async for what in signals:
+            if what in ("stop", "closed", "restart"):
+                if what == "closed":
                     self._last_error = _crash_text(self._last_returncode, self.stderr.tail(3))
                     logger.warning("MCP server %r crashed: %s", self.name, self._last_error)
-                return str(signal)
-            if signal == "unhealthy":
+                return str(what)
+            if what == "unhealthy":
                 self._hangs += 1
                 self._last_error = self._unhealthy_reason
                 logger.warning("MCP server %r is unhealthy: %s", self.name, self._last_error)
                 self._session = None
                 self._abort = True  # kill at once: a hung process ignores the polite steps
                 self._set_state(ServerState.UNHEALTHY)
+                if self.config.transport == "stdio" and self._pid is not None:
+                    # Before the calls in flight fail, so their error means "it is gone".
+                    with suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self._pid, signal.SIGKILL)
                 return "unhealthy"
             try:
                 await self._refresh(session)
