@@ -75,7 +75,7 @@ def _marked(run_id: str) -> list[psutil.Process]:
     return found
 
 
-def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:  # noqa: ASYNC109 (sync)
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)

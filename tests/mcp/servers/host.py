@@ -11,6 +11,7 @@ host that is serving) until it is killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -20,9 +21,8 @@ import anyio
 from llmctx.mcp import Hub, MCPHubError
 
 
-async def main(path: str) -> None:
-    """Run the hub of the config at ``path`` until killed."""
-    config = json.loads(Path(path).read_text())
+async def main(config: dict[str, object]) -> None:
+    """Run the hub of ``config`` until killed."""
     print("STARTING", flush=True)
     async with Hub.from_config(config, policy="best_effort") as hub:
         pids = {name: status.pid for name, status in hub.status().items()}
@@ -30,12 +30,10 @@ async def main(path: str) -> None:
         while True:
             for name in pids:
                 if name.startswith("t"):
-                    try:
+                    with contextlib.suppress(MCPHubError):
                         await hub.call(f"{name}.echo", {"text": "serving"})
-                    except MCPHubError:
-                        pass
             await anyio.sleep(0.01)
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, json.loads(Path(sys.argv[1]).read_text()))
