@@ -88,13 +88,14 @@ def bars_over_time(
     left, right, top, bottom = 8, 8, 38, 24
     start = points[0][0]
     n = max(1, round((points[-1][0] - start) / bucket) + 1) if bucket else len(points)
-    peak = max(v for _, v in points) or 1.0
+    top_value = max(v for _, v in points)
+    peak = top_value or 1.0
     plot_w = width - left - right
     plot_h = height - top - bottom
     slot = plot_w / n
     body = [
         _text(left, 16, title, size=12, fill=_INK),
-        _text(left, 30, f"max {fmt(peak)} per {_bucket_name(bucket)}", size=10),
+        _text(left, 30, f"max {fmt(top_value)} per {_bucket_name(bucket)}", size=10),
         f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
         f'stroke="{_GRID}"/>',
     ]
@@ -150,7 +151,7 @@ def hbars(
     height = top + row_h * len(rows) + 8
     label_w = 112
     peak = max(v for _, v, _ in rows) or 1.0
-    bar_w = width - label_w - 92
+    bar_w = width - label_w - 112
     body = [_text(8, 16, title, size=12, fill=_INK)]
     for i, (label, value, note) in enumerate(rows):
         y = top + i * row_h
@@ -162,7 +163,7 @@ def hbars(
             f'height="{row_h - 6}" fill="{_GREEN}"><title>{escape(label)}: {escape(note)}'
             "</title></rect>"
         )
-        body.append(_text(width - 4, y + 13, note, anchor="end", size=10))
+        body.append(_text(width - 4, y + 13, note, anchor="end", size=9))
     return _svg(width, height, title, body)
 
 
@@ -184,7 +185,7 @@ def histogram(
     peak = max(shown)
     body = [
         _text(left, 16, title, size=12, fill=_INK),
-        _text(width - right, 16, f"{sum(bins):,} calls", anchor="end"),
+        _text(width - right, 16, _calls(sum(bins)), anchor="end"),
     ]
     for j, count in enumerate(shown):
         i = lo + j
@@ -222,6 +223,10 @@ def _bin_label(i: int, edges: Sequence[float]) -> str:
     if i == 0:
         return f"under {_seconds(edges[0])}"
     return f"{_seconds(edges[i - 1])} to {_seconds(edges[i])}"
+
+
+def _calls(n: int) -> str:
+    return f"{n:,} call" + ("" if n == 1 else "s")
 
 
 def _span_text(seconds: float) -> str:
@@ -276,7 +281,7 @@ def waterfall(
         _text(
             width - 8,
             16,
-            f"{len(calls):,} calls over {_span_text(span)}; "
+            f"{_calls(len(calls))} over {_span_text(span)}; "
             f"at most {max_concurrency(calls)} at once"
             + (f" (first {shown} drawn)" if len(calls) > shown else ""),
             anchor="end",

@@ -337,7 +337,11 @@ class Reader(_Dialect):
         m = self.mark
         where: list[str] = []
         params: list[Any] = []
-        if not q.children and not q.call_filtered:
+        # Roots only, unless asked for children or a filter looks at calls (which sit in
+        # children as often as in roots); a search matches names, ids and tags of roots but
+        # models and text of the sessions holding the calls.
+        roots = not q.children and not q.call_filtered
+        if roots and not q.q.strip():
             where.append(self.root)
         if q.status:
             where.append(f"s.status = {m}")
@@ -361,11 +365,11 @@ class Reader(_Dialect):
         text = q.q.strip()
         if text:
             like = _like(text)
-            ors = [
-                f"s.name {self.ilike} {m} ESCAPE '\\'",
-                f"s.id {self.ilike} {m} ESCAPE '\\'",
-                f"{self.tags_text} {self.ilike} {m} ESCAPE '\\'",
-            ]
+            own = (
+                f"s.name {self.ilike} {m} ESCAPE '\\' OR s.id {self.ilike} {m} ESCAPE '\\' "
+                f"OR {self.tags_text} {self.ilike} {m} ESCAPE '\\'"
+            )
+            ors = [f"({self.root} AND ({own}))" if roots else f"({own})"]
             params += [like, _prefix(text), like]
             models = self._models_matching(conn, text)
             if models:

@@ -122,7 +122,7 @@ def list_charts(overview: Overview) -> dict[str, Markup]:
         "models": _charts.hbars(
             "Cost by model",
             [
-                (m, float(c), f"{_cost_fmt(float(c))} · {n:,} calls")
+                (m, float(c), f"{_cost_fmt(float(c))} · {n:,} call{'' if n == 1 else 's'}")
                 for m, c, n in overview.by_model
             ],
         ),
@@ -181,7 +181,10 @@ def session_charts(view: SessionView, call_href: Callable[[CallRecord], str]) ->
     out["latency"] = _charts.histogram("Latency of calls", bins, LATENCY_EDGES)
     out["models"] = _charts.hbars(
         "Cost by model",
-        [(m, v[0], f"{_cost_fmt(v[0])} · {int(v[1]):,} calls") for m, v in ranked],
+        [
+            (m, v[0], f"{_cost_fmt(v[0])} · {int(v[1]):,} call{'' if v[1] == 1 else 's'}")
+            for m, v in ranked
+        ],
     )
     return out
 
