@@ -1,0 +1,199 @@
+"""Per-call cost of OpenTelemetry GenAI instrumentation: llmctx vs openai-v2 vs Logfire.
+
+Run::
+
+    python benchmarks/bench_otel.py [--calls N] [--repeats N]
+
+Needs ``pip install -e '.[dev]'`` (openai, the otel extra, opentelemetry-instrumentation-openai-v2,
+logfire).
+
+The same ``chat.completions.create`` through the real openai SDK over one in-process fake
+transport (``httpx2.MockTransport`` returning a canned chat completion), so no network and no
+model: what is left is each library's own work per call. Cases, measured in turns (best of
+``--repeats``, so load from other processes hits them alike):
+
+* plain: the uninstrumented SDK call (the baseline every overhead is relative to);
+* llmctx, no OTel: instrumented, in a session with a token budget (reserve, settle, price,
+  record to a memory store);
+* llmctx + OTel: the same plus ``llmctx.otel.instrument`` (a call span and a session span,
+  token / duration / cost metrics), BatchSpanProcessor into an exporter that drops spans;
+* openai-v2: ``OpenAIInstrumentor`` (the conventions' reference instrumentation), same
+  tracer and meter set-up;
+* logfire: ``logfire.instrument_openai(client)`` after ``logfire.configure(send_to_logfire=
+  False, console=False)`` with the same BatchSpanProcessor and exporter.
+
+Every case records metrics into a MeterProvider whose reader is never collected. Target:
+llmctx + OTel costs no more per call than either peer, while it also exports cost, the
+budget and the session tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx2
+import logfire
+import openai
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import llmctx
+import llmctx.otel
+
+MODEL = "gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "Name one colour."}]
+_BODY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Blue."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 31, "completion_tokens": 3, "total_tokens": 34},
+    }
+).encode()
+
+
+def _handler(request: Any) -> Any:
+    return httpx2.Response(200, content=_BODY, headers={"content-type": "application/json"})
+
+
+def _client() -> Any:
+    return openai.OpenAI(
+        api_key="sk-bench", http_client=httpx2.Client(transport=httpx2.MockTransport(_handler))
+    )
+
+
+class _Drop(SpanExporter):
+    """An exporter that takes every batch and sends nothing (no network)."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _providers(exporter: SpanExporter) -> tuple[TracerProvider, MeterProvider]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def _time_us(fn: Callable[[], Any], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500, help="calls per timed run")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per case (best is kept)")
+    args = parser.parse_args()
+    llmctx.set_price(MODEL, input_per_mtok="0.15", output_per_mtok="0.6")
+
+    plain = _client()
+    ours = llmctx.instrument(_client())
+    drops = {"llmctx": _Drop(), "openai-v2": _Drop(), "logfire": _Drop()}
+    ours_tp, ours_mp = _providers(drops["llmctx"])
+    v2_tp, v2_mp = _providers(drops["openai-v2"])
+    v2_client = _client()
+    v2 = OpenAIInstrumentor()
+    logfire.configure(
+        send_to_logfire=False,
+        console=False,
+        additional_span_processors=[BatchSpanProcessor(drops["logfire"])],
+    )
+    lf_client = _client()
+    logfire.instrument_openai(lf_client)
+
+    def call(client: Any) -> Callable[[], Any]:
+        return lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+
+    budget = llmctx.Budget(tokens=10**15)
+
+    def run_plain(n: int) -> float:
+        return _time_us(call(plain), n)
+
+    def run_llmctx(n: int) -> float:
+        with llmctx.session("bench", store="memory:", budget=budget):
+            return _time_us(call(ours), n)
+
+    def run_llmctx_otel(n: int) -> float:
+        llmctx.otel.instrument(ours_tp, ours_mp)
+        try:
+            with llmctx.session("bench", store="memory:", budget=budget):
+                return _time_us(call(ours), n)
+        finally:
+            llmctx.otel.uninstrument()
+
+    def run_v2(n: int) -> float:
+        v2.instrument(tracer_provider=v2_tp, meter_provider=v2_mp)
+        try:
+            return _time_us(call(v2_client), n)
+        finally:
+            v2.uninstrument()
+
+    def run_logfire(n: int) -> float:
+        return _time_us(call(lf_client), n)
+
+    cases: dict[str, Callable[[int], float]] = {
+        "plain openai SDK": run_plain,
+        "llmctx, no OTel": run_llmctx,
+        "llmctx + OTel": run_llmctx_otel,
+        "openai-v2": run_v2,
+        "logfire": run_logfire,
+    }
+    for run in cases.values():  # warm up imports, price caches, instruments
+        run(20)
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(args.repeats):
+        for name, run in cases.items():
+            best[name] = min(best[name], run(args.calls))
+    for tp in (ours_tp, v2_tp):
+        tp.force_flush()
+    logfire.force_flush()
+    base = best["plain openai SDK"]
+    print(
+        f"per call, openai SDK over a fake transport, {args.calls} calls x best of "
+        f"{args.repeats}, cases in turns:"
+    )
+    for name, us in best.items():
+        extra = "" if name.startswith("plain") else f"  +{us - base:7.1f} us over plain"
+        print(f"  {name:<18} {us:8.1f} us{extra}")
+    ours_cost = best["llmctx + OTel"] - base
+    print(
+        f"  of which OTel (llmctx + OTel - llmctx, no OTel): "
+        f"+{best['llmctx + OTel'] - best['llmctx, no OTel']:.1f} us"
+    )
+    for peer in ("openai-v2", "logfire"):
+        cost = best[peer] - base
+        verdict = "met" if ours_cost <= cost else "MISSED"
+        print(
+            f"  llmctx + OTel overhead / {peer} overhead: {ours_cost / cost:.2f}x "
+            f"(target <= 1.00x: {verdict})"
+        )
+    print(f"  spans exported (dropped): { {k: v.spans for k, v in drops.items()} }")
+
+
+if __name__ == "__main__":
+    main()
