@@ -48,9 +48,10 @@ def prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def _cli(*args: str, code: int = 0) -> str:
+    """The command's output: JSON as printed, text with its line wrapping undone."""
     result = runner.invoke(app, list(args))
     assert result.exit_code == code, result.output
-    return result.output
+    return result.output if "--json" in args else _flat(result.output)
 
 
 def _flat(out: str) -> str:
@@ -313,7 +314,7 @@ def test_ls_lists_the_file_and_its_entries(prices: Path) -> None:
     _cli("prices", "set", "a-long-model-name-for-the-table", "--input", "1", "--output", "2")
     result = runner.invoke(app, ["prices", "ls"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
-    assert f"Prices file: {prices} (named by LLMCTX_PRICES)" in result.stdout
+    assert f"Prices file: {prices} (named by LLMCTX_PRICES)" in _flat(result.stdout)
     assert "a-long-model-name-for-the-table" in result.stdout and "$2.00" in result.stdout
     data = json.loads(_cli("prices", "ls", "--json"))
     assert data["prices_file"] == {
@@ -358,7 +359,7 @@ def test_a_bad_file_is_an_error_naming_file_line_and_fix(
     _write(prices, text)
     out = _cli("prices", "gpt-4o", code=2)
     where = f"prices file {prices}, line {line}:" if line else f"prices file {prices}:"
-    assert where in out.replace("\n", " ") or where in out
+    assert where in out
     assert says in out
     assert "Fix" in out or "Name it" in out or "Add a line" in out
     with pytest.raises(PricesFileError) as caught:
@@ -481,3 +482,25 @@ def test_the_local_model_priced_in_the_file_is_charged_and_a_bad_file_refuses_it
     with llmctx.session("local-free", store="memory:", budget=llmctx.Budget(usd="5")) as s:
         llm.create_chat_completion(messages=messages, max_tokens=4, temperature=0)
     assert s.calls[0].cost == 0
+
+
+def test_prices_output_fits_80_columns_with_words_whole(prices: Path) -> None:
+    """show, set and ls wrap at 80 columns (a pipe's width) between words, never inside one."""
+    result = runner.invoke(app, ["prices", "SmolLM2-135M-Instruct"], env={"COLUMNS": "80"})
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "llmctx prices set SmolLM2-135M-Instruct --input USD --output USD" in _flat(
+        result.stdout
+    )
+    for args in (
+        ["prices", "set", "gpt-4o", "--input", "3", "--output", "12"],
+        ["prices", "gpt-4o"],
+        ["prices", "ls"],
+    ):
+        result = runner.invoke(app, args, env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    _cli("prices", "rm", "gpt-4o")
+    result = runner.invoke(app, ["prices", "gpt-4o", "-p", "openai"], env={"COLUMNS": "80"})
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "$10.00 per 1K web searches" in _flat(result.stdout)

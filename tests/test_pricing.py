@@ -462,7 +462,9 @@ def test_other_units_read_as_words_with_one_money_format() -> None:
     web = next(u for u in price.unit_prices if u.unit == "web searches")
     assert (web.per, web.usd, web.charged) == (1000, Decimal(10), False)
     result = runner.invoke(app, ["prices", "gpt-4o", "--provider", "openai"])
-    assert "Also priced, not tracked by llmctx: $10.00 per 1K web searches" in result.output
+    assert "Also priced, not tracked by llmctx: $10.00 per 1K web searches" in " ".join(
+        result.output.split()
+    )
     assert "/web searches K" not in result.output
     data = json.loads(runner.invoke(app, ["prices", "gpt-4o", "--json"]).output)
     assert {"unit": "web searches", "per": 1000, "usd": "10", "charged": False,
@@ -495,7 +497,7 @@ def test_cli_unknown_model_suggests_close_names() -> None:
     result = runner.invoke(app, ["prices", "gpt-4o-minni"])
     assert result.exit_code == 1
     assert "gpt-4o-mini" in result.output
-    assert "llmctx prices set gpt-4o-minni --input USD_PER_MTOK" in result.output
+    assert "llmctx prices set gpt-4o-minni --input USD_PER_MTOK" in " ".join(result.output.split())
     assert "llmctx.set_price" in result.output
 
 

@@ -186,7 +186,7 @@ def _llama_cpp_free(model: str, provider: str | None) -> ModelPrice | None:
 
 
 def _file_failed(exc: PricesFileError) -> typer.Exit:
-    err = Console(stderr=True, soft_wrap=True)
+    err = Console(stderr=True)
     err.print(str(exc), highlight=False, markup=False)
     return typer.Exit(2)
 
@@ -221,7 +221,7 @@ def show(
     if as_json:
         typer.echo(json.dumps(_as_json(price, example, shadowed, where), indent=2))
         return
-    console = Console(soft_wrap=True)
+    console = Console()
     console.print(_table(price))
     console.print(_source_line(price, where), highlight=False, markup=False)
     for other in shadowed:
@@ -251,7 +251,7 @@ def show(
 
 
 def _unknown(model: str, provider: str | None, where: PricesFile | None) -> None:
-    err = Console(stderr=True, soft_wrap=True)
+    err = Console(stderr=True)
 
     def say(text: str) -> None:
         err.print(text, highlight=False, markup=False)
@@ -411,7 +411,7 @@ def set_(
     if as_json:
         typer.echo(json.dumps(_entry_json(path, entry, in_force), indent=2))
         return
-    console = Console(soft_wrap=True)
+    console = Console()
     parts = [
         f"{format_usd(rates['input_per_mtok'])} input",
         f"{format_usd(rates['output_per_mtok'])} output",
@@ -452,7 +452,7 @@ def rm(
         Console(stderr=True).print(f"cannot write {path}: {exc}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     if entry is None:
-        Console(stderr=True, soft_wrap=True).print(
+        Console(stderr=True).print(
             f"{path} has no price for {model!r}; `llmctx prices ls` lists what it has.",
             highlight=False,
             markup=False,
@@ -462,7 +462,7 @@ def rm(
     if as_json:
         typer.echo(json.dumps(_entry_json(path, entry, in_force), indent=2))
         return
-    console = Console(soft_wrap=True)
+    console = Console()
     console.print(f"Removed the price of {entry.model} from {path}.", highlight=False, markup=False)
     if not in_force:
         _not_in_force_note(console, path)
@@ -503,7 +503,7 @@ def ls(
         }
         typer.echo(json.dumps(data, indent=2))
         return
-    console = Console(soft_wrap=True)
+    console = Console()
     if where is None:
         console.print(
             "No prices file. `llmctx prices set MODEL --input USD --output USD` creates "
