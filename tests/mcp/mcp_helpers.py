@@ -18,9 +18,9 @@ def stdio(script: Path, *args: str, **extra: Any) -> dict[str, Any]:
     return {"command": sys.executable, "args": [str(script), *args], **extra}
 
 
-def tiny(**extra: Any) -> dict[str, Any]:
-    """The stdlib-only fixture server (fast to start)."""
-    return stdio(SERVERS / "tiny_server.py", **extra)
+def tiny(*flags: str, **extra: Any) -> dict[str, Any]:
+    """The stdlib-only fixture server (fast to start), with its command-line ``flags``."""
+    return stdio(SERVERS / "tiny_server.py", *flags, **extra)
 
 
 def live_children() -> list[psutil.Process]:

@@ -4,9 +4,11 @@
   ``delete_note``; each note is a resource ``note://ID``);
 * ``files_server.py ROOT``: read-only files confined to ``ROOT`` (``read_file``, ``list_dir``).
 
-They are scripts started over stdio, e.g. in an ``mcpServers`` config::
+They are modules started over stdio, e.g. in an ``mcpServers`` config (which runs from any
+directory; the database goes beside the config file)::
 
-    {"command": "python", "args": ["-m", "llmctx.mcp.examples.notes_server", "notes.db"]}
+    {"command": "python", "args": ["-m", "llmctx.mcp.examples.notes_server",
+                                   "${CONFIG_DIR}/notes.db"]}
 
 The tests, the benchmarks and workshop module 08 use them.
 """

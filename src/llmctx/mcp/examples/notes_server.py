@@ -5,10 +5,12 @@ resource, ``note://<id>``, listed by ``resources/list`` and read by ``resources/
 
 Run it over stdio (what an MCP client does)::
 
-    python notes_server.py [DB_PATH]
+    python -m llmctx.mcp.examples.notes_server [DB_PATH]
 
-``DB_PATH`` defaults to ``$NOTES_DB``, then ``notes.db`` in the working directory; use
-``:memory:`` for a throwaway store.
+``DB_PATH`` defaults to ``$NOTES_DB``, then ``notes.db`` in the per-user data directory
+(never the working directory, which may be anywhere an MCP client starts it); use
+``:memory:`` for a throwaway store. In a config, ``${CONFIG_DIR}/notes.db`` keeps it beside
+the config file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -108,9 +111,21 @@ def build(db_path: str) -> NotesServer:
     return server
 
 
+def default_db() -> str:
+    """``$NOTES_DB``, else ``notes.db`` in the per-user data directory (created)."""
+    found = os.environ.get("NOTES_DB")
+    if found:
+        return found
+    import platformdirs
+
+    folder = Path(platformdirs.user_data_dir("llmctx", appauthor=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / "notes.db")
+
+
 def main() -> None:
     """Entry point: serve over stdio."""
-    db_path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NOTES_DB", "notes.db")
+    db_path = sys.argv[1] if len(sys.argv) > 1 else default_db()
     build(db_path).run("stdio")
 
 
