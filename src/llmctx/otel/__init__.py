@@ -99,9 +99,9 @@ def instrument(
             f"instrument(content_limit={content_limit!r}) takes a positive number of characters"
         )
     capture = content_from_env() if capture_content is None else bool(capture_content)
-    key = (id(tracer_provider), id(meter_provider), capture, content_limit)
+    key = (tracer_provider, meter_provider, capture, content_limit)
     with _lock:
-        if _installed is not None and _installed.key == key:
+        if _installed is not None and _same(_installed.key, key):
             return
         if _installed is not None:
             _uninstall(_installed)
@@ -110,6 +110,11 @@ def instrument(
         set_call_tracer(telemetry)
         set_tracing(True)
         _installed = _Installed(key, telemetry, remove)
+
+
+def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
+    # Providers by identity (two providers may compare equal), settings by value.
+    return old[0] is new[0] and old[1] is new[1] and old[2:] == new[2:]
 
 
 def _uninstall(installed: _Installed) -> None:
