@@ -15,10 +15,11 @@ headers to ``limiter.feedback``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,9 +27,23 @@ from .._charge import CallTracker
 from .._interrupt import protected, unprotected
 from ._base import LimiterLike, Outcome, Plan, StreamFeed, idle
 
-__all__ = ["Adapter", "PatchRecord", "patch_sdk_client"]
+__all__ = [
+    "Adapter",
+    "PatchRecord",
+    "charge_async",
+    "charge_sync",
+    "feedback_process",
+    "mark_wrappers",
+    "passing_through",
+    "patch_sdk_client",
+    "unwrapped",
+]
 
 logger = logging.getLogger("llmctx")
+
+# True while an llmctx wrapper is charging the request in this context: a second wrapper
+# under it (an instrumented client over an instrumented SDK) passes the call through.
+_CHARGING: contextvars.ContextVar[bool] = contextvars.ContextVar("llmctx_charging", default=False)
 
 
 class Adapter(Protocol):
@@ -321,6 +336,121 @@ async def _asend(
     return await original(*args, **kwargs)
 
 
+def mark_wrappers(
+    wrappers: dict[str, Callable[..., Any]], originals: Mapping[str, Callable[..., Any]]
+) -> dict[str, Callable[..., Any]]:
+    """Name each class-level wrapper after the method it replaces and remember the original.
+
+    ``_llmctx_original`` lets an instance-level :func:`llmctx.instrument` wrap the SDK's own
+    method rather than llmctx's class wrapper; ``__wrapped__`` serves ``inspect.signature``.
+    """
+    for key, fn in wrappers.items():
+        original = originals[key]
+        fn._llmctx_original = original  # type: ignore[attr-defined]
+        fn.__wrapped__ = original  # type: ignore[attr-defined]
+        fn.__name__ = getattr(original, "__name__", fn.__name__)
+        fn.__qualname__ = getattr(original, "__qualname__", fn.__qualname__)
+        fn.__doc__ = getattr(original, "__doc__", None)
+    return wrappers
+
+
+def unwrapped(fn: Any) -> Any:
+    """The SDK's own function under an llmctx class-level wrapper (``fn`` itself otherwise)."""
+    return getattr(fn, "_llmctx_original", fn)
+
+
+def passing_through() -> bool:
+    """True when a call may skip llmctx: nothing would charge or record it, or an outer
+    llmctx wrapper already does (an instrumented instance over an instrumented SDK, a
+    subclass's ``request`` calling the patched base one)."""
+    return idle() or _CHARGING.get()
+
+
+@protected
+def charge_sync(
+    send: Callable[..., Any],
+    adapter: Adapter,
+    limiter: LimiterLike | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """One sync ``request`` on the charge path: plan, reserve, send, adopt the result.
+
+    ``send(*args, **kwargs)`` is the SDK's own ``request`` (bound). Calls llmctx makes no
+    plan for (listing models, counting tokens) are sent untouched.
+    """
+    planned = _plan(adapter, args, kwargs, False)
+    if planned is None:
+        return _send(send, args, kwargs)
+    plan, args, kwargs = planned
+    call = plan.track(limiter)
+    token = _CHARGING.set(True)
+    try:
+        call.start()
+        result = _send(send, args, kwargs)
+        return _adopt(call, plan, result)
+    except BaseException as exc:
+        if not call.finished:  # refused calls are done already
+            _feedback_from_error(limiter, adapter, exc)
+            plan.fail(call, exc, None)
+        raise
+    finally:
+        _CHARGING.reset(token)
+
+
+@protected
+async def charge_async(
+    send: Callable[..., Any],
+    adapter: Adapter,
+    limiter: LimiterLike | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Async twin of :func:`charge_sync`; the rate-limiter wait is a cancellation point."""
+    planned = _plan(adapter, args, kwargs, True)
+    if planned is None:
+        return await _asend(send, args, kwargs)
+    plan, args, kwargs = planned
+    call = plan.track(limiter)
+    token = _CHARGING.set(True)
+    try:
+        await call.astart()
+        result = await _asend(send, args, kwargs)
+        return _adopt(call, plan, result)
+    except BaseException as exc:
+        if not call.finished:
+            _feedback_from_error(limiter, adapter, exc)
+            plan.fail(call, exc, None)
+        raise
+    finally:
+        _CHARGING.reset(token)
+
+
+def feedback_process(
+    process: Callable[..., Any], get_limiter: Callable[[], Any], adapter: Adapter
+) -> Callable[..., Any]:
+    """Wrap an SDK ``_process_response`` to pass rate-limit headers to the limiter first."""
+    if inspect.iscoroutinefunction(process):
+
+        async def aprocess(*args: Any, **kwargs: Any) -> Any:
+            limiter = get_limiter()
+            response = kwargs.get("response")
+            if limiter is not None and response is not None:
+                _feedback(limiter, adapter, getattr(response, "headers", None))
+            return await process(*args, **kwargs)
+
+        return aprocess
+
+    def sprocess(*args: Any, **kwargs: Any) -> Any:
+        limiter = get_limiter()
+        response = kwargs.get("response")
+        if limiter is not None and response is not None:
+            _feedback(limiter, adapter, getattr(response, "headers", None))
+        return process(*args, **kwargs)
+
+    return sprocess
+
+
 def patch_sdk_client(
     client: Any, adapter: Adapter, limiter: LimiterLike | None, is_async: bool
 ) -> list[PatchRecord]:
@@ -339,69 +469,24 @@ def patch_sdk_client(
     original = client.request
     if is_async:
 
-        @protected
         async def arequest(*args: Any, **kwargs: Any) -> Any:
-            if limiter is None and idle():
-                return await _asend(original, args, kwargs)
-            planned = _plan(adapter, args, kwargs, True)
-            if planned is None:
-                return await _asend(original, args, kwargs)
-            plan, args, kwargs = planned
-            call = plan.track(limiter)
-            try:
-                await call.astart()
-                result = await _asend(original, args, kwargs)
-                return _adopt(call, plan, result)
-            except BaseException as exc:
-                if not call.finished:
-                    _feedback_from_error(limiter, adapter, exc)
-                    plan.fail(call, exc, None)
-                raise
+            if (limiter is None and idle()) or _CHARGING.get():
+                return await original(*args, **kwargs)
+            return await charge_async(original, adapter, limiter, args, kwargs)
 
         patch("request", arequest)
     else:
 
-        @protected
         def request(*args: Any, **kwargs: Any) -> Any:
-            if limiter is None and idle():
-                return _send(original, args, kwargs)
-            planned = _plan(adapter, args, kwargs, False)
-            if planned is None:
-                return _send(original, args, kwargs)
-            plan, args, kwargs = planned
-            call = plan.track(limiter)
-            try:
-                call.start()
-                result = _send(original, args, kwargs)
-                return _adopt(call, plan, result)
-            except BaseException as exc:
-                if not call.finished:  # refused calls are done already, and leave no record
-                    _feedback_from_error(limiter, adapter, exc)
-                    plan.fail(call, exc, None)
-                raise
+            if (limiter is None and idle()) or _CHARGING.get():
+                return original(*args, **kwargs)
+            return charge_sync(original, adapter, limiter, args, kwargs)
 
         patch("request", request)
 
     process = getattr(client, "_process_response", None)
     if limiter is not None and callable(process):
-        if inspect.iscoroutinefunction(process):
-
-            async def aprocess(*args: Any, **kwargs: Any) -> Any:
-                response = kwargs.get("response")
-                if response is not None:
-                    _feedback(limiter, adapter, getattr(response, "headers", None))
-                return await process(*args, **kwargs)
-
-            patch("_process_response", aprocess)
-        else:
-
-            def sprocess(*args: Any, **kwargs: Any) -> Any:
-                response = kwargs.get("response")
-                if response is not None:
-                    _feedback(limiter, adapter, getattr(response, "headers", None))
-                return process(*args, **kwargs)
-
-            patch("_process_response", sprocess)
+        patch("_process_response", feedback_process(process, lambda: limiter, adapter))
     return records
 
 

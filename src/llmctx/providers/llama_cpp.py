@@ -42,9 +42,9 @@ from ._base import (
     idle,
     json_tokens,
 )
-from ._sdk import PatchRecord
+from ._sdk import _CHARGING, PatchRecord, mark_wrappers
 
-__all__ = ["PROVIDER", "patch_llama"]
+__all__ = ["PROVIDER", "class_wrappers", "patch_llama"]
 
 logger = logging.getLogger("llmctx")
 
@@ -338,6 +338,7 @@ def _charged(
         return _generate(original, args, kwargs)
     call = plan.track(state.limiter)
     state.depth += 1  # calls llama.cpp makes inside this one are not charged again
+    token = _CHARGING.set(True)  # nor by an SDK-wide patch under an instance-level one
     try:
         call.start()
         result = _generate(original, args, kwargs)
@@ -345,6 +346,7 @@ def _charged(
         plan.fail(call, exc, None)  # a no-op for a refused call: it leaves no record
         raise
     finally:
+        _CHARGING.reset(token)
         state.depth -= 1
     if stream:
         call.mark_first_byte()
@@ -426,3 +428,64 @@ def _counting(counter: _Counter, inner: Iterator[int]) -> Iterator[int]:
         close = getattr(inner, "close", None)
         if close is not None:
             close()
+
+
+_SDK_STATE = "_llmctx_sdk_state"
+
+
+def _sdk_state(llama: Any, limiter: LimiterLike | None) -> _LlamaState:
+    # One state per Llama, made at its first charged call under an SDK-wide patch.
+    state: _LlamaState | None = llama.__dict__.get(_SDK_STATE)
+    if state is None:
+        state = _LlamaState(llama, None, limiter)
+        llama.__dict__[_SDK_STATE] = state
+    state.limiter = limiter
+    return state
+
+
+def class_wrappers(
+    originals: Mapping[str, Callable[..., Any]], get_limiter: Callable[[], LimiterLike | None]
+) -> dict[str, Callable[..., Any]]:
+    """``Llama``'s completion methods and ``generate``, charged, for the class itself.
+
+    The model name on records is the call's ``model=`` argument, else the GGUF file name.
+    """
+    chat_fn = originals["create_chat_completion"]
+    text_fn = originals["create_completion"]
+    generate_fn = originals["generate"]
+
+    def create_chat_completion(self: Any, *args: Any, **kwargs: Any) -> Any:
+        limiter = get_limiter()
+        if (limiter is None and idle()) or _CHARGING.get():
+            return chat_fn(self, *args, **kwargs)
+        state = _sdk_state(self, limiter)
+        if state.depth:
+            return chat_fn(self, *args, **kwargs)
+        return _charged(state, chat_fn.__get__(self), True, args, kwargs)
+
+    def create_completion(self: Any, *args: Any, **kwargs: Any) -> Any:
+        limiter = get_limiter()
+        if (limiter is None and idle()) or _CHARGING.get():
+            return text_fn(self, *args, **kwargs)
+        state = _sdk_state(self, limiter)
+        if state.depth:
+            return text_fn(self, *args, **kwargs)
+        return _charged(state, text_fn.__get__(self), False, args, kwargs)
+
+    def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        inner = generate_fn(self, tokens, *args, **kwargs)
+        state: _LlamaState | None = self.__dict__.get(_SDK_STATE)
+        counter = None if state is None else state.counter
+        if counter is None:
+            return inner
+        counter.prompt = len(tokens)
+        return _counting(counter, inner)
+
+    return mark_wrappers(
+        {
+            "create_chat_completion": create_chat_completion,
+            "create_completion": create_completion,
+            "generate": generate,
+        },
+        originals,
+    )
