@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import datetime
 from http.cookies import SimpleCookie
@@ -203,20 +204,24 @@ class _Charts:
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
         self._lock = threading.Lock()
-        self._cache: dict[tuple[Any, ...], tuple[str, dict[str, Markup]]] = {}
+        # (range) -> (store version, charts, when computed, seconds it took)
+        self._cache: dict[tuple[Any, ...], tuple[str, dict[str, Markup], float, float]] = {}
 
     def get(self, since: datetime | None, until: datetime | None) -> dict[str, Markup]:
         key = (since, until)
         version = self.reader.version()
         with self._lock:  # four <img> requests at once compute it once
             hit = self._cache.get(key)
-            if hit is not None and hit[0] == version:
+            now = time.monotonic()
+            # A store that changes all the time (a running workshop) would have its overview
+            # recomputed on every poll; an expensive one is kept for ten times what it cost.
+            if hit is not None and (hit[0] == version or now - hit[2] < 10 * hit[3]):
                 return hit[1]
             overview: Overview = self.reader.overview(since, until)
             charts = _render.list_charts(overview)
             if len(self._cache) > 32:
                 self._cache.clear()
-            self._cache[key] = (version, charts)
+            self._cache[key] = (version, charts, time.monotonic(), time.monotonic() - now)
             return charts
 
 

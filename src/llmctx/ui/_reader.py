@@ -353,12 +353,18 @@ class Reader(_Dialect):
             where.append(f"{self.started} < {m}")
             params.append(self.time_param(q.until))
         if q.model:
-            where.append(f"s.id IN (SELECT session_id FROM {self.t_calls} WHERE model = {m})")
+            # Correlated, so one probe of calls_model (model, session_id) per session scanned
+            # in the page's order: the page stops at 50 matches instead of collecting every
+            # call of a common model first.
+            where.append(
+                f"EXISTS (SELECT 1 FROM {self.t_calls} c WHERE c.model = {m} "
+                "AND c.session_id = s.id)"
+            )
             params.append(_sql.escape_text(q.model))
         if q.errors:
             where.append(
-                f"(s.status = 'failed' OR s.id IN (SELECT session_id FROM {self.t_calls} "
-                "WHERE status = 'error'))"
+                f"(s.status = 'failed' OR EXISTS (SELECT 1 FROM {self.t_calls} c "
+                "WHERE c.session_id = s.id AND c.status = 'error'))"
             )
         if q.over_budget:
             where.append(self.over_budget)
@@ -375,7 +381,8 @@ class Reader(_Dialect):
             if models:
                 marks = ", ".join([m] * len(models))
                 ors.append(
-                    f"s.id IN (SELECT session_id FROM {self.t_calls} WHERE model IN ({marks}))"
+                    f"EXISTS (SELECT 1 FROM {self.t_calls} c WHERE c.model IN ({marks}) "
+                    "AND c.session_id = s.id)"
                 )
                 params += [_sql.escape_text(x) for x in models]
             if q.text:
