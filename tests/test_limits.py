@@ -17,7 +17,7 @@ import pytest
 from cancelling import acquire_while_cancelled
 from llmctx._exceptions import ConfigError, LLMCtxError
 from llmctx._limits import AcquireTimeout, RateLimiter, Reservation, WouldBlock
-from llmctx._waiting import _YIELD_EVERY, _since_yield
+from llmctx._waiting import _YIELD_EVERY, _per_thread
 
 
 @pytest.fixture
@@ -561,7 +561,7 @@ async def test_cancel_at_the_yield_after_an_admission_gives_it_back() -> None:
             entered = True
 
     with anyio.fail_after(5):
-        _since_yield.count = [_YIELD_EVERY - 1]  # the next acquire is the one that yields
+        _per_thread.state.since_yield = _YIELD_EVERY - 1  # the next acquire yields
         task = asyncio.create_task(holder())
         await asyncio.sleep(0)  # it is admitted at once and now yields
         assert limiter.statistics().in_flight == 1

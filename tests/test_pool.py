@@ -17,7 +17,7 @@ from cancelling import acquire_while_cancelled
 from llmctx._exceptions import ConfigError
 from llmctx._limits import AcquireTimeout, WouldBlock
 from llmctx._pool import Lease, ResourcePool
-from llmctx._waiting import _YIELD_EVERY, _since_yield
+from llmctx._waiting import _YIELD_EVERY, _per_thread
 
 
 @pytest.fixture
@@ -494,7 +494,7 @@ async def test_cancel_at_the_checkpoint_after_a_grant_passes_capacity_on() -> No
             entered = True
 
     with anyio.fail_after(5):
-        _since_yield.count = [_YIELD_EVERY - 1]  # the next acquire is the one that yields
+        _per_thread.state.since_yield = _YIELD_EVERY - 1  # the next acquire yields
         task = asyncio.create_task(holder())
         await asyncio.sleep(0)  # it is granted at once and now yields at the checkpoint
         assert pool.statistics().borrowed == 1

@@ -24,12 +24,13 @@ and an interrupt raised in them gives back what the caller was granted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
@@ -38,12 +39,16 @@ from ._exceptions import ConfigError, NoHealthyResource, UsageError
 from ._interrupt import protected, unprotected
 from ._waiting import (
     _DONE,
+    _YIELD_EVERY,
     AcquireTimeout,
     WouldBlock,
     _cancel_pending,
     _check_timeout,
+    _fast_checkpoint,
     _FifoQueue,
     _get_running_loop,
+    _granted,
+    _running_loop,
     _Waiter,
     _yield_due,
     _yield_now,
@@ -60,6 +65,9 @@ _WAIT_SAMPLES = 1024
 _PENDING = 0
 _HELD = 1
 _RELEASED = 2
+_RETURNED = 3  # granted, then given back before its caller got it (cancelled, interrupted)
+
+_new_lease = object.__new__
 
 # "Not looked up yet", for a value that may be None once looked up.
 _NOT_LOOKED_UP: Any = object()
@@ -75,6 +83,12 @@ def _run_check(check: Callable[[R], bool], resource: R) -> bool:
 def _join(thread: threading.Thread, timeout: float | None) -> None:
     """Wait for a replacement thread (interruptible; it holds nothing)."""
     thread.join(timeout)
+
+
+def _handed_out(counter: itertools.count[int]) -> int:
+    """How many numbers ``counter`` (started at 1) handed out, without taking one."""
+    # Its repr is "count(N)", N the next number; reading it takes nothing from it.
+    return int(repr(counter)[6:-1]) - 1
 
 
 @runtime_checkable
@@ -142,6 +156,7 @@ class Lease(_Waiter, Generic[R]):
     _token: str | None
 
     def __init__(self, pool: ResourcePool[R], amount: int, timeout: float | None = None) -> None:
+        # ResourcePool.acquire sets these fields itself (without this call): keep the two in step.
         self._pool = pool
         self._slot: _Slot[R] | None = None
         self._state = _PENDING
@@ -175,14 +190,14 @@ class Lease(_Waiter, Generic[R]):
             self._pool._release(self)
 
     def _check_pending(self) -> None:
-        if self._state != _PENDING or self.sequence:
+        if self._state != _PENDING:
             raise UsageError(
                 "this lease was already used; call pool.acquire() again for another lease"
             )
 
     @protected
     def __enter__(self) -> Lease[R]:
-        if self._state != _PENDING or self.sequence:
+        if self._state != _PENDING:
             self._check_pending()
         self._pool._acquire_sync(self, self._timeout)
         return self
@@ -198,11 +213,37 @@ class Lease(_Waiter, Generic[R]):
             self._pool._release(self)
 
     @protected
-    def __aenter__(self) -> Coroutine[Any, Any, Lease[R]]:
-        # A plain method handing back the pool's coroutine: one coroutine per acquire, not two.
-        if self._state != _PENDING or self.sequence:
+    def __aenter__(self) -> Awaitable[Lease[R]]:
+        # A plain method: a grant made at once is made in the call, and the awaitable returned
+        # only hands the lease over (one time in 64, after a yield). The full coroutine is for
+        # a task that may have a cancellation pending (or runs on a loop not remembered for
+        # this thread yet), one that must wait, and a health-checked pool.
+        if self._state != _PENDING:
             self._check_pending()
-        return self._pool._acquire_async(self, self._timeout)
+        pool = self._pool
+        if pool._health_check is not None or (state := _fast_checkpoint()) is None:
+            return pool._acquire_async(self, self._timeout, False)
+        tokens = pool._tokens
+        if tokens is not None and self.amount == 1 and not pool._queue and tokens:
+            # _take_token inlined (the one-unit grant of a token pool, without the lock)
+            try:
+                slot = tokens.popleft()
+            except IndexError:
+                slot = None
+            if slot is not None:
+                pool._held[self] = slot
+                self.sequence = next(pool._sequence)
+                self._slot = slot
+                self._state = _HELD
+                pool._waits.append(0.0)
+        if self._state != _HELD and pool._enqueue(self, state.loop, self._timeout, False):
+            return pool._acquire_async(self, self._timeout, True)  # queued: wait for the grant
+        n = state.since_yield + 1
+        if n < _YIELD_EVERY:
+            state.since_yield = n
+            return _granted(self)
+        state.since_yield = 0
+        return pool._checkpoint_granted(self)
 
     @protected
     def __aexit__(
@@ -213,7 +254,19 @@ class Lease(_Waiter, Generic[R]):
     ) -> Awaitable[None]:
         # A plain method: the call itself releases (see _waiting._Done), nothing to await.
         if self._state == _HELD:
-            self._pool._release(self)
+            pool = self._pool
+            if pool._tokens is None:
+                pool._release(self)
+            else:
+                # _give_back inlined (a token pool's release, without the lock)
+                slot = pool._held.pop(self, None)
+                if slot is not None:
+                    self._state = _RELEASED
+                    pool._tokens.append(slot) if self.amount == 1 else pool._tokens.extend(
+                        itertools.repeat(slot, self.amount)
+                    )
+                    if pool._queue:
+                        pool._hand_on()
         return _DONE
 
     def __repr__(self) -> str:
@@ -345,13 +398,24 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # check, so nothing is quarantined or replaced): the only one a grant need look at.
         plain = store is None and health_check is None
         self._only = self._slots[0] if plain and len(self._slots) == 1 else None
+        # Free units as tokens (one per unit, the token being its slot), for an in-process
+        # pool whose slots never change and where any free unit is one of the most free: one
+        # resource, or resources of one unit each. A one-unit lease then takes a token and a
+        # release puts it back without the lock (see _take); None for other pools.
+        self._tokens: deque[_Slot[R]] | None = None
+        # Token pools: the slot of each held lease. Taking a lease out is the one step that
+        # ends it (dict.pop is atomic), so two releases of one lease give back once.
+        self._held: dict[Lease[R], _Slot[R]] = {}
+        if plain and (len(self._slots) == 1 or self._largest == 1):
+            self._tokens = deque(slot for slot in self._slots for _ in range(slot.capacity))
         self._init_queue()
         self._closed = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._waits: deque[float] = deque(maxlen=_WAIT_SAMPLES)
-        # Leases granted = _sequence - _given_back (one counter less on the hot path).
+        # Lease numbers in grant order, 1, 2, ...: next() on a count is one atomic step.
+        self._sequence = itertools.count(1)
+        # Leases granted = numbers handed out - _given_back.
         self._given_back = 0
-        self._sequence = 0
         self._quarantined = 0
         self._replacements = 0
         self._replacement_failures = 0
@@ -419,7 +483,16 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             amount = self._check_amount(amount)
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        return Lease(self, amount, timeout)
+        # Lease.__init__'s work without its call (the call costs a tenth of an uncontended
+        # async pair): keep the two in step.
+        lease: Lease[R] = _new_lease(Lease)
+        lease._pool = self
+        lease._slot = None
+        lease._state = _PENDING
+        lease._timeout = timeout
+        lease.amount = amount
+        lease.sequence = 0
+        return lease
 
     @protected
     def acquire_nowait(self, amount: int = 1) -> Lease[R]:
@@ -454,15 +527,17 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         with self._lock:
             live = [s for s in self._slots if not s.retired]
             capacity = sum(s.capacity for s in live)
-            free = sum(s.free for s in live)
-            waits = sorted(self._waits)
+            tokens = self._tokens
+            free = len(tokens) if tokens is not None else sum(s.free for s in live)
+            # A copy first: grants made at once append to it without the lock.
+            waits = sorted(self._waits.copy())
             stats = PoolStatistics(
                 capacity=capacity,
                 borrowed=capacity - free,
                 available=free,
                 resources=len(live),
                 waiting=len(self._queue),
-                acquired=self._sequence - self._given_back,
+                acquired=_handed_out(self._sequence) - self._given_back,
                 timeouts=self._timeouts,
                 cancellations=self._cancellations,
                 quarantined=self._quarantined,
@@ -520,12 +595,14 @@ class ResourcePool(_FifoQueue[Lease[R]]):
     def _take(self, lease: Lease[R], only: _Slot[R] | None = None) -> bool:
         """With the lock held: grant ``lease`` from the healthy slot with the most free units.
 
-        The one place a lease is granted (an acquire at once, a queued head, a nowait).
+        The one place a lease is granted (an acquire at once, a queued head, a nowait). In a
+        token pool (``_tokens``) a one-unit lease may be taken without the lock: its grant is
+        one atomic ``popleft`` of a token.
 
         Args:
             lease: the lease to grant.
             only: the one in-process slot that can fit it, when the caller knows (the slot
-                a release just freed, for the head of the queue).
+                a release just freed, for the head of the queue); unused by a token pool.
 
         Returns:
             True when granted; False when nothing fits now (nothing was taken).
@@ -534,6 +611,26 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             Exception: whatever the store raised (e.g. StoreError); nothing was taken.
         """
         n = lease.amount
+        tokens = self._tokens
+        if tokens is not None:
+            if n == 1:
+                return self._take_token(lease)
+            # One resource: n tokens of the same slot, taken one by one (so under the lock:
+            # a waiter could otherwise miss the ones put back when they do not all fit).
+            taken = 0
+            try:
+                while taken < n:
+                    best = tokens.popleft()
+                    taken += 1
+            except IndexError:
+                if taken:
+                    tokens.extend(itertools.repeat(self._slots[0], taken))
+                return False
+            self._held[lease] = best
+            lease.sequence = next(self._sequence)
+            lease._slot = best
+            lease._state = _HELD
+            return True
         store = self._store
         if store is not None:
             got = store.take(n, [(s.key, s.capacity) for s in self._slots])
@@ -564,18 +661,48 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                     return False
                 best = found
                 best.free = best_free - n
-        self._sequence += 1
-        lease.sequence = self._sequence
+        lease.sequence = next(self._sequence)
         lease._slot = best
         lease._state = _HELD
         return True
 
-    def _give_back(self, lease: Lease[R], state: int) -> None:
+    def _take_token(self, lease: Lease[R]) -> bool:
+        """Grant a one-unit ``lease`` from a token pool: one atomic ``popleft``, no lock needed.
+
+        Part of :meth:`_take`; the fast path calls it directly when nobody is queued.
+        """
+        try:
+            slot = self._tokens.popleft()  # type: ignore[union-attr]
+        except IndexError:
+            return False
+        self._held[lease] = slot
+        lease.sequence = next(self._sequence)
+        lease._slot = slot
+        lease._state = _HELD
+        return True
+
+    def _give_back(self, lease: Lease[R], state: int) -> bool:
         """With the lock held: return a granted lease's capacity (no dispatch).
 
         The one place capacity goes back: a release, a grant its caller will not use, and a
-        lease on a resource that failed its health check.
+        lease on a resource that failed its health check. A token pool puts the tokens back
+        without needing the lock; the caller then looks for waiters (put back, then look:
+        a waiter queues under the lock and tries again once queued, so none is missed).
+
+        Returns:
+            False when a token lease was given back already (nothing was done).
         """
+        tokens = self._tokens
+        if tokens is not None:
+            slot = self._held.pop(lease, None)
+            if slot is None:
+                return False
+            lease._state = state
+            if lease.amount == 1:
+                tokens.append(slot)
+            else:
+                tokens.extend(itertools.repeat(slot, lease.amount))
+            return True
         lease._state = state
         slot = lease._slot
         if self._store is not None:
@@ -585,6 +712,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 self._store_give_back(token)
         if slot is not None and not slot.retired:
             slot.free += lease.amount
+        return True
 
     def _store_give_back(self, token: str) -> None:
         assert self._store is not None
@@ -653,7 +781,16 @@ class ResourcePool(_FifoQueue[Lease[R]]):
 
         The one way a lease ends: :meth:`Lease.release` and leaving its block, sync or async.
         """
-        with self._lock:
+        if self._tokens is not None:
+            # Put back without the lock; the lock only to hand the units to waiters.
+            if self._give_back(lease, _RELEASED) and self._queue:
+                self._hand_on()
+            return
+        lock = self._lock
+        # Not `with`: half the cost on CPython 3.11. This frame is protected, so an interrupt
+        # cannot land between the acquire and the `try` (the deferring handler puts it off).
+        lock.acquire()
+        try:
             if lease._state != _HELD:
                 return
             slot = lease._slot
@@ -665,6 +802,14 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 elif not slot.retired:
                     # Only the freed slot gained room: the head needs no scan.
                     self._dispatch(slot)
+        finally:
+            lock.release()
+
+    @protected
+    def _hand_on(self) -> None:
+        """A token pool's release put units back while callers wait: grant to the head."""
+        with self._lock:
+            self._dispatch()
 
     def _enqueue(
         self,
@@ -689,8 +834,14 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         Raises:
             AcquireTimeout: nothing fits and ``timeout`` is 0; nothing is held.
         """
-        with self._lock:
-            queue = self._queue
+        queue = self._queue
+        tokens = self._tokens
+        if tokens is not None and not queue and lease.amount == 1 and self._take_token(lease):
+            self._waits.append(0.0)  # granted without the lock
+            return None
+        lock = self._lock
+        lock.acquire()  # not `with`: see _release
+        try:
             if (front or not queue) and self._take(lease):
                 self._waits.append(0.0)
                 return None
@@ -701,20 +852,27 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 raise AcquireTimeout(
                     f"no resource has {lease.amount} free unit(s) and timeout=0; nothing is held"
                 )
-            lease._begin_wait(loop, self)
             if front:
                 queue.appendleft(lease)
             else:
                 queue.append(lease)
+            if tokens is not None and queue[0] is lease and self._take(lease):
+                # Tokens put back since the try above, by a release that saw no waiter yet.
+                queue.popleft()
+                self._waits.append(0.0)
+                return None
+            lease._begin_wait(loop, self)
             if self._store is not None and queue[0] is lease:
                 lease.schedule(self._store.poll_interval)
             return lease
+        finally:
+            lock.release()
 
     @protected
     def _take_back(self, grant: object) -> None:
         """With the lock held: return capacity granted to a lease whose caller will not use it."""
         self._given_back += 1
-        self._give_back(cast("Lease[R]", grant), _PENDING)
+        self._give_back(cast("Lease[R]", grant), _RETURNED)
 
     def _timeout_error(self, n: int) -> AcquireTimeout:
         return AcquireTimeout(
@@ -739,19 +897,32 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             waiter = self._enqueue(lease, None, remaining, True)
 
     @protected
-    async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> Lease[R]:
-        loop = _get_running_loop()
-        if loop is None:
-            loop = asyncio.get_running_loop()  # raises: the async side needs an asyncio loop
-        if _cancel_pending(loop):
-            # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
-            await _yield_now()
-        waiter = self._enqueue(lease, loop, wait_for, False)
-        if waiter is None:
-            if _yield_due():
-                await self._checkpoint_granted(lease)
-            if self._health_check is None:
-                return lease
+    async def _acquire_async(
+        self, lease: Lease[R], wait_for: float | None, queued: bool
+    ) -> Lease[R]:
+        """The async acquire's full path: check, queue, wait, health check.
+
+        Args:
+            lease: the lease to grant.
+            wait_for: the caller's timeout.
+            queued: the fast path already queued ``lease`` (no cancellation was pending).
+        """
+        waiter: Lease[R] | None
+        if queued:
+            waiter = lease
+            loop = lease._loop
+            assert loop is not None
+        else:
+            loop = _running_loop()
+            if _cancel_pending(loop):
+                # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
+                await _yield_now()
+            waiter = self._enqueue(lease, loop, wait_for, False)
+            if waiter is None:
+                if _yield_due():
+                    await self._checkpoint_granted(lease)
+                if self._health_check is None:
+                    return lease
         deadline = None
         if wait_for is not None:
             deadline = (time.monotonic() if waiter is None else waiter._start) + wait_for

@@ -54,6 +54,7 @@ import _thread
 import asyncio
 import contextlib
 import math
+import os
 import sys
 import threading
 import time
@@ -74,12 +75,16 @@ _get_running_loop = asyncio._get_running_loop
 # its own {loop: task} dict, which costs four times the lookup: take the dict's get then.
 _task_on: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]
 _tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
-if isinstance(asyncio.current_task, types.BuiltinFunctionType) or not isinstance(
+# True where the loop lookup is the dear part (CPython 3.11: a getpid() system call in each
+# asyncio._get_running_loop()) and the {loop: task} dict is what asyncio's task steps update:
+# there the fast path finds its task from a loop remembered per thread (see _fast_checkpoint).
+_REMEMBER_LOOP = not isinstance(asyncio.current_task, types.BuiltinFunctionType) and isinstance(
     _tasks_by_loop, dict
-):
-    _task_on = asyncio.current_task
+)
+if _REMEMBER_LOOP:
+    _task_on = cast("dict[Any, asyncio.Task[Any]]", _tasks_by_loop).get
 else:
-    _task_on = _tasks_by_loop.get
+    _task_on = asyncio.current_task
 
 __all__ = ["AcquireTimeout", "WouldBlock"]
 
@@ -136,17 +141,57 @@ def _check_timeout(timeout: float | None) -> float | None:
 #: slow-callback warning).
 _YIELD_EVERY = 64
 
-# Per thread, so per running event loop (a thread runs one loop at a time): ``count`` is a
-# one-item list, the grants made at once since the last one that yielded. A list read through
-# the thread-local once is cheaper than a thread-local attribute read and write.
-_since_yield = threading.local()
+
+class _ThreadState:
+    """What async acquires keep per thread, so per event loop (a thread runs one at a time).
+
+    Attributes:
+        ident: the thread's ident.
+        loop: the event loop last seen running on this thread, when it is an asyncio
+            ``BaseEventLoop`` (whose ``_thread_id`` says cheaply whether it still runs
+            here); None otherwise. On CPython 3.11 it spares the fast path the running-loop
+            lookup and its system call; from 3.12 it is the loop of the current acquire.
+        since_yield: grants made at once since the last one that yielded.
+        task_ref: a weak reference to the last task whose anyio scopes were read (the key
+            of anyio's per-task state), reused while the same task acquires.
+    """
+
+    __slots__ = ("ident", "loop", "since_yield", "task_ref")
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.loop: asyncio.BaseEventLoop | None = None
+        self.since_yield = 0
+        self.task_ref: weakref.ref[asyncio.Task[Any]] | None = None
+
+
+class _PerThread(threading.local):
+    """The thread-local holding each thread's :class:`_ThreadState` (one read per acquire)."""
+
+    def __init__(self) -> None:
+        self.state = _ThreadState()
+
+
+_per_thread = _PerThread()
+
+
+def _forget_loop() -> None:
+    # A child process forked from inside a task step inherits this thread's state, and the
+    # parent's loop then looks as if it ran here; asyncio itself says no loop runs in the
+    # child (its pid check), and so must the fast path.
+    _per_thread.state.loop = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_loop)
 
 # anyio keeps each task's cancel scopes in a WeakKeyDictionary in its asyncio backend; this
 # is that dictionary's underlying dict (keys: weak references to tasks) once the backend is
 # imported, {} if its layout is not the one expected. Until then no anyio scope can exist.
 _ANYIO_ASYNCIO = "anyio._backends._asyncio"
 _anyio_task_states: dict[Any, Any] | None = None
-_modules_get = sys.modules.get
+_modules = sys.modules
+_modules_get = _modules.get
 _weakref = weakref.ref
 
 
@@ -209,21 +254,112 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> bool:
     return False
 
 
+def _running_loop() -> asyncio.AbstractEventLoop:
+    """The running event loop (remembered for this thread's fast path), the full lookup.
+
+    Raises:
+        RuntimeError: no asyncio event loop runs in this thread (the async side needs one).
+    """
+    loop = _get_running_loop()
+    if loop is None:
+        loop = asyncio.get_running_loop()  # raises: the async side needs an asyncio loop
+    if isinstance(loop, asyncio.BaseEventLoop):
+        state = _per_thread.state
+        # A loop runs on one thread at a time; _thread_id is set while it runs.
+        if loop._thread_id == state.ident:  # type: ignore[attr-defined]
+            state.loop = loop
+    return loop
+
+
+def _anyio_clear(state: _ThreadState, task: asyncio.Task[Any]) -> bool:
+    """No anyio cancel scope around ``task`` is cancelled (what :func:`_cancel_pending` reads).
+
+    Called while anyio's task states are known and not empty (some task is in a scope).
+    """
+    states = _anyio_task_states
+    assert states is not None
+    ref = state.task_ref
+    if ref is None or ref() is not task:
+        ref = state.task_ref = _weakref(task)
+    anyio_state = states.get(ref)
+    if anyio_state is not None:
+        scope = anyio_state.cancel_scope
+        if scope is not None and _anyio_scope_cancelled(scope):
+            return False
+    return True
+
+
+if _REMEMBER_LOOP:
+
+    def _fast_checkpoint() -> _ThreadState | None:
+        """This thread's state when the running task may be granted at once; None: full path.
+
+        The cancellation check of :func:`_cancel_pending` without its loop lookup, for the
+        uncontended async acquire: the task is found from the loop remembered for this
+        thread (checked to be still running here: asyncio keeps the task of each loop's
+        current step in a dict), then its pending ``Task.cancel()`` and its anyio scopes are
+        read as there. None means "not known to be clear": a cancellation is pending, or the
+        loop is not remembered (the first acquire on a loop, another loop or kind of loop,
+        no loop). The full path (:func:`_running_loop`, then :func:`_cancel_pending`) then
+        decides, and remembers the loop.
+
+        Only a cancellation requested during the task's current step can be pending here:
+        one requested while the task was suspended was raised when it resumed.
+        """
+        state = _per_thread.state
+        loop = state.loop
+        task = _task_on(loop)
+        if task is None or loop._thread_id != state.ident:  # type: ignore[union-attr]
+            return None
+        if task.cancelling():
+            return None
+        states = _anyio_task_states
+        if states is None:
+            if _ANYIO_ASYNCIO in _modules:
+                return None  # anyio's backend came in: the full path finds its task states
+        elif states and not _anyio_clear(state, task):
+            return None
+        return state
+
+else:
+
+    def _fast_checkpoint() -> _ThreadState | None:
+        """This thread's state when the running task may be granted at once; None: full path.
+
+        The check of :func:`_cancel_pending` (the loop lookup is cheap on this interpreter);
+        None when a cancellation is pending or no task runs. ``loop`` is set to the running
+        loop for the caller.
+        """
+        running = _get_running_loop()
+        if running is None:
+            return None
+        task = _task_on(running)
+        if task is None or task.cancelling():
+            return None
+        state = _per_thread.state
+        states = _anyio_task_states
+        if states is None:
+            if _ANYIO_ASYNCIO in _modules:
+                return None  # anyio's backend came in: the full path finds its task states
+        elif states and not _anyio_clear(state, task):
+            return None
+        state.loop = running  # type: ignore[assignment]
+        return state
+
+
 def _yield_due() -> bool:
     """Count a grant made at once to an async acquire; True for every :data:`_YIELD_EVERY`-th.
 
     The caller then yields after the grant (:meth:`_FifoQueue._checkpoint_granted`). The
-    count is per thread, so per event loop (a thread runs one loop at a time).
+    count is per thread, so per event loop (a thread runs one loop at a time). The fast path
+    counts on the :class:`_ThreadState` it already holds, the same way.
     """
-    try:
-        count = _since_yield.count
-    except AttributeError:
-        count = _since_yield.count = [0]
-    n = count[0] + 1
+    state = _per_thread.state
+    n = state.since_yield + 1
     if n < _YIELD_EVERY:
-        count[0] = n
+        state.since_yield = n
         return False
-    count[0] = 0
+    state.since_yield = 0
     return True
 
 
@@ -509,6 +645,7 @@ class _Waiter:
 
 
 _W = TypeVar("_W", bound=_Waiter)
+_G = TypeVar("_G")
 
 
 class _FifoQueue(Generic[_W]):
@@ -671,12 +808,15 @@ class _FifoQueue(Generic[_W]):
                 self._leave(waiter, deadline)
 
     @protected
-    async def _checkpoint_granted(self, grant: object) -> None:
+    async def _checkpoint_granted(self, grant: _G) -> _G:
         """The scheduling point after a grant made at once, when :func:`_yield_due` says so.
 
         Other tasks run once before the caller proceeds (anyio's ``cancel_shielded_checkpoint``
         position). Cancelled there (a ``Task.cancel()`` meanwhile), ``grant`` goes back, the
         cancellation is counted, and the cancellation propagates.
+
+        Returns:
+            ``grant``, for the ``async with`` that awaits this.
         """
         done = False
         try:
@@ -687,3 +827,14 @@ class _FifoQueue(Generic[_W]):
                 with self._lock:
                     self._cancellations += 1
                     self._pass_on(grant)
+        return grant
+
+
+@protected
+async def _granted(grant: _G) -> _G:
+    """The awaitable an ``__aenter__`` that granted at once returns: it gives ``grant`` back.
+
+    Protected like the ``__aenter__`` that made it: an interrupt landing here waits until the
+    ``async with`` block (whose exit gives the grant back) has begun.
+    """
+    return grant
