@@ -206,6 +206,23 @@ def test_cancelled_session_ends_its_span_and_restores_the_context(otel: Telemetr
     assert (span.attributes or {})["llmctx.session.status"] == "cancelled"
 
 
+def test_keyboard_interrupt_in_a_session_ends_its_span_and_holds_nothing(otel: Telemetry) -> None:
+    """Ctrl-C inside a session ends the session's span (cancelled), restores the context and
+    leaves the exporter holding no session; the next session is traced normally."""
+    with pytest.raises(KeyboardInterrupt), llmctx.session("ctrl-c", store="memory:"):
+        FakeModel().complete("x")
+        raise KeyboardInterrupt
+    span = otel.named("invoke_agent ctrl-c")
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["llmctx.session.status"] == "cancelled"
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    installed = llmctx.otel._installed
+    assert installed is not None and not installed.telemetry._sessions
+    with llmctx.session("next", store="memory:"):
+        FakeModel().complete("y")
+    assert parent_of(otel.named("invoke_agent next")) is None
+
+
 def test_threads_started_with_llmctx_helpers_parent_under_the_session(otel: Telemetry) -> None:
     """Calls made in ContextThreadPoolExecutor workers and llmctx.wrap threads are children of
     the session span they were submitted from."""
