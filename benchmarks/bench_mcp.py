@@ -3,7 +3,7 @@
 Run::
 
     python benchmarks/bench_mcp.py [--servers 10] [--repeats 3] [--calls 200]
-        [--langchain-python PATH] [--soak]
+        [--langchain-python PATH] [--soak] [--liveness] [--host-kills N] [--only-new]
 
 Every server is the SDK example ``src/llmctx/mcp/examples/notes_server.py`` (SQLite in memory),
 started as a real stdio subprocess by each contender.
@@ -29,7 +29,14 @@ What it prints:
   with ``--langchain-python``; that interpreter times a raw ``ClientSession`` of its own SDK
   version as well, so its ratio compares like with like;
 * **soak** (``--soak``): runs the randomized lifecycle test for the full 200 lifecycles
-  (the test suite stops it after a time budget) and reports the count and leaked processes.
+  (the test suite stops it after a time budget) and reports the count and leaked processes;
+* **liveness** (``--liveness``): how long a hung server (SIGSTOPped right after an answered
+  ping, the worst moment) takes to be found ``unhealthy``, in ping intervals (target <= 2),
+  side by side with a raw SDK ``ClientSession``, whose call to the same hung server is still
+  waiting when the bench gives up on it;
+* **host kills** (``--host-kills N``): runs ``tests/mcp/test_host_death.py`` for N randomized
+  SIGKILLs of a process running a hub (half mid-start, half while serving) and reports the
+  processes left behind (target 0). ``--only-new`` runs just these two.
 
 Each figure is the median over ``--repeats`` runs (for latency: of the per-run medians; the
 ratios are the medians of the per-run ratios).
@@ -306,6 +313,120 @@ def soak(lifecycles: int) -> int:
     return proc.returncode
 
 
+# ------------------------------------------------------------------ liveness
+
+
+async def liveness(interval: float, repeats: int) -> None:
+    """Time from SIGSTOP to ``unhealthy``, and what a raw ClientSession does meanwhile."""
+    import signal
+
+    from llmctx.mcp import Hub, ServerState
+
+    failures = 2
+    config = {
+        "mcpServers": {
+            "t": {
+                "command": sys.executable,
+                "args": [str(TINY)],
+                "pingInterval": interval,
+                "pingFailures": failures,
+            }
+        }
+    }
+    detections: list[float] = []
+    async with Hub.from_config(config) as hub:
+        server = hub.server("t")
+        for _ in range(repeats):
+            await server.wait_settled(after=server.generation - 1)
+            # The worst moment: right after an answered ping, a full interval before the next.
+            seen = server.status().last_ping_seconds
+            before = server.status().hangs
+            while server.status().last_ping_seconds == seen:  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+            pid = server.status().pid
+            assert pid is not None
+            began = time.perf_counter()
+            os.kill(pid, signal.SIGSTOP)
+            while server.status().hangs == before:  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+            detections.append(time.perf_counter() - began)
+            assert server.state in (
+                ServerState.UNHEALTHY,
+                ServerState.RESTARTING,
+                ServerState.READY,
+            )
+            generation = server.generation
+            await server.wait_settled(after=generation)
+
+    # The peer: a raw SDK session with no ping and no timeout, calling the same kind of hung
+    # server. It gets no error; the bench stops waiting after `give_up` seconds.
+    give_up = 3 * interval * failures
+    async with AsyncExitStack() as stack:
+        from mcp.client.session import ClientSession
+        from mcp.client.stdio import StdioServerParameters, stdio_client
+
+        params = StdioServerParameters(command=sys.executable, args=[str(TINY)])
+        read, write = await stack.enter_async_context(stdio_client(params, errlog=_DEVNULL))
+        session = await stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        import psutil
+
+        pids = [
+            p.pid
+            for p in psutil.Process().children(recursive=True)
+            if str(TINY) in " ".join(p.cmdline())
+        ]
+        os.kill(int(pids[-1]), signal.SIGSTOP)
+        raw_answer = "no error"
+        with anyio.move_on_after(give_up) as waited:
+            try:
+                await session.call_tool("echo", {"text": "x"})
+                raw_answer = "answered"
+            except Exception as exc:
+                raw_answer = f"{type(exc).__name__}"
+        os.kill(int(pids[-1]), signal.SIGKILL)
+    print(
+        f"\nliveness: a SIGSTOPped server, pingInterval {interval:g} s, pingFailures {failures} "
+        f"(median / max of {repeats}):"
+    )
+    print(
+        f"  hub: unhealthy after {_median(detections):.3f} s / {max(detections):.3f} s = "
+        f"{_median(detections) / interval:.2f} / {max(detections) / interval:.2f} intervals "
+        "(target <= 2)"
+    )
+    still = "still waiting" if waited.cancelled_caught else raw_answer
+    print(f"  raw ClientSession.call_tool: {still} after {give_up:g} s (no ping, no timeout)")
+
+
+def host_kills(runs: int) -> int:
+    """Run the host-death test for ``runs`` randomized SIGKILLs; print its summary."""
+    env = {**os.environ, "LLMCTX_MCP_HOST_KILLS": str(runs)}
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "mcp" / "test_host_death.py"),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("host kills:")]
+    print(
+        f"\nhost SIGKILLs ({time.perf_counter() - began:.0f}s): " + (summary[0] if summary else "?")
+    )
+    if proc.returncode:
+        print(f"  FAILED:\n{proc.stdout[-3000:]}")
+    return proc.returncode
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -360,6 +481,14 @@ async def main(args: argparse.Namespace) -> None:
     command = _notes_command(sys.executable)
     cores = os.cpu_count() or 1
     print(f"python {sys.version.split()[0]}, {cores} cores; {_versions()}")
+    if args.liveness or args.only_new:
+        await liveness(args.ping_interval, max(args.repeats, 5))
+    if args.host_kills:
+        code = host_kills(args.host_kills)
+        if code:
+            raise SystemExit(code)
+    if args.only_new:
+        return
     await _startup_report("notes servers (SDK)", [command] * args.servers, args.repeats, cores)
     tiny = [sys.executable, str(TINY)]
     await _startup_report("stdlib-only tiny servers", [tiny] * args.servers, args.repeats, cores)
@@ -423,6 +552,20 @@ def _parse() -> argparse.Namespace:
         "--soak",
         action="store_true",
         help="also run 200 randomized hub lifecycles and count leaked processes",
+    )
+    parser.add_argument(
+        "--liveness", action="store_true", help="time how long a hung server takes to be found"
+    )
+    parser.add_argument("--ping-interval", type=float, default=0.5)
+    parser.add_argument(
+        "--host-kills",
+        type=int,
+        default=0,
+        metavar="N",
+        help="SIGKILL N hosts running a hub and count the processes left behind",
+    )
+    parser.add_argument(
+        "--only-new", action="store_true", help="run only --liveness and --host-kills"
     )
     parser.add_argument("--langchain-worker", metavar="SERVER_PYTHON", help=argparse.SUPPRESS)
     return parser.parse_args()

@@ -152,7 +152,7 @@ class ServerConfig(BaseModel):
     ping_interval: float | None = Field(default=DEFAULT_PING_INTERVAL, ge=0, alias="pingInterval")
     """Seconds between liveness pings of a ready server (``0`` or ``null``: no pings)."""
     ping_timeout: float | None = Field(default=None, gt=0, alias="pingTimeout")
-    """Seconds a ping may take (default: ``pingInterval / pingFailures``)."""
+    """Seconds a ping may take (default: 90% of ``pingInterval / pingFailures``)."""
     ping_failures: int = Field(default=2, ge=1, alias="pingFailures")
     """Unanswered pings in a row that make the server ``unhealthy`` (it is then restarted)."""
     auth: OAuthSettings | None = None
@@ -173,7 +173,9 @@ class ServerConfig(BaseModel):
             return None
         if self.ping_timeout is not None:
             return self.ping_timeout
-        return self.ping_interval / self.ping_failures
+        # 90%: with the scheduling and the pings' own round trips, a hang is still found
+        # within two intervals (interval + failures * timeout).
+        return 0.9 * self.ping_interval / self.ping_failures
 
     def child_env(self) -> dict[str, str]:
         """Build the environment of a stdio child.

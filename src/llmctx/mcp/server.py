@@ -13,8 +13,8 @@ Lifecycle::
      failed     stopped                                 failed
 
 Liveness: a ready server is pinged every ``pingInterval`` seconds; ``pingFailures`` pings in a
-row unanswered within ``pingTimeout`` (default ``pingInterval / pingFailures``; after a failure
-the next ping goes at once) make it ``unhealthy``: it is killed (a hung process gets no grace
+row unanswered within ``pingTimeout`` (default 90% of ``pingInterval / pingFailures``; after a
+failure the next ping goes at once) make it ``unhealthy``: it is killed (a hung process gets no grace
 period), its calls in flight fail with :class:`ServerCrashed`, and it is restarted like a crashed
 one. A hung server is so found within two ping intervals.
 """
@@ -587,11 +587,13 @@ class ManagedServer:
         interval = self.config.ping_interval or 0.0
         limit = self.config.effective_ping_timeout or interval
         misses = 0
+        began = anyio.current_time()
         while True:
-            # After a miss the next ping goes at once, so a hang is found within
-            # interval + failures * timeout (two intervals with the default timeout).
+            # Pings go on a fixed cadence (an interval after the previous one was sent, not
+            # answered); after a miss the next goes at once. A hang is so found within
+            # interval + failures * timeout: under two intervals with the default timeout.
             if misses == 0:
-                await anyio.sleep(interval)
+                await anyio.sleep_until(began + interval)
             began = anyio.current_time()
             try:
                 with anyio.fail_after(limit):
