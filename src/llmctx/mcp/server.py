@@ -14,9 +14,9 @@ Lifecycle::
 
 Liveness: a ready server is pinged every ``pingInterval`` seconds; ``pingFailures`` pings in a
 row unanswered within ``pingTimeout`` (default 90% of ``pingInterval / pingFailures``; after a
-failure the next ping goes at once) make it ``unhealthy``: it is killed (a hung process gets no grace
-period), its calls in flight fail with :class:`ServerCrashed`, and it is restarted like a crashed
-one. A hung server is so found within two ping intervals.
+failure the next ping goes at once) make it ``unhealthy``: it is killed (a hung process gets no
+grace period), its calls in flight fail with :class:`ServerCrashed`, and it is restarted like a
+crashed one. A hung server is so found within two ping intervals.
 """
 
 from __future__ import annotations
