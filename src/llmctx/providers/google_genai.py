@@ -250,11 +250,20 @@ class _GeminiAccumulator:
                 estimated=not complete,
                 metadata=self.response_model,
             )
-        generated = (
-            (text or "") + "".join(self.thoughts) + "".join(c["arguments"] for c in calls or ())
-        )
+        generated = (text or "") + "".join(self.thoughts)
+        generated += "".join(c["arguments"] for c in calls or ())
+        estimate = self.plan.estimated_usage(generated)
+        if usage is not None and usage.input_tokens:
+            # The chunks so far reported the prompt exactly; only the output is estimated.
+            estimate = Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=max(usage.output_tokens, estimate.output_tokens),
+                cache_read_tokens=usage.cache_read_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                requests=1,
+            )
         return Outcome(
-            usage=self.plan.estimated_usage(generated),
+            usage=estimate,
             text=text,
             tool_calls=calls,
             raw_usage=self.metadata,
