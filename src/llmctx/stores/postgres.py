@@ -12,7 +12,10 @@ Layout (schema version kept in ``<schema>.llmctx_schema``, so later versions can
   call refused before it was sent has status ``refused`` and adds nothing to the totals.
 
 A schema of an older version is migrated when a store opens it: version 1 to 2 adds the
-session's ``pid``, ``host`` and ``heartbeat_at`` (NULL in old rows, which read as before).
+session's ``pid``, ``host`` and ``heartbeat_at`` (NULL in old rows, which read as before). A
+schema at the current version that lacks an index ``llmctx ui`` filters through (they came
+after version 2) gets it then too: the check rides on the version query, so a schema that has
+them all costs no extra round trip.
 
 Naive datetimes are stored as UTC. Rows come back as timezone-aware datetimes (equal to the
 ones saved). PostgreSQL cannot store the NUL character in text or jsonb, nor can UTF-8 hold a
@@ -202,11 +205,21 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                 cur.execute("SELECT to_regclass(%s)", (f"{sql.q}.llmctx_schema",))
                 row = cur.fetchone()
                 version = 0
+                have: set[str] = set()
                 if row is not None and row[0] is not None:
-                    cur.execute(f"SELECT max(version) FROM {sql.q}.llmctx_schema")
+                    cur.execute(
+                        f"SELECT max(version), (SELECT array_agg(indexname::text) FROM "
+                        f"pg_indexes WHERE schemaname = %s AND indexname = ANY(%s)) "
+                        f"FROM {sql.q}.llmctx_schema",
+                        (self.schema, list(sql.ui_indexes)),
+                    )
                     found = cur.fetchone()
                     version = int(found[0] or 0) if found else 0
-                if version < SCHEMA_VERSION:
+                    have = set(found[1] or ()) if found else set()
+                missing = [ddl for name, ddl in sql.ui_indexes.items() if name not in have]
+                if version == SCHEMA_VERSION and missing:
+                    self._add_indexes(conn, cur, missing)
+                elif version < SCHEMA_VERSION:
                     # Serialise concurrent creators: IF NOT EXISTS alone races on the catalogs.
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sql.q,))
                     for statement in sql.schema_ddl:
@@ -233,6 +246,20 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                 f"{version}, newer than this llmctx understands ({SCHEMA_VERSION}); upgrade "
                 "llmctx or use another schema"
             )
+
+    def _add_indexes(self, conn: Any, cur: Any, missing: Sequence[str]) -> None:
+        """Create the UI indexes a current schema lacks (a few seconds on a million calls).
+
+        A user who may write the tables but does not own them cannot create indexes: the
+        store then opens without them (``llmctx ui`` says which are missing, and is slower).
+        """
+        try:
+            with conn.transaction():  # a savepoint: a refusal undoes only this step
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._sql.q,))
+                for statement in missing:
+                    cur.execute(statement)
+        except self._psycopg.errors.InsufficientPrivilege:
+            pass
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._closed:
@@ -449,6 +476,15 @@ class _Statements:
     def __init__(self, schema: str) -> None:
         q = f'"{schema}"'  # validated as a plain identifier by the caller
         self.q = q
+        # What `llmctx ui` filters through: calls by model, failed calls (partial), and the
+        # newest call (its live view polls max(seq)); added to current schemas lacking them.
+        self.ui_indexes = {
+            "calls_model": f"CREATE INDEX IF NOT EXISTS calls_model ON {q}.calls "
+            "(model, session_id)",
+            "calls_failed": f"CREATE INDEX IF NOT EXISTS calls_failed ON {q}.calls "
+            "(session_id) WHERE status = 'error'",
+            "calls_seq": f"CREATE INDEX IF NOT EXISTS calls_seq ON {q}.calls (seq)",
+        }
         self.schema_ddl: Iterable[str] = (
             f"CREATE SCHEMA IF NOT EXISTS {q}",
             f"CREATE TABLE IF NOT EXISTS {q}.llmctx_schema (version integer NOT NULL)",
@@ -508,12 +544,7 @@ class _Statements:
                 metadata           jsonb NOT NULL
             )""",
             f"CREATE INDEX IF NOT EXISTS calls_session ON {q}.calls (session_id, started_at)",
-            # What `llmctx ui` filters through: calls by model, failed calls (partial), and
-            # the newest call (its live view polls max(seq)).
-            f"CREATE INDEX IF NOT EXISTS calls_model ON {q}.calls (model, session_id)",
-            f"CREATE INDEX IF NOT EXISTS calls_failed ON {q}.calls (session_id) "
-            "WHERE status = 'error'",
-            f"CREATE INDEX IF NOT EXISTS calls_seq ON {q}.calls (seq)",
+            *self.ui_indexes.values(),
         )
         # A new row's totals are zero and an update leaves them: they are the calls' roll-up.
         header = _sql.excluded_assignments(_sql.SESSION_COLS, {"id", *_sql.TOTAL_COLS})
