@@ -4,17 +4,20 @@ seeded through the library (see ``ui_support.seed``)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,11 +26,21 @@ from typer.testing import CliRunner
 
 import llmctx
 from llmctx import ConfigError, StoreError
-from llmctx.stores import PostgresStore, SQLiteStore
+from llmctx.stores import PostgresStore, SessionRecord, SQLiteStore
+from llmctx.stores._base import STALE_AFTER
 from llmctx.testing import FakeModel
 from llmctx.ui import create_app
 from llmctx.ui._reader import PAGE_SIZE, open_reader
-from ui_support import SECRET, XSS_NAME, XSS_REPLY, Seeded, seed
+from ui_support import (
+    OLD_SQLITE_DDL,
+    SECRET,
+    XSS_NAME,
+    XSS_REPLY,
+    Seeded,
+    copy_to_old_postgres,
+    copy_to_old_sqlite,
+    seed,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::llmctx.UnknownPriceWarning")
 
@@ -369,6 +382,190 @@ def test_a_store_without_the_list_indexes_gets_a_notice(tmp_path: Path) -> None:
     SQLiteStore(db).close()  # a store opening it adds them back
     with TestClient(create_app(str(db)), base_url=LOCAL) as c:
         assert "lacks the indexes" not in _ok(c, "/")
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has exited (reused or not, it is not the
+    process that started a session before it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_status_filter_tells_interrupted_from_running(env: Env) -> None:
+    """status=interrupted lists the running rows whose process is gone, status=running only
+    the live ones, as llmctx sessions ls --status does."""
+    from llmctx._cli.sessions import sessions_app
+
+    now = datetime.now(UTC)
+    here = socket.gethostname()
+    live = SessionRecord(
+        id="live0000eeee5555",
+        name="still-running",
+        status="running",
+        started_at=now - timedelta(seconds=5),
+        pid=os.getpid(),
+        host=here,
+        heartbeat_at=now,
+    )
+    gone = live.replace(id="gone0000ffff6666", name="killed-run", pid=_dead_pid())
+    stale = live.replace(
+        id="stal0000gggg7777",
+        name="stale-beat",
+        host="another-host",
+        heartbeat_at=now - timedelta(seconds=STALE_AFTER + 60),
+    )
+    for r in (live, gone, stale):
+        env.store.save_session(r)
+    c = env.client
+    assert sorted(_names(_ok(c, "/?status=interrupted"))) == ["killed-run", "stale-beat"]
+    assert _names(_ok(c, "/?status=running")) == ["still-running"]
+    page = _ok(c, "/?status=interrupted&sort=cost")
+    assert '<option value="interrupted" selected>' in page and "interrupted" in page
+    for status, expected in (("interrupted", ["killed-run", "stale-beat"]), ("running", [])):
+        result = CliRunner().invoke(
+            sessions_app, ["ls", "--db", env.db, "--status", status, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        listed = sorted(r["name"] for r in json.loads(result.output))
+        assert listed == (expected if status == "interrupted" else ["still-running"])
+
+
+def _schema_of(dsn: str, schema: str) -> tuple[int, set[str], set[str]]:
+    """A PostgreSQL schema's llmctx version, its sessions columns and its index names."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        version = conn.execute(f'SELECT max(version) FROM "{schema}".llmctx_schema').fetchone()
+        cols = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'sessions'",
+            (schema,),
+        ).fetchall()
+        idx = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+        ).fetchall()
+    assert version is not None
+    return int(version[0]), {r[0] for r in cols}, {r[0] for r in idx}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_store_an_older_llmctx_wrote_is_read_and_left_as_it_was(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str
+) -> None:
+    """A store written before sessions kept pid, host and heartbeat (SQLite schema 2,
+    PostgreSQL 1) shows its list, sessions and calls, says it is old, and stays unmigrated."""
+    interrupted = SessionRecord(
+        id="old00000hhhh8888",
+        name="crashed-long-ago",
+        status="running",
+        started_at=datetime.now(UTC) - timedelta(hours=1),
+        pid=_dead_pid(),
+        host=socket.gethostname(),
+    )
+    if kind == "sqlite":
+        current = tmp_path / "current.db"
+        store: llmctx.stores.Store = SQLiteStore(current)
+        seeded = seed(store, n_fake=2)
+        store.save_session(interrupted)
+        store.close()
+        old = tmp_path / "old.db"
+        copy_to_old_sqlite(current, old)
+        db = str(old)
+        digest = hashlib.sha256(old.read_bytes()).hexdigest()
+        cleanup: list[Callable[[], None]] = []
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        cur_schema, old_schema = f"uicur_{unique}", f"uiold_{unique}"
+        cleanup = [lambda: _drop_schema(dsn, cur_schema), lambda: _drop_schema(dsn, old_schema)]
+        store = PostgresStore(dsn, schema=cur_schema)
+        seeded = seed(store, n_fake=2)
+        store.save_session(interrupted)
+        store.close()
+        copy_to_old_postgres(dsn, cur_schema, old_schema)
+        db = f"{dsn}{'&' if '?' in dsn else '?'}schema={old_schema}"
+    try:
+        with TestClient(create_app(db), base_url=LOCAL) as c:
+            listed = _ok(c, "/")
+            names = _names(listed)
+            assert names[:4] == ["with-a-secret", "chat-001", "chat-000", "crashed-long-ago"]
+            assert "research agent" in names
+            assert "An older llmctx wrote this store" in listed
+            assert "llmctx sessions ls" in listed
+            # Without a pid the crashed run cannot be told from a live one: it reads running.
+            assert "crashed-long-ago" in _names(_ok(c, "/?status=running"))
+            assert _names(_ok(c, "/?status=interrupted")) == []
+            assert _names(_ok(c, "/?model=files.read_file")) == ["retrieval"]
+            session = _ok(c, f"/s/{seeded.rich_id}")
+            assert "research agent" in session and "rerank" in session
+            assert "The chart shows latency rising" in _ok(c, f"/c/{seeded.ok_call}")
+            _ok(c, f"/s/{interrupted.id}")
+            _ok(c, "/charts/cost.svg")
+            _ok(c, "/api/version")
+        if kind == "sqlite":
+            assert hashlib.sha256(Path(db).read_bytes()).hexdigest() == digest
+            with sqlite3.connect(db) as conn:
+                assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        else:
+            version, columns, indexes = _schema_of(dsn, old_schema)
+            assert version == 1 and "pid" not in columns and "calls_model" not in indexes
+        # The fix the page names: any llmctx command that opens the store migrates it.
+        from llmctx._cli.sessions import sessions_app
+
+        assert CliRunner().invoke(sessions_app, ["ls", "--db", db]).exit_code == 0
+        with TestClient(create_app(db), base_url=LOCAL) as c:
+            listed = _ok(c, "/")
+            assert "An older llmctx" not in listed and "lacks the indexes" not in listed
+    finally:
+        for step in cleanup:
+            step()
+
+
+def test_a_table_without_the_columns_the_viewer_reads_names_the_fix(tmp_path: Path) -> None:
+    """A sessions table lacking a column the viewer cannot do without fails at start with the
+    missing column and the command that migrates the store."""
+    db = tmp_path / "odd.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(OLD_SQLITE_DDL.replace("cost               TEXT NOT NULL,", ""))
+    with pytest.raises(StoreError) as info:
+        create_app(str(db))
+    message = str(info.value)
+    assert "lacks columns the viewer reads (sessions.cost)" in message
+    assert "llmctx sessions ls --db" in message
+
+
+@pytest.mark.postgres
+def test_a_postgres_schema_at_the_current_version_gets_missing_indexes(
+    postgres_dsn: str, unique: str
+) -> None:
+    """A current PostgreSQL schema without the list's indexes gets them when a store opens it,
+    and the viewer's notice about them goes away."""
+    schema = f"uiidx_{unique}"
+    store = PostgresStore(postgres_dsn, schema=schema)
+    try:
+        seed(store, n_fake=1)
+        store.close()
+        import psycopg
+
+        with psycopg.connect(postgres_dsn) as conn:
+            for name in ("calls_model", "calls_failed", "calls_seq"):
+                conn.execute(f'DROP INDEX "{schema}".{name}')
+        db = f"{postgres_dsn}{'&' if '?' in postgres_dsn else '?'}schema={schema}"
+        with TestClient(create_app(db), base_url=LOCAL) as c:
+            listed = _ok(c, "/")
+            assert (
+                "lacks the indexes the list filters use (calls_model, calls_failed, calls_seq)"
+                in (listed)
+            )
+        store = PostgresStore(postgres_dsn, schema=schema)
+        version, _, indexes = _schema_of(postgres_dsn, schema)
+        assert version == 2 and {"calls_model", "calls_failed", "calls_seq"} <= indexes
+        with TestClient(create_app(db), base_url=LOCAL) as c:
+            assert "lacks the indexes" not in _ok(c, "/")
+            assert _names(_ok(c, "/?model=files.read_file")) == ["retrieval"]
+    finally:
+        store.close()
+        _drop_schema(postgres_dsn, schema)
 
 
 def test_reader_connections_close_with_the_app(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -387,3 +388,175 @@ def screenshot(driver: Any, name: str) -> Path:
     finally:
         driver.set_window_size(size["width"], size["height"])
     return path
+
+
+# -- stores an older llmctx wrote ------------------------------------------------------------------
+
+#: The SQLite tables as llmctx wrote them at schema version 2 (``PRAGMA user_version = 2``),
+#: before sessions kept pid, host and heartbeat_at (stores/sqlite.py at commit 45f513f).
+OLD_SQLITE_DDL = """
+CREATE TABLE sessions (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT,
+    parent_id          TEXT,
+    status             TEXT NOT NULL,
+    tags               TEXT NOT NULL,
+    budget             TEXT,
+    started_at         TEXT NOT NULL,
+    started_us         INTEGER NOT NULL,
+    ended_at           TEXT,
+    error              TEXT,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    requests           INTEGER NOT NULL,
+    cost               TEXT NOT NULL,
+    unpriced_calls     INTEGER NOT NULL,
+    call_count         INTEGER NOT NULL,
+    metadata           TEXT NOT NULL
+);
+CREATE INDEX sessions_started ON sessions (started_us);
+CREATE INDEX sessions_parent ON sessions (parent_id);
+CREATE TABLE calls (
+    id                 TEXT NOT NULL,
+    session_id         TEXT,
+    kind               TEXT NOT NULL,
+    provider           TEXT,
+    model              TEXT,
+    request            TEXT,
+    response           TEXT,
+    tool_calls         TEXT,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    requests           INTEGER NOT NULL,
+    raw_usage          TEXT,
+    cost               TEXT,
+    cost_note          TEXT,
+    status             TEXT NOT NULL,
+    error              TEXT,
+    estimated          INTEGER NOT NULL,
+    started_at         TEXT NOT NULL,
+    started_us         INTEGER NOT NULL,
+    latency_s          REAL,
+    ttfb_s             REAL,
+    ttft_s             REAL,
+    metadata           TEXT NOT NULL
+);
+CREATE INDEX calls_session ON calls (session_id, started_us);
+CREATE UNIQUE INDEX calls_id ON calls (id);
+PRAGMA user_version = 2;
+"""
+
+#: The PostgreSQL tables as llmctx wrote them at schema version 1 (stores/postgres.py at
+#: commit 45f513f); ``{q}`` is the quoted schema.
+OLD_POSTGRES_DDL = (
+    "CREATE SCHEMA {q}",
+    "CREATE TABLE {q}.llmctx_schema (version integer NOT NULL)",
+    "INSERT INTO {q}.llmctx_schema (version) VALUES (1)",
+    """CREATE TABLE {q}.sessions (
+        id                 text PRIMARY KEY,
+        name               text,
+        parent_id          text,
+        status             text NOT NULL,
+        tags               jsonb NOT NULL,
+        budget             jsonb,
+        started_at         timestamptz NOT NULL,
+        ended_at           timestamptz,
+        error              text,
+        input_tokens       bigint NOT NULL,
+        output_tokens      bigint NOT NULL,
+        cache_read_tokens  bigint NOT NULL,
+        cache_write_tokens bigint NOT NULL,
+        reasoning_tokens   bigint NOT NULL,
+        requests           bigint NOT NULL,
+        cost               numeric NOT NULL,
+        unpriced_calls     integer NOT NULL,
+        call_count         integer NOT NULL,
+        metadata           jsonb NOT NULL
+    )""",
+    "CREATE INDEX sessions_started ON {q}.sessions (started_at)",
+    "CREATE INDEX sessions_parent ON {q}.sessions (parent_id)",
+    """CREATE TABLE {q}.calls (
+        id                 text PRIMARY KEY,
+        seq                bigint GENERATED ALWAYS AS IDENTITY,
+        session_id         text,
+        kind               text NOT NULL,
+        provider           text,
+        model              text,
+        request            jsonb,
+        response           text,
+        tool_calls         jsonb,
+        input_tokens       bigint NOT NULL,
+        output_tokens      bigint NOT NULL,
+        cache_read_tokens  bigint NOT NULL,
+        cache_write_tokens bigint NOT NULL,
+        reasoning_tokens   bigint NOT NULL,
+        requests           bigint NOT NULL,
+        raw_usage          jsonb,
+        cost               numeric,
+        cost_note          text,
+        status             text NOT NULL,
+        error              text,
+        estimated          boolean NOT NULL,
+        started_at         timestamptz NOT NULL,
+        latency_s          double precision,
+        ttfb_s             double precision,
+        ttft_s             double precision,
+        metadata           jsonb NOT NULL
+    )""",
+    "CREATE INDEX calls_session ON {q}.calls (session_id, started_at)",
+)
+
+_LIVENESS = ("pid", "host", "heartbeat_at")
+
+
+def _old_columns(cols: str, extra: str = "") -> str:
+    names = [c.strip() for c in cols.split(",") if c.strip() not in _LIVENESS]
+    return ", ".join(names + ([extra] if extra else []))
+
+
+def copy_to_old_sqlite(current: Path, old: Path) -> None:
+    """Write ``old`` with the version-2 tables holding every row of the store ``current``.
+
+    The rows are the library's own (seeded through a current store), copied column by column
+    into the tables an older llmctx made, which have no liveness columns.
+    """
+    from llmctx.stores import _sql
+
+    conn = sqlite3.connect(old)
+    try:
+        conn.executescript(OLD_SQLITE_DDL)
+        conn.execute("ATTACH DATABASE ? AS cur", (str(current),))
+        s_cols = _old_columns(_sql.SESSION_COLS, "started_us")
+        c_cols = _old_columns(_sql.CALL_COLS, "started_us")
+        with conn:
+            conn.execute(f"INSERT INTO sessions ({s_cols}) SELECT {s_cols} FROM cur.sessions")
+            conn.execute(f"INSERT INTO calls ({c_cols}) SELECT {c_cols} FROM cur.calls")
+        conn.execute("DETACH DATABASE cur")
+    finally:
+        conn.close()
+
+
+def copy_to_old_postgres(dsn: str, current: str, old: str) -> None:
+    """Create schema ``old`` with the version-1 tables holding every row of schema ``current``."""
+    import psycopg
+
+    from llmctx.stores import _sql
+
+    q = f'"{old}"'
+    s_cols = _old_columns(_sql.SESSION_COLS)
+    c_cols = _old_columns(_sql.CALL_COLS)
+    with psycopg.connect(dsn) as conn:
+        for statement in OLD_POSTGRES_DDL:
+            conn.execute(statement.format(q=q))
+        conn.execute(
+            f'INSERT INTO {q}.sessions ({s_cols}) SELECT {s_cols} FROM "{current}".sessions'
+        )
+        conn.execute(
+            f'INSERT INTO {q}.calls ({c_cols}) SELECT {c_cols} FROM "{current}".calls ORDER BY seq'
+        )

@@ -53,7 +53,8 @@ CSP = (
 TOKEN_COOKIE = "llmctx_ui_token"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _PARTIAL = "x-llmctx-partial"
-_STATUSES = [s for s in get_args(SessionStatus) if s != "interrupted"]
+#: Every status the list shows, ``interrupted`` included (a running row whose process is gone).
+_STATUSES = list(get_args(SessionStatus))
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -238,14 +239,27 @@ def build_app(reader: Reader, *, token: str | None = None) -> Starlette:
     buster = _render.cache_buster()
     charts = _Charts(reader)
     missing = reader.missing_indexes()
-    notice = (
-        "This store lacks the indexes the list filters use ("
-        + ", ".join(missing)
-        + "), so filtering by model or errors scans every call. Any llmctx command that opens "
-        "it for writing adds them (e.g. a session, or llmctx demo with LLMCTX_DB set to it)."
-        if missing
-        else ""
-    )
+    notes = []
+    if reader.old_columns:
+        notes.append(
+            "An older llmctx wrote this store (its sessions have no "
+            + ", ".join(reader.old_columns)
+            + " columns), so a running session whose process is gone shows as running, not "
+            "interrupted."
+        )
+    if missing:
+        notes.append(
+            "This store lacks the indexes the list filters use ("
+            + ", ".join(missing)
+            + "), so filtering by model or errors scans every call."
+        )
+    if notes:
+        # The viewer never writes; a store opened for writing migrates itself.
+        notes.append(
+            "Any llmctx command that opens it for writing upgrades it (e.g. llmctx sessions ls "
+            "--db with this store, a session, or llmctx demo with LLMCTX_DB set to it)."
+        )
+    notice = " ".join(notes)
 
     def session_url(session_id: str) -> str:
         return f"/s/{_render.url_part(session_id)}"

@@ -14,12 +14,17 @@ case-insensitive matching).
 Filters on calls (model, has-errors, text of prompts) match the sessions that hold a matching
 call themselves, children included, so a root whose calls all sit in child sessions is found
 through those children (the list marks them ``↳`` and links their parent).
+
+A store an older llmctx wrote is read as it is, never migrated: session columns later schemas
+added (:data:`LATER_SESSION_COLS`) are selected as NULL when the table lacks them; a table
+lacking any other column the viewer reads is refused at open with the column and the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,6 +46,7 @@ __all__ = [
     "CALLS_SHOWN",
     "COUNT_CAP",
     "LATENCY_EDGES",
+    "LATER_SESSION_COLS",
     "PAGE_SIZE",
     "ListPage",
     "ListQuery",
@@ -59,6 +65,9 @@ CALLS_SHOWN = 1_000
 #: Upper edges (seconds) of the latency histogram's bins; the last bin takes the rest.
 LATENCY_EDGES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 _MODELS_SHOWN = 500
+#: Session columns later schemas added (SQLite 3, PostgreSQL 2): a store an older llmctx wrote
+#: lacks them, and the viewer reads them as NULL (a running row then keeps its status).
+LATER_SESSION_COLS = ("pid", "host", "heartbeat_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Sort = Literal["started", "cost", "tokens", "duration"]
@@ -199,6 +208,8 @@ class _Dialect:
         " OR (s.input_tokens + s.output_tokens) > json_extract(s.budget, '$.tokens')"
         " OR s.requests > json_extract(s.budget, '$.requests')))"
     )
+    #: ``s.id`` is one of a list given as one parameter (:meth:`ids_param`).
+    id_in = "s.id IN (SELECT value FROM json_each(?))"
     #: The cached call rows' order: SQLite's rowid, PostgreSQL's identity ``seq``.
     call_order = "started_us, rowid"
     tree_order = "started_us, rowid"
@@ -209,6 +220,9 @@ class _Dialect:
         if value.tzinfo is None:
             value = value.astimezone()
         return (value - _EPOCH) // timedelta(microseconds=1)
+
+    def ids_param(self, ids: list[str]) -> Any:
+        return json.dumps(ids)
 
     def bucket_expr(self, seconds: int) -> str:
         return f"(s.started_us / {seconds * 1_000_000})"
@@ -239,6 +253,10 @@ class Reader(_Dialect):
     #: Indexes the list page relies on (created by the stores when they open the file).
     expected_indexes: tuple[str, ...] = ("sessions_started", "calls_model", "calls_failed")
     where: str = "the store"
+    #: The session columns every query selects, ``NULL AS name`` for those the store lacks.
+    session_cols: str = _sql.SESSION_COLS
+    #: :data:`LATER_SESSION_COLS` this store lacks (an older llmctx wrote it).
+    old_columns: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self._idle: list[Any] = []
@@ -311,6 +329,32 @@ class Reader(_Dialect):
             with contextlib.suppress(Exception):
                 conn.close()
 
+    def _adapt_columns(self, sessions: set[str], calls: set[str]) -> None:
+        """Select what this store's tables hold: NULL for the later session columns it lacks.
+
+        Raises:
+            StoreError: a column the viewer cannot do without is missing (the fix named).
+        """
+        wanted_s = [c.strip() for c in _sql.SESSION_COLS.split(",")]
+        wanted_c = [c.strip() for c in self.call_cols.split(",")]
+        lacking = [f"sessions.{c}" for c in wanted_s if c not in sessions]
+        lacking += [f"calls.{c}" for c in wanted_c if c not in calls]
+        fatal = [c for c in lacking if c.removeprefix("sessions.") not in LATER_SESSION_COLS]
+        if fatal:
+            raise StoreError(
+                f"{self.where} lacks columns the viewer reads ({', '.join(fatal)}); it was not "
+                "written by llmctx, or by a version this one cannot read. The viewer never "
+                "changes a store: open it once with this llmctx, which migrates it (for example "
+                "llmctx sessions ls --db THE_SAME_STORE), then start llmctx ui again"
+            )
+        self.old_columns = tuple(c for c in LATER_SESSION_COLS if c not in sessions)
+        if self.old_columns:
+            self.session_cols = ", ".join(c if c in sessions else f"NULL AS {c}" for c in wanted_s)
+            self._list_cols = ", ".join(
+                f"s.{c}" if c in sessions or c not in LATER_SESSION_COLS else f"NULL AS {c}"
+                for c in (x.strip().removeprefix("s.") for x in self._list_cols.split(","))
+            )
+
     # -- the list ------------------------------------------------------------------------------
 
     def _models_matching(self, conn: Any, text: str) -> list[str]:
@@ -343,7 +387,17 @@ class Reader(_Dialect):
         roots = not q.children and not q.call_filtered
         if roots and not q.q.strip():
             where.append(self.root)
-        if q.status:
+        if q.status in ("running", "interrupted"):
+            # Both are stored as running; the process tells them apart, as in sessions ls.
+            where.append("s.status = 'running'")
+            gone = self._interrupted_ids(conn)
+            if q.status == "interrupted":
+                where.append(self.id_in if gone else "1 = 0")
+            elif gone:
+                where.append(f"NOT {self.id_in}")
+            if gone:
+                params.append(self.ids_param(gone))
+        elif q.status:
             where.append(f"s.status = {m}")
             params.append(q.status)
         if q.since is not None:
@@ -395,6 +449,39 @@ class Reader(_Dialect):
             where.append("(" + " OR ".join(ors) + ")")
         return (" WHERE " + " AND ".join(where) if where else ""), params
 
+    def _interrupted_ids(self, conn: Any) -> list[str]:
+        """The stored ids of running rows whose process is gone (:func:`shown_status`).
+
+        One pass over the running rows (few, but for sessions killed before they ended),
+        judged by the function ``llmctx sessions ls`` uses. A store without the liveness
+        columns has none: its running rows read as running.
+        """
+        if self.old_columns:
+            return []
+        rows = self._fetch(
+            conn,
+            f"SELECT id, started_at, pid, host, heartbeat_at FROM {self.t_sessions} "
+            "WHERE status = 'running'",
+            (),
+        )
+        now = datetime.now(UTC)
+        return [
+            sid
+            for sid, started, pid, host, beat in rows
+            if shown_status(
+                SessionRecord(
+                    id=sid,
+                    status="running",
+                    started_at=self.load_dt(started),
+                    pid=pid,
+                    host=None if host is None else _sql.unescape_text(host),
+                    heartbeat_at=None if beat is None else self.load_dt(beat),
+                ),
+                now,
+            )
+            == "interrupted"
+        ]
+
     def _order(self, q: ListQuery) -> str:
         direction = "DESC" if q.descending else "ASC"
         if q.sort == "cost":
@@ -406,7 +493,7 @@ class Reader(_Dialect):
             return f"({self.duration} IS NULL), {self.duration} {direction}, s.id"
         return f"{self.started} {direction}, s.id {direction}"
 
-    _LIST_COLS = (
+    _list_cols = (
         "s.id, s.name, s.parent_id, s.status, s.started_at, s.ended_at, s.input_tokens, "
         "s.output_tokens, s.cost, s.unpriced_calls, s.call_count, s.budget, s.pid, s.host, "
         "s.heartbeat_at"
@@ -419,7 +506,7 @@ class Reader(_Dialect):
         with self._conn() as conn:
             where, params = self._where(conn, q)
             sql = (
-                f"SELECT {self._LIST_COLS} FROM {self.t_sessions} s{where} "
+                f"SELECT {self._list_cols} FROM {self.t_sessions} s{where} "
                 f"ORDER BY {self._order(q)} LIMIT {m} OFFSET {m}"
             )
             rows = self._fetch(conn, sql, [*params, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE])
@@ -559,7 +646,7 @@ class Reader(_Dialect):
         cte = _sql.tree_cte(self.t_sessions, m)
         key = _sql.escape_text(session_id)
         rows = self._rows(
-            f"{cte}SELECT {_sql.SESSION_COLS} FROM {self.t_sessions} "
+            f"{cte}SELECT {self.session_cols} FROM {self.t_sessions} "
             f"WHERE id IN (SELECT id FROM tree) ORDER BY id <> {m}, {self.tree_order}",
             (key, key),
         )
@@ -608,7 +695,7 @@ class Reader(_Dialect):
     def session(self, session_id: str) -> SessionRecord | None:
         """One session row by its id, or None."""
         rows = self._rows(
-            f"SELECT {_sql.SESSION_COLS} FROM {self.t_sessions} WHERE id = {self.mark}",
+            f"SELECT {self.session_cols} FROM {self.t_sessions} WHERE id = {self.mark}",
             (_sql.escape_text(session_id),),
         )
         return self.session_from_row(rows[0]) if rows else None
@@ -672,14 +759,28 @@ class SQLiteReader(Reader):
                 f"no llmctx database at {path}: run something that records sessions first "
                 "(llmctx workshop, llmctx demo), or pass --db PATH_OR_URL / set LLMCTX_DB"
             )
+        try:
+            self._inspect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self) -> None:
+        """Check the file holds llmctx's tables; learn its indexes and columns."""
+        path = self.path
         with self._conn() as conn:
             names = {r[0] for r in self._fetch(conn, "SELECT name FROM sqlite_master", ())}
-        if not {"sessions", "calls"} <= names:
-            raise StoreError(
-                f"{path} is not an llmctx database (it has no sessions and calls tables); "
-                "pass the file llmctx records to (--db or LLMCTX_DB)"
-            )
+            if not {"sessions", "calls"} <= names:
+                raise StoreError(
+                    f"{path} is not an llmctx database (it has no sessions and calls tables); "
+                    "pass the file llmctx records to (--db or LLMCTX_DB)"
+                )
+            columns = {
+                table: {r[1] for r in self._fetch(conn, f"PRAGMA table_info({table})", ())}
+                for table in ("sessions", "calls")
+            }
         self._indexes = names
+        self._adapt_columns(columns["sessions"], columns["calls"])
 
     def _connect(self) -> sqlite3.Connection:
         uri = f"file:{quote(str(Path(self.path).resolve()))}?mode=ro"
@@ -729,6 +830,7 @@ class PostgresReader(Reader):
     )
     call_order = "started_at, seq"
     tree_order = "started_at, id"
+    id_in = "s.id = ANY(%s)"
     expected_indexes = ("sessions_started", "calls_model", "calls_failed", "calls_seq")
 
     def __init__(self, dsn: str, schema: str = "llmctx") -> None:
@@ -753,6 +855,15 @@ class PostgresReader(Reader):
             f"(SELECT max(started_at) FROM {self.t_sessions}), "
             f"(SELECT count(*) FROM {self.t_sessions} WHERE status = 'running')"
         )
+        try:
+            self._inspect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self) -> None:
+        """Check the schema holds llmctx's tables; learn its indexes and columns."""
+        schema, q = self.schema, f'"{self.schema}"'
         with self._conn() as conn:
             found = self._fetch(
                 conn,
@@ -770,6 +881,15 @@ class PostgresReader(Reader):
                     conn, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
                 )
             }
+            columns: dict[str, set[str]] = {"sessions": set(), "calls": set()}
+            for table, column in self._fetch(
+                conn,
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name IN ('sessions', 'calls')",
+                (schema,),
+            ):
+                columns[table].add(column)
+        self._adapt_columns(columns["sessions"], columns["calls"])
 
     def _connect(self) -> Any:
         try:
@@ -796,6 +916,9 @@ class PostgresReader(Reader):
 
     def time_param(self, value: datetime) -> Any:
         return value.astimezone() if value.tzinfo is None else value
+
+    def ids_param(self, ids: list[str]) -> Any:
+        return list(ids)
 
     def bucket_expr(self, seconds: int) -> str:
         return f"floor(extract(epoch FROM s.started_at) / {seconds})"
