@@ -178,6 +178,25 @@ def test_list_charts_are_svg(env: Env) -> None:
     assert env.client.get("/charts/nope.svg").status_code == 404
 
 
+def test_list_call_charts_read_a_bounded_number_of_the_newest_calls(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past their bound the cost-by-model and latency charts draw the newest sessions' calls
+    only, and their titles say how many; under it they draw every call."""
+    from llmctx.ui import _reader
+
+    monkeypatch.setattr(_reader, "CHART_CALLS", 3)
+    capped = env.client.get("/charts/models.svg?from=2020-01-01").text
+    assert "Cost by model, newest 3 calls" in capped
+    assert "acme-large" in capped and "gpt-4o-mini" in capped
+    assert "claude-sonnet-4-5" not in capped  # in the oldest session, beyond the bound
+    latency = env.client.get("/charts/latency.svg?from=2020-01-01").text
+    assert "Latency of the newest calls" in latency and "3 calls" in latency
+    monkeypatch.setattr(_reader, "CHART_CALLS", 1_000)
+    whole = env.client.get("/charts/models.svg?from=2020-01-02").text
+    assert "newest" not in whole and "claude-sonnet-4-5" in whole
+
+
 # -- a session ------------------------------------------------------------------------------------
 
 

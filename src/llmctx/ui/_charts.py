@@ -155,7 +155,8 @@ def hbars(
     body = [_text(8, 16, title, size=12, fill=_INK)]
     for i, (label, value, note) in enumerate(rows):
         y = top + i * row_h
-        short = label if len(label) <= 18 else label[:17] + "…"
+        # 15 characters fit the label column (the full name is in the bar's tooltip).
+        short = label if len(label) <= 15 else label[:14] + "…"
         body.append(_text(label_w - 6, y + 13, short, anchor="end", fill=_INK))
         w = bar_w * (value / peak) if peak else 0
         body.append(

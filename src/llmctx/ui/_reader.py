@@ -44,6 +44,7 @@ from ..stores._open import _kind, _split_schema, sqlite_file_of
 
 __all__ = [
     "CALLS_SHOWN",
+    "CHART_CALLS",
     "COUNT_CAP",
     "LATENCY_EDGES",
     "LATER_SESSION_COLS",
@@ -65,6 +66,9 @@ CALLS_SHOWN = 1_000
 #: Upper edges (seconds) of the latency histogram's bins; the last bin takes the rest.
 LATENCY_EDGES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 _MODELS_SHOWN = 500
+#: The list page's call charts (cost by model, latency) read at most this many calls: those of
+#: the newest sessions in the range.
+CHART_CALLS = 20_000
 #: Session columns later schemas added (SQLite 3, PostgreSQL 2): a store an older llmctx wrote
 #: lacks them, and the viewer reads them as NULL (a running row then keeps its status).
 LATER_SESSION_COLS = ("pid", "host", "heartbeat_at")
@@ -174,6 +178,14 @@ class Overview:
     bucket: timedelta = timedelta(days=1)
     by_model: list[tuple[str, Decimal, int]] = field(default_factory=list)
     latency_bins: list[int] = field(default_factory=list)
+    #: How many calls the call charts read, and the most they read.
+    calls_read: int = 0
+    calls_limit: int = 0
+
+    @property
+    def calls_capped(self) -> bool:
+        """True when the call charts stopped at :attr:`calls_limit` (more calls exist)."""
+        return bool(self.calls_limit) and self.calls_read >= self.calls_limit
 
 
 def _like(text: str) -> str:
@@ -546,77 +558,73 @@ class Reader(_Dialect):
     def overview(self, since: datetime | None = None, until: datetime | None = None) -> Overview:
         """Spend over time (root sessions' roll-ups), cost by model and latency bins (calls).
 
-        ``since`` / ``until`` bound the sessions' (and calls') start times.
+        ``since`` / ``until`` bound the sessions' start times. The call charts read the calls
+        of the newest sessions in that range, at most :data:`CHART_CALLS` of them (through the
+        start and the calls-by-session indexes), so a cold overview of a million-call store
+        costs a bounded read, not a scan of every call; :attr:`Overview.calls_capped` says
+        when more were left out.
         """
         m = self.mark
-        out = Overview()
+        out = Overview(calls_limit=CHART_CALLS)
+        rng: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            rng.append(f"{self.started} >= {m}")
+            params.append(self.time_param(since))
+        if until is not None:
+            rng.append(f"{self.started} < {m}")
+            params.append(self.time_param(until))
+        in_range = (" WHERE " + " AND ".join(rng)) if rng else ""
         with self._conn() as conn:
-            where = [self.root]
-            params: list[Any] = []
-            if since is not None:
-                where.append(f"{self.started} >= {m}")
-                params.append(self.time_param(since))
-            if until is not None:
-                where.append(f"{self.started} < {m}")
-                params.append(self.time_param(until))
+            # Two subqueries: min and max each one index probe (together they scan).
             span = self._fetch(
                 conn,
-                f"SELECT min({self.started}), max({self.started}) FROM {self.t_sessions} s "
-                f"WHERE {' AND '.join(where)}",
-                params,
+                f"SELECT (SELECT min({self.started}) FROM {self.t_sessions} s{in_range}), "
+                f"(SELECT max({self.started}) FROM {self.t_sessions} s{in_range})",
+                [*params, *params],
             )
             lo, hi = span[0] if span else (None, None)
             if lo is not None:
                 seconds = _bucket_seconds(self._span_seconds(lo, hi))
                 out.bucket = timedelta(seconds=seconds)
                 key = self.bucket_expr(seconds)
+                where = " AND ".join([self.root, *rng])
                 rows = self._fetch(
                     conn,
                     f"SELECT {key} AS b, sum({self.cost_num}), "
                     f"sum(s.input_tokens + s.output_tokens) FROM {self.t_sessions} s "
-                    f"WHERE {' AND '.join(where)} GROUP BY b ORDER BY b",
+                    f"WHERE {where} GROUP BY b ORDER BY b",
                     params,
                 )
                 out.buckets = [
                     (self.bucket_start(b, seconds), Decimal(str(c or 0)), int(t or 0))
                     for b, c, t in rows
                 ]
-            cwhere: list[str] = []
-            cparams: list[Any] = []
-            started = self.started.replace("s.", "")
-            if since is not None:
-                cwhere.append(f"{started} >= {m}")
-                cparams.append(self.time_param(since))
-            if until is not None:
-                cwhere.append(f"{started} < {m}")
-                cparams.append(self.time_param(until))
-            cw = (" WHERE " + " AND ".join(cwhere)) if cwhere else ""
-            rows = self._fetch(
-                conn,
-                f"SELECT model, sum({self.call_cost_num}), count(*) FROM {self.t_calls}{cw} "
-                "GROUP BY model",
-                cparams,
-            )
-            by_model = [
-                (_sql.unescape_text(model) if model else "(none)", Decimal(str(c or 0)), int(n))
-                for model, c, n in rows
-            ]
-            by_model.sort(key=lambda x: (-x[1], -x[2], x[0]))
-            out.by_model = by_model
             cases = " ".join(
                 f"WHEN latency_s < {edge} THEN {i}" for i, edge in enumerate(LATENCY_EDGES)
             )
-            lw = (cw + " AND" if cw else " WHERE") + " latency_s IS NOT NULL"
             rows = self._fetch(
                 conn,
-                f"SELECT CASE {cases} ELSE {len(LATENCY_EDGES)} END AS b, count(*) "
-                f"FROM {self.t_calls}{lw} GROUP BY b",
-                cparams,
+                f"SELECT model, CASE WHEN latency_s IS NULL THEN -1 {cases} "
+                f"ELSE {len(LATENCY_EDGES)} END AS b, sum({self.call_cost_num}), count(*) "
+                f"FROM (SELECT c.model, c.latency_s, c.cost FROM {self.t_sessions} s "
+                f"JOIN {self.t_calls} c ON c.session_id = s.id{in_range} "
+                f"ORDER BY {self.started} DESC LIMIT {m}) AS x GROUP BY model, b",
+                [*params, CHART_CALLS],
             )
-            bins = [0] * (len(LATENCY_EDGES) + 1)
-            for b, n in rows:
-                bins[int(b)] = int(n)
-            out.latency_bins = bins
+        by_model: dict[str, tuple[Decimal, int]] = {}
+        bins = [0] * (len(LATENCY_EDGES) + 1)
+        for model, b, c, n in rows:
+            name = _sql.unescape_text(model) if model else "(none)"
+            cost, count = by_model.get(name, (Decimal(0), 0))
+            by_model[name] = (cost + Decimal(str(c or 0)), count + int(n))
+            if int(b) >= 0:
+                bins[int(b)] += int(n)
+            out.calls_read += int(n)
+        out.by_model = sorted(
+            ((name, c, n) for name, (c, n) in by_model.items()), key=lambda x: (-x[1], -x[2], x[0])
+        )
+        out.latency_bins = bins
         return out
 
     def _span_seconds(self, lo: Any, hi: Any) -> float:

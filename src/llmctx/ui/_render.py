@@ -109,6 +109,11 @@ def list_charts(overview: Overview) -> dict[str, Markup]:
     """The list page's four charts from :meth:`Reader.overview`."""
     cost = [(at, float(c)) for at, c, _ in overview.buckets]
     tokens = [(at, float(t)) for at, _, t in overview.buckets]
+    # Past the bound the call charts show the newest calls only: say so in their titles.
+    capped = overview.calls_capped
+    newest = f", newest {overview.calls_read:,} calls" if capped else ""
+    # The histogram's corner already says how many calls it holds.
+    latency = "Latency of the newest calls" if capped else "Latency of calls"
     return {
         "cost": _charts.bars_over_time("Cost over time", cost, overview.bucket, _cost_fmt),
         "tokens": _charts.bars_over_time(
@@ -118,9 +123,9 @@ def list_charts(overview: Overview) -> dict[str, Markup]:
             _tokens_fmt,
             color="#2c9a6a",
         ),
-        "latency": _charts.histogram("Latency of calls", overview.latency_bins, LATENCY_EDGES),
+        "latency": _charts.histogram(latency, overview.latency_bins, LATENCY_EDGES),
         "models": _charts.hbars(
-            "Cost by model",
+            f"Cost by model{newest}",
             [
                 (m, float(c), f"{_cost_fmt(float(c))} · {n:,} call{'' if n == 1 else 's'}")
                 for m, c, n in overview.by_model
