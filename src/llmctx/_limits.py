@@ -26,10 +26,12 @@ queue and gives back an admission that arrived meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
@@ -38,12 +40,15 @@ from ._exceptions import ConfigError, UsageError
 from ._interrupt import protected
 from ._waiting import (
     _DONE,
+    _YIELD_EVERY,
     AcquireTimeout,
     WouldBlock,
     _cancel_pending,
     _check_timeout,
+    _fast_checkpoint,
     _FifoQueue,
-    _get_running_loop,
+    _granted,
+    _running_loop,
     _Waiter,
     _yield_due,
     _yield_now,
@@ -95,23 +100,32 @@ class RateStore(Protocol):
 
 
 class _MemoryStore:
-    """GCRA state in this process (protected by the limiter's lock)."""
+    """GCRA state in this process (protected by the limiter's lock).
 
-    __slots__ = ("tat_req", "tat_tok")
+    It knows its limiter's intervals, so an admission (:meth:`admit`) passes only the tokens
+    and the time; :meth:`try_acquire` is the :class:`RateStore` form of the same step.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("i_req", "i_tok", "tat_req", "tat_tok", "tol")
+
+    def __init__(self, interval_req: int, interval_tok: int, tolerance: int) -> None:
+        self.i_req = interval_req
+        self.i_tok = interval_tok
+        self.tol = tolerance
         # Starting far in the past means the bucket starts full.
         self.tat_req = -(1 << 62)
         self.tat_tok = -(1 << 62)
 
-    def try_acquire(
-        self, interval_req: int, interval_tok: int, tolerance: int, tokens: int, now: int
-    ) -> int:
+    def admit(self, tokens: int, now: int) -> int:
+        """Admit one request of ``tokens`` if both dimensions allow it (see try_acquire)."""
         # Written without min()/max() calls: this runs on every uncontended acquire.
+        interval_req = self.i_req
+        tolerance = self.tol
         tat = self.tat_req
         base_req = tat if tat > now else now
         step = interval_req if interval_req < tolerance else tolerance
         delay = base_req + step - tolerance - now
+        interval_tok = self.i_tok
         if interval_tok:
             tat = self.tat_tok
             base_tok = tat if tat > now else now
@@ -127,6 +141,13 @@ class _MemoryStore:
             return delay
         self.tat_req = base_req + interval_req
         return 0
+
+    def try_acquire(
+        self, interval_req: int, interval_tok: int, tolerance: int, tokens: int, now: int
+    ) -> int:
+        if (interval_req, interval_tok, tolerance) != (self.i_req, self.i_tok, self.tol):
+            raise ValueError("this store holds the state of a limiter with other limits")
+        return self.admit(tokens, now)
 
     def adjust(self, req_delta: int, tok_delta: int, now: int) -> None:
         self.tat_req += req_delta
@@ -172,6 +193,8 @@ class RateLimiterStatistics:
     cancellations: int
 
 
+_new_reservation = object.__new__
+
 _PENDING = 0
 _OPEN = 1
 _KEPT = 2  # closed with the estimate charged
@@ -200,6 +223,7 @@ class Reservation:
     def __init__(
         self, limiter: RateLimiter, tokens: int, timeout: float | None = None, state: int = _OPEN
     ) -> None:
+        # RateLimiter.acquire sets these fields itself (without this call): keep them in step.
         self._limiter = limiter
         self._state = state
         self._timeout = timeout
@@ -240,7 +264,7 @@ class Reservation:
             return
         self._actual = actual
         self._state = _SETTLED
-        self._limiter._settle(actual - self.tokens, refund_request=False)
+        self._limiter._settle(actual - self.tokens, False)
 
     @protected
     def release(self) -> None:
@@ -248,14 +272,14 @@ class Reservation:
         if self._state != _OPEN:
             return
         self._state = _RELEASED
-        self._limiter._settle(-self.tokens, refund_request=True)
+        self._limiter._settle(-self.tokens, True)
 
     @protected
     def _keep_estimate(self) -> None:
         """Close the reservation with its estimate charged (leaving ``acquire()``'s block)."""
         if self._state == _OPEN:
             self._state = _KEPT
-            self._limiter._settle(0, refund_request=False)
+            self._limiter._settle(0, False)
 
     def _check_pending(self) -> None:
         if self._state != _PENDING:
@@ -281,11 +305,27 @@ class Reservation:
             self._keep_estimate()
 
     @protected
-    def __aenter__(self) -> Coroutine[Any, Any, Reservation]:
-        # A plain method handing back the limiter's coroutine: one coroutine per acquire.
+    def __aenter__(self) -> Awaitable[Reservation]:
+        # A plain method: an admission made at once is made in the call, and the awaitable
+        # returned only hands the reservation over (one time in 64, after a yield). The full
+        # coroutine is for a task that may have a cancellation pending (or runs on a loop not
+        # remembered for this thread yet) and for one that must wait.
         if self._state != _PENDING:
             self._check_pending()
-        return self._limiter._admit_async(self, self._timeout)
+        limiter = self._limiter
+        state = _fast_checkpoint()
+        if state is None:
+            return limiter._admit_async(self, self._timeout, None)
+        waiter = limiter._enqueue(self.tokens, state.loop, self._timeout)
+        if waiter is not None:
+            return limiter._admit_async(self, self._timeout, waiter)
+        self._state = _OPEN
+        n = state.since_yield + 1
+        if n < _YIELD_EVERY:
+            state.since_yield = n
+            return _granted(self)
+        state.since_yield = 0
+        return limiter._checkpoint_granted(self)
 
     @protected
     def __aexit__(
@@ -296,7 +336,9 @@ class Reservation:
     ) -> Awaitable[None]:
         # A plain method: the call itself closes the reservation (see _waiting._Done).
         if self._state == _OPEN:
-            self._keep_estimate()
+            # _keep_estimate, two calls less: a close that moves nothing is only counted.
+            self._state = _KEPT
+            self._limiter._count_close()
         return _DONE
 
     def __repr__(self) -> str:
@@ -413,7 +455,18 @@ class RateLimiter(_FifoQueue[_Waiter]):
         # error this adds is below 1e-4 for any realistic limit.
         self._i_req = round(_MINUTE_NS / self.rpm) if self.rpm is not None else 0
         self._i_tok = max(1, round(_MINUTE_NS / self.tpm)) if self.tpm is not None else 0
-        self._store: RateStore = store if store is not None else _MemoryStore()
+        self._store: RateStore
+        # _try_admit(tokens, now): the store's admission step with this limiter's limits.
+        self._try_admit: Callable[[int, int], int]
+        if store is None:
+            memory = _MemoryStore(self._i_req, self._i_tok, self._tolerance)
+            self._store = memory
+            self._try_admit = memory.admit
+        else:
+            self._store = store
+            self._try_admit = functools.partial(
+                store.try_acquire, self._i_req, self._i_tok, self._tolerance
+            )
         self._clock: Callable[[], int]
         if clock is None:
             self._clock = time.monotonic_ns
@@ -421,9 +474,13 @@ class RateLimiter(_FifoQueue[_Waiter]):
             user_clock = clock
             self._clock = lambda: int(user_clock() * _NS)
         self._init_queue()
-        # Reservations admitted / closed (settled, released or kept) since creation.
-        self._closed = 0
+        # Reservations admitted since creation (under the lock), and closed (settled,
+        # released or kept): a close counts itself without the lock, as one next() on a
+        # count (one atomic step); statistics() reads the count with next() too, and takes
+        # off the numbers its own reads took (_close_reads, under the lock).
         self._admitted = 0
+        self._count_close = itertools.count().__next__
+        self._close_reads = 0
 
     def __repr__(self) -> str:
         return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, burst={self.burst!r})"
@@ -454,7 +511,13 @@ class RateLimiter(_FifoQueue[_Waiter]):
             timeout = _check_timeout(timeout)
         if tokens.__class__ is not int or tokens < 0:
             tokens = _check_tokens(tokens, "tokens")
-        return Reservation(self, tokens, timeout, _PENDING)
+        # Reservation.__init__'s work without its call: keep the two in step.
+        reservation: Reservation = _new_reservation(Reservation)
+        reservation._limiter = self
+        reservation._state = _PENDING
+        reservation._timeout = timeout
+        reservation.tokens = tokens
+        return reservation
 
     @protected
     def acquire_nowait(self, tokens: int = 0) -> Reservation:
@@ -532,7 +595,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         the next waiter gets its turn.
         """
         reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
-        await self._admit_async(reservation, _check_timeout(timeout))
+        await self._admit_async(reservation, _check_timeout(timeout), None)
         return reservation
 
     @protected
@@ -593,7 +656,9 @@ class RateLimiter(_FifoQueue[_Waiter]):
         with self._lock:
             tat_req, tat_tok, now = self._store.state(self._clock())
             waiting = len(self._queue)
-            in_flight = self._admitted - self._closed
+            closed = self._count_close() - self._close_reads
+            self._close_reads += 1
+            in_flight = self._admitted - closed
             admitted = self._admitted
             timeouts = self._timeouts
             cancellations = self._cancellations
@@ -639,12 +704,17 @@ class RateLimiter(_FifoQueue[_Waiter]):
         ``loop``: the running event loop of an asyncio caller (its waiter wakes there), None
         for a thread.
         """
-        with self._lock:
+        lock = self._lock
+        # Not `with`: half the cost on CPython 3.11. This frame is protected, so an interrupt
+        # cannot land between the acquire and the `try` (the deferring handler puts it off).
+        lock.acquire()
+        try:
             queue = self._queue
             delay = 0
             if not queue:
-                delay = self._admit(n)
-                if delay <= 0:
+                delay = self._try_admit(n, self._clock())
+                if delay <= 0:  # _admit, one call less
+                    self._admitted += 1
                     return None
             if timeout == 0:
                 self._timeouts += 1
@@ -656,6 +726,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
             if delay > 0:
                 waiter.schedule(delay / _NS)  # it is the head: come back when it fits
             return waiter
+        finally:
+            lock.release()
 
     def _admit(self, n: int) -> int:
         """With the lock held: admit one request of ``n`` tokens now if it fits.
@@ -665,7 +737,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         Returns:
             0 (or less) when admitted, else nanoseconds until it would fit.
         """
-        delay = self._store.try_acquire(self._i_req, self._i_tok, self._tolerance, n, self._clock())
+        delay = self._try_admit(n, self._clock())
         if delay <= 0:
             self._admitted += 1
         return delay
@@ -678,14 +750,23 @@ class RateLimiter(_FifoQueue[_Waiter]):
         reservation._state = _OPEN
 
     @protected
-    async def _admit_async(self, reservation: Reservation, wait_for: float | None) -> Reservation:
-        loop = _get_running_loop()
-        if loop is None:
-            loop = asyncio.get_running_loop()  # raises: the async side needs an asyncio loop
-        if _cancel_pending(loop):
-            # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
-            await _yield_now()
-        waiter = self._enqueue(reservation.tokens, loop, wait_for)
+    async def _admit_async(
+        self, reservation: Reservation, wait_for: float | None, waiter: _Waiter | None
+    ) -> Reservation:
+        """The async acquire's full path: check, queue, wait.
+
+        Args:
+            reservation: the reservation to admit.
+            wait_for: the caller's timeout.
+            waiter: the fast path queued it already as this waiter (no cancellation was
+                pending), or None.
+        """
+        if waiter is None:
+            loop = _running_loop()
+            if _cancel_pending(loop):
+                # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
+                await _yield_now()
+            waiter = self._enqueue(reservation.tokens, loop, wait_for)
         if waiter is None:
             if _yield_due():
                 await self._checkpoint_granted(reservation)
@@ -732,14 +813,18 @@ class RateLimiter(_FifoQueue[_Waiter]):
         ``grant`` is its queued :class:`_Waiter`, or its :class:`Reservation` when it was
         admitted at once and cancelled at the checkpoint after.
         """
-        n = grant.tokens if isinstance(grant, Reservation) else cast(_Waiter, grant).amount
+        if isinstance(grant, Reservation):
+            n = grant.tokens
+            grant._state = _RELEASED  # the caller never got it (admitted at once, then cancelled)
+        else:
+            n = cast(_Waiter, grant).amount
         try:
             self._undo_admission(n)
         except Exception:  # the refund is lost; the limit errs on the safe side
             logger.warning("llmctx: could not give back a rate limit admission", exc_info=True)
 
     @protected
-    def _settle(self, tok_delta: int, *, refund_request: bool) -> None:
+    def _settle(self, tok_delta: int, refund_request: bool) -> None:
         """Close one admitted reservation: the one place a reservation ends.
 
         Args:
@@ -747,12 +832,18 @@ class RateLimiter(_FifoQueue[_Waiter]):
             refund_request: give the request back too (the request was never sent).
 
         A refund may let the head of the queue in earlier than planned: it is tried at once.
+        Closing with nothing to move (the estimate kept) takes no lock.
         """
+        self._count_close()
         req_delta = -self._i_req if refund_request else 0
         tok_ns = tok_delta * self._i_tok
-        with self._lock:
-            self._closed += 1
-            if req_delta or tok_ns:
-                self._store.adjust(req_delta, tok_ns, self._clock())
-                if (req_delta < 0 or tok_ns < 0) and self._queue:
-                    self._dispatch()
+        if not (req_delta or tok_ns):
+            return
+        lock = self._lock
+        lock.acquire()  # not `with`: see _enqueue
+        try:
+            self._store.adjust(req_delta, tok_ns, self._clock())
+            if (req_delta < 0 or tok_ns < 0) and self._queue:
+                self._dispatch()
+        finally:
+            lock.release()

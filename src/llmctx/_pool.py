@@ -46,8 +46,8 @@ from ._waiting import (
     _check_timeout,
     _fast_checkpoint,
     _FifoQueue,
-    _get_running_loop,
     _granted,
+    _loop_here,
     _running_loop,
     _Waiter,
     _yield_due,
@@ -741,7 +741,10 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # Every slot but `freed` has fewer free units than this (0: nothing known).
         fits_nowhere_else = queue[0].amount if freed is not None else 0
         running: Any = _NOT_LOOKED_UP  # this thread's event loop, looked up once if needed
+        tokens = self._tokens
         while queue:
+            if tokens is not None and not tokens:
+                return  # no free unit: spare _take the failed popleft (an exception)
             waiter = queue[0]
             only = freed if waiter.amount >= fits_nowhere_else else None
             if only is not None and only.free < waiter.amount:
@@ -762,7 +765,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             fut = waiter._fut
             if fut is not None:
                 if running is _NOT_LOOKED_UP:
-                    running = _get_running_loop()
+                    running = _loop_here()
                 if running is waiter._loop:
                     # wake() inlined for the common case: a task of the loop releasing.
                     if not fut.done():
@@ -808,8 +811,12 @@ class ResourcePool(_FifoQueue[Lease[R]]):
     @protected
     def _hand_on(self) -> None:
         """A token pool's release put units back while callers wait: grant to the head."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: see _release
+        try:
             self._dispatch()
+        finally:
+            lock.release()
 
     def _enqueue(
         self,
