@@ -8,7 +8,10 @@ directly to the waiters at the head (the grant happens under the lock, before th
 only granted waiters are woken), and a waiter cancelled after its grant passes the capacity on.
 
 One object serves threads (``with``) and asyncio tasks on any number of event loops
-(``async with``): a ``threading.Lock`` guards the state and each waiter has its own wake-up.
+(``async with``): a ``threading.Lock`` guards the queue and each waiter has its own wake-up.
+A pool without a store or a health check whose resources are one, or of one unit each, keeps
+its free units as tokens in a ``collections.deque``: a one-unit lease taken or given back when
+nobody waits touches only the deque (atomic ``popleft`` / ``append``), not the lock.
 
 With a :class:`LeaseStore` the capacity is shared by every process using the same pool name.
 :class:`llmctx.RedisLeaseStore` (in ``llmctx._redis``) keeps the leases in a Redis sorted set
