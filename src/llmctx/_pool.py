@@ -265,9 +265,10 @@ class Lease(_Waiter, Generic[R]):
                 slot = pool._held.pop(self, None)
                 if slot is not None:
                     self._state = _RELEASED
-                    pool._tokens.append(slot) if self.amount == 1 else pool._tokens.extend(
-                        itertools.repeat(slot, self.amount)
-                    )
+                    if self.amount == 1:
+                        pool._tokens.append(slot)
+                    else:
+                        pool._tokens.extend(itertools.repeat(slot, self.amount))
                     if pool._queue:
                         pool._hand_on()
         return _DONE
