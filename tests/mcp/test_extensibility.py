@@ -159,3 +159,16 @@ async def test_refresh_relists_on_demand() -> None:
         hidden.clear()
         await hub.refresh("t")
         assert "t.echo" in {t.qualified for t in hub.tools()}
+
+
+async def test_cancelling_a_restart_leaves_the_server_coming_back_and_nothing_leaked() -> None:
+    """A hub.restart() cancelled while it waits still restarts the server; the hub's exit
+    then leaves no process (the autouse fixture checks children, the watcher included)."""
+    config = {"mcpServers": {"t": tiny("--delay", "0.5")}}
+    async with Hub.from_config(config) as hub:
+        with anyio.fail_after(30):
+            with anyio.move_on_after(0.05) as scope:
+                await hub.restart("t")
+            assert scope.cancelled_caught
+            assert result_text(await hub.call("t.echo", {"text": "back"})) == "back"
+        assert hub.status()["t"].restarts == 1

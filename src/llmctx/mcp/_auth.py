@@ -341,6 +341,11 @@ def build_auth(
         raise ConfigError(
             f'MCP server {config.name!r} has "auth" in its config and auth= in code; keep one'
         )
+    if given is not None and config.transport == "stdio":
+        raise ConfigError(
+            f"auth= was given for MCP server {config.name!r}, a stdio server; authentication "
+            "is for http, sse and ws servers (a stdio server gets its secrets through env)"
+        )
     if isinstance(given, httpx2.Auth):
         if config.transport == "ws":
             raise ConfigError(
