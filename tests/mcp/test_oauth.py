@@ -252,3 +252,25 @@ def test_auth_in_config_and_code_at_once_is_refused() -> None:
     }
     with pytest.raises(Exception, match="keep one"):
         Hub.from_config(config, auth={"s": lambda: {}})
+
+
+async def test_any_httpx2_auth_signs_the_requests(tmp_path: Path) -> None:
+    """auth={"server": an httpx2.Auth of one's own} is used for that server's requests."""
+    from test_network import TOKEN, entry, net_server
+
+    class Bearer(httpx2.Auth):
+        def __init__(self) -> None:
+            self.signed = 0
+
+        def auth_flow(self, request: httpx2.Request) -> Any:
+            self.signed += 1
+            request.headers["Authorization"] = f"Bearer {TOKEN}"
+            yield request
+
+    bearer = Bearer()
+    with net_server("sse", tmp_path / "server.log") as port:
+        config = {"mcpServers": {"net": {**entry("sse", port), "headers": {}}}}
+        with anyio.fail_after(60):
+            async with Hub.from_config(config, auth={"net": bearer}) as hub:
+                assert result_text(await hub.call("net.echo", {"text": "signed"})) == "signed"
+    assert bearer.signed >= 2
