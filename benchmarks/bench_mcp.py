@@ -330,6 +330,7 @@ async def liveness(interval: float, repeats: int) -> None:
                 "args": [str(TINY)],
                 "pingInterval": interval,
                 "pingFailures": failures,
+                "maxRestarts": 1000,  # every repeat is a hang: keep the breaker shut
             }
         }
     }
