@@ -101,6 +101,8 @@ class ServerCrashed(MCPHubError):
         server: the config key of the server.
         returncode: the exit status of a stdio server, when known.
         stderr: the last lines the server wrote to stderr (oldest first).
+        reason: what happened, when it was not a plain crash (a hung server that stopped
+            answering pings and was killed), else ``None``.
     """
 
     def __init__(
