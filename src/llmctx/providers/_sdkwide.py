@@ -20,6 +20,7 @@ import importlib
 import importlib.metadata
 import logging
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -50,6 +51,8 @@ class _SDK:
     minimum: tuple[int, ...]
     below: tuple[int, ...]
     install: str
+    # Patched by a bare instrument() only when already imported (importing it is slow).
+    only_if_imported: bool = False
 
     @property
     def range(self) -> str:
@@ -82,6 +85,7 @@ SUPPORTED_SDKS: Final = {
             (0, 4),
             "pip install 'llmctx[local]'",
         ),
+        _SDK("litellm", "litellm", "litellm", (1, 80), (2,), "pip install litellm", True),
     )
 }
 
@@ -98,7 +102,7 @@ _ALIASES: Final = {
 
 @dataclass(slots=True)
 class _ClassPatch:
-    owner: type[Any]
+    owner: Any  # a class, or a module (litellm's entry points)
     attr: str
     had: bool
     previous: Any
@@ -172,7 +176,7 @@ def _installed_version(sdk: _SDK, module: Any) -> str | None:
         return version if isinstance(version, str) else None
 
 
-def _targets(sdk: _SDK, module: Any) -> list[tuple[type[Any], str]]:
+def _targets(sdk: _SDK, module: Any) -> list[tuple[Any, str]]:
     """Every (class, attribute) the SDK's patch replaces; raises if one is missing."""
     if sdk.name in {"openai", "anthropic"}:
         base = importlib.import_module(f"{sdk.module}._base_client")
@@ -187,6 +191,12 @@ def _targets(sdk: _SDK, module: Any) -> list[tuple[type[Any], str]]:
 
         api_client = importlib.import_module("google.genai._api_client")
         return [(api_client.BaseApiClient, name) for name in CLASS_METHODS]
+    if sdk.name == "litellm":
+        from ..integrations.litellm import ENTRY_POINTS
+
+        # The package's own entry points (a dispatcher over litellm.main's, which it
+        # captured at import): what users and frameworks call as litellm.completion.
+        return [(module, name) for name in ENTRY_POINTS]
     return [
         (module.Llama, "create_chat_completion"),
         (module.Llama, "create_completion"),
@@ -204,6 +214,10 @@ def _wrappers(
         from .google_genai import class_wrappers
 
         return class_wrappers(originals, get_limiter)
+    if sdk.name == "litellm":
+        from ..integrations.litellm import wrappers as litellm_wrappers
+
+        return litellm_wrappers(importlib.import_module("litellm"), originals, get_limiter)
     if sdk.name == "llama-cpp":
         from .llama_cpp import class_wrappers as llama_wrappers
 
@@ -243,7 +257,7 @@ def _wrappers(
     return mark_wrappers(wrappers, originals)
 
 
-def _key(sdk: _SDK, owner: type[Any], attr: str) -> str:
+def _key(sdk: _SDK, owner: Any, attr: str) -> str:
     return f"{owner.__name__}.{attr}" if sdk.name in {"openai", "anthropic"} else attr
 
 
@@ -253,8 +267,9 @@ def _patch(sdk: _SDK, module: Any, limiter: LimiterLike | None) -> _Active:
     for owner, attr in targets:
         value = owner.__dict__.get(attr)
         if value is None or not callable(value):
+            where = getattr(owner, "__qualname__", getattr(owner, "__name__", "?"))
             raise ConfigError(
-                f"llmctx cannot instrument {sdk.distribution}: {owner.__qualname__}.{attr} "
+                f"llmctx cannot instrument {sdk.distribution}: {where}.{attr} "
                 f"is missing; llmctx supports {sdk.range}"
             )
         originals[_key(sdk, owner, attr)] = value
@@ -286,6 +301,8 @@ def _unpatch(active: _Active) -> None:
 
 def _load(sdk: _SDK, explicit: bool) -> Any | None:
     """The SDK's module when it can be patched; None (with a warning) or an error otherwise."""
+    if not explicit and sdk.only_if_imported and sdk.module not in sys.modules:
+        return None
     try:
         module = importlib.import_module(sdk.module)
     except ImportError as exc:
