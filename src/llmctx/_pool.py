@@ -50,7 +50,6 @@ from ._waiting import (
     _fast_checkpoint,
     _FifoQueue,
     _granted,
-    _loop_here,
     _running_loop,
     _Waiter,
     _yield_due,
@@ -72,9 +71,6 @@ _RETURNED = 3  # granted, then given back before its caller got it (cancelled, i
 
 _new_lease = object.__new__
 
-# "Not looked up yet", for a value that may be None once looked up.
-_NOT_LOOKED_UP: Any = object()
-
 
 @unprotected
 def _run_check(check: Callable[[R], bool], resource: R) -> bool:
@@ -92,6 +88,76 @@ def _handed_out(counter: itertools.count[int]) -> int:
     """How many numbers ``counter`` (started at 1) handed out, without taking one."""
     # Its repr is "count(N)", N the next number; reading it takes nothing from it.
     return int(repr(counter)[6:-1]) - 1
+
+
+def _token_steps(
+    tokens: deque[_Slot[R]],
+    held: dict[Lease[R], _Slot[R]],
+    sequence: itertools.count[int],
+    queue: deque[Lease[R]],
+    waits: deque[float],
+) -> tuple[Callable[[Lease[R], bool], bool], Callable[[Lease[R], int, bool], bool]]:
+    """A token pool's lock-free grant and give-back, as closures over the pool's containers.
+
+    The one implementation of each (the async fast path, ``_enqueue``, ``_take``,
+    ``_give_back`` and ``_release`` all call these); closures because a call of one reads the
+    containers from cells instead of looking up the pool's attributes and methods, which on
+    the uncontended path costs as much as the step itself. They capture no pool (no reference
+    cycle): a release that finds waiters hands on through the lease's own pool.
+
+    Returns:
+        ``(take_token, put_tokens)``:
+
+        * ``take_token(lease, arriving)``: grant a one-unit lease: one atomic ``popleft`` of a
+          token, no lock needed. ``arriving``: the caller arrives now (not a queued head): it
+          is refused while anyone is queued (no barging) or when its lease is weighted, and
+          its wait sample is 0. Returns False when not granted (nothing taken).
+        * ``put_tokens(lease, state, hand_on)``: give a lease's tokens back and set its
+          state; taking the lease out of ``held`` (an atomic ``dict.pop``) is the step that
+          ends it, so two releases of one lease give back once (False: it was given back
+          already). ``hand_on`` (a release, without the lock): then, if anyone is queued,
+          grant to the head under the lock (put back, then look: a waiter queues under the
+          lock and tries again once queued, so none is missed).
+    """
+    popleft = tokens.popleft
+    append = tokens.append
+    held_pop = held.pop
+    number = sequence.__next__
+    record_wait = waits.append
+
+    @protected
+    def take_token(lease: Lease[R], arriving: bool) -> bool:
+        if arriving and (queue or lease.amount != 1 or not tokens):
+            # (a weighted lease takes its tokens under the lock, in _take; no token: spare
+            # the failed popleft, an exception)
+            return False
+        try:
+            slot = popleft()
+        except IndexError:
+            return False
+        held[lease] = slot
+        lease.sequence = number()
+        lease._slot = slot
+        lease._state = _HELD
+        if arriving:
+            record_wait(0.0)
+        return True
+
+    @protected
+    def put_tokens(lease: Lease[R], state: int, hand_on: bool) -> bool:
+        slot = held_pop(lease, None)
+        if slot is None:
+            return False
+        lease._state = state
+        if lease.amount == 1:
+            append(slot)
+        else:
+            tokens.extend(itertools.repeat(slot, lease.amount))
+        if hand_on and queue:
+            lease._pool._hand_on()
+        return True
+
+    return take_token, put_tokens
 
 
 @runtime_checkable
@@ -225,22 +291,15 @@ class Lease(_Waiter, Generic[R]):
             self._check_pending()
         pool = self._pool
         if pool._health_check is not None or (state := _fast_checkpoint()) is None:
-            return pool._acquire_async(self, self._timeout, False)
-        tokens = pool._tokens
-        if tokens is not None and self.amount == 1 and not pool._queue and tokens:
-            # _take_token inlined (the one-unit grant of a token pool, without the lock)
-            try:
-                slot = tokens.popleft()
-            except IndexError:
-                slot = None
-            if slot is not None:
-                pool._held[self] = slot
-                self.sequence = next(pool._sequence)
-                self._slot = slot
-                self._state = _HELD
-                pool._waits.append(0.0)
-        if self._state != _HELD and pool._enqueue(self, state.loop, self._timeout, False):
-            return pool._acquire_async(self, self._timeout, True)  # queued: wait for the grant
+            return pool._acquire_async(self, self._timeout)
+        take = pool._take_token
+        if (take is None or not take(self, True)) and pool._enqueue(
+            self, state.loop, self._timeout, False, False
+        ):
+            # Queued (no health check on this path): the wait is the awaitable, and returns
+            # the lease once granted.
+            timeout = self._timeout
+            return pool._wait_async(self, None if timeout is None else self._start + timeout)
         n = state.since_yield + 1
         if n < _YIELD_EVERY:
             state.since_yield = n
@@ -258,19 +317,11 @@ class Lease(_Waiter, Generic[R]):
         # A plain method: the call itself releases (see _waiting._Done), nothing to await.
         if self._state == _HELD:
             pool = self._pool
-            if pool._tokens is None:
+            put_tokens = pool._put_tokens
+            if put_tokens is None:
                 pool._release(self)
             else:
-                # _give_back inlined (a token pool's release, without the lock)
-                slot = pool._held.pop(self, None)
-                if slot is not None:
-                    self._state = _RELEASED
-                    if self.amount == 1:
-                        pool._tokens.append(slot)
-                    else:
-                        pool._tokens.extend(itertools.repeat(slot, self.amount))
-                    if pool._queue:
-                        pool._hand_on()
+                put_tokens(self, _RELEASED, True)  # a token pool's release, without the lock
         return _DONE
 
     def __repr__(self) -> str:
@@ -420,6 +471,15 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         self._sequence = itertools.count(1)
         # Leases granted = numbers handed out - _given_back.
         self._given_back = 0
+        # A token pool's lock-free steps (None for other pools): each is the one place it
+        # is done, and each is a closure so that the fast path calls it without a method
+        # lookup (see _token_steps).
+        self._take_token: Callable[[Lease[R], bool], bool] | None = None
+        self._put_tokens: Callable[[Lease[R], int, bool], bool] | None = None
+        if self._tokens is not None:
+            self._take_token, self._put_tokens = _token_steps(
+                self._tokens, self._held, self._sequence, self._queue, self._waits
+            )
         self._quarantined = 0
         self._replacements = 0
         self._replacement_failures = 0
@@ -618,7 +678,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         tokens = self._tokens
         if tokens is not None:
             if n == 1:
-                return self._take_token(lease)
+                return self._take_token(lease, False)  # type: ignore[misc]
             # One resource: n tokens of the same slot, taken one by one (so under the lock:
             # a waiter could otherwise miss the ones put back when they do not all fit).
             taken = 0
@@ -670,21 +730,6 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         lease._state = _HELD
         return True
 
-    def _take_token(self, lease: Lease[R]) -> bool:
-        """Grant a one-unit ``lease`` from a token pool: one atomic ``popleft``, no lock needed.
-
-        Part of :meth:`_take`; the fast path calls it directly when nobody is queued.
-        """
-        try:
-            slot = self._tokens.popleft()  # type: ignore[union-attr]
-        except IndexError:
-            return False
-        self._held[lease] = slot
-        lease.sequence = next(self._sequence)
-        lease._slot = slot
-        lease._state = _HELD
-        return True
-
     def _give_back(self, lease: Lease[R], state: int) -> bool:
         """With the lock held: return a granted lease's capacity (no dispatch).
 
@@ -696,17 +741,9 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         Returns:
             False when a token lease was given back already (nothing was done).
         """
-        tokens = self._tokens
-        if tokens is not None:
-            slot = self._held.pop(lease, None)
-            if slot is None:
-                return False
-            lease._state = state
-            if lease.amount == 1:
-                tokens.append(slot)
-            else:
-                tokens.extend(itertools.repeat(slot, lease.amount))
-            return True
+        put_tokens = self._put_tokens
+        if put_tokens is not None:
+            return put_tokens(lease, state, False)
         lease._state = state
         slot = lease._slot
         if self._store is not None:
@@ -744,7 +781,6 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             return
         # Every slot but `freed` has fewer free units than this (0: nothing known).
         fits_nowhere_else = queue[0].amount if freed is not None else 0
-        running: Any = _NOT_LOOKED_UP  # this thread's event loop, looked up once if needed
         tokens = self._tokens
         while queue:
             if tokens is not None and not tokens:
@@ -766,15 +802,6 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             queue.popleft()
             self._waits.append(time.monotonic() - waiter._start)
             waiter._grant = True
-            fut = waiter._fut
-            if fut is not None:
-                if running is _NOT_LOOKED_UP:
-                    running = _loop_here()
-                if running is waiter._loop:
-                    # wake() inlined for the common case: a task of the loop releasing.
-                    if not fut.done():
-                        fut.set_result(None)
-                    continue
             if not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
                 waiter._grant = None
@@ -788,10 +815,10 @@ class ResourcePool(_FifoQueue[Lease[R]]):
 
         The one way a lease ends: :meth:`Lease.release` and leaving its block, sync or async.
         """
-        if self._tokens is not None:
+        put_tokens = self._put_tokens
+        if put_tokens is not None:
             # Put back without the lock; the lock only to hand the units to waiters.
-            if self._give_back(lease, _RELEASED) and self._queue:
-                self._hand_on()
+            put_tokens(lease, _RELEASED, True)
             return
         lock = self._lock
         # Not `with`: half the cost on CPython 3.11. This frame is protected, so an interrupt
@@ -828,6 +855,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         loop: asyncio.AbstractEventLoop | None,
         timeout: float | None,
         front: bool,
+        at_once: bool = True,
     ) -> Lease[R] | None:
         """Grant at once (None) or queue ``lease`` as a waiter; the lock is taken once.
 
@@ -838,6 +866,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             timeout: the caller's timeout; 0 raises instead of queueing.
             front: queue at the head (a caller whose lease failed its health check keeps its
                 turn), trying a grant first even if others are queued.
+            at_once: try a token pool's lock-free grant first (False: the caller just did).
 
         Returns:
             None when granted, else the queued waiter (the lease itself).
@@ -847,9 +876,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         """
         queue = self._queue
         tokens = self._tokens
-        if tokens is not None and not queue and lease.amount == 1 and self._take_token(lease):
-            self._waits.append(0.0)  # granted without the lock
-            return None
+        if at_once and (take := self._take_token) is not None and take(lease, True):
+            return None  # granted without the lock
         lock = self._lock
         lock.acquire()  # not `with`: see _release
         try:
@@ -908,32 +936,23 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             waiter = self._enqueue(lease, None, remaining, True)
 
     @protected
-    async def _acquire_async(
-        self, lease: Lease[R], wait_for: float | None, queued: bool
-    ) -> Lease[R]:
+    async def _acquire_async(self, lease: Lease[R], wait_for: float | None) -> Lease[R]:
         """The async acquire's full path: check, queue, wait, health check.
 
         Args:
             lease: the lease to grant.
             wait_for: the caller's timeout.
-            queued: the fast path already queued ``lease`` (no cancellation was pending).
         """
-        waiter: Lease[R] | None
-        if queued:
-            waiter = lease
-            loop = lease._loop
-            assert loop is not None
-        else:
-            loop = _running_loop()
-            if _cancel_pending(loop):
-                # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
-                await _yield_now()
-            waiter = self._enqueue(lease, loop, wait_for, False)
-            if waiter is None:
-                if _yield_due():
-                    await self._checkpoint_granted(lease)
-                if self._health_check is None:
-                    return lease
+        loop = _running_loop()
+        if _cancel_pending(loop):
+            # checkpoint_if_cancelled: the pending cancellation lands here, nothing taken.
+            await _yield_now()
+        waiter = self._enqueue(lease, loop, wait_for, False)
+        if waiter is None:
+            if _yield_due():
+                await self._checkpoint_granted(lease)
+            if self._health_check is None:
+                return lease
         deadline = None
         if wait_for is not None:
             deadline = (time.monotonic() if waiter is None else waiter._start) + wait_for

@@ -540,18 +540,19 @@ class _Waiter:
     # -------------------------------------------------------------- owner side (lock held)
     def wake(self) -> bool:
         """Wake the waiter after a grant; False if its event loop is closed (it never runs)."""
-        if self._loop is None:
+        fut = self._fut
+        if fut is None:
             assert self._event is not None
             self._event.set()
             return True
-        fut = self._fut
-        assert fut is not None
-        if _loop_here() is self._loop:
+        loop = self._loop
+        assert loop is not None
+        if _loop_here() is loop:  # the common case: a task of the waiter's loop released
             if not fut.done():  # a cancelled task cancelled its future
                 fut.set_result(None)
             return True
         try:
-            self._loop.call_soon_threadsafe(_resolve, fut)
+            loop.call_soon_threadsafe(_resolve, fut)
         except RuntimeError:  # the loop is closed
             return False
         return True
@@ -792,8 +793,12 @@ class _FifoQueue(Generic[_W]):
                 self._leave(waiter, deadline)
 
     @protected
-    async def _wait_async(self, waiter: _W, deadline: float | None) -> None:
+    async def _wait_async(self, waiter: _W, deadline: float | None) -> _W:
         """Wait in asyncio until ``waiter`` is granted.
+
+        Returns:
+            ``waiter``: a pool's lease is its own waiter, so its ``async with`` awaits this
+            coroutine alone (one coroutine per queued acquire).
 
         Raises:
             AcquireTimeout: ``deadline`` (monotonic seconds) passed first.
@@ -820,6 +825,7 @@ class _FifoQueue(Generic[_W]):
                 waiter.cancel_timer()
             if not done:
                 self._leave(waiter, deadline)
+        return waiter
 
     @protected
     async def _checkpoint_granted(self, grant: _G) -> _G:
