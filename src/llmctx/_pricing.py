@@ -497,8 +497,9 @@ def _check_file(force: bool = False) -> None:
     with _lock:
         _file_next_check = now + _FILE_CHECK_EVERY
         if force or signature != _file_signature:
-            _file_signature = signature
             _load_file(where)
+            # Only once loaded: an interrupt in the load leaves the next check to redo it.
+            _file_signature = signature
 
 
 def reload_prices() -> PricesFile | None:
