@@ -334,19 +334,21 @@ def test_a_release_between_a_failed_try_and_queueing_is_not_missed(side: str) ->
     """A unit put back after a caller found none but before it queued still reaches it.
 
     The release (another thread's, in real life) is made to land in that window from a wrapper
-    around the pool's grant step: a timing no test can reliably produce with real threads.
+    around the pool's lock-free grant step: a timing no test can reliably produce with real
+    threads.
     """
     pool = ResourcePool(["w"], capacity=1)
     holder = pool.acquire_nowait()
-    take = pool._take
+    take = pool._take_token
+    assert take is not None
 
-    def take_then_release(lease: Lease[str], only: Any = None) -> bool:
-        got = take(lease, only)
+    def take_then_release(lease: Lease[str], arriving: bool) -> bool:
+        got = take(lease, arriving)
         if not got and not holder.released:
             holder.release()  # nobody is queued yet: the release hands nothing on
         return got
 
-    pool._take = take_then_release  # type: ignore[method-assign]
+    pool._take_token = take_then_release
     if side == "sync":
         with pool.acquire(timeout=2) as lease:
             assert lease.resource == "w"

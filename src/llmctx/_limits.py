@@ -274,13 +274,6 @@ class Reservation:
         self._state = _RELEASED
         self._limiter._settle(-self.tokens, True)
 
-    @protected
-    def _keep_estimate(self) -> None:
-        """Close the reservation with its estimate charged (leaving ``acquire()``'s block)."""
-        if self._state == _OPEN:
-            self._state = _KEPT
-            self._limiter._settle(0, False)
-
     def _check_pending(self) -> None:
         if self._state != _PENDING:
             raise UsageError(
@@ -301,8 +294,7 @@ class Reservation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state == _OPEN:
-            self._keep_estimate()
+        self.__aexit__(exc_type, exc, tb)
 
     @protected
     def __aenter__(self) -> Awaitable[Reservation]:
@@ -334,9 +326,10 @@ class Reservation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[None]:
-        # A plain method: the call itself closes the reservation (see _waiting._Done).
+        # A plain method: the call itself closes the reservation (see _waiting._Done), and
+        # the one way a block's exit closes it, sync too: with the estimate charged, which
+        # moves nothing, so it is only counted (see RateLimiter._settle): no lock.
         if self._state == _OPEN:
-            # _keep_estimate, two calls less: a close that moves nothing is only counted.
             self._state = _KEPT
             self._limiter._count_close()
         return _DONE
@@ -385,6 +378,30 @@ def _check_rate(name: str, value: Any) -> float | None:
 
 
 _MAX_INTERVAL_NS = 2**62
+
+
+def _admission(
+    try_admit: Callable[[int, int], int], clock: Callable[[], int], count: Callable[[], int]
+) -> Callable[[int], int]:
+    """A limiter's admission step (``RateLimiter._admit``): the store's GCRA step, counted.
+
+    Args:
+        try_admit: ``try_admit(tokens, now)``, the store's step with the limiter's limits.
+        clock: the limiter's clock, in integer nanoseconds.
+        count: counts one admission (an atomic ``next()``).
+
+    Returns:
+        ``admit(tokens)``: 0 (or less) when admitted, else nanoseconds until it would fit;
+        called with the limiter's lock held.
+    """
+
+    def admit(tokens: int) -> int:
+        delay = try_admit(tokens, clock())
+        if delay <= 0:
+            count()
+        return delay
+
+    return admit
 
 
 class RateLimiter(_FifoQueue[_Waiter]):
@@ -474,13 +491,18 @@ class RateLimiter(_FifoQueue[_Waiter]):
             user_clock = clock
             self._clock = lambda: int(user_clock() * _NS)
         self._init_queue()
-        # Reservations admitted since creation (under the lock), and closed (settled,
-        # released or kept): a close counts itself without the lock, as one next() on a
-        # count (one atomic step); statistics() reads the count with next() too, and takes
-        # off the numbers its own reads took (_close_reads, under the lock).
-        self._admitted = 0
+        # Reservations admitted and closed (settled, released or kept) since creation: each
+        # counts itself as one next() on a count (one atomic step; a close needs no lock);
+        # statistics() reads the counts with next() too, and takes off the numbers its own
+        # reads took (_stat_reads) and the admissions given back (_unadmitted), under the lock.
+        self._count_admit = itertools.count().__next__
         self._count_close = itertools.count().__next__
-        self._close_reads = 0
+        self._stat_reads = 0
+        self._unadmitted = 0
+        # _admit(n), with the lock held: admit one request of n tokens now if it fits. The
+        # one place a request is admitted (an acquire at once, a queued head, a nowait); a
+        # closure so that the acquire's call of it looks nothing up on the limiter.
+        self._admit = _admission(self._try_admit, self._clock, self._count_admit)
 
     def __repr__(self) -> str:
         return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, burst={self.burst!r})"
@@ -656,10 +678,11 @@ class RateLimiter(_FifoQueue[_Waiter]):
         with self._lock:
             tat_req, tat_tok, now = self._store.state(self._clock())
             waiting = len(self._queue)
-            closed = self._count_close() - self._close_reads
-            self._close_reads += 1
-            in_flight = self._admitted - closed
-            admitted = self._admitted
+            reads = self._stat_reads
+            admitted = self._count_admit() - reads - self._unadmitted
+            closed = self._count_close() - reads
+            self._stat_reads = reads + 1
+            in_flight = admitted - closed
             timeouts = self._timeouts
             cancellations = self._cancellations
         tol = self._tolerance
@@ -712,9 +735,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
             queue = self._queue
             delay = 0
             if not queue:
-                delay = self._try_admit(n, self._clock())
-                if delay <= 0:  # _admit, one call less
-                    self._admitted += 1
+                delay = self._admit(n)
+                if delay <= 0:
                     return None
             if timeout == 0:
                 self._timeouts += 1
@@ -728,19 +750,6 @@ class RateLimiter(_FifoQueue[_Waiter]):
             return waiter
         finally:
             lock.release()
-
-    def _admit(self, n: int) -> int:
-        """With the lock held: admit one request of ``n`` tokens now if it fits.
-
-        The one place a request is admitted (an acquire at once, a queued head, a nowait).
-
-        Returns:
-            0 (or less) when admitted, else nanoseconds until it would fit.
-        """
-        delay = self._try_admit(n, self._clock())
-        if delay <= 0:
-            self._admitted += 1
-        return delay
 
     @protected
     def _admit_sync(self, reservation: Reservation, timeout: float | None) -> None:
@@ -803,7 +812,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
                 self._cancellations += 1
 
     def _undo_admission(self, n: int) -> None:
-        self._admitted -= 1
+        self._unadmitted += 1
         self._store.adjust(-self._i_req, -n * self._i_tok, self._clock())
 
     @protected

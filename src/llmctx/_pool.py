@@ -11,7 +11,8 @@ One object serves threads (``with``) and asyncio tasks on any number of event lo
 (``async with``): a ``threading.Lock`` guards the queue and each waiter has its own wake-up.
 A pool without a store or a health check whose resources are one, or of one unit each, keeps
 its free units as tokens in a ``collections.deque``: a one-unit lease taken or given back when
-nobody waits touches only the deque (atomic ``popleft`` / ``append``), not the lock.
+nobody waits touches only the deque (atomic ``popleft`` / ``append``), not the lock, and one
+that must wait queues with an atomic ``append`` too; only handing units to waiters locks.
 
 With a :class:`LeaseStore` the capacity is shared by every process using the same pool name.
 :class:`llmctx.RedisLeaseStore` (in ``llmctx._redis``) keeps the leases in a Redis sorted set
@@ -290,9 +291,11 @@ class Lease(_Waiter, Generic[R]):
         if self._state != _PENDING:
             self._check_pending()
         pool = self._pool
-        if pool._health_check is not None or (state := _fast_checkpoint()) is None:
+        take = pool._take_token  # (a token pool has no health check: one test less for it)
+        if (take is None and pool._health_check is not None) or (
+            state := _fast_checkpoint()
+        ) is None:
             return pool._acquire_async(self, self._timeout)
-        take = pool._take_token
         if (take is None or not take(self, True)) and pool._enqueue(
             self, state.loop, self._timeout, False, False
         ):
@@ -782,6 +785,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # Every slot but `freed` has fewer free units than this (0: nothing known).
         fits_nowhere_else = queue[0].amount if freed is not None else 0
         tokens = self._tokens
+        take_token = self._take_token
         while queue:
             if tokens is not None and not tokens:
                 return  # no free unit: spare _take the failed popleft (an exception)
@@ -790,7 +794,10 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             if only is not None and only.free < waiter.amount:
                 return  # it fits nowhere now (and without a store there is nothing to poll)
             try:
-                got = self._take(waiter, only)
+                if take_token is not None and waiter.amount == 1:
+                    got = take_token(waiter, False)  # what _take does for it, one call less
+                else:
+                    got = self._take(waiter, only)
             except Exception as exc:  # Redis failed: the head raises it, not the releaser
                 self._fail_head(exc)
                 return
@@ -857,7 +864,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         front: bool,
         at_once: bool = True,
     ) -> Lease[R] | None:
-        """Grant at once (None) or queue ``lease`` as a waiter; the lock is taken once.
+        """Grant at once (None) or queue ``lease`` as a waiter; the lock is taken once at most.
 
         Args:
             lease: the lease to grant.
@@ -876,8 +883,19 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         """
         queue = self._queue
         tokens = self._tokens
-        if at_once and (take := self._take_token) is not None and take(lease, True):
-            return None  # granted without the lock
+        if tokens is not None and lease.amount == 1 and not front and timeout != 0:
+            # A token pool's one-unit lease: granted or queued without the lock. Queueing is
+            # one atomic append of a waiter made ready first; then, as a release puts back
+            # and then looks for waiters, this looks for tokens put back meanwhile (by a
+            # release that saw no waiter yet) and hands them to the head: one of the two
+            # always sees the other, so no unit is left free while someone waits.
+            if at_once and self._take_token(lease, True):  # type: ignore[misc]
+                return None
+            lease._begin_wait(loop, self)
+            queue.append(lease)
+            if tokens:
+                self._hand_on()
+            return lease
         lock = self._lock
         lock.acquire()  # not `with`: see _release
         try:

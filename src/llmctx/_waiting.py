@@ -69,6 +69,9 @@ from ._interrupt import protected, unprotected
 
 # The running loop of this thread or None, without raising: "are we on the waiter's loop?"
 _get_running_loop = asyncio._get_running_loop
+_get_ident = threading.get_ident
+# What getattr(loop, "_thread_id", ...) gives for a loop that is not an asyncio BaseEventLoop.
+_NOT_BASE: Any = object()
 
 # _task_on(loop): the task running on ``loop`` (None outside a task), as cheaply as asyncio
 # allows. From 3.12 asyncio.current_task is C; 3.11 wrote it in Python, around a lookup of
@@ -547,7 +550,11 @@ class _Waiter:
             return True
         loop = self._loop
         assert loop is not None
-        if _loop_here() is loop:  # the common case: a task of the waiter's loop released
+        # "Is `loop` running on this thread?": the common case, a task of the waiter's loop
+        # released. An asyncio BaseEventLoop says so itself (its _thread_id is set while it
+        # runs, and a thread runs one loop at a time): cheaper than finding the running loop.
+        thread_id = getattr(loop, "_thread_id", _NOT_BASE)
+        if thread_id == _get_ident() or (thread_id is _NOT_BASE and _get_running_loop() is loop):
             if not fut.done():  # a cancelled task cancelled its future
                 fut.set_result(None)
             return True
