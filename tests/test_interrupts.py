@@ -284,6 +284,10 @@ def _storm(
         try:
             while caught < target:
                 runs += 1
+                if signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+                    # An interrupt landed in the alarm handler before it re-armed the timer:
+                    # without this the storm stops and the loop waits forever for interrupts.
+                    signal.setitimer(signal.ITIMER_REAL, 200e-6)
                 if runs % 200 == 0:
                     gc.collect()  # here, under protected code, not inside a run
                 try:
