@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -61,6 +63,21 @@ def test_limiter_is_settled_with_the_actual_tokens(memory_store: MemoryStore) ->
     stats = limiter.statistics()
     assert stats.in_flight == 0
     assert stats.available_tokens == pytest.approx(880)
+
+
+def test_a_record_is_stamped_with_when_its_call_started(memory_store: MemoryStore) -> None:
+    """started_at is the call's start (a slow call's record is not stamped at its end)."""
+    with llmctx.session("s", store=memory_store):
+        before = datetime.now(UTC)
+        with llmctx.track_call(provider="acme", model=MODEL, input_tokens=1) as call:
+            threading.Event().wait(0.2)  # a call that takes a while (a real wait, not a race)
+            call.finish(usage=llmctx.Usage(input_tokens=1, output_tokens=1, requests=1))
+        after = datetime.now(UTC)
+    record = call.record
+    assert record is not None and record.latency_s is not None and record.latency_s >= 0.2
+    assert before <= record.started_at <= before + timedelta(seconds=0.1)
+    end = record.started_at + timedelta(seconds=record.latency_s)
+    assert end <= after + timedelta(milliseconds=5)
 
 
 def test_budget_and_limiter_refusals_leave_the_same_trace(memory_store: MemoryStore) -> None:

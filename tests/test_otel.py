@@ -674,9 +674,9 @@ def test_replay_of_a_sqlite_session_keeps_its_timestamps_and_tree(tmp_path: Path
     for span in chats:
         a = span.attributes or {}
         stored = by_id[str(a["llmctx.call.id"])]
-        assert span.end_time == int(stored.started_at.timestamp() * 1e9)
-        start = stored.started_at - timedelta(seconds=stored.latency_s or 0)
-        assert span.start_time == int(start.timestamp() * 1e9)
+        assert span.start_time == int(stored.started_at.timestamp() * 1e9)
+        end = stored.started_at + timedelta(seconds=stored.latency_s or 0)
+        assert span.end_time == int(end.timestamp() * 1e9)
         assert a["llmctx.replayed"] is True and a["llmctx.cost_usd"] > 0
     assert {parent_of(c) for c in chats} == {
         replayed_root.context.span_id,

@@ -33,6 +33,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
@@ -107,6 +108,12 @@ class LimiterLike(Protocol):
     def reserve(self, tokens: int = 0) -> ReservationLike: ...
 
     async def areserve(self, tokens: int = 0) -> ReservationLike: ...
+
+
+def _started_at(latency: float | None) -> datetime:
+    """The wall-clock start of a call that took ``latency`` seconds and ends now."""
+    now = datetime.now(UTC)
+    return now - timedelta(seconds=latency) if latency else now
 
 
 @runtime_checkable
@@ -636,6 +643,8 @@ class CallTracker:
             error=None if exc is None else redact_text(f"{type(exc).__name__}: {exc}"),
             estimated=estimated,
             latency_s=latency,
+            # When the call started (its end minus its latency), not when this record is built.
+            started_at=_started_at(latency),
             ttfb_s=self._ttfb,
             ttft_s=self._ttft,
             metadata=_kept_metadata(self.metadata, metadata, keeps),

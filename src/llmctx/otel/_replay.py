@@ -9,9 +9,9 @@ Span and trace ids are derived from the stored ids (a session's trace id from it
 session), so exporting the same sessions twice sends the same spans, and a child session
 exported alone still lands in its root's trace.
 
-Stored timestamps: a session row has ``started_at`` / ``ended_at``; a call record's
-``started_at`` is stamped when the record is built, at the call's end, so a call span runs
-from ``started_at - latency_s`` to ``started_at``.
+Stored timestamps: a session row has ``started_at`` / ``ended_at``; a call record has its
+``started_at`` and ``latency_s``, so a call span runs from ``started_at`` to
+``started_at + latency_s``.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def _root_of(record: SessionRecord, known: dict[str, SessionRecord], store: Stor
 def _session_end(record: SessionRecord, calls: Sequence[CallRecord]) -> datetime:
     if record.ended_at is not None:
         return record.ended_at
-    candidates = [c.started_at for c in calls] + [record.started_at]
+    candidates = [c.started_at + timedelta(seconds=c.latency_s or 0.0) for c in calls]
+    candidates.append(record.started_at)
     beat = getattr(record, "heartbeat_at", None)  # rows of older stores have none
     if isinstance(beat, datetime):
         candidates.append(beat)
@@ -208,8 +209,8 @@ def build_spans(
                 )
                 call_attrs[_REPLAYED] = True
                 ids.span_id = _id("call", call.id, 64)
-                end = call.started_at
-                start = end - timedelta(seconds=call.latency_s or 0.0)
+                start = call.started_at
+                end = start + timedelta(seconds=call.latency_s or 0.0)
                 span = tracer.start_span(
                     call_span_name(operation, call.model),
                     context=session_context,
