@@ -740,3 +740,15 @@ def test_export_cli_otlp_to_an_unreachable_endpoint_fails_clearly(tmp_path: Path
     assert "did not accept the spans" in result.output
     wrong = runner.invoke(app, ["sessions", "export", "--endpoint", "http://x:1", "--db", str(db)])
     assert wrong.exit_code == 1 and "--format otlp" in wrong.output
+
+
+def test_a_local_model_call_span_carries_its_finish_reason(otel: Telemetry) -> None:
+    """A real llama.cpp call's span has gen_ai.response.finish_reasons as the model ended it."""
+    model = llmctx.local_model(n_ctx=512)
+    with llmctx.session("local", store="memory:"):
+        result = model.create_chat_completion(
+            messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0.0
+        )
+    (span,) = [s for s in otel.finished() if s.name.startswith("chat ")]
+    reasons = (span.attributes or {})[ga.GEN_AI_RESPONSE_FINISH_REASONS]
+    assert list(reasons) == [result["choices"][0]["finish_reason"]]  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ def test_chat_completion_exact_usage_and_free_by_default(model: Any) -> None:
     assert record.model == LOCAL_MODEL_NAME and record.provider == "llama-cpp"
     assert record.cost == 0 and not record.estimated
     assert record.response == result["choices"][0]["message"]["content"]
+    assert record.metadata["finish_reasons"] == [result["choices"][0]["finish_reason"]]
     assert len(s.calls) == 1  # the inner text completion is not charged a second time
     assert no_reservations(s)
 

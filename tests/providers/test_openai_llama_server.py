@@ -81,6 +81,8 @@ def test_sync_create_totals_equal_server_usage(client: Any) -> None:
     assert record.response == reply.choices[0].message.content and not record.estimated
     assert record.request["messages"] == MESSAGES
     assert "sk-local" not in str(record.to_dict())
+    # What the server said ended the reply, as OpenTelemetry's finish_reasons read it.
+    assert record.metadata["finish_reasons"] == [reply.choices[0].finish_reason]
     snap = budget.ledger.snapshot()
     assert snap.reservations == 0 and snap.spent.tokens == reply.usage.total_tokens
 
@@ -103,6 +105,8 @@ def test_sync_stream_is_estimated_and_keeps_the_sdk_stream(client: Any, llama_se
     assert "stream_options" not in user_args  # the user's arguments were not touched
     (record,) = s.calls
     assert record.estimated and record.status == "ok" and record.response == text
+    ended = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
+    assert ended and record.metadata["finish_reasons"] == ended[-1:]
     assert record.usage.output_tokens >= 1 and record.usage.input_tokens > 0
     assert record.ttft_s is not None and record.ttfb_s is not None
     assert record.ttfb_s <= record.ttft_s <= (record.latency_s or 0)

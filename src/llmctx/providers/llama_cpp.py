@@ -140,11 +140,14 @@ def _extract(plan: Plan, result: Any) -> Outcome:
                 for c in calls
             ] or None
     raw = result.get("usage")
+    reasons = [c.get("finish_reason") for c in choices if isinstance(c, Mapping)]
+    kept = [r for r in reasons if isinstance(r, str)]
     return Outcome(
         usage=usage_from_llama_cpp(raw) if raw else None,
         text=text,
         tool_calls=tools,
         raw_usage=raw_usage_dict(raw),
+        metadata={"finish_reasons": kept} if kept else None,
     )
 
 

@@ -110,26 +110,33 @@ def _chat_extract(plan: Plan, result: Any) -> Outcome:
             text_parts.append(content)
     raw = _get(result, "usage")
     text = "\n".join(text_parts) if text_parts else None
+    reasons = [r for r in (_get(c, "finish_reason") for c in choices) if isinstance(r, str)]
     return Outcome(
         usage=usage_from_openai_chat(raw) if raw is not None else None,
         text=text,
         tool_calls=tool_calls or None,
         raw_usage=raw_usage_dict(raw),
-        metadata=_response_meta(plan, result),
+        metadata=_response_meta(plan, result, reasons),
     )
 
 
-def _response_meta(plan: Plan, result: Any) -> dict[str, Any] | None:
+def _response_meta(
+    plan: Plan, result: Any, finish_reasons: list[str] | None = None
+) -> dict[str, Any] | None:
+    meta: dict[str, Any] = {}
     model = _get(result, "model")
     if isinstance(model, str) and model != plan.model:
-        return {"response_model": model}
-    return None
+        meta["response_model"] = model
+    if finish_reasons:
+        meta["finish_reasons"] = finish_reasons  # one per choice, in choice order
+    return meta or None
 
 
 class _ChatAccumulator:
     """Chat (and legacy text) completion chunks: text, tool-call deltas, the usage chunk."""
 
     __slots__ = (
+        "finish",
         "got_token",
         "hide_usage_chunk",
         "plan",
@@ -147,6 +154,7 @@ class _ChatAccumulator:
         self.tools: dict[tuple[int, int], dict[str, Any]] = {}
         self.raw_usage: Any = None
         self.response_model: str | None = None
+        self.finish: dict[int, str] = {}
 
     def feed(self, chunk: Any) -> bool:
         usage = getattr(chunk, "usage", None)
@@ -159,6 +167,9 @@ class _ChatAccumulator:
             return not (self.hide_usage_chunk and usage is not None)
         for choice in choices:
             index = getattr(choice, "index", 0) or 0
+            reason = getattr(choice, "finish_reason", None)
+            if isinstance(reason, str):
+                self.finish[index] = reason
             delta = getattr(choice, "delta", None)
             if delta is None:  # legacy /completions chunk
                 piece = getattr(choice, "text", None)
@@ -201,9 +212,12 @@ class _ChatAccumulator:
         texts = ["".join(self.text[i]) for i in sorted(self.text)]
         text = "\n".join(texts) if texts else None
         tool_calls = [self.tools[k] for k in sorted(self.tools)] or None
-        meta = None
+        found: dict[str, Any] = {}
         if self.response_model and self.response_model != self.plan.model:
-            meta = {"response_model": self.response_model}
+            found["response_model"] = self.response_model
+        if self.finish:
+            found["finish_reasons"] = [self.finish[i] for i in sorted(self.finish)]
+        meta = found or None
         if self.raw_usage is not None:
             return Outcome(
                 usage=usage_from_openai_chat(self.raw_usage),
