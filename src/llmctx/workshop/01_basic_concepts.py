@@ -563,8 +563,8 @@ def temporary_configuration(checks: Checks) -> None:
     _raises(priced_then_fail, RuntimeError)
     price_after = llmctx.lookup_price(MODEL_NAME)
     say(
-        f"llmctx.price_override: {usd(price_inside)}/Mtok input inside, "
-        f"{'unpriced' if price_after is None else price_after.input_per_mtok} after the error"
+        f"llmctx.price_override: {usd(price_inside)}/Mtok inside, back to "
+        f"{'unpriced' if price_after is None else usd(price_after.input_per_mtok)} after the error"
     )
     checks.check(
         price_inside == Decimal("0.50") and price_after == price_before,
