@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,9 @@ def test_cli_replay_of_a_stored_session_reaches_phoenix_with_its_timestamps(
     assert row is not None
     shown = datetime_of(session_span["start_time"])
     assert abs((shown - row.started_at).total_seconds()) < 1e-3
-    assert abs((datetime_of(call_span["end_time"]) - call.started_at).total_seconds()) < 1e-3
+    assert abs((datetime_of(call_span["start_time"]) - call.started_at).total_seconds()) < 1e-3
+    ended = call.started_at + timedelta(seconds=call.latency_s or 0.0)
+    assert abs((datetime_of(call_span["end_time"]) - ended).total_seconds()) < 1e-3
     assert call_span["parent_id"] == session_span["context"]["span_id"]
     assert call_span["attributes"]["gen_ai.usage.output_tokens"] == call.usage.output_tokens
     assert call_span["attributes"]["llmctx.replayed"] is True

@@ -434,12 +434,21 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
+        import redis
+
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+        probe = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                # Accepting connections is not ready: a restarted server answers LOADING
+                # (BusyLoadingError) until it has read its append-only file back.
+                with contextlib.suppress(redis.RedisError, OSError):
+                    if probe.ping():
+                        return
+                time.sleep(0.02)
+        finally:
+            probe.close()
         raise RuntimeError("redis-server did not start")
 
     def stop() -> None:
