@@ -223,6 +223,29 @@ class _Call:
     session: Session | None
 
 
+_HAS_PROC = os.path.isdir("/proc/self")
+
+
+def _dying(pid: int) -> bool:
+    """Whether ``pid`` is a zombie the kernel does not report to ``waitid`` yet (Linux).
+
+    A killed process's main thread is a zombie (``Z`` in ``/proc/PID/stat``) while its other
+    threads are still being torn down, and ``waitid`` reports the process only after them;
+    a child being reaped by the event loop's child watcher (``X``) is hidden from it too.
+    """
+    if not _HAS_PROC:
+        return False  # no /proc (macOS, BSD): waitid alone decides
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True  # gone: reaped meanwhile
+    except OSError:
+        return False
+    end = stat.rfind(b")")  # the command name may hold spaces and parentheses
+    return stat[end + 2 : end + 3] in (b"Z", b"X")
+
+
 class ManagedServer:
     """One server of a hub: config, state, current session and supervisor loop.
 
@@ -798,7 +821,7 @@ class ManagedServer:
             return True  # already reaped
         except OSError:
             return False
-        return found is not None
+        return found is not None or _dying(pid)
 
     async def request(
         self,
