@@ -29,24 +29,38 @@ _ZERO = Decimal(0)
 
 @dataclass(frozen=True, slots=True)
 class Amount:
-    """What a call costs, or may cost, in the three dimensions a budget limits."""
+    """What a call costs, or may cost, in the dimensions a budget limits.
+
+    ``requests`` counts model requests (what a provider bills per request); ``calls`` counts
+    model calls and ``tool_calls`` MCP tool calls, for caps on runaway agent loops.
+    """
 
     usd: Decimal = _ZERO
     tokens: int = 0
     requests: int = 0
+    calls: int = 0
+    tool_calls: int = 0
 
     def __add__(self, other: Amount) -> Amount:
         return Amount(
-            self.usd + other.usd, self.tokens + other.tokens, self.requests + other.requests
+            self.usd + other.usd,
+            self.tokens + other.tokens,
+            self.requests + other.requests,
+            self.calls + other.calls,
+            self.tool_calls + other.tool_calls,
         )
 
     def __sub__(self, other: Amount) -> Amount:
         return Amount(
-            self.usd - other.usd, self.tokens - other.tokens, self.requests - other.requests
+            self.usd - other.usd,
+            self.tokens - other.tokens,
+            self.requests - other.requests,
+            self.calls - other.calls,
+            self.tool_calls - other.tool_calls,
         )
 
     def get(self, dimension: str) -> Decimal | int:
-        """The value in ``usd``, ``tokens`` or ``requests``."""
+        """The value in ``usd``, ``tokens``, ``requests``, ``calls`` or ``tool_calls``."""
         value: Decimal | int = getattr(self, dimension)
         return value
 
@@ -336,6 +350,74 @@ class Holds:
         for budget, token in held:
             try:
                 budget.ledger.release(token)
+            except Exception:
+                logger.exception("llmctx: could not release a reservation on %r", budget)
+
+    # ------------------------------------------------------------------ async twins
+    # The same holds taken from async code: a ledger with async faces (``areserve``,
+    # ``asettle``, ``arelease``: a RedisLedger on redis.asyncio) is awaited, so the event loop
+    # keeps running while Redis answers; any other ledger (in memory) is called directly.
+    @classmethod
+    async def areserve(
+        cls,
+        owners: Sequence[tuple[Budget, str, str | None]],
+        amount: Amount,
+        into: Holds | None = None,
+    ) -> Holds:
+        """Async twin of :meth:`reserve` (all or nothing, the same errors)."""
+        holds = cls() if into is None else into
+        held = holds._held
+        seen: set[int] = set()
+        try:
+            for budget, session_id, session_name in owners:
+                ledger = budget.ledger
+                if id(ledger) in seen:
+                    continue
+                seen.add(id(ledger))
+                areserve = getattr(ledger, "areserve", None)
+                try:
+                    token = (
+                        await areserve(amount, budget)
+                        if areserve is not None
+                        else ledger.reserve(amount, budget)
+                    )
+                except BudgetExceeded as exc:
+                    exc.session_id, exc.session_name = session_id, session_name
+                    raise
+                held.append((budget, token))
+        except BaseException:
+            await holds.arelease()
+            raise
+        return holds
+
+    async def asettle(self, actual: Amount) -> None:
+        """Async twin of :meth:`settle` (never raises; what a ledger cannot take waits)."""
+        held, self._held = self._held, []
+        for budget, token in held:
+            ledger = budget.ledger
+            asettle = getattr(ledger, "asettle", None)
+            try:
+                if asettle is not None:
+                    await asettle(token, actual)
+                else:
+                    ledger.settle(token, actual)
+            except Exception as exc:
+                _keep_settle(budget, token, actual, exc)
+            else:
+                if id(ledger) in _kept_for or hasattr(ledger, "journal_key"):
+                    _replay_settles(ledger)
+
+    async def arelease(self) -> None:
+        """Async twin of :meth:`release`."""
+        held, self._held = self._held, []
+        for budget, token in held:
+            ledger = budget.ledger
+            arelease = getattr(ledger, "arelease", None)
+            try:
+                if arelease is not None:
+                    await arelease(token)
+                else:
+                    ledger.release(token)
             except Exception:
                 logger.exception("llmctx: could not release a reservation on %r", budget)
 

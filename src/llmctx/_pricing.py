@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -950,7 +950,13 @@ def is_unpriced(model: str | None, provider: str | None = None) -> bool:
 
 
 def price_usage(
-    model: str | None, usage: Usage, provider: str | None = None
+    model: str | None,
+    usage: Usage,
+    provider: str | None = None,
+    *,
+    raw_usage: Mapping[str, Any] | None = None,
+    service_tier: str | None = None,
+    at: datetime | None = None,
 ) -> tuple[Decimal | None, str | None]:
     """The cost in US dollars of one call's ``usage``, or why it has none.
 
@@ -958,6 +964,11 @@ def price_usage(
         model: the model name the provider reported (``None`` when it reported none).
         usage: the call's usage; ``input_tokens`` includes cache reads and writes.
         provider: the provider id, when known.
+        raw_usage: the provider's own usage object as recorded (for what ``usage`` does not
+            split, such as cache writes by TTL).
+        service_tier: the tier the provider served the call at (OpenAI ``flex``,
+            ``priority``; ``batch`` for the Batch API), when known.
+        at: when the call was made, for the price in force then (default: now).
 
     Returns:
         ``(cost, None)``, or ``(None, reason)`` when the model has no known price or the usage

@@ -260,3 +260,20 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections; closing twice is harmless."""
+
+
+async def asave_call(store: Store, call: CallRecord, session: SessionRecord | None = None) -> None:
+    """Save a call from async code without blocking the event loop; committed on return.
+
+    A store with an async face (``async def asave_call(call, session)``, as the built-in
+    stores have) is awaited; any other store's ``save_call`` runs in a worker thread.
+    Cancellation while it runs still lets the write finish (it is shielded): a call the
+    caller was told about is never half-written.
+    """
+    asave = getattr(store, "asave_call", None)
+    if asave is not None:
+        await asave(call, session)
+        return
+    import anyio.to_thread
+
+    await anyio.to_thread.run_sync(store.save_call, call, session, abandon_on_cancel=False)
