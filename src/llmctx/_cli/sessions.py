@@ -39,6 +39,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from .._exceptions import ConfigError, LLMCtxError, SessionNotFound
+from .._humanize import duration_text, local_time
 from .._money import decimal_text, format_usd
 from .._redact import redact_url
 from .._usage import CallRecord
@@ -185,26 +186,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _span(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def _duration(record: SessionRecord) -> str:
     if record.ended_at is None:
         return "running" if record.status == "running" else "-"
-    return _span((record.ended_at - record.started_at).total_seconds())
+    return duration_text((record.ended_at - record.started_at).total_seconds(), fine_below=0)
 
 
 def _status(value: str) -> Text:
@@ -306,7 +291,7 @@ def ls(
                 Text(_short(r.id, no_trunc)),
                 Text(("↳ " if all_ and r.parent_id else "") + (r.name or "")),
                 _status(r.status),
-                _when(r.started_at),
+                local_time(r.started_at),
                 _duration(r),
                 str(r.calls),
                 f"{r.usage.input_tokens:,}",
@@ -449,8 +434,8 @@ def _details(r: SessionRecord, overruns: int = 0) -> Table:
         ("name", Text(r.name or "-")),
         ("status", _status(r.status)),
         ("parent", Text(r.parent_id or "-")),
-        ("started", _when(r.started_at)),
-        ("ended", _when(r.ended_at)),
+        ("started", local_time(r.started_at)),
+        ("ended", local_time(r.ended_at)),
         ("duration", _duration(r)),
         ("calls", str(r.calls)),
         (

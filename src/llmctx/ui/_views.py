@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from .._humanize import duration_text
+from .._humanize import local_time as when
 from .._money import format_usd
 from .._usage import CallRecord, Usage
 from ..stores._base import SessionRecord, shown_status
@@ -50,28 +51,6 @@ def session_cost(cost: Decimal, unpriced: int) -> str:
     if not cost:
         return "unpriced"
     return f"{format_usd(cost)} + {unpriced} unpriced"
-
-
-def when(value: datetime | None) -> str:
-    """A local time, to the second (``-`` for none)."""
-    if value is None:
-        return "-"
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def duration_text(seconds: float | None) -> str:
-    """``0.42s``, ``3m05s``, ``2h01m``; ``-`` for none."""
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.2f}s"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def pretty_json(value: Any) -> str:
