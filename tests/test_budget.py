@@ -32,7 +32,7 @@ class NotANumber:
 
 
 PRICE = Decimal("0.0000025")  # dollars per token, a typical small-model price
-DIMENSIONS = ("usd", "tokens", "requests")
+DIMENSIONS = ("usd", "tokens", "requests", "calls", "tool_calls")
 
 
 def total(*amounts: Amount) -> Amount:
@@ -81,6 +81,11 @@ def fits(budget: Budget, spent: Amount, reserved: Amount, want: Amount) -> str |
         {"requests": -5},
         {"requests": False},
         {"requests": 2.0},
+        {"calls": -1},
+        {"calls": 1.0},
+        {"calls": True},
+        {"tool_calls": -3},
+        {"tool_calls": "5"},
     ],
     ids=repr,
 )
@@ -132,16 +137,22 @@ def test_budget_defaults_and_accessors() -> None:
     usd=st.none() | st.decimals(min_value=0, max_value=10**6, places=9),
     tokens=st.none() | st.integers(0, 10**12),
     requests=st.none() | st.integers(0, 10**6),
+    calls=st.none() | st.integers(0, 10**6),
+    tool_calls=st.none() | st.integers(0, 10**6),
 )
 def test_budget_dict_round_trip(
-    usd: Decimal | None, tokens: int | None, requests: int | None
+    usd: Decimal | None,
+    tokens: int | None,
+    requests: int | None,
+    calls: int | None,
+    tool_calls: int | None,
 ) -> None:
     """to_dict/from_dict keep every limit exactly (usd travels as a string)."""
-    budget = Budget(usd=usd, tokens=tokens, requests=requests)
+    budget = Budget(usd=usd, tokens=tokens, requests=requests, calls=calls, tool_calls=tool_calls)
     data = budget.to_dict()
     assert data["usd"] is None or isinstance(data["usd"], str)
     back = Budget.from_dict(data)
-    assert (back.usd, back.tokens, back.requests) == (budget.usd, budget.tokens, budget.requests)
+    assert [back.limit(d) for d in DIMENSIONS] == [budget.limit(d) for d in DIMENSIONS]
     ledger = MemoryLedger()
     assert Budget.from_dict(data, ledger=ledger).ledger is ledger
 
@@ -282,6 +293,36 @@ def test_usd_is_checked_before_tokens_and_requests() -> None:
     assert info.value.dimension == "requests"
 
 
+def test_call_caps_are_limits_like_tokens() -> None:
+    """calls and tool_calls caps refuse the call past the cap, name the dimension, and free up."""
+    budget = Budget(calls=2, tool_calls=1)
+    assert (budget.limit("calls"), budget.limit("tool_calls")) == (2, 1)
+    assert repr(budget) == "Budget(calls=2, tool_calls=1)"
+    ledger = budget.ledger
+    first = ledger.reserve(Amount(calls=1), budget)
+    ledger.reserve(Amount(calls=1), budget)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve(Amount(calls=1), budget)
+    assert (info.value.dimension, info.value.limit, info.value.reserved) == ("calls", 2, 2)
+    ledger.release(first)
+    ledger.reserve(Amount(calls=1), budget)
+    tool = ledger.reserve(Amount(tool_calls=1), budget)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve(Amount(tool_calls=1), budget)
+    assert info.value.dimension == "tool_calls"
+    ledger.settle(tool, Amount(tool_calls=1))
+    assert ledger.snapshot().spent == Amount(tool_calls=1)
+    ledger.reserve(Amount(tokens=10**9), budget)  # no token limit: only the capped dims count
+
+
+def test_limit_names_the_five_dimensions() -> None:
+    """limit() answers for the five dimensions of Amount and refuses any other name."""
+    budget = Budget(usd="1", tokens=2, requests=3, calls=4, tool_calls=5)
+    assert [budget.limit(d) for d in DIMENSIONS] == [Decimal(1), 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="no dimension 'dollars'"):
+        budget.limit("dollars")
+
+
 def test_restore_sets_spent() -> None:
     """restore() replaces the settled spend (a resumed session) and later checks count it."""
     budget = Budget(tokens=100)
@@ -316,7 +357,9 @@ class LedgerModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ledger = self.make_ledger()
-        self.budget = Budget(usd="0.002", tokens=800, requests=12, ledger=self.ledger)
+        self.budget = Budget(
+            usd="0.002", tokens=800, requests=12, calls=9, tool_calls=6, ledger=self.ledger
+        )
         self.spent = Amount()
         self.held: dict[str, Amount] = {}
         #: Reservations that expired unsettled: spent at their reserved amount until settled.
@@ -331,10 +374,15 @@ class LedgerModel(RuleBasedStateMachine):
         return MemoryLedger()
 
     @rule(
-        target=reservations, usd=small_usd, tokens=st.integers(0, 400), requests=st.integers(0, 3)
+        target=reservations,
+        usd=small_usd,
+        tokens=st.integers(0, 400),
+        requests=st.integers(0, 3),
+        calls=st.integers(0, 2),
+        tool_calls=st.integers(0, 2),
     )
-    def reserve(self, usd: Decimal, tokens: int, requests: int) -> Any:
-        want = Amount(usd, tokens, requests)
+    def reserve(self, usd: Decimal, tokens: int, requests: int, calls: int, tool_calls: int) -> Any:
+        want = Amount(usd, tokens, requests, calls, tool_calls)
         refused = fits(self.budget, self.spent, total(*self.held.values()), want)
         try:
             token = self.ledger.reserve(want, self.budget)
@@ -354,11 +402,13 @@ class LedgerModel(RuleBasedStateMachine):
     def settle(self, token: str, data: st.DataObject) -> None:
         held = self.held.pop(token, None)
         swept = self.swept.pop(token, None)
-        cap = held or swept or Amount(PRICE * 10, 10, 1)
+        cap = held or swept or Amount(PRICE * 10, 10, 1, 1, 1)
         actual = Amount(
             PRICE * data.draw(st.integers(0, int(cap.usd / PRICE))),
             data.draw(st.integers(0, cap.tokens)),
             data.draw(st.integers(0, cap.requests)),
+            data.draw(st.integers(0, cap.calls)),
+            data.draw(st.integers(0, cap.tool_calls)),
         )
         self.ledger.settle(token, actual)
         if held is not None:

@@ -139,13 +139,18 @@ def _parse_count(name: str, value: Any) -> int | None:
     return value
 
 
+_DIMS: tuple[str, ...] = ("usd", "tokens", "requests", "calls", "tool_calls")
+
+
 class Budget:
-    """Limits on money, tokens and requests for a session and everything nested in it.
+    """Limits on money, tokens, requests and call counts for a session and what nests in it.
 
     Args:
         usd: money limit in dollars (``"0.50"``, ``Decimal``, int or float; kept as Decimal).
         tokens: limit on input + output tokens.
-        requests: limit on the number of calls.
+        requests: limit on the number of model requests.
+        calls: limit on the number of model calls (a cap for runaway agent loops).
+        tool_calls: limit on the number of MCP tool calls.
         ledger: where spend is kept; a fresh in-memory ledger by default. Pass a shared one
             (e.g. ``llmctx.RedisLedger``) to let several processes or machines share the budget.
 
@@ -153,7 +158,7 @@ class Budget:
         ConfigError: a negative, non-numeric or non-finite limit.
     """
 
-    __slots__ = ("ledger", "requests", "tokens", "usd")
+    __slots__ = ("calls", "ledger", "requests", "tokens", "tool_calls", "usd")
 
     def __init__(
         self,
@@ -161,23 +166,30 @@ class Budget:
         tokens: int | None = None,
         requests: int | None = None,
         *,
+        calls: int | None = None,
+        tool_calls: int | None = None,
         ledger: Ledger | None = None,
     ) -> None:
         self.usd = _parse_usd(usd)
         self.tokens = _parse_count("tokens", tokens)
         self.requests = _parse_count("requests", requests)
+        self.calls = _parse_count("calls", calls)
+        self.tool_calls = _parse_count("tool_calls", tool_calls)
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
 
     def __repr__(self) -> str:
-        parts = [
-            f"{k}={v!r}"
-            for k, v in (("usd", self.usd), ("tokens", self.tokens), ("requests", self.requests))
-            if v is not None
-        ]
+        parts = [f"{dim}={value!r}" for dim in _DIMS if (value := getattr(self, dim)) is not None]
         return f"Budget({', '.join(parts)})"
 
     def limit(self, dimension: str) -> Decimal | int | None:
-        """The limit in ``usd``, ``tokens`` or ``requests`` (None: unlimited)."""
+        """The limit in ``usd``, ``tokens``, ``requests``, ``calls`` or ``tool_calls`` (None:
+        unlimited).
+
+        Raises:
+            ValueError: ``dimension`` is not one of the five.
+        """
+        if dimension not in _DIMS:
+            raise ValueError(f"a budget has no dimension {dimension!r}; use one of {_DIMS}")
         value: Decimal | int | None = getattr(self, dimension)
         return value
 
@@ -187,8 +199,13 @@ class Budget:
         return self.usd is not None
 
     def check(self, spent: Amount, reserved: Amount, amount: Amount) -> None:
-        """Raise BudgetExceeded if ``amount`` does not fit beside ``spent`` and ``reserved``."""
-        for dim, limit in (("usd", self.usd), ("tokens", self.tokens), ("requests", self.requests)):
+        """Raise BudgetExceeded if ``amount`` does not fit beside ``spent`` and ``reserved``.
+
+        Dimensions are checked in the order usd, tokens, requests, calls, tool_calls; one the
+        call asks nothing of (0) is never refused.
+        """
+        for dim in _DIMS:
+            limit = getattr(self, dim)
             if limit is None:
                 continue
             want = getattr(amount, dim)
@@ -207,15 +224,19 @@ class Budget:
             "usd": None if self.usd is None else str(self.usd),
             "tokens": self.tokens,
             "requests": self.requests,
+            "calls": self.calls,
+            "tool_calls": self.tool_calls,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, ledger: Ledger | None = None) -> Budget:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a dict without calls/tool_calls: unlimited)."""
         return cls(
             usd=data.get("usd"),
             tokens=data.get("tokens"),
             requests=data.get("requests"),
+            calls=data.get("calls"),
+            tool_calls=data.get("tool_calls"),
             ledger=ledger,
         )
 
@@ -228,7 +249,13 @@ def _keep_settle(budget: Budget, token: str, actual: Amount, exc: Exception) -> 
     """Put a settle the ledger refused into its outbox (Holds.settle's fallback); never raises."""
     from .stores._outbox import keep_settle
 
-    amount = {"usd": str(actual.usd), "tokens": actual.tokens, "requests": actual.requests}
+    amount = {
+        "usd": str(actual.usd),
+        "tokens": actual.tokens,
+        "requests": actual.requests,
+        "calls": actual.calls,
+        "tool_calls": actual.tool_calls,
+    }
     try:
         outbox = keep_settle(budget.ledger, token, amount)
         _kept_for.add(id(budget.ledger))
@@ -255,7 +282,13 @@ def _replay_settles(ledger: Ledger) -> None:
     def settle(token: str, actual: dict[str, Any]) -> None:
         ledger.settle(
             token,
-            Amount(Decimal(actual["usd"]), int(actual["tokens"]), int(actual["requests"])),
+            Amount(
+                Decimal(actual["usd"]),
+                int(actual["tokens"]),
+                int(actual["requests"]),
+                int(actual.get("calls", 0)),
+                int(actual.get("tool_calls", 0)),
+            ),
         )
 
     replay_settles(ledger, settle)
