@@ -4,8 +4,8 @@ Rows (all wrap the same fake call, a function that returns a canned reply):
 
 * bare call                       - the fake call alone
 * llmctx, no session              - track_call with nothing active (the near no-op path)
-* charge step only                - Session._charge of an already-built CallRecord: the roll-up
-                                    into the session tree plus the memory store write
+* charge step only                - Session.on_call_end of an already-built CallRecord: the
+                                    roll-up into the session tree plus the memory store write
 * llmctx, memory store            - session + charge + MemoryStore write-through
 * llmctx, memory store + budget   - the same with a token and money budget (reserve + settle)
 * llmctx, SQLite write-through    - session + charge + SQLiteStore commit per call (WAL)
@@ -66,7 +66,7 @@ def bench_in_session(n: int, **session_kwargs: object) -> float:
 def bench_charge_step(n: int) -> float:
     record = llmctx.CallRecord(session_id=None, provider="openai", model=MODEL, usage=USAGE)
     with llmctx.session("bench", store=MemoryStore()) as s:
-        return time_loop(lambda: s._charge(record, None), n)
+        return time_loop(lambda: s.on_call_end(record), n)
 
 
 def bench_langchain(n: int) -> float | None:

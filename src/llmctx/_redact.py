@@ -445,9 +445,28 @@ def redact_text(text: str) -> str:
     """
     if len(text) < 8:
         return text
+    if text in _clean:
+        return text
+    original = text
     if ("@" in text or "=" in text) and "://" in text:
         text = _redact_urls(text)
-    return _redact_shapes(text)
+    text = _redact_shapes(text)
+    if text is original and len(text) <= _CLEAN_MAX_CHARS and type(text) is str:
+        if len(_clean) >= _CLEAN_MAX_ENTRIES:
+            _clean.clear()
+        _clean[text] = None
+    return text
+
+
+# Texts found to hold no secret, so the next call with the same text (a model name, a system
+# prompt, a repeated question) costs one dict lookup instead of a scan. Only secret-free texts
+# are kept (a secret never lingers here), short ones, and at most _CLEAN_MAX_ENTRIES of them:
+# at most 512 KiB of text. Cleared wholesale when full (cheaper than an LRU's bookkeeping on
+# every hit). A dict's reads and writes are atomic under the GIL; a lost insert only costs a
+# later scan.
+_CLEAN_MAX_CHARS = 1024
+_CLEAN_MAX_ENTRIES = 512
+_clean: dict[str, None] = {}
 
 
 # -- DSNs, headers, known values ---------------------------------------------------------------
@@ -556,26 +575,39 @@ def redact(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         return redact_text(value)
-    if kind is dict or isinstance(value, Mapping):
-        out = {}
-        # Leaves are handled inline: this runs on every recorded call, and most values of a
-        # request are short strings and numbers.
-        for k, v in value.items():
-            vkind = type(v)
-            if v and type(k) is str and _secret_key(k):
-                out[k] = REDACTED
-            elif vkind is str:
-                out[k] = v if len(v) < 8 else redact_text(v)
-            elif vkind in _SCALARS:
-                out[k] = v
-            else:
-                out[k] = redact(v)
-        return out
+    if kind is dict:
+        return _redact_mapping(value)
     if kind is list or kind is tuple:
         return [
             v if type(v) in _SCALARS else redact_text(v) if type(v) is str else redact(v)
             for v in value
         ]
+    if isinstance(value, Mapping):
+        return _redact_mapping(value)
     if isinstance(value, str):  # str subclasses (enums and the like)
         return redact_text(value)
     return value
+
+
+def _redact_mapping(value: Mapping[Any, Any]) -> dict[Any, Any]:
+    out = {}
+    verdicts = _key_verdicts
+    # Leaves are handled inline, and the key verdicts read from their dict without a call:
+    # this runs on every recorded call, and most values of a request are short strings and
+    # numbers under a handful of recurring keys.
+    for k, v in value.items():
+        if v and type(k) is str:
+            secret = verdicts.get(k)
+            if secret is None:
+                secret = _secret_key(k)
+            if secret:
+                out[k] = REDACTED
+                continue
+        vkind = type(v)
+        if vkind is str:
+            out[k] = v if len(v) < 8 else redact_text(v)
+        elif vkind in _SCALARS:
+            out[k] = v
+        else:
+            out[k] = redact(v)
+    return out

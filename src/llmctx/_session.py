@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,11 +60,27 @@ from .stores.memory import MemoryStore
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Session", "SessionFactory", "SessionListener", "add_session_listener", "session"]
+__all__ = [
+    "DEFAULT_KEEP_CALLS",
+    "Session",
+    "SessionFactory",
+    "SessionListener",
+    "add_session_listener",
+    "session",
+]
 
 logger = logging.getLogger("llmctx")
 
 _ZERO = Decimal(0)
+
+#: How many of its most recent calls a session keeps in memory (``session.calls``) unless
+#: ``session(keep_calls=...)`` says otherwise; older ones are read back through the store
+#: (:meth:`Session.all_calls`). Totals count every call whatever this is.
+DEFAULT_KEEP_CALLS = 1000
+
+# A cached session row is written again with each call until it is this many seconds old,
+# then rebuilt with a fresh heartbeat (the heartbeat thread refreshes it every 30 s anyway).
+_ROW_FRESH_FOR = 1.0
 
 
 def _now() -> datetime:
@@ -221,6 +239,11 @@ class Session:
     the spend is kept either way), and from entering the session when its row cannot be
     written (then nothing is kept: the session never started). Only when even the outbox
     cannot be written is a record lost; that is logged, and raised in ``"raise"`` mode.
+
+    **Memory does not grow with calls.** The totals (``usage``, ``cost``, ``call_count``)
+    are counters; ``calls`` is a window of the ``keep_calls`` most recent calls (1,000 by
+    default), shared by reference with the ancestors' windows, and :meth:`all_calls` reads
+    the whole history back through the store.
     """
 
     def __init__(
@@ -233,7 +256,13 @@ class Session:
         record_content: bool = True,
         id: str | None = None,
         on_store_error: OnStoreError = "outbox",
+        keep_calls: int | None = DEFAULT_KEEP_CALLS,
     ) -> None:
+        if keep_calls is not None and (type(keep_calls) is not int or keep_calls < 0):
+            raise ConfigError(
+                f"session(keep_calls={keep_calls!r}) takes a whole number >= 0 (how many recent "
+                "calls to keep in memory) or None (keep every call in memory)"
+            )
         if on_store_error not in ON_STORE_ERROR:
             raise ConfigError(
                 f"session(on_store_error={on_store_error!r}) takes 'outbox' (keep what the store "
@@ -264,12 +293,17 @@ class Session:
         self._outbox: Outbox | None = None
         self._stored_parent_id: str | None = None
         self._lock = threading.Lock()
-        self._usage = Usage()
+        # The live totals: counts added in place (Usage's field order), O(1) per call.
+        self._counts = [0, 0, 0, 0, 0, 0]
         self._cost = _ZERO
         self._unpriced = 0
         self._unpriced_reason: str | None = None
-        self._calls: list[CallRecord] = []
+        self.keep_calls = keep_calls
+        self._calls: deque[CallRecord] = deque(maxlen=keep_calls)
         self._ncalls = 0
+        self._nodes: tuple[Session, ...] | None = None
+        self._row: SessionRecord | None = None
+        self._row_src: tuple[str | None, dict[str, str], str, int, float] | None = None
         self._events: list[dict[str, Any]] = []
         self._resumed = 0
         self._token: Any = None
@@ -286,7 +320,7 @@ class Session:
     def usage(self) -> Usage:
         """Tokens and requests of every call in this session and its descendants."""
         with self._lock:
-            return self._usage
+            return Usage(*self._counts)
 
     @property
     def cost(self) -> Decimal | None:
@@ -304,9 +338,41 @@ class Session:
 
     @property
     def calls(self) -> list[CallRecord]:
-        """A copy of the calls charged to this session and its descendants, oldest first."""
+        """A copy of the recent calls charged to this session and its descendants, oldest first.
+
+        At most ``keep_calls`` of them (the session's argument, :data:`DEFAULT_KEEP_CALLS` by
+        default; None keeps every call): memory does not grow with a long session's calls.
+        :meth:`all_calls` reads every one back through the store.
+        """
         with self._lock:
             return list(self._calls)
+
+    @property
+    def call_count(self) -> int:
+        """How many calls were charged to this session and its descendants (all of them)."""
+        with self._lock:
+            return self._ncalls
+
+    def all_calls(self) -> list[CallRecord]:
+        """Every call charged to this session and its descendants, oldest first.
+
+        The in-memory window (:attr:`calls`) when it still holds them all; otherwise they are
+        read through the store (the calls of this session's stored tree). A session without a
+        store (``store=None`` is never that: it resolves to the default store) or whose store
+        could not take some writes (they wait in its outbox) returns what it has.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        with self._lock:
+            if self._ncalls <= len(self._calls):
+                return list(self._calls)
+            window = list(self._calls)
+        store = self._store
+        if store is None:
+            return window
+        ids = [row.id for row in store.session_tree(self.id)] or [self.id]
+        return store.list_calls(ids)
 
     @property
     def store(self) -> Store | None:
@@ -428,6 +494,8 @@ class Session:
         try:
             self.parent = parent
             self._budgets = None
+            self._nodes = (self, *parent.chain()) if parent is not None else (self,)
+            self._row = None
             self._store = resolve_store(
                 self._store_arg, parent._store if parent is not None else None
             )
@@ -456,6 +524,7 @@ class Session:
             reset_session(token, self.parent)
         _heartbeat.leave(self)
         with self._lock:
+            self._row = None
             self.status = _classify(exc_type)
             self.ended_at = _now()
             if exc is not None and self.status == "failed":
@@ -481,9 +550,11 @@ class Session:
         anywhere: in memory as in the store. A ``refused`` record (a call stopped before it was
         sent) is only written to the store: it is in no total and not in ``calls``.
         """
-        chain = self.chain()
-        if not all(node.record_content for node in chain):
-            record = record.replace(request=None, response=None, tool_calls=None)
+        chain = self._nodes or tuple(self.chain())
+        for node in chain:
+            if not node.record_content:
+                record = record.replace(request=None, response=None, tool_calls=None)
+                break
         if record.status != "refused":
             for node in chain:
                 with node._lock:
@@ -491,7 +562,7 @@ class Session:
         store, outbox = self._store, self._outbox
         if store is None:
             return
-        row = self._to_record()
+        row = self._call_row()
         try:
             # The usual case straight to the store: the outbox machinery only on failure.
             store.save_call(record, row)
@@ -512,7 +583,14 @@ class Session:
 
     def _add(self, record: CallRecord) -> None:
         # The one roll-up rule, for live charges and for resume(); the caller holds the lock.
-        self._usage = self._usage + record.usage
+        # O(1): counts added in place, the record into a bounded window (the oldest drops out).
+        u, c = record.usage, self._counts
+        c[0] += u.input_tokens
+        c[1] += u.output_tokens
+        c[2] += u.cache_read_tokens
+        c[3] += u.cache_write_tokens
+        c[4] += u.reasoning_tokens
+        c[5] += u.requests
         self._ncalls += 1
         self._calls.append(record)
         if record.cost is not None:
@@ -525,6 +603,7 @@ class Session:
         """Attach a named measurement (e.g. a ``monitor`` result) to this session."""
         with self._lock:
             self._events.append({"kind": kind, "at": _now().isoformat(), **redact(dict(data))})
+            self._row = None
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -533,6 +612,33 @@ class Session:
             return [dict(e) for e in self._events]
 
     # ------------------------------------------------------------------ persistence
+    def _call_row(self) -> SessionRecord:
+        """The row written with each call: built once, again only when it changed.
+
+        Stores take a call's session row for its fields, never its totals (they roll those up
+        from the calls), so one row serves many calls: it is rebuilt when the session's events,
+        status, name or tags changed, or when its heartbeat is :data:`_ROW_FRESH_FOR` old.
+        """
+        row, src = self._row, self._row_src
+        now = time.monotonic()
+        if (
+            row is not None
+            and src is not None
+            and src[0] is self.name
+            and src[1] == self.tags
+            and src[2] is self.status
+            and src[3] == len(self._events)
+            and now - src[4] < _ROW_FRESH_FOR
+        ):
+            return row
+        with self._lock:
+            status, events = self.status, len(self._events)
+        row = self._to_record()
+        with self._lock:
+            self._row = row
+            self._row_src = (self.name, dict(self.tags), status, events, now)
+        return row
+
     def _to_record(self) -> SessionRecord:
         with self._lock:
             metadata: dict[str, Any] = {}
@@ -553,7 +659,7 @@ class Session:
                 started_at=self.started_at or _now(),
                 ended_at=self.ended_at,
                 error=self.error,
-                usage=self._usage,
+                usage=Usage(*self._counts),
                 cost=self._cost,
                 unpriced_calls=self._unpriced,
                 calls=self._ncalls,
@@ -643,8 +749,9 @@ class Session:
             for call in calls:
                 new._add(call)
         if new.budget is not None:
+            usage = new.usage
             new.budget.ledger.restore(
-                Amount(usd=new._cost, tokens=new._usage.total_tokens, requests=new._usage.requests)
+                Amount(usd=new._cost, tokens=usage.total_tokens, requests=usage.requests)
             )
         return new
 
@@ -705,6 +812,7 @@ class SessionFactory:
         store: Store | str | None = None,
         record_content: bool = True,
         on_store_error: OnStoreError = "outbox",
+        keep_calls: int | None = DEFAULT_KEEP_CALLS,
     ) -> Session:
         """Create a session; enter it with ``with`` or ``async with``.
 
@@ -718,9 +826,12 @@ class SessionFactory:
             on_store_error: when the store cannot take a write even after retries, the write
                 waits in the store's outbox; ``"outbox"`` (default) then goes on, ``"raise"``
                 also raises :class:`~llmctx.StoreError` (see :class:`Session`).
+            keep_calls: how many recent calls ``calls`` keeps in memory (default
+                :data:`DEFAULT_KEEP_CALLS`, 1,000; None keeps every call); totals always count
+                every call, and :meth:`Session.all_calls` reads the older ones from the store.
 
         Raises:
-            ConfigError: a bad budget, tags or on_store_error.
+            ConfigError: a bad budget, tags, on_store_error or keep_calls.
         """
         return Session(
             name,
@@ -729,6 +840,7 @@ class SessionFactory:
             store=store,
             record_content=record_content,
             on_store_error=on_store_error,
+            keep_calls=keep_calls,
         )
 
     resume = staticmethod(Session.resume)

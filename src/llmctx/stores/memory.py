@@ -5,39 +5,86 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 
-from .._usage import CallRecord
+from .._usage import CallRecord, Usage
 from ._base import SessionRecord
 
 __all__ = ["MemoryStore"]
 
-_EMPTY = SessionRecord(id="")
+_ZERO = Decimal(0)
 
 
-def _with_totals(record: SessionRecord, totals: SessionRecord | None) -> SessionRecord:
-    """``record`` with the totals of ``totals`` (zero when None)."""
-    t = _EMPTY if totals is None else totals
-    return record.replace(
-        usage=t.usage, cost=t.cost, unpriced_calls=t.unpriced_calls, calls=t.calls
-    )
+class _Totals:
+    """One session's running roll-up, added to in place (a new row per call would cost a
+    dataclass copy per ancestor per call)."""
+
+    __slots__ = ("calls", "cost", "counts", "unpriced")
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0, 0, 0, 0]
+        self.cost = _ZERO
+        self.unpriced = 0
+        self.calls = 0
+
+    def add(self, call: CallRecord) -> None:
+        u, c = call.usage, self.counts
+        c[0] += u.input_tokens
+        c[1] += u.output_tokens
+        c[2] += u.cache_read_tokens
+        c[3] += u.cache_write_tokens
+        c[4] += u.reasoning_tokens
+        c[5] += u.requests
+        if call.cost is None:
+            self.unpriced += 1
+        else:
+            self.cost += call.cost
+        self.calls += 1
+
+    def on(self, record: SessionRecord) -> SessionRecord:
+        return record.replace(
+            usage=Usage(*self.counts),
+            cost=self.cost,
+            unpriced_calls=self.unpriced,
+            calls=self.calls,
+        )
 
 
 class MemoryStore:
-    """Keeps sessions and calls in dicts; thread-safe; nothing survives the process."""
+    """Keeps sessions and calls in dicts; thread-safe; nothing survives the process.
+
+    It keeps every call it is given for its whole life (it is the store): a long-running
+    process that must not grow with its calls writes to SQLite or PostgreSQL.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # A row as last saved (its totals ignored) and, apart, the totals of its calls.
         self._sessions: dict[str, SessionRecord] = {}
+        self._totals: dict[str, _Totals] = {}
         self._calls: dict[str, list[CallRecord]] = {}
         self._call_ids: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._sessions)})"
 
+    def _row(self, session_id: str) -> SessionRecord | None:
+        # The caller holds the lock.
+        row = self._sessions.get(session_id)
+        if row is None:
+            return None
+        return self._totals[session_id].on(row)
+
+    def _keep(self, record: SessionRecord) -> None:
+        # The caller holds the lock. The row's fields but its totals: those roll up its calls.
+        self._sessions[record.id] = record
+        if record.id not in self._totals:
+            self._totals[record.id] = _Totals()
+
     def save_session(self, record: SessionRecord) -> None:
         """Keep the row's fields but its totals: those roll up its calls (zero when new)."""
         with self._lock:
-            self._sessions[record.id] = _with_totals(record, self._sessions.get(record.id))
+            self._keep(record)
 
     def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
         """Keep the call once per id; add a new one to its session's and ancestors' totals.
@@ -46,9 +93,8 @@ class MemoryStore:
         every store. A ``refused`` call is kept and adds to no total.
         """
         with self._lock:
-            if session is not None:
-                old = self._sessions.get(session.id)
-                self._sessions[session.id] = _with_totals(session, old)
+            if session is not None and self._sessions.get(session.id) is not session:
+                self._keep(session)
             if call.id in self._call_ids:
                 return
             self._call_ids.add(call.id)
@@ -61,17 +107,16 @@ class MemoryStore:
                 row = self._sessions.get(sid)
                 if row is None:
                     break
-                self._sessions[sid] = row.replace(
-                    usage=row.usage + call.usage,
-                    cost=row.cost if call.cost is None else row.cost + call.cost,
-                    unpriced_calls=row.unpriced_calls + (call.cost is None),
-                    calls=row.calls + 1,
-                )
+                self._totals[sid].add(call)
                 sid = row.parent_id
+
+    async def asave_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        """Async face of :meth:`save_call`: it does no I/O, so it runs inline on the loop."""
+        self.save_call(call, session)
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         with self._lock:
-            return self._sessions.get(session_id)
+            return self._row(session_id)
 
     def list_sessions(
         self,
@@ -85,7 +130,7 @@ class MemoryStore:
         with self._lock:
             stored = self._sessions
             rows = [
-                r
+                self._totals[r.id].on(r)
                 for r in stored.values()
                 if (status is None or r.status == status)
                 and (parent_id is None or r.parent_id == parent_id)
@@ -124,13 +169,14 @@ class MemoryStore:
                 children = [r for r in self._sessions.values() if r.parent_id in frontier]
                 out.extend(children)
                 frontier = [r.id for r in children]
-            return out
+            return [self._totals[r.id].on(r) for r in out]
 
     def delete_session(self, session_id: str) -> int:
         ids = [r.id for r in self.session_tree(session_id)]
         with self._lock:
             for sid in ids:
                 self._sessions.pop(sid, None)
+                self._totals.pop(sid, None)
                 self._call_ids.difference_update(c.id for c in self._calls.pop(sid, ()))
         return len(ids)
 
