@@ -1027,3 +1027,262 @@ def test_postgres_version_1_schema_gains_the_liveness_columns(
     finally:
         store.drop_schema()
         store.close()
+
+
+# -- async faces (SQLite and PostgreSQL) ---------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator[Store]:
+    """A SQL store, empty; PostgreSQL's connections carry an application_name of the test's own
+    (so pg_stat_activity counts them) and its schema is dropped afterwards."""
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "store.db")
+        yield s
+        s.close()
+        return
+    dsn = request.getfixturevalue("postgres_dsn")
+    sep = "&" if "?" in dsn else "?"
+    pg = PostgresStore(f"{dsn}{sep}application_name=llmctx-t-{unique}", schema=f"t_{unique}")
+    try:
+        yield pg
+    finally:
+        pg.close()
+        _drop_schema(dsn, f"t_{unique}")
+
+
+def _backends(dsn: str, unique: str) -> list[tuple[str, str | None]]:
+    """(state, wait_event_type) of every server connection the test's store holds open."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state, wait_event_type FROM pg_stat_activity WHERE application_name = %s",
+            (f"llmctx-t-{unique}",),
+        ).fetchall()
+    return [(str(state), kind) for state, kind in rows]
+
+
+def test_async_save_then_sync_read_agree(sql_store: Store) -> None:
+    """Sessions and calls saved through the async faces read back through the sync ones as
+    saved, with the roll-up into the parent row."""
+    import anyio
+
+    from llmctx.stores._base import asave_call, asave_session
+
+    parent, child = _session("p", status="running"), _session("c", 1, parent_id="p")
+    calls = [_call("c", i, usage=Usage(10, 2, requests=1), cost=Decimal("0.001")) for i in range(5)]
+
+    async def main() -> None:
+        await asave_session(sql_store, parent)
+        for i, call in enumerate(calls):
+            await asave_call(sql_store, call, child.replace(calls=i + 1))
+
+    anyio.run(main)
+    assert sql_store.list_calls(["c"]) == calls
+    for sid in ("p", "c"):
+        row = sql_store.get_session(sid)
+        assert row is not None
+        assert (row.calls, row.usage.input_tokens, row.cost) == (5, 50, Decimal("0.005"))
+    assert sql_store.get_session("p") == parent.replace(
+        calls=5, usage=Usage(50, 10, requests=5), cost=Decimal("0.005")
+    )
+
+
+def test_300_concurrent_async_saves_lose_nothing(
+    sql_store: Store, request: pytest.FixtureRequest, unique: str
+) -> None:
+    """300 asave_call at once on one event loop are all committed with exact totals; on
+    PostgreSQL the store opens at most its pool's connections, all idle afterwards."""
+    import asyncio
+
+    n = 300
+    session = _session("s", status="running")
+    calls = [_call("s", i, usage=Usage(3, 1, requests=1), cost=Decimal("0.0001")) for i in range(n)]
+
+    async def main() -> None:
+        await asyncio.gather(*(sql_store.asave_call(c, session) for c in calls))  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    assert {c.id for c in sql_store.list_calls(["s"])} == {c.id for c in calls}
+    row = sql_store.get_session("s")
+    assert row is not None
+    assert (row.calls, row.usage.input_tokens, row.cost) == (n, 3 * n, Decimal("0.0300"))
+    if isinstance(sql_store, PostgresStore):
+        backends = _backends(request.getfixturevalue("postgres_dsn"), unique)
+        assert 1 <= len(backends) <= 1 + 8  # the sync connection + the async pool's
+        assert {state for state, _ in backends} == {"idle"}
+
+
+def _hold_write_lock(store: Store, dsn: str | None) -> tuple[Any, Any]:
+    """Another connection that blocks writes to session ``s`` until it commits: a row lock
+    on PostgreSQL, SQLite's write lock on the file. Returns it and how to see a waiter."""
+    if isinstance(store, PostgresStore):
+        import psycopg
+
+        assert dsn is not None
+        conn = psycopg.connect(dsn)
+        conn.execute(f'SELECT 1 FROM "{store.schema}".sessions WHERE id = %s FOR UPDATE', ("s",))
+        return conn, None
+    assert isinstance(store, SQLiteStore)
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn, store._lock
+
+
+def test_cancelled_async_save_commits_the_whole_call_and_leaks_no_connection(
+    sql_store: Store, request: pytest.FixtureRequest, unique: str
+) -> None:
+    """A task cancelled (task.cancel()) while its asave_call waits on another writer's lock
+    gets CancelledError only once the call is committed whole (row and roll-up); no
+    connection is left in a transaction, and none remains after close()."""
+    import asyncio
+
+    import anyio
+
+    is_pg = isinstance(sql_store, PostgresStore)
+    dsn = request.getfixturevalue("postgres_dsn") if is_pg else None
+    sql_store.save_call(_call("s", 0, cost=Decimal("0.5")), _session("s", status="running"))
+    blocker, store_lock = _hold_write_lock(sql_store, dsn)
+    call = _call("s", 1, usage=Usage(7, 1, requests=1), cost=Decimal("0.25"))
+
+    async def main() -> None:
+        task = asyncio.ensure_future(sql_store.asave_call(call, _session("s", calls=2)))  # type: ignore[attr-defined]
+        with anyio.fail_after(10):
+            # Wait until the write is in flight: blocked behind the other writer.
+            while True:
+                await asyncio.sleep(0.005)
+                if is_pg:
+                    assert dsn is not None
+                    if ("active", "Lock") in _backends(dsn, unique):
+                        break
+                elif store_lock.locked():
+                    break
+            task.cancel()
+            await asyncio.sleep(0.05)
+            assert not task.done()  # still waiting for the write, not abandoned
+            blocker.commit() if is_pg else blocker.execute("COMMIT")
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        blocker.close()
+    assert [c.id for c in sql_store.list_calls(["s"])][-1] == call.id
+    row = sql_store.get_session("s")
+    assert row is not None
+    assert (row.calls, row.cost, row.usage.input_tokens) == (2, Decimal("0.75"), 7)
+    if is_pg:
+        assert dsn is not None
+        assert {state for state, _ in _backends(dsn, unique)} == {"idle"}
+        sql_store.close()
+        assert _backends(dsn, unique) == []
+
+
+def test_async_save_failure_is_a_store_error(
+    sql_store: Store, request: pytest.FixtureRequest, unique: str
+) -> None:
+    """A write the database refuses raises StoreError from asave_call, as from save_call (the
+    tables dropped under the store), and a closed store says it is closed."""
+    import asyncio
+
+    sql_store.save_session(_session("s"))
+    if isinstance(sql_store, PostgresStore):
+        _drop_schema(request.getfixturevalue("postgres_dsn"), sql_store.schema)
+    else:
+        assert isinstance(sql_store, SQLiteStore)
+        with sqlite3.connect(sql_store.path) as other:
+            other.execute("DROP TABLE calls")
+    with pytest.raises(StoreError, match="could not save call"):
+        sql_store.save_call(_call("s"))
+    with pytest.raises(StoreError, match="could not save call"):
+        asyncio.run(sql_store.asave_call(_call("s")))  # type: ignore[attr-defined]
+    sql_store.close()
+    with pytest.raises(StoreError, match="closed"):
+        asyncio.run(sql_store.asave_call(_call("s")))  # type: ignore[attr-defined]
+
+
+def test_async_save_runs_on_trio(sql_store: Store) -> None:
+    """On trio (no asyncio loop for psycopg or the writer thread) asave_call still writes
+    through, in a worker thread."""
+    import anyio
+
+    call = _call("s", cost=Decimal("0.1"))
+    anyio.run(sql_store.asave_call, call, _session("s"), backend="trio")  # type: ignore[attr-defined]
+    assert sql_store.list_calls(["s"]) == [call]
+
+
+def test_sqlite_async_batch_fails_only_the_bad_call(tmp_path: Path) -> None:
+    """Calls committed together by the writer thread: one the database cannot take fails its
+    own caller only; the others are stored."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "b.db")
+    good = [_call("s", i) for i in range(4)]
+    bad = _call("s", 9, usage=Usage(2**70))  # too large for a SQLite integer
+
+    async def main() -> list[Any]:
+        saves = [store.asave_call(c, _session("s")) for c in [*good[:2], bad, *good[2:]]]
+        return await asyncio.gather(*saves, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(main())
+        assert [type(o) for o in outcomes] == [type(None)] * 2 + [OverflowError] + [type(None)] * 2
+        assert store.list_calls(["s"]) == good
+    finally:
+        store.close()
+
+
+def test_sqlite_writer_thread_ends_with_the_store(tmp_path: Path) -> None:
+    """The writer thread an async save starts is gone once the store is closed, and the
+    store's file is left with no transaction open."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "w.db")
+    asyncio.run(store.asave_call(_call("s"), _session("s")))
+    names = [t.name for t in threading.enumerate()]
+    assert any(n.startswith("llmctx-sqlite-writer") for n in names)
+    store.close()
+    assert not any(t.name.startswith("llmctx-sqlite-writer") for t in threading.enumerate())
+    reopened = SQLiteStore(tmp_path / "w.db")
+    try:
+        assert len(reopened.list_calls(["s"])) == 1
+    finally:
+        reopened.close()
+
+
+def test_generic_asave_call_outlives_a_native_cancel(tmp_path: Path) -> None:
+    """A store without an async face is saved in a worker thread that a task.cancel() does not
+    abandon: the call is stored by the time CancelledError reaches the caller."""
+    import asyncio
+
+    from llmctx.stores._base import asave_call
+
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(MemoryStore):
+        """A MemoryStore without its async face, whose save waits for the test."""
+
+        asave_call = None  # type: ignore[assignment]
+
+        def save_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+            started.set()
+            release.wait(10)
+            super().save_call(call, session)
+
+    store = Slow()
+    call = _call("s")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(asave_call(store, call, _session("s")))
+        assert await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.02)
+        assert not task.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert store.list_calls(["s"]) == [call]

@@ -15,10 +15,13 @@ a row as ``interrupted`` once that process is gone (same host) or its heartbeat 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import dataclasses
+import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,7 +37,12 @@ __all__ = [
     "SessionRecord",
     "SessionStatus",
     "Store",
+    "asave_call",
+    "asave_session",
+    "in_thread",
     "is_transient",
+    "keep_abandoned_call",
+    "outlive_cancel",
     "shown_status",
     "this_host",
     "transient",
@@ -198,6 +206,8 @@ def shown_status(record: SessionRecord, now: datetime | None = None) -> SessionS
 
 
 _E = TypeVar("_E", bound=BaseException)
+_T = TypeVar("_T")
+logger = logging.getLogger("llmctx")
 
 
 def transient(exc: _E) -> _E:
@@ -262,18 +272,142 @@ class Store(Protocol):
         """Release connections; closing twice is harmless."""
 
 
+def _running_asyncio() -> bool:
+    """True when the caller runs in an asyncio event loop (not trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def outlive_cancel(
+    work: asyncio.Future[_T], on_abandoned: Callable[[BaseException], None] | None = None
+) -> _T:
+    """Wait for ``work`` to end even when the waiting task is cancelled, then let the
+    cancellation go on.
+
+    ``asyncio.shield`` alone stops the wait and leaves the work running unobserved; this waits
+    for it, so a write the caller started is finished (committed, or failed and rolled back)
+    by the time the caller's ``CancelledError`` propagates. A native ``task.cancel()`` as
+    well as an anyio cancel scope are waited through.
+
+    Args:
+        work: a future or task already running (a worker thread's result, a write task).
+        on_abandoned: called with the work's exception when it failed after the caller was
+            cancelled (nobody is left to handle it: a store keeps the record in its outbox).
+
+    Returns:
+        The work's result (when the caller was not cancelled).
+
+    Raises:
+        asyncio.CancelledError: the caller was cancelled (raised once the work has ended).
+        Exception: what the work raised, when the caller was not cancelled.
+    """
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if work.cancelled():
+            raise
+        import anyio
+
+        # A shielded anyio scope stops anyio re-delivering the cancellation while we wait.
+        with anyio.CancelScope(shield=True):
+            while not work.done():
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:
+                    break
+        if not work.cancelled():
+            error = work.exception()
+            if error is not None and on_abandoned is not None:
+                on_abandoned(error)
+        raise
+
+
+async def in_thread(
+    fn: Callable[..., _T],
+    *args: Any,
+    on_abandoned: Callable[[BaseException], None] | None = None,
+) -> _T:
+    """Run ``fn(*args)`` in a worker thread and wait for it through a cancellation.
+
+    On asyncio the thread's future is awaited with :func:`outlive_cancel` (``anyio.to_thread``
+    with ``abandon_on_cancel=False`` is abandoned by a native ``task.cancel()``); on trio,
+    anyio's shielded wait is real.
+
+    Raises:
+        asyncio.CancelledError: the caller was cancelled (once ``fn`` has returned).
+        Exception: what ``fn`` raised.
+    """
+    if _running_asyncio():
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        return await outlive_cancel(loop.run_in_executor(None, ctx.run, fn, *args), on_abandoned)
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=False)
+
+
+def keep_abandoned_call(
+    store: Store, call: CallRecord, session: SessionRecord | None
+) -> Callable[[BaseException], None]:
+    """What to do with a call whose write failed after its caller was cancelled: keep it in
+    ``store``'s outbox (replayed with the next write), since no caller is left to."""
+
+    def keep(error: BaseException) -> None:
+        from . import _outbox
+
+        entry = {
+            "kind": "call",
+            "call": call.to_dict(),
+            "session": None if session is None else session.to_dict(),
+        }
+        try:
+            _outbox.outbox_for(store).append(entry)
+        except Exception:
+            logger.exception(
+                "llmctx: call %s failed to save (%s) after its caller was cancelled, and could "
+                "not be kept in the outbox",
+                call.id,
+                error,
+            )
+
+    return keep
+
+
 async def asave_call(store: Store, call: CallRecord, session: SessionRecord | None = None) -> None:
     """Save a call from async code without blocking the event loop; committed on return.
 
     A store with an async face (``async def asave_call(call, session)``, as the built-in
     stores have) is awaited; any other store's ``save_call`` runs in a worker thread.
-    Cancellation while it runs still lets the write finish (it is shielded): a call the
-    caller was told about is never half-written.
+    Cancellation while it runs still lets the write finish: a call the caller was told about
+    is never half-written, and the ``CancelledError`` is raised once it is committed (a write
+    that fails after the cancellation is kept in the store's outbox).
+
+    Raises:
+        StoreError: the write failed (as ``save_call`` raises it); the caller may keep the
+            call in the outbox (``llmctx.stores._outbox.awrite_call`` does).
     """
     asave = getattr(store, "asave_call", None)
     if asave is not None:
         await asave(call, session)
         return
-    import anyio.to_thread
+    await in_thread(
+        store.save_call, call, session, on_abandoned=keep_abandoned_call(store, call, session)
+    )
 
-    await anyio.to_thread.run_sync(store.save_call, call, session, abandon_on_cancel=False)
+
+async def asave_session(store: Store, record: SessionRecord) -> None:
+    """Save a session row from async code without blocking the event loop (as :func:`asave_call`).
+
+    Raises:
+        StoreError: the write failed.
+    """
+    asave = getattr(store, "asave_session", None)
+    if asave is not None:
+        await asave(record)
+        return
+    await in_thread(store.save_session, record)

@@ -28,10 +28,12 @@ works without the ``postgres`` extra installed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -41,7 +43,14 @@ from .._exceptions import ConfigError, StoreError
 from .._redact import redact_dsn
 from .._usage import CallRecord
 from . import _outbox, _sql
-from ._base import SessionRecord, transient
+from ._base import (
+    SessionRecord,
+    _running_asyncio,
+    in_thread,
+    keep_abandoned_call,
+    outlive_cancel,
+    transient,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -108,6 +117,10 @@ def _call_from_row(row: Sequence[Any]) -> CallRecord:
 class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
     """Sessions and calls in a PostgreSQL schema; thread-safe, one connection behind a lock.
 
+    Async callers write through :meth:`asave_call` / :meth:`asave_session`, which run the
+    same statements on a small pool of psycopg ``AsyncConnection``\\ s per event loop, so the
+    loop is never blocked by the store.
+
     Every method runs in its own transaction and commits before returning. When the server
     drops the connection (a restart, an idle timeout) the next method reconnects and runs once
     more; every method is idempotent, so a retried write never doubles a row.
@@ -117,6 +130,8 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             ``host=... dbname=...``.
         schema: the schema holding the tables; created with them when missing.
         connect_timeout: seconds to wait for the server when connecting.
+        async_pool_size: the most async connections the async faces (:meth:`asave_call`,
+            :meth:`asave_session`) open per event loop; callers beyond it wait their turn.
 
     Raises:
         ConfigError: the DSN is malformed or ``schema`` is not a plain identifier (messages
@@ -125,7 +140,14 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             written by a newer llmctx.
     """
 
-    def __init__(self, dsn: str, *, schema: str = "llmctx", connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "llmctx",
+        connect_timeout: float = 10.0,
+        async_pool_size: int = 8,
+    ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ConfigError(
                 f"schema {schema!r} is not a plain PostgreSQL identifier; use letters, digits "
@@ -149,6 +171,12 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         self._user = str(params.get("user") or "")
         self._connect_timeout = max(1, round(connect_timeout))
         self._has_timeout = "connect_timeout" in params
+        if async_pool_size < 1:
+            raise ConfigError(f"async_pool_size must be at least 1, not {async_pool_size}")
+        self._async_pool_size = async_pool_size
+        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPool] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._sql = _Statements(schema)
@@ -182,15 +210,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         try:
             conn = self._psycopg.connect(self._dsn, **kwargs)
         except self._psycopg.Error as exc:
-            error = StoreError(
-                f"cannot connect to {self._describe()}: "
-                f"{redact_dsn(str(exc).strip(), self._dsn)}. Check that the server is running "
-                "and the DSN (LLMCTX_DB) is right"
-            )
-            # Out of reach or starting up: a server that restarts takes connections again.
-            if isinstance(exc, self._psycopg.OperationalError):
-                transient(error)
-            raise error from None
+            raise self._connect_failure(exc) from None
         try:
             self._migrate(conn)
         except BaseException:
@@ -296,16 +316,138 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                         raise
                     if attempt == 1 and (conn.broken or conn.closed):
                         continue
-                    error = StoreError(
-                        f"could not {action} in schema {self.schema!r} of {self._describe()}: "
-                        f"{redact_dsn(str(exc).strip(), self._dsn)}"
-                    )
-                    # A dropped link, a shutdown or restart, a deadlock or serialization
-                    # failure (all OperationalError in psycopg): the same write can succeed.
-                    if conn.broken or isinstance(exc, self._psycopg.OperationalError):
-                        transient(error)
-                    raise error from None
+                    raise self._failure(action, exc, conn) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failure(self, action: str, exc: Exception, conn: Any) -> StoreError:
+        """The StoreError of a failed statement (the same for the sync and async faces)."""
+        error = StoreError(
+            f"could not {action} in schema {self.schema!r} of {self._describe()}: "
+            f"{redact_dsn(str(exc).strip(), self._dsn)}"
+        )
+        # A dropped link, a shutdown or restart, a deadlock or serialization failure (all
+        # OperationalError in psycopg): the same write can succeed.
+        if conn.broken or isinstance(exc, self._psycopg.OperationalError):
+            transient(error)
+        return error
+
+    def _connect_failure(self, exc: Exception) -> StoreError:
+        error = StoreError(
+            f"cannot connect to {self._describe()}: "
+            f"{redact_dsn(str(exc).strip(), self._dsn)}. Check that the server is running "
+            "and the DSN (LLMCTX_DB) is right"
+        )
+        # Out of reach or starting up: a server that restarts takes connections again.
+        if isinstance(exc, self._psycopg.OperationalError):
+            transient(error)
+        return error
+
+    # -- the async face ----------------------------------------------------------------------
+
+    async def _arun(self, action: str, steps: Callable[[], _Steps]) -> None:
+        """Run the statements of ``steps()`` in one transaction on a pooled async connection.
+
+        The async twin of :meth:`_run`: the same statements (built I/O-free by ``steps``),
+        the same reconnect-once rule, the same errors. It runs in a task of its own that the
+        caller waits for through a cancellation (:func:`outlive_cancel`): a cancelled caller
+        never leaves a transaction half-done or a connection checked out.
+        """
+        if self._closed:
+            self._connection()  # raises the closed-store error
+        loop = asyncio.get_running_loop()
+        pool = self._apools.get(loop)
+        if pool is None:
+            # A loop that ended (asyncio.run returned) leaves its idle connections: close them.
+            for other, stale in list(self._apools.items()):
+                if other.is_closed():
+                    stale.close()
+                    self._apools.pop(other, None)
+            pool = self._apools[loop] = _AsyncPool(self, self._async_pool_size)
+        for attempt in (1, 2):
+            conn = await pool.get()
+            try:
+                async with conn.cursor() as cur:
+                    await _adrive(steps(), cur)
+                await conn.commit()
+            except BaseException as exc:
+                if not isinstance(exc, self._psycopg.Error):
+                    # Not the server's answer (a cancelled loop): the link's state is unknown.
+                    pool.discard(conn)
+                    raise
+                if not conn.broken and not conn.closed:
+                    try:
+                        await conn.rollback()
+                    except self._psycopg.Error:
+                        pool.discard(conn)
+                        conn = None
+                if conn is not None:
+                    pool.put(conn)
+                    if attempt == 1 and (conn.broken or conn.closed):
+                        continue
+                raise self._failure(action, exc, conn or _BROKEN) from None
+            pool.put(conn)
+            return
+
+    async def _awrite(
+        self, action: str, steps: Callable[[], _Steps], keep: Callable[[BaseException], None]
+    ) -> None:
+        if not _running_asyncio():
+            # psycopg's async connections need asyncio: elsewhere (trio) the sync face runs
+            # in a worker thread.
+            await in_thread(lambda: self._run(action, lambda cur: _drive(steps(), cur)))
+            return
+        await outlive_cancel(asyncio.ensure_future(self._arun(action, steps)), keep)
+
+    async def asave_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        """Async face of :meth:`save_call`: the same transaction on a pooled async connection.
+
+        The event loop is never blocked: on asyncio the statements go through psycopg's
+        ``AsyncConnection`` (a pool of at most ``async_pool_size`` connections per event loop);
+        elsewhere (trio) :meth:`save_call` runs in a worker thread. Committed before it
+        returns. Cancellation while it runs lets the transaction finish (the whole call or,
+        on failure, nothing, and the call kept in the outbox), then ``CancelledError``
+        propagates; the connection goes back to the pool either way.
+
+        Raises:
+            StoreError: the write failed or the store is closed (as :meth:`save_call`).
+        """
+        steps = self._save_call_steps(call, session)
+        await self._awrite(
+            f"save call {call.id!r}", steps, keep_abandoned_call(self, call, session)
+        )
+
+    async def asave_session(self, record: SessionRecord) -> None:
+        """Async face of :meth:`save_session` (see :meth:`asave_call`).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        params = _session_params(record)
+
+        def steps() -> _Steps:
+            yield self._sql.upsert, params
+
+        await self._awrite(f"save session {record.id!r}", steps, lambda exc: None)
+
+    def close(self) -> None:
+        """Close the connection and every pooled async one; closing twice is harmless.
+
+        An async connection in use when the store closes is closed when its write ends.
+        """
+        super().close()
+        pools, self._apools = list(self._apools.values()), weakref.WeakKeyDictionary()
+        for pool in pools:
+            pool.close()
+
+    async def aclose(self) -> None:
+        """Async face of :meth:`close` (closing does no waiting on the server)."""
+        self.close()
+
+    def _forget_connection_after_fork(self) -> None:
+        super()._forget_connection_after_fork()
+        for pool in self._apools.values():
+            _sql._ORPHANS.extend(pool.forget())
+        self._apools = weakref.WeakKeyDictionary()
 
     # -- Store protocol --------------------------------------------------------------------
 
@@ -336,19 +478,28 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         Raises:
             StoreError: the write failed or the store is closed.
         """
+        steps = self._save_call_steps(call, session)
+        self._run(f"save call {call.id!r}", lambda cur: _drive(steps(), cur))
+
+    def _save_call_steps(
+        self, call: CallRecord, session: SessionRecord | None
+    ) -> Callable[[], _Steps]:
+        """The statements of one ``save_call``, parameters built once (no I/O): each face
+        runs them on its own connection, as many times as it retries."""
         call_params = _call_params(call)
         session_params = None if session is None else _session_params(session)
         rollup = [call_params[1], *_sql.rollup_params(call), call.cost or Decimal(0)]
+        sql = self._sql
+        roll = rollup[0] is not None and call.status != "refused"
 
-        def body(cur: Any) -> None:
-            cur.execute(self._sql.insert_call, call_params)
-            inserted = cur.rowcount == 1
+        def steps() -> _Steps:
+            inserted = (yield sql.insert_call, call_params) == 1
             if session_params is not None:
-                cur.execute(self._sql.upsert, session_params)
-            if inserted and rollup[0] is not None and call.status != "refused":
-                cur.execute(self._sql.rollup, rollup)
+                yield sql.upsert, session_params
+            if inserted and roll:
+                yield sql.rollup, rollup
 
-        self._run(f"save call {call.id!r}", body)
+        return steps
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         """The session row, or None.
@@ -468,6 +619,119 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             StoreError: the drop failed or the store is closed.
         """
         self._run(f"drop schema {self.schema!r}", lambda cur: cur.execute(self._sql.drop))
+
+
+# One save's statements: yields (sql, params), is sent each statement's rowcount.
+_Steps = Generator[tuple[str, Sequence[Any]], int, None]
+
+
+def _drive(steps: _Steps, cur: Any) -> None:
+    """Run ``steps`` on a sync cursor (the sync face)."""
+    try:
+        sql, params = next(steps)
+        while True:
+            cur.execute(sql, params)
+            sql, params = steps.send(cur.rowcount)
+    except StopIteration:
+        return
+
+
+async def _adrive(steps: _Steps, cur: Any) -> None:
+    """Run ``steps`` on an async cursor (the async face): the same statements."""
+    try:
+        sql, params = next(steps)
+        while True:
+            await cur.execute(sql, params)
+            sql, params = steps.send(cur.rowcount)
+    except StopIteration:
+        return
+
+
+class _Broken:
+    """Stands for a connection dropped while a failed write was being undone."""
+
+    broken = True
+
+
+_BROKEN = _Broken()
+
+
+def _finish(conn: Any) -> None:
+    """Close an async connection from sync code (what ``AsyncConnection.close`` does)."""
+    conn._closed = True
+    with contextlib.suppress(Exception):
+        conn.pgconn.finish()
+
+
+class _AsyncPool:
+    """The async connections of one store on one event loop: at most ``size``, reused.
+
+    Connections are opened when needed (never more than ``size``: later callers wait on a
+    semaphore) and kept idle for the next write; a broken one is dropped.
+    """
+
+    def __init__(self, store: PostgresStore, size: int) -> None:
+        self._store = store
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[Any] = []
+        self._out: set[Any] = set()
+
+    async def get(self) -> Any:
+        """A connection for one transaction (give it back with :meth:`put` or :meth:`discard`).
+
+        Raises:
+            StoreError: no connection could be opened.
+        """
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    self._out.add(conn)
+                    return conn
+            conn = await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._out.add(conn)
+        return conn
+
+    async def _connect(self) -> Any:
+        store = self._store
+        kwargs: dict[str, Any] = {"autocommit": False}
+        if not store._has_timeout:
+            kwargs["connect_timeout"] = store._connect_timeout
+        try:
+            return await store._psycopg.AsyncConnection.connect(store._dsn, **kwargs)
+        except store._psycopg.Error as exc:
+            raise store._connect_failure(exc) from None
+
+    def put(self, conn: Any) -> None:
+        """Give a connection back: kept for reuse, or closed if broken or the store is closed."""
+        self._out.discard(conn)
+        if conn.closed or self._store._closed:
+            _finish(conn)
+        else:
+            self._idle.append(conn)
+        self._slots.release()
+
+    def discard(self, conn: Any) -> None:
+        """Give back a connection whose state is unknown: it is closed."""
+        self._out.discard(conn)
+        _finish(conn)
+        self._slots.release()
+
+    def close(self) -> None:
+        """Close the idle connections (those in use are closed when given back)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            _finish(conn)
+
+    def forget(self) -> list[Any]:
+        """After fork(): drop every connection unclosed (they belong to the parent)."""
+        conns = [*self._idle, *self._out]
+        self._idle, self._out = [], set()
+        return conns
 
 
 class _Statements:

@@ -31,8 +31,10 @@ the tree explicitly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -44,7 +46,14 @@ from typing import Any
 from .._exceptions import StoreError
 from .._usage import CallRecord
 from . import _outbox, _sql
-from ._base import SessionRecord, transient
+from ._base import (
+    SessionRecord,
+    _running_asyncio,
+    in_thread,
+    keep_abandoned_call,
+    outlive_cancel,
+    transient,
+)
 from ._open import default_sqlite_path, sqlite_path, sqlite_path_from_url
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
@@ -225,6 +234,115 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
+class _CallPlan:
+    """One ``save_call``, I/O-free: its parameters built once, applied inside a transaction."""
+
+    __slots__ = ("call", "call_params", "rollup", "session_params")
+
+    def __init__(self, call: CallRecord, session: SessionRecord | None) -> None:
+        self.call = call
+        self.call_params = _call_params(call)
+        self.session_params = None if session is None else _session_params(session)
+        self.rollup = _sql.rollup_params(call)
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Run the statements in ``conn``'s open transaction."""
+        call_params = self.call_params
+        session_params = self.session_params
+        inserted = conn.execute(_INSERT_CALL, call_params).rowcount == 1
+        if (
+            session_params is not None
+            and conn.execute(_UPSERT_SESSION_HEADER, session_params).rowcount == 0
+        ):
+            conn.execute(_UPSERT_SESSION, session_params)
+        if inserted and call_params[1] is not None and self.call.status != "refused":
+            added = self.call.cost
+            rollup = self.rollup
+            chain = conn.execute(_SELECT_CHAIN, (call_params[1],)).fetchall()
+            conn.executemany(
+                _ROLLUP,
+                [
+                    (*rollup, str(Decimal(cost) + added) if added else cost, sid)
+                    for sid, cost in chain
+                ],
+            )
+
+
+# The most calls the writer thread commits in one transaction.
+_BATCH = 256
+
+
+class _Writer:
+    """A store's writer thread: runs async callers' writes off their event loops.
+
+    Calls waiting together are committed in one transaction (each caller is answered after
+    that commit), which is what lets hundreds of concurrent callers write through quickly.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.pid = os.getpid()
+        self._store = store
+        self._queue: queue.SimpleQueue[
+            tuple[_CallPlan, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name=f"llmctx-sqlite-writer {store.path}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(
+        self, plan: _CallPlan, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+    ) -> None:
+        """Queue one write; ``future`` is resolved on ``loop`` once it is committed or failed."""
+        self._queue.put((plan, loop, future))
+
+    def stop(self) -> None:
+        """Let the writes already queued finish, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        while True:
+            item = get()
+            if item is None:
+                return
+            batch = [item]
+            stopping = False
+            while len(batch) < _BATCH:
+                try:
+                    more = get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            try:
+                outcomes = self._store._write_batch([plan for plan, _, _ in batch])
+            except Exception as exc:  # a bug, not a store error: fail the callers, keep running
+                outcomes = [exc] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+            for (_, loop, future), outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, outcome))
+            for loop, answers in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_answer, answers)
+            if stopping:
+                return
+
+
+def _answer(answers: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, outcome in answers:
+        if future.done():
+            continue
+        if outcome is None:
+            future.set_result(None)
+        else:
+            future.set_exception(outcome)
+
+
 class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
     """Sessions and calls in one SQLite file (WAL, ``synchronous=NORMAL``); thread-safe.
 
@@ -253,6 +371,8 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         self._busy_ms = max(0, round(busy_timeout * 1000))
         self._lock = threading.Lock()
         self._closed = False
+        self._writer_lock = threading.Lock()
+        self._writer: _Writer | None = None
         self._conn = self._connect()
         self._track_forks()
         _outbox.replay_store(self)
@@ -443,35 +563,122 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         Raises:
             StoreError: the write failed or the store is closed.
         """
-        call_params = _call_params(call)
-        session_params = None if session is None else _session_params(session)
-        rollup = _sql.rollup_params(call)
-        added = call.cost
+        plan = _CallPlan(call, session)
         with self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                inserted = conn.execute(_INSERT_CALL, call_params).rowcount == 1
-                if (
-                    session_params is not None
-                    and conn.execute(_UPSERT_SESSION_HEADER, session_params).rowcount == 0
-                ):
-                    conn.execute(_UPSERT_SESSION, session_params)
-                if inserted and call_params[1] is not None and call.status != "refused":
-                    chain = conn.execute(_SELECT_CHAIN, (call_params[1],)).fetchall()
-                    conn.executemany(
-                        _ROLLUP,
-                        [
-                            (*rollup, str(Decimal(cost) + added) if added else cost, sid)
-                            for sid, cost in chain
-                        ],
-                    )
+                plan.apply(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._abort(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise self._error(f"save call {call.id!r}", exc) from exc
                 raise
+
+    async def asave_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
+        """Async face of :meth:`save_call`: the same write, run off the event loop's thread.
+
+        On asyncio the write goes to the store's writer thread (started on first use, stopped
+        by :meth:`close`), which commits the calls that wait together in one transaction (a
+        call is committed before its ``asave_call`` returns; a call that fails alone is
+        retried in a transaction of its own, so one bad record fails only its own caller). On
+        trio it runs :meth:`save_call` in a worker thread.
+
+        Cancellation while the write runs does not stop it: the whole call is committed (or,
+        on failure, rolled back and kept in the outbox), then ``CancelledError`` propagates.
+
+        Raises:
+            StoreError: the write failed or the store is closed (as :meth:`save_call`).
+        """
+        plan = _CallPlan(call, session)
+        if not _running_asyncio():
+            await in_thread(self.save_call, call, session)
+            return
+        if self._closed:
+            self._connection()  # raises the closed-store error
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._writer_thread().submit(plan, loop, future)
+        await outlive_cancel(future, keep_abandoned_call(self, call, session))
+
+    async def asave_session(self, record: SessionRecord) -> None:
+        """Async face of :meth:`save_session`, run in a worker thread (see :meth:`asave_call`).
+
+        Raises:
+            StoreError: the write failed or the store is closed.
+        """
+        await in_thread(self.save_session, record)
+
+    def _writer_thread(self) -> _Writer:
+        writer = self._writer
+        if writer is None or writer.pid != os.getpid():
+            with self._writer_lock:
+                writer = self._writer
+                if writer is None or writer.pid != os.getpid():
+                    writer = self._writer = _Writer(self)
+        return writer
+
+    def _write_batch(self, plans: Sequence[_CallPlan]) -> list[BaseException | None]:
+        """Commit ``plans`` in one transaction (the writer thread's turn); one outcome each.
+
+        A statement that fails rolls the batch back and each call is then written alone, so
+        only the call at fault fails (with the error :meth:`save_call` would raise). A failure
+        to begin or commit fails them all.
+        """
+        with self._lock:
+            try:
+                conn = self._connection()
+            except StoreError as exc:
+                return [exc] * len(plans)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._abort(conn)
+                return [self._error("save calls", exc)] * len(plans)
+            try:
+                for plan in plans:
+                    plan.apply(conn)
+                conn.execute("COMMIT")
+            except Exception:
+                self._abort(conn)
+            else:
+                return [None] * len(plans)
+            outcomes: list[BaseException | None] = []
+            for plan in plans:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    plan.apply(conn)
+                    conn.execute("COMMIT")
+                except Exception as exc:
+                    self._abort(conn)
+                    if isinstance(exc, sqlite3.Error):
+                        exc = self._error(f"save call {plan.call.id!r}", exc)
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+            return outcomes
+
+    def close(self) -> None:
+        """Finish the writes waiting in the writer thread, stop it, close the connection.
+
+        Closing twice is harmless; using the store afterwards raises StoreError.
+        """
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None and writer.pid == os.getpid():
+            writer.stop()
+        super().close()
+
+    async def aclose(self) -> None:
+        """Async face of :meth:`close` (it waits for the writer thread in a worker thread)."""
+        await in_thread(self.close)
+
+    def _forget_connection_after_fork(self) -> None:
+        super()._forget_connection_after_fork()
+        # The writer thread did not survive fork(); the next async write starts a new one.
+        self._writer_lock = threading.Lock()
+        self._writer = None
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         """The session row, or None.
