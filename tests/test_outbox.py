@@ -256,6 +256,69 @@ def test_sqlite_locked_by_another_process_loses_no_acknowledged_call(tmp_path: P
     store.close()
 
 
+def _release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def test_async_write_call_keeps_a_locked_out_call_and_replays_it(tmp_path: Path) -> None:
+    """awrite_call (the async charge path's fallback) on a SQLite file another process has
+    locked: the call goes to the outbox beside the file after the retries, and the next
+    async write that succeeds brings it into the store."""
+    import asyncio
+
+    from llmctx.stores._outbox import awrite_call
+
+    db = tmp_path / "alocked.db"
+    store = SQLiteStore(db, busy_timeout=0.05)
+    first, second = CallRecord(session_id="s"), CallRecord(session_id="s")
+    row = SessionRecord(id="s", status="running")
+    store.save_session(row)
+    holder = _hold_write_lock(db)
+    try:
+        asyncio.run(awrite_call(store, first, row))
+        assert (tmp_path / "alocked.db-outbox.jsonl").exists()
+        assert len(outbox_for(store)) == 1
+    finally:
+        _release(holder)
+    asyncio.run(awrite_call(store, second, row))
+    assert len(outbox_for(store)) == 0
+    assert {c.id for c in store.list_calls(["s"])} == {first.id, second.id}
+    _assert_rows_match_calls(store, "s", 2)
+    store.close()
+
+
+def test_async_write_call_cancelled_mid_retry_keeps_the_call(tmp_path: Path) -> None:
+    """A task cancelled while awrite_call is retrying a locked-out write gets CancelledError
+    with the call kept in the outbox (wherever the cancellation landed: in a try, or in the
+    wait before the next); it is stored once the lock is gone."""
+    import asyncio
+
+    from llmctx.stores._outbox import awrite_call
+
+    db = tmp_path / "acancel.db"
+    store = SQLiteStore(db, busy_timeout=0.05)
+    call = CallRecord(session_id="s")
+    holder = _hold_write_lock(db)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(awrite_call(store, call, None))
+        await asyncio.sleep(0.1)  # lets it fail once and begin waiting or retrying
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+        assert len(outbox_for(store)) == 1
+    finally:
+        _release(holder)
+    assert replay_store(store) == 1
+    assert [c.id for c in store.list_calls(["s"])] == [call.id]
+    store.close()
+
+
 def test_sqlite_outbox_is_replayed_when_the_store_is_opened(tmp_path: Path) -> None:
     """Entries left by a process that ended while the file was locked are written at next open."""
     db = tmp_path / "later.db"

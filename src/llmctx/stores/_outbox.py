@@ -64,6 +64,7 @@ __all__ = [
     "RETRY_DELAYS",
     "Outbox",
     "OnStoreError",
+    "awrite_call",
     "journal_in_data_dir",
     "keep_settle",
     "outbox_for",
@@ -101,10 +102,16 @@ def retrying(write: Callable[[], _T]) -> _T:
         try:
             return write()
         except Exception as exc:
-            if not is_transient(exc) or time.monotonic() - start + delay > RETRY_BUDGET:
+            if not _may_retry(exc, start, delay):
                 raise
         time.sleep(delay)
     return write()
+
+
+def _may_retry(exc: Exception, start: float, delay: float) -> bool:
+    """Whether a write that began at ``start`` and failed with ``exc`` is tried again after
+    ``delay`` seconds (the rule of :func:`retrying` and :func:`awrite_call`)."""
+    return is_transient(exc) and time.monotonic() - start + delay <= RETRY_BUDGET
 
 
 def _dumps(entry: dict[str, Any]) -> str:
@@ -421,29 +428,36 @@ def _write(
     try:
         retrying(write)
     except Exception as exc:
-        outbox = outbox_for(store)
-        try:
-            outbox.append(entry)
-        except Exception:
-            logger.exception("llmctx: could not %s, nor keep it in the outbox %s", what, outbox)
-            raise StoreError(
-                f"could not {what} ({exc}), nor keep it in the outbox {outbox}; the record is "
-                "lost. Check that the store and the outbox's directory are writable"
-            ) from exc
-        logger.warning(
-            "llmctx: could not %s (%s); it waits in the outbox %s and is written when the "
-            "store takes writes again",
-            what,
-            exc,
-            outbox,
-        )
-        if on_error == "raise":
-            raise StoreError(
-                f"could not {what}: {exc}. The record is kept in the outbox {outbox} and is "
-                "written when the store takes writes again"
-            ) from exc
+        _keep(store, entry, what, exc, on_error)
         return
     replay_store(store)
+
+
+def _keep(
+    store: Store, entry: dict[str, Any], what: str, exc: Exception, on_error: OnStoreError
+) -> None:
+    """Put a write that failed for good in ``store``'s outbox; say so, raise as ``on_error``."""
+    outbox = outbox_for(store)
+    try:
+        outbox.append(entry)
+    except Exception:
+        logger.exception("llmctx: could not %s, nor keep it in the outbox %s", what, outbox)
+        raise StoreError(
+            f"could not {what} ({exc}), nor keep it in the outbox {outbox}; the record is "
+            "lost. Check that the store and the outbox's directory are writable"
+        ) from exc
+    logger.warning(
+        "llmctx: could not %s (%s); it waits in the outbox %s and is written when the "
+        "store takes writes again",
+        what,
+        exc,
+        outbox,
+    )
+    if on_error == "raise":
+        raise StoreError(
+            f"could not {what}: {exc}. The record is kept in the outbox {outbox} and is "
+            "written when the store takes writes again"
+        ) from exc
 
 
 def write_call(
@@ -465,18 +479,66 @@ def write_call(
         StoreError: with ``on_error="raise"`` when the call went to the outbox; in any mode
             when even the outbox could not be written.
     """
-    entry = {
+    _write(
+        store,
+        lambda: store.save_call(call, session),
+        _call_entry(call, session),
+        f"write call {call.id} of session {call.session_id}",
+        on_error,
+    )
+
+
+def _call_entry(call: CallRecord, session: SessionRecord | None) -> dict[str, Any]:
+    return {
         "kind": "call",
         "call": call.to_dict(),
         "session": None if session is None else session.to_dict(),
     }
-    _write(
-        store,
-        lambda: store.save_call(call, session),
-        entry,
-        f"write call {call.id} of session {call.session_id}",
-        on_error,
-    )
+
+
+async def awrite_call(
+    store: Store,
+    call: CallRecord,
+    session: SessionRecord | None,
+    *,
+    on_error: OnStoreError = "outbox",
+) -> None:
+    """Async twin of :func:`write_call`: the same retries and outbox, never blocking the loop.
+
+    The write goes through the store's async face (:func:`llmctx.stores._base.asave_call`),
+    a retry waits with ``anyio.sleep``, and the outbox is appended and replayed in a worker
+    thread (it ``fsync``\\ s). Cancelled while it waits to retry, the call is put in the outbox
+    before ``CancelledError`` propagates: nothing is lost.
+
+    Raises:
+        StoreError: as :func:`write_call`.
+    """
+    import anyio
+
+    from ._base import asave_call, in_thread
+
+    what = f"write call {call.id} of session {call.session_id}"
+    start = time.monotonic()
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            await asave_call(store, call, session)
+        except Exception as exc:
+            if delay is None or not _may_retry(exc, start, delay):
+                await in_thread(_keep, store, _call_entry(call, session), what, exc, on_error)
+                return
+        else:
+            break
+        kept = False
+        try:
+            await anyio.sleep(delay)
+            kept = True
+        finally:
+            if not kept:  # cancelled between two tries: the call still has to be kept
+                outbox_for(store).append(_call_entry(call, session))
+    outbox = outbox_for(store)
+    if outbox.path is None and not outbox.pending():
+        return
+    await in_thread(replay_store, store)
 
 
 def write_session(
