@@ -38,6 +38,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
+import anyio
+
 from . import _pricing
 from ._budget import Amount, Holds
 from ._context import get_recorders, get_session
@@ -202,7 +204,7 @@ def _warn_unpriced(model: str | None, provider: str | None, note: str | None) ->
     warnings.warn(
         f"llmctx: {reason}; its calls have cost None",
         UnknownPriceWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -265,6 +267,41 @@ def _kept_metadata(
 ) -> dict[str, Any]:
     merged = {**base, **extra} if extra else dict(base)
     return redact(merged) if keeps and merged else merged
+
+
+def _failure(
+    exc: BaseException | None,
+    usage: Usage | None,
+    response: str | None,
+    estimated: bool,
+    metadata: Mapping[str, Any] | None,
+) -> tuple[
+    CallStatus,
+    BaseException | None,
+    Usage | None,
+    str | None,
+    None,
+    None,
+    bool,
+    None,
+    Mapping[str, Any] | None,
+]:
+    """The end of a failed call, as ``_end`` / ``_aend`` take it."""
+    status: CallStatus = "cancelled" if exc is None or is_cancellation(type(exc)) else "error"
+    return status, exc, usage, response, None, None, estimated and usage is not None, None, metadata
+
+
+def _used(record: CallRecord) -> Amount:
+    """What a finished call used, in a budget's dimensions."""
+    usage = record.usage
+    is_tool = record.kind == "tool"
+    return Amount(
+        usd=record.cost or _ZERO,
+        tokens=usage.total_tokens,
+        requests=usage.requests,
+        calls=0 if is_tool else 1,
+        tool_calls=1 if is_tool else 0,
+    )
 
 
 def _status_of(exc: BaseException | None) -> int | None:
@@ -379,7 +416,11 @@ class CallTracker:
         if _tracer is not None:
             self._begin_trace(_tracer)
         try:
-            self._reserve()
+            amount = self._reservation()
+            if amount is not None:
+                # Holds fill in as each ledger agrees: an interrupt half-way leaves none unowned.
+                self._holds = Holds()
+                self.session.reserve(amount, self._holds)  # type: ignore[union-attr]
             if self.limiter is not None:
                 self._limit = self.limiter.reserve(self.input_tokens + self.max_output_tokens)
         except BaseException as exc:
@@ -391,33 +432,40 @@ class CallTracker:
 
     @protected
     async def astart(self) -> Self:
-        """Async twin of :meth:`start`: the rate-limiter wait is a cancellation point, and
-        cancellation while waiting releases the budget reservations."""
+        """Async twin of :meth:`start`: the budgets are reserved through their ledgers' async
+        faces (``Session.areserve``: Redis without blocking the loop) and the rate-limiter wait
+        is a cancellation point; cancellation while either waits releases what was reserved."""
         if _tracer is not None:
             self._begin_trace(_tracer)
         try:
-            self._reserve()
-        except BaseException as exc:
-            self._refused(exc)  # Holds.reserve already gave back what it took
-            raise
-        if self.limiter is not None:
-            try:
+            amount = self._reservation()
+            if amount is not None:
+                self._holds = Holds()
+                await self.session.areserve(amount, self._holds)  # type: ignore[union-attr]
+            if self.limiter is not None:
                 self._limit = await self.limiter.areserve(
                     self.input_tokens + self.max_output_tokens
                 )
-            except BaseException as exc:
-                self._refused(exc)
-                raise
+        except BaseException as exc:
+            await self._arefused(exc)
+            raise
         self._t0 = time.perf_counter()
         return self
 
-    def _reserve(self) -> None:
+    def _reservation(self) -> Amount | None:
+        """The worst case to reserve on the session's budgets (None: no budget in the chain).
+
+        I/O-free, shared by :meth:`start` and :meth:`astart`.
+
+        Raises:
+            UnknownPrice: a money budget is active and the model has no price.
+        """
         session = self.session
         if session is None or not session.budgeted:
-            return
-        is_llm = self.kind != "tool"  # model calls (chat, completion, embedding) are requests
+            return None
+        is_tool = self.kind == "tool"  # model calls (chat, completion, embedding) are requests
         usd: Decimal | None = _ZERO
-        if is_llm and not self.free and session.limits_money:
+        if not is_tool and not self.free and session.limits_money:
             usd = (
                 None
                 if self.model is None
@@ -430,29 +478,46 @@ class CallTracker:
         amount = Amount(
             usd=usd or _ZERO,
             tokens=self.input_tokens + self.max_output_tokens,
-            requests=1 if is_llm else 0,
+            requests=0 if is_tool else 1,
+            calls=0 if is_tool else 1,
+            tool_calls=1 if is_tool else 0,
         )
         self._reserved = amount
-        # Holds fill in as each ledger agrees, so an interrupt half-way leaves nothing unowned.
-        self._holds = Holds()
-        session.reserve(amount, self._holds)
+        return amount
 
-    def _refused(self, exc: BaseException) -> None:
-        # The call was never sent: give everything back, then leave the one trace every kind
-        # of refusal leaves (not for cancellation or Ctrl-C: the caller stopped it). Ending it
-        # later is a no-op.
+    def _refusing(self, exc: BaseException) -> tuple[Holds, CallRecord | None]:
+        # The call was never sent: what it holds (to give back) and the one trace every kind
+        # of refusal leaves (none for cancellation or Ctrl-C: the caller stopped it). Ending it
+        # later is a no-op. I/O-free.
         with self._lock:
             self._done = True
             holds, self._holds = self._holds, _NO_HOLDS
+        if self.session is None or not isinstance(exc, Exception):
+            return holds, None
+        return holds, self._refusal(exc)
+
+    def _refused(self, exc: BaseException) -> None:
+        holds, refusal = self._refusing(exc)
         holds.release()
         self._end_trace(None, exc)
-        session = self.session
-        if session is not None and isinstance(exc, Exception):
+        if refusal is not None:
             try:
-                session.on_call_end(self._refusal(exc))
+                self.session.on_call_end(refusal)  # type: ignore[union-attr]
             except Exception:
                 # The refusal propagates, not a store's trouble recording it.
                 logger.exception("llmctx: could not record a refused %s call", self.model)
+
+    async def _arefused(self, exc: BaseException) -> None:
+        holds, refusal = self._refusing(exc)
+        # Shielded: a cancellation that stopped the call still lets its holds go back.
+        with anyio.CancelScope(shield=True):
+            await holds.arelease()
+            self._end_trace(None, exc)
+            if refusal is not None:
+                try:
+                    await self.session.aon_call_end(refusal)  # type: ignore[union-attr]
+                except Exception:
+                    logger.exception("llmctx: could not record a refused %s call", self.model)
 
     def _refusal(self, exc: Exception) -> CallRecord:
         assert self.session is not None
@@ -502,6 +567,9 @@ class CallTracker:
                 self._ttfb = self._ttft
 
     # ------------------------------------------------------------------ end
+    # finish/fail and afinish/afail are one implementation: the I/O-free part (claim the end,
+    # build the record, work out the settlement) is shared, and only the ledger settle and
+    # the store write differ: called, or awaited.
     @protected
     def finish(
         self,
@@ -526,6 +594,33 @@ class CallTracker:
         )
 
     @protected
+    async def afinish(
+        self,
+        *,
+        usage: Usage | None = None,
+        response: str | None = None,
+        tool_calls: list[Any] | None = None,
+        raw_usage: dict[str, Any] | None = None,
+        estimated: bool = False,
+        model: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CallRecord:
+        """Async twin of :meth:`finish`: the ledgers are settled through their async faces and
+        the record is written with the store's (SQLite in a worker thread), committed before it
+        returns, so the event loop never blocks on bookkeeping.
+
+        Cancellation while it waits does not stop the settle and the write (they are shielded):
+        no reservation is left held and no call is half-written; the cancellation is delivered
+        at the next checkpoint.
+
+        Raises:
+            UsageError: the call was refused (budget or rate limiter) and never sent.
+        """
+        return await self._aend(
+            "ok", None, usage, response, tool_calls, raw_usage, estimated, model, metadata
+        )
+
+    @protected
     def fail(
         self,
         exc: BaseException | None = None,
@@ -541,18 +636,20 @@ class CallTracker:
         Without it the budgets get everything back; the rate limiter keeps the request (not
         its tokens) when ``exc`` carries the provider's HTTP response.
         """
-        status: CallStatus = "cancelled" if exc is None or is_cancellation(type(exc)) else "error"
-        return self._end(
-            status,
-            exc,
-            usage,
-            response,
-            None,
-            None,
-            estimated and usage is not None,
-            None,
-            metadata,
-        )
+        return self._end(*_failure(exc, usage, response, estimated, metadata))
+
+    @protected
+    async def afail(
+        self,
+        exc: BaseException | None = None,
+        *,
+        usage: Usage | None = None,
+        response: str | None = None,
+        estimated: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CallRecord:
+        """Async twin of :meth:`fail` (shielded like :meth:`afinish`)."""
+        return await self._aend(*_failure(exc, usage, response, estimated, metadata))
 
     def _end(
         self,
@@ -572,25 +669,94 @@ class CallTracker:
         if usage is not None:
             _check_usage(usage)  # before anything changes: a corrected finish() can follow
         with self._lock:
-            if self.record is not None:
-                return self.record
-            if self._done:
-                raise UsageError(
-                    "this call was refused before it was sent (budget or rate limiter), so it "
-                    "has nothing to finish; start a new one with track_call(...)"
-                )
-            self._done = True
-            try:
-                record = self._build(
-                    status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
-                )
-            except BaseException:
-                # Never leave a reservation behind, even when the record cannot be built.
-                self._release_all()
-                raise
-            self.record = record
-            over = self._settle(record, status, exc)
+            record = self._claim(
+                status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
+            )
+            if record is None:
+                return self.record  # type: ignore[return-value]
+            holds, actual, over, limit = self._settlement(record, status)
+            if actual is not None:
+                holds.settle(actual)
+            else:
+                holds.release()
+            self._settle_limit(limit, record, actual is not None, exc)
             self._hand_over(record)
+        self._ended(record, status, over)
+        return record
+
+    async def _aend(
+        self,
+        status: CallStatus,
+        exc: BaseException | None,
+        usage: Usage | None,
+        response: str | None,
+        tool_calls: list[Any] | None,
+        raw_usage: dict[str, Any] | None,
+        estimated: bool,
+        model: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> CallRecord:
+        # The lock covers the claim only (a thread lock is never held across an await): a
+        # racing second end returns this record at once, and still never charges it twice.
+        if usage is not None:
+            _check_usage(usage)
+        with self._lock:
+            record = self._claim(
+                status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
+            )
+            if record is None:
+                return self.record  # type: ignore[return-value]
+            holds, actual, over, limit = self._settlement(record, status)
+        with anyio.CancelScope(shield=True):
+            if actual is not None:
+                await holds.asettle(actual)
+            else:
+                await holds.arelease()
+            self._settle_limit(limit, record, actual is not None, exc)
+            await self._ahand_over(record)
+        self._ended(record, status, over)
+        return record
+
+    def _claim(
+        self,
+        status: CallStatus,
+        exc: BaseException | None,
+        usage: Usage | None,
+        response: str | None,
+        tool_calls: list[Any] | None,
+        raw_usage: dict[str, Any] | None,
+        estimated: bool,
+        model: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> CallRecord | None:
+        """Make this the call's one end and build its record (None: it had ended already).
+
+        The caller holds ``self._lock``. I/O-free but for a failure to build the record, which
+        releases everything held before it propagates.
+
+        Raises:
+            UsageError: the call was refused and never sent.
+        """
+        if self.record is not None:
+            return None
+        if self._done:
+            raise UsageError(
+                "this call was refused before it was sent (budget or rate limiter), so it "
+                "has nothing to finish; start a new one with track_call(...)"
+            )
+        self._done = True
+        try:
+            record = self._build(
+                status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
+            )
+        except BaseException:
+            # Never leave a reservation behind, even when the record cannot be built.
+            self._release_all()
+            raise
+        self.record = record
+        return record
+
+    def _ended(self, record: CallRecord, status: CallStatus, over: str | None) -> None:
         # Warnings last: with warnings turned into errors, the call is already settled and
         # recorded when one propagates.
         if record.cost is None and status == "ok" and not self.free:
@@ -601,15 +767,10 @@ class CallTracker:
                     f"llmctx: {self.model or 'a'} call used more than it reserved: {over}; "
                     "charged in full",
                     reserved=self._reserved,
-                    used=Amount(
-                        usd=record.cost or _ZERO,
-                        tokens=record.usage.total_tokens,
-                        requests=record.usage.requests,
-                    ),
+                    used=_used(record),
                 ),
-                stacklevel=4,
+                stacklevel=5,
             )
-        return record
 
     def _build(
         self,
@@ -624,6 +785,8 @@ class CallTracker:
         metadata: Mapping[str, Any] | None,
     ) -> CallRecord:
         latency = time.perf_counter() - self._t0 if self._t0 else None
+        # When the call started (its end minus its latency), not when this record is built.
+        started_at = _started_at(latency)
         if model:
             self.model = model
         if usage is None:
@@ -634,7 +797,14 @@ class CallTracker:
             cost = _ZERO
         else:
             try:
-                cost, note = _pricing.price_usage(self.model, usage, self.provider)
+                cost, note = _pricing.price_usage(
+                    self.model,
+                    usage,
+                    self.provider,
+                    raw_usage=raw_usage,
+                    service_tier=self._service_tier(metadata),
+                    at=started_at,
+                )
             except Exception:
                 logger.exception("llmctx: pricing failed for model %r", self.model)
                 cost, note = None, "pricing failed (see the llmctx log)"
@@ -643,7 +813,8 @@ class CallTracker:
                 # charged what it reserved, never $0.
                 cost, note = self._reserved.usd, f"{note}; charged the reserved worst case"
         # Redact only what will be kept: with no consumer nothing is stored, and the record
-        # goes back only to the caller who wrote the request.
+        # goes back only to the caller who wrote the request. Redacting builds a copy, so a
+        # request the caller changes after the call does not change what was recorded.
         keeps = self.session is not None or bool(self._recorders) or bool(_consumers)
         return CallRecord(
             session_id=self.session.id if self.session is not None else None,
@@ -661,48 +832,60 @@ class CallTracker:
             error=None if exc is None else redact_text(f"{type(exc).__name__}: {exc}"),
             estimated=estimated,
             latency_s=latency,
-            # When the call started (its end minus its latency), not when this record is built.
-            started_at=_started_at(latency),
+            started_at=started_at,
             ttfb_s=self._ttfb,
             ttft_s=self._ttft,
             metadata=_kept_metadata(self.metadata, metadata, keeps),
         )
 
-    def _settle(
-        self, record: CallRecord, status: CallStatus, exc: BaseException | None
-    ) -> str | None:
-        """Settle (or release) the budgets and the limiter; returns the overrun, if any."""
+    def _service_tier(self, metadata: Mapping[str, Any] | None) -> str | None:
+        # What the provider reported wins over what the request asked for.
+        tier = metadata.get("service_tier") if metadata else None
+        if tier is None:
+            tier = self.metadata.get("service_tier")
+        if tier is None and isinstance(self.request, Mapping):
+            tier = self.request.get("service_tier")
+        return tier if isinstance(tier, str) else None
+
+    def _settlement(
+        self, record: CallRecord, status: CallStatus
+    ) -> tuple[Holds, Amount | None, str | None, ReservationLike | None]:
+        """What ending the call settles: its holds, the actual amount (None: release them),
+        the overrun (marked on the record), and the rate-limit reservation. I/O-free."""
         holds, self._holds = self._holds, _NO_HOLDS
         limit, self._limit = self._limit, None
         if not holds and limit is None:
-            return None  # nothing reserved (no budget, no limiter): nothing to settle
+            return holds, None, None, None  # nothing reserved (no budget, no limiter)
         used = record.usage
+        if not (status == "ok" or used.total_tokens or used.requests):
+            return holds, None, None, limit
+        actual = _used(record)
         over: str | None = None
-        consumed = status == "ok" or bool(used.total_tokens or used.requests)
-        if consumed:
-            actual = Amount(
-                usd=record.cost or _ZERO, tokens=used.total_tokens, requests=used.requests
-            )
-            if holds and self.session is not None:
-                # Charged in full (the budget may now be past its limit), and marked.
-                over = _overrun(self._reserved, actual, self.session.limited)
-                if over is not None:
-                    record.metadata["overrun"] = over
-            holds.settle(actual)
-        else:
-            holds.release()
+        if holds and self.session is not None:
+            # Charged in full (the budget may now be past its limit), and marked.
+            over = _overrun(self._reserved, actual, self.session.limited)
+            if over is not None:
+                record.metadata["overrun"] = over
+        return holds, actual, over, limit
+
+    @staticmethod
+    def _settle_limit(
+        limit: ReservationLike | None,
+        record: CallRecord,
+        consumed: bool,
+        exc: BaseException | None,
+    ) -> None:
         if limit is None:
-            return over
+            return
         try:
             if consumed:
-                limit.settle(max(0, used.total_tokens))
+                limit.settle(max(0, record.usage.total_tokens))
             elif _status_of(exc) is not None:
                 limit.settle(0)  # the provider saw (and counted) the request
             else:
                 limit.release()
         except Exception:
             logger.exception("llmctx: could not settle a rate-limit reservation")
-        return over
 
     def _release_all(self) -> None:
         holds, self._holds = self._holds, _NO_HOLDS
@@ -724,14 +907,25 @@ class CallTracker:
                 # the outbox); the other consumers still get the call.
                 self.session.on_call_end(record)
         finally:
-            consumers = (*self._recorders, *_consumers) if self._recorders else _consumers
-            for consumer in consumers:
-                try:
-                    consumer.on_call_end(record)
-                except Exception:
-                    logger.exception("llmctx: %r could not take call %s", consumer, record.id)
-            if self._trace is not None:
-                self._end_trace(record, None)
+            self._tell_consumers(record)
+
+    async def _ahand_over(self, record: CallRecord) -> None:
+        try:
+            if self.session is not None:
+                await self.session.aon_call_end(record)
+        finally:
+            self._tell_consumers(record)
+
+    def _tell_consumers(self, record: CallRecord) -> None:
+        # Recorders and added consumers keep or export in memory: called, never awaited.
+        consumers = (*self._recorders, *_consumers) if self._recorders else _consumers
+        for consumer in consumers:
+            try:
+                consumer.on_call_end(record)
+            except Exception:
+                logger.exception("llmctx: %r could not take call %s", consumer, record.id)
+        if self._trace is not None:
+            self._end_trace(record, None)
 
     @property
     def finished(self) -> bool:
@@ -768,7 +962,12 @@ class CallTracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        if self._done:
+            return
+        if exc is not None:
+            await self.afail(exc)
+        else:
+            await self.afinish()
 
 
 def track_call(

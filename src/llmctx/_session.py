@@ -29,6 +29,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio.to_thread
+
 from ._budget import Amount, Budget, Holds
 from ._context import bind_session, get_session, reset_session
 from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
@@ -41,6 +43,7 @@ from .stores._base import (
     SessionRecord,
     SessionStatus,
     Store,
+    asave_call,
     shown_status,
     this_host,
 )
@@ -447,6 +450,16 @@ class Session:
         """
         return Holds.reserve(self._chain_budgets().owners, amount, holds)
 
+    async def areserve(self, amount: Amount, holds: Holds | None = None) -> Holds:
+        """Async twin of :meth:`reserve`: ledgers with async faces (Redis) are awaited.
+
+        Cancellation while it waits gives back what was already reserved before it propagates.
+
+        Raises:
+            BudgetExceeded: some budget in the chain has no room; nothing is held.
+        """
+        return await Holds.areserve(self._chain_budgets().owners, amount, holds)
+
     # ------------------------------------------------------------------ lifecycle
     # Entry and exit are protected (see _interrupt): a Ctrl-C landing in them waits until the
     # session is wholly entered or wholly left.
@@ -550,6 +563,49 @@ class Session:
         anywhere: in memory as in the store. A ``refused`` record (a call stopped before it was
         sent) is only written to the store: it is in no total and not in ``calls``.
         """
+        record = self._take(record)
+        store = self._store
+        if store is None:
+            return
+        row = self._call_row()
+        try:
+            # The usual case straight to the store: the outbox machinery only on failure.
+            store.save_call(record, row)
+        except Exception:
+            self._keep_unwritten(store, record, row)
+            return
+        self._after_write(store)
+
+    async def aon_call_end(self, record: CallRecord) -> None:
+        """Async twin of :meth:`on_call_end`: the store write does not block the event loop.
+
+        The record is written through the store's async face
+        (:func:`llmctx.stores._base.asave_call`: PostgreSQL's async connection, SQLite in a
+        worker thread) and committed before this returns; a write that fails takes the same
+        outbox path as :meth:`on_call_end`, in a worker thread. Cancellation while it waits
+        does not stop the write (the charge path shields it).
+        """
+        record = self._take(record)
+        store = self._store
+        if store is None:
+            return
+        row = self._call_row()
+        try:
+            await asave_call(store, record, row)
+        except Exception:
+            await anyio.to_thread.run_sync(
+                self._keep_unwritten, store, record, row, abandon_on_cancel=False
+            )
+            return
+        outbox = self._outbox
+        if outbox is not None and outbox.pending():
+            await anyio.to_thread.run_sync(replay_store, store, abandon_on_cancel=False)
+
+    def _take(self, record: CallRecord) -> CallRecord:
+        """The record as this session keeps it, added to its totals and its ancestors'.
+
+        I/O-free (shared by :meth:`on_call_end` and :meth:`aon_call_end`).
+        """
         chain = self._nodes or tuple(self.chain())
         for node in chain:
             if not node.record_content:
@@ -559,25 +615,26 @@ class Session:
             for node in chain:
                 with node._lock:
                     node._add(record)
-        store, outbox = self._store, self._outbox
-        if store is None:
+        return record
+
+    def _keep_unwritten(self, store: Store, record: CallRecord, row: SessionRecord) -> None:
+        """A write the store refused: retried briefly, then kept in the outbox.
+
+        Raises:
+            StoreError: with ``on_store_error="raise"``, once the record is in the outbox.
+        """
+        if self.on_store_error == "raise":
+            write_call(store, record, row, on_error="raise")
             return
-        row = self._call_row()
         try:
-            # The usual case straight to the store: the outbox machinery only on failure.
-            store.save_call(record, row)
+            write_call(store, record, row)
         except Exception:
-            if self.on_store_error == "raise":
-                write_call(store, record, row, on_error="raise")
-                return
-            try:
-                write_call(store, record, row)
-            except Exception:
-                # Bookkeeping never breaks the user's call; only a failing outbox gets here.
-                logger.exception(
-                    "llmctx: could not write call %s of session %s", record.id, self.id
-                )
-            return
+            # Bookkeeping never breaks the user's call; only a failing outbox gets here.
+            logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
+
+    def _after_write(self, store: Store) -> None:
+        # A write succeeded: what waits in the outbox can go now.
+        outbox = self._outbox
         if outbox is not None and outbox.pending():
             replay_store(store)
 
