@@ -243,7 +243,14 @@ def test_set_creates_the_file_with_exact_numbers(prices: Path) -> None:
         "model": "exact",
         "provider": None,
         "line": 4,
-        "per_mtok_usd": {"input": "1", "output": "2", "cache_read": None, "cache_write": None},
+        "per_mtok_usd": {
+            "input": "1",
+            "output": "2",
+            "cache_read": None,
+            "cache_write": None,
+            "cache_write_1h": None,
+            "reasoning": None,
+        },
         "in_force": True,
     }
 

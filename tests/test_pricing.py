@@ -325,9 +325,15 @@ def test_price_override_restores_on_exception() -> None:
 
 
 def test_estimate_is_worst_case_input_rate() -> None:
-    """Reservations price input at the higher of input and cache-write rates (Anthropic)."""
-    # claude-haiku-4-5: input $1, cache write $1.25, output $5 per MTok.
-    assert estimate_cost("claude-haiku-4-5", 1_000_000, 1_000_000) == Decimal("6.25")
+    """Reservations price input at the highest input-side rate: Anthropic's 1-hour writes."""
+    price = lookup_price("claude-haiku-4-5")
+    assert price is not None
+    assert price.cache_write_1h_per_mtok is not None
+    assert price.cache_write_per_mtok is not None
+    highest = max(price.input_per_mtok, price.cache_write_per_mtok, price.cache_write_1h_per_mtok)
+    assert highest == price.cache_write_1h_per_mtok
+    expected = highest + price.output_per_mtok  # one million of each
+    assert estimate_cost("claude-haiku-4-5", 1_000_000, 1_000_000) == expected
     # gpt-4o: no cache-write rate, so the input rate: 2.5 + 10.
     assert estimate_cost("gpt-4o", 1_000_000, 1_000_000) == Decimal("12.5")
 
@@ -447,6 +453,8 @@ def test_cli_json() -> None:
         "output": "5",
         "cache_read": "0.1",
         "cache_write": "1.25",
+        "cache_write_1h": "2",
+        "reasoning": None,
     }
     assert data["example"]["cost_usd"] == "0.006"
     assert data["source"] == "genai-prices"

@@ -36,6 +36,7 @@ import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -43,11 +44,15 @@ from typing import Any, Final, Literal
 from ._exceptions import ConfigError
 
 __all__ = [
+    "CHANGE_KEYS",
     "ENV",
-    "MAX_RATE",
     "KEYS",
+    "MAX_RATE",
     "PROJECT_FILE",
+    "TIER_KEYS",
+    "FileChange",
     "FileEntry",
+    "FileTier",
     "PricesFile",
     "PricesFileError",
     "locate",
@@ -55,6 +60,7 @@ __all__ = [
     "read",
     "remove_entry",
     "set_entry",
+    "set_tier",
     "user_prices_path",
 ]
 
@@ -66,8 +72,14 @@ RATE_KEYS: Final = (
     "output_per_mtok",
     "cache_read_per_mtok",
     "cache_write_per_mtok",
+    "cache_write_1h_per_mtok",
+    "reasoning_per_mtok",
 )
-KEYS: Final = (*RATE_KEYS, "provider")
+KEYS: Final = (*RATE_KEYS, "provider", "service_tiers", "changes")
+TIER_KEYS: Final = (*RATE_KEYS, "since")
+CHANGE_KEYS: Final = ("since", *RATE_KEYS)
+#: Tier names that mean the standard price, so they cannot have rates of their own.
+STANDARD_TIERS: Final = frozenset({"default", "auto", "standard"})
 _REQUIRED: Final = ("input_per_mtok", "output_per_mtok")
 #: The largest rate accepted, US dollars per million tokens: far above any real price, and
 #: small enough that a typo such as 1e999999999 cannot make a number of a billion digits.
@@ -118,20 +130,58 @@ class PricesFile:
 
 
 @dataclass(frozen=True, slots=True)
+class FileTier:
+    """The rates of one service tier in an entry (``[prices."m".service_tiers.flex]``).
+
+    Attributes:
+        tier: the tier name, lower case: ``"flex"``, ``"priority"``, ``"batch"``, ...
+        rates: the rates that differ from the standard ones (at least one).
+        since: the first day (UTC) they apply, or ``None``.
+        line: the 1-based line of the tier's table header (or key), when found.
+    """
+
+    tier: str
+    rates: Mapping[str, Decimal]
+    since: date | None
+    line: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """A dated price of an entry (``[[prices."m".changes]]``): in force from ``since`` on.
+
+    Attributes:
+        since: the first day (UTC) this price is in force, until the next change.
+        rates: a whole price (``input_per_mtok`` and ``output_per_mtok`` at least).
+        line: the 1-based line of its ``[[...changes]]`` header, when found.
+    """
+
+    since: date
+    rates: Mapping[str, Decimal]
+    line: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One model's price as the file has it.
 
     Attributes:
         model: the model name (the table's key, as written).
         provider: the provider the price is restricted to, or ``None``.
-        rates: ``input_per_mtok`` ... ``cache_write_per_mtok``; absent cache rates are not keys.
+        rates: ``input_per_mtok`` ... ``reasoning_per_mtok``; absent optional rates are not
+            keys.
         line: the 1-based line of the entry's table header (or its key), when found.
+        tiers: rates for service tiers (``[prices."m".service_tiers.NAME]``).
+        changes: dated prices, oldest first (``[[prices."m".changes]]``); the entry's own
+            rates are in force before the first.
     """
 
     model: str
     provider: str | None
     rates: Mapping[str, Decimal]
     line: int | None
+    tiers: tuple[FileTier, ...] = ()
+    changes: tuple[FileChange, ...] = ()
 
 
 def user_prices_path() -> Path:
@@ -208,6 +258,209 @@ def _key_line(lines: list[str], start: int, key: str) -> int | None:
         if m and m.group(1).strip("\"'") == key:
             return i
     return None
+
+
+_ANY_TABLE = re.compile(r"^\s*(\[\[?)\s*([^\[\]#]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _table_path(raw: str) -> tuple[str, ...] | None:
+    """The keys of a table header's dotted name (``prices."m".service_tiers.flex``)."""
+    try:
+        node: Any = tomllib.loads(f"{raw} = 0")
+    except tomllib.TOMLDecodeError:
+        return None
+    path: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        key, node = next(iter(node.items()))
+        path.append(key)
+    return tuple(path) if node == 0 else None
+
+
+def _sub_headers(lines: list[str], model_lower: str) -> list[tuple[int, tuple[str, ...], bool]]:
+    """``(0-based line, path below the entry, is an array table)`` of an entry's subtables."""
+    found: list[tuple[int, tuple[str, ...], bool]] = []
+    for i, text in enumerate(lines):
+        m = _ANY_TABLE.match(text)
+        if not m:
+            continue
+        path = _table_path(m.group(2))
+        if (
+            path is not None
+            and len(path) > 2
+            and path[0] == "prices"
+            and path[1].strip().lower() == model_lower
+        ):
+            found.append((i, path[2:], m.group(1) == "[["))
+    return found
+
+
+def _since(path: Path, what: str, value: Any, line: int | None, fix: str) -> date:
+    if isinstance(value, datetime) or not isinstance(value, date | str):
+        raise PricesFileError(
+            path,
+            f"since of {what} must be a date such as 2026-01-01 (a UTC day), got {value!r}",
+            line=line,
+            fix=fix,
+        )
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            raise PricesFileError(
+                path,
+                f"since of {what} must be a date such as 2026-01-01 (a UTC day), got {value!r}",
+                line=line,
+                fix=fix,
+            ) from None
+    return value
+
+
+def _unknown_key(
+    path: Path, key: str, where: str, allowed: tuple[str, ...], line: int | None
+) -> PricesFileError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return PricesFileError(
+        path,
+        f"unknown key {key!r} in {where}{hint}",
+        line=line,
+        fix=f"Fix the key; its keys are {', '.join(allowed)}",
+    )
+
+
+_TIER_EXAMPLE: Final = (
+    '[prices."my-model".service_tiers.flex]\ninput_per_mtok = 0.10\noutput_per_mtok = 0.30'
+)
+_CHANGE_EXAMPLE: Final = (
+    '[[prices."my-model".changes]]\nsince = 2026-01-01\ninput_per_mtok = 0.25\n'
+    "output_per_mtok = 0.75"
+)
+
+
+def _parse_tiers(
+    path: Path,
+    model: str,
+    raw: Any,
+    lines: list[str],
+    subs: list[tuple[int, tuple[str, ...], bool]],
+    fallback: int | None,
+) -> tuple[FileTier, ...]:
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise PricesFileError(
+            path,
+            f"service_tiers of {model!r} must hold one table of rates per tier, got {raw!r}",
+            line=fallback,
+            fix=f"Write each tier as a table:\n{_TIER_EXAMPLE}",
+        )
+    tiers: list[FileTier] = []
+    for name, body in raw.items():
+        header = next((i for i, p, arr in subs if p == ("service_tiers", name) and not arr), None)
+
+        def line_of(key: str | None = None, header: int | None = header) -> int | None:
+            if header is None:
+                return fallback
+            found = _key_line(lines, header, key) if key else None
+            return (found if found is not None else header) + 1
+
+        tier = name.strip().lower()
+        what = f"the {tier!r} service tier of {model!r}"
+        if not tier or tier in STANDARD_TIERS:
+            raise PricesFileError(
+                path,
+                f"{model!r} has rates for a service tier named {name!r}, which is the "
+                "standard price",
+                line=line_of(),
+                fix="Give the standard rates in the entry itself; tiers are for others, "
+                "such as flex, priority or batch",
+            )
+        for key in body:
+            if key not in TIER_KEYS:
+                raise _unknown_key(path, key, what, TIER_KEYS, line_of(key))
+        rates = {
+            key: _rate(path, model, f"service_tiers.{tier}.{key}", body[key], line_of(key))
+            for key in RATE_KEYS
+            if key in body
+        }
+        if not rates:
+            raise PricesFileError(
+                path,
+                f"{what} has no rates",
+                line=line_of(),
+                fix=f"Give the rates that tier charges, e.g.\n{_TIER_EXAMPLE}",
+            )
+        since = (
+            _since(path, what, body["since"], line_of("since"), "Fix the date, e.g. since = "
+                   "2026-10-12, or remove the line")
+            if "since" in body
+            else None
+        )  # fmt: skip
+        tiers.append(FileTier(tier, rates, since, line_of()))
+    return tuple(tiers)
+
+
+def _parse_changes(
+    path: Path,
+    model: str,
+    raw: Any,
+    lines: list[str],
+    subs: list[tuple[int, tuple[str, ...], bool]],
+    fallback: int | None,
+) -> tuple[FileChange, ...]:
+    if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+        raise PricesFileError(
+            path,
+            f"changes of {model!r} must be an array of tables, one per dated price",
+            line=fallback,
+            fix=f"Write each dated price as:\n{_CHANGE_EXAMPLE}",
+        )
+    headers = [i for i, p, arr in subs if p == ("changes",) and arr]
+    changes: list[FileChange] = []
+    seen: dict[date, int | None] = {}
+    for n, body in enumerate(raw):
+        header = headers[n] if n < len(headers) else None
+
+        def line_of(key: str | None = None, header: int | None = header) -> int | None:
+            if header is None:
+                return fallback
+            found = _key_line(lines, header, key) if key else None
+            return (found if found is not None else header) + 1
+
+        what = f"a dated price of {model!r}"
+        for key in body:
+            if key not in CHANGE_KEYS:
+                raise _unknown_key(path, key, what, CHANGE_KEYS, line_of(key))
+        if "since" not in body:
+            raise PricesFileError(
+                path,
+                f"{what} has no since date",
+                line=line_of(),
+                fix="Add the first day it is in force, e.g. since = 2026-01-01",
+            )
+        since = _since(path, what, body["since"], line_of("since"), "Fix the date")
+        what = f"the price of {model!r} since {since}"
+        for key in _REQUIRED:
+            if key not in body:
+                raise PricesFileError(
+                    path,
+                    f"{what} has no {key}",
+                    line=line_of(),
+                    fix=f"A dated price is a whole price: add `{key} = ...`",
+                )
+        if since in seen:
+            raise PricesFileError(
+                path,
+                f"two prices of {model!r} since {since}",
+                line=line_of("since"),
+                fix="Keep one of them",
+            )
+        seen[since] = line_of()
+        rates = {
+            key: _rate(path, model, f"{key} (since {since})", body[key], line_of(key))
+            for key in RATE_KEYS
+            if key in body
+        }
+        changes.append(FileChange(since, rates, line_of()))
+    return tuple(sorted(changes, key=lambda c: c.since))
 
 
 def _fix_entry(model: str) -> str:
@@ -347,6 +600,18 @@ def parse(text: str, path: Path) -> dict[str, FileEntry]:
             if key in body
         }
         lower = model.strip().lower()
+        subs = _sub_headers(lines, model.lower())
+        tiers = (
+            _parse_tiers(path, model, body["service_tiers"], lines, subs,
+                         key_line("service_tiers"))
+            if "service_tiers" in body
+            else ()
+        )  # fmt: skip
+        changes = (
+            _parse_changes(path, model, body["changes"], lines, subs, key_line("changes"))
+            if "changes" in body
+            else ()
+        )
         if lower in entries:
             raise PricesFileError(
                 path,
@@ -359,6 +624,8 @@ def parse(text: str, path: Path) -> dict[str, FileEntry]:
             provider=provider.strip() if isinstance(provider, str) else None,
             rates=rates,
             line=line,
+            tiers=tiers,
+            changes=changes,
         )
     return entries
 
@@ -476,23 +743,28 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _comparable(entry: FileEntry) -> tuple[Any, ...]:
+    """An entry without its line numbers (which move when another entry is edited)."""
+    return (
+        entry.model,
+        entry.provider,
+        dict(entry.rates),
+        tuple((t.tier, dict(t.rates), t.since) for t in entry.tiers),
+        tuple((c.since, dict(c.rates)) for c in entry.changes),
+    )
+
+
 def _check_edit(
     path: Path, before: dict[str, FileEntry], text: str, model: str, want: FileEntry | None
 ) -> None:
     after = parse(text, path)
     lower = model.lower()
-    others_before = {
-        k: (e.model, e.provider, dict(e.rates)) for k, e in before.items() if k != lower
-    }
-    others_after = {k: (e.model, e.provider, dict(e.rates)) for k, e in after.items() if k != lower}
+    others_before = {k: _comparable(e) for k, e in before.items() if k != lower}
+    others_after = {k: _comparable(e) for k, e in after.items() if k != lower}
     got = after.get(lower)
     ok = others_before == others_after and (
         (want is None and got is None)
-        or (
-            want is not None
-            and got is not None
-            and (got.provider, dict(got.rates)) == (want.provider, dict(want.rates))
-        )
+        or (want is not None and got is not None and _comparable(got)[1:] == _comparable(want)[1:])
     )
     if not ok:
         raise _cannot_edit(path, model, before[lower].line if lower in before else None)
@@ -547,10 +819,120 @@ def set_entry(
         line = len(lines) + 1
         lines += block
     new_text = "\n".join(lines) + "\n"
-    want = FileEntry(model, provider, dict(rates), line)
+    kept = before.get(lower)
+    # The entry's service tiers and dated prices are tables of their own: they stay.
+    want = FileEntry(
+        model,
+        provider,
+        dict(rates),
+        line,
+        tiers=kept.tiers if kept else (),
+        changes=kept.changes if kept else (),
+    )
     _check_edit(path, before, new_text, model, want)
     _write_atomic(path, new_text)
     return want
+
+
+def _tier_key(tier: str) -> str:
+    return tier if _BARE_KEY.fullmatch(tier) else _toml_string(tier)
+
+
+def set_tier(
+    path: Path,
+    model: str,
+    tier: str,
+    rates: Mapping[str, Decimal],
+    since: date | None = None,
+) -> FileTier:
+    """Add or replace the rates of ``model`` at a service tier (``[prices."m".service_tiers.T]``).
+
+    The entry must exist (its standard price comes first). Only the tier's own lines change,
+    and the file is replaced atomically, as :func:`set_entry` does.
+
+    Args:
+        path: the prices file.
+        model: the model name of an existing entry.
+        tier: ``"flex"``, ``"priority"``, ``"batch"``, ...
+        rates: the rates that differ from the standard ones (at least one).
+        since: the first day (UTC) they apply, or ``None``.
+
+    Returns:
+        The tier as written (with its line).
+
+    Raises:
+        PricesFileError: no such entry, a standard tier name, no rates, or the file cannot be
+            edited in place (nothing is written).
+    """
+    model = model.strip()
+    tier = tier.strip().lower()
+    lower = model.lower()
+    text = _read_text(path)
+    before = parse(text, path)
+    entry = before.get(lower)
+    if entry is None:
+        raise PricesFileError(
+            path,
+            f"there is no entry for {model!r} to add the {tier!r} service tier to",
+            fix=f"Give its standard price first: llmctx prices set {_shell(model)} --input "
+            "USD_PER_MTOK --output USD_PER_MTOK",
+        )
+    if not tier or tier in STANDARD_TIERS or not rates:
+        raise PricesFileError(
+            path,
+            f"a service tier needs a name other than {', '.join(sorted(STANDARD_TIERS))} and at "
+            f"least one rate (got {tier!r}, {len(rates)} rates)",
+            fix="Name a tier such as flex, priority or batch and give --input and/or --output",
+        )
+    lines = text.splitlines()
+    headers = _header_lines(lines)
+    if lower not in headers:
+        raise _cannot_edit(path, entry.model, entry.line)
+    block = [f"[prices.{_toml_string(entry.model)}.service_tiers.{_tier_key(tier)}]"]
+    block += [f"{key} = {_number(rates[key])}" for key in RATE_KEYS if key in rates]
+    if since is not None:
+        block.append(f"since = {since.isoformat()}")
+    subs = _sub_headers(lines, lower)
+    existing = [i for i, p, arr in subs if p == ("service_tiers", tier) and not arr]
+    if existing:
+        start, end = _block(lines, existing[0])
+        lines[start:end] = block
+        line = start + 1
+    elif tier in {t.tier for t in entry.tiers}:
+        raise _cannot_edit(path, entry.model, entry.line)
+    else:
+        last = max(_block(lines, i)[1] for i in [headers[lower], *(i for i, _, _ in subs)])
+        lines[last:last] = ["", *block]
+        line = last + 2
+    new_text = "\n".join(lines) + "\n"
+    written = FileTier(tier, dict(rates), since, line)
+    tiers = [t for t in entry.tiers if t.tier != tier] + [written]
+    want = FileEntry(
+        entry.model, entry.provider, entry.rates, entry.line, tuple(tiers), entry.changes
+    )
+    after = parse(new_text, path).get(lower)
+    same_tiers = after is not None and sorted(
+        (t.tier, dict(t.rates), t.since) for t in after.tiers
+    ) == sorted((t.tier, dict(t.rates), t.since) for t in want.tiers)
+    if not same_tiers:
+        raise _cannot_edit(path, entry.model, entry.line)
+    # Compare everything else (tier order may differ, so compare without tiers).
+    _check_edit(
+        path,
+        before,
+        new_text,
+        entry.model,
+        FileEntry(
+            entry.model,
+            entry.provider,
+            entry.rates,
+            entry.line,
+            after.tiers if after else (),
+            entry.changes,
+        ),
+    )
+    _write_atomic(path, new_text)
+    return written
 
 
 def remove_entry(path: Path, model: str) -> FileEntry | None:
@@ -574,11 +956,23 @@ def remove_entry(path: Path, model: str) -> FileEntry | None:
         return None
     if lower not in headers:
         raise _cannot_edit(path, entry.model, entry.line)
-    start, end = _block(lines, headers[lower])
-    # The blank line that separated the entry from the one before goes with it.
-    if start > 0 and not lines[start - 1].strip() and (end >= len(lines) or not lines[end].strip()):
-        start -= 1
-    del lines[start:end]
+    # The entry's service tiers and dated prices go with it, last first so indexes hold.
+    blocks = sorted(
+        [
+            _block(lines, headers[lower]),
+            *(_block(lines, i) for i, _, _ in _sub_headers(lines, lower)),
+        ],
+        reverse=True,
+    )
+    for start, end in blocks:
+        # The blank line that separated a table from the one before goes with it.
+        if (
+            start > 0
+            and not lines[start - 1].strip()
+            and (end >= len(lines) or not lines[end].strip())
+        ):
+            start -= 1
+        del lines[start:end]
     new_text = "\n".join(lines) + "\n" if lines else ""
     _check_edit(path, before, new_text, entry.model, None)
     _write_atomic(path, new_text)

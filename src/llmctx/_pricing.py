@@ -23,14 +23,35 @@ and the fix) for every model that code does not price, so a call under a money b
 refused before it is sent (fail closed); :func:`price_usage`, which runs after a call, returns
 no cost with that message as the reason (the call is recorded unpriced and warned about).
 
-Lookups are cached per ``(model, provider)`` (misses too); changing an override or the file
-empties the cache. Pricing one call (:func:`price_usage`) with a cached price costs a few
-microseconds: the genai-prices price is compiled once into a short list of
-``(token kind, rate)`` terms that reproduce ``genai_prices.calc_price`` operation by operation,
-so the result is the very same ``Decimal``. Every compiled price is checked against
-``calc_price`` on two probe usages when it is first looked up; a price that does not
+Lookups are cached per ``(model, provider)`` (misses too), prices at a tier or on another
+day per ``(model, provider, tier, day)``; changing an override or the file empties the
+caches. Pricing one call (:func:`price_usage`) with a cached price costs a few microseconds:
+the genai-prices price is compiled once into a short list of ``(token kind, rate)`` terms
+that reproduce ``genai_prices.calc_price`` operation by operation, so the result is the very
+same ``Decimal``. Every compiled price is checked against ``calc_price`` on two probe usages
+when it is first looked up; a price that does not
 reproduce exactly (or that varies with the time of day) is marked "complex" and every call
 goes through ``calc_price`` instead.
+
+What a call is billed for, beyond input and output tokens (:func:`price_usage`):
+
+* **reasoning tokens** cost the output rate (they are part of ``output_tokens``), unless the
+  source gives them a rate of their own (genai-prices' ``output_reasoning_mtok``, a prices
+  file's ``reasoning_per_mtok``);
+* **cache writes by TTL**: Anthropic reports 1-hour writes in the raw usage
+  (``cache_creation.ephemeral_1h_input_tokens``); they cost the 1-hour write rate where the
+  source has one (genai-prices' ``cache_write_1h_mtok``), the rest of the cache writes the
+  5-minute rate;
+* **service tiers**: OpenAI ``flex`` / ``priority``, the Batch API (``"batch"``), Anthropic's
+  ``speed="fast"``, priced from genai-prices' price variants (or the file's / code's
+  ``service_tiers``). A tier the source has no rates for on that day makes the call unpriced
+  (``None`` and a reason): genai-prices would charge the standard rate, llmctx does not guess;
+* **the price in force at the call's time** (``at``): genai-prices' dated prices, a prices
+  file's ``changes``.
+
+Each cached price knows the UTC days it is valid for, so a call whose ``at`` falls inside
+costs no more than one without; another day or a tier is looked up once per
+``(model, provider, tier, day)`` and cached too.
 
 Unknown prices are reported, never guessed: :func:`price_usage` returns ``(None, reason)``
 and the caller applies the unknown-price policy (a money budget fails closed).
@@ -38,12 +59,13 @@ and the caller applies the unknown-price policy (a money budget fails closed).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -59,13 +81,17 @@ if TYPE_CHECKING:
 __all__ = [
     "LOCAL_MODEL_NAMES",
     "ModelPrice",
+    "PriceChange",
     "PriceTier",
+    "Rates",
+    "ServiceTierPrice",
     "UnitPrice",
     "clear_prices",
     "estimate_cost",
     "is_unpriced",
     "known_models",
     "lookup_price",
+    "price_at",
     "price_override",
     "price_sources",
     "price_usage",
@@ -81,32 +107,58 @@ _ZERO: Final = Decimal(0)
 _MTOK: Final = 1_000_000
 
 # Slots index the per-call counts tuple built in _fast_cost; the order is fixed.
-_INPUT, _CACHE_READ, _CACHE_WRITE, _OUTPUT, _NONE, _ONE = range(6)
+(
+    _INPUT,
+    _CACHE_READ,
+    _CACHE_WRITE,
+    _CACHE_WRITE_1H,
+    _OUTPUT,
+    _REASONING,
+    _NONE,
+    _ONE,
+) = range(8)
 _SLOT_OF_USAGE_KEY: Final = {
     "input_tokens": _INPUT,
     "cache_read_tokens": _CACHE_READ,
     "cache_write_tokens": _CACHE_WRITE,
+    "cache_write_1h_tokens": _CACHE_WRITE_1H,
     "output_tokens": _OUTPUT,
+    "output_reasoning_tokens": _REASONING,
     "requests": _ONE,
 }
 _KIND_OF_SLOT: Final = {
     _INPUT: "input",
     _CACHE_READ: "cache_read",
     _CACHE_WRITE: "cache_write",
+    _CACHE_WRITE_1H: "cache_write_1h",
     _OUTPUT: "output",
+    _REASONING: "reasoning",
+}
+# The prices file's and set_price's rate names, in the order their terms are added.
+_SLOT_OF_RATE: Final = {
+    "input_per_mtok": _INPUT,
+    "cache_read_per_mtok": _CACHE_READ,
+    "cache_write_per_mtok": _CACHE_WRITE,
+    "cache_write_1h_per_mtok": _CACHE_WRITE_1H,
+    "output_per_mtok": _OUTPUT,
+    "reasoning_per_mtok": _REASONING,
 }
 
 # (slot, base rate, tiers highest-threshold first as (start, rate), per)
 _Term = tuple[int, Decimal, tuple[tuple[int, Decimal], ...], int]
-# The fast path: (sum of the terms that do not depend on usage, the token terms,
-# has a cache-read term, has a cache-write term)
-_Fast = tuple[Decimal, tuple[_Term, ...], bool, bool]
+# The fast path: (sum of the terms that do not depend on usage, the token terms, has a
+# cache-read term, has a cache-write term, has a 1-hour cache-write term, has a reasoning term)
+_Fast = tuple[Decimal, tuple[_Term, ...], bool, bool, bool, bool]
+# A price context: sorted (key, value) pairs in genai-prices' terms, e.g.
+# (("service_tier", "flex"),) or (("processing", "batch"),); () is the standard price.
+_Ctx = tuple[tuple[str, str], ...]
 
 # Probe usages for the self-check: odd, distinct counts so a wrongly routed term shows up,
 # one above every tier threshold in the data (they are all <= 1M input tokens) and one below.
+# (input, cache read, cache write, of which 1-hour, output, of which reasoning)
 _PROBES: Final = (
-    (1_234_567, 234_561, 34_567, 45_673),
-    (1_013, 211, 97, 503),
+    (1_234_567, 234_561, 34_567, 12_343, 45_673, 6_781),
+    (1_013, 211, 97, 41, 503, 89),
 )
 
 
@@ -118,9 +170,64 @@ class PriceTier:
     the tier rate for every token of that kind, not only for those above the threshold.
     """
 
-    kind: Literal["input", "output", "cache_read", "cache_write"]
+    kind: Literal["input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning"]
     above_input_tokens: int
     per_mtok: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """The per-million-token rates of one price, US dollars (``None``: see each attribute).
+
+    Attributes:
+        input_per_mtok: input tokens that are neither cache reads nor cache writes.
+        output_per_mtok: output tokens (reasoning included unless ``reasoning_per_mtok``).
+        cache_read_per_mtok: cache reads; ``None``: the input rate.
+        cache_write_per_mtok: cache writes (Anthropic's 5-minute writes); ``None``: the input
+            rate.
+        cache_write_1h_per_mtok: 1-hour cache writes (Anthropic); ``None``: the cache-write
+            rate.
+        reasoning_per_mtok: reasoning tokens; ``None``: the output rate (how OpenAI,
+            Anthropic and Google bill them).
+    """
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
+    reasoning_per_mtok: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTierPrice:
+    """What a model costs when served at a service tier other than the standard one.
+
+    Attributes:
+        tier: the tier as a call reports it: ``"flex"``, ``"priority"`` (OpenAI
+            ``service_tier``), ``"batch"`` (the Batch API), ``"fast"``, ...
+        rates: the rates at that tier (those the tier does not change are the standard ones).
+        since: the first day (UTC) the data has this tier's rates, when it says.
+    """
+
+    tier: str
+    rates: Rates
+    since: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PriceChange:
+    """One dated version of a model's standard price.
+
+    Attributes:
+        since: the first day (UTC) this price is in force; ``None`` for the oldest known.
+        rates: its rates (the base rate where a rate is tiered by prompt size).
+        tiered: some rate of it goes up for long prompts.
+    """
+
+    since: date | None
+    rates: Rates
+    tiered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +269,24 @@ def _unit_text(unit: str, per: int, usd: Decimal) -> str:
     return f"{format_usd(usd)} per {_count_label(per)} {unit}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Schedule:
+    """How one source's price of one model varies with the date and the service tier.
+
+    ``genai`` is ``(provider, model info, the model is the provider's own)`` for a
+    genai-prices model (its conditional prices and price variants are the schedule); else
+    ``base`` rates (the prices-file key names) with dated ``changes`` (ascending, each a whole
+    price) and service ``tiers`` (``((key, value), since, partial rates)``). ``meta`` holds the
+    display fields every price derived from it carries.
+    """
+
+    meta: Mapping[str, Any]
+    genai: tuple[Any, Any, bool] | None = None
+    base: Mapping[str, Decimal] = field(default_factory=dict)
+    changes: tuple[tuple[date, Mapping[str, Decimal]], ...] = ()
+    tiers: tuple[tuple[tuple[str, str], date | None, Mapping[str, Decimal]], ...] = ()
+
+
 @dataclass(frozen=True)
 class ModelPrice:
     """What one model costs, in US dollars per million tokens.
@@ -187,6 +312,17 @@ class ModelPrice:
         origin: where exactly, for people: ``"llmctx.set_price"``, ``"<file>, line 3"``,
             the genai-prices snapshot, or ``"the bundled local model"``.
         unit_prices: prices of units other than tokens (web searches, per-request fees, ...).
+        cache_write_1h_per_mtok: rate for 1-hour cache writes (Anthropic); ``None`` means
+            they cost the cache-write rate.
+        reasoning_per_mtok: rate for reasoning tokens when the provider bills them apart;
+            ``None`` means they cost the output rate (as OpenAI, Anthropic, Google bill them).
+        service_tier: the tier this price is for (``"flex"``, ``"priority"``, ``"batch"``,
+            ...), ``None`` for the standard price.
+        service_tiers: the other tiers the source prices for this model, at the same date.
+        history: the standard price's dated versions, oldest first (empty when it never
+            changed).
+        valid_from: the first day (UTC) this price is in force, ``None`` when always was.
+        valid_until: the day (UTC) a dated change replaces it, ``None`` when none is known.
     """
 
     provider: str | None
@@ -203,24 +339,49 @@ class ModelPrice:
     note: str | None = None
     origin: str | None = None
     unit_prices: tuple[UnitPrice, ...] = ()
+    cache_write_1h_per_mtok: Decimal | None = None
+    reasoning_per_mtok: Decimal | None = None
+    service_tier: str | None = None
+    service_tiers: tuple[ServiceTierPrice, ...] = ()
+    history: tuple[PriceChange, ...] = ()
+    valid_from: date | None = None
+    valid_until: date | None = None
     # Compiled pricing: every priced unit as a term; the fast path, or None to call
-    # calc_price on the genai (provider, model) pair; _expires_at (epoch seconds) is when a
-    # dated price change makes this entry stale.
+    # calc_price on the genai (provider, model) pair; [_valid_from_ts, _expires_at) (epoch
+    # seconds) is when this price is in force (a dated change makes it stale); _schedule is
+    # how the source's price varies with the date and the tier; _ctx the tier's context.
     _terms: tuple[_Term, ...] = field(default=(), repr=False, compare=False)
     _fast: _Fast | None = field(default=None, repr=False, compare=False)
     _genai: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
     _expires_at: float | None = field(default=None, repr=False, compare=False)
+    _valid_from_ts: float | None = field(default=None, repr=False, compare=False)
+    _schedule: _Schedule | None = field(default=None, repr=False, compare=False)
+    _ctx: _Ctx = field(default=(), repr=False, compare=False)
+
+    @property
+    def rates(self) -> Rates:
+        """This price's per-million-token rates as one value."""
+        return Rates(
+            self.input_per_mtok,
+            self.output_per_mtok,
+            self.cache_read_per_mtok,
+            self.cache_write_per_mtok,
+            self.cache_write_1h_per_mtok,
+            self.reasoning_per_mtok,
+        )
 
     @property
     def tiered(self) -> bool:
         """True when some rate goes up for long prompts."""
         return bool(self.tiers)
 
-    def cost(self, usage: Usage) -> Decimal:
+    def cost(self, usage: Usage, *, cache_write_1h_tokens: int = 0) -> Decimal:
         """The cost of ``usage`` at this price, in US dollars.
 
         Args:
             usage: one call's usage (``input_tokens`` includes the cache tokens).
+            cache_write_1h_tokens: how many of ``usage.cache_write_tokens`` were 1-hour
+                cache writes (Anthropic reports them in ``usage.cache_creation``).
 
         Returns:
             The exact ``Decimal`` ``genai_prices.calc_price`` would return for genai-prices
@@ -231,7 +392,7 @@ class ModelPrice:
         """
         from ._exceptions import PriceError
 
-        cost, reason = _cost(self, usage)
+        cost, reason = _cost(self, usage, cache_write_1h_tokens)
         if cost is None:
             raise PriceError(reason or "the usage could not be priced")
         return cost
@@ -243,6 +404,10 @@ class ModelPrice:
 _lock = threading.Lock()
 _overrides: dict[tuple[str, str | None], ModelPrice] = {}
 _cache: dict[tuple[str, str | None], ModelPrice | None] = {}
+# Prices at a service tier or on another day than today's price covers:
+# (model, provider, context, UTC day) -> the price, or why there is none.
+_derived: dict[tuple[str, str | None, _Ctx, date], ModelPrice | str] = {}
+_ctx_cache: dict[tuple[str | None, str | None], _Ctx] = {}
 _generation = 0
 _CACHE_MAX: Final = 4096
 _MISSING: Final[Any] = object()
@@ -250,8 +415,9 @@ _MISSING: Final[Any] = object()
 
 def _invalidate() -> None:
     # Caller holds _lock. A new dict (rather than .clear()) keeps lock-free readers safe.
-    global _cache, _generation
+    global _cache, _derived, _generation
     _cache = {}
+    _derived = {}
     _generation += 1
 
 
@@ -282,6 +448,66 @@ def _norm(text: str | None) -> str | None:
     return None if text is None else text.strip().lower()
 
 
+def _rate_map(**rates: Number | None) -> dict[str, Decimal]:
+    return {key: _to_rate(key, value) for key, value in rates.items() if value is not None}
+
+
+#: Service tiers that mean "the standard price" (OpenAI reports "default", Anthropic
+#: "standard"; "auto" is the request value that lets OpenAI choose).
+_STANDARD_TIERS: Final = frozenset({"", "default", "auto", "standard"})
+
+
+def _tier_pair(tier: str) -> tuple[str, str]:
+    """A tier name as llmctx shows it -> genai-prices' price-context pair."""
+    if tier == "batch":
+        return ("processing", "batch")
+    if "=" in tier:
+        key, value = tier.split("=", 1)
+        return (key.strip(), value.strip())
+    return ("service_tier", tier)
+
+
+def _tier_label(pair: tuple[str, str]) -> str:
+    key, value = pair
+    if pair == ("processing", "batch"):
+        return "batch"
+    return value if key == "service_tier" else f"{key}={value}"
+
+
+def _tiers_of(
+    service_tiers: Mapping[str, Mapping[str, Number]] | None,
+) -> tuple[tuple[tuple[str, str], date | None, Mapping[str, Decimal]], ...]:
+    if not service_tiers:
+        return ()
+    if not isinstance(service_tiers, Mapping):
+        raise ConfigError(
+            "service_tiers must map a tier name to its rates, e.g. "
+            '{"flex": {"input_per_mtok": "0.10", "output_per_mtok": "0.40"}}, '
+            f"got {service_tiers!r}"
+        )
+    out = []
+    for name, rates in service_tiers.items():
+        tier = name.strip().lower() if isinstance(name, str) else ""
+        if not tier or tier in _STANDARD_TIERS:
+            raise ConfigError(
+                f"service tier {name!r} cannot have rates of its own: give a tier such as "
+                "'flex', 'priority' or 'batch' (the standard price is the main rates)"
+            )
+        if not isinstance(rates, Mapping) or not rates:
+            raise ConfigError(
+                f"service tier {tier!r} needs a mapping of rates, e.g. "
+                f'{{"input_per_mtok": "0.10"}}, got {rates!r}'
+            )
+        unknown = [k for k in rates if k not in _SLOT_OF_RATE]
+        if unknown:
+            raise ConfigError(
+                f"unknown rate {unknown[0]!r} for service tier {tier!r}; the rates are "
+                f"{', '.join(_SLOT_OF_RATE)}"
+            )
+        out.append((_tier_pair(tier), None, {k: _to_rate(k, v) for k, v in rates.items()}))
+    return tuple(out)
+
+
 def _override_price(
     model: str,
     *,
@@ -290,35 +516,44 @@ def _override_price(
     cache_read_per_mtok: Number | None,
     cache_write_per_mtok: Number | None,
     provider: str | None,
+    cache_write_1h_per_mtok: Number | None = None,
+    reasoning_per_mtok: Number | None = None,
+    service_tiers: Mapping[str, Mapping[str, Number]] | None = None,
     source: PriceSource = "code",
     origin: str = "llmctx.set_price",
+    changes: tuple[tuple[date, Mapping[str, Decimal]], ...] = (),
+    tiers: tuple[tuple[tuple[str, str], date | None, Mapping[str, Decimal]], ...] = (),
 ) -> ModelPrice:
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"model must be a non-empty model name, got {model!r}")
     if provider is not None and (not isinstance(provider, str) or not provider.strip()):
         raise ConfigError(f"provider must be None or a non-empty provider id, got {provider!r}")
-    inp = _to_rate("input_per_mtok", input_per_mtok)
-    out = _to_rate("output_per_mtok", output_per_mtok)
-    cread = _to_optional_rate("cache_read_per_mtok", cache_read_per_mtok)
-    cwrite = _to_optional_rate("cache_write_per_mtok", cache_write_per_mtok)
-    terms: list[_Term] = [(_INPUT, inp, (), _MTOK)]
-    if cread is not None:
-        terms.append((_CACHE_READ, cread, (), _MTOK))
-    if cwrite is not None:
-        terms.append((_CACHE_WRITE, cwrite, (), _MTOK))
-    terms.append((_OUTPUT, out, (), _MTOK))
-    return ModelPrice(
-        provider=provider.strip() if provider else None,
-        model=model.strip(),
-        input_per_mtok=inp,
-        output_per_mtok=out,
-        cache_read_per_mtok=cread,
-        cache_write_per_mtok=cwrite,
-        source=source,
-        origin=origin,
-        _terms=tuple(terms),
-        _fast=_compile_fast(tuple(terms)),
+    base = {
+        "input_per_mtok": _to_rate("input_per_mtok", input_per_mtok),
+        "output_per_mtok": _to_rate("output_per_mtok", output_per_mtok),
+    }
+    base.update(
+        _rate_map(
+            cache_read_per_mtok=cache_read_per_mtok,
+            cache_write_per_mtok=cache_write_per_mtok,
+            cache_write_1h_per_mtok=cache_write_1h_per_mtok,
+            reasoning_per_mtok=reasoning_per_mtok,
+        )
     )
+    schedule = _Schedule(
+        meta={
+            "provider": provider.strip() if provider else None,
+            "model": model.strip(),
+            "source": source,
+            "origin": origin,
+        },
+        base=base,
+        changes=tuple(sorted(changes, key=lambda c: c[0])),
+        tiers=tiers + _tiers_of(service_tiers),
+    )
+    price = _price_at(schedule, (), datetime.now(tz=UTC))
+    assert isinstance(price, ModelPrice)  # the standard price always exists
+    return price
 
 
 def set_price(
@@ -329,6 +564,9 @@ def set_price(
     cache_read_per_mtok: Number | None = None,
     cache_write_per_mtok: Number | None = None,
     provider: str | None = None,
+    cache_write_1h_per_mtok: Number | None = None,
+    reasoning_per_mtok: Number | None = None,
+    service_tiers: Mapping[str, Mapping[str, Number]] | None = None,
 ) -> None:
     """Set (or replace) the price of ``model`` for this process; it wins over every other source.
 
@@ -344,8 +582,17 @@ def set_price(
         input_per_mtok: US dollars per million input tokens (str, int, float or Decimal).
         output_per_mtok: US dollars per million output tokens (reasoning included).
         cache_read_per_mtok: per million cache-read tokens; ``None`` charges the input rate.
-        cache_write_per_mtok: per million cache-write tokens; ``None`` charges the input rate.
+        cache_write_per_mtok: per million cache-write tokens (Anthropic's 5-minute writes);
+            ``None`` charges the input rate.
         provider: restrict the override to this provider id; ``None`` applies to all.
+        cache_write_1h_per_mtok: per million 1-hour cache-write tokens (Anthropic);
+            ``None`` charges the cache-write rate.
+        reasoning_per_mtok: per million reasoning tokens, for a provider that bills them
+            apart; ``None`` charges the output rate (how most providers bill them).
+        service_tiers: rates for calls served at other tiers, e.g. ``{"flex":
+            {"input_per_mtok": "0.10", "output_per_mtok": "0.40"}, "batch": {...}}`` (rates a
+            tier leaves out are the standard ones). A call reported at a tier this price
+            does not list has no cost (fail closed), it is not charged the standard rate.
 
     Raises:
         ConfigError: a rate is negative, not finite or not a number, or the name is empty.
@@ -357,6 +604,9 @@ def set_price(
         cache_read_per_mtok=cache_read_per_mtok,
         cache_write_per_mtok=cache_write_per_mtok,
         provider=provider,
+        cache_write_1h_per_mtok=cache_write_1h_per_mtok,
+        reasoning_per_mtok=reasoning_per_mtok,
+        service_tiers=service_tiers,
     )
     key = (price.model.lower(), _norm(price.provider))
     with _lock:
@@ -383,6 +633,8 @@ def price_override(
     cache_read_per_mtok: Number | None = None,
     cache_write_per_mtok: Number | None = None,
     provider: str | None = None,
+    cache_write_1h_per_mtok: Number | None = None,
+    reasoning_per_mtok: Number | None = None,
 ) -> Iterator[ModelPrice]:
     """Price ``model`` inside a ``with`` block only, then put back what was there.
 
@@ -404,6 +656,8 @@ def price_override(
         cache_read_per_mtok: as :func:`set_price`.
         cache_write_per_mtok: as :func:`set_price`.
         provider: as :func:`set_price`.
+        cache_write_1h_per_mtok: as :func:`set_price`.
+        reasoning_per_mtok: as :func:`set_price`.
 
     Yields:
         The :class:`ModelPrice` in force inside the block (source ``"code"``).
@@ -422,6 +676,8 @@ def price_override(
         cache_read_per_mtok=cache_read_per_mtok,
         cache_write_per_mtok=cache_write_per_mtok,
         provider=provider,
+        cache_write_1h_per_mtok=cache_write_1h_per_mtok,
+        reasoning_per_mtok=reasoning_per_mtok,
         origin="llmctx.price_override",
     )
     key = (price.model.lower(), _norm(price.provider))
@@ -476,9 +732,13 @@ def _load_file(where: PricesFile | None) -> None:
                     output_per_mtok=rates["output_per_mtok"],
                     cache_read_per_mtok=rates.get("cache_read_per_mtok"),
                     cache_write_per_mtok=rates.get("cache_write_per_mtok"),
+                    cache_write_1h_per_mtok=rates.get("cache_write_1h_per_mtok"),
+                    reasoning_per_mtok=rates.get("reasoning_per_mtok"),
                     provider=entry.provider,
                     source="file",
                     origin=f"{where.path}, line {entry.line}" if entry.line else str(where.path),
+                    changes=tuple((c.since, c.rates) for c in entry.changes),
+                    tiers=tuple((_tier_pair(t.tier), t.since, t.rates) for t in entry.tiers),
                 )
                 prices[(price.model.lower(), _norm(price.provider))] = price
         except PricesFileError as exc:
@@ -542,6 +802,11 @@ def _local_price(name: str, provider: str | None) -> ModelPrice | None:
 
 def local_price(model: str, *, origin: str) -> ModelPrice:
     """A $0 price of source ``"local model"`` for ``model``, run by llama.cpp on this machine."""
+    schedule = _Schedule(
+        meta={"provider": _LOCAL_PROVIDER, "model": model, "source": "local model",
+              "origin": origin},
+        base={"input_per_mtok": _ZERO, "output_per_mtok": _ZERO},
+    )  # fmt: skip
     return ModelPrice(
         provider=_LOCAL_PROVIDER,
         model=model,
@@ -550,7 +815,8 @@ def local_price(model: str, *, origin: str) -> ModelPrice:
         source="local model",
         origin=origin,
         # No terms: every usage costs exactly Decimal(0).
-        _fast=(_ZERO, (), False, False),
+        _fast=(_ZERO, (), False, False, False, False),
+        _schedule=schedule,
     )
 
 
@@ -605,28 +871,6 @@ def _genai_find(model: str, provider: str | None) -> tuple[Any, Any] | None:
     return None
 
 
-def _active_model_price(info: Any, now: datetime) -> tuple[Any, float | None, str | None]:
-    """genai's price in force at ``now``, when it next changes, and why it is complex."""
-    from genai_prices import types as gt
-
-    prices = info.prices
-    if isinstance(prices, gt.ModelPrice):
-        return prices, None, None
-    if any(isinstance(c.constraint, gt.TimeOfDateConstraint) for c in prices):
-        return info.get_prices(now), None, "the price depends on the time of day"
-    today = now.date()
-    upcoming = [
-        c.constraint.start_date
-        for c in prices
-        if isinstance(c.constraint, gt.StartDateConstraint) and c.constraint.start_date > today
-    ]
-    expires = None
-    if upcoming:
-        first = min(upcoming)
-        expires = datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp()
-    return info.get_prices(now), expires, None
-
-
 def _compile_terms(
     model_price: Any,
 ) -> tuple[tuple[_Term, ...], list[PriceTier], list[UnitPrice]]:
@@ -657,7 +901,7 @@ def _compile_terms(
         terms.append((slot, base, steps, unit.per))
         if slot not in _KIND_OF_SLOT:
             other.append(UnitPrice(_unit_name(unit.usage_key), unit.per, base, slot == _ONE))
-    order = ("input", "output", "cache_read", "cache_write")
+    order = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning")
     tiers.sort(key=lambda t: (t.above_input_tokens, order.index(t.kind)))
     return tuple(terms), tiers, other
 
@@ -679,7 +923,7 @@ def _rate_of(terms: tuple[_Term, ...], slot: int) -> Decimal | None:
     return None
 
 
-def _genai_usage(usage: Usage) -> Any:
+def _genai_usage(usage: Usage, cache_write_1h: int = 0) -> Any:
     from genai_prices import Usage as GenaiUsage
 
     kwargs: dict[str, int] = {
@@ -691,6 +935,8 @@ def _genai_usage(usage: Usage) -> Any:
     if usage.reasoning_tokens:
         # Priced separately only by the few models with a reasoning rate; harmless otherwise.
         kwargs["output_reasoning_tokens"] = usage.reasoning_tokens
+    if cache_write_1h:
+        kwargs["cache_write_1h_tokens"] = cache_write_1h
     return GenaiUsage(**kwargs)
 
 
@@ -699,56 +945,265 @@ def _resolve_genai(model: str, provider: str | None) -> ModelPrice | None:
     if found is None:
         return None
     gprovider, info = found
-    now = datetime.now(tz=UTC)
-    model_price, expires_at, note = _active_model_price(info, now)
-    terms, tiers, units = _compile_terms(model_price)
-    if note is None and _reasoning_priced(model_price):
-        note = "reasoning tokens have a rate of their own"
-    if note is None:
-        note = _self_check(terms, info, gprovider, now)
-    return ModelPrice(
-        provider=gprovider.id,
-        model=info.id,
+    schedule = _Schedule(
+        meta={
+            "provider": gprovider.id,
+            "model": info.id,
+            "source": "genai-prices",
+            "name": info.name,
+            "snapshot": _snapshot_label(),
+            "origin": _snapshot_label(),
+        },
+        genai=(gprovider, info, any(m is info for m in gprovider.models)),
+    )
+    price = _price_at(schedule, (), datetime.now(tz=UTC))
+    assert isinstance(price, ModelPrice)  # the standard price always exists
+    return price
+
+
+def _at_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _midnight(day: date) -> float:
+    return _at_midnight(day).timestamp()
+
+
+def _utc(at: datetime) -> datetime:
+    """``at`` as an aware UTC datetime (a naive one is taken as UTC, as genai-prices does)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _genai_dates(info: Any, variants: list[Any], ctx: _Ctx) -> tuple[list[date], bool]:
+    """The start dates that change a genai model's price at tier ``ctx``, and whether a
+    price depends on the hour."""
+    from genai_prices import types as gt
+
+    dates: list[date] = []
+    hourly = False
+    conditionals = [] if isinstance(info.prices, gt.ModelPrice) else info.prices
+    applied = [v for v in variants if ctx and all(dict(ctx).get(k) == x for k, x in v.when.items())]
+    for c in [*conditionals, *applied]:
+        if isinstance(c.constraint, gt.StartDateConstraint):
+            dates.append(c.constraint.start_date)
+        elif isinstance(c.constraint, gt.TimeOfDateConstraint):
+            hourly = True
+    return dates, hourly
+
+
+def _variant_covers(variant: Any, pair: tuple[str, str], ctx: _Ctx, at: datetime) -> bool:
+    when = variant.when
+    if when.get(pair[0]) != pair[1] or any(dict(ctx).get(k) != v for k, v in when.items()):
+        return False
+    return variant.constraint is None or bool(variant.constraint.active(at))
+
+
+def _rates_of_terms(terms: tuple[_Term, ...]) -> Rates:
+    return Rates(
         input_per_mtok=_rate_of(terms, _INPUT) or _ZERO,
         output_per_mtok=_rate_of(terms, _OUTPUT) or _ZERO,
         cache_read_per_mtok=_rate_of(terms, _CACHE_READ),
         cache_write_per_mtok=_rate_of(terms, _CACHE_WRITE),
-        source="genai-prices",
-        name=info.name,
-        tiers=tuple(tiers),
+        cache_write_1h_per_mtok=_rate_of(terms, _CACHE_WRITE_1H),
+        reasoning_per_mtok=_rate_of(terms, _REASONING),
+    )
+
+
+def _rate_terms(rates: Mapping[str, Decimal]) -> tuple[_Term, ...]:
+    return tuple(
+        (slot, rates[key], (), _MTOK) for key, slot in _SLOT_OF_RATE.items() if key in rates
+    )
+
+
+def _no_tier_price(schedule: _Schedule, pair: tuple[str, str], at: datetime) -> str:
+    model = schedule.meta["model"]
+    tier = _tier_label(pair)
+    where = {
+        "genai-prices": f"genai-prices' data ({_snapshot_label()})",
+        "file": f"the prices file ({schedule.meta['origin']})",
+        "code": "the price set in code",
+        "local model": "the bundled local model's price",
+    }[schedule.meta["source"]]
+    table = tier if re.fullmatch(r"[A-Za-z0-9_-]+", tier) else f'"{tier}"'
+    return (
+        f"{where} has no {tier!r} service-tier price for model {model!r} on "
+        f"{at:%Y-%m-%d} (UTC), and llmctx does not charge such a call the standard rate "
+        f'(price that tier in the prices file, [prices."{model}".service_tiers.{table}], or '
+        f"in code with llmctx.set_price({model!r}, ..., service_tiers={{{tier!r}: "
+        "{'input_per_mtok': ..., 'output_per_mtok': ...}}))"
+    )
+
+
+def _price_at(schedule: _Schedule, ctx: _Ctx, at: datetime) -> ModelPrice | str:
+    """The price ``schedule`` sets for tier ``ctx`` on ``at``'s UTC day, or why there is none.
+
+    A tier (``ctx``) the source has no rates for at that date is refused, not priced at the
+    standard rate: genai-prices would charge the standard rate, which under-charges a
+    priority call and over-charges a flex one.
+    """
+    at = _utc(at)
+    today = at.date()
+    note: str | None = None
+    units: list[UnitPrice] = []
+    long_tiers: list[PriceTier] = []
+    service_tiers: list[ServiceTierPrice] = []
+    history: list[PriceChange] = []
+    if schedule.genai is not None:
+        from genai_prices import types as gt
+
+        gprovider, info, own = schedule.genai
+        variants = list(info.price_variants or ()) if own else []
+        for pair in ctx:
+            if not any(_variant_covers(v, pair, ctx, at) for v in variants):
+                return _no_tier_price(schedule, pair, at)
+        dates, hourly = _genai_dates(info, variants, ctx)
+        model_price = info.get_prices(at, dict(ctx) if ctx else None)
+        terms, long_tiers, units = _compile_terms(model_price)
+        if hourly:
+            note = "the price depends on the time of day"
+        else:
+            note = _self_check(terms, info, gprovider, at, ctx)
+        conditionals = (
+            [gt.ConditionalPrice(prices=info.prices)]
+            if isinstance(info.prices, gt.ModelPrice)
+            else info.prices
+        )
+        if len(conditionals) > 1 and not hourly:
+            history = [
+                PriceChange(
+                    c.constraint.start_date
+                    if isinstance(c.constraint, gt.StartDateConstraint)
+                    else None,
+                    _rates_of_terms(_compile_terms(c.prices)[0]),
+                    bool(_compile_terms(c.prices)[1]),
+                )
+                for c in conditionals
+            ]
+        seen: set[_Ctx] = set()
+        for v in variants:
+            when = tuple(sorted(v.when.items()))
+            if len(when) != 1 or when in seen or when == ctx or when[0] in _STANDARD_PAIRS:
+                continue
+            seen.add(when)
+            since = (
+                v.constraint.start_date
+                if isinstance(v.constraint, gt.StartDateConstraint)
+                else None
+            )
+            when_at = (
+                at if since is None or since <= today else datetime.combine(since, at.timetz())
+            )
+            active = [
+                w for w in variants
+                if tuple(sorted(w.when.items())) == when
+                and (w.constraint is None or w.constraint.active(when_at))
+            ]  # fmt: skip
+            if not active:
+                continue
+            since = max(
+                (w.constraint.start_date for w in active
+                 if isinstance(w.constraint, gt.StartDateConstraint)),
+                default=None,
+            )  # fmt: skip
+            tier_terms = _compile_terms(info.get_prices(when_at, dict(when)))[0]
+            service_tiers.append(
+                ServiceTierPrice(_tier_label(when[0]), _rates_of_terms(tier_terms), since)
+            )
+    else:
+        rates: Mapping[str, Decimal] = schedule.base
+        for change_day, changed in schedule.changes:
+            if today >= change_day:
+                rates = changed
+        standard = rates
+        for pair in ctx:
+            found = [
+                r for p, since_day, r in schedule.tiers
+                if p == pair and (since_day is None or today >= since_day)
+            ]  # fmt: skip
+            if not found:
+                return _no_tier_price(schedule, pair, at)
+            rates = {**rates, **found[-1]}
+        terms = _rate_terms(rates)
+        dates = [d for d, _ in schedule.changes] + [t[1] for t in schedule.tiers if t[1]]
+        if schedule.changes:
+            history = [PriceChange(None, _rates_of_terms(_rate_terms(schedule.base)))] + [
+                PriceChange(d, _rates_of_terms(_rate_terms(r))) for d, r in schedule.changes
+            ]
+        for pair, since_day, partial in schedule.tiers:
+            if (pair,) == ctx:
+                continue
+            service_tiers.append(
+                ServiceTierPrice(
+                    _tier_label(pair),
+                    _rates_of_terms(_rate_terms({**standard, **partial})),
+                    since_day,
+                )
+            )
+        gprovider = info = None
+    earlier = [d for d in dates if d <= today]
+    later = [d for d in dates if d > today]
+    valid_from = max(earlier) if earlier else None
+    valid_until = min(later) if later else None
+    rates_now = _rates_of_terms(terms)
+    meta = schedule.meta
+    return ModelPrice(
+        provider=meta["provider"],
+        model=meta["model"],
+        input_per_mtok=rates_now.input_per_mtok,
+        output_per_mtok=rates_now.output_per_mtok,
+        cache_read_per_mtok=rates_now.cache_read_per_mtok,
+        cache_write_per_mtok=rates_now.cache_write_per_mtok,
+        source=meta["source"],
+        name=meta.get("name"),
+        tiers=tuple(long_tiers),
         other_prices=tuple(u.text for u in units),
-        snapshot=_snapshot_label(),
+        snapshot=meta.get("snapshot"),
         note=note,
-        origin=_snapshot_label(),
+        origin=meta.get("origin"),
         unit_prices=tuple(units),
+        cache_write_1h_per_mtok=rates_now.cache_write_1h_per_mtok,
+        reasoning_per_mtok=rates_now.reasoning_per_mtok,
+        service_tier=", ".join(_tier_label(p) for p in ctx) or None,
+        service_tiers=tuple(service_tiers),
+        history=tuple(history),
+        valid_from=valid_from,
+        valid_until=valid_until,
         _terms=terms,
         _fast=_compile_fast(terms) if note is None else None,
-        _genai=found,
-        _expires_at=expires_at,
+        _genai=None if info is None else (gprovider, info),
+        _expires_at=None if valid_until is None else _midnight(valid_until),
+        _valid_from_ts=None if valid_from is None else _midnight(valid_from),
+        _schedule=schedule,
+        _ctx=ctx,
     )
 
 
-def _reasoning_priced(model_price: Any) -> bool:
-    return any(
-        k.startswith("output_reasoning") or k.startswith("output_text_reasoning")
-        for k, v in model_price.__dict__.items()
-        if v is not None
-    )
+_STANDARD_PAIRS: Final = frozenset(("service_tier", t) for t in _STANDARD_TIERS)
 
 
-def _self_check(terms: tuple[_Term, ...], info: Any, gprovider: Any, now: datetime) -> str | None:
+def _self_check(
+    terms: tuple[_Term, ...], info: Any, gprovider: Any, at: datetime, ctx: _Ctx
+) -> str | None:
     """None when the fast path reproduces calc_price exactly on the probes, else why not."""
-    for inp, cread, cwrite, out in _PROBES:
+    fast = _compile_fast(terms)
+    for inp, cread, cwrite, cw1h, out, reasoning in _PROBES:
         usage = Usage(
-            input_tokens=inp, output_tokens=out, cache_read_tokens=cread, cache_write_tokens=cwrite
+            input_tokens=inp,
+            output_tokens=out,
+            cache_read_tokens=cread,
+            cache_write_tokens=cwrite,
+            reasoning_tokens=reasoning,
         )
         try:
             expected = info.calc_price(
-                _genai_usage(usage), gprovider, genai_request_timestamp=now
+                _genai_usage(usage, cw1h),
+                gprovider,
+                genai_request_timestamp=at,
+                price_context=dict(ctx) if ctx else None,
             ).total_price
         except Exception as exc:  # genai raising on a plain token usage: let it decide per call
             return f"genai-prices prices this model in a way llmctx cannot precompute ({exc})"
-        got = _fast_cost(_compile_fast(terms), usage)
+        got = _fast_cost(fast, usage, cw1h)
         if got is None or got != expected or str(got) != str(expected):
             return "genai-prices prices this model in a way llmctx cannot precompute"
     return None
@@ -816,7 +1271,83 @@ def price_sources(model: str, provider: str | None = None) -> list[ModelPrice]:
     return found
 
 
-def lookup_price(model: str, provider: str | None = None) -> ModelPrice | None:
+def _context(service_tier: str | None, speed: str | None = None) -> _Ctx:
+    """The genai-prices price context of a call's service tier (and Anthropic speed)."""
+    key = (service_tier, speed)
+    hit = _ctx_cache.get(key)
+    if hit is not None:
+        return hit
+    pairs: set[tuple[str, str]] = set()
+    if isinstance(service_tier, str):
+        tier = service_tier.strip().lower()
+        if tier not in _STANDARD_TIERS:
+            pairs.add(_tier_pair(tier))
+    if isinstance(speed, str) and speed.strip().lower() not in ("", "standard"):
+        pairs.add(("speed", speed.strip().lower()))
+    ctx = tuple(sorted(pairs))
+    if len(_ctx_cache) < 256:
+        _ctx_cache[key] = ctx
+    return ctx
+
+
+def _priced_at(
+    model: str, provider: str | None, ctx: _Ctx, at: datetime | None
+) -> ModelPrice | str | None:
+    """The price in force on ``at``'s UTC day (default today) at tier ``ctx``.
+
+    ``None`` when no source knows the model; a reason when its source has no price for that
+    tier on that day. Cached per (model, provider, tier, day).
+    """
+    when = datetime.now(tz=UTC) if at is None else _utc(at)
+    key = (model, provider, ctx, when.date())
+    hit = _derived.get(key)
+    if hit is not None:
+        return hit
+    generation = _generation
+    base = lookup_price(model, provider)
+    if base is None or base._schedule is None:
+        return base
+    got = _price_at(base._schedule, ctx, when)
+    with _lock:
+        if generation == _generation:
+            if len(_derived) >= _CACHE_MAX:
+                _invalidate()
+            _derived[key] = got
+    return got
+
+
+def price_at(
+    price: ModelPrice, *, service_tier: str | None = None, at: datetime | None = None
+) -> ModelPrice | str:
+    """``price``'s source's price at ``service_tier`` on ``at`` (default now), or why none.
+
+    What ``llmctx prices MODEL --tier T --at DATE`` shows, for any source (code, the prices
+    file, genai-prices).
+
+    Args:
+        price: a price from :func:`lookup_price` or :func:`price_sources`.
+        service_tier: ``"flex"``, ``"priority"``, ``"batch"``, ...; ``None`` or
+            ``"default"`` for the standard price.
+        at: the moment (a naive datetime is UTC); only its UTC day matters, except for a
+            price that depends on the time of day.
+
+    Returns:
+        The :class:`ModelPrice` in force then, or the reason the source has none for that
+        tier on that day.
+    """
+    if price._schedule is None:  # pragma: no cover - every price is built with one
+        return price
+    when = datetime.now(tz=UTC) if at is None else _utc(at)
+    return _price_at(price._schedule, _context(service_tier), when)
+
+
+def lookup_price(
+    model: str,
+    provider: str | None = None,
+    *,
+    service_tier: str | None = None,
+    at: datetime | None = None,
+) -> ModelPrice | None:
     """The price of ``model`` (from ``provider`` when given), or ``None`` when unknown.
 
     Names as providers return them work: ``"gpt-4o-2024-08-06"``,
@@ -831,14 +1362,21 @@ def lookup_price(model: str, provider: str | None = None) -> ModelPrice | None:
         model: the model name.
         provider: a provider id (``"openai"``, ``"anthropic"``, ``"google"``, ...). A provider
             genai-prices does not know yields ``None`` unless code or the file prices it.
+        service_tier: the price at this tier (``"flex"``, ``"priority"``, ``"batch"``, ...);
+            ``None`` for the standard price.
+        at: the price in force at this moment (a naive datetime is UTC); default now.
 
     Returns:
-        The :class:`ModelPrice`, or ``None``.
+        The :class:`ModelPrice`, or ``None`` when no source knows the model or its source has
+        no price for ``service_tier`` on that day (:func:`price_at` says why).
 
     Raises:
         PricesFileError: (a ``ConfigError``) the prices file cannot be used and code does not
             price the model: its message names the file, the line and the fix.
     """
+    if service_tier is not None or at is not None:
+        got = _priced_at(model, provider, _context(service_tier), at)
+        return got if isinstance(got, ModelPrice) else None
     if time.monotonic() >= _file_next_check:
         _check_file()
     key = (model, provider)
@@ -875,21 +1413,37 @@ def _compile_fast(terms: tuple[_Term, ...]) -> _Fast:
         else:
             variable.append(term)
     slots = {t[0] for t in variable}
-    return start, tuple(variable), _CACHE_READ in slots, _CACHE_WRITE in slots
+    return (
+        start,
+        tuple(variable),
+        _CACHE_READ in slots,
+        _CACHE_WRITE in slots,
+        _CACHE_WRITE_1H in slots,
+        _REASONING in slots,
+    )
 
 
-def _fast_cost(fast: _Fast, usage: Usage) -> Decimal | None:
-    total, terms, has_read, has_write = fast
+def _fast_cost(fast: _Fast, usage: Usage, cache_write_1h: int = 0) -> Decimal | None:
+    total, terms, has_read, has_write, has_1h, has_reasoning = fast
     inp = usage.input_tokens
     cread = usage.cache_read_tokens
     cwrite = usage.cache_write_tokens
     out = usage.output_tokens
-    # Input tokens not priced as cache reads/writes; a cache kind without a rate of its own
-    # stays in here, at the input rate (genai-prices does the same).
-    plain = inp - (cread if has_read else 0) - (cwrite if has_write else 0)
-    if plain < 0 or cread < 0 or cwrite < 0 or out < 0:
+    # Each priced kind counts only the tokens no more specific priced kind takes (genai-prices'
+    # leaf values): input without cache reads/writes, 5-minute writes without the 1-hour
+    # ones, output without reasoning. A kind without a rate of its own stays in its parent
+    # (a cache write without a write rate costs the input rate, as genai-prices does).
+    w1h = cache_write_1h if has_1h else 0
+    if has_write:
+        plain = inp - (cread if has_read else 0) - cwrite
+        cwrite -= w1h
+    else:
+        plain = inp - (cread if has_read else 0) - w1h
+    reasoning = usage.reasoning_tokens if has_reasoning else 0
+    out -= reasoning
+    if plain < 0 or cread < 0 or cwrite < 0 or out < 0 or w1h < 0 or reasoning < 0:
         return None
-    counts = (plain, cread, cwrite, out)
+    counts = (plain, cread, cwrite, w1h, out, reasoning)
     # Same operations as genai_prices' calc_unit_price, so the Decimal (value and exponent)
     # is identical.
     for slot, base, steps, per in terms:
@@ -902,27 +1456,39 @@ def _fast_cost(fast: _Fast, usage: Usage) -> Decimal | None:
     return total
 
 
-def _cost(price: ModelPrice, usage: Usage) -> tuple[Decimal | None, str | None]:
+def _cost(
+    price: ModelPrice, usage: Usage, cache_write_1h: int = 0, at: datetime | None = None
+) -> tuple[Decimal | None, str | None]:
     fast = price._fast
     if fast is not None:
-        cost = _fast_cost(fast, usage)
+        cost = _fast_cost(fast, usage, cache_write_1h)
         if cost is None:
-            return None, _inconsistent(usage)
+            return None, _inconsistent(usage, cache_write_1h)
         return cost, None
     assert price._genai is not None  # a price without terms always comes from genai
     gprovider, info = price._genai
     try:
-        calc = info.calc_price(_genai_usage(usage), gprovider)
+        calc = info.calc_price(
+            _genai_usage(usage, cache_write_1h),
+            gprovider,
+            genai_request_timestamp=at,
+            price_context=dict(price._ctx) if price._ctx else None,
+        )
     except ValueError as exc:
-        return None, f"{_inconsistent(usage)} ({exc})"
+        return None, f"{_inconsistent(usage, cache_write_1h)} ({exc})"
     return calc.total_price, None
 
 
-def _inconsistent(usage: Usage) -> str:
+def _inconsistent(usage: Usage, cache_write_1h: int = 0) -> str:
+    of_1h = (
+        f", which must include the 1-hour cache writes ({cache_write_1h})" if cache_write_1h else ""
+    )
     return (
         f"the usage is inconsistent (input_tokens={usage.input_tokens} must include "
         f"cache_read_tokens={usage.cache_read_tokens} and "
-        f"cache_write_tokens={usage.cache_write_tokens}; counts must be >= 0)"
+        f"cache_write_tokens={usage.cache_write_tokens}{of_1h}; output_tokens="
+        f"{usage.output_tokens} must include reasoning_tokens={usage.reasoning_tokens}; "
+        "counts must be >= 0)"
     )
 
 
@@ -964,20 +1530,39 @@ def price_usage(
         model: the model name the provider reported (``None`` when it reported none).
         usage: the call's usage; ``input_tokens`` includes cache reads and writes.
         provider: the provider id, when known.
-        raw_usage: the provider's own usage object as recorded (for what ``usage`` does not
-            split, such as cache writes by TTL).
+        raw_usage: the provider's own usage as recorded (a mapping). Read for what
+            ``usage`` does not split: Anthropic's ``cache_creation.ephemeral_1h_input_tokens``
+            (1-hour cache writes, charged at their own rate where the data has one; the rest
+            of ``usage.cache_write_tokens`` are 5-minute writes), its ``service_tier`` when
+            ``service_tier`` is not given, and its ``speed`` (``"fast"``).
         service_tier: the tier the provider served the call at (OpenAI ``flex``,
-            ``priority``; ``batch`` for the Batch API), when known.
-        at: when the call was made, for the price in force then (default: now).
+            ``priority``; ``batch`` for the Batch API), when known. ``"default"``,
+            ``"standard"`` and ``"auto"`` are the standard price; a tier the model's source
+            has no rates for makes the call unpriced (never the standard rate).
+        at: when the call was made (naive means UTC), for the price in force then
+            (default: now). A time inside the cached price's validity costs nothing extra.
 
     Returns:
-        ``(cost, None)``, or ``(None, reason)`` when the model has no known price or the usage
-        is inconsistent. Never raises for an unknown model: the caller decides the policy.
+        ``(cost, None)``, or ``(None, reason)`` when the model has no known price, its source
+        has no price for the call's service tier on that day, or the usage is inconsistent.
+        Never raises for an unknown model: the caller decides the policy.
     """
     if model is None:
         return None, "the call reported no model name, so it cannot be priced"
     if time.monotonic() >= _file_next_check:
         _check_file()
+    cache_write_1h = 0
+    speed = None
+    if raw_usage is not None:
+        created = raw_usage.get("cache_creation")
+        if created:
+            cache_write_1h = _count_in(created, "ephemeral_1h_input_tokens")
+        if service_tier is None:
+            tier = raw_usage.get("service_tier")
+            service_tier = tier if isinstance(tier, str) else None
+        raw_speed = raw_usage.get("speed")
+        speed = raw_speed if isinstance(raw_speed, str) else None
+    ctx = _context(service_tier, speed) if service_tier is not None or speed is not None else ()
     key = (model, provider)
     price = _cache.get(key, _MISSING)
     try:
@@ -985,19 +1570,45 @@ def price_usage(
             price = lookup_price(model, provider)
         if price is None:
             return None, unknown_reason(model, provider)
-        if price._expires_at is not None and time.time() >= price._expires_at:
-            with _lock:
-                _invalidate()
-            price = lookup_price(model, provider)
-            if price is None:  # pragma: no cover - a dated price change never removes a model
+        if at is None:
+            if price._expires_at is not None and time.time() >= price._expires_at:
+                with _lock:
+                    _invalidate()
+                price = lookup_price(model, provider)
+                if price is None:  # pragma: no cover - a dated price change never removes a model
+                    return None, unknown_reason(model, provider)
+            stale = False
+        else:
+            ts = at.timestamp() if at.tzinfo is not None else _utc(at).timestamp()
+            stale = (price._expires_at is not None and ts >= price._expires_at) or (
+                price._valid_from_ts is not None and ts < price._valid_from_ts
+            )
+        if ctx or stale:
+            got = _priced_at(model, provider, ctx, at)
+            if got is None:  # pragma: no cover - the standard price was just found
                 return None, unknown_reason(model, provider)
+            if isinstance(got, str):
+                return None, got
+            price = got
     except PricesFileError as exc:
         return None, str(exc)
-    return _cost(price, usage)
+    return _cost(price, usage, cache_write_1h, at)
+
+
+def _count_in(data: Any, key: str) -> int:
+    """``data[key]`` (or its attribute) when it is a token count, else 0."""
+    value = data.get(key) if isinstance(data, Mapping) else getattr(data, key, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def estimate_cost(
-    model: str, input_tokens: int, max_output_tokens: int, provider: str | None = None
+    model: str,
+    input_tokens: int,
+    max_output_tokens: int,
+    provider: str | None = None,
+    *,
+    service_tier: str | None = None,
+    at: datetime | None = None,
 ) -> Decimal | None:
     """The most a call can cost: for reservations made before it is sent.
 
@@ -1012,9 +1623,14 @@ def estimate_cost(
         input_tokens: the prompt's tokens (an estimate is fine; over is safer than under).
         max_output_tokens: the request's output cap.
         provider: the provider id, when known.
+        service_tier: the tier the request asks for (``"flex"``, ``"priority"``,
+            ``"batch"``); ``None`` for the standard price. A higher tier costs more than the
+            standard estimate, so pass it when the request names one.
+        at: when the call is made (default now), for the price in force then.
 
     Returns:
-        The worst-case cost in US dollars, or ``None`` when the model has no known price.
+        The worst-case cost in US dollars, or ``None`` when the model has no known price
+        (or none at ``service_tier`` on that day).
 
     Raises:
         ConfigError: a token count is negative.
@@ -1025,7 +1641,7 @@ def estimate_cost(
             f"token counts must be >= 0, got input_tokens={input_tokens}, "
             f"max_output_tokens={max_output_tokens}"
         )
-    price = lookup_price(model, provider)
+    price = lookup_price(model, provider, service_tier=service_tier, at=at)
     if price is None:
         return None
     if price._fast is not None:
@@ -1037,7 +1653,10 @@ def estimate_cost(
     variants = (
         [info.prices] if isinstance(info.prices, gt.ModelPrice) else [c.prices for c in info.prices]
     )
-    return max(_worst_case(_compile_terms(v)[0], input_tokens, max_output_tokens) for v in variants)
+    return max(
+        _worst_case(terms, input_tokens, max_output_tokens)
+        for terms in (price._terms, *(_compile_terms(v)[0] for v in variants))
+    )
 
 
 # Per-token worst-case rates of prices without tiers, keyed by id(terms) and holding `terms`
@@ -1071,9 +1690,11 @@ def _worst_case_uncached(terms: tuple[_Term, ...], input_tokens: int, max_output
                 return chosen / per * _MTOK
         return None
 
-    candidates = [r for r in (rate(_INPUT), rate(_CACHE_READ), rate(_CACHE_WRITE)) if r is not None]
+    inputs = (rate(_INPUT), rate(_CACHE_READ), rate(_CACHE_WRITE), rate(_CACHE_WRITE_1H))
+    candidates = [r for r in inputs if r is not None]
     in_rate = max(candidates) if candidates else _ZERO
-    out_rate = rate(_OUTPUT) or _ZERO
+    outputs = [r for r in (rate(_OUTPUT), rate(_REASONING)) if r is not None]
+    out_rate = max(outputs) if outputs else _ZERO
     total = in_rate * input_tokens / _MTOK + out_rate * max_output / _MTOK
     for s, base, _steps, per in terms:
         if s == _ONE:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,10 @@ from .._money import format_usd
 from .._prices_file import FileEntry, PricesFile, PricesFileError
 from .._pricing import (
     ModelPrice,
+    Rates,
     known_models,
     local_price,
+    price_at,
     price_sources,
     prices_file,
     reload_prices,
@@ -76,13 +79,19 @@ def _num(value: Decimal | None) -> str | None:
     return None if value is None else format(value.normalize(), "f")
 
 
-def _rates_json(price: ModelPrice) -> dict[str, str | None]:
+def _rates_json(price: ModelPrice | Rates) -> dict[str, str | None]:
     return {
         "input": _num(price.input_per_mtok),
         "output": _num(price.output_per_mtok),
         "cache_read": _num(price.cache_read_per_mtok),
         "cache_write": _num(price.cache_write_per_mtok),
+        "cache_write_1h": _num(price.cache_write_1h_per_mtok),
+        "reasoning": _num(price.reasoning_per_mtok),
     }
+
+
+def _day(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _file_json(where: PricesFile | None) -> dict[str, Any] | None:
@@ -115,6 +124,17 @@ def _as_json(
             for u in price.unit_prices
         ],
         "other_prices": list(price.other_prices),
+        "service_tier": price.service_tier,
+        "service_tiers": [
+            {"tier": t.tier, "since": _day(t.since), "per_mtok_usd": _rates_json(t.rates)}
+            for t in price.service_tiers
+        ],
+        "history": [
+            {"since": _day(c.since), "tiered": c.tiered, "per_mtok_usd": _rates_json(c.rates)}
+            for c in price.history
+        ],
+        "valid_from": _day(price.valid_from),
+        "valid_until": _day(price.valid_until),
         "note": price.note,
         "example": {
             "input_tokens": _EXAMPLE.input_tokens,
@@ -143,16 +163,82 @@ def _table(price: ModelPrice) -> Table:
     table.add_column("USD per million", justify="right")
     table.add_row("Input", format_usd(price.input_per_mtok))
     table.add_row("Output", format_usd(price.output_per_mtok))
+    write_1h = price.cache_write_1h_per_mtok
     for label, rate in (
         ("Cache read", price.cache_read_per_mtok),
-        ("Cache write", price.cache_write_per_mtok),
+        (
+            "Cache write" if write_1h is None else "Cache write, 5 minutes",
+            price.cache_write_per_mtok,
+        ),
     ):
         table.add_row(label, "input rate" if rate is None else format_usd(rate))
+    if write_1h is not None:
+        table.add_row("Cache write, 1 hour", format_usd(write_1h))
+    reasoning = price.reasoning_per_mtok
+    table.add_row("Reasoning", "output rate" if reasoning is None else format_usd(reasoning))
     for tier in price.tiers:
         kind = tier.kind.replace("_", " ").capitalize()
         label = f"{kind}, prompts over {tier.above_input_tokens:,} tokens"
         table.add_row(Text(label), format_usd(tier.per_mtok))
     return table
+
+
+def _rates_text(rates: Rates) -> str:
+    parts = [
+        f"{format_usd(rates.input_per_mtok)} input",
+        f"{format_usd(rates.output_per_mtok)} output",
+    ]
+    if rates.cache_read_per_mtok is not None:
+        parts.append(f"{format_usd(rates.cache_read_per_mtok)} cache read")
+    if rates.cache_write_per_mtok is not None:
+        parts.append(f"{format_usd(rates.cache_write_per_mtok)} cache write")
+    if rates.cache_write_1h_per_mtok is not None:
+        parts.append(f"{format_usd(rates.cache_write_1h_per_mtok)} 1-hour cache write")
+    if rates.reasoning_per_mtok is not None:
+        parts.append(f"{format_usd(rates.reasoning_per_mtok)} reasoning")
+    return ", ".join(parts)
+
+
+def _tiers_table(price: ModelPrice) -> Table:
+    table = Table(title=Text("Service tiers (USD per million tokens)"), header_style="bold")
+    for name, justify in (
+        ("Tier", "left"),
+        ("Input", "right"),
+        ("Output", "right"),
+        ("Cache read", "right"),
+        ("Since", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for t in price.service_tiers:
+        r = t.rates
+        table.add_row(
+            Text(t.tier),
+            format_usd(r.input_per_mtok),
+            format_usd(r.output_per_mtok),
+            "input rate" if r.cache_read_per_mtok is None else format_usd(r.cache_read_per_mtok),
+            _day(t.since) or "",
+        )
+    return table
+
+
+def _print_history(console: Console, price: ModelPrice) -> None:
+    console.print("Price history (standard tier, UTC days):", highlight=False)
+    for n, change in enumerate(price.history):
+        nxt = price.history[n + 1].since if n + 1 < len(price.history) else None
+        if change.since is None:
+            span = f"until {nxt}" if nxt else "always"
+        else:
+            span = f"{change.since} to {nxt}" if nxt else f"since {change.since}"
+        in_force = (
+            (change.since is None or change.since == price.valid_from)
+            and (nxt is None or nxt == price.valid_until)
+            and price.service_tier is None
+        )
+        tiered = " (higher for long prompts)" if change.tiered else ""
+        mark = "  <- in force" if in_force else ""
+        console.print(
+            f"  {span}: {_rates_text(change.rates)}{tiered}{mark}", highlight=False, markup=False
+        )
 
 
 def _source_line(price: ModelPrice, where: PricesFile | None) -> str:
@@ -197,14 +283,29 @@ def show(
     provider: str | None = typer.Option(
         None, "--provider", "-p", help="Provider id: openai, anthropic, google, llama-cpp, ..."
     ),
+    tier: str | None = typer.Option(
+        None,
+        "--tier",
+        metavar="TIER",
+        help="Service tier: flex, priority, batch (the Batch API), ...; default: standard.",
+    ),
+    at: str | None = typer.Option(
+        None,
+        "--at",
+        metavar="DATE",
+        help="The price in force on this UTC day (2025-06-01) or at this time; default now.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the price per million tokens of MODEL and where it comes from.
 
-    First the price in force (code, else the prices file, else genai-prices, else local).
+    First the price in force (code, else the prices file, else genai-prices, else local),
+    with its cache-write rates (5-minute, 1-hour), service tiers and dated history.
 
-    Then the prices it shadows. Exit 1 when none is known, 2 when the prices file is bad.
+    Then the prices it shadows. Exit 1 when none is known (or none at --tier on --at), 2
+    when the prices file is bad.
     """
+    when = _parse_at(at)
     try:
         found = price_sources(model, provider)
     except PricesFileError as exc:
@@ -216,14 +317,34 @@ def show(
             _unknown(model, provider, where)
             raise typer.Exit(1)
         found = [free]
+    if tier is not None or when is not None:
+        dated = [price_at(p, service_tier=tier, at=when) for p in found]
+        if isinstance(dated[0], str):
+            Console(stderr=True).print(dated[0], highlight=False, markup=False)
+            raise typer.Exit(1)
+        found = [p for p in dated if isinstance(p, ModelPrice)]
     price, shadowed = found[0], found[1:]
     example = price.cost(_EXAMPLE)
     if as_json:
-        typer.echo(json.dumps(_as_json(price, example, shadowed, where), indent=2))
+        data = _as_json(price, example, shadowed, where)
+        data["at"] = None if when is None else when.isoformat()
+        typer.echo(json.dumps(data, indent=2))
         return
     console = Console()
     console.print(_table(price))
+    if price.service_tier:
+        console.print(f"Service tier: {price.service_tier}", highlight=False, markup=False)
     console.print(_source_line(price, where), highlight=False, markup=False)
+    if when is not None or price.valid_from or price.valid_until:
+        span = [f"from {price.valid_from}" if price.valid_from else "",
+                f"until {price.valid_until}" if price.valid_until else ""]  # fmt: skip
+        told = " ".join(x for x in span if x) or "with no dated change"
+        on = f" on {when.date()}" if when is not None else ""
+        console.print(f"In force{on}: {told} (UTC days)", highlight=False, markup=False)
+    if price.service_tiers:
+        console.print(_tiers_table(price))
+    if price.history:
+        _print_history(console, price)
     for other in shadowed:
         label = {"file": "prices file ", "code": "code, "}.get(other.source, "")
         console.print(
@@ -248,6 +369,24 @@ def show(
         f"cost {format_usd(example)}",
         highlight=False,
     )
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date: give a UTC day such as 2025-06-01, or a time such as "
+            "2025-06-01T14:30:00+00:00",
+            param_hint="--at",
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _unknown(model: str, provider: str | None, where: PricesFile | None) -> None:
@@ -329,6 +468,8 @@ def _entry_rates(rates: Mapping[str, Decimal]) -> dict[str, str | None]:
         "output": _num(rates.get("output_per_mtok")),
         "cache_read": _num(rates.get("cache_read_per_mtok")),
         "cache_write": _num(rates.get("cache_write_per_mtok")),
+        "cache_write_1h": _num(rates.get("cache_write_1h_per_mtok")),
+        "reasoning": _num(rates.get("reasoning_per_mtok")),
     }
 
 
@@ -345,11 +486,11 @@ def _not_in_force_note(console: Console, path: Path) -> None:
 @prices_app.command("set", cls=PlainHelpCommand)
 def set_(
     model: str = typer.Argument(..., help="Model name as the provider returns it."),
-    input_rate: str = typer.Option(
-        ..., "--input", metavar="USD", help="US dollars per million input tokens, e.g. 0.15."
+    input_rate: str | None = typer.Option(
+        None, "--input", metavar="USD", help="US dollars per million input tokens, e.g. 0.15."
     ),
-    output_rate: str = typer.Option(
-        ..., "--output", metavar="USD", help="US dollars per million output tokens."
+    output_rate: str | None = typer.Option(
+        None, "--output", metavar="USD", help="US dollars per million output tokens."
     ),
     cached_input: str | None = typer.Option(
         None,
@@ -361,7 +502,29 @@ def set_(
         None,
         "--cache-write",
         metavar="USD",
-        help="Per million cache-write tokens; default: the input rate.",
+        help="Per million cache-write tokens (5-minute writes); default: the input rate.",
+    ),
+    cache_write_1h: str | None = typer.Option(
+        None,
+        "--cache-write-1h",
+        metavar="USD",
+        help="Per million 1-hour cache-write tokens; default: the cache-write rate.",
+    ),
+    reasoning: str | None = typer.Option(
+        None,
+        "--reasoning",
+        metavar="USD",
+        help="Per million reasoning tokens, if billed apart; default: the output rate.",
+    ),
+    tier: str | None = typer.Option(
+        None,
+        "--tier",
+        metavar="TIER",
+        help="Write the rates of this service tier (flex, priority, batch, ...) of an "
+        "existing entry; rates left out are the standard ones.",
+    ),
+    since: str | None = typer.Option(
+        None, "--since", metavar="DATE", help="With --tier: the first UTC day its rates apply."
     ),
     provider: str | None = typer.Option(
         None, "--provider", "-p", help="Price only this provider's MODEL (default: any)."
@@ -391,10 +554,27 @@ def set_(
         ("output_per_mtok", "--output", output_rate),
         ("cache_read_per_mtok", "--cached-input", cached_input),
         ("cache_write_per_mtok", "--cache-write", cache_write),
+        ("cache_write_1h_per_mtok", "--cache-write-1h", cache_write_1h),
+        ("reasoning_per_mtok", "--reasoning", reasoning),
     ):
         rate = _rate_option(option, value)
         if rate is not None:
             rates[key] = rate
+    if tier is not None:
+        _set_tier(model, tier, rates, since, provider, file, as_json)
+        return
+    if since is not None:
+        raise typer.BadParameter(
+            "--since dates the rates of a --tier; for a dated standard price add a "
+            '[[prices."MODEL".changes]] table to the file (see docs/prices.md)',
+            param_hint="--since",
+        )
+    for key, option in (("input_per_mtok", "--input"), ("output_per_mtok", "--output")):
+        if key not in rates:
+            raise typer.BadParameter(
+                f"give {option} USD (per million tokens): a price needs input and output rates",
+                param_hint=option,
+            )
     path, in_force = _target(file)
     try:
         entry = _prices_file.set_entry(path, model, rates, provider.strip() if provider else None)
@@ -420,10 +600,88 @@ def set_(
         parts.append(f"{format_usd(rates['cache_read_per_mtok'])} cached input")
     if "cache_write_per_mtok" in rates:
         parts.append(f"{format_usd(rates['cache_write_per_mtok'])} cache write")
+    if "cache_write_1h_per_mtok" in rates:
+        parts.append(f"{format_usd(rates['cache_write_1h_per_mtok'])} 1-hour cache write")
+    if "reasoning_per_mtok" in rates:
+        parts.append(f"{format_usd(rates['reasoning_per_mtok'])} reasoning")
     only = f" (provider {entry.provider} only)" if entry.provider else ""
     console.print(
         f"Priced {entry.model}{only}: {', '.join(parts)} per million tokens, in {path}, "
         f"line {entry.line}.",
+        highlight=False,
+        markup=False,
+    )
+    if not in_force:
+        _not_in_force_note(console, path)
+
+
+def _set_tier(
+    model: str,
+    tier: str,
+    rates: dict[str, Decimal],
+    since: str | None,
+    provider: str | None,
+    file: Path | None,
+    as_json: bool,
+) -> None:
+    """``llmctx prices set MODEL --tier T ...``: write one service tier of an entry."""
+    name = tier.strip().lower()
+    if not name or name in _prices_file.STANDARD_TIERS:
+        raise typer.BadParameter(
+            f"{tier!r} is the standard price: set it without --tier; tiers are others such as "
+            "flex, priority or batch",
+            param_hint="--tier",
+        )
+    if not rates:
+        raise typer.BadParameter(
+            "give at least one rate (--input, --output, ...) for the tier", param_hint="--tier"
+        )
+    if provider is not None:
+        raise typer.BadParameter(
+            "a tier belongs to the entry and its provider; leave --provider out",
+            param_hint="--provider",
+        )
+    day = None
+    if since is not None:
+        try:
+            day = date.fromisoformat(since.strip())
+        except ValueError:
+            raise typer.BadParameter(
+                f"{since!r} is not a date: give a UTC day such as 2026-10-12",
+                param_hint="--since",
+            ) from None
+    path, in_force = _target(file)
+    try:
+        written = _prices_file.set_tier(path, model, name, rates, day)
+    except PricesFileError as exc:
+        raise _file_failed(exc) from None
+    except OSError as exc:
+        Console(stderr=True).print(
+            f"cannot write {path}: {exc}; choose another file with --file PATH",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(2) from None
+    reload_prices()
+    if as_json:
+        data = {
+            "file": str(path),
+            "model": model.strip(),
+            "tier": written.tier,
+            "since": _day(written.since),
+            "line": written.line,
+            "per_mtok_usd": _entry_rates(written.rates),
+            "in_force": in_force,
+        }
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    parts = [f"{format_usd(v)} {k.removesuffix('_per_mtok').replace('_', ' ')}"
+             for k, v in written.rates.items()]  # fmt: skip
+    from_day = f" from {written.since}" if written.since else ""
+    console.print(
+        f"Priced {model.strip()} at service tier {written.tier}{from_day}: {', '.join(parts)} "
+        f"per million tokens, in {path}, line {written.line}.",
         highlight=False,
         markup=False,
     )
@@ -497,6 +755,23 @@ def ls(
                     "provider": e.provider,
                     "line": e.line,
                     "per_mtok_usd": _entry_rates(e.rates),
+                    "service_tiers": [
+                        {
+                            "tier": t.tier,
+                            "since": _day(t.since),
+                            "line": t.line,
+                            "per_mtok_usd": _entry_rates(t.rates),
+                        }
+                        for t in e.tiers
+                    ],
+                    "changes": [
+                        {
+                            "since": _day(c.since),
+                            "line": c.line,
+                            "per_mtok_usd": _entry_rates(c.rates),
+                        }
+                        for c in e.changes
+                    ],
                 }
                 for e in entries
             ],
