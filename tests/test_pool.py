@@ -526,6 +526,33 @@ async def test_randomized_cancel_and_timeout_leave_the_pool_full() -> None:
 
 
 @pytest.mark.anyio
+async def test_wait_statistics_count_leases_granted_at_once_as_zero_and_keep_the_last_1024() -> (
+    None
+):
+    """Wait percentiles cover the last 1024 leases: a queued one's wait, the rest at 0 s."""
+    pool = ResourcePool(["w"], capacity=1)
+    with anyio.fail_after(10):
+        first = pool.acquire_nowait()
+        waiter = asyncio.create_task(pool.acquire().__aenter__())
+        await _until(lambda: pool.statistics().waiting == 1)
+        await asyncio.sleep(0.02)  # the queued lease's wait, measured below
+        first.release()
+        lease = await waiter
+        lease.release()
+    stats = pool.statistics()
+    assert (stats.acquired, stats.wait_p50) == (2, 0.0)
+    assert stats.wait_max == stats.wait_p99 >= 0.02
+    for _ in range(1023):  # the queued lease is still among the last 1024
+        async with pool.acquire():
+            pass
+    assert pool.statistics().wait_max >= 0.02
+    async with pool.acquire():  # now it is not
+        pass
+    stats = pool.statistics()
+    assert (stats.acquired, stats.wait_max, stats.wait_p99) == (1026, 0.0, 0.0)
+
+
+@pytest.mark.anyio
 async def test_contended_hand_off_makes_one_future_per_waiter() -> None:
     """Under contention each queued acquire creates exactly one future and wakes once, granted."""
     loop = asyncio.get_running_loop()

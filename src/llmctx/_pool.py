@@ -31,10 +31,11 @@ import asyncio
 import itertools
 import logging
 import math
+import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
@@ -70,8 +71,6 @@ _HELD = 1
 _RELEASED = 2
 _RETURNED = 3  # granted, then given back before its caller got it (cancelled, interrupted)
 
-_new_lease = object.__new__
-
 
 @unprotected
 def _run_check(check: Callable[[R], bool], resource: R) -> bool:
@@ -85,18 +84,22 @@ def _join(thread: threading.Thread, timeout: float | None) -> None:
     thread.join(timeout)
 
 
-def _handed_out(counter: itertools.count[int]) -> int:
-    """How many numbers ``counter`` (started at 1) handed out, without taking one."""
-    # Its repr is "count(N)", N the next number; reading it takes nothing from it.
-    return int(repr(counter)[6:-1]) - 1
+# Lease numbers come from iter(range(1, _NUMBERS_END)): next() on a range iterator is one
+# atomic step (as on an itertools.count, and as cheap), and its length_hint (PEP 424: exact for
+# a range) says how many are left, so the numbers handed out are read without taking one.
+_NUMBERS_END = 1 << 62
+
+
+def _handed_out(numbers: Iterator[int]) -> int:
+    """How many lease numbers ``numbers`` (``iter(range(1, _NUMBERS_END))``) handed out."""
+    return _NUMBERS_END - 1 - operator.length_hint(numbers)
 
 
 def _token_steps(
     tokens: deque[_Slot[R]],
-    held: dict[Lease[R], _Slot[R]],
-    sequence: itertools.count[int],
+    held: set[Lease[R]],
+    sequence: Iterator[int],
     queue: deque[Lease[R]],
-    waits: deque[float],
 ) -> tuple[Callable[[Lease[R], bool], bool], Callable[[Lease[R], int, bool], bool]]:
     """A token pool's lock-free grant and give-back, as closures over the pool's containers.
 
@@ -111,20 +114,20 @@ def _token_steps(
 
         * ``take_token(lease, arriving)``: grant a one-unit lease: one atomic ``popleft`` of a
           token, no lock needed. ``arriving``: the caller arrives now (not a queued head): it
-          is refused while anyone is queued (no barging) or when its lease is weighted, and
-          its wait sample is 0. Returns False when not granted (nothing taken).
+          is refused while anyone is queued (no barging) or when its lease is weighted.
+          Returns False when not granted (nothing taken).
         * ``put_tokens(lease, state, hand_on)``: give a lease's tokens back and set its
-          state; taking the lease out of ``held`` (an atomic ``dict.pop``) is the step that
-          ends it, so two releases of one lease give back once (False: it was given back
-          already). ``hand_on`` (a release, without the lock): then, if anyone is queued,
-          grant to the head under the lock (put back, then look: a waiter queues under the
-          lock and tries again once queued, so none is missed).
+          state; taking the lease out of ``held`` (an atomic ``set.remove``, which raises
+          for a lease not in it) is the step that ends it, so two releases of one lease give
+          back once (False: it was given back already). ``hand_on`` (a release, without the
+          lock): then, if anyone is queued, grant to the head under the lock (put back, then
+          look: a waiter queues under the lock and tries again once queued, so none is
+          missed).
     """
     popleft = tokens.popleft
     append = tokens.append
-    held_pop = held.pop
-    number = sequence.__next__
-    record_wait = waits.append
+    held_add = held.add
+    held_remove = held.remove
 
     @protected
     def take_token(lease: Lease[R], arriving: bool) -> bool:
@@ -136,24 +139,24 @@ def _token_steps(
             slot = popleft()
         except IndexError:
             return False
-        held[lease] = slot
-        lease.sequence = number()
         lease._slot = slot
+        held_add(lease)
+        lease.sequence = next(sequence)
         lease._state = _HELD
-        if arriving:
-            record_wait(0.0)
         return True
 
     @protected
     def put_tokens(lease: Lease[R], state: int, hand_on: bool) -> bool:
-        slot = held_pop(lease, None)
-        if slot is None:
+        try:
+            held_remove(lease)
+        except KeyError:
             return False
         lease._state = state
+        slot = lease._slot
         if lease.amount == 1:
-            append(slot)
+            append(slot)  # type: ignore[arg-type]
         else:
-            tokens.extend(itertools.repeat(slot, lease.amount))
+            tokens.extend(itertools.repeat(slot, lease.amount))  # type: ignore[arg-type]
         if hand_on and queue:
             lease._pool._hand_on()
         return True
@@ -223,18 +226,18 @@ class Lease(_Waiter, Generic[R]):
     # A lease is also its own waiter while queued (the _Waiter slots): one object per
     # acquire, contended or not.
     __slots__ = ("_pool", "_slot", "_state", "_timeout", "_token", "sequence")
+    _pool: ResourcePool[R]
+    _slot: _Slot[R] | None
+    _state: int
+    _timeout: float | None
+    # The lease's member in a shared store's sorted set: set (and read) only by a pool with
+    # a store, one attribute less on the in-process hot path.
     _token: str | None
+    sequence: int
 
-    def __init__(self, pool: ResourcePool[R], amount: int, timeout: float | None = None) -> None:
-        # ResourcePool.acquire sets these fields itself (without this call): keep the two in step.
-        self._pool = pool
-        self._slot: _Slot[R] | None = None
-        self._state = _PENDING
-        self._timeout = timeout
-        # `_token`, the lease's member in a shared store's sorted set, is set (and read)
-        # only by a pool with a store: one attribute less on the in-process hot path.
-        self.amount = amount
-        self.sequence = 0
+    # Built by ResourcePool.acquire only (which sets every field): a class call that runs
+    # no Python __init__ costs a third of what object.__new__(Lease) does (a slower C path).
+    __init__ = object.__init__
 
     @property
     def resource(self) -> R:
@@ -461,17 +464,20 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # resource, or resources of one unit each. A one-unit lease then takes a token and a
         # release puts it back without the lock (see _take); None for other pools.
         self._tokens: deque[_Slot[R]] | None = None
-        # Token pools: the slot of each held lease. Taking a lease out is the one step that
-        # ends it (dict.pop is atomic), so two releases of one lease give back once.
-        self._held: dict[Lease[R], _Slot[R]] = {}
+        # Token pools: the leases held. Taking a lease out is the one step that ends it
+        # (set.remove is atomic), so two releases of one lease give back once.
+        self._held: set[Lease[R]] = set()
         if plain and (len(self._slots) == 1 or self._largest == 1):
             self._tokens = deque(slot for slot in self._slots for _ in range(slot.capacity))
         self._init_queue()
         self._closed = threading.Event()
         self._threads: set[threading.Thread] = set()
-        self._waits: deque[float] = deque(maxlen=_WAIT_SAMPLES)
-        # Lease numbers in grant order, 1, 2, ...: next() on a count is one atomic step.
-        self._sequence = itertools.count(1)
+        # (lease number, seconds waited) of the leases that queued, the last _WAIT_SAMPLES:
+        # a lease granted at once waited 0 s and leaves no sample (its number says it was
+        # one of the last leases), so the uncontended path records nothing.
+        self._waits: deque[tuple[int, float]] = deque(maxlen=_WAIT_SAMPLES)
+        # Lease numbers in grant order, 1, 2, ... (see _NUMBERS_END).
+        self._sequence = iter(range(1, _NUMBERS_END))
         # Leases granted = numbers handed out - _given_back.
         self._given_back = 0
         # A token pool's lock-free steps (None for other pools): each is the one place it
@@ -481,7 +487,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         self._put_tokens: Callable[[Lease[R], int, bool], bool] | None = None
         if self._tokens is not None:
             self._take_token, self._put_tokens = _token_steps(
-                self._tokens, self._held, self._sequence, self._queue, self._waits
+                self._tokens, self._held, self._sequence, self._queue
             )
         self._quarantined = 0
         self._replacements = 0
@@ -550,9 +556,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             amount = self._check_amount(amount)
         if timeout is not None:
             timeout = _check_timeout(timeout)
-        # Lease.__init__'s work without its call (the call costs a tenth of an uncontended
-        # async pair): keep the two in step.
-        lease: Lease[R] = _new_lease(Lease)
+        # The one place a lease is built (Lease has no __init__ of its own: see there).
+        lease: Lease[R] = Lease()
         lease._pool = self
         lease._slot = None
         lease._state = _PENDING
@@ -573,13 +578,11 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             NoHealthyResource: every resource was quarantined and none can be replaced.
             ConfigError: a bad amount.
         """
-        lease = Lease(self, self._check_amount(amount))
+        lease = self.acquire(amount)
         while True:
             with self._lock:
                 got = not self._queue and self._take(lease)
-                if got:
-                    self._waits.append(0.0)
-                elif not self._slots and not self._threads:
+                if not got and not self._slots and not self._threads:
                     raise self._no_healthy()
             if not got:
                 raise WouldBlock(
@@ -596,15 +599,19 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             capacity = sum(s.capacity for s in live)
             tokens = self._tokens
             free = len(tokens) if tokens is not None else sum(s.free for s in live)
-            # A copy first: grants made at once append to it without the lock.
-            waits = sorted(self._waits.copy())
+            handed_out = _handed_out(self._sequence)
+            # The last _WAIT_SAMPLES leases: those that queued (samples appended under this
+            # lock) and the rest, granted at once, 0 s each.
+            after = handed_out - _WAIT_SAMPLES
+            queued = sorted(wait for number, wait in self._waits if number > after)
+            waits = [0.0] * (min(handed_out, _WAIT_SAMPLES) - len(queued)) + queued
             stats = PoolStatistics(
                 capacity=capacity,
                 borrowed=capacity - free,
                 available=free,
                 resources=len(live),
                 waiting=len(self._queue),
-                acquired=_handed_out(self._sequence) - self._given_back,
+                acquired=handed_out - self._given_back,
                 timeouts=self._timeouts,
                 cancellations=self._cancellations,
                 quarantined=self._quarantined,
@@ -693,9 +700,9 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 if taken:
                     tokens.extend(itertools.repeat(self._slots[0], taken))
                 return False
-            self._held[lease] = best
-            lease.sequence = next(self._sequence)
             lease._slot = best
+            self._held.add(lease)
+            lease.sequence = next(self._sequence)
             lease._state = _HELD
             return True
         store = self._store
@@ -807,7 +814,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                     waiter.schedule(self._store.poll_interval)
                 return
             queue.popleft()
-            self._waits.append(time.monotonic() - waiter._start)
+            self._waits.append((waiter.sequence, time.monotonic() - waiter._start))
             waiter._grant = True
             if not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
@@ -900,7 +907,6 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         lock.acquire()  # not `with`: see _release
         try:
             if (front or not queue) and self._take(lease):
-                self._waits.append(0.0)
                 return None
             if not self._slots and not self._threads:
                 raise self._no_healthy()
@@ -916,7 +922,6 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             if tokens is not None and queue[0] is lease and self._take(lease):
                 # Tokens put back since the try above, by a release that saw no waiter yet.
                 queue.popleft()
-                self._waits.append(0.0)
                 return None
             lease._begin_wait(loop, self)
             if self._store is not None and queue[0] is lease:

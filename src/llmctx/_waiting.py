@@ -70,8 +70,6 @@ from ._interrupt import protected, unprotected
 # The running loop of this thread or None, without raising: "are we on the waiter's loop?"
 _get_running_loop = asyncio._get_running_loop
 _get_ident = threading.get_ident
-# What getattr(loop, "_thread_id", ...) gives for a loop that is not an asyncio BaseEventLoop.
-_NOT_BASE: Any = object()
 
 # _task_on(loop): the task running on ``loop`` (None outside a task), as cheaply as asyncio
 # allows. From 3.12 asyncio.current_task is C; 3.11 wrote it in Python, around a lookup of
@@ -553,8 +551,13 @@ class _Waiter:
         # "Is `loop` running on this thread?": the common case, a task of the waiter's loop
         # released. An asyncio BaseEventLoop says so itself (its _thread_id is set while it
         # runs, and a thread runs one loop at a time): cheaper than finding the running loop.
-        thread_id = getattr(loop, "_thread_id", _NOT_BASE)
-        if thread_id == _get_ident() or (thread_id is _NOT_BASE and _get_running_loop() is loop):
+        # (try, not getattr with a default: a try that raises nothing is free, a getattr
+        # call is not)
+        try:
+            here = loop._thread_id == _get_ident()  # type: ignore[attr-defined]
+        except AttributeError:  # another kind of loop
+            here = _get_running_loop() is loop
+        if here:
             if not fut.done():  # a cancelled task cancelled its future
                 fut.set_result(None)
             return True
