@@ -582,6 +582,37 @@ def test_metrics_names_and_values(otel: Telemetry) -> None:
     assert cost.value == pytest.approx(9.0)
 
 
+def test_metric_exemplars_point_at_the_call_span(otel: Telemetry) -> None:
+    """A duration or token-usage exemplar links to the call's own span (not the session's),
+    so a backend jumps from a slow or costly point to that call."""
+    with llmctx.session("ex", store="memory:"):
+        FakeModel(reply="a b").complete("one")
+    call = otel.named("chat fake-model")
+    m = otel.metrics()
+    points = [*m["gen_ai.client.operation.duration"], *m["gen_ai.client.token.usage"]]
+    exemplars = [e for p in points for e in p.exemplars]
+    assert exemplars, "the SDK's default trace-based exemplar filter keeps sampled points"
+    assert {e.span_id for e in exemplars} == {call.context.span_id}
+
+
+def test_reinstrument_on_the_same_providers_keeps_gauges_and_cost(otel: Telemetry) -> None:
+    """uninstrument() then instrument() on the same meter provider keeps reporting: the
+    budget gauges show the new sessions and the cost total goes on adding up (the SDK keeps
+    the first observable instruments of a name, so they must not belong to the first set-up)."""
+    model = FakeModel("otel-priced", reply="a b c")
+    with llmctx.price_override("otel-priced", input_per_mtok="1000000", output_per_mtok="1000000"):
+        with llmctx.session("first", store="memory:"):
+            model.complete("one two")  # 2 + 3 tokens: $5
+        llmctx.otel.uninstrument()
+        otel.instrument()
+        with llmctx.session("again", store="memory:", budget=llmctx.Budget(tokens=100)) as s:
+            model.complete("one")  # 1 + 3 tokens: $4
+            m = otel.metrics()
+            assert [p.attributes["llmctx.session.id"] for p in m["llmctx.budget.limit"]] == [s.id]
+    (cost,) = otel.metrics()["llmctx.cost"]
+    assert cost.value == pytest.approx(9.0)
+
+
 def test_budget_gauges_report_each_running_budget(otel: Telemetry) -> None:
     """While a budgeted session runs, llmctx.budget.limit / spent / reserved report its
     dimensions; once it ended it is no longer reported."""

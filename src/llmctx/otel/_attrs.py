@@ -119,6 +119,19 @@ def _number(value: Any) -> float | None:
     return None
 
 
+_MAX_TOKEN_KEYS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_NUMBER_KEYS: Final = {
+    "temperature": ga.GEN_AI_REQUEST_TEMPERATURE,
+    "top_p": ga.GEN_AI_REQUEST_TOP_P,
+    "frequency_penalty": ga.GEN_AI_REQUEST_FREQUENCY_PENALTY,
+    "presence_penalty": ga.GEN_AI_REQUEST_PRESENCE_PENALTY,
+}
+_OTHER_KEYS: Final = ("top_k", "seed", "n", "stream", "stop", "stop_sequences")
+#: Every request key :func:`request_attributes` reads: one set intersection tells a request
+#: that names none of them (most carry only model, messages and max_tokens) at once.
+_REQUEST_KEYS: Final = frozenset((*_MAX_TOKEN_KEYS, *_NUMBER_KEYS, *_OTHER_KEYS))
+
+
 def request_attributes(request: Any) -> dict[str, Any]:
     """Request parameters of a call as GenAI attributes (never its content).
 
@@ -127,23 +140,23 @@ def request_attributes(request: Any) -> dict[str, Any]:
     """
     if not isinstance(request, Mapping):
         return {}
+    given = request.keys() & _REQUEST_KEYS
     out: dict[str, Any] = {}
-    max_tokens = (
-        _positive_int(request.get("max_completion_tokens"))
-        or _positive_int(request.get("max_tokens"))
-        or _positive_int(request.get("max_output_tokens"))
-    )
-    if max_tokens is not None:
-        out[ga.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    for key, attr in (
-        ("temperature", ga.GEN_AI_REQUEST_TEMPERATURE),
-        ("top_p", ga.GEN_AI_REQUEST_TOP_P),
-        ("frequency_penalty", ga.GEN_AI_REQUEST_FREQUENCY_PENALTY),
-        ("presence_penalty", ga.GEN_AI_REQUEST_PRESENCE_PENALTY),
-    ):
-        number = _number(request.get(key))
-        if number is not None:
-            out[attr] = number
+    if not given:
+        return out
+    for key in _MAX_TOKEN_KEYS:  # the first positive one, in this order of precedence
+        if key in given:
+            max_tokens = _positive_int(request[key])
+            if max_tokens is not None:
+                out[ga.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+                break
+    for key, attr in _NUMBER_KEYS.items():
+        if key in given:
+            number = _number(request[key])
+            if number is not None:
+                out[attr] = number
+    if given.isdisjoint(_OTHER_KEYS):
+        return out
     top_k = _positive_int(request.get("top_k"))
     if top_k is not None:
         out[ga.GEN_AI_REQUEST_TOP_K] = float(top_k)
@@ -302,12 +315,19 @@ def call_attributes(
     request_model: str | None,
     content: Content,
 ) -> dict[str, Any]:
-    """Every attribute of one finished call's span (None values are left out, never 0)."""
+    """Every attribute of one finished call's span (None values are left out, never 0).
+
+    ``llmctx.call.status`` is set only when the call did not end ``ok`` (refused, error,
+    cancelled): an ok call says so by its span status, and every attribute costs the SDK a
+    cleaning pass on every span.
+    """
     meta = record.metadata
+    status = record.status
     out: dict[str, Any] = {ga.GEN_AI_OPERATION_NAME: operation, CALL_ID: record.id}
     if record.session_id is not None:
         out[SESSION_ID] = record.session_id
-    out[CALL_STATUS] = record.status
+    if status != "ok":
+        out[CALL_STATUS] = status
     if operation == OP_TOOL:
         if record.model:
             out[ga.GEN_AI_TOOL_NAME] = record.model
@@ -317,33 +337,47 @@ def call_attributes(
             out[ga.GEN_AI_PROVIDER_NAME] = provider
         if request_model:
             out[ga.GEN_AI_REQUEST_MODEL] = request_model
-        response_model = meta.get("response_model") or record.model
-        if isinstance(response_model, str) and response_model and record.status == "ok":
-            out[ga.GEN_AI_RESPONSE_MODEL] = response_model
-        out.update(request_attributes(record.request))
-        if record.status != "refused":
-            out.update(usage_attributes(record.usage))
-        reasons = _finish_reasons(meta)
-        if reasons:
-            out[ga.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
+        if status == "ok":
+            response_model = meta.get("response_model") or record.model
+            if isinstance(response_model, str) and response_model:
+                out[ga.GEN_AI_RESPONSE_MODEL] = response_model
+        request = record.request
+        if request:
+            out.update(request_attributes(request))
+        if status != "refused":
+            usage = record.usage
+            out[ga.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+            out[ga.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+            if usage.cache_read_tokens:
+                out[ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+            if usage.cache_write_tokens:
+                out[ga.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+            if usage.reasoning_tokens:
+                out[ga.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        if meta:
+            reasons = _finish_reasons(meta)
+            if reasons:
+                out[ga.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
         if record.ttft_s is not None:
             out[ga.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = record.ttft_s
         if record.estimated:
             out[ESTIMATED] = True
-        cost = _cost(record.cost)
+        cost = record.cost
         if cost is not None:
-            out[COST_USD] = cost
+            out[COST_USD] = float(cost)
         elif record.cost_note:
             out[COST_NOTE] = redact_text(record.cost_note)
-    server = meta.get("server_address")
-    if isinstance(server, str) and server:
-        out[server_attributes.SERVER_ADDRESS] = server
-    port = meta.get("server_port")
-    if isinstance(port, int) and not isinstance(port, bool):
-        out[server_attributes.SERVER_PORT] = port
-    if record.status != "ok":
-        out[error_attributes.ERROR_TYPE] = error_type(record.error) or record.status
-    out.update(content.attributes(record, operation))
+    if meta:
+        server = meta.get("server_address")
+        if isinstance(server, str) and server:
+            out[server_attributes.SERVER_ADDRESS] = server
+        port = meta.get("server_port")
+        if isinstance(port, int) and not isinstance(port, bool):
+            out[server_attributes.SERVER_PORT] = port
+    if status != "ok":
+        out[error_attributes.ERROR_TYPE] = error_type(record.error) or status
+    if content.on:
+        out.update(content.attributes(record, operation))
     return out
 
 

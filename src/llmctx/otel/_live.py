@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -33,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as gm
-from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from .._exceptions import BudgetExceeded, UnknownPrice
@@ -42,7 +43,7 @@ from .._usage import CallRecord
 from .._version import __version__
 from .._waiting import AcquireTimeout, WouldBlock
 from ._attrs import (
-    COST_USD,
+    OP_CHAT,
     OP_TOOL,
     REFUSED_EVENT,
     SESSION_ID,
@@ -91,6 +92,7 @@ _TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
 _NO_CONTENT: Final = Content(False)
 _REFUSALS = (BudgetExceeded, UnknownPrice, AcquireTimeout, WouldBlock)
 _BUDGET_DIMENSIONS: Final = ("usd", "tokens", "requests")
+BUDGET_DIMENSION: Final = "llmctx.budget.dimension"
 
 
 def _plain_number(value: Any) -> float | int | None:
@@ -159,53 +161,28 @@ class Telemetry:
         self.content = content
         self.tracer: Tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         meter: Meter = get_meter(SCOPE, __version__, meter_provider=meter_provider)
-        self.token_usage = meter.create_histogram(
-            gm.GEN_AI_CLIENT_TOKEN_USAGE,
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS),
-        )
-        self.duration = meter.create_histogram(
-            gm.GEN_AI_CLIENT_OPERATION_DURATION,
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
-        )
-        self.first_chunk = meter.create_histogram(
-            gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
-            unit="s",
-            description="Time from the request to the first chunk of a streamed response.",
-            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
-        )
-        self.cost = meter.create_counter(
-            "llmctx.cost",
-            unit="USD",
-            description="Dollars spent on model calls (priced calls only).",
-        )
-        self.refusals = meter.create_counter(
-            "llmctx.calls.refused",
-            unit="{call}",
-            description="Calls refused before they were sent (budget, unknown price, limiter).",
-        )
+        self.instruments = _instruments_of(meter)
+        self.token_usage = self.instruments.token_usage
+        self.duration = self.instruments.duration
+        self.first_chunk = self.instruments.first_chunk
+        self.refusals = self.instruments.refusals
         # Sessions that own a budget, while they run: what the budget gauges report.
         self._budgeted: dict[str, Session] = {}
         self._sessions: dict[int, _SessionSpan] = {}
         self._lock = threading.Lock()
         self._remove_listener: Callable[[], None] | None = None
         self._closing = False
-        for state in ("limit", "spent", "reserved"):
-            meter.create_observable_gauge(
-                f"llmctx.budget.{state}",
-                callbacks=[self._budget_callback(state)],
-                unit="1",
-                description=f"The {state} amount of each running session's own budget, "
-                "per dimension (usd, tokens, requests).",
-            )
+        # Metric attribute sets by (operation, provider, models, error, server): built once per
+        # distinct call shape, then handed to every record as they are (the SDK copies them).
+        self._metric_attrs: dict[tuple[Any, ...], _MetricAttributes] = {}
+        self.instruments.telemetry = self
 
     def close(self, remove_listener: Callable[[], None]) -> None:
         """Make no new spans; stop listening once the sessions already traced have ended."""
         with self._lock:
             self._closing = True
+            if self.instruments.telemetry is self:
+                self.instruments.telemetry = None
             if self._sessions:
                 self._remove_listener = remove_listener
                 return
@@ -270,41 +247,34 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, redact_text(session.error or session.status)))
         span.end()
 
-    def _budget_callback(self, state: str) -> Any:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with self._lock:
-                sessions = list(self._budgeted.values())
-            out: list[Observation] = []
-            for session in sessions:
-                budget = session.budget
-                if budget is None:
+    def observe_budgets(self, state: str) -> list[Observation]:
+        """The ``limit``, ``spent`` or ``reserved`` amount of each running budgeted session."""
+        with self._lock:
+            sessions = list(self._budgeted.values())
+        out: list[Observation] = []
+        for session in sessions:
+            budget = session.budget
+            if budget is None:
+                continue
+            try:
+                snap = None if state == "limit" else budget.ledger.snapshot()
+            except Exception:
+                logger.exception("llmctx: could not read the budget of session %s", session.id)
+                continue
+            for dim in _BUDGET_DIMENSIONS:
+                limit = budget.limit(dim)
+                if limit is None:
                     continue
-                try:
-                    snap = None if state == "limit" else budget.ledger.snapshot()
-                except Exception:
-                    logger.exception("llmctx: could not read the budget of session %s", session.id)
-                    continue
-                for dim in _BUDGET_DIMENSIONS:
-                    limit = budget.limit(dim)
-                    if limit is None:
-                        continue
-                    if snap is None:
-                        value = limit
-                    elif state == "spent":
-                        value = snap.spent.get(dim)
-                    else:
-                        value = snap.reserved.get(dim)
-                    number = _plain_number(value)
-                    if number is not None:
-                        out.append(
-                            Observation(
-                                number,
-                                {SESSION_ID: session.id, "llmctx.budget.dimension": dim},
-                            )
-                        )
-            return out
-
-        return observe
+                if snap is None:
+                    value = limit
+                elif state == "spent":
+                    value = snap.spent.get(dim)
+                else:
+                    value = snap.reserved.get(dim)
+                number = _plain_number(value)
+                if number is not None:
+                    out.append(Observation(number, {SESSION_ID: session.id, BUDGET_DIMENSION: dim}))
+        return out
 
     # ------------------------------------------------------------------ calls
     def on_call_start(self, call: CallTracker) -> _CallTrace:
@@ -314,17 +284,19 @@ class Telemetry:
     def end_call(self, trace_: _CallTrace, record: CallRecord) -> None:
         """Make the span of a finished (or failed) call and record its metrics."""
         end = time.time_ns()
-        operation = operation_of(record.kind, record.metadata)
+        kind = record.kind
+        metadata = record.metadata
+        if kind == "llm" and not (metadata and "endpoint" in metadata):
+            operation = OP_CHAT
+        else:
+            operation = operation_of(kind, metadata)
         request_model = trace_.model if trace_.kind != "tool" else record.model
         content = self.content
-        session = trace_.session
         # A session (or an ancestor) that keeps no content keeps none on spans either.
-        if (
-            content.on
-            and session is not None
-            and not all(node.record_content for node in session.chain())
-        ):
-            content = _NO_CONTENT
+        if content.on:
+            session = trace_.session
+            if session is not None and not all(node.record_content for node in session.chain()):
+                content = _NO_CONTENT
         attributes = call_attributes(
             record,
             operation=operation,
@@ -332,6 +304,7 @@ class Telemetry:
             request_model=request_model,
             content=content,
         )
+        status = record.status
         span = self.tracer.start_span(
             call_span_name(operation, request_model or record.model),
             context=trace_.parent,
@@ -339,12 +312,19 @@ class Telemetry:
             attributes=attributes,
             start_time=trace_.start,
         )
-        if record.status == "refused":
-            span.add_event(REFUSED_EVENT, {"llmctx.reason": redact_text(record.error or "")})
-        if record.status != "ok":
-            span.set_status(Status(StatusCode.ERROR, redact_text(record.error or record.status)))
+        if status != "ok":
+            if status == "refused":
+                span.add_event(REFUSED_EVENT, {"llmctx.reason": redact_text(record.error or "")})
+            span.set_status(Status(StatusCode.ERROR, redact_text(record.error or status)))
         span.end(end_time=end)
-        self._metrics(record, attributes, operation, (end - trace_.start) / 1e9)
+        latency = record.latency_s
+        self._metrics(
+            record,
+            attributes,
+            operation,
+            latency if latency is not None else (end - trace_.start) / 1e9,
+            trace.set_span_in_context(span, trace_.parent),
+        )
 
     def refuse_call(self, trace_: _CallTrace, exc: BaseException) -> None:
         """Make the span of a call stopped before it was sent."""
@@ -392,30 +372,173 @@ class Telemetry:
         span.end(end_time=end)
 
     def _metrics(
-        self, record: CallRecord, attributes: Mapping[str, Any], operation: str, seconds: float
+        self,
+        record: CallRecord,
+        attributes: Mapping[str, Any],
+        operation: str,
+        seconds: float,
+        context: otel_context.Context,
     ) -> None:
-        base: dict[str, Any] = {ga.GEN_AI_OPERATION_NAME: operation}
-        for key in (
-            ga.GEN_AI_PROVIDER_NAME,
-            ga.GEN_AI_REQUEST_MODEL,
-            ga.GEN_AI_RESPONSE_MODEL,
-            error_attributes.ERROR_TYPE,
-            "server.address",
-        ):
-            value = attributes.get(key)
-            if value is not None:
-                base[key] = value
-        self.duration.record(record.latency_s if record.latency_s is not None else seconds, base)
+        # ``context`` is the call's own span: the SDK's exemplars then point at the call, not
+        # at the session around it. Passing it also spares each record a context look-up.
+        get = attributes.get
+        key = (
+            operation,
+            get(ga.GEN_AI_PROVIDER_NAME),
+            get(ga.GEN_AI_REQUEST_MODEL),
+            get(ga.GEN_AI_RESPONSE_MODEL),
+            get(error_attributes.ERROR_TYPE),
+            get(server_attributes.SERVER_ADDRESS),
+            get(server_attributes.SERVER_PORT),
+        )
+        sets = self._metric_attrs.get(key)
+        if sets is None:
+            sets = self._metric_attributes(key)
+        self.duration.record(seconds, sets.base, context)
         if operation == OP_TOOL:
             return
         if record.ttft_s is not None:
-            self.first_chunk.record(record.ttft_s, base)
+            self.first_chunk.record(record.ttft_s, sets.base, context)
         usage = record.usage
         if record.status == "ok" or usage.total_tokens:
-            self.token_usage.record(usage.input_tokens, {**base, ga.GEN_AI_TOKEN_TYPE: TOKEN_INPUT})
-            self.token_usage.record(
-                usage.output_tokens, {**base, ga.GEN_AI_TOKEN_TYPE: TOKEN_OUTPUT}
+            self.token_usage.record(usage.input_tokens, sets.input, context)
+            self.token_usage.record(usage.output_tokens, sets.output, context)
+        cost = record.cost
+        if cost is not None:  # a tool call returned above: only model calls are priced
+            self.instruments.add_cost(sets, cost)
+
+    def _metric_attributes(self, key: tuple[Any, ...]) -> _MetricAttributes:
+        base: dict[str, Any] = {}
+        for name, value in zip(_METRIC_KEYS, key, strict=True):
+            if value is not None:
+                base[name] = value
+        sets = _MetricAttributes(key, base)
+        with self._lock:
+            if len(self._metric_attrs) >= _MAX_METRIC_SETS:
+                self._metric_attrs.clear()  # a bound, should models or errors never repeat
+            self._metric_attrs[key] = sets
+        return sets
+
+
+#: The call-span attributes every metric point carries, in the order of the key of
+#: :meth:`Telemetry._metrics`.
+_METRIC_KEYS: Final = (
+    ga.GEN_AI_OPERATION_NAME,
+    ga.GEN_AI_PROVIDER_NAME,
+    ga.GEN_AI_REQUEST_MODEL,
+    ga.GEN_AI_RESPONSE_MODEL,
+    error_attributes.ERROR_TYPE,
+    server_attributes.SERVER_ADDRESS,
+    server_attributes.SERVER_PORT,
+)
+_MAX_METRIC_SETS: Final = 4096
+
+
+class _MetricAttributes:
+    """The attribute sets of one call shape: the base, and the base with each token type."""
+
+    __slots__ = ("base", "input", "key", "output")
+
+    def __init__(self, key: tuple[Any, ...], base: dict[str, Any]) -> None:
+        self.key = key
+        self.base = base
+        self.input = {**base, ga.GEN_AI_TOKEN_TYPE: TOKEN_INPUT}
+        self.output = {**base, ga.GEN_AI_TOKEN_TYPE: TOKEN_OUTPUT}
+
+
+class _Instruments:
+    """The instruments of one meter, made once and shared by every :class:`Telemetry` on it.
+
+    The SDK hands back the first observable instrument of a name, callbacks and all, when it
+    is made again on the same meter: so the callbacks here report from whichever Telemetry is
+    current on this meter (``telemetry``), and an ``uninstrument()`` then ``instrument()`` on
+    the same providers keeps its budget gauges and its cost total.
+
+    ``llmctx.cost`` is an observable counter over totals kept here (one Decimal sum per
+    attribute set, added under a lock): a synchronous counter would cost every priced call
+    one more pass of the SDK's measurement path (attribute cleaning, hashing, exemplars), and
+    the exported data point, a cumulative monotonic sum, is the same.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self.telemetry: Telemetry | None = None
+        self.token_usage = meter.create_histogram(
+            gm.GEN_AI_CLIENT_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS),
+        )
+        self.duration = meter.create_histogram(
+            gm.GEN_AI_CLIENT_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+        )
+        self.first_chunk = meter.create_histogram(
+            gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time from the request to the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+        )
+        self.refusals = meter.create_counter(
+            "llmctx.calls.refused",
+            unit="{call}",
+            description="Calls refused before they were sent (budget, unknown price, limiter).",
+        )
+        self._cost_lock = threading.Lock()
+        # attribute-set key -> [attributes, total dollars]
+        self._costs: dict[tuple[Any, ...], list[Any]] = {}
+        meter.create_observable_counter(
+            "llmctx.cost",
+            callbacks=[self._observe_cost],
+            unit="USD",
+            description="Dollars spent on model calls (priced calls only).",
+        )
+        for state in ("limit", "spent", "reserved"):
+            meter.create_observable_gauge(
+                f"llmctx.budget.{state}",
+                callbacks=[self._budget_callback(state)],
+                unit="1",
+                description=f"The {state} amount of each running session's own budget, "
+                "per dimension (usd, tokens, requests).",
             )
-        cost = attributes.get(COST_USD)
-        if cost is not None:
-            self.cost.add(cost, base)
+
+    def add_cost(self, sets: _MetricAttributes, cost: Decimal) -> None:
+        """Add one priced call's dollars to the total of its attribute set."""
+        with self._cost_lock:
+            entry = self._costs.get(sets.key)
+            if entry is None:
+                self._costs[sets.key] = [sets.base, cost]
+            else:
+                entry[1] += cost
+
+    def _observe_cost(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._cost_lock:
+            totals = [(attrs, total) for attrs, total in self._costs.values()]
+        return [Observation(float(total), attrs) for attrs, total in totals]
+
+    def _budget_callback(self, state: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            telemetry = self.telemetry
+            return () if telemetry is None else telemetry.observe_budgets(state)
+
+        return observe
+
+
+# Instruments by meter: the SDK's MeterProvider gives the same Meter for the same scope, so a
+# second instrument() on it finds them here. (A proxy meter of a global provider not yet set
+# is new each time: instrumenting twice before the global provider is set makes its
+# observable instruments twice, and the SDK keeps the first.)
+_by_meter: weakref.WeakKeyDictionary[Meter, _Instruments] = weakref.WeakKeyDictionary()
+_by_meter_lock = threading.Lock()
+
+
+def _instruments_of(meter: Meter) -> _Instruments:
+    with _by_meter_lock:
+        try:
+            found = _by_meter.get(meter)
+        except TypeError:  # a meter of some other SDK that takes no weak reference
+            return _Instruments(meter)
+        if found is None:
+            found = _by_meter[meter] = _Instruments(meter)
+        return found
