@@ -28,11 +28,12 @@ explicitly and still charges the session it started in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
@@ -55,6 +56,7 @@ from ._interrupt import protected
 from ._money import format_usd
 from ._redact import redact, redact_text
 from ._usage import CallRecord, CallStatus, Usage
+from .stores._base import outlive_cancel
 
 if TYPE_CHECKING:
     from typing import Self
@@ -304,6 +306,28 @@ def _used(record: CallRecord) -> Amount:
     )
 
 
+async def _outliving(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile, then let the
+    cancellation go on.
+
+    The settle and the store write of a call that ended must not stop half-way: on asyncio the
+    work runs as its own task, awaited through a native ``task.cancel()`` as well as an anyio
+    cancel scope (:func:`llmctx.stores._base.outlive_cancel`); elsewhere (trio) in a shielded
+    cancel scope.
+
+    Raises:
+        asyncio.CancelledError: the caller was cancelled (once the work has ended).
+        Exception: what the work raised.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        with anyio.CancelScope(shield=True):
+            await work
+        return
+    await outlive_cancel(loop.create_task(work))
+
+
 def _status_of(exc: BaseException | None) -> int | None:
     # An SDK error carrying an HTTP response: the provider saw (and counted) the request.
     response = getattr(exc, "response", None)
@@ -509,15 +533,19 @@ class CallTracker:
 
     async def _arefused(self, exc: BaseException) -> None:
         holds, refusal = self._refusing(exc)
-        # Shielded: a cancellation that stopped the call still lets its holds go back.
-        with anyio.CancelScope(shield=True):
-            await holds.arelease()
-            self._end_trace(None, exc)
-            if refusal is not None:
-                try:
-                    await self.session.aon_call_end(refusal)  # type: ignore[union-attr]
-                except Exception:
-                    logger.exception("llmctx: could not record a refused %s call", self.model)
+        # Outliving a cancellation: the one that stopped the call still lets its holds go back.
+        await _outliving(self._arefusal_out(holds, refusal, exc))
+
+    async def _arefusal_out(
+        self, holds: Holds, refusal: CallRecord | None, exc: BaseException
+    ) -> None:
+        await holds.arelease()
+        self._end_trace(None, exc)
+        if refusal is not None:
+            try:
+                await self.session.aon_call_end(refusal)  # type: ignore[union-attr]
+            except Exception:
+                logger.exception("llmctx: could not record a refused %s call", self.model)
 
     def _refusal(self, exc: Exception) -> CallRecord:
         assert self.session is not None
@@ -707,15 +735,25 @@ class CallTracker:
             if record is None:
                 return self.record  # type: ignore[return-value]
             holds, actual, over, limit = self._settlement(record, status)
-        with anyio.CancelScope(shield=True):
-            if actual is not None:
-                await holds.asettle(actual)
-            else:
-                await holds.arelease()
-            self._settle_limit(limit, record, actual is not None, exc)
-            await self._ahand_over(record)
+        await _outliving(self._aclose_out(holds, actual, limit, record, exc))
         self._ended(record, status, over)
         return record
+
+    async def _aclose_out(
+        self,
+        holds: Holds,
+        actual: Amount | None,
+        limit: ReservationLike | None,
+        record: CallRecord,
+        exc: BaseException | None,
+    ) -> None:
+        # The awaited half of an end: settle (or release), then write the record through.
+        if actual is not None:
+            await holds.asettle(actual)
+        else:
+            await holds.arelease()
+        self._settle_limit(limit, record, actual is not None, exc)
+        await self._ahand_over(record)
 
     def _claim(
         self,

@@ -29,8 +29,6 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio.to_thread
-
 from ._budget import Amount, Budget, Holds
 from ._context import bind_session, get_session, reset_session
 from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
@@ -44,6 +42,7 @@ from .stores._base import (
     SessionStatus,
     Store,
     asave_call,
+    in_thread,
     shown_status,
     this_host,
 )
@@ -52,6 +51,7 @@ from .stores._outbox import (
     ON_STORE_ERROR,
     OnStoreError,
     Outbox,
+    awrite_call,
     outbox_for,
     replay_store,
     retrying,
@@ -593,13 +593,18 @@ class Session:
         try:
             await asave_call(store, record, row)
         except Exception:
-            await anyio.to_thread.run_sync(
-                self._keep_unwritten, store, record, row, abandon_on_cancel=False
-            )
+            try:
+                await awrite_call(store, record, row, on_error=self.on_store_error)
+            except Exception:
+                if self.on_store_error == "raise":
+                    raise
+                logger.exception(
+                    "llmctx: could not write call %s of session %s", record.id, self.id
+                )
             return
         outbox = self._outbox
         if outbox is not None and outbox.pending():
-            await anyio.to_thread.run_sync(replay_store, store, abandon_on_cancel=False)
+            await in_thread(replay_store, store)
 
     def _take(self, record: CallRecord) -> CallRecord:
         """The record as this session keeps it, added to its totals and its ancestors'.
@@ -623,12 +628,11 @@ class Session:
         Raises:
             StoreError: with ``on_store_error="raise"``, once the record is in the outbox.
         """
-        if self.on_store_error == "raise":
-            write_call(store, record, row, on_error="raise")
-            return
         try:
-            write_call(store, record, row)
+            write_call(store, record, row, on_error=self.on_store_error)
         except Exception:
+            if self.on_store_error == "raise":
+                raise
             # Bookkeeping never breaks the user's call; only a failing outbox gets here.
             logger.exception("llmctx: could not write call %s of session %s", record.id, self.id)
 

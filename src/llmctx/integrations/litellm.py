@@ -218,11 +218,28 @@ async def _acharge(
         await call.astart()
         result = await _asend(original, args, kwargs)
     except BaseException as exc:
-        plan.fail(call, exc, None)
+        await plan.afail(call, exc, None)
         raise
     finally:
         _CHARGING.reset(token)
-    return _adopt(plan, call, result)
+    return await _aadopt(plan, call, result)
+
+
+@protected
+async def _aadopt(plan: Plan, call: Any, result: Any) -> Any:
+    # A whole response ends its call through the async end (the store write off the loop
+    # thread); a stream is adopted as in _adopt and ends the call as it is read.
+    if plan.accumulator is not None and hasattr(type(result), "__next__"):
+        return _adopt(plan, call, result)
+    from ..providers._base import Outcome
+
+    try:
+        outcome = plan.extract(plan, result)
+    except Exception:
+        logger.exception("llmctx: could not read a litellm response")
+        outcome = Outcome(estimated=True)
+    await plan.afinish(call, outcome)
+    return result
 
 
 def wrappers(

@@ -654,7 +654,11 @@ class Hub:
         args = _arguments_of(name, arguments, "call")
         limit = server.config.call_timeout if timeout is DEFAULT else timeout
         assert not isinstance(limit, _Default)
-        with track_call(kind="tool", provider="mcp", model=tool.qualified, request=args) as call:
+        # async with: the budget reservation, settle and store write of the tool call run
+        # through the tracker's async faces, off the event loop thread.
+        async with track_call(
+            kind="tool", provider="mcp", model=tool.qualified, request=args
+        ) as call:
             info = ToolCall(tool.server, tool.name, tool.qualified, dict(args))
 
             async def send(arguments: Mapping[str, Any] | None = None) -> types.CallToolResult:
@@ -682,11 +686,11 @@ class Hub:
             text = result_text(result)
             if result.is_error:
                 error = ToolError(tool.qualified, text, result=result)
-                call.fail(error, response=text)
+                await call.afail(error, response=text)
                 if raise_on_error:
                     raise error
             else:
-                call.finish(response=text)
+                await call.afinish(response=text)
         return result
 
     async def read_resource(

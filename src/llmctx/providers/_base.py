@@ -136,6 +136,8 @@ class Plan:
             limiter=limiter,
         )
 
+    # finish/afinish and fail/afail share how an outcome becomes the tracker's arguments;
+    # the async ones await the tracker's async end (ledgers and store off the loop thread).
     @protected
     def finish(self, call: CallTracker, outcome: Outcome) -> None:
         """End ``call`` with what it produced; usage it did not report is estimated.
@@ -146,18 +148,17 @@ class Plan:
         if call.finished:
             return
         try:
-            usage = outcome.usage
-            if usage is None:
-                usage = self.estimated_usage(outcome.text or "")
-                outcome.estimated = True
-            call.finish(
-                usage=usage,
-                response=outcome.text,
-                tool_calls=outcome.tool_calls,
-                raw_usage=outcome.raw_usage,
-                estimated=outcome.estimated,
-                metadata=outcome.metadata,
-            )
+            call.finish(**self._finished(outcome))
+        except Exception:
+            logger.exception("llmctx: could not record a %s call", self.provider)
+
+    @protected
+    async def afinish(self, call: CallTracker, outcome: Outcome) -> None:
+        """Async twin of :meth:`finish` (:meth:`CallTracker.afinish`); never raises."""
+        if call.finished:
+            return
+        try:
+            await call.afinish(**self._finished(outcome))
         except Exception:
             logger.exception("llmctx: could not record a %s call", self.provider)
 
@@ -170,22 +171,51 @@ class Plan:
         if call.finished:
             return
         try:
-            usage = None if outcome is None else outcome.usage
-            estimated = True
-            if outcome is not None:
-                if usage is None:
-                    usage = self.estimated_usage(outcome.text or "")
-                else:
-                    estimated = outcome.estimated
-            call.fail(
-                exc,
-                usage=usage,
-                response=None if outcome is None else outcome.text,
-                estimated=estimated,
-                metadata=None if outcome is None else outcome.metadata,
-            )
+            call.fail(exc, **self._failed(outcome))
         except Exception:
             logger.exception("llmctx: could not record a failed %s call", self.provider)
+
+    @protected
+    async def afail(
+        self, call: CallTracker, exc: BaseException | None, outcome: Outcome | None
+    ) -> None:
+        """Async twin of :meth:`fail` (:meth:`CallTracker.afail`); never raises."""
+        if call.finished:
+            return
+        try:
+            await call.afail(exc, **self._failed(outcome))
+        except Exception:
+            logger.exception("llmctx: could not record a failed %s call", self.provider)
+
+    def _finished(self, outcome: Outcome) -> dict[str, Any]:
+        usage = outcome.usage
+        if usage is None:
+            usage = self.estimated_usage(outcome.text or "")
+            outcome.estimated = True
+        return {
+            "usage": usage,
+            "response": outcome.text,
+            "tool_calls": outcome.tool_calls,
+            "raw_usage": outcome.raw_usage,
+            "estimated": outcome.estimated,
+            "metadata": outcome.metadata,
+        }
+
+    def _failed(self, outcome: Outcome | None) -> dict[str, Any]:
+        if outcome is None:
+            return {"usage": None, "response": None, "estimated": True, "metadata": None}
+        usage = outcome.usage
+        estimated = True
+        if usage is None:
+            usage = self.estimated_usage(outcome.text or "")
+        else:
+            estimated = outcome.estimated
+        return {
+            "usage": usage,
+            "response": outcome.text,
+            "estimated": estimated,
+            "metadata": outcome.metadata,
+        }
 
 
 _SENTINELS: Final = frozenset({"NotGiven", "Omit"})
@@ -282,17 +312,22 @@ class StreamFeed:
             raise
 
     async def arelay(self, chunks: AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
-        """Async twin of :meth:`relay`: the same ends for the same ways of stopping."""
+        """Async twin of :meth:`relay`: the same ends for the same ways of stopping.
+
+        A stream that completes or raises ends its call through the tracker's async end (the
+        store write off the loop thread); one closed early (``GeneratorExit``, which must not
+        await) ends it at once, as :meth:`abandon`.
+        """
         try:
             async for chunk in chunks:
                 if self.chunk(chunk):
                     yield chunk
-            self.complete()
+            await self.acomplete()
         except GeneratorExit:
             self.abandon()
             raise
         except BaseException as exc:
-            self.error(exc)
+            await self.aerror(exc)
             raise
 
     @protected
@@ -303,16 +338,33 @@ class StreamFeed:
         self.plan.finish(self.call, self._outcome(True))
 
     @protected
+    async def acomplete(self) -> None:
+        """Async twin of :meth:`complete`."""
+        if self.call.finished:
+            return
+        await self.plan.afinish(self.call, self._outcome(True))
+
+    @protected
     def abandon(self) -> None:
         """The consumer stopped early (break, close, garbage collection): charge what it got."""
         if self.call.finished:
             return
+        self.plan.finish(self.call, self._abandoned())
+
+    @protected
+    async def aabandon(self) -> None:
+        """Async twin of :meth:`abandon` (an async stream's ``close()``)."""
+        if self.call.finished:
+            return
+        await self.plan.afinish(self.call, self._abandoned())
+
+    def _abandoned(self) -> Outcome:
         outcome = self._outcome(False)
         outcome.metadata = {**(outcome.metadata or {}), "abandoned": True}
         if outcome.usage is None:
             outcome.usage = self.plan.estimated_usage(outcome.text or "")
         outcome.estimated = True
-        self.plan.finish(self.call, outcome)
+        return outcome
 
     @protected
     def error(self, exc: BaseException) -> None:
@@ -320,6 +372,13 @@ class StreamFeed:
         if self.call.finished:
             return
         self.plan.fail(self.call, exc, self._outcome(False))
+
+    @protected
+    async def aerror(self, exc: BaseException) -> None:
+        """Async twin of :meth:`error`."""
+        if self.call.finished:
+            return
+        await self.plan.afail(self.call, exc, self._outcome(False))
 
     def _outcome(self, complete: bool) -> Outcome:
         try:

@@ -135,7 +135,7 @@ def _async_stream_class(base: Any) -> type[Any]:
             finally:
                 feed = self._llmctx_feed
                 if feed is not None:
-                    feed.abandon()
+                    await feed.aabandon()
 
     return TrackedAsyncStream
 
@@ -179,18 +179,22 @@ def _attach_stream(call: CallTracker, plan: Plan, stream: Any) -> None:
 
 
 @protected
-def _adopt_parsed(call: CallTracker, plan: Plan, value: Any, parsed: list[bool]) -> None:
+def _parsed_outcome(
+    call: CallTracker, plan: Plan, value: Any, parsed: list[bool]
+) -> Outcome | None:
+    """What a parsed raw response ends its call with (None: nothing to end now, or a stream
+    that ends it later). Never raises."""
     if call.finished:
-        return
+        return None
     parsed.append(True)
     try:
         if getattr(type(value), "_llmctx_tracked", False):
             _attach_stream(call, plan, value)
-            return
-        plan.finish(call, plan.extract(plan, value))
+            return None
+        return plan.extract(plan, value)
     except Exception:
         logger.exception("llmctx: could not read a %s response", plan.provider)
-        plan.finish(call, Outcome(estimated=True))
+        return Outcome(estimated=True)
 
 
 def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
@@ -202,7 +206,9 @@ def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
 
         async def aparse(*args: Any, **kwargs: Any) -> Any:
             value = await original(*args, **kwargs)
-            _adopt_parsed(call, plan, value, parsed)
+            outcome = _parsed_outcome(call, plan, value, parsed)
+            if outcome is not None:
+                await plan.afinish(call, outcome)
             return value
 
         raw.parse = aparse
@@ -210,7 +216,9 @@ def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
 
         def parse(*args: Any, **kwargs: Any) -> Any:
             value = original(*args, **kwargs)
-            _adopt_parsed(call, plan, value, parsed)
+            outcome = _parsed_outcome(call, plan, value, parsed)
+            if outcome is not None:
+                plan.finish(call, outcome)
             return value
 
         raw.parse = parse
@@ -219,18 +227,37 @@ def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
 
 
 @protected
-def _adopt(call: CallTracker, plan: Plan, result: Any) -> Any:
-    """Start charging ``result``; never raises, always returns ``result`` unchanged."""
+def _outcome_of(call: CallTracker, plan: Plan, result: Any) -> Outcome | None:
+    """Start charging ``result``: the outcome of a whole response to end its call with, or
+    None for a stream or a raw response (they end the call later). Never raises."""
     try:
         if getattr(type(result), "_llmctx_tracked", False):
             _attach_stream(call, plan, result)
         elif callable(getattr(result, "parse", None)) and hasattr(result, "http_response"):
             _hook_raw(call, plan, result)
         else:
-            plan.finish(call, plan.extract(plan, result))
+            return plan.extract(plan, result)
     except Exception:
         logger.exception("llmctx: could not read a %s response", plan.provider)
-        plan.finish(call, Outcome(estimated=True))
+        return Outcome(estimated=True)
+    return None
+
+
+@protected
+def _adopt(call: CallTracker, plan: Plan, result: Any) -> Any:
+    """Start charging ``result``; never raises, always returns ``result`` unchanged."""
+    outcome = _outcome_of(call, plan, result)
+    if outcome is not None:
+        plan.finish(call, outcome)
+    return result
+
+
+@protected
+async def _aadopt(call: CallTracker, plan: Plan, result: Any) -> Any:
+    """Async twin of :func:`_adopt`: a whole response's call ends through the async end."""
+    outcome = _outcome_of(call, plan, result)
+    if outcome is not None:
+        await plan.afinish(call, outcome)
     return result
 
 
@@ -416,11 +443,11 @@ async def charge_async(
     try:
         await call.astart()
         result = await _asend(send, args, kwargs)
-        return _adopt(call, plan, result)
+        return await _aadopt(call, plan, result)
     except BaseException as exc:
         if not call.finished:
             _feedback_from_error(limiter, adapter, exc)
-            plan.fail(call, exc, None)
+            await plan.afail(call, exc, None)
         raise
     finally:
         _CHARGING.reset(token)

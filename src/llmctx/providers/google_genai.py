@@ -318,22 +318,25 @@ async def _acharge(
         await call.astart()
         result = await _asend(original, (api, *args), kwargs)
     except BaseException as exc:
-        plan.fail(call, exc, None)
+        await plan.afail(call, exc, None)
         raise
     finally:
         _CHARGING.reset(token)
-    _finish(plan, call, result)
+    await plan.afinish(call, _outcome(plan, result))
     return result
 
 
 @protected
 def _finish(plan: Plan, call: Any, result: Any) -> None:
+    plan.finish(call, _outcome(plan, result))
+
+
+def _outcome(plan: Plan, result: Any) -> Outcome:
     try:
-        outcome = plan.extract(plan, result)
+        return plan.extract(plan, result)
     except Exception:
         logger.exception("llmctx: could not read a google-genai response")
-        outcome = Outcome(estimated=True)
-    plan.finish(call, outcome)
+        return Outcome(estimated=True)
 
 
 _END: Final = object()
@@ -403,7 +406,7 @@ async def _acharged_stream(
     try:
         inner = await _asend(original, (api, *args), kwargs)
     except BaseException as exc:
-        plan.fail(call, exc, None)
+        await plan.afail(call, exc, None)
         raise
     call.mark_first_byte()
     feed = StreamFeed(call, plan, _GeminiAccumulator(plan))
