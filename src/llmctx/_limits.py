@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
@@ -48,6 +47,8 @@ from ._waiting import (
     _fast_checkpoint,
     _FifoQueue,
     _granted,
+    _handed_out,
+    _numbers,
     _running_loop,
     _Waiter,
     _yield_due,
@@ -102,22 +103,43 @@ class RateStore(Protocol):
 class _MemoryStore:
     """GCRA state in this process (protected by the limiter's lock).
 
-    It knows its limiter's intervals, so an admission (:meth:`admit`) passes only the tokens
-    and the time; :meth:`try_acquire` is the :class:`RateStore` form of the same step.
+    It knows its limiter's intervals, clock and admission count, so the limiter's admission
+    step is :meth:`admit` itself (one call, passing only the tokens); :meth:`try_acquire` is
+    the :class:`RateStore` form of the same step.
     """
 
-    __slots__ = ("i_req", "i_tok", "tat_req", "tat_tok", "tol")
+    __slots__ = ("admits", "clock", "i_req", "i_tok", "tat_req", "tat_tok", "tol")
 
-    def __init__(self, interval_req: int, interval_tok: int, tolerance: int) -> None:
+    def __init__(
+        self,
+        interval_req: int,
+        interval_tok: int,
+        tolerance: int,
+        clock: Callable[[], int],
+        admits: Iterator[int],
+    ) -> None:
         self.i_req = interval_req
         self.i_tok = interval_tok
         self.tol = tolerance
+        self.clock = clock
+        # The limiter's count of admissions: one next() per request admitted.
+        self.admits = admits
         # Starting far in the past means the bucket starts full.
         self.tat_req = -(1 << 62)
         self.tat_tok = -(1 << 62)
 
-    def admit(self, tokens: int, now: int) -> int:
-        """Admit one request of ``tokens`` if both dimensions allow it (see try_acquire)."""
+    def admit(self, tokens: int, now: int | None = None) -> int:
+        """Admit one request of ``tokens`` if both dimensions allow it at ``now`` (see try_acquire).
+
+        Args:
+            tokens: the request's tokens.
+            now: the time, integer nanoseconds; None: the limiter's clock now.
+
+        Returns:
+            0 when admitted (and counted), else nanoseconds until it would fit.
+        """
+        if now is None:
+            now = self.clock()
         # Written without min()/max() calls: this runs on every uncontended acquire.
         interval_req = self.i_req
         tolerance = self.tol
@@ -140,6 +162,7 @@ class _MemoryStore:
         elif delay > 0:
             return delay
         self.tat_req = base_req + interval_req
+        next(self.admits)
         return 0
 
     def try_acquire(
@@ -193,8 +216,6 @@ class RateLimiterStatistics:
     cancellations: int
 
 
-_new_reservation = object.__new__
-
 _PENDING = 0
 _OPEN = 1
 _KEPT = 2  # closed with the estimate charged
@@ -219,17 +240,17 @@ class Reservation:
     """
 
     __slots__ = ("_actual", "_limiter", "_state", "_timeout", "tokens")
+    _limiter: RateLimiter
+    _state: int
+    _timeout: float | None
+    # Set by settle() only: one attribute less per acquire.
+    _actual: int
+    #: The tokens reserved (the estimate).
+    tokens: int
 
-    def __init__(
-        self, limiter: RateLimiter, tokens: int, timeout: float | None = None, state: int = _OPEN
-    ) -> None:
-        # RateLimiter.acquire sets these fields itself (without this call): keep them in step.
-        self._limiter = limiter
-        self._state = state
-        self._timeout = timeout
-        #: The tokens reserved (the estimate).
-        self.tokens = tokens
-        # `_actual` is set by settle() only: one attribute less per acquire.
+    # Built by RateLimiter.acquire only (which sets every field): a class call that runs no
+    # Python __init__ costs a third of what object.__new__(Reservation) does.
+    __init__ = object.__init__
 
     @property
     def actual_tokens(self) -> int | None:
@@ -331,7 +352,7 @@ class Reservation:
         # moves nothing, so it is only counted (see RateLimiter._settle): no lock.
         if self._state == _OPEN:
             self._state = _KEPT
-            self._limiter._count_close()
+            next(self._limiter._closes)
         return _DONE
 
     def __repr__(self) -> str:
@@ -381,14 +402,16 @@ _MAX_INTERVAL_NS = 2**62
 
 
 def _admission(
-    try_admit: Callable[[int, int], int], clock: Callable[[], int], count: Callable[[], int]
+    try_admit: Callable[[int, int], int], clock: Callable[[], int], admits: Iterator[int]
 ) -> Callable[[int], int]:
-    """A limiter's admission step (``RateLimiter._admit``): the store's GCRA step, counted.
+    """A shared store's admission step (``RateLimiter._admit``): its GCRA step, counted.
+
+    (The memory store's :meth:`_MemoryStore.admit` is that step itself.)
 
     Args:
         try_admit: ``try_admit(tokens, now)``, the store's step with the limiter's limits.
         clock: the limiter's clock, in integer nanoseconds.
-        count: counts one admission (an atomic ``next()``).
+        admits: the limiter's count of admissions (one atomic ``next()`` each).
 
     Returns:
         ``admit(tokens)``: 0 (or less) when admitted, else nanoseconds until it would fit;
@@ -398,7 +421,7 @@ def _admission(
     def admit(tokens: int) -> int:
         delay = try_admit(tokens, clock())
         if delay <= 0:
-            count()
+            next(admits)
         return delay
 
     return admit
@@ -472,18 +495,6 @@ class RateLimiter(_FifoQueue[_Waiter]):
         # error this adds is below 1e-4 for any realistic limit.
         self._i_req = round(_MINUTE_NS / self.rpm) if self.rpm is not None else 0
         self._i_tok = max(1, round(_MINUTE_NS / self.tpm)) if self.tpm is not None else 0
-        self._store: RateStore
-        # _try_admit(tokens, now): the store's admission step with this limiter's limits.
-        self._try_admit: Callable[[int, int], int]
-        if store is None:
-            memory = _MemoryStore(self._i_req, self._i_tok, self._tolerance)
-            self._store = memory
-            self._try_admit = memory.admit
-        else:
-            self._store = store
-            self._try_admit = functools.partial(
-                store.try_acquire, self._i_req, self._i_tok, self._tolerance
-            )
         self._clock: Callable[[], int]
         if clock is None:
             self._clock = time.monotonic_ns
@@ -492,17 +503,30 @@ class RateLimiter(_FifoQueue[_Waiter]):
             self._clock = lambda: int(user_clock() * _NS)
         self._init_queue()
         # Reservations admitted and closed (settled, released or kept) since creation: each
-        # counts itself as one next() on a count (one atomic step; a close needs no lock);
-        # statistics() reads the counts with next() too, and takes off the numbers its own
-        # reads took (_stat_reads) and the admissions given back (_unadmitted), under the lock.
-        self._count_admit = itertools.count().__next__
-        self._count_close = itertools.count().__next__
-        self._stat_reads = 0
+        # takes one number (an atomic next(), so a close needs no lock); statistics() reads
+        # how many were taken, and takes off the admissions given back (_unadmitted).
+        self._admits = _numbers()
+        self._closes = _numbers()
         self._unadmitted = 0
+        self._store: RateStore
         # _admit(n), with the lock held: admit one request of n tokens now if it fits. The
-        # one place a request is admitted (an acquire at once, a queued head, a nowait); a
-        # closure so that the acquire's call of it looks nothing up on the limiter.
-        self._admit = _admission(self._try_admit, self._clock, self._count_admit)
+        # one place a request is admitted (an acquire at once, a queued head, a nowait): the
+        # memory store's own step, or a shared store's step with this limiter's limits, timed
+        # by its clock and counted.
+        self._admit: Callable[[int], int]
+        if store is None:
+            memory = _MemoryStore(
+                self._i_req, self._i_tok, self._tolerance, self._clock, self._admits
+            )
+            self._store = memory
+            self._admit = memory.admit
+        else:
+            self._store = store
+            self._admit = _admission(
+                functools.partial(store.try_acquire, self._i_req, self._i_tok, self._tolerance),
+                self._clock,
+                self._admits,
+            )
 
     def __repr__(self) -> str:
         return f"RateLimiter(rpm={self.rpm!r}, tpm={self.tpm!r}, burst={self.burst!r})"
@@ -533,8 +557,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
             timeout = _check_timeout(timeout)
         if tokens.__class__ is not int or tokens < 0:
             tokens = _check_tokens(tokens, "tokens")
-        # Reservation.__init__'s work without its call: keep the two in step.
-        reservation: Reservation = _new_reservation(Reservation)
+        # The one place a reservation is built (it has no __init__ of its own: see there).
+        reservation: Reservation = Reservation()
         reservation._limiter = self
         reservation._state = _PENDING
         reservation._timeout = timeout
@@ -558,7 +582,9 @@ class RateLimiter(_FifoQueue[_Waiter]):
                 )
             delay = self._admit(n)
             if delay <= 0:
-                return Reservation(self, n)
+                reservation = self.acquire(n)
+                reservation._state = _OPEN
+                return reservation
         raise WouldBlock(
             f"rate limit reached ({self._describe()}); retry in {delay / _NS:.3f} s "
             "or use acquire() to wait",
@@ -582,8 +608,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
 
         An interrupt (KeyboardInterrupt) while waiting leaves the queue and takes nothing.
         """
-        reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
-        self._admit_sync(reservation, _check_timeout(timeout))
+        reservation = self.acquire(tokens, timeout=timeout)
+        self._admit_sync(reservation, reservation._timeout)
         return reservation
 
     # The timeout parameter mirrors reserve() and lets the limiter count timeouts itself.
@@ -616,8 +642,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
         that yield: the task takes nothing (a reservation admitted for it is given back), and
         the next waiter gets its turn.
         """
-        reservation = Reservation(self, _check_tokens(tokens, "tokens"), None, _PENDING)
-        await self._admit_async(reservation, _check_timeout(timeout), None)
+        reservation = self.acquire(tokens, timeout=timeout)
+        await self._admit_async(reservation, reservation._timeout, None)
         return reservation
 
     @protected
@@ -678,10 +704,8 @@ class RateLimiter(_FifoQueue[_Waiter]):
         with self._lock:
             tat_req, tat_tok, now = self._store.state(self._clock())
             waiting = len(self._queue)
-            reads = self._stat_reads
-            admitted = self._count_admit() - reads - self._unadmitted
-            closed = self._count_close() - reads
-            self._stat_reads = reads + 1
+            admitted = _handed_out(self._admits) - self._unadmitted
+            closed = _handed_out(self._closes)
             in_flight = admitted - closed
             timeouts = self._timeouts
             cancellations = self._cancellations
@@ -843,7 +867,7 @@ class RateLimiter(_FifoQueue[_Waiter]):
         A refund may let the head of the queue in earlier than planned: it is tried at once.
         Closing with nothing to move (the estimate kept) takes no lock.
         """
-        self._count_close()
+        next(self._closes)
         req_delta = -self._i_req if refund_request else 0
         tok_ns = tok_delta * self._i_tok
         if not (req_delta or tok_ns):

@@ -31,7 +31,6 @@ import asyncio
 import itertools
 import logging
 import math
-import operator
 import threading
 import time
 from collections import deque
@@ -52,6 +51,8 @@ from ._waiting import (
     _fast_checkpoint,
     _FifoQueue,
     _granted,
+    _handed_out,
+    _numbers,
     _running_loop,
     _Waiter,
     _yield_due,
@@ -82,17 +83,6 @@ def _run_check(check: Callable[[R], bool], resource: R) -> bool:
 def _join(thread: threading.Thread, timeout: float | None) -> None:
     """Wait for a replacement thread (interruptible; it holds nothing)."""
     thread.join(timeout)
-
-
-# Lease numbers come from iter(range(1, _NUMBERS_END)): next() on a range iterator is one
-# atomic step (as on an itertools.count, and as cheap), and its length_hint (PEP 424: exact for
-# a range) says how many are left, so the numbers handed out are read without taking one.
-_NUMBERS_END = 1 << 62
-
-
-def _handed_out(numbers: Iterator[int]) -> int:
-    """How many lease numbers ``numbers`` (``iter(range(1, _NUMBERS_END))``) handed out."""
-    return _NUMBERS_END - 1 - operator.length_hint(numbers)
 
 
 def _token_steps(
@@ -476,8 +466,8 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # a lease granted at once waited 0 s and leaves no sample (its number says it was
         # one of the last leases), so the uncontended path records nothing.
         self._waits: deque[tuple[int, float]] = deque(maxlen=_WAIT_SAMPLES)
-        # Lease numbers in grant order, 1, 2, ... (see _NUMBERS_END).
-        self._sequence = iter(range(1, _NUMBERS_END))
+        # Lease numbers in grant order, 1, 2, ...
+        self._sequence = _numbers()
         # Leases granted = numbers handed out - _given_back.
         self._given_back = 0
         # A token pool's lock-free steps (None for other pools): each is the one place it

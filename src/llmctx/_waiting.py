@@ -54,6 +54,7 @@ import _thread
 import asyncio
 import contextlib
 import math
+import operator
 import os
 import sys
 import threading
@@ -61,7 +62,7 @@ import time
 import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from ._exceptions import ConfigError, LLMCtxError
@@ -118,6 +119,23 @@ class AcquireTimeout(LLMCtxError, TimeoutError):
 
     It is also a ``TimeoutError``, so ``except TimeoutError`` catches it.
     """
+
+
+# Counters of what a limiter or pool handed out: iter(range(1, _NUMBERS_END)). next() on a
+# range iterator is one atomic step (as on an itertools.count, and as cheap), and its
+# length_hint (PEP 424: exact for a range) says how many are left, so a count is read
+# without taking a number.
+_NUMBERS_END = 1 << 62
+
+
+def _numbers() -> Iterator[int]:
+    """1, 2, 3, ...: each ``next()`` takes one; :func:`_handed_out` says how many were taken."""
+    return iter(range(1, _NUMBERS_END))
+
+
+def _handed_out(numbers: Iterator[int]) -> int:
+    """How many numbers ``numbers`` (made by :func:`_numbers`) handed out."""
+    return _NUMBERS_END - 1 - operator.length_hint(numbers)
 
 
 def _check_timeout(timeout: float | None) -> float | None:
