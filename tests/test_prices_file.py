@@ -10,8 +10,10 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -511,3 +513,228 @@ def test_prices_output_fits_80_columns_with_words_whole(prices: Path) -> None:
     result = runner.invoke(app, ["prices", "gpt-4o", "-p", "openai"], env={"COLUMNS": "80"})
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
     assert "$10.00 per 1K web searches" in _flat(result.stdout)
+
+
+# --------------------------------------------------------------------------------------------
+# Service tiers, dated prices and 1-hour / reasoning rates in the file.
+
+HOUSE_FILE = """\
+[prices."house-model"]
+input_per_mtok = 0.20
+output_per_mtok = 0.60
+cache_write_per_mtok = 0.25
+cache_write_1h_per_mtok = 0.40
+reasoning_per_mtok = 0.90
+
+[prices."house-model".service_tiers.flex]   # OpenAI-style flex calls
+input_per_mtok = 0.10
+output_per_mtok = 0.30
+since = 2026-03-01
+
+[prices."house-model".service_tiers.batch]
+output_per_mtok = 0.25
+
+[[prices."house-model".changes]]
+since = 2026-06-01
+input_per_mtok = 0.30
+output_per_mtok = 0.90
+cache_write_per_mtok = 0.35
+cache_write_1h_per_mtok = 0.50
+"""
+
+
+def _house_genai() -> tuple[Any, Any]:
+    """The same prices written as genai-prices data, to price with its own calc_price."""
+    from genai_prices import types as gt
+
+    base = gt.ModelPrice(input_mtok=Decimal("0.20"), output_mtok=Decimal("0.60"),
+                         cache_write_mtok=Decimal("0.25"), cache_write_1h_mtok=Decimal("0.40"),
+                         output_reasoning_mtok=Decimal("0.90"))  # fmt: skip
+    changed = gt.ModelPrice(input_mtok=Decimal("0.30"), output_mtok=Decimal("0.90"),
+                            cache_write_mtok=Decimal("0.35"),
+                            cache_write_1h_mtok=Decimal("0.50"))  # fmt: skip
+    info = gt.ModelInfo(
+        id="house-model",
+        match=gt.ClauseEquals(equals="house-model"),
+        prices=[
+            gt.ConditionalPrice(prices=base),
+            gt.ConditionalPrice(
+                constraint=gt.StartDateConstraint(start_date=date(2026, 6, 1)), prices=changed
+            ),
+        ],
+        price_variants=[
+            gt.PriceVariant(
+                when={"service_tier": "flex"},
+                prices=gt.ModelPrice(input_mtok=Decimal("0.10"), output_mtok=Decimal("0.30")),
+                constraint=gt.StartDateConstraint(start_date=date(2026, 3, 1)),
+            ),
+            gt.PriceVariant(
+                when={"processing": "batch"}, prices=gt.ModelPrice(output_mtok=Decimal("0.25"))
+            ),
+        ],
+    )
+    return gt.Provider(id="house", name="house", api_pattern="", models=[info]), info
+
+
+@pytest.mark.parametrize(
+    ("tier", "context"),
+    [(None, None), ("flex", {"service_tier": "flex"}), ("batch", {"processing": "batch"})],
+)
+@pytest.mark.parametrize("day", [date(2026, 4, 1), date(2026, 6, 1), date(2026, 12, 25)])
+def test_file_tiers_changes_and_ttl_rates_cost_what_calc_price_charges(
+    prices: Path, tier: str | None, context: dict[str, str] | None, day: date
+) -> None:
+    """A file entry's tiers, dated changes, 1-hour and reasoning rates cost what genai-prices'
+    calc_price charges for the same rates written as its data."""
+    import genai_prices
+
+    _write(prices, HOUSE_FILE)
+    gprovider, info = _house_genai()
+    at = datetime(day.year, day.month, day.day, 9, 30, tzinfo=UTC)
+    usage = Usage(input_tokens=20_000, output_tokens=3_000, cache_read_tokens=5_000,
+                  cache_write_tokens=4_000, reasoning_tokens=1_000)  # fmt: skip
+    raw = {"cache_creation": {"ephemeral_5m_input_tokens": 1_500,
+                              "ephemeral_1h_input_tokens": 2_500}}  # fmt: skip
+    cost, reason = price_usage("house-model", usage, raw_usage=raw, service_tier=tier, at=at)
+    expected = info.calc_price(
+        genai_prices.Usage(input_tokens=20_000, output_tokens=3_000, cache_read_tokens=5_000,
+                           cache_write_tokens=4_000, cache_write_1h_tokens=2_500,
+                           output_reasoning_tokens=1_000),
+        gprovider, genai_request_timestamp=at, price_context=context,
+    ).total_price  # fmt: skip
+    assert reason is None
+    assert (cost, str(cost)) == (expected, str(expected))
+
+
+def test_a_file_tier_before_its_since_date_is_unpriced(prices: Path) -> None:
+    """A flex call before the file's flex rates begin has no cost and says how to fix it."""
+    _write(prices, HOUSE_FILE)
+    cost, reason = price_usage("house-model", Usage(input_tokens=10, output_tokens=10),
+                               service_tier="flex", at=datetime(2026, 2, 1, tzinfo=UTC))  # fmt: skip
+    assert cost is None
+    assert reason is not None
+    assert f"the prices file ({prices}, line 1)" in reason
+    assert "no 'flex' service-tier price for model 'house-model' on 2026-02-01" in reason
+    assert "priority" not in reason
+    cost, reason = price_usage("house-model", Usage(input_tokens=10, output_tokens=10),
+                               service_tier="priority")  # fmt: skip
+    assert cost is None and reason is not None and '"house-model".service_tiers.priority' in reason
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ('[prices."m".service_tiers.flex]\ninptu_per_mtok = 0.5\n', 5,
+         "unknown key 'inptu_per_mtok' in the 'flex' service tier of 'm' (did you mean "
+         "input_per_mtok?)"),
+        ('[prices."m".service_tiers.default]\ninput_per_mtok = 0.5\n', 4,
+         "rates for a service tier named 'default', which is the standard price"),
+        ('[prices."m".service_tiers.flex]\nsince = 2026-01-01\n', 4,
+         "the 'flex' service tier of 'm' has no rates"),
+        ('[prices."m".service_tiers.flex]\ninput_per_mtok = -1\n', 5,
+         "service_tiers.flex.input_per_mtok of 'm' must be a finite number >= 0"),
+        ("[[prices.\"m\".changes]]\ninput_per_mtok = 1\noutput_per_mtok = 1\n", 4,
+         "a dated price of 'm' has no since date"),
+        ("[[prices.\"m\".changes]]\nsince = 2026-01-01\ninput_per_mtok = 1\n", 4,
+         "the price of 'm' since 2026-01-01 has no output_per_mtok"),
+        ("[[prices.\"m\".changes]]\nsince = \"Jan 1\"\ninput_per_mtok = 1\noutput_per_mtok = 1\n",
+         5, "since of a dated price of 'm' must be a date such as 2026-01-01"),
+        ("[[prices.\"m\".changes]]\nsince = 2026-01-01T10:00:00\ninput_per_mtok = 1\n"
+         "output_per_mtok = 1\n", 5, "must be a date such as 2026-01-01 (a UTC day)"),
+        ("[[prices.\"m\".changes]]\nsince = 2026-01-01\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
+         "[[prices.\"m\".changes]]\nsince = 2026-01-01\ninput_per_mtok = 2\noutput_per_mtok = 2\n",
+         9, "two prices of 'm' since 2026-01-01"),
+        ("[[prices.\"m\".changes]]\nsince = 2026-01-01\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
+         "cache_write_1h_per_mtok = 2\n", 8,
+         "has cache_write_1h_per_mtok but no cache_write_per_mtok"),
+        ("changes = 3\n", 4, "changes of 'm' must be an array of tables"),
+        ("service_tiers = 3\n", 4, "service_tiers of 'm' must hold one table of rates per tier"),
+    ],
+)  # fmt: skip
+def test_bad_tier_and_change_entries_name_the_line_and_the_fix(
+    prices: Path, text: str, line: int, message: str
+) -> None:
+    """Each broken tier or dated price is a PricesFileError naming the file, the line, the
+    problem and the fix, and `llmctx prices` exits 2 with it."""
+    _write(prices, '[prices."m"]\ninput_per_mtok = 1\noutput_per_mtok = 2\n' + text)
+    with pytest.raises(PricesFileError) as caught:
+        _prices_file.read(prices)
+    assert caught.value.line == line, str(caught.value)
+    assert message in str(caught.value)
+    assert f"prices file {prices}, line {line}: " in str(caught.value)
+    assert message.split(" (")[0] in _cli("prices", "m", code=2)
+
+
+def test_set_keeps_tiers_and_changes_and_rm_takes_them_along(prices: Path) -> None:
+    """`prices set` rewrites the standard rates only; `--tier` writes one tier's table; `rm`
+    removes the entry with all its tables, leaving the other entries and comments."""
+    _write(prices, "# my prices\n" + HOUSE_FILE + '\n[prices."other"]  # keep\n'
+           "input_per_mtok = 1\noutput_per_mtok = 2\n")  # fmt: skip
+    # A 1-hour rate needs the 5-minute one: refused, nothing written.
+    before = prices.read_text()
+    assert "no cache_write_per_mtok" in _cli("prices", "set", "house-model", "--input", "0.21",
+                                             "--output", "0.61", "--cache-write-1h", "0.41",
+                                             code=2)  # fmt: skip
+    assert prices.read_text() == before
+    _cli("prices", "set", "house-model", "--input", "0.21", "--output", "0.61",
+         "--cache-write", "0.26", "--cache-write-1h", "0.41")  # fmt: skip
+    entry = _prices_file.read(prices)["house-model"]
+    assert entry.rates == {"input_per_mtok": Decimal("0.21"), "output_per_mtok": Decimal("0.61"),
+                           "cache_write_per_mtok": Decimal("0.26"),
+                           "cache_write_1h_per_mtok": Decimal("0.41")}  # fmt: skip
+    assert [t.tier for t in entry.tiers] == ["flex", "batch"]
+    assert [c.since for c in entry.changes] == [date(2026, 6, 1)]
+    out = _cli("prices", "set", "house-model", "--tier", "priority", "--output", "1.5", "--json")
+    written = json.loads(out)
+    assert written["tier"] == "priority" and written["per_mtok_usd"]["output"] == "1.5"
+    assert prices.read_text().splitlines()[written["line"] - 1] == (
+        '[prices."house-model".service_tiers.priority]'
+    )
+    _cli("prices", "set", "house-model", "--tier", "flex", "--input", "0.09", "--since",
+         "2026-04-01")  # fmt: skip
+    tiers = {t.tier: t for t in _prices_file.read(prices)["house-model"].tiers}
+    assert tiers["flex"].rates == {"input_per_mtok": Decimal("0.09")}
+    assert tiers["flex"].since == date(2026, 4, 1)
+    assert set(tiers) == {"flex", "batch", "priority"}
+    price = lookup_price("house-model", service_tier="priority")
+    assert price is not None and price.output_per_mtok == Decimal("1.5")
+    _cli("prices", "rm", "house-model")
+    text = prices.read_text()
+    assert "house-model" not in text
+    assert text.startswith("# my prices\n")
+    assert '[prices."other"]  # keep' in text
+    assert list(_prices_file.read(prices)) == ["other"]
+
+
+def test_set_tier_needs_the_entry_and_a_tier_name(prices: Path) -> None:
+    """`--tier` on a model with no entry, a standard tier name, or no rate exits 2, writing
+    nothing."""
+    assert "no entry for 'nope'" in _cli("prices", "set", "nope", "--tier", "flex", "--input",
+                                         "1", code=2)  # fmt: skip
+    assert not prices.exists()
+    _cli("prices", "set", "m", "--input", "1", "--output", "2")
+    before = prices.read_text()
+    assert "is the standard price" in _cli("prices", "set", "m", "--tier", "default", "--input",
+                                           "1", code=2)  # fmt: skip
+    assert "at least one rate" in _cli("prices", "set", "m", "--tier", "flex", code=2)
+    assert "give --output" in _cli("prices", "set", "m", "--input", "1", code=2)
+    assert prices.read_text() == before
+
+
+def test_cli_set_tier_as_a_real_process(prices: Path) -> None:
+    """`llmctx prices set M --tier batch` run as its own process writes the tier that this
+    process then charges."""
+    _write(prices, '[prices."m"]\ninput_per_mtok = 1\noutput_per_mtok = 2\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "llmctx", "prices", "set", "m", "--tier", "batch", "--input",
+         "0.5", "--output", "1", "--json"],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tier"] == "batch"
+    reload_prices()
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    batch, _ = price_usage("m", usage, service_tier="batch")
+    standard, _ = price_usage("m", usage)
+    assert standard is not None and batch is not None
+    assert batch == standard / 2  # the rates just written are half of the entry's

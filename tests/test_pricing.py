@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 import genai_prices
@@ -514,3 +518,451 @@ def test_cli_unknown_provider_says_so() -> None:
     result = runner.invoke(app, ["prices", "gpt-4o", "--provider", "nobody"])
     assert result.exit_code == 1
     assert "nobody" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# What providers bill beyond input and output: 1-hour cache writes, reasoning, service tiers,
+# dated prices. Every expected cost is genai-prices' own calc_price on the same inputs.
+
+AFTER_TIERS = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)  # after every tier's "since" in the data
+
+
+def _genai(
+    model: str,
+    usage: Usage,
+    provider: str | None,
+    *,
+    cache_write_1h: int = 0,
+    context: dict[str, str] | None = None,
+    at: datetime | None = None,
+) -> Decimal:
+    """genai_prices.calc_price for the same call, 1-hour writes and reasoning included."""
+    counts: dict[str, int] = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    if usage.reasoning_tokens:
+        counts["output_reasoning_tokens"] = usage.reasoning_tokens
+    if cache_write_1h:
+        counts["cache_write_1h_tokens"] = cache_write_1h
+    return genai_prices.calc_price(
+        genai_prices.Usage(**counts),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=at,
+        price_context=context,
+    ).total_price
+
+
+def _anthropic_raw(five_minutes: int, one_hour: int, **extra: object) -> dict[str, object]:
+    """Anthropic's usage as the SDK reports it (the part llmctx reads)."""
+    return {
+        "cache_creation_input_tokens": five_minutes + one_hour,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": five_minutes,
+            "ephemeral_1h_input_tokens": one_hour,
+        },
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "input_tokens"),
+    [
+        ("claude-sonnet-4-5", 12_345),
+        ("claude-sonnet-4-5", 250_000),  # above the 200K tier: the 1-hour rate is tiered too
+        ("claude-haiku-4-5", 12_345),
+        ("claude-opus-4-6", 12_345),
+    ],
+)
+def test_one_hour_cache_writes_cost_their_own_rate(model: str, input_tokens: int) -> None:
+    """Anthropic's 1-hour cache writes (from the raw usage) cost what calc_price says, more than
+    the same tokens written for 5 minutes."""
+    usage = Usage(input_tokens=input_tokens, output_tokens=700, cache_read_tokens=2_000,
+                  cache_write_tokens=3_000)  # fmt: skip
+    raw = _anthropic_raw(five_minutes=1_000, one_hour=2_000)
+    cost, reason = price_usage(model, usage, "anthropic", raw_usage=raw, at=AFTER_TIERS)
+    expected = _genai(model, usage, "anthropic", cache_write_1h=2_000, at=AFTER_TIERS)
+    assert reason is None
+    assert (cost, str(cost)) == (expected, str(expected))
+    five_minute_only, _ = price_usage(model, usage, "anthropic", at=AFTER_TIERS)
+    assert five_minute_only is not None and cost is not None
+    assert cost > five_minute_only
+    price = lookup_price(model, "anthropic")
+    assert price is not None and price.note is None  # still the fast path
+
+
+def test_more_one_hour_writes_than_writes_is_inconsistent() -> None:
+    """A raw usage claiming more 1-hour writes than cache writes is reported, not priced."""
+    usage = Usage(input_tokens=10_000, output_tokens=10, cache_write_tokens=100)
+    raw = {"cache_creation": {"ephemeral_1h_input_tokens": 101}}
+    cost, reason = price_usage("claude-sonnet-4-5", usage, "anthropic", raw_usage=raw)
+    assert cost is None
+    assert reason is not None and "1-hour cache writes (101)" in reason
+
+
+def test_reasoning_costs_the_output_rate_unless_the_data_prices_it() -> None:
+    """OpenAI reasoning tokens cost the output rate; Perplexity's own reasoning rate applies."""
+    plain = Usage(input_tokens=10_000, output_tokens=4_000)
+    thinking = dataclasses.replace(plain, reasoning_tokens=3_000)
+    gpt5 = price_usage("gpt-5", thinking, "openai", at=AFTER_TIERS)
+    assert gpt5 == price_usage("gpt-5", plain, "openai", at=AFTER_TIERS)
+    assert gpt5[0] == _genai("gpt-5", thinking, "openai", at=AFTER_TIERS)
+    deep, reason = price_usage("sonar-deep-research", thinking, "perplexity", at=AFTER_TIERS)
+    expected = _genai("sonar-deep-research", thinking, "perplexity", at=AFTER_TIERS)
+    assert reason is None
+    assert (deep, str(deep)) == (expected, str(expected))
+    assert deep != price_usage("sonar-deep-research", plain, "perplexity", at=AFTER_TIERS)[0]
+    price = lookup_price("sonar-deep-research", "perplexity")
+    assert price is not None
+    assert price.reasoning_per_mtok is not None
+    assert price.note is None  # a reasoning rate no longer needs calc_price on every call
+
+
+REASONING_MODELS = [*FAST_MODELS, ("sonar-deep-research", "perplexity"), ("gpt-5", "openai")]
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    model=st.sampled_from(REASONING_MODELS),
+    inp=st.integers(0, 2_000_000),
+    out=st.integers(0, 200_000),
+    read_share=st.floats(0, 1),
+    write_share=st.floats(0, 1),
+    hour_share=st.floats(0, 1),
+    reasoning_share=st.floats(0, 1),
+)
+def test_one_hour_writes_and_reasoning_equal_calc_price_on_random_usage(
+    model: tuple[str, str],
+    inp: int,
+    out: int,
+    read_share: float,
+    write_share: float,
+    hour_share: float,
+    reasoning_share: float,
+) -> None:
+    """Any consistent usage with 1-hour writes and reasoning costs exactly what calc_price says."""
+    read = int(inp * read_share)
+    write = int((inp - read) * write_share)
+    hour = int(write * hour_share)
+    usage = Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=read,
+                  cache_write_tokens=write, reasoning_tokens=int(out * reasoning_share))  # fmt: skip
+    raw = _anthropic_raw(write - hour, hour)
+    cost, _ = price_usage(model[0], usage, model[1], raw_usage=raw, at=AFTER_TIERS)
+    expected = _genai(model[0], usage, model[1], cache_write_1h=hour, at=AFTER_TIERS)
+    assert (cost, str(cost)) == (expected, str(expected))
+
+
+@pytest.mark.parametrize("model", ["gpt-5", "o3", "gpt-4o"])
+@pytest.mark.parametrize(
+    ("tier", "context"),
+    [
+        ("default", {"service_tier": "default"}),
+        ("flex", {"service_tier": "flex"}),
+        ("priority", {"service_tier": "priority"}),
+        ("batch", {"processing": "batch"}),
+    ],
+)
+def test_service_tiers_cost_what_calc_price_says(
+    model: str, tier: str, context: dict[str, str]
+) -> None:
+    """OpenAI flex/priority and Batch API calls cost genai-prices' rates for that tier."""
+    usage = USAGES[2]
+    cost, reason = price_usage(model, usage, "openai", service_tier=tier, at=AFTER_TIERS)
+    if tier == "flex" and model == "gpt-4o":
+        # The data has no flex rate for gpt-4o: calc_price would charge the standard rate.
+        assert cost is None
+        assert reason is not None and "'flex'" in reason and "service_tiers" in reason
+        return
+    expected = _genai(model, usage, "openai", context=context, at=AFTER_TIERS)
+    assert reason is None
+    assert (cost, str(cost)) == (expected, str(expected))
+    standard = _genai(model, usage, "openai", at=AFTER_TIERS)
+    assert (cost == standard) == (tier == "default")
+
+
+def test_a_tier_the_data_has_no_rates_for_is_unpriced_not_standard() -> None:
+    """A tier unknown to the data, or before the data has its rates, has no cost and a reason
+    (calc_price would silently charge the standard rate)."""
+    usage = USAGES[2]
+    before = datetime(2026, 1, 1, tzinfo=UTC)  # before the data's flex rates (2026-10-12)
+    for tier, at in (("scale", AFTER_TIERS), ("flex", before)):
+        cost, reason = price_usage("gpt-5", usage, "openai", service_tier=tier, at=at)
+        assert cost is None
+        assert reason is not None
+        assert f"no {tier!r} service-tier price for model 'gpt-5' on {at:%Y-%m-%d}" in reason
+        assert "llmctx prices" not in reason or "service_tiers" in reason
+        standard = _genai("gpt-5", usage, "openai", at=at)
+        genai_tier = _genai("gpt-5", usage, "openai", context={"service_tier": tier}, at=at)
+        assert genai_tier == standard  # what llmctx refuses to do
+    assert lookup_price("gpt-5", "openai", service_tier="scale") is None
+
+
+def test_anthropic_batch_and_tier_from_the_raw_usage() -> None:
+    """Anthropic's usage.service_tier "batch" prices the call at the Batch API rates."""
+    usage = USAGES[2]
+    raw = _anthropic_raw(300, 0, service_tier="batch")
+    cost, reason = price_usage("claude-opus-4-6", usage, "anthropic", raw_usage=raw,
+                               at=AFTER_TIERS)  # fmt: skip
+    expected = _genai("claude-opus-4-6", usage, "anthropic", context={"processing": "batch"},
+                      at=AFTER_TIERS)  # fmt: skip
+    assert reason is None
+    assert cost == expected
+    assert cost != _genai("claude-opus-4-6", usage, "anthropic", at=AFTER_TIERS)
+    standard = _anthropic_raw(300, 0, service_tier="standard")
+    cost, _ = price_usage("claude-opus-4-6", usage, "anthropic", raw_usage=standard,
+                          at=AFTER_TIERS)  # fmt: skip
+    assert cost == _genai("claude-opus-4-6", usage, "anthropic", at=AFTER_TIERS)
+
+
+def test_the_price_in_force_at_the_call_time() -> None:
+    """A call is priced at the rate in force when it was made (o3's price fell on 2025-06-10)."""
+    usage = USAGES[2]
+    old, new = datetime(2025, 6, 9, 23, 59, tzinfo=UTC), datetime(2025, 6, 10, tzinfo=UTC)
+    old_cost, _ = price_usage("o3", usage, "openai", at=old)
+    new_cost, _ = price_usage("o3", usage, "openai", at=new)
+    assert old_cost == _genai("o3", usage, "openai", at=old)
+    assert new_cost == _genai("o3", usage, "openai", at=new)
+    assert old_cost != new_cost
+    # A naive time is UTC, as in genai-prices.
+    assert price_usage("o3", usage, "openai", at=old.replace(tzinfo=None))[0] == old_cost
+    # The old price does not replace the current one for calls made now.
+    assert price_usage("o3", usage, "openai")[0] == _genai("o3", usage, "openai")
+    price = lookup_price("o3", "openai", at=old)
+    assert price is not None
+    assert price.valid_until == new.date()
+    assert [c.since for c in price.history] == [None, new.date()]
+
+
+def test_every_bundled_service_tier_prices_exactly_like_calc_price() -> None:
+    """For every genai-prices price variant, price_usage at that tier equals calc_price."""
+    from llmctx import _pricing
+
+    usage = Usage(input_tokens=250_123, output_tokens=4_321, cache_read_tokens=100_007,
+                  cache_write_tokens=20_011, reasoning_tokens=1_234)  # fmt: skip
+    checked = 0
+    for gprovider in _pricing._snapshot().providers:
+        for info in gprovider.models:
+            for variant in info.price_variants or ():
+                if len(variant.when) != 1 or lookup_price(info.id, gprovider.id) is None:
+                    continue
+                ((key, value),) = variant.when.items()
+                tier = {"processing": "batch"}.get(key) if value == "batch" else None
+                tier = tier or (value if key == "service_tier" else f"{key}={value}")
+                since = getattr(variant.constraint, "start_date", None)
+                at = AFTER_TIERS if since is None else datetime.combine(since, time(12), UTC)
+                cost, reason = price_usage(info.id, usage, gprovider.id, service_tier=tier,
+                                           at=at)  # fmt: skip
+                assert cost is not None, reason
+                expected = info.calc_price(
+                    _genai_usage_of(usage), gprovider, genai_request_timestamp=at,
+                    price_context=dict(variant.when),
+                ).total_price  # fmt: skip
+                assert (cost, str(cost)) == (expected, str(expected)), (info.id, tier)
+                checked += 1
+    assert checked > 200
+
+
+def test_every_bundled_price_change_prices_exactly_like_calc_price() -> None:
+    """On both sides of every dated price change in the data, price_usage equals calc_price."""
+    from llmctx import _pricing
+
+    usage = Usage(input_tokens=150_001, output_tokens=4_321, cache_read_tokens=100_007,
+                  cache_write_tokens=20_011)  # fmt: skip
+    checked = 0
+    for gprovider in _pricing._snapshot().providers:
+        for info in gprovider.models:
+            if not isinstance(info.prices, list) or lookup_price(info.id, gprovider.id) is None:
+                continue
+            for conditional in info.prices:
+                since = getattr(conditional.constraint, "start_date", None)
+                if since is None:
+                    continue
+                for at in (datetime.combine(since, time(0), UTC) - timedelta(seconds=1),
+                           datetime.combine(since, time(0), UTC)):  # fmt: skip
+                    cost, reason = price_usage(info.id, usage, gprovider.id, at=at)
+                    assert cost is not None, reason
+                    expected = info.calc_price(
+                        _genai_usage_of(usage), gprovider, genai_request_timestamp=at
+                    ).total_price
+                    assert (cost, str(cost)) == (expected, str(expected)), (info.id, at)
+                    checked += 1
+    assert checked > 200
+
+
+def _genai_usage_of(usage: Usage) -> genai_prices.Usage:
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    if usage.reasoning_tokens:
+        counts["output_reasoning_tokens"] = usage.reasoning_tokens
+    return genai_prices.Usage(**counts)
+
+
+def _equivalent_genai_model(
+    base: dict[str, str],
+    changes: list[tuple[date, dict[str, str]]],
+    tiers: dict[str, dict[str, str]],
+) -> tuple[gt.Provider, gt.ModelInfo]:
+    """The genai-prices model that means the same as an llmctx price with these rates."""
+    keys = {"input_per_mtok": "input_mtok", "output_per_mtok": "output_mtok",
+            "cache_read_per_mtok": "cache_read_mtok", "cache_write_per_mtok": "cache_write_mtok",
+            "cache_write_1h_per_mtok": "cache_write_1h_mtok",
+            "reasoning_per_mtok": "output_reasoning_mtok"}  # fmt: skip
+
+    def genai(rates: dict[str, str]) -> gt.ModelPrice:
+        return gt.ModelPrice(**{keys[k]: Decimal(v) for k, v in rates.items()})
+
+    info = gt.ModelInfo(
+        id="house-model",
+        match=gt.ClauseEquals(equals="house-model"),
+        prices=[gt.ConditionalPrice(prices=genai(base))]
+        + [gt.ConditionalPrice(constraint=gt.StartDateConstraint(start_date=d), prices=genai(r))
+           for d, r in changes],
+        price_variants=[
+            gt.PriceVariant(when={"service_tier": t}, prices=genai(r)) for t, r in tiers.items()
+        ],
+    )  # fmt: skip
+    return gt.Provider(id="house", name="house", api_pattern="", models=[info]), info
+
+
+HOUSE_BASE = {"input_per_mtok": "0.20", "output_per_mtok": "0.60", "cache_read_per_mtok": "0.02",
+              "cache_write_per_mtok": "0.25", "cache_write_1h_per_mtok": "0.40",
+              "reasoning_per_mtok": "0.90"}  # fmt: skip
+HOUSE_TIERS = {"flex": {"input_per_mtok": "0.10", "output_per_mtok": "0.30"},
+               "priority": {"output_per_mtok": "1.20"}}  # fmt: skip
+
+
+@pytest.mark.parametrize("tier", [None, "flex", "priority"])
+def test_a_price_set_in_code_with_tiers_means_what_genai_prices_would(tier: str | None) -> None:
+    """set_price's 1-hour, reasoning and service-tier rates cost what calc_price charges for the
+    same rates written as genai-prices data."""
+    set_price("house-model", **HOUSE_BASE, service_tiers=HOUSE_TIERS)
+    gprovider, info = _equivalent_genai_model(HOUSE_BASE, [], HOUSE_TIERS)
+    usage = Usage(input_tokens=20_000, output_tokens=3_000, cache_read_tokens=5_000,
+                  cache_write_tokens=4_000, reasoning_tokens=1_000)  # fmt: skip
+    raw = _anthropic_raw(1_500, 2_500)
+    cost, reason = price_usage("house-model", usage, raw_usage=raw, service_tier=tier)
+    genai_usage = _genai_usage_of(usage)
+    genai_usage.cache_write_1h_tokens = 2_500
+    expected = info.calc_price(
+        genai_usage, gprovider, price_context={"service_tier": tier} if tier else None
+    ).total_price
+    assert reason is None
+    assert (cost, str(cost)) == (expected, str(expected))
+    assert price_usage("house-model", usage, service_tier="batch")[0] is None
+
+
+@pytest.mark.parametrize(
+    ("service_tiers", "match"),
+    [
+        ({"default": {"input_per_mtok": 1}}, "standard price is the main rates"),
+        ({"flex": {}}, "needs a mapping of rates"),
+        ({"flex": {"inptu_per_mtok": 1}}, "unknown rate 'inptu_per_mtok'"),
+        ({"flex": {"input_per_mtok": -1}}, "input_per_mtok must be a finite number"),
+        (["flex"], "must map a tier name to its rates"),
+    ],
+)
+def test_bad_service_tiers_raise_config_error(service_tiers: object, match: str) -> None:
+    """A standard tier name, empty or unknown rates, or a non-mapping are a clear ConfigError."""
+    with pytest.raises(ConfigError, match=match):
+        set_price("m", input_per_mtok=1, output_per_mtok=1, service_tiers=service_tiers)  # type: ignore[arg-type]
+
+
+def test_estimate_covers_the_tier_the_request_names() -> None:
+    """A reservation for a priority call covers its cost; a tier with no rates has no estimate."""
+    usage = Usage(input_tokens=10_000, output_tokens=2_000)
+    cost, _ = price_usage("gpt-5", usage, "openai", service_tier="priority", at=AFTER_TIERS)
+    estimate = estimate_cost("gpt-5", 10_000, 2_000, "openai", service_tier="priority",
+                             at=AFTER_TIERS)  # fmt: skip
+    standard = estimate_cost("gpt-5", 10_000, 2_000, "openai", at=AFTER_TIERS)
+    assert cost is not None and estimate is not None and standard is not None
+    assert estimate >= cost > standard
+    assert estimate_cost("gpt-5", 10, 10, "openai", service_tier="scale") is None
+
+
+# --------------------------------------------------------------------------------------------
+# llmctx prices MODEL --tier / --at, as a real process.
+
+
+def _llmctx(*args: str, code: int = 0) -> str:
+    """Run `python -m llmctx ARGS` as its own process; its stdout (stderr when it fails)."""
+    env = {**os.environ, "COLUMNS": "200", "LLMCTX_PRICES": os.devnull + ".missing.toml"}
+    done = subprocess.run(
+        [sys.executable, "-m", "llmctx", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == code, (done.stdout, done.stderr)
+    return done.stdout if code == 0 else done.stderr
+
+
+def _genai_info(model: str, provider: str) -> gt.ModelInfo:
+    from llmctx import _pricing
+
+    found = _pricing._genai_find(model, provider)
+    assert found is not None
+    return found[1]
+
+
+def test_cli_at_date_shows_the_price_then_and_the_history() -> None:
+    """`llmctx prices o3 --at DAY --json` gives that day's rates (the data's) and the history."""
+    info = _genai_info("o3", "openai")
+    assert isinstance(info.prices, list)
+    first, second = info.prices[0].prices, info.prices[1].prices
+    change = info.prices[1].constraint.start_date  # type: ignore[union-attr]
+    day_before = (change - timedelta(days=1)).isoformat()
+    data = json.loads(_llmctx("prices", "o3", "--provider", "openai", "--at", day_before,
+                              "--json"))  # fmt: skip
+    assert Decimal(data["per_mtok_usd"]["input"]) == first.input_mtok
+    assert Decimal(data["per_mtok_usd"]["output"]) == first.output_mtok
+    assert data["valid_until"] == change.isoformat()
+    assert [h["since"] for h in data["history"]] == [None, change.isoformat()]
+    assert Decimal(data["history"][1]["per_mtok_usd"]["input"]) == second.input_mtok
+    text = _llmctx("prices", "o3", "--provider", "openai", "--at", day_before)
+    assert f"In force on {day_before}: until {change}" in text
+    history = [line.strip() for line in text.splitlines() if line.strip().startswith("until ")]
+    assert history == [f"until {change}: " + history[0].split(": ", 1)[1]]
+    assert history[0].endswith("<- in force")
+
+
+def test_cli_tier_shows_that_tiers_rates_and_the_others() -> None:
+    """`--tier flex` shows the data's flex rates; the service-tier table lists the other tiers."""
+    info = _genai_info("gpt-5", "openai")
+    flex = next(v for v in info.price_variants or () if v.when == {"service_tier": "flex"})
+    data = json.loads(_llmctx("prices", "gpt-5", "--provider", "openai", "--tier", "flex",
+                              "--at", AFTER_TIERS.date().isoformat(), "--json"))  # fmt: skip
+    assert data["service_tier"] == "flex"
+    assert Decimal(data["per_mtok_usd"]["input"]) == flex.prices.input_mtok
+    assert Decimal(data["per_mtok_usd"]["output"]) == flex.prices.output_mtok
+    assert {t["tier"] for t in data["service_tiers"]} >= {"priority", "batch"}
+    text = _llmctx("prices", "gpt-5", "--provider", "openai")
+    assert "Service tiers" in text
+    assert "flex" in text and "priority" in text and "batch" in text
+
+
+def test_cli_shows_one_hour_cache_write_and_reasoning_rates() -> None:
+    """Anthropic's 5-minute and 1-hour write rates and the reasoning rate are shown."""
+    price = lookup_price("claude-sonnet-4-5", "anthropic")
+    assert price is not None and price.cache_write_1h_per_mtok is not None
+    text = _llmctx("prices", "claude-sonnet-4-5", "--provider", "anthropic")
+    assert "Cache write, 5 minutes" in text
+    assert "Cache write, 1 hour" in text
+    assert f"${price.cache_write_1h_per_mtok:.2f}" in text
+    assert "Reasoning" in text and "output rate" in text
+
+
+def test_cli_refuses_an_unknown_tier_and_a_bad_date() -> None:
+    """A tier the data has no rates for exits 1 saying so; a bad --at exits 2."""
+    err = _llmctx("prices", "gpt-5", "--provider", "openai", "--tier", "scale", code=1)
+    assert "no 'scale' service-tier price" in " ".join(err.split())
+    err = _llmctx("prices", "gpt-5", "--at", "last tuesday", code=2)
+    assert "is not a date" in " ".join(err.split())

@@ -57,6 +57,7 @@ __all__ = [
     "PricesFileError",
     "locate",
     "parse",
+    "rates_problem",
     "read",
     "remove_entry",
     "set_entry",
@@ -459,6 +460,14 @@ def _parse_changes(
             for key in RATE_KEYS
             if key in body
         }
+        problem = rates_problem(rates)
+        if problem is not None:
+            raise PricesFileError(
+                path,
+                f"{what} {problem}",
+                line=line_of("cache_write_1h_per_mtok"),
+                fix="A dated price is a whole price: add its `cache_write_per_mtok = ...`",
+            )
         changes.append(FileChange(since, rates, line_of()))
     return tuple(sorted(changes, key=lambda c: c.since))
 
@@ -482,6 +491,20 @@ def rate_problem(rate: Decimal) -> str | None:
         return f"must be at most {MAX_RATE:,} (US dollars per million tokens)"
     if rate != 0 and rate.as_tuple().exponent < _MIN_EXPONENT:  # type: ignore[operator]
         return "has more than 30 decimal places"
+    return None
+
+
+def rates_problem(rates: Mapping[str, Any]) -> str | None:
+    """Why a whole price's rates do not make sense together, or None when they do.
+
+    A 1-hour cache-write rate refines the cache-write rate, so it needs one (genai-prices
+    refuses a 1-hour rate without it too).
+    """
+    if "cache_write_1h_per_mtok" in rates and "cache_write_per_mtok" not in rates:
+        return (
+            "has cache_write_1h_per_mtok but no cache_write_per_mtok: give the 5-minute "
+            "cache-write rate too (1-hour writes are a kind of cache write)"
+        )
     return None
 
 
@@ -599,6 +622,14 @@ def parse(text: str, path: Path) -> dict[str, FileEntry]:
             for key in RATE_KEYS
             if key in body
         }
+        problem = rates_problem(rates)
+        if problem is not None:
+            raise PricesFileError(
+                path,
+                f"the entry for {model!r} {problem}",
+                line=key_line("cache_write_1h_per_mtok"),
+                fix="Add a line such as `cache_write_per_mtok = 0.25`",
+            )
         lower = model.strip().lower()
         subs = _sub_headers(lines, model.lower())
         tiers = (

@@ -540,6 +540,9 @@ def _override_price(
             reasoning_per_mtok=reasoning_per_mtok,
         )
     )
+    problem = _prices_file.rates_problem(base)
+    if problem is not None:
+        raise ConfigError(f"the price of {model.strip()!r} {problem}")
     schedule = _Schedule(
         meta={
             "provider": provider.strip() if provider else None,
