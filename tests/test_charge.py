@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ import pytest
 import llmctx
 from llmctx import CallRecord
 from llmctx.stores import MemoryStore
+from llmctx.testing import FakeModel
 
 MODEL = "charge-model"
 
@@ -334,3 +337,197 @@ def test_raise_mode_store_failure_still_reaches_recorders() -> None:
     assert len(rec.calls) == 1
     assert budget.ledger.snapshot().reservations == 0
     assert budget.ledger.snapshot().spent.tokens == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The async charge path: ledgers and store through their async faces, never on the loop thread.
+
+
+@contextlib.contextmanager
+def write_locked(path: Any) -> Iterator[sqlite3.Connection]:
+    """Hold the SQLite file's write lock from another connection (as a second writer
+    process would) until the block ends; commit it early with ``.execute("COMMIT")``."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        yield blocker
+        if blocker.in_transaction:
+            blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+
+
+async def _ticks_while(task: asyncio.Future[Any], n: int) -> int:
+    # The loop's other work: n ticks of a 1 ms ticker, all while ``task`` is still pending.
+    ticks = 0
+    while ticks < n and not task.done():
+        await asyncio.sleep(0.001)
+        ticks += 1
+    return ticks
+
+
+def test_an_async_call_waits_for_its_write_without_blocking_the_loop(tmp_path: Any) -> None:
+    """FakeModel.acomplete into SQLite while another writer holds the file: the event loop
+    keeps running (a ticker ticks) while the call's write waits, and once the lock is free
+    the call returns committed (readable from a second connection)."""
+    path = tmp_path / "calls.db"
+    store = llmctx.stores.SQLiteStore(path, busy_timeout=30)
+    model = FakeModel(MODEL)
+
+    async def main() -> tuple[int, bool, str, list[CallRecord]]:
+        with llmctx.session("async", store=store) as s:
+            with write_locked(path) as blocker:
+                task = asyncio.ensure_future(model.acomplete("two plus two", max_tokens=8))
+                ticks = await _ticks_while(task, 20)
+                pending = not task.done()
+                blocker.execute("COMMIT")
+                reply = await asyncio.wait_for(task, 30)
+            reader = llmctx.stores.SQLiteStore(path)
+            try:
+                seen = reader.list_calls([s.id])
+            finally:
+                reader.close()
+        return ticks, pending, reply.record.id, seen
+
+    ticks, pending, record_id, seen = asyncio.run(main())
+    store.close()
+    assert pending and ticks == 20
+    assert [c.id for c in seen] == [record_id]
+
+
+class PausingLedger(llmctx.MemoryLedger):
+    """The in-memory ledger with an async settle that waits for ``go`` first: a fake, since a
+    real Redis cannot be made to stall at the one moment a test cancels its caller."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def asettle(self, token: str, actual: Any) -> None:
+        self.waiting.set()
+        await self.go.wait()
+        self.settle(token, actual)
+
+
+def test_cancelled_while_it_settles_an_async_call_still_settles_and_is_written(
+    memory_store: MemoryStore,
+) -> None:
+    """A task cancelled while afinish awaits its ledger's async settle: the settle completes
+    (nothing stays reserved), the call is still written to the store and counted, and the
+    task ends cancelled."""
+
+    async def main() -> tuple[bool, Any, list[CallRecord], int]:
+        ledger = PausingLedger()
+        budget = llmctx.Budget(tokens=10_000, ledger=ledger)
+        with llmctx.session("cancel", store=memory_store, budget=budget) as s:
+
+            async def one_call() -> None:
+                async with llmctx.track_call(
+                    provider="acme", model=MODEL, input_tokens=10, max_output_tokens=90
+                ) as call:
+                    await call.afinish(
+                        usage=llmctx.Usage(input_tokens=10, output_tokens=5, requests=1)
+                    )
+
+            task = asyncio.ensure_future(one_call())
+            await asyncio.wait_for(ledger.waiting.wait(), 10)
+            task.cancel()
+            await asyncio.sleep(0)
+            ledger.go.set()
+            try:
+                await asyncio.wait_for(task, 10)
+                cancelled = False
+            except asyncio.CancelledError:
+                cancelled = True
+            return cancelled, ledger.snapshot(), memory_store.list_calls([s.id]), s.call_count
+
+    cancelled, snap, stored, count = asyncio.run(main())
+    assert cancelled
+    assert snap.reserved.tokens == 0 and snap.spent.tokens == 15
+    assert [c.usage.total_tokens for c in stored] == [15] and count == 1
+
+
+def test_cancelled_while_its_record_is_written_an_async_call_leaves_nothing_half_done(
+    tmp_path: Any,
+) -> None:
+    """A task cancelled while its afinish waits for the SQLite write (another writer holds
+    the file): the write still commits, the budget holds no reservation (the spend is
+    settled), and the task ends cancelled."""
+    path = tmp_path / "calls.db"
+    store = llmctx.stores.SQLiteStore(path, busy_timeout=30)
+    budget = llmctx.Budget(tokens=10_000)
+
+    async def one_call() -> None:
+        async with llmctx.track_call(
+            provider="acme", model=MODEL, input_tokens=10, max_output_tokens=90
+        ) as call:
+            await asyncio.sleep(0)
+            await call.afinish(usage=llmctx.Usage(input_tokens=10, output_tokens=5, requests=1))
+
+    async def main() -> tuple[bool, bool, str]:
+        with llmctx.session("cancel", store=store, budget=budget) as s:
+            with write_locked(path) as blocker:
+                task = asyncio.ensure_future(one_call())
+                await _ticks_while(task, 20)
+                pending = not task.done()  # reserved, sent, and waiting for its write
+                task.cancel()
+                await asyncio.sleep(0)
+                blocker.execute("COMMIT")
+                try:
+                    await asyncio.wait_for(task, 30)
+                    cancelled = False
+                except asyncio.CancelledError:
+                    cancelled = True
+            return pending, cancelled, s.id
+
+    pending, cancelled, sid = asyncio.run(main())
+    stored = store.list_calls([sid])
+    store.close()
+    snap = budget.ledger.snapshot()
+    assert pending and cancelled
+    assert [c.usage.total_tokens for c in stored] == [15]
+    assert snap.reserved.tokens == 0 and snap.spent.tokens == 15
+
+
+def test_an_async_refusal_is_recorded_and_holds_nothing(memory_store: MemoryStore) -> None:
+    """astart refused by a budget (through Session.areserve): BudgetExceeded before sending,
+    nothing reserved, and the refusal written to the store."""
+    budget = llmctx.Budget(tokens=50)
+
+    async def main() -> str:
+        with llmctx.session("refuse", store=memory_store, budget=budget) as s:
+            with pytest.raises(llmctx.BudgetExceeded):
+                async with llmctx.track_call(
+                    provider="acme", model=MODEL, input_tokens=40, max_output_tokens=40
+                ):
+                    raise AssertionError("a refused call is never sent")
+            return s.id
+
+    sid = asyncio.run(main())
+    refused = memory_store.list_calls([sid], refused=True)
+    assert [c.status for c in refused] == ["refused"]
+    assert budget.ledger.snapshot().reserved.tokens == 0
+
+
+def test_async_and_sync_ends_make_the_same_record(memory_store: MemoryStore) -> None:
+    """finish and afinish are one implementation: the same call ends with equal records
+    (status, usage, cost, redacted request) and the same session totals."""
+    request = {"messages": [{"role": "user", "content": "key sk-abcdefghijklmnopqrstuv"}]}
+    usage = llmctx.Usage(input_tokens=12, output_tokens=4, requests=1)
+
+    def sync_call() -> CallRecord:
+        with llmctx.track_call(provider="acme", model=MODEL, request=request) as call:
+            return call.finish(usage=usage, response="ok")
+
+    async def async_call() -> CallRecord:
+        async with llmctx.track_call(provider="acme", model=MODEL, request=request) as call:
+            return await call.afinish(usage=usage, response="ok")
+
+    with llmctx.session("twins", store=memory_store) as s:
+        first = sync_call()
+        second = asyncio.run(async_call())
+    keys = ("status", "usage", "cost", "request", "response", "kind", "model")
+    assert [getattr(first, k) for k in keys] == [getattr(second, k) for k in keys]
+    assert "sk-abcdefghijklmnopqrstuv" not in str(second.request)
+    assert s.usage.total_tokens == 32 and s.call_count == 2

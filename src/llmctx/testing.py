@@ -153,11 +153,15 @@ class FakeModel:
     async def acomplete(
         self, prompt: str | Sequence[Mapping[str, Any]], *, max_tokens: int = 64
     ) -> FakeReply:
-        """Async twin of :meth:`complete` (yields to the event loop once, like real I/O)."""
+        """Async twin of :meth:`complete` (yields to the event loop once, like real I/O).
+
+        Charged like an instrumented async SDK call: the budgets are reserved, settled and the
+        call written through the tracker's async faces, never blocking the event loop.
+        """
         import anyio
 
         text, tracker = self._tracker(prompt, max_tokens)
-        with tracker as call:
+        async with tracker as call:
             self.requests_sent += 1
             await anyio.sleep(0)
             if self.fail_with is not None:
@@ -166,7 +170,7 @@ class FakeModel:
             usage = Usage(
                 input_tokens=count_words(text), output_tokens=count_words(answer), requests=1
             )
-            rec = call.finish(usage=usage, response=answer)
+            rec = await call.afinish(usage=usage, response=answer)
         return FakeReply(answer, usage, rec)
 
     @protected
