@@ -587,3 +587,85 @@ def test_parent_row_counts_child_calls_before_anyone_exits(tmp_path: Path) -> No
         _row_matches_calls(store, row.id)
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded memory: totals are counters, calls a window of the most recent ones.
+
+
+def _charge_words(model: FakeModel, i: int) -> None:
+    model.complete(f"call {i} " + "word " * 100, max_tokens=4)  # a ~500-character prompt
+
+
+def test_a_session_keeps_a_bounded_window_of_calls_and_reads_all_from_its_store(
+    tmp_path: Path,
+) -> None:
+    """keep_calls=5: calls holds the 5 most recent (inner and outer alike), the totals and
+    call_count count all 12, and all_calls() reads the 12 back from the SQLite store."""
+    model = FakeModel()
+    store = SQLiteStore(tmp_path / "window.db")
+    with llmctx.session("outer", store=store, keep_calls=5) as outer:
+        with llmctx.session("inner", keep_calls=5) as inner:
+            for i in range(12):
+                _charge_words(model, i)
+        assert [c.request["prompt"].split()[1] for c in inner.calls] == [
+            "7",
+            "8",
+            "9",
+            "10",
+            "11",
+        ]
+        assert [c.id for c in outer.calls] == [c.id for c in inner.calls]
+        assert outer.call_count == inner.call_count == 12
+        assert outer.usage.requests == 12
+        everything = outer.all_calls()
+        assert len(everything) == 12
+        assert {c.id for c in everything} >= {c.id for c in outer.calls}
+    store.close()
+
+
+def test_keep_calls_none_keeps_every_call_and_bad_values_are_refused(
+    memory_store: MemoryStore,
+) -> None:
+    """keep_calls=None keeps every call in memory; a negative or non-integer keep_calls is a
+    ConfigError that says what it takes."""
+    model = FakeModel()
+    with llmctx.session("all", store=memory_store, keep_calls=None) as s:
+        for i in range(30):
+            _charge_words(model, i)
+    assert len(s.calls) == 30 and s.all_calls() == s.calls
+    for bad in (-1, 2.5, "10"):
+        with pytest.raises(llmctx.ConfigError, match="keep_calls"):
+            llmctx.session("bad", keep_calls=bad)  # type: ignore[arg-type]
+
+
+def test_memory_does_not_grow_with_the_calls_of_a_long_nested_session(tmp_path: Path) -> None:
+    """Python memory held after 4,000 more calls of a 500-character prompt into a nested
+    session on SQLite stays flat: under 1 MB, the room the bounded caches (redaction, the
+    windows) may take meanwhile, where keeping the records takes ~4 MB; every call is still
+    counted and stored."""
+    import gc
+    import tracemalloc
+
+    model = FakeModel()
+    store = SQLiteStore(tmp_path / "memory.db")
+    try:
+        with llmctx.session("root", store=store, keep_calls=50) as root:
+            with llmctx.session("child", keep_calls=50):
+                for i in range(1_000):  # the windows fill up, the caches warm
+                    _charge_words(model, i)
+                gc.collect()
+                tracemalloc.start()
+                try:
+                    before = tracemalloc.get_traced_memory()[0]
+                    for i in range(1_000, 5_000):
+                        _charge_words(model, i)
+                    gc.collect()
+                    after = tracemalloc.get_traced_memory()[0]
+                finally:
+                    tracemalloc.stop()
+            assert root.call_count == 5_000 and len(root.calls) == 50
+            assert len(store.list_calls([r.id for r in store.session_tree(root.id)])) == 5_000
+    finally:
+        store.close()
+    assert after - before < 1_000_000, f"grew {after - before:,} bytes over 4,000 calls"

@@ -461,11 +461,11 @@ def redact_text(text: str) -> str:
 # Texts found to hold no secret, so the next call with the same text (a model name, a system
 # prompt, a repeated question) costs one dict lookup instead of a scan. Only secret-free texts
 # are kept (a secret never lingers here), short ones, and at most _CLEAN_MAX_ENTRIES of them:
-# at most 512 KiB of text. Cleared wholesale when full (cheaper than an LRU's bookkeeping on
+# at most 128 KiB of text. Cleared wholesale when full (cheaper than an LRU's bookkeeping on
 # every hit). A dict's reads and writes are atomic under the GIL; a lost insert only costs a
 # later scan.
-_CLEAN_MAX_CHARS = 1024
-_CLEAN_MAX_ENTRIES = 512
+_CLEAN_MAX_CHARS = 512
+_CLEAN_MAX_ENTRIES = 256
 _clean: dict[str, None] = {}
 
 
