@@ -138,7 +138,7 @@ def request_attributes(request: Any) -> dict[str, Any]:
     Read from the request payload (an OpenAI / llama.cpp body, an Anthropic message request);
     only numbers, flags and stop sequences are taken, so nothing secret can pass.
     """
-    if not isinstance(request, Mapping):
+    if type(request) is not dict and not isinstance(request, Mapping):
         return {}
     given = request.keys() & _REQUEST_KEYS
     out: dict[str, Any] = {}
@@ -193,8 +193,12 @@ def usage_attributes(usage: Usage) -> dict[str, Any]:
 
 def _finish_reasons(metadata: Mapping[str, Any]) -> list[str] | None:
     reasons = metadata.get("finish_reasons")
-    if isinstance(reasons, list) and all(isinstance(r, str) for r in reasons) and reasons:
-        return list(reasons)
+    if isinstance(reasons, list) and reasons:
+        for reason in reasons:
+            if not isinstance(reason, str):
+                break
+        else:
+            return list(reasons)
     for key in ("finish_reason", "stop_reason"):
         value = metadata.get(key)
         if isinstance(value, str) and value:
