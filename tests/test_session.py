@@ -669,3 +669,75 @@ def test_memory_does_not_grow_with_the_calls_of_a_long_nested_session(tmp_path: 
     finally:
         store.close()
     assert after - before < 1_000_000, f"grew {after - before:,} bytes over 4,000 calls"
+
+
+# ---------------------------------------------------------------------------------------------
+# Several budgets on one session; call and tool-call caps.
+
+
+def test_a_call_must_fit_every_budget_of_a_session_all_or_nothing(
+    memory_store: MemoryStore,
+) -> None:
+    """session(budget=[a, b]): a call that fits a but not b is refused and reserves on
+    neither; one that fits both is charged to both; remaining() shows the tighter one."""
+    roomy = llmctx.Budget(tokens=10_000)
+    tight = llmctx.Budget(tokens=100)
+    model = FakeModel()
+    with llmctx.session("two", store=memory_store, budget=[roomy, tight]) as s:
+        assert s.budgets == (roomy, tight) and s.budget is roomy
+        model.complete("one two three", max_tokens=10)
+        with pytest.raises(llmctx.BudgetExceeded):
+            model.complete("four five", max_tokens=500)
+        left = s.remaining()
+    assert roomy.snapshot().spent.tokens == tight.snapshot().spent.tokens > 0
+    assert roomy.snapshot().reserved.tokens == tight.snapshot().reserved.tokens == 0
+    assert left["tokens"] == 100 - tight.snapshot().spent.tokens
+    assert left["usd"] is None and set(left) == {"usd", "tokens", "requests", "calls", "tool_calls"}
+
+
+def test_calls_and_tool_calls_caps_stop_a_runaway_loop(memory_store: MemoryStore) -> None:
+    """Budget(calls=2) refuses the third model call; Budget(tool_calls=1) the second tool
+    call, while model calls go on; both before anything is sent."""
+    model = FakeModel()
+    with llmctx.session("loop", store=memory_store, budget=llmctx.Budget(calls=2)):
+        model.complete("a b")
+        model.complete("c d")
+        with pytest.raises(llmctx.BudgetExceeded):
+            model.complete("e f")
+    assert model.requests_sent == 2
+
+    def tool() -> None:
+        with llmctx.track_call(provider="mcp", model="files.read", kind="tool") as call:
+            call.finish(response="ok")
+
+    with llmctx.session("tools", store=memory_store, budget=llmctx.Budget(tool_calls=1)) as s:
+        tool()
+        model.complete("g h")
+        with pytest.raises(llmctx.BudgetExceeded):
+            tool()
+        assert s.remaining()["tool_calls"] == 0
+
+
+def test_a_bad_budget_argument_says_what_session_takes() -> None:
+    """session(budget=...) with something other than a Budget or a list of them is a
+    ConfigError naming llmctx.Budget."""
+    for bad in ("0.50", [llmctx.Budget(tokens=1), "x"], 5):
+        with pytest.raises(llmctx.ConfigError, match="llmctx.Budget"):
+            llmctx.session("bad", budget=bad)  # type: ignore[arg-type]
+
+
+def test_resume_restores_every_budget_of_a_session(tmp_path: Path) -> None:
+    """A failed session with two budgets resumes with both, each restored to the spend."""
+    store = SQLiteStore(tmp_path / "resume.db")
+    model = FakeModel()
+    with pytest.raises(RuntimeError):
+        with llmctx.session(
+            "two", store=store, budget=[llmctx.Budget(tokens=10_000), llmctx.Budget(calls=3)]
+        ) as s:
+            model.complete("one two")
+            raise RuntimeError("boom")
+    again = llmctx.session.resume(s.id, store=store)
+    assert [b.limit("calls") for b in again.budgets] == [None, 3]
+    assert again.budgets[1].snapshot().spent.calls == 1
+    assert again.budgets[0].snapshot().spent.tokens == s.usage.total_tokens
+    store.close()

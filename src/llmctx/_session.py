@@ -22,7 +22,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -88,6 +88,29 @@ _ROW_FRESH_FOR = 1.0
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_DIMS = ("usd", "tokens", "requests", "calls", "tool_calls")
+
+
+def _budgets_of(budget: object) -> tuple[Budget, ...]:
+    """``session(budget=...)`` as a tuple: None, one Budget, or a sequence of them.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if budget is None:
+        return ()
+    if isinstance(budget, Budget):
+        return (budget,)
+    if isinstance(budget, Sequence) and not isinstance(budget, str | bytes):
+        found = tuple(budget)
+        if all(isinstance(b, Budget) for b in found):
+            return found
+    raise ConfigError(
+        f"session(budget=...) takes llmctx.Budget or a list of them, got {type(budget).__name__}; "
+        "write budget=llmctx.Budget(usd='0.50', tokens=50_000)"
+    )
 
 
 def _classify(exc_type: type[BaseException] | None) -> SessionStatus:
@@ -253,7 +276,7 @@ class Session:
         self,
         name: str | None = None,
         *,
-        budget: Budget | None = None,
+        budget: Budget | Sequence[Budget] | None = None,
         tags: Mapping[str, str] | None = None,
         store: Store | str | None = None,
         record_content: bool = True,
@@ -271,18 +294,16 @@ class Session:
                 f"session(on_store_error={on_store_error!r}) takes 'outbox' (keep what the store "
                 "cannot take and go on; the default) or 'raise'"
             )
-        if budget is not None and not isinstance(budget, Budget):
-            raise ConfigError(
-                f"session(budget=...) takes llmctx.Budget, got {type(budget).__name__}; "
-                "write budget=llmctx.Budget(usd='0.50', tokens=50_000)"
-            )
+        budgets = _budgets_of(budget)
         if tags is not None and not isinstance(tags, Mapping):
             raise ConfigError(
                 "session(tags=...) takes a mapping of str to str, e.g. {'team': 'search'}"
             )
         self.id: str = id or uuid.uuid4().hex
         self.name = name
-        self.budget = budget
+        #: Every budget of this session (a call must fit them all); ``budget`` is the first.
+        self.budgets: tuple[Budget, ...] = budgets
+        self.budget: Budget | None = budgets[0] if budgets else None
         self.tags: dict[str, str] = {str(k): str(v) for k, v in (tags or {}).items()}
         self.record_content = record_content
         self.on_store_error: OnStoreError = on_store_error
@@ -383,16 +404,21 @@ class Session:
         return self._store
 
     def remaining(self) -> dict[str, Decimal | int | None]:
-        """What this session's own budget has left per dimension (None: unlimited)."""
-        if self.budget is None:
-            return {"usd": None, "tokens": None, "requests": None}
-        snap = self.budget.ledger.snapshot()
-        out: dict[str, Decimal | int | None] = {}
-        for dim in ("usd", "tokens", "requests"):
-            limit = self.budget.limit(dim)
-            out[dim] = (
-                None if limit is None else limit - snap.spent.get(dim) - snap.reserved.get(dim)
-            )
+        """What this session's own budgets have left per dimension (None: unlimited).
+
+        Dimensions: ``usd``, ``tokens``, ``requests``, ``calls``, ``tool_calls``. With several
+        budgets, the least any of them has left (a call must fit them all).
+        """
+        out: dict[str, Decimal | int | None] = dict.fromkeys(_DIMS)
+        for budget in self.budgets:
+            snap = budget.snapshot()
+            for dim in _DIMS:
+                limit = budget.limit(dim)
+                if limit is None:
+                    continue
+                left = limit - snap.spent.get(dim) - snap.reserved.get(dim)
+                current = out[dim]
+                out[dim] = left if current is None or left < current else current
         return out
 
     def chain(self) -> list[Session]:
@@ -410,12 +436,9 @@ class Session:
         # budgets a call must reserve on, and what they limit, are found once, not per call.
         found = self._budgets
         if found is None:
-            owners = [(n.budget, n.id, n.name) for n in self.chain() if n.budget is not None]
+            owners = [(b, n.id, n.name) for n in self.chain() for b in n.budgets]
             limited = frozenset(
-                dim
-                for budget, _, _ in owners
-                for dim in ("usd", "tokens", "requests")
-                if budget.limit(dim) is not None
+                dim for budget, _, _ in owners for dim in _DIMS if budget.limit(dim) is not None
             )
             found = _ChainBudgets(owners, limited)
             if self.status != "created":
@@ -434,7 +457,8 @@ class Session:
 
     @property
     def limited(self) -> frozenset[str]:
-        """The dimensions (``usd``, ``tokens``, ``requests``) some budget in the chain limits."""
+        """The dimensions (``usd``, ``tokens``, ``requests``, ``calls``, ``tool_calls``) some
+        budget in the chain limits."""
         return self._chain_budgets().limited
 
     def reserve(self, amount: Amount, holds: Holds | None = None) -> Holds:
@@ -709,6 +733,9 @@ class Session:
                 metadata["resumed"] = self._resumed
             if not self.record_content:
                 metadata["record_content"] = False
+            if len(self.budgets) > 1:
+                # The row's budget column holds the first; every one is kept for resume().
+                metadata["budgets"] = [b.to_dict() for b in self.budgets]
             return SessionRecord(
                 id=self.id,
                 # Names and tags are the user's free text: what is stored is redacted.
@@ -753,7 +780,7 @@ class Session:
         session_id: str,
         *,
         store: Store | str | None = None,
-        budget: Budget | None = None,
+        budget: Budget | Sequence[Budget] | None = None,
         allow_completed: bool = False,
     ) -> Session:
         """Reopen a failed, cancelled or interrupted session from its store, by id or by name.
@@ -790,7 +817,9 @@ class Session:
                 f"session {session_id!r} completed normally, so there is nothing to recover; pass "
                 "allow_completed=True to continue it anyway, or start a new session"
             )
-        if budget is None and row.budget:
+        if budget is None and row.metadata.get("budgets"):
+            budget = [Budget.from_dict(b) for b in row.metadata["budgets"]]
+        elif budget is None and row.budget:
             budget = Budget.from_dict(row.budget)
         tree = resolved.session_tree(row.id)
         calls = resolved.list_calls([r.id for r in tree])
@@ -809,11 +838,16 @@ class Session:
         with new._lock:
             for call in calls:
                 new._add(call)
-        if new.budget is not None:
-            usage = new.usage
-            new.budget.ledger.restore(
-                Amount(usd=new._cost, tokens=usage.total_tokens, requests=usage.requests)
-            )
+        usage = new.usage
+        spent = Amount(
+            usd=new._cost,
+            tokens=usage.total_tokens,
+            requests=usage.requests,
+            calls=sum(1 for c in calls if c.kind != "tool"),
+            tool_calls=sum(1 for c in calls if c.kind == "tool"),
+        )
+        for restored in new.budgets:
+            restored.ledger.restore(spent)
         return new
 
 
@@ -868,7 +902,7 @@ class SessionFactory:
         self,
         name: str | None = None,
         *,
-        budget: Budget | None = None,
+        budget: Budget | Sequence[Budget] | None = None,
         tags: Mapping[str, str] | None = None,
         store: Store | str | None = None,
         record_content: bool = True,
@@ -879,7 +913,9 @@ class SessionFactory:
 
         Args:
             name: a label shown by ``llmctx sessions ls`` (need not be unique).
-            budget: limits for this session and everything nested in it.
+            budget: limits for this session and everything nested in it: one
+                :class:`~llmctx.Budget` or a sequence of them (a call must fit every one, all
+                or nothing; e.g. a per-session cap and a shared daily one).
             tags: free-form labels stored with the session.
             store: a Store, a URL/path for one, or None for the parent's store (or the default
                 SQLite store at ``LLMCTX_DB`` / the per-user data directory).
