@@ -18,6 +18,10 @@ shared machine moves with other processes' load). Cases, measured in turns (best
   record to a memory store);
 * llmctx + OTel: the same plus ``llmctx.otel.instrument`` (a call span and a session span,
   token / duration / cost metrics), BatchSpanProcessor into an exporter that drops spans;
+* llmctx + OTel API only: ``llmctx.otel.instrument`` into the API's no-op tracer and meter
+  providers, so what it adds over "llmctx, no OTel" is llmctx's own OTel code (attributes,
+  metric attribute sets, the cost total, the charge path's tracer hooks) and the rest of
+  "llmctx + OTel" is the SDK's (span, attribute cleaning, measurements, exemplars);
 * openai-v2: ``OpenAIInstrumentor`` (the conventions' reference instrumentation), same
   tracer and meter set-up;
 * logfire: ``logfire.instrument_openai(client)`` after ``logfire.configure(send_to_logfire=
@@ -40,10 +44,12 @@ import httpx2
 import logfire
 import openai
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NoOpTracerProvider
 
 import llmctx
 import llmctx.otel
@@ -150,6 +156,14 @@ def main() -> None:
         finally:
             llmctx.otel.uninstrument()
 
+    def run_llmctx_otel_api(n: int) -> float:
+        llmctx.otel.instrument(NoOpTracerProvider(), NoOpMeterProvider())
+        try:
+            with llmctx.session("bench", store="memory:", budget=budget):
+                return _time_us(call(ours), n)
+        finally:
+            llmctx.otel.uninstrument()
+
     def run_v2(n: int) -> float:
         v2.instrument(tracer_provider=v2_tp, meter_provider=v2_mp)
         try:
@@ -164,6 +178,7 @@ def main() -> None:
         "plain openai SDK": run_plain,
         "llmctx, no OTel": run_llmctx,
         "llmctx + OTel": run_llmctx_otel,
+        "llmctx + OTel API only": run_llmctx_otel_api,
         "openai-v2": run_v2,
         "logfire": run_logfire,
     }
@@ -183,11 +198,19 @@ def main() -> None:
     )
     for name, us in best.items():
         extra = "" if name.startswith("plain") else f"  +{us - base:7.1f} us over plain"
-        print(f"  {name:<18} {us:8.1f} us{extra}")
+        print(f"  {name:<22} {us:8.1f} us{extra}")
     ours_cost = best["llmctx + OTel"] - base
+    otel_part = best["llmctx + OTel"] - best["llmctx, no OTel"]
+    own_part = best["llmctx + OTel API only"] - best["llmctx, no OTel"]
     print(
-        f"  of which OTel (llmctx + OTel - llmctx, no OTel): "
-        f"+{best['llmctx + OTel'] - best['llmctx, no OTel']:.1f} us"
+        f"  of which OTel (llmctx + OTel - llmctx, no OTel): +{otel_part:.1f} us "
+        f"(llmctx's own OTel code +{own_part:.1f} us, the SDK the rest)"
+    )
+    v2_cost = best["openai-v2"] - base
+    verdict = "met" if otel_part <= 0.7 * v2_cost else "MISSED"
+    print(
+        f"  llmctx's OTel part / openai-v2 overhead: {otel_part / v2_cost:.2f}x "
+        f"(target <= 0.70x: {verdict})"
     )
     for peer in ("openai-v2", "logfire"):
         cost = best[peer] - base
