@@ -13,6 +13,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cancelling import acquire_while_cancelled
 from llmctx._exceptions import ConfigError, LLMCtxError
@@ -122,6 +124,59 @@ def test_rate_is_exact_over_a_minute_on_a_fake_clock() -> None:
     # After the burst, no one-second window admits more than 10 (+1 for the window edge).
     for start in range(100, len(counts) - 100):
         assert sum(counts[start : start + 100]) <= 11
+
+
+def _reference_gcra(
+    tats: list[int], i_req: int, i_tok: int, tol: int, tokens: int, now: int
+) -> int:
+    """The module docstring's GCRA, written plainly with max/min: the model of _MemoryStore."""
+    base_req = max(tats[0], now)
+    delay = base_req + min(i_req, tol) - tol - now
+    cost = tokens * i_tok
+    base_tok = max(tats[1], now)
+    if i_tok:
+        delay = max(delay, base_tok + min(cost, tol) - tol - now)
+    if delay > 0:
+        return delay
+    tats[0] = base_req + i_req
+    if i_tok:
+        tats[1] = base_tok + cost
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rpm=st.sampled_from([None, 1.0, 60.0, 6_000.0]),
+    tpm=st.sampled_from([None, 100.0, 60_000.0]),
+    burst=st.sampled_from([0.001, 0.5, 1.0, 30.0]),
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 5_000),  # tokens
+            st.integers(0, 3 * 10**9),  # nanoseconds the clock moves first
+            st.integers(-(10**10), 10**10),  # then the token schedule moves (settle/refund)
+        ),
+        max_size=40,
+    ),
+)
+def test_memory_store_admits_exactly_as_the_plain_gcra(
+    rpm: float | None, tpm: float | None, burst: float, steps: list[tuple[int, int, int]]
+) -> None:
+    """The in-process GCRA step admits, refuses and waits exactly as the plain formula says."""
+    if rpm is None and tpm is None:
+        rpm = 60.0
+    limiter = RateLimiter(rpm=rpm, tpm=tpm, burst=burst)
+    store = limiter._store
+    i_req, i_tok, tol = limiter._i_req, limiter._i_tok, limiter._tolerance
+    now = 10**15
+    model = [store.state(now)[0], store.state(now)[1]]
+    for tokens, dt, moved in steps:
+        now += dt
+        assert store.try_acquire(i_req, i_tok, tol, tokens, now) == _reference_gcra(
+            model, i_req, i_tok, tol, tokens, now
+        )
+        store.adjust(0, moved, now)
+        model[1] += moved
+        assert store.state(now)[:2] == tuple(model)
 
 
 def test_token_rate_is_exact_on_a_fake_clock() -> None:

@@ -108,7 +108,7 @@ class _MemoryStore:
     the :class:`RateStore` form of the same step.
     """
 
-    __slots__ = ("admits", "clock", "i_req", "i_tok", "tat_req", "tat_tok", "tol")
+    __slots__ = ("admits", "clock", "i_req", "i_tok", "lag_req", "tat_req", "tat_tok", "tol")
 
     def __init__(
         self,
@@ -121,6 +121,8 @@ class _MemoryStore:
         self.i_req = interval_req
         self.i_tok = interval_tok
         self.tol = tolerance
+        # min(I, tau) - tau (<= 0): a request's wait is TAT + this - now.
+        self.lag_req = (interval_req if interval_req < tolerance else tolerance) - tolerance
         self.clock = clock
         # The limiter's count of admissions: one next() per request admitted.
         self.admits = admits
@@ -140,28 +142,37 @@ class _MemoryStore:
         """
         if now is None:
             now = self.clock()
-        # Written without min()/max() calls: this runs on every uncontended acquire.
-        interval_req = self.i_req
-        tolerance = self.tol
+        # Written for the common case, a dimension whose TAT is not ahead of now (its bucket
+        # is full): it fits with one comparison, and only a TAT ahead of now computes a wait
+        # (these are multi-digit ints: each operation allocates). No min()/max() calls.
         tat = self.tat_req
-        base_req = tat if tat > now else now
-        step = interval_req if interval_req < tolerance else tolerance
-        delay = base_req + step - tolerance - now
+        if tat > now:
+            base_req = tat
+            delay = tat + self.lag_req - now
+        else:
+            base_req = now
+            delay = 0
         interval_tok = self.i_tok
         if interval_tok:
-            tat = self.tat_tok
-            base_tok = tat if tat > now else now
             cost = tokens * interval_tok
-            step = cost if cost < tolerance else tolerance
-            wait_tok = base_tok + step - tolerance - now
-            if wait_tok > delay:
-                delay = wait_tok
+            tat = self.tat_tok
+            if tat > now:
+                base_tok = tat
+                tolerance = self.tol
+                step = cost if cost < tolerance else tolerance
+                wait_tok = tat + step - tolerance - now
+                if wait_tok > delay:
+                    delay = wait_tok
+            else:
+                # A full bucket takes any request, one larger than the burst too (its excess
+                # becomes debt that later requests wait out).
+                base_tok = now
             if delay > 0:
                 return delay
             self.tat_tok = base_tok + cost
         elif delay > 0:
             return delay
-        self.tat_req = base_req + interval_req
+        self.tat_req = base_req + self.i_req
         next(self.admits)
         return 0
 

@@ -53,10 +53,10 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
+import importlib
 import math
 import operator
 import os
-import sys
 import threading
 import time
 import types
@@ -205,19 +205,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_loop)
 
 # anyio keeps each task's cancel scopes in a WeakKeyDictionary in its asyncio backend; this
-# is that dictionary's underlying dict (keys: weak references to tasks) once the backend is
-# imported, {} if its layout is not the one expected. Until then no anyio scope can exist.
+# is that dictionary's underlying dict (keys: weak references to tasks), {} if anyio is not
+# installed or its layout is not the one expected; None until the first async acquire's full
+# path looked it up (it imports the backend then: see _find_anyio_task_states).
 _ANYIO_ASYNCIO = "anyio._backends._asyncio"
 _anyio_task_states: dict[Any, Any] | None = None
-_modules = sys.modules
-_modules_get = _modules.get
 _weakref = weakref.ref
 
 
 def _find_anyio_task_states() -> dict[Any, Any]:
-    """anyio's per-task states (see ``_anyio_task_states``), once its backend is imported."""
+    """anyio's per-task states (see ``_anyio_task_states``), importing its asyncio backend.
+
+    Imported here (once, on the first async acquire's full path: anyio is a dependency of
+    llmctx, and the backend is what any anyio code on asyncio runs on) so that the fast path
+    reads one known dict instead of looking in ``sys.modules`` on every acquire for a backend
+    imported later.
+    """
     global _anyio_task_states
-    backend = _modules_get(_ANYIO_ASYNCIO)
+    try:
+        backend = importlib.import_module(_ANYIO_ASYNCIO)
+    except Exception:  # no anyio (or a broken one): no anyio scope can exist
+        backend = None
     states = getattr(getattr(backend, "_task_states", None), "data", None)
     _anyio_task_states = states if isinstance(states, dict) else {}
     return _anyio_task_states
@@ -255,16 +263,14 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> bool:
         loop: the running event loop (the caller has it: on CPython 3.11 looking it up costs
             a system call, so it is looked up once per acquire).
     """
+    states = _anyio_task_states
+    if states is None:
+        states = _find_anyio_task_states()
     task = _task_on(loop)
     if task is None:
         return False
     if task.cancelling():
         return True
-    states = _anyio_task_states
-    if states is None:
-        if _modules_get(_ANYIO_ASYNCIO) is None:
-            return False
-        states = _find_anyio_task_states()
     if states:
         state = states.get(_weakref(task))
         # A task outside every anyio scope has no state, or one whose scope is None.
@@ -342,16 +348,17 @@ if _REMEMBER_LOOP:
         state = _per_thread.state
         loop = state.loop
         task = _task_on(loop)
-        if task is None or loop._thread_id != state.ident:  # type: ignore[union-attr]
-            return None
-        if task.cancelling():
+        if (
+            task is None
+            or loop._thread_id != state.ident  # type: ignore[union-attr]
+            or task.cancelling()
+        ):
             return None
         states = _anyio_task_states
+        if states:  # some task is in an anyio scope
+            return state if _anyio_clear(state, task) else None
         if states is None:
-            if _ANYIO_ASYNCIO in _modules:
-                return None  # anyio's backend came in: the full path finds its task states
-        elif states and not _anyio_clear(state, task):
-            return None
+            return None  # not looked up yet: the full path does (and imports the backend)
         return state
 
 else:
@@ -371,11 +378,11 @@ else:
             return None
         state = _per_thread.state
         states = _anyio_task_states
-        if states is None:
-            if _ANYIO_ASYNCIO in _modules:
-                return None  # anyio's backend came in: the full path finds its task states
-        elif states and not _anyio_clear(state, task):
-            return None
+        if states:  # some task is in an anyio scope
+            if not _anyio_clear(state, task):
+                return None
+        elif states is None:
+            return None  # not looked up yet: the full path does (and imports the backend)
         state.loop = running  # type: ignore[assignment]
         return state
 
