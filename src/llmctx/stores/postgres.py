@@ -33,7 +33,7 @@ import contextlib
 import re
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -344,10 +344,10 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
 
     # -- the async face ----------------------------------------------------------------------
 
-    async def _arun(self, action: str, steps: Callable[[], _Steps]) -> None:
-        """Run the statements of ``steps()`` in one transaction on a pooled async connection.
+    async def _arun(self, action: str, steps: _Steps) -> None:
+        """Run ``steps`` in one transaction on a pooled async connection.
 
-        The async twin of :meth:`_run`: the same statements (built I/O-free by ``steps``),
+        The async twin of :meth:`_run`: the same statements (built I/O-free, once),
         the same reconnect-once rule, the same errors. It runs in a task of its own that the
         caller waits for through a cancellation (:func:`outlive_cancel`): a cancelled caller
         never leaves a transaction half-done or a connection checked out.
@@ -367,7 +367,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             conn = await pool.get()
             try:
                 async with conn.cursor() as cur:
-                    await _adrive(steps(), cur)
+                    await _adrive(steps, cur)
                 await conn.commit()
             except BaseException as exc:
                 if not isinstance(exc, self._psycopg.Error):
@@ -389,12 +389,12 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             return
 
     async def _awrite(
-        self, action: str, steps: Callable[[], _Steps], keep: Callable[[BaseException], None]
+        self, action: str, steps: _Steps, keep: Callable[[BaseException], None]
     ) -> None:
         if not _running_asyncio():
             # psycopg's async connections need asyncio: elsewhere (trio) the sync face runs
             # in a worker thread.
-            await in_thread(lambda: self._run(action, lambda cur: _drive(steps(), cur)))
+            await in_thread(lambda: self._run(action, lambda cur: _drive(steps, cur)))
             return
         await outlive_cancel(asyncio.ensure_future(self._arun(action, steps)), keep)
 
@@ -422,11 +422,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         Raises:
             StoreError: the write failed or the store is closed.
         """
-        params = _session_params(record)
-
-        def steps() -> _Steps:
-            yield self._sql.upsert, params
-
+        steps: _Steps = [(self._sql.upsert, _session_params(record))]
         await self._awrite(f"save session {record.id!r}", steps, lambda exc: None)
 
     def close(self) -> None:
@@ -479,26 +475,25 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             StoreError: the write failed or the store is closed.
         """
         steps = self._save_call_steps(call, session)
-        self._run(f"save call {call.id!r}", lambda cur: _drive(steps(), cur))
+        self._run(f"save call {call.id!r}", lambda cur: _drive(steps, cur))
 
-    def _save_call_steps(
-        self, call: CallRecord, session: SessionRecord | None
-    ) -> Callable[[], _Steps]:
-        """The statements of one ``save_call``, parameters built once (no I/O): each face
-        runs them on its own connection, as many times as it retries."""
+    def _save_call_steps(self, call: CallRecord, session: SessionRecord | None) -> _Steps:
+        """The statements of one ``save_call``, parameters built once (no I/O); each face
+        sends them on its own connection in one round trip, as many times as it retries.
+
+        The session row first (its header), then the call row and, in the same statement, the
+        roll-up of a call that was new (``INSERT ... RETURNING`` in a CTE): no statement
+        depends on another's answer, so they are pipelined.
+        """
         call_params = _call_params(call)
-        session_params = None if session is None else _session_params(session)
-        rollup = [call_params[1], *_sql.rollup_params(call), call.cost or Decimal(0)]
-        sql = self._sql
-        roll = rollup[0] is not None and call.status != "refused"
-
-        def steps() -> _Steps:
-            inserted = (yield sql.insert_call, call_params) == 1
-            if session_params is not None:
-                yield sql.upsert, session_params
-            if inserted and roll:
-                yield sql.rollup, rollup
-
+        steps: _Steps = []
+        if session is not None:
+            steps.append((self._sql.upsert, _session_params(session)))
+        if call_params[1] is not None and call.status != "refused":
+            rollup = [*_sql.rollup_params(call), call.cost or Decimal(0)]
+            steps.append((self._sql.insert_call_rollup, [call_params[1], *call_params, *rollup]))
+        else:
+            steps.append((self._sql.insert_call, call_params))
         return steps
 
     def get_session(self, session_id: str) -> SessionRecord | None:
@@ -621,30 +616,26 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         self._run(f"drop schema {self.schema!r}", lambda cur: cur.execute(self._sql.drop))
 
 
-# One save's statements: yields (sql, params), is sent each statement's rowcount.
-_Steps = Generator[tuple[str, Sequence[Any]], int, None]
+# One write's statements and their parameters, none depending on another's answer.
+_Steps = list[tuple[str, Sequence[Any]]]
 
 
 def _drive(steps: _Steps, cur: Any) -> None:
-    """Run ``steps`` on a sync cursor (the sync face)."""
-    try:
-        sql, params = next(steps)
-        while True:
+    """Run ``steps`` and commit on a sync cursor (the sync face), in one round trip."""
+    conn = cur.connection
+    with conn.pipeline():
+        for sql, params in steps:
             cur.execute(sql, params)
-            sql, params = steps.send(cur.rowcount)
-    except StopIteration:
-        return
+        conn.commit()
 
 
 async def _adrive(steps: _Steps, cur: Any) -> None:
-    """Run ``steps`` on an async cursor (the async face): the same statements."""
-    try:
-        sql, params = next(steps)
-        while True:
+    """Run ``steps`` and commit on an async cursor (the async face): the same statements."""
+    conn = cur.connection
+    async with conn.pipeline():
+        for sql, params in steps:
             await cur.execute(sql, params)
-            sql, params = steps.send(cur.rowcount)
-    except StopIteration:
-        return
+        await conn.commit()
 
 
 class _Broken:
@@ -817,16 +808,20 @@ class _Statements:
             f"ON CONFLICT (id) DO UPDATE SET {header}"
         )
         up = _sql.up_cte(f"{q}.sessions", "%s::text")
-        # Rows locked in id order first: two writers rolling up into one ancestor never
-        # deadlock. Parameters: the call's session id, rollup_params(), then its cost.
-        self.rollup = (
-            f"{up}UPDATE {q}.sessions s SET {_sql.ROLLUP_SET.format(m='%s')}, cost = cost + %s "
-            f"FROM (SELECT id FROM {q}.sessions WHERE id IN (SELECT id FROM up) ORDER BY id "
-            "FOR UPDATE) locked WHERE s.id = locked.id"
-        )
         self.insert_call = (
             f"INSERT INTO {q}.calls ({_sql.CALL_COLS}) VALUES ({_CALL_VALUES}) "
             "ON CONFLICT (id) DO NOTHING"
+        )
+        # The call row and, only when it was new, its roll-up into its session and every
+        # ancestor: one statement. Rows are locked in id order first, so two writers rolling
+        # up into one ancestor never deadlock. Parameters: the call's session id, the call's,
+        # rollup_params(), then its cost.
+        self.insert_call_rollup = (
+            f"{up}, new_call AS ({self.insert_call} RETURNING 1) "
+            f"UPDATE {q}.sessions s SET {_sql.ROLLUP_SET.format(m='%s')}, cost = cost + %s "
+            f"FROM (SELECT id FROM {q}.sessions WHERE id IN (SELECT id FROM up) "
+            "AND EXISTS (SELECT 1 FROM new_call) ORDER BY id FOR UPDATE) locked "
+            "WHERE s.id = locked.id"
         )
         self.select = f"SELECT {_sql.SESSION_COLS} FROM {q}.sessions"
         self.list_all_calls = (
