@@ -43,7 +43,6 @@ from .._usage import CallRecord
 from .._version import __version__
 from .._waiting import AcquireTimeout, WouldBlock
 from ._attrs import (
-    OP_CHAT,
     OP_TOOL,
     REFUSED_EVENT,
     SESSION_ID,
@@ -284,12 +283,7 @@ class Telemetry:
     def end_call(self, trace_: _CallTrace, record: CallRecord) -> None:
         """Make the span of a finished (or failed) call and record its metrics."""
         end = time.time_ns()
-        kind = record.kind
-        metadata = record.metadata
-        if kind == "llm" and not (metadata and "endpoint" in metadata):
-            operation = OP_CHAT
-        else:
-            operation = operation_of(kind, metadata)
+        operation = operation_of(record.kind, record.metadata)
         request_model = trace_.model if trace_.kind != "tool" else record.model
         content = self.content
         # A session (or an ancestor) that keeps no content keeps none on spans either.
