@@ -196,3 +196,52 @@ def test_async_consumer_cancelled_mid_stream_is_settled(async_client: Any) -> No
     assert record.estimated and record.metadata.get("abandoned") is True
     assert record.usage.input_tokens > 0
     assert s.budget is not None and s.budget.ledger.snapshot().reservations == 0
+
+
+def test_records_name_the_server_host_and_port_never_its_credentials(llama_server: Any) -> None:
+    """A call through a client whose base URL carries a user, password and path records only
+    server_address (the host) and server_port (an int), sync and async alike."""
+    port = int(llama_server.base_url.rsplit(":", 1)[1].split("/", 1)[0])
+    base = f"http://user:hunter2hunter2@127.0.0.1:{port}/v1"
+    sync_client = instrument(openai.OpenAI(base_url=base, api_key="sk-local-unused-0000000000"))
+    async_client = instrument(
+        openai.AsyncOpenAI(base_url=base, api_key="sk-local-unused-0000000000")
+    )
+
+    async def async_call() -> None:
+        await async_client.chat.completions.create(
+            model=SERVED_MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
+        )
+
+    with llmctx.session("where", store="memory:") as s:
+        sync_client.chat.completions.create(
+            model=SERVED_MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
+        )
+        asyncio.run(closing_after(async_client, async_call()))
+    assert len(s.calls) == 2
+    for record in s.calls:
+        assert record.metadata["server_address"] == "127.0.0.1"
+        assert record.metadata["server_port"] == port
+        assert record.status == "ok" and "hunter2" not in str(record.to_dict())
+
+
+def test_server_port_defaults_to_the_schemes() -> None:
+    """An OpenAI client on its default base URL names api.openai.com and port 443; a google-genai
+    style client (base URL in its http options) is read too; a URL's user, password, path and
+    query never come out; no base URL gives nothing."""
+    from types import SimpleNamespace
+
+    from llmctx.providers._base import server_metadata
+
+    default = openai.OpenAI(api_key="sk-local-unused-0000000000")
+    assert server_metadata(default) == {"server_address": "api.openai.com", "server_port": 443}
+    genai_like = SimpleNamespace(
+        _http_options=SimpleNamespace(base_url="https://generativelanguage.googleapis.com/")
+    )
+    assert server_metadata(genai_like) == {
+        "server_address": "generativelanguage.googleapis.com",
+        "server_port": 443,
+    }
+    with_secrets = SimpleNamespace(base_url="https://u:pw-1234@llm.example:8443/v1?key=k-5678")
+    assert server_metadata(with_secrets) == {"server_address": "llm.example", "server_port": 8443}
+    assert server_metadata(object()) == {}

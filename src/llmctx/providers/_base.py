@@ -15,6 +15,7 @@ here is logged on the ``llmctx`` logger and swallowed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import (
@@ -28,6 +29,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 from .._charge import (
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -53,6 +55,7 @@ __all__ = [
     "count_prompt",
     "idle",
     "json_tokens",
+    "server_metadata",
 ]
 
 logger = logging.getLogger("llmctx")
@@ -219,6 +222,42 @@ class Plan:
 
 
 _SENTINELS: Final = frozenset({"NotGiven", "Omit"})
+_DEFAULT_PORTS: Final = {"https": 443, "http": 80, "wss": 443, "ws": 80}
+
+
+def server_metadata(client: Any) -> dict[str, Any]:
+    """Where an SDK client sends its requests: ``server_address`` (the host only) and
+    ``server_port`` (an int: the URL's, else its scheme's default), from its base URL.
+
+    Never credentials, path or query. Reads ``client.base_url`` (OpenAI, Anthropic) or
+    ``client._http_options.base_url`` (google-genai); ``{}`` when there is none or it does
+    not parse. OpenTelemetry reads these as ``server.address`` / ``server.port``.
+    """
+    base = getattr(client, "base_url", None)
+    if base is None:
+        base = getattr(getattr(client, "_http_options", None), "base_url", None)
+    if base is None:
+        return {}
+    url = str(base)
+    # Cached by URL, except for one carrying credentials (never kept past this call).
+    found = _server_of(url) if "@" not in url else _server_of.__wrapped__(url)
+    return dict(found)
+
+
+@functools.lru_cache(maxsize=64)
+def _server_of(url: str) -> tuple[tuple[str, Any], ...]:
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ()
+    if not host:
+        return ()
+    if port is None:
+        port = _DEFAULT_PORTS.get(parts.scheme.lower())
+    if port is None:
+        return (("server_address", host),)
+    return (("server_address", host), ("server_port", port))
 
 
 def clean_body(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .._charge import CallTracker
 from .._interrupt import protected, unprotected
-from ._base import LimiterLike, Outcome, Plan, StreamFeed, idle
+from ._base import LimiterLike, Outcome, Plan, StreamFeed, idle, server_metadata
 
 __all__ = [
     "Adapter",
@@ -410,6 +410,7 @@ def charge_sync(
     if planned is None:
         return _send(send, args, kwargs)
     plan, args, kwargs = planned
+    plan.metadata.update(server_metadata(getattr(send, "__self__", None)))
     call = plan.track(limiter)
     token = _CHARGING.set(True)
     try:
@@ -438,6 +439,7 @@ async def charge_async(
     if planned is None:
         return await _asend(send, args, kwargs)
     plan, args, kwargs = planned
+    plan.metadata.update(server_metadata(getattr(send, "__self__", None)))
     call = plan.track(limiter)
     token = _CHARGING.set(True)
     try:

@@ -40,6 +40,7 @@ from ._base import (
     count_prompt,
     idle,
     json_tokens,
+    server_metadata,
 )
 from ._sdk import _CHARGING, PatchRecord, _asend, _send, mark_wrappers, unwrapped
 
@@ -287,6 +288,7 @@ def _charge(
     plan = _safe_plan(args, kwargs, False)
     if plan is None:
         return _send(original, (api, *args), kwargs)
+    plan.metadata.update(server_metadata(api))
     call = plan.track(limiter)
     token = _CHARGING.set(True)
     try:
@@ -312,6 +314,7 @@ async def _acharge(
     plan = _safe_plan(args, kwargs, False)
     if plan is None:
         return await _asend(original, (api, *args), kwargs)
+    plan.metadata.update(server_metadata(api))
     call = plan.track(limiter)
     token = _CHARGING.set(True)
     try:
@@ -373,6 +376,7 @@ def _charged_stream(
     if plan is None:
         yield from original(api, *args, **kwargs)
         return
+    plan.metadata.update(server_metadata(api))
     call = _start(plan, limiter)
     inner = original(api, *args, **kwargs)
     first = _first(call, plan, inner)
@@ -401,6 +405,7 @@ async def _acharged_stream(
     plan = _safe_plan(args, kwargs, True)
     if plan is None:
         return await _asend(original, (api, *args), kwargs)
+    plan.metadata.update(server_metadata(api))
     call = plan.track(limiter)
     await call.astart()
     try:
