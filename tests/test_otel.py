@@ -627,6 +627,37 @@ def test_budget_gauges_report_each_running_budget(otel: Telemetry) -> None:
     assert "llmctx.budget.limit" not in otel.metrics() or not otel.metrics()["llmctx.budget.limit"]
 
 
+def test_every_budget_of_a_session_is_reported_with_call_caps(otel: Telemetry) -> None:
+    """A session with two budgets reports each (told apart by llmctx.budget.index), call
+    caps included, and its span carries the limit that applies in each dimension."""
+    budgets = [llmctx.Budget(tokens=1000, calls=3), llmctx.Budget(tokens=500, requests=5)]
+    with llmctx.session("two", store="memory:", budget=budgets):
+        FakeModel(reply="a b").complete("one two three")
+        m = otel.metrics()
+    limit = {
+        (p.attributes["llmctx.budget.index"], p.attributes["llmctx.budget.dimension"]): p.value
+        for p in m["llmctx.budget.limit"]
+    }
+    assert limit == {(0, "tokens"): 1000, (0, "calls"): 3, (1, "tokens"): 500, (1, "requests"): 5}
+    spent = {
+        (p.attributes["llmctx.budget.index"], p.attributes["llmctx.budget.dimension"]): p.value
+        for p in m["llmctx.budget.spent"]
+    }
+    assert spent[(0, "calls")] == 1 and spent[(1, "tokens")] == 5
+    a = otel.named("invoke_agent two").attributes or {}
+    assert a["llmctx.budget.tokens.limit"] == 500 and a["llmctx.budget.calls.limit"] == 3
+    assert a["llmctx.budget.requests.limit"] == 5 and a["llmctx.session.calls"] == 1
+
+
+def test_session_span_counts_every_call_past_the_in_memory_window(otel: Telemetry) -> None:
+    """llmctx.session.calls counts all of a session's calls, not the window it keeps."""
+    model = FakeModel(reply="a")
+    with llmctx.session("long", store="memory:", keep_calls=2):
+        for _ in range(5):
+            model.complete("x")
+    assert (otel.named("invoke_agent long").attributes or {})["llmctx.session.calls"] == 5
+
+
 # -- instrument / uninstrument ---------------------------------------------------------------
 
 

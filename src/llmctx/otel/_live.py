@@ -90,8 +90,10 @@ _TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))
 
 _NO_CONTENT: Final = Content(False)
 _REFUSALS = (BudgetExceeded, UnknownPrice, AcquireTimeout, WouldBlock)
-_BUDGET_DIMENSIONS: Final = ("usd", "tokens", "requests")
+_BUDGET_DIMENSIONS: Final = ("usd", "tokens", "requests", "calls", "tool_calls")
 BUDGET_DIMENSION: Final = "llmctx.budget.dimension"
+BUDGET_INDEX: Final = "llmctx.budget.index"
+BUDGET_KEY: Final = "llmctx.budget.key"
 
 
 def _plain_number(value: Any) -> float | int | None:
@@ -100,6 +102,13 @@ def _plain_number(value: Any) -> float | int | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
     return None
+
+
+def _snapshot(budget: Any) -> Any:
+    # A budget's own account (a keyed budget shares one across sessions) where the budget
+    # can say so; else its ledger's, which is that account for an unkeyed budget.
+    own = getattr(budget, "snapshot", None)
+    return own() if own is not None else budget.ledger.snapshot()
 
 
 class _SessionSpan:
@@ -206,7 +215,7 @@ class Telemetry:
         token = otel_context.attach(trace.set_span_in_context(span))
         with self._lock:
             self._sessions[id(session)] = _SessionSpan(span, token)
-            if session.budget is not None:
+            if session.budgets:
                 self._budgeted[session.id] = session
 
     def on_session_end(self, session: Session) -> None:
@@ -232,47 +241,58 @@ class Telemetry:
                 status=session.status,
                 usage=usage,
                 cost=session.cost,
-                calls=len(session.calls),
+                calls=session.call_count,  # all of them: ``calls`` is a bounded window
                 error=session.error,
             )
         )
-        budget = session.budget
-        if budget is not None:
+        budgets = session.budgets
+        if budgets:
+            # The limit that applies: the smallest of the session's budgets in each dimension.
+            limits: dict[str, Any] = {}
             for dim in _BUDGET_DIMENSIONS:
-                limit = _plain_number(budget.limit(dim))
-                if limit is not None:
-                    span.set_attribute(f"llmctx.budget.{dim}.limit", limit)
+                given = [v for b in budgets if (v := _plain_number(b.limit(dim))) is not None]
+                if given:
+                    limits[f"llmctx.budget.{dim}.limit"] = min(given)
+            span.set_attributes(limits)
         if session.status in ("failed", "cancelled"):
             span.set_status(Status(StatusCode.ERROR, redact_text(session.error or session.status)))
         span.end()
 
     def observe_budgets(self, state: str) -> list[Observation]:
-        """The ``limit``, ``spent`` or ``reserved`` amount of each running budgeted session."""
+        """The ``limit``, ``spent`` or ``reserved`` amount of every budget of each running
+        session, per dimension; a session with several budgets tells them apart by
+        ``llmctx.budget.index`` (their order in ``session.budgets``), a keyed budget also by
+        ``llmctx.budget.key``."""
         with self._lock:
             sessions = list(self._budgeted.values())
         out: list[Observation] = []
         for session in sessions:
-            budget = session.budget
-            if budget is None:
-                continue
-            try:
-                snap = None if state == "limit" else budget.ledger.snapshot()
-            except Exception:
-                logger.exception("llmctx: could not read the budget of session %s", session.id)
-                continue
-            for dim in _BUDGET_DIMENSIONS:
-                limit = budget.limit(dim)
-                if limit is None:
+            budgets = session.budgets
+            for index, budget in enumerate(budgets):
+                try:
+                    snap = None if state == "limit" else _snapshot(budget)
+                except Exception:
+                    logger.exception("llmctx: could not read the budget of session %s", session.id)
                     continue
-                if snap is None:
-                    value = limit
-                elif state == "spent":
-                    value = snap.spent.get(dim)
-                else:
-                    value = snap.reserved.get(dim)
-                number = _plain_number(value)
-                if number is not None:
-                    out.append(Observation(number, {SESSION_ID: session.id, BUDGET_DIMENSION: dim}))
+                base: dict[str, Any] = {SESSION_ID: session.id}
+                if len(budgets) > 1:
+                    base[BUDGET_INDEX] = index
+                key = getattr(budget, "key", None)
+                if isinstance(key, str) and key:
+                    base[BUDGET_KEY] = redact_text(key)
+                for dim in _BUDGET_DIMENSIONS:
+                    limit = budget.limit(dim)
+                    if limit is None:
+                        continue
+                    if snap is None:
+                        value = limit
+                    elif state == "spent":
+                        value = snap.spent.get(dim)
+                    else:
+                        value = snap.reserved.get(dim)
+                    number = _plain_number(value)
+                    if number is not None:
+                        out.append(Observation(number, {**base, BUDGET_DIMENSION: dim}))
         return out
 
     # ------------------------------------------------------------------ calls
