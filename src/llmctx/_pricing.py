@@ -148,7 +148,10 @@ _SLOT_OF_RATE: Final = {
 _Term = tuple[int, Decimal, tuple[tuple[int, Decimal], ...], int]
 # The fast path: (sum of the terms that do not depend on usage, the token terms, has a
 # cache-read term, has a cache-write term, has a 1-hour cache-write term, has a reasoning term)
-_Fast = tuple[Decimal, tuple[_Term, ...], bool, bool, bool, bool]
+_FastTerm = tuple[
+    int, Decimal, tuple[tuple[int, Decimal, Decimal | None], ...], Decimal, Decimal | None
+]
+_Fast = tuple[Decimal, tuple[_FastTerm, ...], bool, bool, bool, bool]
 # A price context: sorted (key, value) pairs in genai-prices' terms, e.g.
 # (("service_tier", "flex"),) or (("processing", "batch"),); () is the standard price.
 _Ctx = tuple[tuple[str, str], ...]
@@ -347,14 +350,14 @@ class ModelPrice:
     valid_from: date | None = None
     valid_until: date | None = None
     # Compiled pricing: every priced unit as a term; the fast path, or None to call
-    # calc_price on the genai (provider, model) pair; [_valid_from_ts, _expires_at) (epoch
+    # calc_price on the genai (provider, model) pair; _expires_at (epoch seconds) and _valid
     # seconds) is when this price is in force (a dated change makes it stale); _schedule is
     # how the source's price varies with the date and the tier; _ctx the tier's context.
     _terms: tuple[_Term, ...] = field(default=(), repr=False, compare=False)
     _fast: _Fast | None = field(default=None, repr=False, compare=False)
     _genai: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
     _expires_at: float | None = field(default=None, repr=False, compare=False)
-    _valid_from_ts: float | None = field(default=None, repr=False, compare=False)
+    _valid: tuple[datetime, datetime] | None = field(default=None, repr=False, compare=False)
     _schedule: _Schedule | None = field(default=None, repr=False, compare=False)
     _ctx: _Ctx = field(default=(), repr=False, compare=False)
 
@@ -1175,13 +1178,20 @@ def _price_at(schedule: _Schedule, ctx: _Ctx, at: datetime) -> ModelPrice | str:
         _fast=_compile_fast(terms) if note is None else None,
         _genai=None if info is None else (gprovider, info),
         _expires_at=None if valid_until is None else _midnight(valid_until),
-        _valid_from_ts=None if valid_from is None else _midnight(valid_from),
+        _valid=None
+        if valid_from is None and valid_until is None
+        else (
+            _EARLIEST if valid_from is None else _at_midnight(valid_from),
+            _LATEST if valid_until is None else _at_midnight(valid_until),
+        ),
         _schedule=schedule,
         _ctx=ctx,
     )
 
 
 _STANDARD_PAIRS: Final = frozenset(("service_tier", t) for t in _STANDARD_TIERS)
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+_LATEST: Final = datetime.max.replace(tzinfo=UTC)
 
 
 def _self_check(
@@ -1406,15 +1416,30 @@ def _compile_fast(terms: tuple[_Term, ...]) -> _Fast:
     neither value nor exponent; the self-check proves it for every genai-prices price.
     """
     start = _ZERO
-    variable: list[_Term] = []
-    for term in terms:
-        slot, base, _steps, per = term
+    variable: list[_FastTerm] = []
+    zero = Decimal(0)
+    for slot, base, steps, per in terms:
         if slot == _NONE:
-            start += base * Decimal(0) / per
+            start += base * zero / per
         elif slot == _ONE:
             start += base * Decimal(1) / per
         else:
-            variable.append(term)
+            # A kind the call did not use still adds rate * 0 / per (a zero whose exponent
+            # shows in the sum's digits): computed once here, not on every call, and None
+            # when its exponent is >= 0, as adding it to a sum that starts at Decimal(0)
+            # then changes nothing.
+            variable.append(
+                (
+                    slot,
+                    base,
+                    tuple((at, rate, _zero_term(rate, per)) for at, rate in steps),
+                    # Dividing by a Decimal, and multiplying by the int count, gives the very
+                    # result of genai's rate * Decimal(count) / per (ints convert exactly),
+                    # without two conversions per term.
+                    Decimal(per),
+                    _zero_term(base, per),
+                )
+            )
     slots = {t[0] for t in variable}
     return (
         start,
@@ -1424,6 +1449,12 @@ def _compile_fast(terms: tuple[_Term, ...]) -> _Fast:
         _CACHE_WRITE_1H in slots,
         _REASONING in slots,
     )
+
+
+def _zero_term(rate: Decimal, per: int) -> Decimal | None:
+    nothing = rate * Decimal(0) / per
+    exponent = nothing.as_tuple().exponent
+    return nothing if isinstance(exponent, int) and exponent < 0 else None
 
 
 def _fast_cost(fast: _Fast, usage: Usage, cache_write_1h: int = 0) -> Decimal | None:
@@ -1449,13 +1480,16 @@ def _fast_cost(fast: _Fast, usage: Usage, cache_write_1h: int = 0) -> Decimal | 
     counts = (plain, cread, cwrite, w1h, out, reasoning)
     # Same operations as genai_prices' calc_unit_price, so the Decimal (value and exponent)
     # is identical.
-    for slot, base, steps, per in terms:
-        rate = base
-        for start, step_rate in steps:
+    for slot, rate, steps, per, nothing in terms:
+        for start, step_rate, step_nothing in steps:
             if inp > start:
-                rate = step_rate
+                rate, nothing = step_rate, step_nothing
                 break
-        total += rate * Decimal(counts[slot]) / per
+        count = counts[slot]
+        if count:
+            total += rate * count / per
+        elif nothing is not None:
+            total += nothing
     return total
 
 
@@ -1564,8 +1598,12 @@ def price_usage(
             tier = raw_usage.get("service_tier")
             service_tier = tier if isinstance(tier, str) else None
         raw_speed = raw_usage.get("speed")
-        speed = raw_speed if isinstance(raw_speed, str) else None
-    ctx = _context(service_tier, speed) if service_tier is not None or speed is not None else ()
+        speed = raw_speed if isinstance(raw_speed, str) and raw_speed != "standard" else None
+    ctx = (
+        ()
+        if speed is None and (service_tier is None or service_tier in _STANDARD_TIERS)
+        else _context(service_tier, speed)
+    )
     key = (model, provider)
     price = _cache.get(key, _MISSING)
     try:
@@ -1582,10 +1620,13 @@ def price_usage(
                     return None, unknown_reason(model, provider)
             stale = False
         else:
-            ts = at.timestamp() if at.tzinfo is not None else _utc(at).timestamp()
-            stale = (price._expires_at is not None and ts >= price._expires_at) or (
-                price._valid_from_ts is not None and ts < price._valid_from_ts
-            )
+            valid = price._valid
+            if valid is None:  # the price never changes: any time is inside
+                stale = False
+            else:
+                if at.tzinfo is None:
+                    at = at.replace(tzinfo=UTC)
+                stale = not valid[0] <= at < valid[1]
         if ctx or stale:
             got = _priced_at(model, provider, ctx, at)
             if got is None:  # pragma: no cover - the standard price was just found
