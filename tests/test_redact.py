@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -231,3 +232,35 @@ def test_mcp_start_failures_are_described_without_secrets() -> None:
     for secret in ("hunter2", "t0k3n-value", "custom-secret-1"):
         assert secret not in text
     assert "DEBUG=1" in text and "h.test/mcp" in text
+
+
+def test_a_request_changed_after_its_call_does_not_change_what_was_recorded() -> None:
+    """The record keeps a redacted copy taken when the call ended: mutating the request dict
+    afterwards (new text, a key added) changes neither the session's record nor the store's."""
+    import llmctx
+    from llmctx.stores import MemoryStore
+
+    store = MemoryStore()
+    request: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    with llmctx.session("mutate", store=store) as s:
+        with llmctx.track_call(provider="acme", model="m", request=request, free=True) as call:
+            call.finish(usage=llmctx.Usage(input_tokens=1, output_tokens=1, requests=1))
+        request["messages"][0]["content"] = "changed"
+        request["api_key"] = "sk-proj-abcdefghijklmnopqrstuvwxyz"
+    (kept,) = s.calls
+    (stored,) = store.list_calls([s.id])
+    for record in (kept, stored):
+        assert record.request == {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_texts_found_clean_are_remembered_but_secrets_never_are() -> None:
+    """redact_text remembers a secret-free text (the same answer next time) and never a text
+    that held a secret, which is masked every time."""
+    from llmctx import _redact
+
+    clean = "a perfectly ordinary prompt without secrets"
+    secret = "use sk-proj-abcdefghijklmnopqrstuvwxyz for this"
+    assert redact_text(clean) == clean and clean in _redact._clean
+    for _ in range(2):
+        assert "abcdefghijklmnopqrstuvwxyz" not in redact_text(secret)
+    assert secret not in _redact._clean

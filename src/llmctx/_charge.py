@@ -702,12 +702,14 @@ class CallTracker:
             )
             if record is None:
                 return self.record  # type: ignore[return-value]
-            holds, actual, over, limit = self._settlement(record, status)
-            if actual is not None:
-                holds.settle(actual)
-            else:
-                holds.release()
-            self._settle_limit(limit, record, actual is not None, exc)
+            over: str | None = None
+            if self._holds or self._limit is not None:  # else nothing to settle
+                holds, actual, over, limit = self._settlement(record, status)
+                if actual is not None:
+                    holds.settle(actual)
+                else:
+                    holds.release()
+                self._settle_limit(limit, record, actual is not None, exc)
             self._hand_over(record)
         self._ended(record, status, over)
         return record
