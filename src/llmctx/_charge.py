@@ -881,11 +881,12 @@ class CallTracker:
     def _service_tier(self, metadata: Mapping[str, Any] | None) -> str | None:
         # What the provider reported wins over what the request asked for.
         tier = metadata.get("service_tier") if metadata else None
-        if tier is None:
+        if tier is None and self.metadata:
             tier = self.metadata.get("service_tier")
-        if tier is None and isinstance(self.request, Mapping):
-            tier = self.request.get("service_tier")
-        return tier if isinstance(tier, str) else None
+        request = self.request
+        if tier is None and (type(request) is dict or isinstance(request, Mapping)):
+            tier = request.get("service_tier")
+        return tier if type(tier) is str else None
 
     def _settlement(
         self, record: CallRecord, status: CallStatus

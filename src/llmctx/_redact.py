@@ -554,12 +554,19 @@ _SCALARS = (int, float, bool, type(None))
 _key_verdicts: dict[str, bool] = {}
 
 
+# The same answers as two sets, for the walk below: `key in set` is one bytecode, cheaper
+# than a dict.get() call on every key of every request.
+_safe_keys: set[str] = set()
+_secret_keys: set[str] = set()
+
+
 def _secret_key(key: str) -> bool:
     verdict = _key_verdicts.get(key)
     if verdict is None:
         verdict = is_secret_key(key)
         if len(_key_verdicts) < 4096:
             _key_verdicts[key] = verdict
+            (_secret_keys if verdict else _safe_keys).add(key)
     return verdict
 
 
@@ -591,18 +598,14 @@ def redact(value: Any) -> Any:
 
 def _redact_mapping(value: Mapping[Any, Any]) -> dict[Any, Any]:
     out = {}
-    verdicts = _key_verdicts
-    # Leaves are handled inline, and the key verdicts read from their dict without a call:
+    safe, secret = _safe_keys, _secret_keys
+    # Leaves are handled inline, and the key verdicts read from their sets without a call:
     # this runs on every recorded call, and most values of a request are short strings and
     # numbers under a handful of recurring keys.
     for k, v in value.items():
-        if v and type(k) is str:
-            secret = verdicts.get(k)
-            if secret is None:
-                secret = _secret_key(k)
-            if secret:
-                out[k] = REDACTED
-                continue
+        if v and type(k) is str and k not in safe and (k in secret or _secret_key(k)):
+            out[k] = REDACTED
+            continue
         vkind = type(v)
         if vkind is str:
             out[k] = v if len(v) < 8 else redact_text(v)
