@@ -738,3 +738,20 @@ def test_cli_set_tier_as_a_real_process(prices: Path) -> None:
     standard, _ = price_usage("m", usage)
     assert standard is not None and batch is not None
     assert batch == standard / 2  # the rates just written are half of the entry's
+
+
+def test_ls_lists_each_entrys_tiers_and_dated_prices(prices: Path) -> None:
+    """`prices ls` shows which tiers and how many dated prices an entry has; --json has them
+    all with their lines."""
+    _write(prices, HOUSE_FILE)
+    result = runner.invoke(app, ["prices", "ls"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "flex, batch; 1 dated" in result.output
+    data = json.loads(_cli("prices", "ls", "--json"))
+    (entry,) = data["entries"]
+    assert [(t["tier"], t["since"], t["line"]) for t in entry["service_tiers"]] == [
+        ("flex", "2026-03-01", 8),
+        ("batch", None, 13),
+    ]
+    assert [(c["since"], c["line"]) for c in entry["changes"]] == [("2026-06-01", 16)]
+    assert entry["changes"][0]["per_mtok_usd"]["cache_write_1h"] == "0.5"

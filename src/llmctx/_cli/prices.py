@@ -473,6 +473,14 @@ def _entry_rates(rates: Mapping[str, Decimal]) -> dict[str, str | None]:
     }
 
 
+def _extras(entry: FileEntry) -> str:
+    """``"flex, batch; 2 dated"``: an entry's service tiers and dated prices, for ``ls``."""
+    parts = [", ".join(t.tier for t in entry.tiers)] if entry.tiers else []
+    if entry.changes:
+        parts.append(f"{len(entry.changes)} dated")
+    return "; ".join(parts) or "-"
+
+
 def _not_in_force_note(console: Console, path: Path) -> None:
     where = reload_prices()
     read = f"{where.path} ({where.why})" if where is not None else "no prices file"
@@ -804,6 +812,7 @@ def ls(
         Column("output", justify="right"),
         Column("cached input", justify="right", drop=1),
         Column("cache write", justify="right", drop=1),
+        Column("tiers & dates", drop=2),
         Column("line", justify="right", drop=3),
     ]
     rows = [
@@ -814,6 +823,7 @@ def ls(
             format_usd(e.rates["output_per_mtok"]),
             usd(e.rates, "cache_read_per_mtok"),
             usd(e.rates, "cache_write_per_mtok"),
+            _extras(e),
             str(e.line or ""),
         ]
         for e in entries
