@@ -27,9 +27,10 @@ shared machine moves with other processes' load). Cases, measured in turns (best
 * logfire: ``logfire.instrument_openai(client)`` after ``logfire.configure(send_to_logfire=
   False, console=False)`` with the same BatchSpanProcessor and exporter.
 
-Every case records metrics into a MeterProvider whose reader is never collected. Target:
+Every case records metrics into a MeterProvider whose reader is never collected. Targets:
 llmctx + OTel costs no more per call than either peer, while it also exports cost, the
-budget and the session tree.
+budget and the session tree; llmctx's OTel part (llmctx + OTel minus llmctx, no OTel) costs
+at most 0.7x what openai-v2 adds, so that with a ~10 us charge path the whole is <= 1x.
 """
 
 from __future__ import annotations
