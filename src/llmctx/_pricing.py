@@ -1387,11 +1387,11 @@ def lookup_price(
         PricesFileError: (a ``ConfigError``) the prices file cannot be used and code does not
             price the model: its message names the file, the line and the fix.
     """
+    if time.monotonic() >= _file_next_check:
+        _check_file()
     if service_tier is not None or at is not None:
         got = _priced_at(model, provider, _context(service_tier), at)
         return got if isinstance(got, ModelPrice) else None
-    if time.monotonic() >= _file_next_check:
-        _check_file()
     key = (model, provider)
     hit = _cache.get(key, _MISSING)
     if hit is not _MISSING:
