@@ -192,13 +192,19 @@ class _PerThread(threading.local):
 
 
 _per_thread = _PerThread()
+# The state of the thread that last remembered its loop or took the fast path: the fast path
+# reads it first and checks its ident (a global read and a thread-ident call cost less than
+# the thread-local's lookup), and only another thread's acquire looks up its own.
+_last_state = _per_thread.state
 
 
 def _forget_loop() -> None:
     # A child process forked from inside a task step inherits this thread's state, and the
     # parent's loop then looks as if it ran here; asyncio itself says no loop runs in the
     # child (its pid check), and so must the fast path.
+    global _last_state
     _per_thread.state.loop = None
+    _last_state = _per_thread.state
 
 
 if hasattr(os, "register_at_fork"):
@@ -303,10 +309,12 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     if loop is None:
         loop = asyncio.get_running_loop()  # raises: the async side needs an asyncio loop
     if isinstance(loop, asyncio.BaseEventLoop):
+        global _last_state
         state = _per_thread.state
         # A loop runs on one thread at a time; _thread_id is set while it runs.
         if loop._thread_id == state.ident:  # type: ignore[attr-defined]
             state.loop = loop
+            _last_state = state
     return loop
 
 
@@ -345,12 +353,16 @@ if _REMEMBER_LOOP:
         Only a cancellation requested during the task's current step can be pending here:
         one requested while the task was suspended was raised when it resumed.
         """
-        state = _per_thread.state
+        global _last_state
+        state = _last_state
+        ident = _get_ident()
+        if state.ident != ident:  # another thread took the fast path last
+            state = _last_state = _per_thread.state
         loop = state.loop
         task = _task_on(loop)
         if (
             task is None
-            or loop._thread_id != state.ident  # type: ignore[union-attr]
+            or loop._thread_id != ident  # type: ignore[union-attr]
             or task.cancelling()
         ):
             return None
