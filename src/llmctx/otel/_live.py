@@ -235,25 +235,21 @@ class Telemetry:
         # current there: nothing to restore in this one.
         if trace.get_current_span() is span:
             otel_context.detach(held.token)  # type: ignore[arg-type]
-        usage = session.usage
-        span.set_attributes(
-            session_end_attributes(
-                status=session.status,
-                usage=usage,
-                cost=session.cost,
-                calls=session.call_count,  # all of them: ``calls`` is a bounded window
-                error=session.error,
-            )
+        attributes = session_end_attributes(
+            status=session.status,
+            usage=session.usage,
+            cost=session.cost,
+            calls=session.call_count,  # all of them: ``calls`` is a bounded window
+            error=session.error,
         )
         budgets = session.budgets
         if budgets:
             # The limit that applies: the smallest of the session's budgets in each dimension.
-            limits: dict[str, Any] = {}
             for dim in _BUDGET_DIMENSIONS:
                 given = [v for b in budgets if (v := _plain_number(b.limit(dim))) is not None]
                 if given:
-                    limits[f"llmctx.budget.{dim}.limit"] = min(given)
-            span.set_attributes(limits)
+                    attributes[f"llmctx.budget.{dim}.limit"] = min(given)
+        span.set_attributes(attributes)
         if session.status in ("failed", "cancelled"):
             span.set_status(Status(StatusCode.ERROR, redact_text(session.error or session.status)))
         span.end()
