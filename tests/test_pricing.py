@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 import genai_prices
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import llmctx
 from llmctx._cli.app import app
 from llmctx._exceptions import ConfigError, PriceError
 from llmctx._pricing import (
@@ -966,3 +968,91 @@ def test_cli_refuses_an_unknown_tier_and_a_bad_date() -> None:
     assert "no 'scale' service-tier price" in " ".join(err.split())
     err = _llmctx("prices", "gpt-5", "--at", "last tuesday", code=2)
     assert "is not a date" in " ".join(err.split())
+
+
+# --------------------------------------------------------------------------------------------
+# Through the charge path: the real SDKs over a fake transport (no provider is reachable from
+# a test, and the point is what the SDK's response makes llmctx charge).
+
+
+def _anthropic_client(body: dict[str, Any]) -> Any:
+    anthropic = pytest.importorskip("anthropic")
+    httpx2 = pytest.importorskip("httpx2")
+
+    def handler(request: Any) -> Any:
+        return httpx2.Response(200, json=body)
+
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test-not-a-real-key-0000",
+        base_url="https://llm.example.test",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    )
+    return llmctx.instrument(client)
+
+
+def _anthropic_message(model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "msg_prices",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+@pytest.mark.parametrize("service_tier", ["standard", "batch"])
+def test_an_anthropic_call_is_charged_its_one_hour_writes_and_tier(service_tier: str) -> None:
+    """A Claude call whose usage reports 1-hour cache writes (and the batch tier) is charged
+    what calc_price charges for them, through the real anthropic SDK and the charge path."""
+    model = "claude-opus-4-6"
+    raw = {"input_tokens": 10_045, "output_tokens": 678, "cache_read_input_tokens": 2_000,
+           "cache_creation_input_tokens": 300, "service_tier": service_tier,
+           "cache_creation": {"ephemeral_5m_input_tokens": 100,
+                              "ephemeral_1h_input_tokens": 200}}  # fmt: skip
+    client = _anthropic_client(_anthropic_message(model, raw))
+    with llmctx.session("anthropic-1h", store="memory:") as s:
+        client.messages.create(
+            model=model, max_tokens=1_000, messages=[{"role": "user", "content": "hi"}]
+        )
+    (call,) = s.calls
+    context = {"processing": "batch"} if service_tier == "batch" else None
+    expected = _genai(model, call.usage, "anthropic", cache_write_1h=200, context=context,
+                      at=call.started_at)  # fmt: skip
+    assert call.usage.cache_write_tokens == 300
+    assert (call.cost, str(call.cost)) == (expected, str(expected))
+    assert call.cost != _genai(model, call.usage, "anthropic", context=context, at=call.started_at)
+
+
+def test_an_openai_flex_request_is_charged_the_flex_rate() -> None:
+    """A chat call asking for service_tier="flex" is charged genai-prices' flex rate."""
+    openai = pytest.importorskip("openai")
+    httpx2 = pytest.importorskip("httpx2")
+    body = {
+        "id": "chatcmpl-flex", "object": "chat.completion", "created": 1, "model": "gpt-5",
+        "service_tier": "flex",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12_000, "completion_tokens": 900, "total_tokens": 12_900,
+                  "completion_tokens_details": {"reasoning_tokens": 500}},
+    }  # fmt: skip
+    client = llmctx.instrument(
+        openai.OpenAI(
+            api_key="sk-test-not-a-real-key-000000",
+            base_url="https://llm.example.test/v1",
+            http_client=httpx2.Client(
+                transport=httpx2.MockTransport(lambda request: httpx2.Response(200, json=body))
+            ),
+        )
+    )
+    with llmctx.session("openai-flex", store="memory:") as s:
+        client.chat.completions.create(
+            model="gpt-5", service_tier="flex", messages=[{"role": "user", "content": "hi"}]
+        )
+    (call,) = s.calls
+    assert call.usage.reasoning_tokens == 500
+    expected = _genai("gpt-5", call.usage, "openai", context={"service_tier": "flex"},
+                      at=call.started_at)  # fmt: skip
+    assert (call.cost, str(call.cost)) == (expected, str(expected))
