@@ -1286,3 +1286,48 @@ def test_generic_asave_call_outlives_a_native_cancel(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert store.list_calls(["s"]) == [call]
+
+
+def test_sqlite_checkpoints_off_the_writers_path_keep_the_wal_bounded(tmp_path: Path) -> None:
+    """With SQLite's own checkpoint off, the store's checkpoint thread still copies the WAL
+    into the file and starts it over: after 6,000 calls (~80 MB of WAL frames) the WAL stays
+    small, the database holds the calls, and the thread ends with the store."""
+    db = tmp_path / "ck.db"
+    store = SQLiteStore(db)
+    try:
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        request = {"messages": [{"role": "user", "content": "word " * 100}]}
+        for i in range(6000):
+            store.save_call(_call("s", i, request=request), _session("s", status="running"))
+        assert any(t.name.startswith("llmctx-sqlite-checkpoint") for t in threading.enumerate())
+        assert (tmp_path / "ck.db-wal").stat().st_size < 40_000_000
+        assert db.stat().st_size > 2_000_000  # pages the checkpoints copied back
+    finally:
+        store.close()
+    assert not any(t.name.startswith("llmctx-sqlite-checkpoint") for t in threading.enumerate())
+    reopened = SQLiteStore(db)
+    try:
+        row = reopened.get_session("s")
+        assert row is not None and row.calls == 6000
+    finally:
+        reopened.close()
+
+
+def test_sqlite_synchronous_full_is_a_setting(tmp_path: Path) -> None:
+    """synchronous="FULL" makes every commit wait for the disk (PRAGMA synchronous = 2); the
+    default is NORMAL (1); any other value is a ConfigError naming the two."""
+    full = SQLiteStore(tmp_path / "full.db", synchronous="FULL")
+    normal = SQLiteStore(tmp_path / "normal.db")
+    try:
+        full.save_call(_call("s"), _session("s"))
+        assert full._conn is not None and normal._conn is not None
+        assert full._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert normal._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert len(full.list_calls(["s"])) == 1
+    finally:
+        full.close()
+        normal.close()
+    with pytest.raises(ConfigError, match="NORMAL' or 'FULL"):
+        SQLiteStore(tmp_path / "x.db", synchronous="OFF")  # type: ignore[arg-type]

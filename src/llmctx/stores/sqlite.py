@@ -3,8 +3,14 @@
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction survives the process
 being killed at any point (SIGKILL included); after a power loss or an OS crash the last few
 transactions may be rolled back, but the file is never corrupted. That is the guarantee llmctx
-gives, and it keeps a ``save_call`` in the tens of microseconds because a commit writes the WAL
-without waiting for an fsync.
+gives by default, and it keeps a ``save_call`` in the tens of microseconds because a commit
+writes the WAL without waiting for an fsync; ``SQLiteStore(path, synchronous="FULL")`` waits
+for it (a call then survives a power loss too). Checkpoints (copying the WAL back into the
+database, with their fsyncs) run in a thread of the store's, not inside a caller's commit.
+
+Async callers (:meth:`SQLiteStore.asave_call`) hand their write to the store's writer thread,
+which commits the calls waiting together in one transaction; the event loop never waits on
+SQLite.
 
 Layout (``PRAGMA user_version`` holds the schema version, so later versions can migrate):
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import queue
 import sqlite3
@@ -41,9 +48,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .._exceptions import StoreError
+from .._exceptions import ConfigError, StoreError
 from .._usage import CallRecord
 from . import _outbox, _sql
 from ._base import (
@@ -57,6 +64,8 @@ from ._base import (
 from ._open import default_sqlite_path, sqlite_path, sqlite_path_from_url
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "default_sqlite_path", "sqlite_path_from_url"]
+
+logger = logging.getLogger("llmctx")
 
 # 2: calls.id is unique (version 1 kept a call saved twice as two rows).
 # 3: sessions.pid, host and heartbeat_at (interrupted sessions are told from running ones).
@@ -333,6 +342,73 @@ class _Writer:
                 return
 
 
+# Commits between two nudges of the checkpoint thread, and the WAL size (in frames) past
+# which it finishes a checkpoint under the store's lock (see _Checkpointer).
+_CHECKPOINT_EVERY = 64
+_WAL_RESTART_FRAMES = 2000
+
+
+class _Checkpointer:
+    """A store's checkpoint thread: copies the WAL back into the database off the writers' path.
+
+    SQLite's own checkpoint runs inside the commit that crosses 1,000 WAL pages, so that
+    caller pays for copying the pages and for two ``fsync`` calls. Here the store's connection
+    has ``wal_autocheckpoint`` off; every :data:`_CHECKPOINT_EVERY` commits this thread runs a
+    ``PASSIVE`` checkpoint on a connection of its own, alongside the writers. A WAL restarts
+    from its start only once a checkpoint has caught up with every frame, which a steady
+    writer may never let happen: when the WAL is still over :data:`_WAL_RESTART_FRAMES`
+    frames after a pass, the thread takes the store's lock for a last pass over the frames
+    written meanwhile (few): the next commit then starts the WAL over, so it stays bounded.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.pid = os.getpid()
+        self._store = store
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"llmctx-sqlite-checkpoint {store.path}", daemon=True
+        )
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Ask for a checkpoint soon (never blocks)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the thread (a checkpoint under way finishes first)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        store = self._store
+        try:
+            conn = sqlite3.connect(store.path, timeout=store._busy_ms / 1000, isolation_level=None)
+        except sqlite3.Error:
+            logger.exception("llmctx: no checkpoint connection to %s", store.path)
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    # frames: the WAL's length when the pass began; writers may have added
+                    # more since, so only a pass under the lock is known to have caught up.
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames > _WAL_RESTART_FRAMES:
+                        with store._lock:
+                            if not store._closed:
+                                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    # Busy or locked by another process: the next nudge tries again.
+                    logger.debug("llmctx: checkpoint of %s skipped", store.path, exc_info=True)
+        finally:
+            conn.close()
+
+
 def _answer(answers: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for future, outcome in answers:
         if future.done():
@@ -346,6 +422,9 @@ def _answer(answers: list[tuple[asyncio.Future[None], BaseException | None]]) ->
 class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
     """Sessions and calls in one SQLite file (WAL, ``synchronous=NORMAL``); thread-safe.
 
+    Threads of its own, each started on first need and ended by :meth:`close`: a checkpoint
+    thread (once the store has written), and a writer thread for :meth:`asave_call`.
+
     One connection is shared by every thread behind a lock: SQLite takes one writer at a time
     anyway, and a Python lock hands the connection over faster than SQLite's busy-wait would
     between several connections. Other processes may use the same file at the same time.
@@ -357,22 +436,40 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         busy_timeout: seconds a write waits for another connection's write lock before it
             fails (then it is retried briefly, and a session keeps the call in the outbox
             beside the file: ``<path>-outbox.jsonl``).
+        synchronous: ``"NORMAL"`` (the default) commits without waiting for the disk: a
+            committed call survives the process being killed at any point, but the last
+            transactions before a power loss or an OS crash may be rolled back (the file is
+            never corrupted). ``"FULL"`` ``fsync``\\ s the WAL on every commit, so a call also
+            survives a power loss, at the cost of one disk flush per call.
 
     Raises:
         StoreError: the file cannot be created or opened for writing, is not a SQLite
             database, or was written by a newer llmctx.
-        ConfigError: ``path`` is ``None`` and ``$LLMCTX_DB`` names a non-SQLite URL.
+        ConfigError: ``path`` is ``None`` and ``$LLMCTX_DB`` names a non-SQLite URL, or
+            ``synchronous`` is neither ``"NORMAL"`` nor ``"FULL"``.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 10.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        busy_timeout: float = 10.0,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
     ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError(
+                f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r} (see the "
+                "durability notes of llmctx.stores.SQLiteStore)"
+            )
+        self.synchronous = synchronous
         self.path = sqlite_path(path)
         self._busy_ms = max(0, round(busy_timeout * 1000))
         self._lock = threading.Lock()
         self._closed = False
         self._writer_lock = threading.Lock()
         self._writer: _Writer | None = None
+        self._checkpointer: _Checkpointer | None = None
+        self._commits = 0
         self._conn = self._connect()
         self._track_forks()
         _outbox.replay_store(self)
@@ -420,7 +517,10 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() not in {"wal", "memory"}:
                 raise self._fail_open(f"WAL mode could not be enabled (journal_mode={mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if self.path != ":memory:":
+                # Checkpoints run in the store's checkpoint thread, off the writers' path.
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
             _ensure_indexes(conn)
@@ -520,6 +620,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                 for sql, params in statements:
                     conn.execute(sql, params)
                 conn.execute("COMMIT")
+                self._committed()
             except BaseException as exc:
                 self._abort(conn)
                 if isinstance(exc, sqlite3.Error):
@@ -570,6 +671,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                 conn.execute("BEGIN IMMEDIATE")
                 plan.apply(conn)
                 conn.execute("COMMIT")
+                self._committed()
             except BaseException as exc:
                 self._abort(conn)
                 if isinstance(exc, sqlite3.Error):
@@ -640,6 +742,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                 for plan in plans:
                     plan.apply(conn)
                 conn.execute("COMMIT")
+                self._committed()
             except Exception:
                 self._abort(conn)
             else:
@@ -650,6 +753,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
                     conn.execute("BEGIN IMMEDIATE")
                     plan.apply(conn)
                     conn.execute("COMMIT")
+                    self._committed()
                 except Exception as exc:
                     self._abort(conn)
                     if isinstance(exc, sqlite3.Error):
@@ -666,8 +770,11 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         """
         with self._writer_lock:
             writer, self._writer = self._writer, None
+            checkpointer, self._checkpointer = self._checkpointer, None
         if writer is not None and writer.pid == os.getpid():
             writer.stop()
+        if checkpointer is not None and checkpointer.pid == os.getpid():
+            checkpointer.stop()
         super().close()
 
     async def aclose(self) -> None:
@@ -679,6 +786,19 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         # The writer thread did not survive fork(); the next async write starts a new one.
         self._writer_lock = threading.Lock()
         self._writer = None
+        self._checkpointer = None
+
+    def _committed(self) -> None:
+        """Count a commit (the caller holds the lock); every few, wake the checkpointer."""
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
+            checkpointer = self._checkpointer
+            if checkpointer is None or checkpointer.pid != os.getpid():
+                with self._writer_lock:
+                    if self._closed:
+                        return
+                    checkpointer = self._checkpointer = _Checkpointer(self)
+            checkpointer.nudge()
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         """The session row, or None.
