@@ -18,11 +18,25 @@ keyword names of :func:`llmctx.set_price`::
     cache_write_per_mtok = 0.25    # optional; likewise
     provider = "openai"            # optional; without it the price applies to every provider
 
+An entry may also hold ``cache_write_1h_per_mtok`` (Anthropic's 1-hour cache writes; it needs
+``cache_write_per_mtok``), ``reasoning_per_mtok`` (reasoning billed apart), rates per service
+tier and dated prices, each a table of its own::
+
+    [prices."my-model".service_tiers.flex]   # calls at service_tier "flex"; "batch": Batch API
+    input_per_mtok = 0.10                     # rates left out are the standard ones
+    since = 2026-03-01                        # optional: the first UTC day they apply
+
+    [[prices."my-model".changes]]             # a whole price, in force from `since` on
+    since = 2026-06-01
+    input_per_mtok = 0.30
+    output_per_mtok = 0.90
+
 Numbers are read exactly (``0.1`` is ``Decimal("0.1")``); quoted numbers work too. Other
 top-level tables are left alone (a project's ``llmctx.toml`` may hold other settings).
 
-Editing (:func:`set_entry`, :func:`remove_entry`) rewrites only the lines of the one entry, so
-other entries and comments stay as they were; the result is parsed back and compared before
+Editing (:func:`set_entry`, :func:`set_tier`, :func:`remove_entry`) rewrites only the lines of
+the one entry (or tier; removing an entry removes its tier and dated tables), so other entries
+and comments stay as they were; the result is parsed back and compared before
 it replaces the file atomically (a temporary file in the same directory, then ``os.replace``).
 """
 

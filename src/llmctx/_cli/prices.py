@@ -6,16 +6,21 @@ that every llmctx program reads; ``llmctx prices ls`` lists it.
 
 ``--json`` shapes (every money amount is a decimal string, US dollars; ``null`` when absent):
 
-* ``prices MODEL --json``: ``{"model", "name", "provider", "source", "origin", "snapshot",
-  "per_mtok_usd": {"input", "output", "cache_read", "cache_write"}, "tiers": [{"kind",
-  "above_input_tokens", "per_mtok_usd"}], "unit_prices": [{"unit", "per", "usd", "charged",
-  "text"}], "other_prices": [text], "note", "example": {"input_tokens", "output_tokens",
-  "cost_usd"}, "shadowed": [{"source", "origin", "provider", "per_mtok_usd"}],
-  "prices_file": {"path", "chosen_by", "exists"} | null}``
+* ``prices MODEL [--tier T] [--at DATE] --json``: ``{"model", "name", "provider", "source",
+  "origin", "snapshot", "per_mtok_usd": {"input", "output", "cache_read", "cache_write",
+  "cache_write_1h", "reasoning"}, "tiers": [{"kind", "above_input_tokens", "per_mtok_usd"}],
+  "unit_prices": [{"unit", "per", "usd", "charged", "text"}], "other_prices": [text],
+  "service_tier": str | null, "service_tiers": [{"tier", "since", "per_mtok_usd"}],
+  "history": [{"since", "tiered", "per_mtok_usd"}], "valid_from", "valid_until", "note",
+  "example": {"input_tokens", "output_tokens", "cost_usd"}, "shadowed": [{"source", "origin",
+  "provider", "per_mtok_usd"}], "prices_file": {"path", "chosen_by", "exists"} | null,
+  "at": ISO time | null}`` (dates are ``YYYY-MM-DD`` UTC days).
 * ``prices set --json`` / ``prices rm --json``: ``{"file", "model", "provider", "line",
-  "per_mtok_usd", "in_force": bool}`` (``in_force``: programs read this file).
+  "per_mtok_usd", "in_force": bool}`` (``in_force``: programs read this file); with
+  ``--tier``: ``{"file", "model", "tier", "since", "line", "per_mtok_usd", "in_force"}``.
 * ``prices ls --json``: ``{"prices_file": ... | null, "entries": [{"model", "provider", "line",
-  "per_mtok_usd"}]}``.
+  "per_mtok_usd", "service_tiers": [{"tier", "since", "line", "per_mtok_usd"}], "changes":
+  [{"since", "line", "per_mtok_usd"}]}]}``.
 """
 
 from __future__ import annotations
