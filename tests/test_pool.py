@@ -732,3 +732,30 @@ def test_the_documented_yield_interval_is_the_one_in_force() -> None:
     for text in (ResourcePool.acquire.__doc__, Lease.__doc__):
         assert text is not None
         assert every.search(text)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_a_task_acquires_on_its_own_loop() -> None:
+    """A child forked mid-task queues and is woken on its own loop, not the parent's."""
+    pool = ResourcePool(["w"], capacity=1)
+
+    async def child() -> int:
+        held = pool.acquire_nowait()  # the next acquire queues: its waiter needs the loop
+        asyncio.get_running_loop().call_soon(held.release)
+        async with pool.acquire(timeout=5) as lease:
+            return 0 if lease.resource == "w" else 1
+
+    async def parent() -> int:
+        async with pool.acquire():  # the parent's loop is remembered for the fast path
+            pass
+        pid = os.fork()
+        if pid == 0:  # the child: a new loop; the parent's must not be taken for it
+            code = 1
+            try:
+                code = asyncio.new_event_loop().run_until_complete(child())
+            finally:
+                os._exit(code)
+        return pid
+
+    _, status = os.waitpid(asyncio.run(parent()), 0)
+    assert os.waitstatus_to_exitcode(status) == 0
