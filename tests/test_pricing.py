@@ -128,6 +128,16 @@ def test_every_bundled_model_prices_exactly_like_calc_price() -> None:
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
     )
+    thinking = dataclasses.replace(usage, reasoning_tokens=1_999)
+    raw = {"cache_creation": {"ephemeral_1h_input_tokens": 7_003}}
+    genai_thinking = genai_prices.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_reasoning_tokens=1_999,
+        cache_write_1h_tokens=7_003,
+    )
     checked = 0
     for gprovider in _pricing._snapshot().providers:
         for info in gprovider.models:
@@ -143,6 +153,10 @@ def test_every_bundled_model_prices_exactly_like_calc_price() -> None:
             if price.note and "time of day" in price.note:
                 continue  # compared in its own test: the hour may change between two calls
             expected = info.calc_price(genai_usage, gprovider).total_price
+            assert (cost, str(cost)) == (expected, str(expected)), (gprovider.id, info.id)
+            # The same call with reasoning and 1-hour cache writes (Anthropic's raw usage).
+            cost, reason = price_usage(info.id, thinking, gprovider.id, raw_usage=raw)
+            expected = info.calc_price(genai_thinking, gprovider).total_price
             assert (cost, str(cost)) == (expected, str(expected)), (gprovider.id, info.id)
             checked += 1
     assert checked > 1_000
@@ -744,6 +758,7 @@ def test_every_bundled_service_tier_prices_exactly_like_calc_price() -> None:
 
     usage = Usage(input_tokens=250_123, output_tokens=4_321, cache_read_tokens=100_007,
                   cache_write_tokens=20_011, reasoning_tokens=1_234)  # fmt: skip
+    raw = {"cache_creation": {"ephemeral_1h_input_tokens": 7_003}}
     checked = 0
     for gprovider in _pricing._snapshot().providers:
         for info in gprovider.models:
@@ -756,10 +771,12 @@ def test_every_bundled_service_tier_prices_exactly_like_calc_price() -> None:
                 since = getattr(variant.constraint, "start_date", None)
                 at = AFTER_TIERS if since is None else datetime.combine(since, time(12), UTC)
                 cost, reason = price_usage(info.id, usage, gprovider.id, service_tier=tier,
-                                           at=at)  # fmt: skip
+                                           at=at, raw_usage=raw)  # fmt: skip
                 assert cost is not None, reason
+                genai_usage = _genai_usage_of(usage)
+                genai_usage.cache_write_1h_tokens = 7_003
                 expected = info.calc_price(
-                    _genai_usage_of(usage), gprovider, genai_request_timestamp=at,
+                    genai_usage, gprovider, genai_request_timestamp=at,
                     price_context=dict(variant.when),
                 ).total_price  # fmt: skip
                 assert (cost, str(cost)) == (expected, str(expected)), (info.id, tier)
