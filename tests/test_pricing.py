@@ -156,6 +156,7 @@ def test_every_bundled_model_prices_exactly_like_calc_price() -> None:
             assert (cost, str(cost)) == (expected, str(expected)), (gprovider.id, info.id)
             # The same call with reasoning and 1-hour cache writes (Anthropic's raw usage).
             cost, reason = price_usage(info.id, thinking, gprovider.id, raw_usage=raw)
+            assert cost is not None and estimate >= cost, (info.id, reason)
             expected = info.calc_price(genai_thinking, gprovider).total_price
             assert (cost, str(cost)) == (expected, str(expected)), (gprovider.id, info.id)
             checked += 1
