@@ -3,9 +3,13 @@
 Each call is a realistic record (a chat request of ~40 words, a response, usage, a Decimal
 cost) saved together with its session row, exactly as an instrumented client does it.
 
+Then the async faces, side by side with the obvious alternative, ``anyio.to_thread.run_sync``
+of the sync ``save_call``: one caller awaiting one save after another, and 300 callers at once
+on one event loop (microseconds per call, wall time over the batch).
+
 Usage::
 
-    python benchmarks/bench_stores.py [--calls 5000] [--repeat 3]
+    python benchmarks/bench_stores.py [--calls 5000] [--repeat 3] [--async-calls 1000]
 
 PostgreSQL is measured when ``LLMCTX_TEST_POSTGRES_DSN`` is set (a throw-away schema is created
 and dropped). The figure reported is the best of ``--repeat`` runs (least disturbed by other
@@ -23,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from llmctx._usage import CallRecord, Usage
 from llmctx.stores import MemoryStore, PostgresStore, SessionRecord, SQLiteStore, Store
@@ -75,19 +80,66 @@ def _measure(store: Store, n: int, repeat: int) -> tuple[float, float]:
     return min(runs), statistics.median(runs)
 
 
+def _measure_async(store: Store, n: int, repeat: int) -> dict[str, float]:
+    """Per-call wall time of the async face and of to_thread(save_call), one at a time and
+    300 at once; best of ``repeat`` runs each, interleaved."""
+    import asyncio
+
+    import anyio.to_thread
+
+    def face(call: CallRecord, session: SessionRecord) -> Any:
+        return store.asave_call(call, session)  # type: ignore[attr-defined]
+
+    def in_thread(call: CallRecord, session: SessionRecord) -> Any:
+        return anyio.to_thread.run_sync(store.save_call, call, session)
+
+    async def one_by_one(save: Callable[..., Any], batch: list[Any]) -> float:
+        start = time.perf_counter()
+        for call, session in batch:
+            await save(call, session)
+        return (time.perf_counter() - start) / len(batch) * 1e6
+
+    async def at_once(save: Callable[..., Any], batch: list[Any]) -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(save(call, session) for call, session in batch))
+        return (time.perf_counter() - start) / len(batch) * 1e6
+
+    async def run() -> dict[str, float]:
+        best: dict[str, float] = {}
+        for _ in range(repeat):
+            for label, save, shape, size in (
+                ("asave_call, one at a time", face, one_by_one, n),
+                ("to_thread(save_call), one at a time", in_thread, one_by_one, n),
+                ("asave_call, 300 at once", face, at_once, 300),
+                ("to_thread(save_call), 300 at once", in_thread, at_once, 300),
+            ):
+                us = await shape(save, _records(size, uuid.uuid4().hex))
+                best[label] = min(best.get(label, us), us)
+        return best
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000, help="calls per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per store")
+    parser.add_argument(
+        "--async-calls", type=int, default=1000, help="calls per one-at-a-time async run"
+    )
     args = parser.parse_args()
 
     results: list[tuple[str, int, float, float]] = []
+    async_results: list[tuple[str, dict[str, float]]] = []
 
     def bench(label: str, make: Callable[[], Store], n: int, cleanup: Callable[[], None]) -> None:
         store = make()
         try:
             best, median = _measure(store, n, args.repeat)
+            if not isinstance(store, MemoryStore):
+                n_async = args.async_calls if isinstance(store, SQLiteStore) else n
+                async_results.append((label, _measure_async(store, n_async, args.repeat)))
         finally:
             store.close()
             cleanup()
@@ -115,6 +167,12 @@ def main() -> None:
     print(f"{'store':<30} {'calls':>7} {'best us/op':>11} {'median us/op':>13}")
     for label, n, best, median in results:
         print(f"{label:<30} {n:>7} {best:>11.1f} {median:>13.1f}")
+    print()
+    print(f"{'async faces (best us per call)':<38} {'':>0}")
+    for label, rows in async_results:
+        for case, us in rows.items():
+            print(f"{label:<30} {case:<38} {us:>9.1f}")
+    print(f"(load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":
