@@ -181,8 +181,10 @@ def _table(price: ModelPrice) -> Table:
         table.add_row("Cache write, 1 hour", format_usd(write_1h))
     reasoning = price.reasoning_per_mtok
     table.add_row("Reasoning", "output rate" if reasoning is None else format_usd(reasoning))
+    kinds = {"cache_write": "Cache write" if write_1h is None else "Cache write, 5 min",
+             "cache_write_1h": "Cache write, 1 hour"}  # fmt: skip
     for tier in price.tiers:
-        kind = tier.kind.replace("_", " ").capitalize()
+        kind = kinds.get(tier.kind) or tier.kind.replace("_", " ").capitalize()
         label = f"{kind}, prompts over {tier.above_input_tokens:,} tokens"
         table.add_row(Text(label), format_usd(tier.per_mtok))
     return table
@@ -206,23 +208,28 @@ def _rates_text(rates: Rates) -> str:
 
 def _tiers_table(price: ModelPrice) -> Table:
     table = Table(title=Text("Service tiers (USD per million tokens)"), header_style="bold")
-    for name, justify in (
-        ("Tier", "left"),
-        ("Input", "right"),
-        ("Output", "right"),
-        ("Cache read", "right"),
-        ("Since", "left"),
-    ):
+    writes = any(t.rates.cache_write_per_mtok is not None for t in price.service_tiers)
+    writes_1h = any(t.rates.cache_write_1h_per_mtok is not None for t in price.service_tiers)
+    columns = [("Tier", "left"), ("Input", "right"), ("Output", "right"), ("Cache read", "right")]
+    columns += [("Cache write", "right")] if writes else []
+    columns += [("1h write", "right")] if writes_1h else []
+    for name, justify in [*columns, ("Since", "left")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+    def usd(rate: Decimal | None, otherwise: str) -> str:
+        return otherwise if rate is None else format_usd(rate)
+
     for t in price.service_tiers:
         r = t.rates
-        table.add_row(
+        row: list[str | Text] = [
             Text(t.tier),
             format_usd(r.input_per_mtok),
             format_usd(r.output_per_mtok),
-            "input rate" if r.cache_read_per_mtok is None else format_usd(r.cache_read_per_mtok),
-            _day(t.since) or "",
-        )
+            usd(r.cache_read_per_mtok, "input rate"),
+        ]
+        row += [usd(r.cache_write_per_mtok, "input rate")] if writes else []
+        row += [usd(r.cache_write_1h_per_mtok, "write rate")] if writes_1h else []
+        table.add_row(*row, _day(t.since) or "")
     return table
 
 
