@@ -531,3 +531,42 @@ def test_async_and_sync_ends_make_the_same_record(memory_store: MemoryStore) -> 
     assert [getattr(first, k) for k in keys] == [getattr(second, k) for k in keys]
     assert "sk-abcdefghijklmnopqrstuv" not in str(second.request)
     assert s.usage.total_tokens == 32 and s.call_count == 2
+
+
+def test_entering_and_leaving_an_async_session_does_not_block_the_loop(tmp_path: Any) -> None:
+    """async with session(store=SQLite) while another writer holds the file: the loop keeps
+    ticking while the session's row waits to be written, on entry and on exit, and the rows
+    are stored once the lock is free (running while inside, completed after)."""
+    path = tmp_path / "sessions.db"
+    store = llmctx.stores.SQLiteStore(path, busy_timeout=30)
+    store.list_sessions()  # the schema exists before the other writer takes the lock
+
+    async def main() -> tuple[int, int, str | None, str | None]:
+        inside: list[llmctx.Session] = []
+        entered, leave = asyncio.Event(), asyncio.Event()
+
+        async def run() -> None:
+            async with llmctx.session("async-rows", store=store) as s:
+                inside.append(s)
+                entered.set()
+                await leave.wait()
+
+        with write_locked(path) as blocker:
+            task = asyncio.ensure_future(run())
+            entry_ticks = await _ticks_while(task, 20)
+            blocker.execute("COMMIT")
+        await asyncio.wait_for(entered.wait(), 30)
+        row = store.get_session(inside[0].id)
+        running = row.status if row else None
+        with write_locked(path) as blocker:
+            leave.set()
+            exit_ticks = await _ticks_while(task, 20)
+            blocker.execute("COMMIT")
+        await asyncio.wait_for(task, 30)
+        row = store.get_session(inside[0].id)
+        return entry_ticks, exit_ticks, running, row.status if row else None
+
+    entry_ticks, exit_ticks, running, final = asyncio.run(main())
+    store.close()
+    assert entry_ticks == 20 and exit_ticks == 20
+    assert (running, final) == ("running", "completed")

@@ -15,6 +15,7 @@ process (:class:`_Heartbeat`), so a reader can tell a session whose process died
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -503,7 +504,19 @@ class Session:
 
     @protected
     async def __aenter__(self) -> Self:
-        self._open()
+        # The twin of __enter__: the same steps, with the store's part (opening it, writing
+        # the row) in a worker thread unless the store is in memory, so entering a session
+        # in a service never blocks its event loop.
+        armed = self._claim_entry()
+        try:
+            if self._stores_in_memory():
+                self._enter_store()
+            else:
+                await in_thread(self._enter_store)
+        except BaseException:
+            self._undo_entry(armed)
+            raise
+        self._bind(armed)
         return self
 
     @protected
@@ -513,9 +526,27 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._close(exc_type, exc)
+        armed = self._leave(exc_type, exc)
+        try:
+            if self._stores_in_memory():
+                self._persist(raising=exc_type is None)
+            else:
+                await in_thread(functools.partial(self._persist, raising=exc_type is None))
+        finally:
+            disarm(armed)
 
     def _open(self) -> None:
+        armed = self._claim_entry()
+        try:
+            self._enter_store()
+        except BaseException:
+            self._undo_entry(armed)
+            raise
+        self._bind(armed)
+
+    def _claim_entry(self) -> bool:
+        """Mark the session running and link it to the current one; returns whether it armed
+        the Ctrl-C handler. I/O-free; raises SessionStateError when entered twice."""
         with self._lock:
             if self.status != "created":
                 raise SessionStateError(
@@ -528,34 +559,54 @@ class Session:
         # A root session on the main thread defers Ctrl-C landing in llmctx's bookkeeping
         # until that bookkeeping is consistent (_interrupt); disarmed as its exit's last step.
         armed = parent is None and arm()
-        try:
-            self.parent = parent
-            self._budgets = None
-            self._nodes = (self, *parent.chain()) if parent is not None else (self,)
-            self._row = None
-            self._store = resolve_store(
-                self._store_arg, parent._store if parent is not None else None
-            )
-            self._outbox = outbox_for(self._store)
-            self.started_at = self.started_at or _now()
-            self._pid = os.getpid()
-            self._persist(entering=True)
-            _heartbeat.join(self)
-        except BaseException:
-            # A bad store, or an interrupt while the row is written: the session was never
-            # entered, and nothing made it current.
-            _heartbeat.leave(self)
-            with self._lock:
-                self.status = "created"
-            disarm(armed)
-            raise
+        self.parent = parent
+        self._budgets = None
+        self._nodes = (self, *parent.chain()) if parent is not None else (self,)
+        self._row = None
+        return armed
+
+    def _enter_store(self) -> None:
+        # The part of entering that may do I/O: resolve (open) the store, write the row.
+        parent = self.parent
+        self._store = resolve_store(self._store_arg, parent._store if parent is not None else None)
+        self._outbox = outbox_for(self._store)
+        self.started_at = self.started_at or _now()
+        self._pid = os.getpid()
+        self._persist(entering=True)
+        _heartbeat.join(self)
+
+    def _undo_entry(self, armed: bool) -> None:
+        # A bad store, or an interrupt while the row is written: the session was never
+        # entered, and nothing made it current.
+        _heartbeat.leave(self)
+        with self._lock:
+            self.status = "created"
+        disarm(armed)
+
+    def _bind(self, armed: bool) -> None:
         # Last: from here on only __exit__ undoes it.
         self._armed = armed
         self._token = bind_session(self)
         if _listeners:
             _tell("on_session_start", self)
 
+    def _stores_in_memory(self) -> bool:
+        """True when this session's store is (or will resolve to) a MemoryStore: no I/O."""
+        store: object = self._store if self._store is not None else self._store_arg
+        if store is None and self.parent is not None:
+            store = self.parent._store
+        return isinstance(store, MemoryStore)
+
     def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
+        armed = self._leave(exc_type, exc)
+        try:
+            # An exception already on its way out is not replaced by a store error.
+            self._persist(raising=exc_type is None)
+        finally:
+            disarm(armed)  # last: a Ctrl-C deferred until now is raised here
+
+    def _leave(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> bool:
+        """Everything of leaving but writing the final row; returns whether to disarm."""
         token, self._token = self._token, None
         if token is not None:
             reset_session(token, self.parent)
@@ -571,11 +622,7 @@ class Session:
         if _listeners:
             _tell("on_session_end", self)
         armed, self._armed = self._armed, False
-        try:
-            # An exception already on its way out is not replaced by a store error.
-            self._persist(raising=exc_type is None)
-        finally:
-            disarm(armed)  # last: a Ctrl-C deferred until now is raised here
+        return armed
 
     # ------------------------------------------------------------------ charging
     def on_call_end(self, record: CallRecord) -> None:
