@@ -1074,3 +1074,16 @@ def test_an_openai_flex_request_is_charged_the_flex_rate() -> None:
     expected = _genai("gpt-5", call.usage, "openai", context={"service_tier": "flex"},
                       at=call.started_at)  # fmt: skip
     assert (call.cost, str(call.cost)) == (expected, str(expected))
+
+
+def test_cli_at_a_time_prices_the_example_at_that_hour() -> None:
+    """For an hour-dependent price (deepseek), `--at TIME` prices the example at that hour."""
+    for moment in ("2026-01-01T03:00:00+00:00", "2026-01-01T18:00:00+00:00"):
+        data = json.loads(_llmctx("prices", "deepseek-chat", "--at", moment, "--json"))
+        expected = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1_000, output_tokens=1_000),
+            "deepseek-chat",
+            genai_request_timestamp=datetime.fromisoformat(moment),
+        ).total_price
+        assert Decimal(data["example"]["cost_usd"]) == expected
+        assert data["at"] == moment

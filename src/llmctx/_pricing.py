@@ -378,13 +378,17 @@ class ModelPrice:
         """True when some rate goes up for long prompts."""
         return bool(self.tiers)
 
-    def cost(self, usage: Usage, *, cache_write_1h_tokens: int = 0) -> Decimal:
+    def cost(
+        self, usage: Usage, *, cache_write_1h_tokens: int = 0, at: datetime | None = None
+    ) -> Decimal:
         """The cost of ``usage`` at this price, in US dollars.
 
         Args:
             usage: one call's usage (``input_tokens`` includes the cache tokens).
             cache_write_1h_tokens: how many of ``usage.cache_write_tokens`` were 1-hour
                 cache writes (Anthropic reports them in ``usage.cache_creation``).
+            at: when the call was made, for a price that depends on the time of day (the
+                day is this price's own: see :func:`price_at`); default now.
 
         Returns:
             The exact ``Decimal`` ``genai_prices.calc_price`` would return for genai-prices
@@ -395,7 +399,7 @@ class ModelPrice:
         """
         from ._exceptions import PriceError
 
-        cost, reason = _cost(self, usage, cache_write_1h_tokens)
+        cost, reason = _cost(self, usage, cache_write_1h_tokens, at)
         if cost is None:
             raise PriceError(reason or "the usage could not be priced")
         return cost

@@ -336,7 +336,7 @@ def show(
             raise typer.Exit(1)
         found = [p for p in dated if isinstance(p, ModelPrice)]
     price, shadowed = found[0], found[1:]
-    example = price.cost(_EXAMPLE)
+    example = price.cost(_EXAMPLE, at=when)
     if as_json:
         data = _as_json(price, example, shadowed, where)
         data["at"] = None if when is None else when.isoformat()
