@@ -1213,25 +1213,32 @@ def test_async_save_runs_on_trio(sql_store: Store) -> None:
     assert sql_store.list_calls(["s"]) == [call]
 
 
-def test_sqlite_async_batch_fails_only_the_bad_call(tmp_path: Path) -> None:
-    """Calls committed together by the writer thread: one the database cannot take fails its
-    own caller only; the others are stored."""
+def test_async_batch_fails_only_the_bad_call(sql_store: Store) -> None:
+    """Calls committed together by an async face: one the database cannot take (a token count
+    past a 64-bit integer) fails its own caller only, as save_call would; the others, sent
+    at the same moment, are stored."""
     import asyncio
 
-    store = SQLiteStore(tmp_path / "b.db")
     good = [_call("s", i) for i in range(4)]
-    bad = _call("s", 9, usage=Usage(2**70))  # too large for a SQLite integer
+    bad = _call("s", 9, usage=Usage(2**70))
+    expected: type[Exception] = (
+        StoreError if isinstance(sql_store, PostgresStore) else OverflowError
+    )
+    with pytest.raises(expected):
+        sql_store.save_call(bad)
 
     async def main() -> list[Any]:
-        saves = [store.asave_call(c, _session("s")) for c in [*good[:2], bad, *good[2:]]]
+        saves = [
+            sql_store.asave_call(c, _session("s"))  # type: ignore[attr-defined]
+            for c in [*good[:2], bad, *good[2:]]
+        ]
         return await asyncio.gather(*saves, return_exceptions=True)
 
-    try:
-        outcomes = asyncio.run(main())
-        assert [type(o) for o in outcomes] == [type(None)] * 2 + [OverflowError] + [type(None)] * 2
-        assert store.list_calls(["s"]) == good
-    finally:
-        store.close()
+    outcomes = asyncio.run(main())
+    assert [type(o) for o in outcomes] == [type(None)] * 2 + [expected] + [type(None)] * 2
+    assert sql_store.list_calls(["s"]) == good
+    row = sql_store.get_session("s")
+    assert row is not None and row.calls == 4
 
 
 def test_sqlite_writer_thread_ends_with_the_store(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from ._base import (
     SessionRecord,
     _running_asyncio,
     in_thread,
+    is_transient,
     keep_abandoned_call,
     outlive_cancel,
     transient,
@@ -352,17 +353,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         caller waits for through a cancellation (:func:`outlive_cancel`): a cancelled caller
         never leaves a transaction half-done or a connection checked out.
         """
-        if self._closed:
-            self._connection()  # raises the closed-store error
-        loop = asyncio.get_running_loop()
-        pool = self._apools.get(loop)
-        if pool is None:
-            # A loop that ended (asyncio.run returned) leaves its idle connections: close them.
-            for other, stale in list(self._apools.items()):
-                if other.is_closed():
-                    stale.close()
-                    self._apools.pop(other, None)
-            pool = self._apools[loop] = _AsyncPool(self, self._async_pool_size)
+        pool = self._pool_here()
         for attempt in (1, 2):
             conn = await pool.get()
             try:
@@ -388,6 +379,64 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             pool.put(conn)
             return
 
+    def _pool_here(self) -> _AsyncPool:
+        """The async connection pool of the running event loop (made on first use)."""
+        if self._closed:
+            self._connection()  # raises the closed-store error
+        loop = asyncio.get_running_loop()
+        pool = self._apools.get(loop)
+        if pool is None:
+            # A loop that ended (asyncio.run returned) leaves its idle connections: close them.
+            for other, stale in list(self._apools.items()):
+                if other.is_closed():
+                    stale.close()
+                    self._apools.pop(other, None)
+            pool = self._apools[loop] = _AsyncPool(self, self._async_pool_size)
+        return pool
+
+    async def _drain(self, pool: _AsyncPool) -> None:
+        """Commit the calls waiting in ``pool``'s queue, up to :data:`_BATCH` per transaction,
+        until none is left (one such task per event loop at a time); answer each caller.
+
+        A batch the database refuses for one of its calls (not a transient failure) is
+        written again call by call, so only that call's caller fails; a transient failure
+        (the server out of reach) fails the batch at once, each caller then keeping its call
+        in the outbox.
+        """
+        batch: list[_Queued] = []
+        try:
+            while pool.queue:
+                batch = pool.queue[:_BATCH]
+                del pool.queue[:_BATCH]
+                action = batch[0][0] if len(batch) == 1 else f"save {len(batch)} calls"
+                steps = [step for _, item, _ in batch for step in item]
+                try:
+                    await self._arun(action, steps)
+                except StoreError as exc:
+                    if len(batch) == 1 or is_transient(exc):
+                        _answer_all(batch, exc)
+                    else:
+                        for action, item, future in batch:
+                            try:
+                                await self._arun(action, item)
+                            except StoreError as one:
+                                _answer_all([(action, item, future)], one)
+                            else:
+                                _answer_all([(action, item, future)], None)
+                else:
+                    _answer_all(batch, None)
+                batch = []
+        finally:
+            pool.drainer = None
+            left, pool.queue = [*batch, *pool.queue], []
+            if left:  # only when this task was cancelled (its event loop is shutting down)
+                _answer_all(
+                    left,
+                    StoreError(
+                        f"the event loop stopped before these calls reached {self._describe()}"
+                    ),
+                )
+
     async def _awrite(
         self, action: str, steps: _Steps, keep: Callable[[BaseException], None]
     ) -> None:
@@ -399,22 +448,33 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         await outlive_cancel(asyncio.ensure_future(self._arun(action, steps)), keep)
 
     async def asave_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
-        """Async face of :meth:`save_call`: the same transaction on a pooled async connection.
+        """Async face of :meth:`save_call`: the same statements on a pooled async connection.
 
         The event loop is never blocked: on asyncio the statements go through psycopg's
-        ``AsyncConnection`` (a pool of at most ``async_pool_size`` connections per event loop);
-        elsewhere (trio) :meth:`save_call` runs in a worker thread. Committed before it
-        returns. Cancellation while it runs lets the transaction finish (the whole call or,
-        on failure, nothing, and the call kept in the outbox), then ``CancelledError``
+        ``AsyncConnection`` (a pool of at most ``async_pool_size`` connections per event loop),
+        the calls of one loop that wait together committed in one pipelined transaction (up
+        to 16; a call the database refuses fails only its own caller); elsewhere (trio)
+        :meth:`save_call` runs in a worker thread. Committed before it returns.
+
+        Cancellation while it runs lets the transaction finish (the whole call or, on
+        failure, nothing, and the call kept in the outbox), then ``CancelledError``
         propagates; the connection goes back to the pool either way.
 
         Raises:
             StoreError: the write failed or the store is closed (as :meth:`save_call`).
         """
         steps = self._save_call_steps(call, session)
-        await self._awrite(
-            f"save call {call.id!r}", steps, keep_abandoned_call(self, call, session)
-        )
+        action = f"save call {call.id!r}"
+        keep = keep_abandoned_call(self, call, session)
+        if not _running_asyncio():
+            await self._awrite(action, steps, keep)
+            return
+        pool = self._pool_here()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pool.queue.append((action, steps, future))
+        if pool.drainer is None:
+            pool.drainer = asyncio.ensure_future(self._drain(pool))
+        await outlive_cancel(future, keep)
 
     async def asave_session(self, record: SessionRecord) -> None:
         """Async face of :meth:`save_session` (see :meth:`asave_call`).
@@ -656,6 +716,22 @@ def _finish(conn: Any) -> None:
         conn.pgconn.finish()
 
 
+# The most calls one async transaction commits together.
+_BATCH = 16
+# A queued async save: what it does (for errors), its statements, the caller's future.
+_Queued = tuple[str, _Steps, "asyncio.Future[None]"]
+
+
+def _answer_all(batch: Sequence[_Queued], outcome: BaseException | None) -> None:
+    for _, _, future in batch:
+        if future.done():
+            continue
+        if outcome is None:
+            future.set_result(None)
+        else:
+            future.set_exception(outcome)
+
+
 class _AsyncPool:
     """The async connections of one store on one event loop: at most ``size``, reused.
 
@@ -668,6 +744,9 @@ class _AsyncPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[Any] = []
         self._out: set[Any] = set()
+        # Calls waiting to be committed together, and the task committing them.
+        self.queue: list[_Queued] = []
+        self.drainer: asyncio.Future[None] | None = None
 
     async def get(self) -> Any:
         """A connection for one transaction (give it back with :meth:`put` or :meth:`discard`).
