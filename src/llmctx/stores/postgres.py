@@ -408,15 +408,26 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
             while pool.queue:
                 batch = pool.queue[:_BATCH]
                 del pool.queue[:_BATCH]
-                action = batch[0][0] if len(batch) == 1 else f"save {len(batch)} calls"
-                steps = [step for _, item, _ in batch for step in item]
-                try:
-                    await self._arun(action, steps)
-                except StoreError as exc:
-                    if len(batch) == 1 or is_transient(exc):
-                        _answer_all(batch, exc)
+                planned: list[tuple[str, _Steps, asyncio.Future[None]]] = []
+                for call, session, future in batch:
+                    try:
+                        steps = self._save_call_steps(call, session)
+                    except Exception as exc:  # refused the same way by save_call
+                        if not future.done():
+                            future.set_exception(exc)
                     else:
-                        for action, item, future in batch:
+                        planned.append((f"save call {call.id!r}", steps, future))
+                if not planned:
+                    batch = []
+                    continue
+                action = planned[0][0] if len(planned) == 1 else f"save {len(planned)} calls"
+                try:
+                    await self._arun(action, [step for _, item, _ in planned for step in item])
+                except StoreError as exc:
+                    if len(planned) == 1 or is_transient(exc):
+                        _answer_all(planned, exc)
+                    else:
+                        for action, item, future in planned:
                             try:
                                 await self._arun(action, item)
                             except StoreError as one:
@@ -424,18 +435,18 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                             else:
                                 _answer_all([(action, item, future)], None)
                 else:
-                    _answer_all(batch, None)
+                    _answer_all(planned, None)
                 batch = []
         finally:
             pool.drainer = None
             left, pool.queue = [*batch, *pool.queue], []
             if left:  # only when this task was cancelled (its event loop is shutting down)
-                _answer_all(
-                    left,
-                    StoreError(
-                        f"the event loop stopped before these calls reached {self._describe()}"
-                    ),
+                stopped = StoreError(
+                    f"the event loop stopped before these calls reached {self._describe()}"
                 )
+                for _, _, future in left:
+                    if not future.done():
+                        future.set_exception(stopped)
 
     async def _awrite(
         self, action: str, steps: _Steps, keep: Callable[[BaseException], None]
@@ -463,15 +474,15 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         Raises:
             StoreError: the write failed or the store is closed (as :meth:`save_call`).
         """
-        steps = self._save_call_steps(call, session)
-        action = f"save call {call.id!r}"
         keep = keep_abandoned_call(self, call, session)
         if not _running_asyncio():
-            await self._awrite(action, steps, keep)
+            await self._awrite(f"save call {call.id!r}", self._save_call_steps(call, session), keep)
             return
         pool = self._pool_here()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pool.queue.append((action, steps, future))
+        # The statements are built by the draining task, batch by batch: when hundreds of
+        # callers finish at once, each one's own step on the loop stays this short.
+        pool.queue.append((call, session, future))
         if pool.drainer is None:
             pool.drainer = asyncio.ensure_future(self._drain(pool))
         await outlive_cancel(future, keep)
@@ -718,11 +729,13 @@ def _finish(conn: Any) -> None:
 
 # The most calls one async transaction commits together.
 _BATCH = 16
-# A queued async save: what it does (for errors), its statements, the caller's future.
-_Queued = tuple[str, _Steps, "asyncio.Future[None]"]
+# A queued async save: the call, its session row, the caller's future.
+_Queued = tuple[CallRecord, "SessionRecord | None", "asyncio.Future[None]"]
 
 
-def _answer_all(batch: Sequence[_Queued], outcome: BaseException | None) -> None:
+def _answer_all(
+    batch: Sequence[tuple[str, _Steps, asyncio.Future[None]]], outcome: BaseException | None
+) -> None:
     for _, _, future in batch:
         if future.done():
             continue

@@ -279,6 +279,8 @@ class _CallPlan:
 
 # The most calls the writer thread commits in one transaction.
 _BATCH = 256
+# A queued async write: the call, its session row, the caller's loop and future.
+_Job = tuple[CallRecord, "SessionRecord | None", asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class _Writer:
@@ -291,19 +293,25 @@ class _Writer:
     def __init__(self, store: SQLiteStore) -> None:
         self.pid = os.getpid()
         self._store = store
-        self._queue: queue.SimpleQueue[
-            tuple[_CallPlan, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name=f"llmctx-sqlite-writer {store.path}", daemon=True
         )
         self._thread.start()
 
     def submit(
-        self, plan: _CallPlan, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+        self,
+        call: CallRecord,
+        session: SessionRecord | None,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[None],
     ) -> None:
-        """Queue one write; ``future`` is resolved on ``loop`` once it is committed or failed."""
-        self._queue.put((plan, loop, future))
+        """Queue one write; ``future`` is resolved on ``loop`` once it is committed or failed.
+
+        The statements' parameters are built here, in the writer thread: the event loop only
+        queues the record.
+        """
+        self._queue.put((call, session, loop, future))
 
     def stop(self) -> None:
         """Let the writes already queued finish, then end the thread."""
@@ -328,12 +336,23 @@ class _Writer:
                     stopping = True
                     break
                 batch.append(more)
+            outcomes: list[BaseException | None] = [None] * len(batch)
+            plans: list[_CallPlan] = []
+            planned: list[int] = []
+            for i, (call, session, _, _) in enumerate(batch):
+                try:
+                    plans.append(_CallPlan(call, session))
+                    planned.append(i)
+                except Exception as exc:  # a record save_call would refuse the same way
+                    outcomes[i] = exc
             try:
-                outcomes = self._store._write_batch([plan for plan, _, _ in batch])
+                written = self._store._write_batch(plans) if plans else []
             except Exception as exc:  # a bug, not a store error: fail the callers, keep running
-                outcomes = [exc] * len(batch)
+                written = [exc] * len(plans)
+            for i, outcome in zip(planned, written, strict=True):
+                outcomes[i] = outcome
             by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-            for (_, loop, future), outcome in zip(batch, outcomes, strict=True):
+            for (_, _, loop, future), outcome in zip(batch, outcomes, strict=True):
                 by_loop.setdefault(loop, []).append((future, outcome))
             for loop, answers in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
@@ -693,7 +712,6 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
         Raises:
             StoreError: the write failed or the store is closed (as :meth:`save_call`).
         """
-        plan = _CallPlan(call, session)
         if not _running_asyncio():
             await in_thread(self.save_call, call, session)
             return
@@ -701,7 +719,7 @@ class SQLiteStore(_sql.ConnectionOwner[sqlite3.Connection]):
             self._connection()  # raises the closed-store error
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._writer_thread().submit(plan, loop, future)
+        self._writer_thread().submit(call, session, loop, future)
         await outlive_cancel(future, keep_abandoned_call(self, call, session))
 
     async def asave_session(self, record: SessionRecord) -> None:
