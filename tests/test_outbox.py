@@ -92,6 +92,17 @@ def test_journal_lines_round_trip_every_string_and_are_removed_once_applied(
     assert box.replay(seen.append) == 0
 
 
+def test_pending_sees_a_file_a_killed_replayer_claimed(tmp_path: Path) -> None:
+    """pending() (run after every call, its directory look cached) still reports entries
+    that wait in a file a replayer claimed and never finished, left after an empty look."""
+    outbox = Outbox(tmp_path / "j.jsonl")
+    assert not outbox.pending()
+    assert not outbox.pending()
+    (tmp_path / "j.jsonl.claimed-123").write_text('{"kind": "session"}\n', "ascii")
+    assert outbox.pending()
+    assert len(outbox) == 1
+
+
 def test_a_failing_entry_is_kept_and_a_transient_failure_keeps_the_rest(tmp_path: Path) -> None:
     """A poison entry stays while others apply; a transient failure stops and keeps the rest."""
     box = Outbox(tmp_path / "j.jsonl")

@@ -131,6 +131,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._memory: list[str] = []
         self._replaying = threading.Lock()
+        # pending(): the journal directory's mtime when it was last listed, and what it held.
+        self._dir_seen = -1
+        self._claimed = False
 
     def __repr__(self) -> str:
         return f"<Outbox {self.path or 'in memory'}>"
@@ -173,15 +176,28 @@ class Outbox:
                     os.close(fd)
 
     def pending(self) -> bool:
-        """True when the journal may hold entries (cheap: one stat)."""
+        """True when the journal may hold entries (cheap: two stats, run after every call).
+
+        Besides the journal, a file a replayer claimed and did not finish (it was killed
+        half-way) holds entries: the directory is listed for those only when it changed
+        since the last look, or changed within the last second (a directory's mtime ticks
+        coarsely, so a recent one is not trusted).
+        """
         if self.path is None:
             return bool(self._memory)
         try:
-            if self.path.stat().st_size > 0:
+            if os.stat(self.path).st_size > 0:
                 return True
         except FileNotFoundError:
             pass
-        return any(self.path.parent.glob(self.path.name + ".claimed-*"))
+        try:
+            changed = os.stat(self.path.parent).st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if changed != self._dir_seen or time.time_ns() - changed < 1_000_000_000:
+            self._claimed = any(self.path.parent.glob(self.path.name + ".claimed-*"))
+            self._dir_seen = changed
+        return self._claimed
 
     def __len__(self) -> int:
         """How many entries wait (reads the journal)."""
