@@ -149,6 +149,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         bench("SQLiteStore (temp file, WAL)", lambda: SQLiteStore(db), args.calls, lambda: None)
+        full = Path(tmp) / "full.db"
+        bench(
+            "SQLiteStore synchronous=FULL",
+            lambda: SQLiteStore(full, synchronous="FULL"),
+            max(args.calls // 5, 200),
+            lambda: None,
+        )
     dsn = os.environ.get("LLMCTX_TEST_POSTGRES_DSN")
     if dsn:
         schema = f"bench_{uuid.uuid4().hex[:12]}"
