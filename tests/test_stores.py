@@ -1180,6 +1180,54 @@ def test_cancelled_async_save_commits_the_whole_call_and_leaks_no_connection(
         assert _backends(dsn, unique) == []
 
 
+def test_async_save_cancelled_by_an_anyio_scope_still_commits(
+    sql_store: Store, request: pytest.FixtureRequest, unique: str
+) -> None:
+    """An anyio cancel scope cancelled while asave_call waits on another writer's lock: the
+    scope ends only once the whole call is committed, and it reports the cancellation."""
+    import anyio
+
+    is_pg = isinstance(sql_store, PostgresStore)
+    dsn = request.getfixturevalue("postgres_dsn") if is_pg else None
+    sql_store.save_call(_call("s", 0), _session("s", status="running"))
+    blocker, store_lock = _hold_write_lock(sql_store, dsn)
+    call = _call("s", 1, cost=Decimal("0.5"))
+    scopes: list[anyio.CancelScope] = []
+    ended: list[bool] = []
+
+    async def saver() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await sql_store.asave_call(call, _session("s"))  # type: ignore[attr-defined]
+        ended.append(True)
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(saver)
+                while True:
+                    await anyio.sleep(0.005)
+                    if is_pg:
+                        assert dsn is not None
+                        if ("active", "Lock") in _backends(dsn, unique):
+                            break
+                    elif store_lock.locked():
+                        break
+                scopes[0].cancel()
+                await anyio.sleep(0.05)
+                assert ended == []  # still waiting for the write
+                blocker.commit() if is_pg else blocker.execute("COMMIT")
+
+    try:
+        anyio.run(main)
+    finally:
+        blocker.close()
+    assert ended == [True] and scopes[0].cancelled_caught
+    assert [c.id for c in sql_store.list_calls(["s"])][-1] == call.id
+    row = sql_store.get_session("s")
+    assert row is not None and (row.calls, row.cost) == (2, Decimal("0.5"))
+
+
 def test_async_save_failure_is_a_store_error(
     sql_store: Store, request: pytest.FixtureRequest, unique: str
 ) -> None:
