@@ -4,6 +4,8 @@
 path, ``postgresql://...``. ``default_store()`` is the process-wide store named by
 ``$LLMCTX_DB``. ``PostgresStore`` imports psycopg only when one is created.
 ``shown_status(row)`` tells a ``running`` row whose process is gone (``interrupted``).
+SQLite and PostgreSQL stores have async faces (``await store.asave_call(call, row)``) that
+commit without blocking the event loop.
 """
 
 from __future__ import annotations

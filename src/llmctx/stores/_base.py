@@ -2,8 +2,10 @@
 
 A store is written *through*: every call is committed by the time the instrumented client
 returns it to the caller, so a process killed right after a call still has that call.
-Stores are synchronous and thread-safe; one store object may be shared by every session of a
-process.
+Stores are thread-safe; one store object may be shared by every session of a process. The
+protocol is synchronous; the built-in SQL stores also have async faces (``asave_call``,
+``asave_session``) that never block the event loop, and :func:`asave_call` here reaches any
+store from async code (its ``save_call`` in a worker thread when it has no async face).
 
 **Interrupted sessions.** A process killed mid-session (SIGKILL, a power cut) cannot write its
 last row, which stays ``running``. Each row therefore carries the ``pid`` and ``host`` of the
