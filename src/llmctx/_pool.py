@@ -131,7 +131,7 @@ def _token_steps(
             return False
         lease._slot = slot
         held_add(lease)
-        lease.sequence = next(sequence)
+        lease._number = next(sequence)
         lease._state = _HELD
         return True
 
@@ -209,21 +209,21 @@ class Lease(_Waiter, Generic[R]):
 
     Attributes:
         amount: the units held.
-        sequence: this lease's number in grant order (1, 2, ...), for auditing FIFO order;
-            0 until granted.
     """
 
     # A lease is also its own waiter while queued (the _Waiter slots): one object per
     # acquire, contended or not.
-    __slots__ = ("_pool", "_slot", "_state", "_timeout", "_token", "sequence")
+    __slots__ = ("_number", "_pool", "_slot", "_state", "_timeout", "_token")
     _pool: ResourcePool[R]
+    # The slot and the number are set when the lease is granted (not before: two stores
+    # less per acquire); read before that through `resource`, `sequence` and repr only.
     _slot: _Slot[R] | None
+    _number: int
     _state: int
     _timeout: float | None
     # The lease's member in a shared store's sorted set: set (and read) only by a pool with
     # a store, one attribute less on the in-process hot path.
     _token: str | None
-    sequence: int
 
     # Built by ResourcePool.acquire only (which sets every field): a class call that runs
     # no Python __init__ costs a third of what object.__new__(Lease) does (a slower C path).
@@ -236,10 +236,15 @@ class Lease(_Waiter, Generic[R]):
         Raises:
             UsageError: the lease was not granted yet.
         """
-        slot = self._slot
+        slot: _Slot[R] | None = getattr(self, "_slot", None)
         if slot is None:
             raise UsageError("the lease was not granted yet: enter `pool.acquire(...)` first")
         return slot.resource
+
+    @property
+    def sequence(self) -> int:
+        """This lease's number in grant order (1, 2, ...), for auditing FIFO order; 0 before."""
+        return getattr(self, "_number", 0)
 
     @property
     def released(self) -> bool:
@@ -321,10 +326,11 @@ class Lease(_Waiter, Generic[R]):
         return _DONE
 
     def __repr__(self) -> str:
-        if self._slot is None:
+        slot = getattr(self, "_slot", None)
+        if slot is None:
             return f"<Lease {self.amount} pending>"
         state = "released" if self._state == _RELEASED else "held"
-        return f"<Lease {self.amount} of {self._slot.resource!r} {state}>"
+        return f"<Lease {self.amount} of {slot.resource!r} {state}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,11 +555,9 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # The one place a lease is built (Lease has no __init__ of its own: see there).
         lease: Lease[R] = Lease()
         lease._pool = self
-        lease._slot = None
         lease._state = _PENDING
         lease._timeout = timeout
         lease.amount = amount
-        lease.sequence = 0
         return lease
 
     @protected
@@ -692,7 +696,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 return False
             lease._slot = best
             self._held.add(lease)
-            lease.sequence = next(self._sequence)
+            lease._number = next(self._sequence)
             lease._state = _HELD
             return True
         store = self._store
@@ -725,7 +729,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                     return False
                 best = found
                 best.free = best_free - n
-        lease.sequence = next(self._sequence)
+        lease._number = next(self._sequence)
         lease._slot = best
         lease._state = _HELD
         return True
@@ -804,7 +808,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                     waiter.schedule(self._store.poll_interval)
                 return
             queue.popleft()
-            self._waits.append((waiter.sequence, time.monotonic() - waiter._start))
+            self._waits.append((waiter._number, time.monotonic() - waiter._start))
             waiter._grant = True
             if not waiter.wake():
                 # Its event loop is gone: it will never run, so take the capacity back.
