@@ -412,7 +412,7 @@ class Session:
         """
         out: dict[str, Decimal | int | None] = dict.fromkeys(_DIMS)
         for budget in self.budgets:
-            snap = budget.snapshot()
+            snap = budget.ledger.snapshot()
             for dim in _DIMS:
                 limit = budget.limit(dim)
                 if limit is None:
