@@ -689,9 +689,9 @@ def test_a_call_must_fit_every_budget_of_a_session_all_or_nothing(
         with pytest.raises(llmctx.BudgetExceeded):
             model.complete("four five", max_tokens=500)
         left = s.remaining()
-    assert roomy.snapshot().spent.tokens == tight.snapshot().spent.tokens > 0
-    assert roomy.snapshot().reserved.tokens == tight.snapshot().reserved.tokens == 0
-    assert left["tokens"] == 100 - tight.snapshot().spent.tokens
+    assert roomy.ledger.snapshot().spent.tokens == tight.ledger.snapshot().spent.tokens > 0
+    assert roomy.ledger.snapshot().reserved.tokens == tight.ledger.snapshot().reserved.tokens == 0
+    assert left["tokens"] == 100 - tight.ledger.snapshot().spent.tokens
     assert left["usd"] is None and set(left) == {"usd", "tokens", "requests", "calls", "tool_calls"}
 
 
@@ -738,6 +738,6 @@ def test_resume_restores_every_budget_of_a_session(tmp_path: Path) -> None:
             raise RuntimeError("boom")
     again = llmctx.session.resume(s.id, store=store)
     assert [b.limit("calls") for b in again.budgets] == [None, 3]
-    assert again.budgets[1].snapshot().spent.calls == 1
-    assert again.budgets[0].snapshot().spent.tokens == s.usage.total_tokens
+    assert again.budgets[1].ledger.snapshot().spent.calls == 1
+    assert again.budgets[0].ledger.snapshot().spent.tokens == s.usage.total_tokens
     store.close()
