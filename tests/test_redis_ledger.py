@@ -349,6 +349,7 @@ class RedisLedgerModel(LedgerModel):
 
     url = ""
     restore_overwrites = False
+    counts_calls = False
 
     def make_ledger(self) -> Ledger:
         """A RedisLedger on a fresh budget name, without a renewal thread."""

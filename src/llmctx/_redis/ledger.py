@@ -461,6 +461,13 @@ class RedisLedger(_ClosesOnExit):
                 the call must not be sent (llmctx fails closed).
             ConfigError: an amount that is not finite or beyond +-2**62.
         """
+        if budget.calls is not None or budget.tool_calls is not None:
+            # Fail closed: this ledger's script counts usd, tokens and requests only, so a cap
+            # on calls would never stop a call. Refuse the budget rather than ignore the cap.
+            raise ConfigError(
+                f"{budget!r}: a RedisLedger cannot cap calls or tool_calls yet; put those caps "
+                "on a budget with the in-memory ledger (the default) or leave them off"
+            )
         if os.getpid() != self._token_pid:  # a forked child must not repeat the parent's tokens
             self._new_token_source()
         usd = _to_nano(amount.usd, ROUND_CEILING)
