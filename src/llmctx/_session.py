@@ -35,7 +35,7 @@ from ._context import bind_session, get_session, reset_session
 from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
 from ._interrupt import arm, disarm, protected
 from ._redact import redact, redact_text
-from ._usage import CallRecord, Usage
+from ._usage import CallRecord, CallTally, Usage
 from .stores._base import (
     HEARTBEAT_INTERVAL,
     RESUMABLE,
@@ -75,7 +75,6 @@ __all__ = [
 
 logger = logging.getLogger("llmctx")
 
-_ZERO = Decimal(0)
 
 #: How many of its most recent calls a session keeps in memory (``session.calls``) unless
 #: ``session(keep_calls=...)`` says otherwise; older ones are read back through the store
@@ -318,14 +317,10 @@ class Session:
         self._outbox: Outbox | None = None
         self._stored_parent_id: str | None = None
         self._lock = threading.Lock()
-        # The live totals: counts added in place (Usage's field order), O(1) per call.
-        self._counts = [0, 0, 0, 0, 0, 0]
-        self._cost = _ZERO
-        self._unpriced = 0
-        self._unpriced_reason: str | None = None
+        # The live totals, O(1) per call (the calls themselves only in the window below).
+        self._tally = CallTally()
         self.keep_calls = keep_calls
         self._calls: deque[CallRecord] = deque(maxlen=keep_calls)
-        self._ncalls = 0
         self._nodes: tuple[Session, ...] | None = None
         self._row: SessionRecord | None = None
         self._row_src: tuple[str | None, dict[str, str], str, int, float] | None = None
@@ -338,28 +333,29 @@ class Session:
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
-        return f"<Session{label} id={self.id[:12]} status={self.status} calls={self._ncalls}>"
+        return f"<Session{label} id={self.id[:12]} status={self.status} calls={self._tally.calls}>"
 
     # ------------------------------------------------------------------ live totals
     @property
     def usage(self) -> Usage:
         """Tokens and requests of every call in this session and its descendants."""
         with self._lock:
-            return Usage(*self._counts)
+            return self._tally.usage
 
     @property
     def cost(self) -> Decimal | None:
         """Dollars spent, or None when some call could not be priced (see ``cost_note``)."""
         with self._lock:
-            return None if self._unpriced else self._cost
+            return None if self._tally.unpriced else self._tally.cost
 
     @property
     def cost_note(self) -> str | None:
         """Why ``cost`` is None, or None when every call was priced."""
         with self._lock:
-            if not self._unpriced:
+            tally = self._tally
+            if not tally.unpriced:
                 return None
-            return f"{self._unpriced} call(s) could not be priced: {self._unpriced_reason}"
+            return f"{tally.unpriced} call(s) could not be priced: {tally.unpriced_reason}"
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -376,7 +372,7 @@ class Session:
     def call_count(self) -> int:
         """How many calls were charged to this session and its descendants (all of them)."""
         with self._lock:
-            return self._ncalls
+            return self._tally.calls
 
     def all_calls(self) -> list[CallRecord]:
         """Every call charged to this session and its descendants, oldest first.
@@ -390,7 +386,7 @@ class Session:
             StoreError: the store could not be read.
         """
         with self._lock:
-            if self._ncalls <= len(self._calls):
+            if self._tally.calls <= len(self._calls):
                 return list(self._calls)
             window = list(self._calls)
         store = self._store
@@ -714,22 +710,10 @@ class Session:
             replay_store(store)
 
     def _add(self, record: CallRecord) -> None:
-        # The one roll-up rule, for live charges and for resume(); the caller holds the lock.
-        # O(1): counts added in place, the record into a bounded window (the oldest drops out).
-        u, c = record.usage, self._counts
-        c[0] += u.input_tokens
-        c[1] += u.output_tokens
-        c[2] += u.cache_read_tokens
-        c[3] += u.cache_write_tokens
-        c[4] += u.reasoning_tokens
-        c[5] += u.requests
-        self._ncalls += 1
+        # The one roll-up rule (CallTally's), for live charges and for resume(); the caller
+        # holds the lock. O(1): counts added in place, the record into a bounded window.
+        self._tally.add(record)
         self._calls.append(record)
-        if record.cost is not None:
-            self._cost += record.cost
-        else:
-            self._unpriced += 1
-            self._unpriced_reason = record.cost_note
 
     def add_event(self, kind: str, data: Mapping[str, Any]) -> None:
         """Attach a named measurement (e.g. a ``monitor`` result) to this session."""
@@ -794,10 +778,10 @@ class Session:
                 started_at=self.started_at or _now(),
                 ended_at=self.ended_at,
                 error=self.error,
-                usage=Usage(*self._counts),
-                cost=self._cost,
-                unpriced_calls=self._unpriced,
-                calls=self._ncalls,
+                usage=self._tally.usage,
+                cost=self._tally.cost,
+                unpriced_calls=self._tally.unpriced,
+                calls=self._tally.calls,
                 metadata=metadata,
                 pid=self._pid,
                 host=this_host() if self._pid is not None else None,
@@ -887,7 +871,7 @@ class Session:
                 new._add(call)
         usage = new.usage
         spent = Amount(
-            usd=new._cost,
+            usd=new._tally.cost,
             tokens=usage.total_tokens,
             requests=usage.requests,
             calls=sum(1 for c in calls if c.kind != "tool"),

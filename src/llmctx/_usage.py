@@ -25,6 +25,7 @@ from ._money import decimal_text
 
 __all__ = [
     "CallRecord",
+    "CallTally",
     "CallStatus",
     "Usage",
     "normalize_usage",
@@ -306,3 +307,41 @@ class CallRecord:
             ttft_s=data.get("ttft_s"),
             metadata=dict(data.get("metadata") or {}),
         )
+
+
+class CallTally:
+    """A running roll-up of calls, added to in place: O(1) per call, nothing kept per call.
+
+    The one roll-up rule, shared by a live session (and each of its ancestors) and by
+    :class:`~llmctx.stores.MemoryStore`'s rows. ``counts`` are in :class:`Usage`'s field order.
+    """
+
+    __slots__ = ("calls", "cost", "counts", "unpriced", "unpriced_reason")
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0, 0, 0, 0]
+        self.cost = Decimal(0)
+        self.unpriced = 0
+        self.unpriced_reason: str | None = None
+        self.calls = 0
+
+    def add(self, record: CallRecord) -> None:
+        """Count one finished call (the caller holds whatever lock guards this tally)."""
+        u, c = record.usage, self.counts
+        c[0] += u.input_tokens
+        c[1] += u.output_tokens
+        c[2] += u.cache_read_tokens
+        c[3] += u.cache_write_tokens
+        c[4] += u.reasoning_tokens
+        c[5] += u.requests
+        self.calls += 1
+        if record.cost is not None:
+            self.cost += record.cost
+        else:
+            self.unpriced += 1
+            self.unpriced_reason = record.cost_note
+
+    @property
+    def usage(self) -> Usage:
+        """The summed usage."""
+        return Usage(*self.counts)

@@ -5,49 +5,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal
 
-from .._usage import CallRecord, Usage
+from .._usage import CallRecord, CallTally
 from ._base import SessionRecord
 
 __all__ = ["MemoryStore"]
 
-_ZERO = Decimal(0)
 
-
-class _Totals:
-    """One session's running roll-up, added to in place (a new row per call would cost a
-    dataclass copy per ancestor per call)."""
-
-    __slots__ = ("calls", "cost", "counts", "unpriced")
-
-    def __init__(self) -> None:
-        self.counts = [0, 0, 0, 0, 0, 0]
-        self.cost = _ZERO
-        self.unpriced = 0
-        self.calls = 0
-
-    def add(self, call: CallRecord) -> None:
-        u, c = call.usage, self.counts
-        c[0] += u.input_tokens
-        c[1] += u.output_tokens
-        c[2] += u.cache_read_tokens
-        c[3] += u.cache_write_tokens
-        c[4] += u.reasoning_tokens
-        c[5] += u.requests
-        if call.cost is None:
-            self.unpriced += 1
-        else:
-            self.cost += call.cost
-        self.calls += 1
-
-    def on(self, record: SessionRecord) -> SessionRecord:
-        return record.replace(
-            usage=Usage(*self.counts),
-            cost=self.cost,
-            unpriced_calls=self.unpriced,
-            calls=self.calls,
-        )
+def _with_totals(record: SessionRecord, tally: CallTally) -> SessionRecord:
+    # A row's fields with its totals rolled up from its calls.
+    return record.replace(
+        usage=tally.usage, cost=tally.cost, unpriced_calls=tally.unpriced, calls=tally.calls
+    )
 
 
 class MemoryStore:
@@ -61,7 +30,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         # A row as last saved (its totals ignored) and, apart, the totals of its calls.
         self._sessions: dict[str, SessionRecord] = {}
-        self._totals: dict[str, _Totals] = {}
+        self._totals: dict[str, CallTally] = {}
         self._calls: dict[str, list[CallRecord]] = {}
         self._call_ids: set[str] = set()
 
@@ -73,13 +42,13 @@ class MemoryStore:
         row = self._sessions.get(session_id)
         if row is None:
             return None
-        return self._totals[session_id].on(row)
+        return _with_totals(row, self._totals[session_id])
 
     def _keep(self, record: SessionRecord) -> None:
         # The caller holds the lock. The row's fields but its totals: those roll up its calls.
         self._sessions[record.id] = record
         if record.id not in self._totals:
-            self._totals[record.id] = _Totals()
+            self._totals[record.id] = CallTally()
 
     def save_session(self, record: SessionRecord) -> None:
         """Keep the row's fields but its totals: those roll up its calls (zero when new)."""
@@ -130,7 +99,7 @@ class MemoryStore:
         with self._lock:
             stored = self._sessions
             rows = [
-                self._totals[r.id].on(r)
+                _with_totals(r, self._totals[r.id])
                 for r in stored.values()
                 if (status is None or r.status == status)
                 and (parent_id is None or r.parent_id == parent_id)
@@ -169,7 +138,7 @@ class MemoryStore:
                 children = [r for r in self._sessions.values() if r.parent_id in frontier]
                 out.extend(children)
                 frontier = [r.id for r in children]
-            return [self._totals[r.id].on(r) for r in out]
+            return [_with_totals(r, self._totals[r.id]) for r in out]
 
     def delete_session(self, session_id: str) -> int:
         ids = [r.id for r in self.session_tree(session_id)]
