@@ -294,6 +294,26 @@ def _replay_settles(ledger: Ledger) -> None:
     replay_settles(ledger, settle)
 
 
+def _one_per_ledger(
+    owners: Sequence[tuple[Budget, str, str | None]],
+) -> Iterator[tuple[Budget, str, str | None]]:
+    # One ledger shared by several budgets of a chain is reserved on once: its first budget.
+    seen: set[int] = set()
+    for owner in owners:
+        key = id(owner[0].ledger)
+        if key not in seen:
+            seen.add(key)
+            yield owner
+
+
+def _after_settle(ledger: Ledger) -> None:
+    # Settles wait only for a ledger with a journal on disk (one with a durable journal_key,
+    # e.g. a RedisLedger, kept by any process) or one this process kept a settle for: skip the
+    # rest quickly.
+    if id(ledger) in _kept_for or hasattr(ledger, "journal_key"):
+        _replay_settles(ledger)
+
+
 class Holds:
     """The reservations one call holds on a chain of budgets: taken together, ended together.
 
@@ -333,12 +353,8 @@ class Holds:
         """
         holds = cls() if into is None else into
         held = holds._held
-        seen: set[int] = set()
         try:
-            for budget, session_id, session_name in owners:
-                if id(budget.ledger) in seen:
-                    continue
-                seen.add(id(budget.ledger))
+            for budget, session_id, session_name in _one_per_ledger(owners):
                 try:
                     held.append((budget, budget.ledger.reserve(amount, budget)))
                 except BudgetExceeded as exc:
@@ -370,11 +386,7 @@ class Holds:
             except Exception as exc:
                 _keep_settle(budget, token, actual, exc)
             else:
-                # Settles wait only for a ledger with a journal on disk (one with a durable
-                # journal_key, e.g. a RedisLedger, kept by any process) or one this process
-                # kept a settle for: skip the rest quickly.
-                if id(ledger) in _kept_for or hasattr(ledger, "journal_key"):
-                    _replay_settles(ledger)
+                _after_settle(ledger)
 
     @protected
     def release(self) -> None:
@@ -400,13 +412,9 @@ class Holds:
         """Async twin of :meth:`reserve` (all or nothing, the same errors)."""
         holds = cls() if into is None else into
         held = holds._held
-        seen: set[int] = set()
         try:
-            for budget, session_id, session_name in owners:
+            for budget, session_id, session_name in _one_per_ledger(owners):
                 ledger = budget.ledger
-                if id(ledger) in seen:
-                    continue
-                seen.add(id(ledger))
                 areserve = getattr(ledger, "areserve", None)
                 try:
                     token = (
@@ -437,8 +445,7 @@ class Holds:
             except Exception as exc:
                 _keep_settle(budget, token, actual, exc)
             else:
-                if id(ledger) in _kept_for or hasattr(ledger, "journal_key"):
-                    _replay_settles(ledger)
+                _after_settle(ledger)
 
     async def arelease(self) -> None:
         """Async twin of :meth:`release`."""
