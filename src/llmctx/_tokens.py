@@ -35,6 +35,7 @@ a fixed upper-range figure (OpenAI high detail 1024x1024 = 765; Anthropic caps n
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,24 @@ def estimate_text_tokens(text: str) -> int:
     return max(1, -(-twelfths // 12))
 
 
+#: Texts up to this many characters have their estimate cached: role names, tool names and
+#: short messages repeat call after call, and the cache lookup is a fraction of the count.
+#: Longer texts are counted each time (no prompt of any length is kept past its call).
+_CACHED_TEXT_LEN: Final = 64
+
+
+@functools.lru_cache(maxsize=1024)
+def _estimate_short(text: str) -> int:
+    return estimate_text_tokens(text)
+
+
+def _estimate(text: str) -> int:
+    """:func:`estimate_text_tokens`, from a small cache for short texts (the same numbers)."""
+    if len(text) <= _CACHED_TEXT_LEN:
+        return _estimate_short(text)
+    return estimate_text_tokens(text)
+
+
 # --------------------------------------------------------------------------------------------
 # Registered tokenizers.
 
@@ -217,6 +236,20 @@ class _Walker:
         self.images = 0
 
     def value(self, value: Any) -> int:
+        # Exact-type checks first: messages are plain dicts, lists and strs, and an ABC
+        # isinstance (Mapping, Sequence) costs far more than the count of a short text.
+        kind = type(value)
+        if kind is str:
+            return self.count_text(value)
+        if kind is dict:
+            if value.get("type") in _IMAGE_PART_TYPES:
+                self.images += 1
+                return IMAGE_TOKENS
+            return sum(self.value(v) for k, v in value.items() if k not in _SKIPPED_KEYS)
+        if kind is list:
+            return sum(self.value(v) for v in value)
+        if kind is int or value is None:
+            return 0
         if isinstance(value, str):
             return self.count_text(value)
         if isinstance(value, Mapping):
@@ -256,12 +289,14 @@ def count_tokens(
             the tokenizer itself propagate unchanged.
     """
     fn = tokenizer if tokenizer is not None else _registered_for(model)
-    count_text: Tokenizer = estimate_text_tokens if fn is None else _checked(fn)
+    count_text: Tokenizer = _estimate if fn is None else _checked(fn)
     method = ESTIMATE_METHOD if fn is None else "tokenizer"
     if isinstance(text_or_messages, str):
         return TokenCount(count_text(text_or_messages), fn is not None, method)
     given: object = text_or_messages  # the annotation is a promise callers may break
-    if not isinstance(given, Sequence) or isinstance(given, bytes | bytearray):
+    if type(given) is not list and (
+        not isinstance(given, Sequence) or isinstance(given, bytes | bytearray)
+    ):
         raise ConfigError(
             "count_tokens() takes a str or a list of chat messages (dicts with 'role' and "
             f"'content'), got {type(text_or_messages).__name__}"
@@ -269,7 +304,7 @@ def count_tokens(
     walker = _Walker(count_text)
     total = 0
     for i, message in enumerate(text_or_messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise ConfigError(
                 f"message {i} is a {type(message).__name__}; chat messages are dicts with "
                 "'role' and 'content'"

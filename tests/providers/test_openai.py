@@ -326,3 +326,21 @@ def test_unsupported_client_is_refused() -> None:
         instrument(object())
     with pytest.raises(llmctx.ConfigError, match="rate limiter"):
         make(limiter=object())
+
+
+def test_a_changed_base_url_is_the_server_of_the_next_call() -> None:
+    """Setting client.base_url between two calls moves server_address/server_port with it."""
+    client, _ = make()
+    with llmctx.session(store="memory:") as s:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+        client.base_url = "http://llm.internal:8080/v1"
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+    first, second = s.calls
+    assert (first.metadata["server_address"], first.metadata["server_port"]) == (
+        "api.openai.com",
+        443,
+    )
+    assert (second.metadata["server_address"], second.metadata["server_port"]) == (
+        "llm.internal",
+        8080,
+    )

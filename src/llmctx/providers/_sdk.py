@@ -309,6 +309,31 @@ def header_int(headers: Any, name: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where a client sends its requests.
+
+# A client's server metadata, with the base URL object it was read from: a client keeps one
+# URL object until its ``base_url`` is set again, so a call reads the URL's host and port
+# again only then (its ``str()`` and parse cost more than the rest of the plan).
+_servers: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _server_of(client: Any) -> dict[str, Any]:
+    """:func:`server_metadata` of ``client`` (not to be changed: shared between calls)."""
+    base = getattr(client, "base_url", None)
+    if base is None:
+        return server_metadata(client)
+    try:
+        cached = _servers.get(client)
+    except TypeError:  # a client that takes no weak reference
+        return server_metadata(client)
+    if cached is not None and cached[0] is base:
+        return cached[1]
+    found = server_metadata(client)
+    _servers[client] = (base, found)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
 # The patch.
 
 
@@ -410,7 +435,7 @@ def charge_sync(
     if planned is None:
         return _send(send, args, kwargs)
     plan, args, kwargs = planned
-    plan.metadata.update(server_metadata(getattr(send, "__self__", None)))
+    plan.metadata.update(_server_of(getattr(send, "__self__", None)))
     call = plan.track(limiter)
     token = _CHARGING.set(True)
     try:
@@ -439,7 +464,7 @@ async def charge_async(
     if planned is None:
         return await _asend(send, args, kwargs)
     plan, args, kwargs = planned
-    plan.metadata.update(server_metadata(getattr(send, "__self__", None)))
+    plan.metadata.update(_server_of(getattr(send, "__self__", None)))
     call = plan.track(limiter)
     token = _CHARGING.set(True)
     try:

@@ -19,11 +19,13 @@ does) or a stream that stops early is charged from the text received, marked ``e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from .._usage import raw_usage_dict, usage_from_openai_chat, usage_from_openai_responses
+from pydantic import BaseModel
+
+from .._usage import Usage, raw_usage_dict, usage_from_openai_chat, usage_from_openai_responses
 from ._base import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     Outcome,
@@ -40,9 +42,26 @@ PROVIDER = "openai"
 
 
 def _get(obj: Any, name: str) -> Any:
-    if isinstance(obj, Mapping):
+    # The SDK's response types are pydantic models: a plain attribute read, before the
+    # Mapping check (an ABC isinstance, costly on a class that is not one).
+    if isinstance(obj, BaseModel):
+        return getattr(obj, name, None)
+    if type(obj) is dict or isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def _read_usage(
+    raw: Any, normalise: Callable[[Any], Usage]
+) -> tuple[Usage | None, dict[str, Any] | None]:
+    """A response's usage, normalised, and its plain-dict form for the record.
+
+    The SDK object is dumped once: the normaliser reads the plain dict (the same numbers).
+    """
+    if raw is None:
+        return None, None
+    plain = raw_usage_dict(raw)
+    return normalise(plain if plain is not None else raw), plain
 
 
 def _positive(value: Any) -> int | None:
@@ -108,14 +127,14 @@ def _chat_extract(plan: Plan, result: Any) -> Outcome:
             tool_calls.extend(_chat_tool_calls(message) or ())
         if isinstance(content, str):
             text_parts.append(content)
-    raw = _get(result, "usage")
+    usage, raw_usage = _read_usage(_get(result, "usage"), usage_from_openai_chat)
     text = "\n".join(text_parts) if text_parts else None
     reasons = [r for r in (_get(c, "finish_reason") for c in choices) if isinstance(r, str)]
     return Outcome(
-        usage=usage_from_openai_chat(raw) if raw is not None else None,
+        usage=usage,
         text=text,
         tool_calls=tool_calls or None,
-        raw_usage=raw_usage_dict(raw),
+        raw_usage=raw_usage,
         metadata=_response_meta(plan, result, reasons),
     )
 
@@ -219,11 +238,12 @@ class _ChatAccumulator:
             found["finish_reasons"] = [self.finish[i] for i in sorted(self.finish)]
         meta = found or None
         if self.raw_usage is not None:
+            usage, raw_usage = _read_usage(self.raw_usage, usage_from_openai_chat)
             return Outcome(
-                usage=usage_from_openai_chat(self.raw_usage),
+                usage=usage,
                 text=text,
                 tool_calls=tool_calls,
-                raw_usage=raw_usage_dict(self.raw_usage),
+                raw_usage=raw_usage,
                 metadata=meta,
             )
         generated = (text or "") + "".join(str(t.get("arguments") or "") for t in tool_calls or ())
@@ -269,16 +289,16 @@ def _responses_text(result: Any) -> str | None:
 
 def _responses_extract(plan: Plan, result: Any) -> Outcome:
     """Read a Responses API response."""
-    raw = _get(result, "usage")
+    usage, raw_usage = _read_usage(_get(result, "usage"), usage_from_openai_responses)
     meta = _response_meta(plan, result) or {}
     status = _get(result, "status")
     if isinstance(status, str) and status != "completed":
         meta["response_status"] = status
     return Outcome(
-        usage=usage_from_openai_responses(raw) if raw is not None else None,
+        usage=usage,
         text=_responses_text(result),
         tool_calls=_responses_calls(_get(result, "output")),
-        raw_usage=raw_usage_dict(raw),
+        raw_usage=raw_usage,
         metadata=meta or None,
     )
 
@@ -345,8 +365,6 @@ def _embedding_extract(plan: Plan, result: Any) -> Outcome:
     tokens = _get(raw, "prompt_tokens")
     usage = None
     if isinstance(tokens, int):
-        from .._usage import Usage
-
         usage = Usage(input_tokens=tokens, requests=1)
     return Outcome(
         usage=usage, raw_usage=raw_usage_dict(raw), metadata=_response_meta(plan, result)
