@@ -597,20 +597,28 @@ def redact(value: Any) -> Any:
 
 
 def _redact_mapping(value: Mapping[Any, Any]) -> dict[Any, Any]:
-    out = {}
-    safe, secret = _safe_keys, _secret_keys
-    # Leaves are handled inline, and the key verdicts read from their sets without a call:
-    # this runs on every recorded call, and most values of a request are short strings and
-    # numbers under a handful of recurring keys.
+    out: dict[Any, Any] = {}
+    safe, secret, clean = _safe_keys, _secret_keys, _clean
+    # Leaves, lists and nested dicts are handled inline, the key verdicts and the clean texts
+    # read from their sets without a call: this runs on every recorded call, and a request is
+    # mostly short strings and numbers under a handful of recurring keys, and a list of
+    # message dicts (a call per level cost a third of the walk).
     for k, v in value.items():
         if v and type(k) is str and k not in safe and (k in secret or _secret_key(k)):
             out[k] = REDACTED
             continue
         vkind = type(v)
         if vkind is str:
-            out[k] = v if len(v) < 8 else redact_text(v)
+            out[k] = v if len(v) < 8 or v in clean else redact_text(v)
         elif vkind in _SCALARS:
             out[k] = v
+        elif vkind is list:
+            out[k] = [
+                _redact_mapping(x) if type(x) is dict else x if type(x) in _SCALARS else redact(x)
+                for x in v
+            ]
+        elif vkind is dict:
+            out[k] = _redact_mapping(v)
         else:
             out[k] = redact(v)
     return out
