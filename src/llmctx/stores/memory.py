@@ -33,6 +33,9 @@ class MemoryStore:
         self._totals: dict[str, CallTally] = {}
         self._calls: dict[str, list[CallRecord]] = {}
         self._call_ids: set[str] = set()
+        # Per session id, the tallies a call adds to (its own and its stored ancestors'): the
+        # walk up the parent ids done once, not per call; forgotten when a row comes or goes.
+        self._chains: dict[str, tuple[CallTally, ...]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._sessions)})"
@@ -46,9 +49,28 @@ class MemoryStore:
 
     def _keep(self, record: SessionRecord) -> None:
         # The caller holds the lock. The row's fields but its totals: those roll up its calls.
+        old = self._sessions.get(record.id)
         self._sessions[record.id] = record
         if record.id not in self._totals:
             self._totals[record.id] = CallTally()
+        if old is None or old.parent_id != record.parent_id:
+            self._chains.clear()
+
+    def _chain(self, session_id: str | None) -> tuple[CallTally, ...]:
+        # The caller holds the lock: the tallies of the session and its stored ancestors.
+        tallies: list[CallTally] = []
+        sid, seen = session_id, set()
+        while sid is not None and sid not in seen:
+            seen.add(sid)
+            row = self._sessions.get(sid)
+            if row is None:
+                break
+            tallies.append(self._totals[sid])
+            sid = row.parent_id
+        if session_id is not None:
+            self._chains[session_id] = chain = tuple(tallies)
+            return chain
+        return ()
 
     def save_session(self, record: SessionRecord) -> None:
         """Keep the row's fields but its totals: those roll up its calls (zero when new)."""
@@ -70,14 +92,10 @@ class MemoryStore:
             self._calls.setdefault(call.session_id or "", []).append(call)
             if call.status == "refused":  # never sent: kept, but adds to no total
                 return
-            sid, seen = call.session_id, set()
-            while sid is not None and sid not in seen:
-                seen.add(sid)
-                row = self._sessions.get(sid)
-                if row is None:
-                    break
-                self._totals[sid].add(call)
-                sid = row.parent_id
+            sid = call.session_id
+            chain = self._chains.get(sid) if sid is not None else ()
+            for tally in chain if chain is not None else self._chain(sid):
+                tally.add(call)
 
     async def asave_call(self, call: CallRecord, session: SessionRecord | None = None) -> None:
         """Async face of :meth:`save_call`: it does no I/O, so it runs inline on the loop."""
@@ -143,6 +161,7 @@ class MemoryStore:
     def delete_session(self, session_id: str) -> int:
         ids = [r.id for r in self.session_tree(session_id)]
         with self._lock:
+            self._chains.clear()
             for sid in ids:
                 self._sessions.pop(sid, None)
                 self._totals.pop(sid, None)
