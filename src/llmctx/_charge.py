@@ -55,6 +55,7 @@ from ._exceptions import (
 from ._interrupt import protected
 from ._money import format_usd
 from ._redact import redact, redact_text
+from ._turns import take_turn
 from ._usage import CallRecord, CallStatus, Usage
 from .stores._base import outlive_cancel
 
@@ -459,6 +460,9 @@ class CallTracker:
         """Async twin of :meth:`start`: the budgets are reserved through their ledgers' async
         faces (``Session.areserve``: Redis without blocking the loop) and the rate-limiter wait
         is a cancellation point; cancellation while either waits releases what was reserved."""
+        if self.session is not None or self.limiter is not None:
+            # A burst of calls starting together reserves a few per loop pass (_turns).
+            await take_turn()
         if _tracer is not None:
             self._begin_trace(_tracer)
         try:
@@ -730,15 +734,30 @@ class CallTracker:
         # racing second end returns this record at once, and still never charges it twice.
         if usage is not None:
             _check_usage(usage)
+        stopped: BaseException | None = None
+        if self.record is None and (self.session is not None or self._recorders):
+            # A burst of calls ending together is spread over loop passes (_turns). Cancelled
+            # while it waits, the call still ends (it was sent), and the cancellation follows.
+            try:
+                await take_turn()
+            except BaseException as cancelled:
+                if not is_cancellation(type(cancelled)):
+                    raise
+                stopped = cancelled
         with self._lock:
             record = self._claim(
                 status, exc, usage, response, tool_calls, raw_usage, estimated, model, metadata
             )
-            if record is None:
-                return self.record  # type: ignore[return-value]
-            holds, actual, over, limit = self._settlement(record, status)
+            if record is not None:
+                holds, actual, over, limit = self._settlement(record, status)
+        if record is None:
+            if stopped is not None:
+                raise stopped
+            return self.record  # type: ignore[return-value]
         await _outliving(self._aclose_out(holds, actual, limit, record, exc))
         self._ended(record, status, over)
+        if stopped is not None:
+            raise stopped
         return record
 
     async def _aclose_out(
