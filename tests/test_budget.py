@@ -357,8 +357,9 @@ class LedgerModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ledger = self.make_ledger()
-        caps = {"calls": 9, "tool_calls": 6} if self.counts_calls else {}
-        self.budget = Budget(usd="0.002", tokens=800, requests=12, ledger=self.ledger, **caps)
+        self.budget = Budget(
+            usd="0.002", tokens=800, requests=12, calls=9, tool_calls=6, ledger=self.ledger
+        )
         self.spent = Amount()
         self.held: dict[str, Amount] = {}
         #: Reservations that expired unsettled: spent at their reserved amount until settled.
@@ -367,10 +368,6 @@ class LedgerModel(RuleBasedStateMachine):
         self.expired_spend = Amount()
         #: What settles and restores put into spent: a ledger may never forget it.
         self.settled = Amount()
-
-    #: False for a ledger that counts only usd, tokens and requests (RedisLedger, which refuses
-    #: budgets with call caps): the machine then draws no calls or tool calls.
-    counts_calls = True
 
     def make_ledger(self) -> Ledger:
         """The ledger under test, fresh for each run of the machine."""
@@ -385,8 +382,6 @@ class LedgerModel(RuleBasedStateMachine):
         tool_calls=st.integers(0, 2),
     )
     def reserve(self, usd: Decimal, tokens: int, requests: int, calls: int, tool_calls: int) -> Any:
-        if not self.counts_calls:
-            calls = tool_calls = 0
         want = Amount(usd, tokens, requests, calls, tool_calls)
         refused = fits(self.budget, self.spent, total(*self.held.values()), want)
         try:
@@ -412,8 +407,8 @@ class LedgerModel(RuleBasedStateMachine):
             PRICE * data.draw(st.integers(0, int(cap.usd / PRICE))),
             data.draw(st.integers(0, cap.tokens)),
             data.draw(st.integers(0, cap.requests)),
-            data.draw(st.integers(0, cap.calls)) if self.counts_calls else 0,
-            data.draw(st.integers(0, cap.tool_calls)) if self.counts_calls else 0,
+            data.draw(st.integers(0, cap.calls)),
+            data.draw(st.integers(0, cap.tool_calls)),
         )
         self.ledger.settle(token, actual)
         if held is not None:

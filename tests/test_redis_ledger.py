@@ -88,7 +88,7 @@ def replay_audit(ledger: RedisLedger, budget: Budget) -> LedgerSnapshot:
     spent = expired = Amount()
 
     def amount(parts: list[str]) -> Amount:
-        return Amount(Decimal(parts[0]) * nano, int(parts[1]), int(parts[2]))
+        return Amount(Decimal(parts[0]) * nano, *(int(p) for p in parts[1:5]))
 
     for entry in entries:
         kind, token, *rest = entry.split(" ")
@@ -221,8 +221,10 @@ def test_settle_and_release_are_idempotent(ledger: RedisLedger) -> None:
 def test_retried_reserve_script_holds_once(ledger: RedisLedger) -> None:
     """The reserve script run twice with one token (a retry after a lost reply) holds once."""
     budget = Budget(tokens=100, ledger=ledger)
-    packed = struct.pack(">8q", 0, 0, 60, 1, -1, 100, -1, ledger._ttl_ms)
-    token = "same-token:0:60:1"
+    packed = struct.pack(
+        ">20q", 0, 0, 0, 0, ledger._ttl_ms, 0, 60, 1, 0, 0, -1, 100, -1, -1, -1, *[-1] * 5
+    )
+    token = "same-token:0:60:1:0:0"
     for _ in range(2):
         assert int(ledger._run(ledger._reserve_script, packed, token, "reserve")[0]) == 1
     assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(tokens=60, requests=1), 1)
@@ -349,7 +351,6 @@ class RedisLedgerModel(LedgerModel):
 
     url = ""
     restore_overwrites = False
-    counts_calls = False
 
     def make_ledger(self) -> Ledger:
         """A RedisLedger on a fresh budget name, without a renewal thread."""

@@ -6,7 +6,7 @@ import on purpose (``llmctx.stores``, ``llmctx.testing``, ``llmctx.mcp``).
 
 from __future__ import annotations
 
-from ._budget import Amount, Budget, Ledger, LedgerSnapshot, MemoryLedger
+from ._budget import Amount, Budget, BudgetWarning, Ledger, LedgerSnapshot, MemoryLedger
 from ._charge import CallConsumer, CallTracker, add_call_consumer, track_call
 from ._context import ContextThreadPoolExecutor, current_session, wrap
 from ._exceptions import (
@@ -51,6 +51,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "BudgetOverrun",
+    "BudgetWarning",
     "CallConsumer",
     "CallRecord",
     "CallTracker",

@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ._exceptions import BudgetExceeded, ConfigError
 from ._interrupt import protected
 
-__all__ = ["Amount", "Budget", "Holds", "Ledger", "LedgerSnapshot", "MemoryLedger"]
+__all__ = [
+    "Amount",
+    "Budget",
+    "BudgetWarning",
+    "BudgetWindow",
+    "Holds",
+    "Ledger",
+    "LedgerSnapshot",
+    "MemoryLedger",
+]
 
 logger = logging.getLogger("llmctx")
+warn_logger = logging.getLogger("llmctx.budget")
 
 _ZERO = Decimal(0)
 
@@ -104,8 +117,8 @@ class Ledger(Protocol):
     def release(self, token: str) -> None:
         """Drop the reservation without spending. Unknown or settled tokens: no-op."""
 
-    def snapshot(self) -> LedgerSnapshot:
-        """Current spend and reservations."""
+    def snapshot(self, budget: Budget | None = None) -> LedgerSnapshot:
+        """Current spend and reservations (of ``budget``'s account and window, if given)."""
 
     def restore(self, spent: Amount) -> None:
         """Set the settled spend (used when a session is resumed from its store)."""
@@ -141,6 +154,142 @@ def _parse_count(name: str, value: Any) -> int | None:
 
 _DIMS: tuple[str, ...] = ("usd", "tokens", "requests", "calls", "tool_calls")
 
+_UNITS: Final = {
+    "ms": 1,
+    "s": 1_000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 604_800_000,
+}
+_DURATION: Final = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_PERIODS: Final = ("day", "week", "month")
+_KEY_FORBIDDEN: Final = re.compile(r"[{}\s]")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    """The period a budget counts spend over; spend from an earlier window no longer counts.
+
+    A duration (``"60s"``, ``"1h"``, ``"1d"``, a ``timedelta``) is a run of back-to-back
+    windows of that length aligned on the Unix epoch (UTC): a ``"1h"`` window starts on the
+    hour. A calendar period (``"day"``, ``"week"`` from Monday, ``"month"``) starts at
+    midnight in ``tz``. Build one through ``Budget(window=..., tz=...)``.
+
+    Attributes:
+        spec: the canonical text: ``"3600s"`` or ``"day@Europe/Paris"`` (names the window
+            in Redis keys and in ``llmctx budgets``).
+        length_ms: a duration's length in milliseconds; 0 for a calendar period.
+        period: ``"day"``, ``"week"`` or ``"month"``; None for a duration.
+        tz: the calendar period's time zone (IANA name).
+    """
+
+    spec: str
+    length_ms: int = 0
+    period: str | None = None
+    tz: str = "UTC"
+
+    @classmethod
+    def parse(cls, window: str | timedelta, tz: str = "UTC") -> BudgetWindow:
+        """The window ``window`` names.
+
+        Raises:
+            ConfigError: an unknown window, a zero or negative duration, an unknown time zone.
+        """
+        if isinstance(window, timedelta):
+            length = window // timedelta(milliseconds=1)
+            if length <= 0:
+                raise ConfigError(f"Budget(window={window!r}) must be a positive duration")
+            return cls(f"{length // 1000}s" if length % 1000 == 0 else f"{length}ms", length)
+        if not isinstance(window, str):
+            raise ConfigError(
+                f"Budget(window={window!r}) must be a duration such as '60s', '1h', '1d' or "
+                "a timedelta, or a calendar period 'day', 'week' or 'month'"
+            )
+        text = window.strip().lower()
+        if text in _PERIODS:
+            try:
+                from zoneinfo import ZoneInfo
+
+                ZoneInfo(tz)
+            except Exception:
+                raise ConfigError(
+                    f"Budget(tz={tz!r}) is not a time zone this machine knows; use an IANA "
+                    "name such as 'UTC' or 'Europe/Paris' (pip install tzdata if none is known)"
+                ) from None
+            return cls(f"{text}@{tz}", 0, text, tz)
+        match = _DURATION.fullmatch(text.replace(" ", ""))
+        if match is None:
+            raise ConfigError(
+                f"Budget(window={window!r}) is not a window llmctx knows: use a duration "
+                "such as '60s', '15m', '1h', '1d', '2w' (units ms, s, m, h, d, w) or a "
+                "timedelta, or a calendar period 'day', 'week' or 'month' (with tz=...)"
+            )
+        length = int(match[1]) * _UNITS[match[2]]
+        if length <= 0:
+            raise ConfigError(f"Budget(window={window!r}) must be a positive duration")
+        return cls(f"{length // 1000}s" if length % 1000 == 0 else f"{length}ms", length)
+
+    def bounds(self, now_ms: int) -> tuple[int, int]:
+        """The window holding the instant ``now_ms`` (Unix milliseconds): [start, end)."""
+        if self.length_ms:
+            start = now_ms - now_ms % self.length_ms
+            return start, start + self.length_ms
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(self.tz)
+        local = datetime.fromtimestamp(now_ms / 1000, zone)
+        day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+        if self.period == "day":
+            first, after = day, day + timedelta(days=1)
+        elif self.period == "week":
+            first = day - timedelta(days=day.weekday())
+            after = first + timedelta(days=7)
+        else:
+            first = day.replace(day=1)
+            after = (first + timedelta(days=32)).replace(day=1)
+
+        def ms(naive: datetime) -> int:
+            return int(naive.replace(tzinfo=zone).astimezone(UTC).timestamp() * 1000)
+
+        return ms(first), ms(after)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWarning:
+    """A soft limit was reached: what ``Budget(on_warn=...)`` is called with (and logged).
+
+    Attributes:
+        budget: the budget whose ``warn_at`` was reached.
+        key: its spend account (None: the ledger's own account).
+        dimension: ``"usd"``, ``"tokens"``, ``"requests"``, ``"calls"`` or ``"tool_calls"``.
+        spent: settled spend plus what calls in flight hold, in that dimension, when the
+            reservation that crossed the threshold was taken.
+        limit: the budget's (hard) limit in that dimension.
+        window: the budget's window (its spec: ``"3600s"``, ``"day@Europe/Paris"``), None
+            without a window.
+        window_start: the start of the window it happened in (UTC), None without a window.
+    """
+
+    budget: Budget
+    key: str | None
+    dimension: str
+    spent: Decimal | int
+    limit: Decimal | int
+    window: str | None = None
+    window_start: datetime | None = None
+
+    def __str__(self) -> str:
+        share = Decimal(self.spent) / Decimal(self.limit) if self.limit else Decimal(1)
+        where = f" {self.key!r}" if self.key else ""
+        when = ""
+        if self.window is not None and self.window_start is not None:
+            when = f" in its {self.window} window from {self.window_start:%Y-%m-%d %H:%M:%S} UTC"
+        return (
+            f"budget{where} reached {share:.0%} of its {self.dimension} limit "
+            f"({self.spent} of {self.limit}){when}"
+        )
+
 
 class Budget:
     """Limits on money, tokens, requests and call counts for a session and what nests in it.
@@ -151,14 +300,47 @@ class Budget:
         requests: limit on the number of model requests.
         calls: limit on the number of model calls (a cap for runaway agent loops).
         tool_calls: limit on the number of MCP tool calls.
-        ledger: where spend is kept; a fresh in-memory ledger by default. Pass a shared one
-            (e.g. ``llmctx.RedisLedger``) to let several processes or machines share the budget.
+        ledger: where spend is kept. By default a fresh in-memory ledger, or, for a budget
+            with a ``key``, one in-memory ledger this process shares between every budget of
+            that key. Pass a shared one (``llmctx.RedisLedger``) to let several processes or
+            machines share the budget.
+        key: names a spend account (``"user:42"``, ``"tenant:acme"``): every budget with the
+            same key on the same ledger, in every session and process using that ledger,
+            draws on one account. None: the ledger's own account.
+        window: spend counts only within a window: a duration (``"60s"``, ``"1h"``, ``"1d"``,
+            a ``timedelta``; back-to-back windows aligned on the Unix epoch) or a calendar
+            period (``"day"``, ``"week"``, ``"month"`` in ``tz``). A reservation settles into
+            the window it was reserved in. None: spend counts forever.
+        tz: the time zone of a calendar window (IANA name, default UTC).
+        warn_at: a soft limit, a fraction in (0, 1]: the first reservation in a window that
+            takes settled spend plus what is in flight to ``warn_at`` x a limit fires
+            ``on_warn`` once (per dimension and window, across processes on Redis) and logs
+            a warning on the ``llmctx.budget`` logger.
+        on_warn: called with a :class:`BudgetWarning` (in the thread or task that reserved;
+            an exception it raises is logged, never raised into the call).
+        shared: the key must be shared by every process: a ledger that lives in one process
+            (in memory) is refused with a ConfigError instead of silently splitting the
+            account per process.
 
     Raises:
-        ConfigError: a negative, non-numeric or non-finite limit.
+        ConfigError: a negative, non-numeric or non-finite limit; an unknown window or time
+            zone; ``warn_at`` outside (0, 1]; a malformed key; ``shared=True`` without a
+            ledger that can share it.
     """
 
-    __slots__ = ("calls", "ledger", "requests", "tokens", "tool_calls", "usd")
+    __slots__ = (
+        "_account",
+        "calls",
+        "key",
+        "ledger",
+        "on_warn",
+        "requests",
+        "tokens",
+        "tool_calls",
+        "usd",
+        "warn_at",
+        "window",
+    )
 
     def __init__(
         self,
@@ -169,16 +351,69 @@ class Budget:
         calls: int | None = None,
         tool_calls: int | None = None,
         ledger: Ledger | None = None,
+        key: str | None = None,
+        window: str | timedelta | None = None,
+        tz: str = "UTC",
+        warn_at: float | None = None,
+        on_warn: Callable[[BudgetWarning], object] | None = None,
+        shared: bool = False,
     ) -> None:
         self.usd = _parse_usd(usd)
         self.tokens = _parse_count("tokens", tokens)
         self.requests = _parse_count("requests", requests)
         self.calls = _parse_count("calls", calls)
         self.tool_calls = _parse_count("tool_calls", tool_calls)
-        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        if key is not None and (
+            not isinstance(key, str) or not key or len(key) > 200 or _KEY_FORBIDDEN.search(key)
+        ):
+            raise ConfigError(
+                f"Budget(key={key!r}) must be a non-empty string of at most 200 characters "
+                "without spaces or braces, e.g. key='user:42'"
+            )
+        self.key = key
+        self.window: BudgetWindow | None = (
+            None if window is None else BudgetWindow.parse(window, tz)
+        )
+        if warn_at is not None and (
+            isinstance(warn_at, bool)
+            or not isinstance(warn_at, int | float | Decimal)
+            or not 0 < warn_at <= 1
+        ):
+            raise ConfigError(
+                f"Budget(warn_at={warn_at!r}) must be a fraction of the limit in (0, 1], "
+                "e.g. warn_at=0.8 to warn at 80%"
+            )
+        if on_warn is not None and not callable(on_warn):
+            raise ConfigError(f"Budget(on_warn={on_warn!r}) must be a callable or None")
+        self.warn_at = None if warn_at is None else float(warn_at)
+        self.on_warn = on_warn
+        if ledger is None:
+            if shared:
+                raise ConfigError(
+                    f"Budget(key={key!r}, shared=True) needs a ledger every process can reach, "
+                    "and an in-memory one lives in this process only; pass "
+                    "ledger=llmctx.RedisLedger('redis://...', name='...')"
+                )
+            ledger = MemoryLedger() if key is None else _process_ledger()
+        elif shared and not getattr(ledger, "shared_across_processes", False):
+            raise ConfigError(
+                f"Budget(key={key!r}, shared=True) needs a ledger every process can reach, "
+                f"and {type(ledger).__name__} lives in this process only; pass "
+                "ledger=llmctx.RedisLedger('redis://...', name='...')"
+            )
+        self.ledger: Ledger = ledger
+        #: The account this budget draws on within its ledger: (key, window spec).
+        self._account: tuple[str | None, str | None] = (
+            key,
+            None if self.window is None else self.window.spec,
+        )
 
     def __repr__(self) -> str:
         parts = [f"{dim}={value!r}" for dim in _DIMS if (value := getattr(self, dim)) is not None]
+        if self.key is not None:
+            parts.append(f"key={self.key!r}")
+        if self.window is not None:
+            parts.append(f"window={self.window.spec!r}")
         return f"Budget({', '.join(parts)})"
 
     def limit(self, dimension: str) -> Decimal | int | None:
@@ -192,6 +427,53 @@ class Budget:
             raise ValueError(f"a budget has no dimension {dimension!r}; use one of {_DIMS}")
         value: Decimal | int | None = getattr(self, dimension)
         return value
+
+    def snapshot(self) -> LedgerSnapshot:
+        """This budget's account in its current window: spend and what is in flight.
+
+        Raises:
+            StoreError: a shared ledger could not be reached.
+        """
+        return self.ledger.snapshot(self)
+
+    def warn_thresholds(self) -> tuple[Decimal | int | None, ...]:
+        """Per dimension (usd, tokens, requests, calls, tool_calls), what in-use amount fires
+        the soft limit (None: no soft limit there)."""
+        if self.warn_at is None:
+            return (None,) * 5
+        fraction = Decimal(str(self.warn_at))
+        out: list[Decimal | int | None] = []
+        for dim in _DIMS:
+            limit = getattr(self, dim)
+            if limit is None:
+                out.append(None)
+            elif dim == "usd":
+                out.append(limit * fraction)
+            else:
+                whole = limit * fraction
+                out.append(int(whole) + (whole != int(whole)))  # rounded up
+        return tuple(out)
+
+    def _warn(self, dimension: str, spent: Decimal | int, window_start_ms: int | None) -> None:
+        """Log the soft limit reached in ``dimension`` and call ``on_warn``; never raises."""
+        limit = getattr(self, dimension)
+        event = BudgetWarning(
+            self,
+            self.key,
+            dimension,
+            spent,
+            limit,
+            None if self.window is None else self.window.spec,
+            None
+            if window_start_ms is None
+            else datetime.fromtimestamp(window_start_ms / 1000, UTC),
+        )
+        warn_logger.warning("llmctx: %s (warn_at=%s)", event, self.warn_at)
+        if self.on_warn is not None:
+            try:
+                self.on_warn(event)
+            except Exception:
+                warn_logger.exception("llmctx: on_warn of %r raised", self)
 
     @property
     def limits_money(self) -> bool:
@@ -219,14 +501,27 @@ class Budget:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        """The limits as data (usd as a string); the ledger is not included."""
-        return {
+        """The limits as data (usd as a string); the ledger and on_warn are not included.
+
+        ``key``, ``window`` (its spec), ``tz`` and ``warn_at`` appear only when set.
+        """
+        data: dict[str, Any] = {
             "usd": None if self.usd is None else str(self.usd),
             "tokens": self.tokens,
             "requests": self.requests,
             "calls": self.calls,
             "tool_calls": self.tool_calls,
         }
+        if self.key is not None:
+            data["key"] = self.key
+        if self.window is not None:
+            spec, _, tz = self.window.spec.partition("@")
+            data["window"] = spec
+            if tz:
+                data["tz"] = tz
+        if self.warn_at is not None:
+            data["warn_at"] = self.warn_at
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, ledger: Ledger | None = None) -> Budget:
@@ -238,6 +533,10 @@ class Budget:
             calls=data.get("calls"),
             tool_calls=data.get("tool_calls"),
             ledger=ledger,
+            key=data.get("key"),
+            window=data.get("window"),
+            tz=data.get("tz", "UTC"),
+            warn_at=data.get("warn_at"),
         )
 
 
@@ -297,10 +596,11 @@ def _replay_settles(ledger: Ledger) -> None:
 def _one_per_ledger(
     owners: Sequence[tuple[Budget, str, str | None]],
 ) -> Iterator[tuple[Budget, str, str | None]]:
-    # One ledger shared by several budgets of a chain is reserved on once: its first budget.
-    seen: set[int] = set()
+    # One account (a ledger, key and window) shared by several budgets of a chain is reserved
+    # on once: its first budget.
+    seen: set[tuple[int, tuple[str | None, str | None]]] = set()
     for owner in owners:
-        key = id(owner[0].ledger)
+        key = (id(owner[0].ledger), owner[0]._account)
         if key not in seen:
             seen.add(key)
             yield owner
@@ -343,9 +643,10 @@ class Holds:
     ) -> Holds:
         """Reserve ``amount`` on every budget of ``(budget, session_id, session_name)``.
 
-        One ledger shared by several budgets of the chain is reserved on once. Each hold goes
-        into ``into`` (a new Holds if None) the moment its ledger agrees, so whoever owns
-        ``into`` can release what was taken even if this is interrupted half-way.
+        One account (a ledger, key and window) shared by several budgets of the chain is
+        reserved on once. Each hold goes into ``into`` (a new Holds if None) the moment its
+        ledger agrees, so whoever owns ``into`` can release what was taken even if this is
+        interrupted half-way.
 
         Raises:
             BudgetExceeded: some budget has no room (its session named on the error); nothing
@@ -432,63 +733,192 @@ class Holds:
         return holds
 
     async def asettle(self, actual: Amount) -> None:
-        """Async twin of :meth:`settle` (never raises; what a ledger cannot take waits)."""
+        """Async twin of :meth:`settle` (never raises; what a ledger cannot take waits).
+
+        Cancellation: the holds this did not finish (the one whose settle was in flight and
+        those after it) are settled all the same, by the ledger in a task of its own
+        (``settle_soon``: a RedisLedger) or right here (a ledger without async faces); a
+        settle applied twice counts once. The cancellation then propagates.
+        """
         held, self._held = self._held, []
-        for budget, token in held:
-            ledger = budget.ledger
-            asettle = getattr(ledger, "asettle", None)
-            try:
-                if asettle is not None:
-                    await asettle(token, actual)
+        done = 0
+        try:
+            for budget, token in held:
+                ledger = budget.ledger
+                asettle = getattr(ledger, "asettle", None)
+                try:
+                    if asettle is not None:
+                        await asettle(token, actual)
+                    else:
+                        ledger.settle(token, actual)
+                except Exception as exc:
+                    _keep_settle(budget, token, actual, exc)
                 else:
-                    ledger.settle(token, actual)
-            except Exception as exc:
-                _keep_settle(budget, token, actual, exc)
-            else:
-                _after_settle(ledger)
+                    _after_settle(ledger)
+                done += 1
+        finally:
+            if done < len(held):  # interrupted (cancelled) before every hold was settled
+                _end_rest(held[done:], actual)
 
     async def arelease(self) -> None:
-        """Async twin of :meth:`release`."""
+        """Async twin of :meth:`release` (cancellation: as for :meth:`asettle`)."""
         held, self._held = self._held, []
-        for budget, token in held:
-            ledger = budget.ledger
-            arelease = getattr(ledger, "arelease", None)
-            try:
-                if arelease is not None:
-                    await arelease(token)
+        done = 0
+        try:
+            for budget, token in held:
+                ledger = budget.ledger
+                arelease = getattr(ledger, "arelease", None)
+                try:
+                    if arelease is not None:
+                        await arelease(token)
+                    else:
+                        ledger.release(token)
+                except Exception:
+                    logger.exception("llmctx: could not release a reservation on %r", budget)
+                done += 1
+        finally:
+            if done < len(held):
+                _end_rest(held[done:], None)
+
+
+def _end_rest(rest: Sequence[tuple[Budget, str]], actual: Amount | None) -> None:
+    """Settle (``actual``) or release (None) holds an interrupted async end did not finish.
+
+    Never blocks on I/O the caller's cancellation would wait for and never raises: a ledger
+    with ``settle_soon``/``release_soon`` (a RedisLedger) ends them in a task of its own; any
+    other ledger is synchronous and ends them here. A settle that fails waits in the outbox.
+    """
+    for budget, token in rest:
+        ledger = budget.ledger
+        try:
+            if actual is None:
+                release_soon = getattr(ledger, "release_soon", None)
+                if release_soon is not None:
+                    release_soon(token)
                 else:
                     ledger.release(token)
-            except Exception:
+                continue
+            settle_soon = getattr(ledger, "settle_soon", None)
+            if settle_soon is not None:
+                settle_soon(
+                    token,
+                    actual,
+                    on_error=lambda exc, b=budget, t=token: _keep_settle(b, t, actual, exc),
+                )
+            else:
+                ledger.settle(token, actual)
+        except Exception as exc:
+            if actual is not None:
+                _keep_settle(budget, token, actual, exc)
+            else:
                 logger.exception("llmctx: could not release a reservation on %r", budget)
+
+
+class _Window:
+    """One account's totals in one window of a MemoryLedger."""
+
+    __slots__ = ("holds", "reserved", "spent", "start", "warned")
+
+    def __init__(self, start: int | None) -> None:
+        self.start = start
+        self.spent = Amount()
+        self.reserved = Amount()
+        self.holds = 0
+        self.warned: set[str] = set()
+
+
+def _warnings(budget: Budget, in_use: Amount, warned: set[str]) -> list[tuple[str, Any]]:
+    """The soft limits ``in_use`` reached that ``warned`` has not fired yet (marked fired)."""
+    out: list[tuple[str, Any]] = []
+    for dim, threshold in zip(_DIMS, budget.warn_thresholds(), strict=True):
+        if threshold is not None and dim not in warned and in_use.get(dim) >= threshold:
+            warned.add(dim)
+            out.append((dim, in_use.get(dim)))
+    return out
 
 
 @dataclass
 class MemoryLedger:
-    """A ledger in this process: one lock, exact Decimal arithmetic."""
+    """A ledger in this process: one lock, exact Decimal arithmetic.
+
+    Budgets with a ``key`` or a ``window`` draw on accounts of their own in it (one per key
+    and window); every other budget on it shares the ledger's own account.
+
+    Args:
+        clock: seconds since the epoch, for windows (``time.time`` by default; tests pass a
+            fake clock).
+    """
 
     _spent: Amount = field(default_factory=Amount)
     _ids: Iterator[int] = field(default_factory=itertools.count)
     _held: dict[str, Amount] = field(default_factory=dict)
     _reserved: Amount = field(default_factory=Amount)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], float] = time.time
+    _warned: set[str] = field(default_factory=set)
+    # (key, window spec) -> window start (None without a window) -> totals
+    _accounts: dict[tuple[str | None, str | None], dict[int | None, _Window]] = field(
+        default_factory=dict
+    )
+    _account_held: dict[str, tuple[_Window, Amount]] = field(default_factory=dict)
+
+    #: A MemoryLedger lives in one process: ``Budget(shared=True)`` refuses it.
+    shared_across_processes = False
+
+    def _window(self, budget: Budget) -> _Window:
+        """The totals of ``budget``'s account in the current window (made if new)."""
+        windows = self._accounts.setdefault(budget._account, {})
+        start: int | None = None
+        if budget.window is not None:
+            start = budget.window.bounds(int(self.clock() * 1000))[0]
+        found = windows.get(start)
+        if found is None:
+            # Forget the windows that ended and hold nothing: their spend no longer counts.
+            for old in [k for k, w in windows.items() if not w.holds]:
+                del windows[old]
+            found = windows[start] = _Window(start)
+        return found
 
     @protected
     def reserve(self, amount: Amount, budget: Budget) -> str:
+        warn: list[tuple[str, Any]] = []
         with self._lock:
             token = str(next(self._ids))
-            budget.check(self._spent, self._reserved, amount)
-            self._held[token] = amount
-            self._reserved = self._reserved + amount
+            if budget._account == (None, None):
+                budget.check(self._spent, self._reserved, amount)
+                self._held[token] = amount
+                self._reserved = self._reserved + amount
+                if budget.warn_at is not None:
+                    warn = _warnings(budget, self._spent + self._reserved, self._warned)
+                start = None
+            else:
+                window = self._window(budget)
+                budget.check(window.spent, window.reserved, amount)
+                token = f"w{token}"
+                self._account_held[token] = (window, amount)
+                window.reserved = window.reserved + amount
+                window.holds += 1
+                if budget.warn_at is not None:
+                    warn = _warnings(budget, window.spent + window.reserved, window.warned)
+                start = window.start
+        for dim, spent in warn:
+            budget._warn(dim, spent, start)
         return token
 
     @protected
     def settle(self, token: str, actual: Amount) -> None:
         with self._lock:
             held = self._held.pop(token, None)
-            if held is None:
+            if held is not None:
+                self._reserved = self._reserved - held
+                self._spent = self._spent + actual
                 return
-            self._reserved = self._reserved - held
-            self._spent = self._spent + actual
+            found = self._account_held.pop(token, None)
+            if found is not None:  # it settles into the window it was reserved in
+                window, amount = found
+                window.reserved = window.reserved - amount
+                window.spent = window.spent + actual
+                window.holds -= 1
 
     @protected
     def release(self, token: str) -> None:
@@ -496,12 +926,34 @@ class MemoryLedger:
             held = self._held.pop(token, None)
             if held is not None:
                 self._reserved = self._reserved - held
+                return
+            found = self._account_held.pop(token, None)
+            if found is not None:
+                window, amount = found
+                window.reserved = window.reserved - amount
+                window.holds -= 1
 
-    def snapshot(self) -> LedgerSnapshot:
+    def snapshot(self, budget: Budget | None = None) -> LedgerSnapshot:
         with self._lock:
-            return LedgerSnapshot(self._spent, self._reserved, len(self._held))
+            if budget is None or budget._account == (None, None):
+                return LedgerSnapshot(self._spent, self._reserved, len(self._held))
+            window = self._window(budget)
+            return LedgerSnapshot(window.spent, window.reserved, window.holds)
 
     @protected
     def restore(self, spent: Amount) -> None:
         with self._lock:
             self._spent = spent
+
+
+_PROCESS_LEDGER: MemoryLedger | None = None
+_PROCESS_LEDGER_LOCK = threading.Lock()
+
+
+def _process_ledger() -> MemoryLedger:
+    """The in-memory ledger keyed budgets without a ledger share in this process."""
+    global _PROCESS_LEDGER
+    with _PROCESS_LEDGER_LOCK:
+        if _PROCESS_LEDGER is None:
+            _PROCESS_LEDGER = MemoryLedger()
+        return _PROCESS_LEDGER

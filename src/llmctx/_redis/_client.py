@@ -68,7 +68,10 @@ class _Connection:
     """
 
     __slots__ = (
+        "_aclients",
+        "_async_given",
         "_consequences",
+        "_module",
         "_password",
         "_refused_fix",
         "_subject",
@@ -87,8 +90,12 @@ class _Connection:
         subject: str,
         consequences: Mapping[str, str],
         refused_fix: str,
+        async_client: Any = None,
     ) -> None:
         module = _import_redis(owner)
+        self._module = module
+        self._async_given = async_client
+        self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         if isinstance(client_or_url, str):
             try:
                 client = module.Redis.from_url(client_or_url)
@@ -161,11 +168,81 @@ class _Connection:
             f"{self._subject}: {what} ({type(exc).__name__}: {detail}); {consequence}. Fix: {fix}"
         )
 
+    def async_client(self) -> Any:
+        """The ``redis.asyncio`` client for the running event loop (built on first use).
+
+        The one given to the store (``async_client=``) if any; else one per event loop (a
+        redis.asyncio connection belongs to the loop that opened it), on the same server,
+        database and credentials as the synchronous client. Those are the store's to close
+        (:meth:`aclose`).
+        """
+        if self._async_given is not None:
+            return self._async_given
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            import redis.asyncio
+
+            given = self.client.connection_pool.connection_kwargs
+            kwargs = {k: given[k] for k in _ASYNC_KWARGS if k in given}
+            for timeout in ("socket_timeout", "socket_connect_timeout"):
+                if f"orig_{timeout}" in given and timeout not in kwargs:
+                    kwargs[timeout] = given[f"orig_{timeout}"]
+            sync_class = self.client.connection_pool.connection_class
+            if issubclass(sync_class, self._module.SSLConnection):
+                kwargs["connection_class"] = redis.asyncio.SSLConnection
+            elif issubclass(sync_class, self._module.UnixDomainSocketConnection):
+                kwargs["connection_class"] = redis.asyncio.UnixDomainSocketConnection
+            # Tasks beyond the pool's size wait for a connection (a plain pool would refuse
+            # them with "Too many connections").
+            size = getattr(self.client.connection_pool, "max_connections", None) or 50
+            pool = redis.asyncio.BlockingConnectionPool(
+                max_connections=min(size, 50), timeout=None, **kwargs
+            )
+            client = self._aclients[loop] = redis.asyncio.Redis(connection_pool=pool)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the async client this connection built for the running loop, if any."""
+        import asyncio
+
+        client = self._aclients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def close(self) -> None:
-        """Close the client if it was made from a URL (the caller's client stays open)."""
+        """Close the client if it was made from a URL (the caller's client stays open).
+
+        Async clients built for event loops are dropped (their connections close with them);
+        :meth:`aclose` closes the running loop's one cleanly.
+        """
+        self._aclients.clear()
         if self.owns_client:
             self.client.close()
 
+
+#: What a synchronous client's connection settings an async twin takes over.
+_ASYNC_KWARGS: Final = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "path",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "client_name",
+    "health_check_interval",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_check_hostname",
+)
 
 #: Every live _Renewal, so a forked child can drop what its parent holds (see _after_fork).
 _RENEWALS: Final[weakref.WeakSet[_Renewal]] = weakref.WeakSet()

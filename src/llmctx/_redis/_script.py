@@ -5,6 +5,11 @@ per call; on the hot path of a rate limiter that costs as much as the script its
 SHA and the keys are encoded once, callers pass pre-encoded arguments where they can, a
 ``NOSCRIPT`` error (a restarted or flushed Redis) loads the script and retries once, and every
 other redis-py error becomes the store's :class:`~llmctx.StoreError`.
+
+One script serves both faces of a store: :meth:`_Script.run` on the synchronous client and
+:meth:`_Script.arun` on a ``redis.asyncio`` client, with the same command, retry and errors.
+A store whose keys change per call (a ledger's accounts) builds a command head per set of
+keys once (:meth:`_Script.head`) and passes it to each run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class _Script:
         self._head = (b"EVALSHA", self.sha.encode(), len(keys), *keys)
         self._no_script: type[Exception] = NoScriptError
 
+    def head(self, keys: Sequence[bytes | str]) -> tuple[Any, ...]:
+        """The start of this script's command for ``keys`` (encode it once, pass it to run)."""
+        return (b"EVALSHA", self.sha.encode(), len(keys), *keys)
+
     def __call__(self, doing: str, *args: Any) -> Any:
         """``EVALSHA`` with the bound keys and ``args``; one round trip (two after a NOSCRIPT).
 
@@ -47,14 +56,43 @@ class _Script:
         Raises:
             StoreError: Redis could not be reached or the script failed.
         """
+        return self.run(doing, self._head, *args)
+
+    def run(self, doing: str, head: tuple[Any, ...], *args: Any) -> Any:
+        """``EVALSHA`` of ``head`` (from :meth:`head`) with ``args`` on the synchronous client.
+
+        Raises:
+            StoreError: Redis could not be reached or the script failed.
+        """
         connection = self._connection
         # The client's execute_command is looked up on every call (not bound once), so a
         # wrapper installed on the client (e.g. one counting round trips) sees every call.
         try:
             try:
-                return connection.client.execute_command(*self._head, *args)
+                return connection.client.execute_command(*head, *args)
             except self._no_script:
                 connection.client.script_load(self._source)
-                return connection.client.execute_command(*self._head, *args)
+                return connection.client.execute_command(*head, *args)
+        except connection.error_type as exc:
+            raise connection.error(exc, doing) from exc
+
+    async def arun(self, doing: str, head: tuple[Any, ...], *args: Any) -> Any:
+        """:meth:`run` on the connection's ``redis.asyncio`` client (for the running loop).
+
+        Cancellation: redis.asyncio drops a connection whose reply was not read, so a
+        cancelled run leaks no connection; whether the script ran is then unknown (the
+        caller undoes what it may have done).
+
+        Raises:
+            StoreError: Redis could not be reached or the script failed.
+        """
+        connection = self._connection
+        try:
+            client = connection.async_client()
+            try:
+                return await client.execute_command(*head, *args)
+            except self._no_script:
+                await client.script_load(self._source)
+                return await client.execute_command(*head, *args)
         except connection.error_type as exc:
             raise connection.error(exc, doing) from exc

@@ -2,25 +2,43 @@
 
 Each operation is one Lua script run with ``EVALSHA`` (a script the server lost, e.g. after
 ``SCRIPT FLUSH`` or a restart, is loaded again), so the check and the hold of a reservation are
-one atomic step on the server: no client-side locks, no ``WATCH`` retry loops.
+one atomic step on the server: no client-side locks, no ``WATCH`` retry loops. The ledger has
+two faces on one implementation: ``reserve``/``settle``/``release`` on redis-py's client, and
+``areserve``/``asettle``/``arelease`` on ``redis.asyncio`` (the same scripts, arguments and
+replies; only the round trip differs).
 
-Data model, all under one hash tag so a cluster keeps the keys on one slot::
+A ledger holds accounts: its own (budgets without a ``key`` or ``window``), and one per key
+and window of the budgets reserved on it. Data model of one account, all under one hash tag
+so a cluster keeps its keys on one slot (``base`` is ``{prefix:name}`` for the ledger's own
+account and ``{prefix:name#key}`` for a key, followed by ``:<window spec>`` for a window)::
 
-    {prefix:name}:totals   hash spent_usd|spent_tokens|spent_requests  spend, swept included
-                                held_usd|held_tokens|held_requests     sum of live reservations
-                                expired_usd|expired_tokens|...         the part of spent that
-                                    is the reserved amount of swept, not yet settled reservations
-    {prefix:name}:held     zset token -> expiry (Redis server time, ms), one per reservation
-    {prefix:name}:expired  zset token -> when to forget a reservation swept after its expiry
-    {prefix:name}:audit    list of every change, written only when auditing is on (tests)
+    base:totals     hash spent_<dim>|held_<dim>|expired_<dim> for the five dimensions (usd,
+                         tokens, requests, calls, tool_calls), and warned (a bit per dimension
+                         whose soft limit fired); an account without a window
+    base:w:<start>  the same hash for the window starting at <start> (Unix ms, Redis server
+                    time); it expires a day after the window ends
+    base:held       zset member -> expiry (Redis server time, ms), one per live reservation
+    base:expired    zset member -> when to forget a reservation swept after its expiry
+    base:meta       hash desc (the account as JSON: name, key, window), ws/we (the current
+                    window), limit_<dim>: what ``llmctx budgets`` shows; written when a window
+                    starts
+    base:audit      list of every change, written only when auditing is on (tests)
 
 A reservation that reaches its expiry is *swept*: its reserved amount moves from held to spent
 (fail closed: its holder vanished, and the call may have run), it is counted in ``expired_*``,
 and it leaves a tombstone. A later settle of the tombstone replaces the reserved amount by the
 actual one (once); a later release leaves it spent.
 
-A token is ``"<id>:<usd nano>:<tokens>:<requests>"``: it carries the reservation's amounts,
-so a reservation is a single sorted-set member and a sweep needs no second lookup.
+A member is ``"<id>:<usd nano>:<tokens>:<requests>:<calls>:<tool calls>"``, prefixed by
+``"<window start>|"`` in a windowed account: it carries the reservation's amounts and window,
+so a reservation is a single sorted-set member, a sweep needs no second lookup, and a settle
+goes to the window the reservation was taken in, however late it comes. The token a caller
+holds is the member, prefixed by ``"<base> "`` outside the ledger's own account.
+
+Windows: the script reads Redis's clock (``TIME``) and picks the window itself (a duration:
+``now - now % length``), so a window rolls over atomically with the reserve that first sees
+it; a calendar period's bounds come from the client (time zones are not Lua's), and a reserve
+whose bounds do not hold the server's now is answered with that now and sent again once.
 
 Money is kept as integer nano-dollars, which Lua's doubles add and compare exactly up to 2**53
 nano-dollars (about $9,007,199 of spend plus reservations; beyond that totals may be off by a
@@ -30,15 +48,19 @@ so rounding never admits a call that does not fit; settled spend is rounded half
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import logging
 import math
 import os
 import struct
+import time
+from collections.abc import Awaitable, Callable
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from .._budget import Amount, Budget, LedgerSnapshot
+from .._budget import _DIMS, Amount, Budget, BudgetWindow, LedgerSnapshot
 from .._exceptions import BudgetExceeded, ConfigError, StoreError
 from .._interrupt import protected
 from ._client import _ClosesOnExit, _Connection, _Renewal
@@ -51,9 +73,9 @@ __all__ = ["RedisLedger"]
 
 logger = logging.getLogger("llmctx.budget")
 
-_DIMENSIONS: Final = ("usd", "tokens", "requests")
 #: How long a swept reservation's token is remembered, so a late settle can still replace its
-#: reserved amount (counted as spent at the sweep) by the actual one.
+#: reserved amount (counted as spent at the sweep) by the actual one; also how long a window's
+#: totals are kept after the window ends.
 _TOMBSTONE_MS: Final = 86_400_000
 #: Upper bound on expired reservations (and old tombstones) one script call cleans up.
 _SWEEP_LIMIT: Final = 64
@@ -63,186 +85,290 @@ _INT_MAX: Final = 2**62
 _STOP_WAIT: Final = 5.0
 #: A wide context so scaling dollars to nano-dollars never rounds before we choose how to.
 _WIDE: Final = Context(prec=100)
+_NO_LIMITS: Final = (-1, -1, -1, -1, -1)
 
-# Every script: KEYS 1 totals, 2 held, 3 expired, 4 audit. Integer arguments travel packed
-# with struct in ARGV[1] (ARGV[2] is the token): redis-py spends about a microsecond encoding
-# each argument and Lua as long parsing text, and the number of arguments and commands is what
-# separates a reserve from a bare EVALSHA. A reservation's token carries its amounts
-# ("id:usd:tokens:requests"), so a reservation is one sorted-set member and nothing else.
-# Numbers go back to Redis through string.format('%d'): redis.call() would format a Lua number
-# with "%.14g" and lose digits above 10**14.
+# Every script: KEYS[1] is the account's held zset; its other keys are named from it (one key
+# argument instead of five: redis-py spends about a microsecond encoding each argument, and the
+# number of arguments and commands is what separates a reserve from a bare EVALSHA; the keys
+# share its hash tag, so a cluster keeps them on its slot). Integer arguments travel packed with
+# struct in ARGV[1]; ARGV[2] is the member. Numbers go back to Redis through
+# string.format('%d'): redis.call() would format a Lua number with "%.14g" and lose digits
+# above 10**14.
+_COMMON = """
+local base = string.sub(KEYS[1], 1, -6)
+local held_key, expired_key, audit_key = KEYS[1], base .. ':expired', base .. ':audit'
+local DIM = {'usd', 'tokens', 'requests', 'calls', 'tool_calls'}
+local FIELDS = {'spent_usd', 'spent_tokens', 'spent_requests', 'spent_calls', 'spent_tool_calls',
+                'held_usd', 'held_tokens', 'held_requests', 'held_calls', 'held_tool_calls',
+                'warned'}
+local function fmt(n) return string.format('%d', n) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function totals_key(ws)
+  if ws then return base .. ':w:' .. ws end
+  return base .. ':totals'
+end
+-- A member's window start (a string, nil outside windows) and its five amounts.
+local function parse(member)
+  local ws = string.match(member, '^(%d+)|')
+  local a, b, c, d, e = string.match(member, ':(%-?%d+):(%-?%d+):(%-?%d+):(%-?%d+):(%-?%d+)$')
+  return ws, {tonumber(a), tonumber(b), tonumber(c), tonumber(d), tonumber(e)}
+end
+-- Spent and held (five each) of a totals hash, its warned bits, and whether it is new.
+local function load(key)
+  local raw = redis.call('HMGET', key, unpack(FIELDS))
+  local s, h = {}, {}
+  for i = 1, 5 do
+    s[i] = tonumber(raw[i]) or 0
+    h[i] = tonumber(raw[i + 5]) or 0
+  end
+  return s, h, tonumber(raw[11]) or 0, (not raw[1]) and (not raw[6])
+end
+local function store_held(key, h)
+  redis.call('HSET', key, 'held_usd', fmt(h[1]), 'held_tokens', fmt(h[2]),
+             'held_requests', fmt(h[3]), 'held_calls', fmt(h[4]), 'held_tool_calls', fmt(h[5]))
+end
+local function store_all(key, s, h)
+  redis.call('HSET', key, 'spent_usd', fmt(s[1]), 'spent_tokens', fmt(s[2]),
+             'spent_requests', fmt(s[3]), 'spent_calls', fmt(s[4]), 'spent_tool_calls', fmt(s[5]),
+             'held_usd', fmt(h[1]), 'held_tokens', fmt(h[2]), 'held_requests', fmt(h[3]),
+             'held_calls', fmt(h[4]), 'held_tool_calls', fmt(h[5]))
+end
+-- A window's totals written after the window's own expiry was set (a late settle, a sweep):
+-- kept a day, like a tombstone.
+local function keep(key, ws)
+  if ws and redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, $TOMBSTONE_MS) end
+end
+"""
+
 _SWEEP = """
 -- Move up to SWEEP_LIMIT expired reservations from held to spent: their holder vanished (it
 -- renews what it holds while it lives) and its call may have run, so the reserved amount stays
--- spent until a settle says what it really cost. Each leaves a tombstone for that settle, and
--- adds to expired_* (spend counted only because a holder vanished). Old tombstones are
--- forgotten when there is something to sweep or when asked (snapshots): tombstones only appear
--- in sweeps, so this keeps them bounded without a second range query on every reserve.
--- Needs su, st, sr, hu, ht, hr and audit in scope; returns whether the totals changed.
-local function sweep(now, forget)
-  local upto = string.format('%d', now)
-  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', upto, 'LIMIT', 0, $SWEEP_LIMIT)
+-- spent until a settle says what it really cost. Each goes to the window it was reserved in
+-- (cur, whose totals s and h the caller holds, or an earlier one written here), leaves a
+-- tombstone for that settle, and adds to expired_* (spend counted only because a holder
+-- vanished). Old tombstones are forgotten when there is something to sweep or when asked
+-- (snapshots): tombstones only appear in sweeps, so this keeps them bounded without a second
+-- range query on every reserve. Returns whether s and h changed.
+local function sweep(now, forget, cur, key, s, h, audit)
+  local upto = fmt(now)
+  local due = redis.call('ZRANGEBYSCORE', held_key, '-inf', upto, 'LIMIT', 0, $SWEEP_LIMIT)
   if #due > 0 or forget then
-    local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', upto, 'LIMIT', 0, $SWEEP_LIMIT)
-    if #old > 0 then redis.call('ZREM', KEYS[3], unpack(old)) end
+    local old = redis.call('ZRANGEBYSCORE', expired_key, '-inf', upto, 'LIMIT', 0, $SWEEP_LIMIT)
+    if #old > 0 then redis.call('ZREM', expired_key, unpack(old)) end
   end
   if #due == 0 then return false end
-  redis.call('ZREM', KEYS[2], unpack(due))
+  redis.call('ZREM', held_key, unpack(due))
   local stones = {}
-  local eu, et, er = 0, 0, 0
-  for _, token in ipairs(due) do
-    local u, k, r = string.match(token, ':(%-?%d+):(%-?%d+):(%-?%d+)$')
-    u, k, r = tonumber(u), tonumber(k), tonumber(r)
-    hu, ht, hr = hu - u, ht - k, hr - r
-    su, st, sr = su + u, st + k, sr + r
-    eu, et, er = eu + u, et + k, er + r
+  local e = {0, 0, 0, 0, 0}
+  local changed = false
+  for _, member in ipairs(due) do
+    local ws, a = parse(member)
+    if ws == cur then
+      for i = 1, 5 do
+        h[i], s[i], e[i] = h[i] - a[i], s[i] + a[i], e[i] + a[i]
+      end
+      changed = true
+    else
+      local other = totals_key(ws)
+      for i = 1, 5 do
+        if a[i] ~= 0 then
+          redis.call('HINCRBY', other, 'held_' .. DIM[i], fmt(-a[i]))
+          redis.call('HINCRBY', other, 'spent_' .. DIM[i], fmt(a[i]))
+          redis.call('HINCRBY', other, 'expired_' .. DIM[i], fmt(a[i]))
+        end
+      end
+      keep(other, ws)
+    end
     stones[#stones + 1] = string.format('%d', now + $TOMBSTONE_MS)
-    stones[#stones + 1] = token
-    if audit == 1 then redis.call('RPUSH', KEYS[4], 'x ' .. token) end
+    stones[#stones + 1] = member
+    if audit == 1 then redis.call('RPUSH', audit_key, 'x ' .. member) end
   end
-  redis.call('ZADD', KEYS[3], unpack(stones))
-  redis.call('HINCRBY', KEYS[1], 'expired_usd', string.format('%d', eu))
-  redis.call('HINCRBY', KEYS[1], 'expired_tokens', string.format('%d', et))
-  redis.call('HINCRBY', KEYS[1], 'expired_requests', string.format('%d', er))
-  return true
+  redis.call('ZADD', expired_key, unpack(stones))
+  for i = 1, 5 do
+    if e[i] ~= 0 then redis.call('HINCRBY', key, 'expired_' .. DIM[i], fmt(e[i])) end
+  end
+  return changed
 end
-""".replace("$SWEEP_LIMIT", str(_SWEEP_LIMIT)).replace("$TOMBSTONE_MS", str(_TOMBSTONE_MS))
-
-_LOAD = """
-local raw = redis.call('HMGET', KEYS[1], 'spent_usd', 'spent_tokens', 'spent_requests',
-                       'held_usd', 'held_tokens', 'held_requests')
-local su, st, sr = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0
-local hu, ht, hr = tonumber(raw[4]) or 0, tonumber(raw[5]) or 0, tonumber(raw[6]) or 0
-local function fmt(n) return string.format('%d', n) end
-local function store_held()
-  redis.call('HSET', KEYS[1], 'held_usd', fmt(hu), 'held_tokens', fmt(ht), 'held_requests', fmt(hr))
-end
-local function store_all()
-  redis.call('HSET', KEYS[1], 'spent_usd', fmt(su), 'spent_tokens', fmt(st),
-             'spent_requests', fmt(sr), 'held_usd', fmt(hu), 'held_tokens', fmt(ht),
-             'held_requests', fmt(hr))
+-- The current window: its start (a string, nil without a window) and end, or nil and the
+-- server's now when the client's calendar bounds do not hold it.
+local function window(now, mode, wa, wb)
+  if mode == 1 then
+    local ws = now - now % wa
+    return fmt(ws), ws + wa
+  elseif mode == 2 then
+    if now < wa or now >= wb then return nil, nil end
+    return fmt(wa), wb
+  end
+  return nil, 0
 end
 """
 
-# ARGV[1]: audit, usd, tokens, requests, limit usd, limit tokens, limit requests (-1: none),
-# ttl ms. ARGV[2]: token. Returns {1} when held, {0, dimension, spent, reserved} when refused.
-_RESERVE: Final = (
+
+def _lua(*parts: str) -> str:
+    return (
+        "".join(parts)
+        .replace("$SWEEP_LIMIT", str(_SWEEP_LIMIT))
+        .replace("$TOMBSTONE_MS", str(_TOMBSTONE_MS))
+    )
+
+
+# ARGV[1]: audit, mode (0 none, 1 duration, 2 calendar), wa, wb (mode 1: length ms; mode 2:
+# the client's bounds of the current window), ttl ms, then five each of amounts, limits (-1:
+# none) and soft-limit thresholds (-1: none). ARGV[2]: the member without its window.
+# ARGV[3] (optional): the account's description, for its meta hash.
+# Returns {1, window start or 0} when held ({1, ws, fired bits, in use x5} when a soft limit
+# fired), {0, dimension, spent, reserved} when refused, {2, now} when the calendar bounds given
+# do not hold the server's now.
+_RESERVE: Final = _lua(
+    _COMMON,
+    _SWEEP,
     """
-local audit, u, k, r, lu, lk, lr, ttl = struct.unpack('>i8i8i8i8i8i8i8i8', ARGV[1])
-local token = ARGV[2]
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-"""
-    + _LOAD
-    + _SWEEP
-    + """
-local function refused()
-  if lu >= 0 and u ~= 0 and su + hu + u > lu then return {0, 1, fmt(su), fmt(hu)} end
-  if lk >= 0 and k ~= 0 and st + ht + k > lk then return {0, 2, fmt(st), fmt(ht)} end
-  if lr >= 0 and r ~= 0 and sr + hr + r > lr then return {0, 3, fmt(sr), fmt(hr)} end
-  return nil
-end
-local swept = sweep(now, false)
-local refusal = refused()
-if refusal then
-  if swept then store_all() end
-  if redis.call('ZSCORE', KEYS[2], token) then
-    return {1}  -- a client retry of a reserve that already holds (and so counted itself)
+local v = {struct.unpack('>i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8', ARGV[1])}
+local audit, mode = v[1], v[2]
+local now = now_ms()
+local cur, we = window(now, mode, v[3], v[4])
+if mode == 2 and not cur then return {2, fmt(now)} end
+local key = totals_key(cur)
+local s, h, warned, fresh = load(key)
+local swept = sweep(now, false, cur, key, s, h, audit)
+local member = ARGV[2]
+if cur then member = cur .. '|' .. member end
+for i = 1, 5 do
+  local want, lim = v[5 + i], v[10 + i]
+  if lim >= 0 and want ~= 0 and s[i] + h[i] + want > lim then
+    if swept then store_all(key, s, h) end
+    if redis.call('ZSCORE', held_key, member) then
+      return {1, cur or 0}  -- a client retry of a reserve that already holds
+    end
+    return {0, i, fmt(s[i]), fmt(h[i])}
   end
-  return refusal
 end
-if redis.call('ZADD', KEYS[2], 'NX', fmt(now + ttl), token) == 0 then
-  if swept then store_all() end
-  return {1}  -- a client retry of a reserve the server already ran
+if redis.call('ZADD', held_key, 'NX', fmt(now + v[5]), member) == 0 then
+  if swept then store_all(key, s, h) end
+  return {1, cur or 0}  -- a client retry of a reserve the server already ran
 end
-hu, ht, hr = hu + u, ht + k, hr + r
-if swept then store_all() else store_held() end
-if audit == 1 then redis.call('RPUSH', KEYS[4], 'r ' .. token) end
-return {1}
-"""
+local fired = 0
+for i = 1, 5 do
+  h[i] = h[i] + v[5 + i]
+  local bit_i = 2 ^ (i - 1)
+  local t = v[15 + i]
+  if t >= 0 and s[i] + h[i] >= t and bit.band(warned, bit_i) == 0 then fired = fired + bit_i end
+end
+if swept then store_all(key, s, h) else store_held(key, h) end
+if fired ~= 0 then redis.call('HSET', key, 'warned', fmt(warned + fired)) end
+if fresh then
+  if cur then redis.call('PEXPIREAT', key, fmt(we + $TOMBSTONE_MS)) end
+  if ARGV[3] then
+    redis.call('HSET', base .. ':meta', 'desc', ARGV[3], 'ws', cur or '0', 'we', fmt(we),
+               'limit_usd', fmt(v[11]), 'limit_tokens', fmt(v[12]), 'limit_requests', fmt(v[13]),
+               'limit_calls', fmt(v[14]), 'limit_tool_calls', fmt(v[15]))
+  end
+end
+if audit == 1 then redis.call('RPUSH', audit_key, 'r ' .. member) end
+if fired ~= 0 then
+  return {1, cur or 0, fired, fmt(s[1] + h[1]), fmt(s[2] + h[2]), fmt(s[3] + h[3]),
+          fmt(s[4] + h[4]), fmt(s[5] + h[5])}
+end
+return {1, cur or 0}
+""",
 )
 
-# ARGV[1]: audit, settle (1) or release (0), actual usd, tokens, requests. ARGV[2]: token.
-# Returns 1 when it changed the ledger, 0 for a no-op (unknown, settled or released token).
-# A live token leaves held (and a settle adds its actual spend). A swept token (a tombstone) is
-# already spent at its reserved amount: a settle replaces that amount by the actual one, a
-# release leaves it spent (a release cannot prove the call did not run). Either way the
-# tombstone goes, so a second settle or release of the token is a no-op.
-_FINISH: Final = (
+# ARGV[1]: audit, settle (1) or release (0), the five actual amounts. ARGV[2]: the member.
+# Returns 1 when it changed the ledger, 0 for a no-op (unknown, settled or released member).
+# A live member leaves held (and a settle adds its actual spend) in the window it was
+# reserved in. A swept member (a tombstone) is already spent at its reserved amount: a settle
+# replaces that amount by the actual one, a release leaves it spent (a release cannot prove
+# the call did not run). Either way the tombstone goes, so a second settle or release of the
+# member is a no-op.
+_FINISH: Final = _lua(
+    _COMMON,
     """
-local audit, settle, au, ak, ar = struct.unpack('>i8i8i8i8i8', ARGV[1])
-local token = ARGV[2]
-local live = redis.call('ZREM', KEYS[2], token) == 1
+local audit, settle, a1, a2, a3, a4, a5 = struct.unpack('>i8i8i8i8i8i8i8', ARGV[1])
+local actual = {a1, a2, a3, a4, a5}
+local member = ARGV[2]
+local live = redis.call('ZREM', held_key, member) == 1
 if not live then
-  if redis.call('ZREM', KEYS[3], token) == 0 then return 0 end
+  if redis.call('ZREM', expired_key, member) == 0 then return 0 end
   if settle == 0 then
-    if audit == 1 then redis.call('RPUSH', KEYS[4], 'f ' .. token) end
+    if audit == 1 then redis.call('RPUSH', audit_key, 'f ' .. member) end
     return 1
   end
 end
-"""
-    + _LOAD
-    + """
-local u, k, r = string.match(token, ':(%-?%d+):(%-?%d+):(%-?%d+)$')
-u, k, r = tonumber(u), tonumber(k), tonumber(r)
+local ws, a = parse(member)
+local key = totals_key(ws)
+local s, h = load(key)
 if live then
-  hu, ht, hr = hu - u, ht - k, hr - r
+  for i = 1, 5 do h[i] = h[i] - a[i] end
 else
-  su, st, sr = su - u, st - k, sr - r
-  redis.call('HINCRBY', KEYS[1], 'expired_usd', fmt(-u))
-  redis.call('HINCRBY', KEYS[1], 'expired_tokens', fmt(-k))
-  redis.call('HINCRBY', KEYS[1], 'expired_requests', fmt(-r))
+  for i = 1, 5 do
+    s[i] = s[i] - a[i]
+    if a[i] ~= 0 then redis.call('HINCRBY', key, 'expired_' .. DIM[i], fmt(-a[i])) end
+  end
 end
 if settle == 1 then
-  su, st, sr = su + au, st + ak, sr + ar
-  store_all()
+  for i = 1, 5 do s[i] = s[i] + actual[i] end
+  store_all(key, s, h)
   if audit == 1 then
-    local entry = 's ' .. token .. ' ' .. fmt(au) .. ' ' .. fmt(ak) .. ' ' .. fmt(ar)
-    redis.call('RPUSH', KEYS[4], entry)
+    redis.call('RPUSH', audit_key, 's ' .. member .. ' ' .. fmt(a1) .. ' ' .. fmt(a2) .. ' '
+               .. fmt(a3) .. ' ' .. fmt(a4) .. ' ' .. fmt(a5))
   end
 else
-  store_held()
-  if audit == 1 then redis.call('RPUSH', KEYS[4], 'f ' .. token) end
+  store_held(key, h)
+  if audit == 1 then redis.call('RPUSH', audit_key, 'f ' .. member) end
 end
+keep(key, ws)
 return 1
-"""
+""",
 )
 
-# ARGV[1]: audit. Returns spent, held and expired (three each, as strings) and the number of
-# live reservations.
-_SNAPSHOT: Final = (
+# ARGV[1]: audit, mode, wa, wb (as for a reserve). Returns spent, held and expired (five each,
+# as strings), the number of live reservations of the account, and the window start (or {2,
+# now} as a reserve does).
+_SNAPSHOT: Final = _lua(
+    _COMMON,
+    _SWEEP,
     """
-local audit = struct.unpack('>i8', ARGV[1])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-"""
-    + _LOAD
-    + _SWEEP
-    + """
-if sweep(now, true) then store_all() end
-local ex = redis.call('HMGET', KEYS[1], 'expired_usd', 'expired_tokens', 'expired_requests')
-return {fmt(su), fmt(st), fmt(sr), fmt(hu), fmt(ht), fmt(hr), ex[1] or '0', ex[2] or '0',
-        ex[3] or '0', redis.call('ZCARD', KEYS[2])}
-"""
+local audit, mode, wa, wb = struct.unpack('>i8i8i8i8', ARGV[1])
+local now = now_ms()
+local cur = window(now, mode, wa, wb)
+if mode == 2 and not cur then return {2, fmt(now)} end
+local key = totals_key(cur)
+local s, h = load(key)
+if sweep(now, true, cur, key, s, h, audit) then store_all(key, s, h) end
+local ex = redis.call('HMGET', key, 'expired_usd', 'expired_tokens', 'expired_requests',
+                      'expired_calls', 'expired_tool_calls')
+local out = {}
+for i = 1, 5 do
+  out[i], out[i + 5], out[i + 10] = fmt(s[i]), fmt(h[i]), ex[i] or '0'
+end
+out[16] = redis.call('ZCARD', held_key)
+out[17] = cur or '0'
+return out
+""",
 )
 
-# ARGV[1]: spent usd, tokens, requests. Returns 1 when restored, 0 when the ledger is in use.
-_RESTORE: Final = (
+# ARGV[1]: the five spent amounts. Returns 1 when restored, 0 when the account is in use.
+_RESTORE: Final = _lua(
+    _COMMON,
     """
-local u, k, r = struct.unpack('>i8i8i8', ARGV[1])
-"""
-    + _LOAD
-    + """
-if su ~= 0 or st ~= 0 or sr ~= 0 or redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'spent_usd', fmt(u), 'spent_tokens', fmt(k), 'spent_requests', fmt(r))
+local spent = {struct.unpack('>i8i8i8i8i8', ARGV[1])}
+local key = totals_key(nil)
+local s = load(key)
+for i = 1, 5 do if s[i] ~= 0 then return 0 end end
+if redis.call('ZCARD', held_key) > 0 then return 0 end
+redis.call('HSET', key, 'spent_usd', fmt(spent[1]), 'spent_tokens', fmt(spent[2]),
+           'spent_requests', fmt(spent[3]), 'spent_calls', fmt(spent[4]),
+           'spent_tool_calls', fmt(spent[5]))
 return 1
-"""
+""",
 )
 
-
-# ARGV[1]: ttl ms. ARGV[2...]: tokens this process holds. Moves each held token's expiry to now
-# + ttl (one whose expiry passed but that no sweep took yet is still counted as held, so it
-# may be renewed too) and returns the tokens that are no longer held: swept (the holder
+# ARGV[1]: ttl ms. ARGV[2...]: members this process holds. Moves each held member's expiry to
+# now + ttl (one whose expiry passed but that no sweep took yet is still counted as held, so
+# it may be renewed too) and returns the members that are no longer held: swept (the holder
 # stalled or could not reach Redis past its ttl), or ended by a settle or release under way.
 _RENEW: Final = """
 local ttl = struct.unpack('>i8', ARGV[1])
@@ -251,8 +377,8 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local expiry = string.format('%d', now + ttl)
 local gone = {}
 for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
-    redis.call('ZADD', KEYS[2], 'XX', expiry, ARGV[i])
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
   else
     gone[#gone + 1] = ARGV[i]
   end
@@ -265,15 +391,18 @@ def _to_nano(usd: Decimal, rounding: str) -> int:
     """Dollars as integer nano-dollars, rounded as asked."""
     if not isinstance(usd, Decimal) or not usd.is_finite():
         raise ConfigError(f"a budget amount of {usd!r} dollars is not a finite Decimal")
+    if not usd:
+        return 0
     nano = int(usd.scaleb(9, _WIDE).to_integral_value(rounding, _WIDE))
     if abs(nano) > _INT_MAX:
         raise ConfigError(f"an amount of ${usd} is beyond what a RedisLedger can hold")
     return nano
 
 
-_pack8 = struct.Struct(">8q").pack
+_pack20 = struct.Struct(">20q").pack
+_pack7 = struct.Struct(">7q").pack
 _pack5 = struct.Struct(">5q").pack
-_pack3 = struct.Struct(">3q").pack
+_pack4 = struct.Struct(">4q").pack
 _pack1 = struct.Struct(">q").pack
 
 
@@ -297,22 +426,59 @@ def _from_nano(nano: int) -> Decimal:
     return usd.normalize()
 
 
+def _value(dim: int, raw: Any) -> Decimal | int:
+    """A reply's number in dimension ``dim`` (0 is usd, in nano-dollars)."""
+    return _from_nano(int(raw)) if dim == 0 else int(raw)
+
+
+class _Account:
+    """One account of a ledger as the client sees it: its keys, window and command heads."""
+
+    __slots__ = ("base", "bounds", "desc", "finish", "held", "reserve", "snapshot", "token_head")
+
+    def __init__(self, ledger: RedisLedger, base: str, desc: bytes | None) -> None:
+        self.base = base
+        self.held = f"{base}:held"
+        keys = (self.held.encode(),)
+        self.reserve = ledger._reserve_script.head(keys)
+        self.finish = ledger._finish_script.head(keys)
+        self.snapshot = ledger._snapshot_script.head(keys)
+        #: What a caller's token starts with ("" for the ledger's own account).
+        self.token_head = "" if base == ledger._base else f"{base} "
+        self.desc = desc
+        #: A calendar window's current bounds (Unix ms), as last confirmed by the server.
+        self.bounds: tuple[int, int] | None = None
+
+    def window_args(self, window: BudgetWindow | None) -> tuple[int, int, int]:
+        """mode, wa, wb for the scripts (see _RESERVE)."""
+        if window is None:
+            return 0, 0, 0
+        if window.length_ms:
+            return 1, window.length_ms, 0
+        if self.bounds is None:
+            self.bounds = window.bounds(int(time.time() * 1000))
+        return 2, *self.bounds
+
+
 class RedisLedger(_ClosesOnExit):
     """A :class:`~llmctx.Ledger` in Redis that several processes or machines share.
 
     Every process that builds a ``RedisLedger`` with the same server, ``prefix`` and ``name``
     draws on one budget. The limits travel with each reservation (from the :class:`Budget`
     passed to :meth:`reserve`), so nothing needs setting up in Redis first; processes should
-    pass the same limits.
+    pass the same limits. A budget with a ``key`` (``Budget(key="user:42", ledger=ledger)``)
+    draws on that key's account of the ledger instead, shared by every process using the key;
+    one with a ``window`` counts spend in the current window only (Redis server time).
 
     **A budget never forgets spend.** A reservation is held until its call settles or releases
     it. While its process lives, a daemon thread of this ledger renews every reservation the
-    process holds (one round trip every ``renew_every`` seconds), so a call may run (a stream
-    be read) for far longer than ``reservation_ttl``. A reservation that is not renewed for
-    ``reservation_ttl`` seconds of Redis server time (its process crashed, was stopped, or
-    could not reach Redis that long) is swept and **counted as spent at its reserved
-    amount**: its call may have run, so its capacity does not come back. That spend shows in
-    :attr:`LedgerSnapshot.expired <llmctx.LedgerSnapshot.expired>` until the call is settled:
+    process holds (one round trip per account every ``renew_every`` seconds), so a call may run
+    (a stream be read) for far longer than ``reservation_ttl``. A reservation that is not
+    renewed for ``reservation_ttl`` seconds of Redis server time (its process crashed, was
+    stopped, or could not reach Redis that long) is swept and **counted as spent at its
+    reserved amount**: its call may have run, so its capacity does not come back. That spend
+    shows in :attr:`LedgerSnapshot.expired <llmctx.LedgerSnapshot.expired>` until the call is
+    settled:
 
     - a settle that arrives later (the process woke up, or a settle that could not reach Redis
       is applied once it is back) replaces the reserved amount by the actual one, once;
@@ -322,7 +488,8 @@ class RedisLedger(_ClosesOnExit):
       settle can never count a call twice.
 
     A swept token is remembered for a day. A settle later than that is a no-op and the
-    reserved amount stays spent for good (an overestimate, never an underestimate).
+    reserved amount stays spent for good (an overestimate, never an underestimate). A
+    reservation settles into the window it was reserved in, however late.
 
     **Renewal.** The thread starts with the first reservation and stops when the process holds
     none (or at :meth:`close`); reserve, settle and release never wait for it. A renewal that
@@ -336,7 +503,8 @@ class RedisLedger(_ClosesOnExit):
     Args:
         client_or_url: a ``redis.Redis`` client (not closed by the ledger) or a URL such as
             ``"redis://localhost:6379/0"`` (the ledger owns that client; see :meth:`close`).
-        name: the budget's name; the keys are ``{prefix:name}:*``.
+        name: the budget's name; the keys are ``{prefix:name}:*`` (``{prefix:name#key}:*``
+            for a key's account).
         reservation_ttl: seconds a reservation survives without renewal before it is swept and
             counted as spent. It bounds how long a crashed process's reservations stay
             "in flight" before they count as spent; it does not bound the length of a call.
@@ -344,16 +512,26 @@ class RedisLedger(_ClosesOnExit):
             ``reservation_ttl``. ``0`` starts no thread: a reservation then expires
             ``reservation_ttl`` after it was taken unless :meth:`renew` is called.
         prefix: namespace of the keys.
+        async_client: a ``redis.asyncio.Redis`` for the async faces (not closed by the
+            ledger). By default the ledger opens one per event loop on the same server and
+            credentials as the synchronous client (closed by :meth:`aclose`).
 
     Raises:
         ConfigError: redis is not installed, a bad URL, a client that is not a synchronous
             ``redis.Redis``, an empty name, a non-positive ttl, or ``renew_every`` negative or
             not below ``reservation_ttl``.
 
-    The methods are synchronous and thread-safe; each is one round trip. A reservation whose
-    caller is interrupted (KeyboardInterrupt, cancellation of a thread's waiter) after the
-    script ran is renewed while the process lives, and counted as spent once it expires.
+    The synchronous methods are thread-safe; each is one round trip (a calendar window's
+    first reserve after the period changed: two). A reservation whose caller is interrupted
+    (KeyboardInterrupt, cancellation of a thread's waiter) after the script ran is renewed
+    while the process lives, and counted as spent once it expires. The async faces
+    (:meth:`areserve`, :meth:`asettle`, :meth:`arelease`) run the same scripts on
+    ``redis.asyncio``; an ``areserve`` cancelled while its script may have run releases what
+    it may have reserved (in a task of its own, so the cancellation is not held up).
     """
+
+    #: A RedisLedger is shared by every process on its server: ``Budget(shared=True)`` takes it.
+    shared_across_processes = True
 
     def __init__(
         self,
@@ -363,6 +541,7 @@ class RedisLedger(_ClosesOnExit):
         reservation_ttl: float = 600.0,
         renew_every: float | None = None,
         prefix: str = "llmctx",
+        async_client: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"RedisLedger(name={name!r}) must be a non-empty string")
@@ -385,8 +564,8 @@ class RedisLedger(_ClosesOnExit):
         self.prefix = prefix
         self.reservation_ttl = float(reservation_ttl)
         self.renew_every = float(renew_every)
-        base = f"{{{prefix}:{name}}}"
-        self._keys = [f"{base}:{part}" for part in ("totals", "held", "expired", "audit")]
+        self._base = f"{{{prefix}:{name}}}"
+        self._keys = [f"{self._base}:{part}" for part in ("totals", "held", "expired", "audit")]
         ttl = f"{self.reservation_ttl:g}s"
         expires = f"it expires {ttl} after its last renewal and then counts as spent"
         self._conn = _Connection(
@@ -402,12 +581,13 @@ class RedisLedger(_ClosesOnExit):
                 "later renewal reaches Redis",
             },
             refused_fix=f"check that the keys {self._keys[0]!r}... are not used by something else",
+            async_client=async_client,
         )
         self._client: redis.Redis = self._conn.client
         self._closed = False
-        self._audit = False  # tests turn this on to log every change in {prefix:name}:audit
+        self._audit = False  # tests turn this on to log every change in base:audit
         self._new_token_source()
-        keys = tuple(key.encode() for key in self._keys)
+        keys = (self._keys[1].encode(),)
         self._reserve_script = _Script(self._conn, _RESERVE, keys)
         self._finish_script = _Script(self._conn, _FINISH, keys)
         self._snapshot_script = _Script(self._conn, _SNAPSHOT, keys)
@@ -415,6 +595,13 @@ class RedisLedger(_ClosesOnExit):
         self._renew_script = _Script(self._conn, _RENEW, keys)
         self._ttl_ms = max(1, round(self.reservation_ttl * 1000))
         self._limit_cache: tuple[Decimal, int] | None = None
+        # (key, window spec) -> account; base -> account (settles of tokens from anywhere).
+        self._accounts: dict[tuple[str | None, str | None], _Account] = {}
+        self._by_base: dict[str, _Account] = {}
+        self._own = self._account_at(self._base, None)
+        self._accounts[(None, None)] = self._own
+        #: Releases of cancelled areserves under way (kept so they are not collected).
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._renewal = _Renewal(
             self._renew_tokens,
             every=self.renew_every,
@@ -442,7 +629,109 @@ class RedisLedger(_ClosesOnExit):
             f"RedisLedger(name={self.name!r}, prefix={self.prefix!r}, server={self._conn.where!r})"
         )
 
-    # -- the Ledger protocol --------------------------------------------------------------------
+    # -- accounts -------------------------------------------------------------------------------
+
+    def _account_at(self, base: str, desc: bytes | None) -> _Account:
+        account = self._by_base.get(base)
+        if account is None:
+            account = self._by_base[base] = _Account(self, base, desc)
+        elif desc is not None and account.desc is None:
+            account.desc = desc
+        return account
+
+    def _account(self, budget: Budget) -> _Account:
+        """The account ``budget`` draws on (made on first use)."""
+        found = self._accounts.get(budget._account)
+        if found is not None:
+            return found
+        key, spec = budget._account
+        base = self._base if key is None else f"{{{self.prefix}:{self.name}#{key}}}"
+        if spec is not None:
+            base = f"{base}:{spec}"
+        desc = json.dumps({"name": self.name, "key": key, "window": spec}).encode()
+        account = self._accounts[budget._account] = self._account_at(base, desc)
+        return account
+
+    def _account_of(self, token: str) -> tuple[_Account, str]:
+        """The account a token was reserved on, and its member there."""
+        base, _, member = token.rpartition(" ")
+        if not base:
+            return self._own, member
+        return self._account_at(base, None), member
+
+    # -- the Ledger protocol: one implementation, two faces -----------------------------------
+
+    def _reserve_args(self, amount: Amount, budget: Budget, account: _Account) -> tuple[Any, ...]:
+        """The reserve script's arguments (after its head) for ``amount`` under ``budget``."""
+        self._check_open()
+        if os.getpid() != self._token_pid:  # a forked child must not repeat the parent's tokens
+            self._new_token_source()
+        usd = _to_nano(amount.usd, ROUND_CEILING)
+        tokens, requests = _checked(amount.tokens), _checked(amount.requests)
+        calls, tool_calls = _checked(amount.calls), _checked(amount.tool_calls)
+        member = (
+            f"{self._token_prefix}{next(self._token_counter):x}"
+            f":{usd}:{tokens}:{requests}:{calls}:{tool_calls}"
+        )
+        limits = (
+            -1 if budget.usd is None else self._limit_nano(budget.usd),
+            -1 if budget.tokens is None else min(budget.tokens, _INT_MAX),
+            -1 if budget.requests is None else min(budget.requests, _INT_MAX),
+            -1 if budget.calls is None else min(budget.calls, _INT_MAX),
+            -1 if budget.tool_calls is None else min(budget.tool_calls, _INT_MAX),
+        )
+        warn = _NO_LIMITS if budget.warn_at is None else self._thresholds(budget)
+        packed = _pack20(
+            self._audit,
+            *account.window_args(budget.window),
+            self._ttl_ms,
+            usd,
+            tokens,
+            requests,
+            calls,
+            tool_calls,
+            *limits,
+            *warn,
+        )
+        if account.desc is None:
+            return packed, member
+        return packed, member, account.desc
+
+    def _reserved(
+        self, reply: Any, args: tuple[Any, ...], amount: Amount, budget: Budget, account: _Account
+    ) -> tuple[str | None, tuple[Any, ...]]:
+        """The token of a reserve's reply, or None and the arguments to send again.
+
+        Raises:
+            BudgetExceeded: the reply is a refusal.
+        """
+        status = int(reply[0])
+        if status == 1:
+            start = int(reply[1])
+            member = f"{start}|{args[1]}" if start else args[1]
+            token = account.token_head + member if account.token_head else member
+            self._renewal.add(token)
+            if len(reply) > 2:  # soft limits fired, decided in the script (once per window)
+                fired = int(reply[2])
+                for i, dim in enumerate(_DIMS):
+                    if fired & (1 << i):
+                        budget._warn(dim, _value(i, reply[3 + i]), start or None)
+            return token, args
+        if status == 2:  # the calendar period changed: take the server's bounds
+            assert budget.window is not None
+            account.bounds = budget.window.bounds(int(reply[1]))
+            return None, self._reserve_args(amount, budget, account)
+        index = int(reply[1]) - 1
+        dimension = _DIMS[index]
+        limit = budget.limit(dimension)
+        assert limit is not None  # the script only refuses on a limited dimension
+        raise BudgetExceeded(
+            dimension=dimension,
+            limit=limit,
+            spent=_value(index, reply[2]),
+            reserved=_value(index, reply[3]),
+            requested=amount.get(dimension),
+        )
 
     @protected
     def reserve(self, amount: Amount, budget: Budget) -> str:
@@ -450,7 +739,8 @@ class RedisLedger(_ClosesOnExit):
 
         Args:
             amount: the call's worst case; its usd is rounded up to the nano-dollar.
-            budget: the limits to check (a money limit is rounded down to the nano-dollar).
+            budget: the limits to check (a money limit is rounded down to the nano-dollar),
+                and the account (key) and window to hold it in.
 
         Returns:
             The reservation token to pass to :meth:`settle` or :meth:`release`.
@@ -461,52 +751,163 @@ class RedisLedger(_ClosesOnExit):
                 the call must not be sent (llmctx fails closed).
             ConfigError: an amount that is not finite or beyond +-2**62.
         """
-        if budget.calls is not None or budget.tool_calls is not None:
-            # Fail closed: this ledger's script counts usd, tokens and requests only, so a cap
-            # on calls would never stop a call. Refuse the budget rather than ignore the cap.
-            raise ConfigError(
-                f"{budget!r}: a RedisLedger cannot cap calls or tool_calls yet; put those caps "
-                "on a budget with the in-memory ledger (the default) or leave them off"
-            )
-        if os.getpid() != self._token_pid:  # a forked child must not repeat the parent's tokens
-            self._new_token_source()
-        usd = _to_nano(amount.usd, ROUND_CEILING)
-        tokens, requests = _checked(amount.tokens), _checked(amount.requests)
-        token = f"{self._token_prefix}{next(self._token_counter):x}:{usd}:{tokens}:{requests}"
-        packed = _pack8(
+        account = self._account(budget)
+        args = self._reserve_args(amount, budget, account)
+        for _ in range(3):
+            reply = self._reserve_script.run("reserve", account.reserve, *args)
+            token, args = self._reserved(reply, args, amount, budget, account)
+            if token is not None:
+                return token
+        raise StoreError(f"{self!r}: the server's clock keeps leaving the calendar window")
+
+    async def areserve(self, amount: Amount, budget: Budget) -> str:
+        """Async twin of :meth:`reserve` on ``redis.asyncio`` (one round trip, same errors).
+
+        Cancellation: a cancelled areserve leaks no connection; what its script may have held
+        is released by a task of this ledger (:meth:`aclose` waits for it). If that release
+        cannot reach Redis, or reaches it before the cancelled script does, the reservation
+        is never renewed: it expires ``reservation_ttl`` later and counts as spent at its
+        reserved amount (never less).
+        """
+        account = self._account(budget)
+        args = self._reserve_args(amount, budget, account)
+        member = args[1]
+        ended = False  # a reply was read, or an error the caller sees (as for reserve)
+        try:
+            for _ in range(3):
+                try:
+                    reply = await self._reserve_script.arun("reserve", account.reserve, *args)
+                except Exception:
+                    ended = True
+                    raise
+                ended = True
+                token, args = self._reserved(reply, args, amount, budget, account)
+                if token is not None:
+                    return token
+                ended = False
+        finally:
+            if not ended:  # cancelled while the script was in flight: it may have run
+                self._undo_reserve(account, member, budget.window)
+        raise StoreError(f"{self!r}: the server's clock keeps leaving the calendar window")
+
+    def _undo_reserve(self, account: _Account, member: str, window: BudgetWindow | None) -> None:
+        """Release, in a task, every member a reserve interrupted mid-flight may have held."""
+        if window is None:
+            members = [member]
+        else:
+            # The script picked the window by the server's clock: try the client's current
+            # window and its neighbours (a release of a member never held is a no-op).
+            now = int(time.time() * 1000)
+            first, after = window.bounds(now)
+            starts = {first, window.bounds(first - 1)[0], window.bounds(after)[0]}
+            members = [f"{start}|{member}" for start in sorted(starts)]
+        packed = _pack7(self._audit, 0, 0, 0, 0, 0, 0)
+
+        async def release() -> None:
+            for one in members:
+                await self._finish_script.arun("release", account.finish, packed, one)
+
+        self._soon(release, "release a cancelled reservation", None)
+
+    def _soon(
+        self,
+        job: Callable[[], Awaitable[None]],
+        doing: str,
+        on_error: Callable[[Exception], object] | None,
+    ) -> None:
+        """Run ``job`` in a task of this ledger (its caller was interrupted); never raises.
+
+        A job that fails is handed to ``on_error``, or logged: its reservation then expires
+        and counts as spent at its reserved amount.
+        """
+
+        async def run() -> None:
+            try:
+                await job()
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)
+                    return
+                logger.warning(
+                    "llmctx: could not %s on %r; it expires %gs after its last renewal and "
+                    "then counts as spent at its reserved amount",
+                    doing,
+                    self,
+                    self.reservation_ttl,
+                    exc_info=True,
+                )
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no loop any more: the reservation expires (never renewed)
+            return
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    def _soon_finish(
+        self,
+        account: _Account,
+        packed: bytes,
+        member: str,
+        doing: str,
+        on_error: Callable[[Exception], object] | None = None,
+    ) -> None:
+        """Run the settle or release script for ``member`` in a task (see :meth:`_soon`)."""
+
+        async def finish() -> None:
+            await self._finish_script.arun(doing, account.finish, packed, member)
+
+        self._soon(finish, f"{doing} a reservation", on_error)
+
+    def settle_soon(
+        self,
+        token: str,
+        actual: Amount,
+        *,
+        on_error: Callable[[Exception], object] | None = None,
+    ) -> None:
+        """Settle ``token`` in a task of this ledger, for a caller that was cancelled.
+
+        Returns at once; :meth:`aclose` waits for the settle. Applied twice (a cancelled
+        settle that reached Redis after all), it counts once.
+
+        Args:
+            on_error: called with the error if the settle cannot reach Redis (default: logged;
+                the reservation then counts as spent at its reserved amount once it expires).
+        """
+        packed = self._finish_args(1, actual)
+        account, member = self._account_of(token)
+        self._renewal.discard(token)
+        self._soon_finish(account, packed, member, "settle", on_error)
+
+    def release_soon(self, token: str) -> None:
+        """Release ``token`` in a task of this ledger, for a caller that was cancelled."""
+        packed = self._finish_args(0, Amount())
+        account, member = self._account_of(token)
+        self._renewal.discard(token)
+        self._soon_finish(account, packed, member, "release")
+
+    def _finish_args(self, settle: int, actual: Amount) -> bytes:
+        if not settle:
+            return _pack7(self._audit, 0, 0, 0, 0, 0, 0)
+        return _pack7(
             self._audit,
-            usd,
-            tokens,
-            requests,
-            -1 if budget.usd is None else self._limit_nano(budget.usd),
-            -1 if budget.tokens is None else min(budget.tokens, _INT_MAX),
-            -1 if budget.requests is None else min(budget.requests, _INT_MAX),
-            self._ttl_ms,
-        )
-        reply = self._run(self._reserve_script, packed, token, "reserve")
-        if int(reply[0]) == 1:
-            self._renewal.add(token)
-            return token
-        dimension = _DIMENSIONS[int(reply[1]) - 1]
-        spent, reserved = int(reply[2]), int(reply[3])
-        limit = budget.limit(dimension)
-        assert limit is not None  # the script only refuses on a limited dimension
-        raise BudgetExceeded(
-            dimension=dimension,
-            limit=limit,
-            spent=_from_nano(spent) if dimension == "usd" else spent,
-            reserved=_from_nano(reserved) if dimension == "usd" else reserved,
-            requested=amount.get(dimension),
+            1,
+            _to_nano(actual.usd, ROUND_HALF_UP),
+            _checked(actual.tokens),
+            _checked(actual.requests),
+            _checked(actual.calls),
+            _checked(actual.tool_calls),
         )
 
     @protected
     def settle(self, token: str, actual: Amount) -> None:
         """Replace the reservation by the actual spend (usd rounded half-up to the nano-dollar).
 
-        A reservation that expired and was swept (counted as spent at its reserved amount)
-        has that amount replaced by ``actual``: the spend changes by ``actual - reserved``.
-        Unknown, settled or released tokens are a no-op, so a retry is harmless and a settle
-        applied twice counts once.
+        The spend goes to the window the reservation was taken in. A reservation that expired
+        and was swept (counted as spent at its reserved amount) has that amount replaced by
+        ``actual``: the spend changes by ``actual - reserved``. Unknown, settled or released
+        tokens are a no-op, so a retry is harmless and a settle applied twice counts once.
 
         Raises:
             StoreError: Redis could not be reached; the spend was not recorded. The
@@ -514,15 +915,34 @@ class RedisLedger(_ClosesOnExit):
                 renewal and then counts as spent at its reserved amount, until this settle is
                 applied (retrying it later is safe).
         """
-        packed = _pack5(
-            self._audit,
-            1,
-            _to_nano(actual.usd, ROUND_HALF_UP),
-            _checked(actual.tokens),
-            _checked(actual.requests),
-        )
+        self._check_open()
+        packed = self._finish_args(1, actual)
+        account, member = self._account_of(token)
         self._renewal.discard(token)
-        self._run(self._finish_script, packed, token, "settle")
+        self._finish_script.run("settle", account.finish, packed, member)
+
+    async def asettle(self, token: str, actual: Amount) -> None:
+        """Async twin of :meth:`settle` (one round trip on ``redis.asyncio``, same errors).
+
+        Cancellation: the settle may or may not have reached Redis; the reservation is no
+        longer renewed either way (so, unsettled, it counts as spent once it expires), and a
+        settle retried later counts once.
+        """
+        self._check_open()
+        packed = self._finish_args(1, actual)
+        account, member = self._account_of(token)
+        self._renewal.discard(token)
+        ended = False
+        try:
+            await self._finish_script.arun("settle", account.finish, packed, member)
+        except Exception:  # the caller sees it (Holds keeps a settle in the outbox)
+            ended = True
+            raise
+        else:
+            ended = True
+        finally:
+            if not ended:  # cancelled in flight: whether Redis applied it is unknown
+                self._soon_finish(account, packed, member, "settle")
 
     @protected
     def release(self, token: str) -> None:
@@ -534,11 +954,49 @@ class RedisLedger(_ClosesOnExit):
             StoreError: Redis could not be reached; the reservation is no longer renewed and
                 counts as spent once it expires.
         """
+        self._check_open()
+        account, member = self._account_of(token)
         self._renewal.discard(token)
-        self._run(self._finish_script, _pack5(self._audit, 0, 0, 0, 0), token, "release")
+        self._finish_script.run("release", account.finish, self._finish_args(0, Amount()), member)
 
-    def snapshot(self) -> LedgerSnapshot:
+    async def arelease(self, token: str) -> None:
+        """Async twin of :meth:`release` (same errors; a cancelled one: as for asettle)."""
+        self._check_open()
+        account, member = self._account_of(token)
+        self._renewal.discard(token)
+        packed = self._finish_args(0, Amount())
+        ended = False
+        try:
+            await self._finish_script.arun("release", account.finish, packed, member)
+        except Exception:  # the caller sees it (Holds keeps a settle in the outbox)
+            ended = True
+            raise
+        else:
+            ended = True
+        finally:
+            if not ended:
+                self._soon_finish(account, packed, member, "release")
+
+    def _snapshot_args(self, budget: Budget | None, account: _Account) -> bytes:
+        window = None if budget is None else budget.window
+        return _pack4(self._audit, *account.window_args(window))
+
+    def _snapshot_of(self, reply: Any) -> LedgerSnapshot:
+        values = [_value(i % 5, reply[i]) for i in range(15)]
+        return LedgerSnapshot(
+            Amount(*values[0:5]),  # type: ignore[arg-type]
+            Amount(*values[5:10]),  # type: ignore[arg-type]
+            int(reply[15]),
+            Amount(*values[10:15]),  # type: ignore[arg-type]
+        )
+
+    def snapshot(self, budget: Budget | None = None) -> LedgerSnapshot:
         """Spend and live reservations of every process, read atomically.
+
+        Args:
+            budget: read this budget's account in its current window (default: the ledger's
+                own account). ``reservations`` counts the account's live reservations in
+                every window; ``reserved`` those of the current one.
 
         Expired reservations are swept first (bounded work), so the snapshot counts the
         holds of vanished processes as spent once their ttl has passed; that part of
@@ -547,11 +1005,17 @@ class RedisLedger(_ClosesOnExit):
         Raises:
             StoreError: Redis could not be reached.
         """
-        reply = self._run(self._snapshot_script, _pack1(self._audit), None, "read")
-        spent = Amount(_from_nano(int(reply[0])), int(reply[1]), int(reply[2]))
-        reserved = Amount(_from_nano(int(reply[3])), int(reply[4]), int(reply[5]))
-        expired = Amount(_from_nano(int(reply[6])), int(reply[7]), int(reply[8]))
-        return LedgerSnapshot(spent, reserved, int(reply[9]), expired)
+        self._check_open()
+        account = self._own if budget is None else self._account(budget)
+        for _ in range(3):
+            packed = self._snapshot_args(budget, account)
+            reply = self._snapshot_script.run("read", account.snapshot, packed)
+            if int(reply[0]) == 2 and len(reply) == 2:
+                assert budget is not None and budget.window is not None
+                account.bounds = budget.window.bounds(int(reply[1]))
+                continue
+            return self._snapshot_of(reply)
+        raise StoreError(f"{self!r}: the server's clock keeps leaving the calendar window")
 
     def renew(self) -> int:
         """Renew every reservation this process holds now; return how many were found lost.
@@ -573,32 +1037,48 @@ class RedisLedger(_ClosesOnExit):
 
     @protected
     def restore(self, spent: Amount) -> None:
-        """Set the settled spend, but only on an empty ledger.
+        """Set the settled spend of the ledger's own account, but only when it is empty.
 
         The state in Redis is authoritative for a shared budget: when the ledger already has
         settled spend or live reservations (another process is using it, or this budget was
         resumed before), this is a no-op. Empty means no spend and nothing in flight (a new
-        ledger, or one after :meth:`reset`). Call :meth:`reset` first to overwrite it.
+        ledger, or one after :meth:`reset`). Call :meth:`reset` first to overwrite it. The
+        accounts of keys are never restored: their spend lives in Redis.
 
         Raises:
             StoreError: Redis could not be reached.
         """
-        packed = _pack3(
-            _to_nano(spent.usd, ROUND_HALF_UP), _checked(spent.tokens), _checked(spent.requests)
+        self._check_open()
+        packed = _pack5(
+            _to_nano(spent.usd, ROUND_HALF_UP),
+            _checked(spent.tokens),
+            _checked(spent.requests),
+            _checked(spent.calls),
+            _checked(spent.tool_calls),
         )
-        self._run(self._restore_script, packed, None, "restore")
+        self._restore_script("restore", packed)
 
     # -- administration -------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Delete this budget's keys: spend, reservations and audit log start from zero.
+        """Delete this budget's keys (every account of it): spend, reservations and audit log
+        start from zero.
 
         Raises:
             StoreError: Redis could not be reached.
         """
         self._check_open()
         self._renewal.clear()
-        self._conn.run("reset", self._client.delete, *self._keys)
+        client = self._client
+
+        def glob(text: str) -> str:  # SCAN reads [ ] * ? \ as glob characters
+            return "".join(f"\\{c}" if c in "[]?*\\" else c for c in text)
+
+        own, named = glob(self._base), glob(f"{{{self.prefix}:{self.name}#")
+        keys: set[Any] = set(self._keys)
+        for pattern in (f"{own}:*", f"{named}*}}:*"):
+            keys.update(self._conn.run("reset", lambda p=pattern: list(client.scan_iter(p))))
+        self._conn.run("reset", client.delete, *keys)
 
     def close(self) -> None:
         """Stop renewing, then close the client if the ledger created it from a URL.
@@ -612,6 +1092,14 @@ class RedisLedger(_ClosesOnExit):
         self._closed = True
         self._renewal.stop(_STOP_WAIT)
         self._conn.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, after closing the async client this ledger opened for this loop and
+        letting the releases of cancelled reserves finish."""
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._conn.aclose()
+        self.close()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -630,8 +1118,33 @@ class RedisLedger(_ClosesOnExit):
         self._limit_cache = (usd, nano)
         return nano
 
+    @staticmethod
+    def _thresholds(budget: Budget) -> tuple[int, ...]:
+        out: list[int] = []
+        for i, value in enumerate(budget.warn_thresholds()):
+            if value is None:
+                out.append(-1)
+            elif i == 0:
+                nano = Decimal(value).scaleb(9, _WIDE).to_integral_value(ROUND_CEILING, _WIDE)
+                out.append(min(int(nano), _INT_MAX))
+            else:
+                out.append(min(int(value), _INT_MAX))
+        return tuple(out)
+
     def _renew_tokens(self, tokens: list[str]) -> Any:
-        return self._renew_script("renew", _pack1(self._ttl_ms), *tokens)
+        by_account: dict[str, list[str]] = {}
+        for token in tokens:
+            base, _, member = token.rpartition(" ")
+            by_account.setdefault(base, []).append(member)
+        gone: list[str] = []
+        packed = _pack1(self._ttl_ms)
+        for base, members in by_account.items():
+            account = self._own if not base else self._account_at(base, None)
+            head = self._renew_script.head((account.held.encode(),))
+            for raw in self._renew_script.run("renew", head, packed, *members):
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                gone.append(f"{base} {member}" if base else member)
+        return gone
 
     def _report_lost(self, token: str) -> None:
         logger.warning(
