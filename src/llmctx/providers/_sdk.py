@@ -226,14 +226,37 @@ def _hook_raw(call: CallTracker, plan: Plan, raw: Any) -> None:
     finalizer.atexit = False
 
 
+# What the SDK's result types are, by type: "stream" (an llmctx stream subclass), "raw" (has
+# a ``parse`` method: a raw-response wrapper, given it also has ``http_response``) or "whole".
+# A failed attribute look-up on a pydantic model class or instance raises and catches an
+# AttributeError inside pydantic: asking once per type keeps that off every call.
+_result_kinds: dict[type[Any], str] = {}
+
+
+def _result_kind(result: Any) -> str:
+    cls = type(result)
+    kind = _result_kinds.get(cls)
+    if kind is None:
+        if getattr(cls, "_llmctx_tracked", False):
+            kind = "stream"
+        elif callable(getattr(cls, "parse", None)):
+            kind = "raw"
+        else:
+            kind = "whole"
+        if len(_result_kinds) < 256:  # a handful of response types exist; never grow unbounded
+            _result_kinds[cls] = kind
+    return kind
+
+
 @protected
 def _outcome_of(call: CallTracker, plan: Plan, result: Any) -> Outcome | None:
     """Start charging ``result``: the outcome of a whole response to end its call with, or
     None for a stream or a raw response (they end the call later). Never raises."""
     try:
-        if getattr(type(result), "_llmctx_tracked", False):
+        kind = _result_kind(result)
+        if kind == "stream":
             _attach_stream(call, plan, result)
-        elif callable(getattr(result, "parse", None)) and hasattr(result, "http_response"):
+        elif kind == "raw" and hasattr(result, "http_response"):
             _hook_raw(call, plan, result)
         else:
             return plan.extract(plan, result)
