@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -570,3 +571,39 @@ def test_entering_and_leaving_an_async_session_does_not_block_the_loop(tmp_path:
     store.close()
     assert entry_ticks == 20 and exit_ticks == 20
     assert (running, final) == ("running", "completed")
+
+
+def test_every_field_of_a_tracked_call_lands_in_its_place(memory_store: MemoryStore) -> None:
+    """The record built by the charge path has each value under its own field name."""
+    assert [f.name for f in dataclasses.fields(CallRecord)] == [
+        "session_id", "provider", "model", "kind", "request", "response", "tool_calls",
+        "usage", "raw_usage", "cost", "cost_note", "status", "error", "estimated",
+        "started_at", "latency_s", "ttfb_s", "ttft_s", "metadata", "id",
+    ]  # fmt: skip
+    usage = llmctx.Usage(input_tokens=10, output_tokens=5, requests=1)
+    before = datetime.now(UTC)
+    with llmctx.session("fields", store=memory_store) as s:
+        with llmctx.track_call(
+            provider="prov", model=MODEL, kind="llm", request={"q": 1}, metadata={"a": "b"}
+        ) as call:
+            call.mark_first_byte()
+            call.mark_first_token()
+            call.finish(
+                usage=usage, response="the answer", tool_calls=[{"name": "t"}],
+                raw_usage={"prompt_tokens": 10}, estimated=True,
+            )  # fmt: skip
+    record = call.record
+    assert record is not None
+    assert (record.session_id, record.provider, record.model, record.kind) == (
+        s.id, "prov", MODEL, "llm",
+    )  # fmt: skip
+    assert record.request == {"q": 1} and record.response == "the answer"
+    assert record.tool_calls == [{"name": "t"}] and record.usage == usage
+    assert record.raw_usage == {"prompt_tokens": 10}
+    assert record.cost == Decimal("0.00002") and record.cost_note is None
+    assert (record.status, record.error, record.estimated) == ("ok", None, True)
+    assert before <= record.started_at <= datetime.now(UTC)
+    assert record.latency_s is not None and record.latency_s >= 0
+    assert record.ttfb_s is not None and record.ttft_s is not None
+    assert record.ttfb_s <= record.latency_s and record.ttft_s <= record.latency_s
+    assert record.metadata == {"a": "b"} and len(record.id) == 32
