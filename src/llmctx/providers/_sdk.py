@@ -336,13 +336,18 @@ def header_int(headers: Any, name: str) -> int | None:
 
 # A client's server metadata, with the base URL object it was read from: a client keeps one
 # URL object until its ``base_url`` is set again, so a call reads the URL's host and port
-# again only then (its ``str()`` and parse cost more than the rest of the plan).
+# again only then (its ``str()`` and parse cost more than the rest of the plan). The key is
+# the Stainless clients' ``_base_url`` (what their ``base_url`` property returns; the
+# property itself runs an import statement on every read), else ``base_url``.
 _servers: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = weakref.WeakKeyDictionary()
 
 
 def _server_of(client: Any) -> dict[str, Any]:
     """:func:`server_metadata` of ``client`` (not to be changed: shared between calls)."""
-    base = getattr(client, "base_url", None)
+    own = getattr(client, "__dict__", None)
+    base = own.get("_base_url") if type(own) is dict else None
+    if base is None:
+        base = getattr(client, "base_url", None)
     if base is None:
         return server_metadata(client)
     try:
