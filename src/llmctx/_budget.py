@@ -815,14 +815,16 @@ def _end_rest(rest: Sequence[tuple[Budget, str]], actual: Amount | None) -> None
 
 
 class _Window:
-    """One account's totals in one window of a MemoryLedger."""
+    """One account's totals in one window of a MemoryLedger: spent and reserved as lists in
+    the order of ``_DIMS`` (added in place: no Amount built per reserve or settle)."""
 
-    __slots__ = ("holds", "reserved", "spent", "start", "warned")
+    __slots__ = ("end", "holds", "reserved", "spent", "start", "warned")
 
-    def __init__(self, start: int | None) -> None:
+    def __init__(self, start: int | None, end: int | None) -> None:
         self.start = start
-        self.spent = Amount()
-        self.reserved = Amount()
+        self.end = end
+        self.spent: list[Any] = [_ZERO, 0, 0, 0, 0]
+        self.reserved: list[Any] = [_ZERO, 0, 0, 0, 0]
         self.holds = 0
         self.warned: set[str] = set()
 
@@ -860,23 +862,33 @@ class MemoryLedger:
     _accounts: dict[tuple[str | None, str | None], dict[int | None, _Window]] = field(
         default_factory=dict
     )
-    _account_held: dict[str, tuple[_Window, Amount]] = field(default_factory=dict)
+    _account_held: dict[str, tuple[_Window, tuple[Any, ...]]] = field(default_factory=dict)
+    # (key, window spec) -> the window last found current (most reserves land in it).
+    _current: dict[tuple[str | None, str | None], _Window] = field(default_factory=dict)
 
     #: A MemoryLedger lives in one process: ``Budget(shared=True)`` refuses it.
     shared_across_processes = False
 
     def _window(self, budget: Budget) -> _Window:
         """The totals of ``budget``'s account in the current window (made if new)."""
-        windows = self._accounts.setdefault(budget._account, {})
-        start: int | None = None
-        if budget.window is not None:
-            start = budget.window.bounds(int(self.clock() * 1000))[0]
+        account = budget._account
+        current = self._current.get(account)
+        if budget.window is None:
+            if current is None:
+                current = self._current[account] = _Window(None, None)
+            return current
+        now = int(self.clock() * 1000)
+        if current is not None and current.start <= now < current.end:  # type: ignore[operator]
+            return current
+        start, end = budget.window.bounds(now)
+        windows = self._accounts.setdefault(account, {})
         found = windows.get(start)
         if found is None:
             # Forget the windows that ended and hold nothing: their spend no longer counts.
             for old in [k for k, w in windows.items() if not w.holds]:
                 del windows[old]
-            found = windows[start] = _Window(start)
+            found = windows[start] = _Window(start, end)
+        self._current[account] = found
         return found
 
     @protected
@@ -893,16 +905,33 @@ class MemoryLedger:
                 start = None
             else:
                 window = self._window(budget)
-                budget.check(window.spent, window.reserved, amount)
+                spent, reserved = window.spent, window.reserved
+                want = (amount.usd, amount.tokens, amount.requests, amount.calls, amount.tool_calls)
+                limits = (
+                    budget.usd,
+                    budget.tokens,
+                    budget.requests,
+                    budget.calls,
+                    budget.tool_calls,
+                )
+                for i in range(5):
+                    limit = limits[i]
+                    if limit is not None and want[i] and spent[i] + reserved[i] + want[i] > limit:
+                        budget.check(Amount(*spent), Amount(*reserved), amount)  # raises
                 token = f"w{token}"
-                self._account_held[token] = (window, amount)
-                window.reserved = window.reserved + amount
+                self._account_held[token] = (window, want)
+                reserved[0] += want[0]
+                reserved[1] += want[1]
+                reserved[2] += want[2]
+                reserved[3] += want[3]
+                reserved[4] += want[4]
                 window.holds += 1
                 if budget.warn_at is not None:
-                    warn = _warnings(budget, window.spent + window.reserved, window.warned)
+                    in_use = Amount(*(a + b for a, b in zip(spent, reserved, strict=True)))
+                    warn = _warnings(budget, in_use, window.warned)
                 start = window.start
-        for dim, spent in warn:
-            budget._warn(dim, spent, start)
+        for dim, spent_then in warn:
+            budget._warn(dim, spent_then, start)
         return token
 
     @protected
@@ -915,9 +944,18 @@ class MemoryLedger:
                 return
             found = self._account_held.pop(token, None)
             if found is not None:  # it settles into the window it was reserved in
-                window, amount = found
-                window.reserved = window.reserved - amount
-                window.spent = window.spent + actual
+                window, want = found
+                spent, reserved = window.spent, window.reserved
+                reserved[0] -= want[0]
+                reserved[1] -= want[1]
+                reserved[2] -= want[2]
+                reserved[3] -= want[3]
+                reserved[4] -= want[4]
+                spent[0] += actual.usd
+                spent[1] += actual.tokens
+                spent[2] += actual.requests
+                spent[3] += actual.calls
+                spent[4] += actual.tool_calls
                 window.holds -= 1
 
     @protected
@@ -929,8 +967,10 @@ class MemoryLedger:
                 return
             found = self._account_held.pop(token, None)
             if found is not None:
-                window, amount = found
-                window.reserved = window.reserved - amount
+                window, want = found
+                reserved = window.reserved
+                for i in range(5):
+                    reserved[i] -= want[i]
                 window.holds -= 1
 
     def snapshot(self, budget: Budget | None = None) -> LedgerSnapshot:
@@ -938,7 +978,7 @@ class MemoryLedger:
             if budget is None or budget._account == (None, None):
                 return LedgerSnapshot(self._spent, self._reserved, len(self._held))
             window = self._window(budget)
-            return LedgerSnapshot(window.spent, window.reserved, window.holds)
+            return LedgerSnapshot(Amount(*window.spent), Amount(*window.reserved), window.holds)
 
     @protected
     def restore(self, spent: Amount) -> None:

@@ -100,7 +100,7 @@ local held_key, expired_key, audit_key = KEYS[1], base .. ':expired', base .. ':
 local DIM = {'usd', 'tokens', 'requests', 'calls', 'tool_calls'}
 local FIELDS = {'spent_usd', 'spent_tokens', 'spent_requests', 'spent_calls', 'spent_tool_calls',
                 'held_usd', 'held_tokens', 'held_requests', 'held_calls', 'held_tool_calls',
-                'warned'}
+                'warned', 'next_expiry'}
 local function fmt(n) return string.format('%d', n) end
 local function now_ms()
   local t = redis.call('TIME')
@@ -124,9 +124,15 @@ local function load(key)
     s[i] = tonumber(raw[i]) or 0
     h[i] = tonumber(raw[i + 5]) or 0
   end
-  return s, h, tonumber(raw[11]) or 0, (not raw[1]) and (not raw[6])
+  return s, h, tonumber(raw[11]) or 0, (not raw[1]) and (not raw[6]), tonumber(raw[12]) or 0
 end
-local function store_held(key, h)
+local function store_held(key, h, nexp)
+  if nexp then
+    redis.call('HSET', key, 'held_usd', fmt(h[1]), 'held_tokens', fmt(h[2]),
+               'held_requests', fmt(h[3]), 'held_calls', fmt(h[4]), 'held_tool_calls', fmt(h[5]),
+               'next_expiry', fmt(nexp))
+    return
+  end
   redis.call('HSET', key, 'held_usd', fmt(h[1]), 'held_tokens', fmt(h[2]),
              'held_requests', fmt(h[3]), 'held_calls', fmt(h[4]), 'held_tool_calls', fmt(h[5]))
 end
@@ -232,14 +238,31 @@ local now = now_ms()
 local cur, we = window(now, mode, v[3], v[4])
 if mode == 2 and not cur then return {2, fmt(now)} end
 local key = totals_key(cur)
-local s, h, warned, fresh = load(key)
-local swept = sweep(now, false, cur, key, s, h, audit)
+local s, h, warned, fresh, nexp = load(key)
+-- next_expiry is at most the earliest expiry in the held zset (each reserve lowers it to its
+-- own; renewals only move expiries later; settles only remove), so while it lies ahead there
+-- is nothing to sweep and the range query is skipped. A window's first reserve finds none
+-- (0) and sweeps.
+local swept, moved = false, false
+if nexp <= now then
+  swept = sweep(now, false, cur, key, s, h, audit)
+  local first = redis.call('ZRANGE', held_key, 0, 0, 'WITHSCORES')
+  nexp = first[2] and tonumber(first[2]) or now + v[5]
+  moved = true
+end
 local member = ARGV[2]
 if cur then member = cur .. '|' .. member end
+local function keep_sweep()
+  if swept then store_all(key, s, h) end
+  if moved then redis.call('HSET', key, 'next_expiry', fmt(nexp)) end
+  if (swept or moved) and fresh and cur then
+    redis.call('PEXPIREAT', key, fmt(we + $TOMBSTONE_MS))
+  end
+end
 for i = 1, 5 do
   local want, lim = v[5 + i], v[10 + i]
   if lim >= 0 and want ~= 0 and s[i] + h[i] + want > lim then
-    if swept then store_all(key, s, h) end
+    keep_sweep()
     if redis.call('ZSCORE', held_key, member) then
       return {1, cur or 0}  -- a client retry of a reserve that already holds
     end
@@ -247,9 +270,10 @@ for i = 1, 5 do
   end
 end
 if redis.call('ZADD', held_key, 'NX', fmt(now + v[5]), member) == 0 then
-  if swept then store_all(key, s, h) end
+  keep_sweep()
   return {1, cur or 0}  -- a client retry of a reserve the server already ran
 end
+if now + v[5] < nexp then nexp, moved = now + v[5], true end
 local fired = 0
 for i = 1, 5 do
   h[i] = h[i] + v[5 + i]
@@ -257,7 +281,8 @@ for i = 1, 5 do
   local t = v[15 + i]
   if t >= 0 and s[i] + h[i] >= t and bit.band(warned, bit_i) == 0 then fired = fired + bit_i end
 end
-if swept then store_all(key, s, h) else store_held(key, h) end
+if swept then store_all(key, s, h) end
+store_held(key, h, moved and nexp)
 if fired ~= 0 then redis.call('HSET', key, 'warned', fmt(warned + fired)) end
 if fresh then
   if cur then redis.call('PEXPIREAT', key, fmt(we + $TOMBSTONE_MS)) end
@@ -299,7 +324,7 @@ if not live then
 end
 local ws, a = parse(member)
 local key = totals_key(ws)
-local s, h = load(key)
+local s, h, _, fresh = load(key)
 if live then
   for i = 1, 5 do h[i] = h[i] - a[i] end
 else
@@ -319,7 +344,7 @@ else
   store_held(key, h)
   if audit == 1 then redis.call('RPUSH', audit_key, 'f ' .. member) end
 end
-keep(key, ws)
+if fresh then keep(key, ws) end  -- a window's totals made by its reserve have their expiry
 return 1
 """,
 )
@@ -399,11 +424,28 @@ def _to_nano(usd: Decimal, rounding: str) -> int:
     return nano
 
 
-_pack20 = struct.Struct(">20q").pack
+_pack10 = struct.Struct(">10q").pack
 _pack7 = struct.Struct(">7q").pack
 _pack5 = struct.Struct(">5q").pack
 _pack4 = struct.Struct(">4q").pack
 _pack1 = struct.Struct(">q").pack
+
+
+def _counts(amount: Amount) -> tuple[int, int, int, int]:
+    """``amount``'s tokens, requests, calls and tool calls, checked as :func:`_checked` does
+    (the common case in one test; otherwise the count that fails is named)."""
+    tokens, requests = amount.tokens, amount.requests
+    calls, tool_calls = amount.calls, amount.tool_calls
+    if (
+        type(tokens) is int
+        and type(requests) is int
+        and type(calls) is int
+        and type(tool_calls) is int
+        and min(tokens, requests, calls, tool_calls) >= -_INT_MAX
+        and max(tokens, requests, calls, tool_calls) <= _INT_MAX
+    ):
+        return tokens, requests, calls, tool_calls
+    return _checked(tokens), _checked(requests), _checked(calls), _checked(tool_calls)
 
 
 def _checked(count: int) -> int:
@@ -595,6 +637,8 @@ class RedisLedger(_ClosesOnExit):
         self._renew_script = _Script(self._conn, _RENEW, keys)
         self._ttl_ms = max(1, round(self.reservation_ttl * 1000))
         self._limit_cache: tuple[Decimal, int] | None = None
+        # The last budget's packed window, ttl, limits and soft limits (see _reserve_args).
+        self._packed_cache: tuple[tuple[Any, ...], bytes, bytes] | None = None
         # (key, window spec) -> account; base -> account (settles of tokens from anywhere).
         self._accounts: dict[tuple[str | None, str | None], _Account] = {}
         self._by_base: dict[str, _Account] = {}
@@ -667,32 +711,40 @@ class RedisLedger(_ClosesOnExit):
         if os.getpid() != self._token_pid:  # a forked child must not repeat the parent's tokens
             self._new_token_source()
         usd = _to_nano(amount.usd, ROUND_CEILING)
-        tokens, requests = _checked(amount.tokens), _checked(amount.requests)
-        calls, tool_calls = _checked(amount.calls), _checked(amount.tool_calls)
+        tokens, requests, calls, tool_calls = _counts(amount)
         member = (
             f"{self._token_prefix}{next(self._token_counter):x}"
             f":{usd}:{tokens}:{requests}:{calls}:{tool_calls}"
         )
-        limits = (
-            -1 if budget.usd is None else self._limit_nano(budget.usd),
-            -1 if budget.tokens is None else min(budget.tokens, _INT_MAX),
-            -1 if budget.requests is None else min(budget.requests, _INT_MAX),
-            -1 if budget.calls is None else min(budget.calls, _INT_MAX),
-            -1 if budget.tool_calls is None else min(budget.tool_calls, _INT_MAX),
-        )
-        warn = _NO_LIMITS if budget.warn_at is None else self._thresholds(budget)
-        packed = _pack20(
+        window = account.window_args(budget.window)
+        # What does not change between reserves of one budget (window, ttl, limits, soft
+        # limits) is packed once; the key holds every input, so a reassigned limit repacks.
+        key = (
+            budget.usd,
+            budget.tokens,
+            budget.requests,
+            budget.calls,
+            budget.tool_calls,
+            budget.warn_at,
+            window,
             self._audit,
-            *account.window_args(budget.window),
-            self._ttl_ms,
-            usd,
-            tokens,
-            requests,
-            calls,
-            tool_calls,
-            *limits,
-            *warn,
         )
+        cached = self._packed_cache
+        if cached is None or cached[0] != key:
+            limits = (
+                -1 if budget.usd is None else self._limit_nano(budget.usd),
+                -1 if budget.tokens is None else min(budget.tokens, _INT_MAX),
+                -1 if budget.requests is None else min(budget.requests, _INT_MAX),
+                -1 if budget.calls is None else min(budget.calls, _INT_MAX),
+                -1 if budget.tool_calls is None else min(budget.tool_calls, _INT_MAX),
+            )
+            warn = _NO_LIMITS if budget.warn_at is None else self._thresholds(budget)
+            cached = self._packed_cache = (
+                key,
+                _pack5(self._audit, *window, self._ttl_ms),
+                _pack10(*limits, *warn),
+            )
+        packed = cached[1] + _pack5(usd, tokens, requests, calls, tool_calls) + cached[2]
         if account.desc is None:
             return packed, member
         return packed, member, account.desc
@@ -890,15 +942,7 @@ class RedisLedger(_ClosesOnExit):
     def _finish_args(self, settle: int, actual: Amount) -> bytes:
         if not settle:
             return _pack7(self._audit, 0, 0, 0, 0, 0, 0)
-        return _pack7(
-            self._audit,
-            1,
-            _to_nano(actual.usd, ROUND_HALF_UP),
-            _checked(actual.tokens),
-            _checked(actual.requests),
-            _checked(actual.calls),
-            _checked(actual.tool_calls),
-        )
+        return _pack7(self._audit, 1, _to_nano(actual.usd, ROUND_HALF_UP), *_counts(actual))
 
     @protected
     def settle(self, token: str, actual: Amount) -> None:
