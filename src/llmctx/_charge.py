@@ -708,12 +708,9 @@ class CallTracker:
             over: str | None = None
             if self._holds or self._limit is not None:  # else nothing to settle
                 holds, actual, over, limit = self._settlement(record, status)
-                if actual is not None:
-                    holds.settle(actual)
-                else:
-                    holds.release()
-                self._settle_limit(limit, record, actual is not None, exc)
-            self._hand_over(record)
+                self._close_out(holds, actual, limit, record, exc)
+            else:
+                self._hand_over(record)
         self._ended(record, status, over)
         return record
 
@@ -753,11 +750,32 @@ class CallTracker:
             if stopped is not None:
                 raise stopped
             return self.record  # type: ignore[return-value]
-        await _outliving(self._aclose_out(holds, actual, limit, record, exc))
+        session = self.session
+        if session is None or session.ends_in_process():
+            # Nothing to wait for (in-process ledgers and store): no task to outlive a cancel.
+            self._close_out(holds, actual, limit, record, exc)
+        else:
+            await _outliving(self._aclose_out(holds, actual, limit, record, exc))
         self._ended(record, status, over)
         if stopped is not None:
             raise stopped
         return record
+
+    def _close_out(
+        self,
+        holds: Holds,
+        actual: Amount | None,
+        limit: ReservationLike | None,
+        record: CallRecord,
+        exc: BaseException | None,
+    ) -> None:
+        # The rest of an end: settle (or release), then write the record through.
+        if actual is not None:
+            holds.settle(actual)
+        else:
+            holds.release()
+        self._settle_limit(limit, record, actual is not None, exc)
+        self._hand_over(record)
 
     async def _aclose_out(
         self,
@@ -767,7 +785,7 @@ class CallTracker:
         record: CallRecord,
         exc: BaseException | None,
     ) -> None:
-        # The awaited half of an end: settle (or release), then write the record through.
+        # The awaited twin of _close_out.
         if actual is not None:
             await holds.asettle(actual)
         else:

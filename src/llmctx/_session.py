@@ -30,7 +30,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._budget import Amount, Budget, Holds
+from ._budget import Amount, Budget, Holds, MemoryLedger
 from ._context import bind_session, get_session, reset_session
 from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
 from ._interrupt import arm, disarm, protected
@@ -240,6 +240,8 @@ class _ChainBudgets:
 
     owners: list[tuple[Budget, str, str | None]]
     limited: frozenset[str]
+    # Every ledger is this process's own (MemoryLedger): settling them does no I/O.
+    in_process: bool
 
 
 class Session:
@@ -437,10 +439,17 @@ class Session:
             limited = frozenset(
                 dim for budget, _, _ in owners for dim in _DIMS if budget.limit(dim) is not None
             )
-            found = _ChainBudgets(owners, limited)
+            in_process = all(type(budget.ledger) is MemoryLedger for budget, _, _ in owners)
+            found = _ChainBudgets(owners, limited, in_process)
             if self.status != "created":
                 self._budgets = found
         return found
+
+    def ends_in_process(self) -> bool:
+        """Whether ending a call here does no I/O: every ledger of the chain's budgets is in
+        this process and the store is a :class:`~llmctx.stores.MemoryStore`, so the async
+        charge path settles and writes inline instead of in a task of its own."""
+        return type(self._store) is MemoryStore and self._chain_budgets().in_process
 
     @property
     def budgeted(self) -> bool:
