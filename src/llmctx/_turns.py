@@ -71,7 +71,10 @@ async def take_turn() -> None:
         return
     turns = _by_loop.get(loop)
     if turns is None:
-        turns = _by_loop[loop] = _Turns(loop)
+        try:
+            turns = _by_loop[loop] = _Turns(loop)
+        except TypeError:  # a loop class without weak references: no turns on it
+            return
     if not turns.scheduled:
         turns.scheduled = True
         loop.call_soon(turns.next_pass)
