@@ -70,6 +70,7 @@ class _Connection:
     __slots__ = (
         "_aclients",
         "_async_given",
+        "_batchers",
         "_consequences",
         "_module",
         "_password",
@@ -96,6 +97,7 @@ class _Connection:
         self._module = module
         self._async_given = async_client
         self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._batchers: weakref.WeakKeyDictionary[Any, _Batcher] = weakref.WeakKeyDictionary()
         if isinstance(client_or_url, str):
             try:
                 client = module.Redis.from_url(client_or_url)
@@ -204,11 +206,26 @@ class _Connection:
             client = self._aclients[loop] = redis.asyncio.Redis(connection_pool=pool)
         return client
 
-    async def aclose(self) -> None:
-        """Close the async client this connection built for the running loop, if any."""
+    def batcher(self) -> _Batcher:
+        """The running loop's :class:`_Batcher` on :meth:`async_client` (made on first use)."""
         import asyncio
 
-        client = self._aclients.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = _Batcher(self.async_client(), loop)
+        return batcher
+
+    async def aclose(self) -> None:
+        """Close the async client this connection built for the running loop, if any, once
+        the commands it was sending have their replies."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.pop(loop, None)
+        if batcher is not None:
+            await batcher.drain()
+        client = self._aclients.pop(loop, None)
         if client is not None:
             await client.aclose()
 
@@ -221,6 +238,80 @@ class _Connection:
         self._aclients.clear()
         if self.owns_client:
             self.client.close()
+
+
+class _Batcher:
+    """The commands one pass of an event loop sends on one ``redis.asyncio`` client, sent
+    together: one pipeline (one connection, one write, one read of all the replies).
+
+    Sent one by one, 300 concurrent scripts cost about 225 us of the loop's CPU each (a
+    connection taken from the pool and given back, a write and a read per command); as one
+    pipeline, about 43 us (one run, 300 EVALSHAs). The first command of a pass schedules the
+    send for the next pass (``loop.call_soon``), so commands asked for together go together
+    and a lone command waits for no other. Each caller gets its own reply or its own error
+    (``raise_on_error=False``); a failure of the whole send (Redis out of reach) goes to every
+    caller of that batch. A caller cancelled before the send is left out of it (its command
+    never runs); cancelled after, its command runs and its reply is dropped, as when a
+    command of its own is cancelled in flight. The send is a task of the batcher's, not of
+    any caller's, so one caller's cancellation never cuts the others' replies.
+    """
+
+    __slots__ = ("client", "loop", "queued", "sending")
+
+    def __init__(self, client: Any, loop: Any) -> None:
+        self.client = client
+        self.loop = loop
+        self.queued: list[tuple[tuple[Any, ...], Any]] = []
+        self.sending: set[Any] = set()
+
+    def submit(self, command: tuple[Any, ...]) -> Any:
+        """Queue ``command`` for this pass's send; returns the future of its reply."""
+        future = self.loop.create_future()
+        if not self.queued:
+            self.loop.call_soon(self._flush)
+        self.queued.append((command, future))
+        return future
+
+    def _flush(self) -> None:
+        batch = [(command, future) for command, future in self.queued if not future.done()]
+        self.queued = []
+        if batch:
+            task = self.loop.create_task(self._send(batch))
+            self.sending.add(task)
+            task.add_done_callback(self.sending.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], Any]]) -> None:
+        try:
+            if len(batch) == 1:
+                replies = [await self.client.execute_command(*batch[0][0])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for command, _ in batch:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # the loop is shutting down: the callers are cancelled too
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    async def drain(self) -> None:
+        """Wait until every batch being sent has its replies."""
+        import asyncio
+
+        self._flush()
+        while self.sending:
+            await asyncio.gather(*self.sending, return_exceptions=True)
 
 
 #: What a synchronous client's connection settings an async twin takes over.

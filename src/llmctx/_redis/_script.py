@@ -79,20 +79,24 @@ class _Script:
     async def arun(self, doing: str, head: tuple[Any, ...], *args: Any) -> Any:
         """:meth:`run` on the connection's ``redis.asyncio`` client (for the running loop).
 
-        Cancellation: redis.asyncio drops a connection whose reply was not read, so a
-        cancelled run leaks no connection; whether the script ran is then unknown (the
-        caller undoes what it may have done).
+        The scripts one loop pass runs on the same client go to Redis together, as one
+        pipeline (:class:`~llmctx._redis._client._Batcher`).
+
+        Cancellation: a run cancelled before its pass's send never runs; cancelled after, it
+        may have run (the caller undoes what it may have done). No connection is leaked
+        either way: the send belongs to the batcher, which reads every reply.
 
         Raises:
             StoreError: Redis could not be reached or the script failed.
         """
         connection = self._connection
         try:
-            client = connection.async_client()
+            # With the other scripts this loop pass asks of the same client: one pipeline.
+            batcher = connection.batcher()
             try:
-                return await client.execute_command(*head, *args)
+                return await batcher.submit((*head, *args))
             except self._no_script:
-                await client.script_load(self._source)
-                return await client.execute_command(*head, *args)
+                await batcher.client.script_load(self._source)
+                return await batcher.submit((*head, *args))
         except connection.error_type as exc:
             raise connection.error(exc, doing) from exc

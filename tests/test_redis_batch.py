@@ -1,0 +1,127 @@
+"""Scripts asked for in one event-loop pass go to Redis as one pipeline (_redis._Batcher), on a
+real Redis: each caller gets its own reply or error, a caller cancelled before the send is left
+out, and a burst of async reserves holds one connection instead of one each."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from llmctx._budget import Amount, Budget
+from llmctx._exceptions import StoreError
+from llmctx._redis import RedisLedger
+from llmctx._redis._client import _Connection
+from llmctx._redis._script import _Script
+
+redis = pytest.importorskip("redis")
+
+pytestmark = pytest.mark.redis
+
+# Appends its argument to a list and returns the list's length; errors on "bad".
+_SOURCE = """
+if ARGV[1] == 'bad' then return redis.error_reply('ERR bad argument') end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+def _connection(redis_url: str) -> _Connection:
+    return _Connection(
+        redis_url,
+        owner="test",
+        subject="the batch test",
+        consequences={},
+        refused_fix="none",
+    )
+
+
+def _connected_clients(redis_url: str) -> int:
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        return int(admin.info("clients")["connected_clients"])
+    finally:
+        admin.close()
+
+
+def test_each_caller_gets_its_own_reply_or_error(redis_url: str) -> None:
+    """50 scripts of one pass run in order; the one that fails fails only its own caller."""
+    key = f"llmctx-test:batch:{uuid.uuid4().hex}"
+    connection = _connection(redis_url)
+    script = _Script(connection, _SOURCE, [key])
+
+    async def main() -> list[Any]:
+        head = script.head([key])
+        runs = [script.arun("append", head, "bad" if i == 7 else str(i)) for i in range(50)]
+        try:
+            return await asyncio.gather(*runs, return_exceptions=True)
+        finally:
+            await connection.aclose()
+
+    try:
+        results = asyncio.run(main())
+        assert isinstance(results[7], StoreError) and "bad argument" in str(results[7])
+        others = [r for i, r in enumerate(results) if i != 7]
+        assert sorted(others) == list(range(1, 50))  # every other one appended once
+        stored = connection.client.lrange(key, 0, -1)
+        assert [int(v) for v in stored] == [i for i in range(50) if i != 7]  # in call order
+    finally:
+        connection.client.delete(key)
+        connection.close()
+
+
+def test_a_caller_cancelled_before_the_send_is_left_out(redis_url: str) -> None:
+    """A script whose caller is cancelled in the pass it was asked for never runs."""
+    key = f"llmctx-test:batch:{uuid.uuid4().hex}"
+    connection = _connection(redis_url)
+    script = _Script(connection, _SOURCE, [key])
+
+    async def main() -> None:
+        head = script.head([key])
+        tasks = [asyncio.ensure_future(script.arun("append", head, str(i))) for i in range(5)]
+        await asyncio.sleep(0)  # every task has queued its script; the send is next pass
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        await connection.aclose()
+
+    try:
+        asyncio.run(main())
+        assert [int(v) for v in connection.client.lrange(key, 0, -1)] == [0, 1, 3, 4]
+    finally:
+        connection.client.delete(key)
+        connection.close()
+
+
+def test_a_burst_of_async_reserves_shares_one_connection(redis_url: str) -> None:
+    """200 concurrent areserve/asettle pairs all land, over a couple of connections at most."""
+    name = f"t-{uuid.uuid4().hex}"
+    ledger = RedisLedger(redis_url, name, prefix="llmctx-test")
+    budget = Budget(tokens=10**9, ledger=ledger)
+    before = _connected_clients(redis_url)
+    peak = 0
+
+    async def pair() -> None:
+        nonlocal peak
+        token = await ledger.areserve(Amount(tokens=10), budget)
+        peak = max(peak, _connected_clients(redis_url) - before)
+        await ledger.asettle(token, Amount(tokens=3))
+
+    async def main() -> Any:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(pair() for _ in range(200))), 60)
+            return ledger.snapshot(budget)
+        finally:
+            await ledger.aclose()
+
+    try:
+        snapshot = asyncio.run(main())
+        assert snapshot.spent.tokens == 600 and snapshot.reserved.tokens == 0
+        # One pipeline per pass: the async pool grows to a couple of connections, where a
+        # connection per command in flight took up to its 50.
+        assert peak <= 3
+    finally:
+        cleanup = RedisLedger(redis_url, name, prefix="llmctx-test")
+        cleanup.reset()
+        cleanup.close()
