@@ -170,3 +170,72 @@ def test_processes_across_window_boundaries_never_overspend(redis_url: str) -> N
         if keys:
             client.delete(*keys)
         client.close()
+
+
+KILLED = r"""
+import sys
+from llmctx._budget import Amount, Budget, Holds
+from llmctx._redis import RedisLedger
+
+url, name, prefix = sys.argv[1:4]
+ledger = RedisLedger(url, name, prefix=prefix, reservation_ttl=1.0)
+ledger._audit = True
+team = Budget(tokens=1_000, key="team:a", window="2s", ledger=ledger)
+user = Budget(tokens=500, key="user:0", window="2s", ledger=ledger)
+Holds.reserve([(user, "s-user", None), (team, "s-team", None)], Amount(tokens=300))
+print("held", flush=True)
+sys.stdin.readline()  # killed while it waits
+"""
+
+
+def test_killed_holder_expires_into_its_window_once(redis_url: str) -> None:
+    """A process SIGKILLed holding 300 tokens on two 2 s keyed budgets: after its ttl the hold
+    counts as spent (expired) in the window it was taken in, swept once, on both accounts."""
+    import signal
+
+    from llmctx._budget import Amount, Budget
+    from llmctx._redis import RedisLedger
+
+    client = redis.Redis.from_url(redis_url)
+    name = f"t-{uuid.uuid4().hex}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, redis_url, name, PREFIX],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    survivor = RedisLedger(redis_url, name, prefix=PREFIX, renew_every=0)
+    survivor._audit = True
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        team = Budget(tokens=1_000, key="team:a", window="2s", ledger=survivor)
+        user = Budget(tokens=500, key="user:0", window="2s", ledger=survivor)
+        base = f"{{{PREFIX}:{name}#user:0}}:2s"
+        (member,) = [m.decode() for m in client.zrange(f"{base}:held", 0, -1)]
+        window = member.partition("|")[0]
+        deadline = time.monotonic() + 30
+        while client.zcard(f"{base}:held"):  # a later window's reserves sweep it when due
+            assert time.monotonic() < deadline, "the killed holder's reservation never expired"
+            for budget in (user, team):
+                survivor.settle(survivor.reserve(Amount(tokens=1), budget), Amount(tokens=1))
+            time.sleep(0.05)
+        for key, limit in (("user:0", 500), ("team:a", 1_000)):
+            base = f"{{{PREFIX}:{name}#{key}}}:2s"
+            old = client.hgetall(f"{base}:w:{window}")
+            swept = int(old[b"expired_tokens"])
+            assert swept == 300 and int(old[b"held_tokens"]) == 0
+            entries = [e.decode() for e in client.lrange(f"{base}:audit", 0, -1)]
+            assert sum(e.startswith("x ") for e in entries) == 1  # swept once
+            assert int(old[b"spent_tokens"]) <= limit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        survivor.close()
+        keys = list(client.scan_iter(f"{{{PREFIX}:{name}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
