@@ -570,3 +570,18 @@ def test_settle_while_redis_is_down_is_applied_once_after_it_returns(
         assert ledger.snapshot().spent.tokens == 45
     finally:
         ledger.close()
+
+
+def test_a_ledger_journal_follows_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remembered journal path of a ledger changes when the data directory does."""
+    from llmctx.stores._outbox import journal_in_data_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "one"))
+    first = journal_in_data_dir("redis://host|llmctx|team", "ledger-")
+    assert journal_in_data_dir("redis://host|llmctx|team", "ledger-") == first
+    assert first.parent == tmp_path / "one" / "llmctx"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "two"))
+    second = journal_in_data_dir("redis://host|llmctx|team", "ledger-")
+    assert second.parent == tmp_path / "two" / "llmctx" and second.name == first.name
