@@ -741,3 +741,30 @@ def test_resume_restores_every_budget_of_a_session(tmp_path: Path) -> None:
     assert again.budgets[1].ledger.snapshot().spent.calls == 1
     assert again.budgets[0].ledger.snapshot().spent.tokens == s.usage.total_tokens
     store.close()
+
+
+def test_async_entry_loads_the_price_data_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first async session loads genai-prices' data in a worker thread, not on the loop."""
+    import threading
+
+    from llmctx import _pricing
+
+    monkeypatch.setattr(_pricing, "_snapshot_obj", None)
+    loaded_in: list[int] = []
+    real = _pricing._snapshot
+
+    def snapshot() -> Any:
+        loaded_in.append(threading.get_ident())
+        return real()
+
+    monkeypatch.setattr(_pricing, "_snapshot", snapshot)
+
+    async def main() -> int:
+        async with llmctx.session("prices-off-loop", store=MemoryStore()):
+            assert _pricing.prices_loaded()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert loaded_in and loop_thread not in loaded_in

@@ -856,6 +856,17 @@ def _snapshot() -> DataSnapshot:
     return _snapshot_obj
 
 
+def prices_loaded() -> bool:
+    """Whether genai-prices' bundled data is loaded (its first load takes ~0.4-1 s)."""
+    return _snapshot_obj is not None
+
+
+def load_prices() -> None:
+    """Load genai-prices' bundled data now (async code does it in a worker thread, so the
+    first priced call does not stall the event loop on the import)."""
+    _snapshot()
+
+
 def _snapshot_label() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

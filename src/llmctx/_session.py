@@ -30,6 +30,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _pricing
 from ._budget import Amount, Budget, Holds, MemoryLedger
 from ._context import bind_session, get_session, reset_session
 from ._exceptions import ConfigError, SessionNotFound, SessionStateError, is_cancellation
@@ -514,6 +515,10 @@ class Session:
         # in a service never blocks its event loop.
         armed = self._claim_entry()
         try:
+            if not _pricing.prices_loaded():
+                # The first priced call would import genai-prices' data (up to a second) on
+                # the loop: load it here, off the loop, once per process.
+                await in_thread(_pricing.load_prices)
             if self._stores_in_memory():
                 self._enter_store()
             else:
