@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from ._exceptions import ConfigError, NoHealthyResource, UsageError
 from ._interrupt import protected, unprotected
@@ -85,22 +85,35 @@ def _join(thread: threading.Thread, timeout: float | None) -> None:
     thread.join(timeout)
 
 
+class _TokenSteps(NamedTuple, Generic[R]):
+    """A token pool's steps (see :func:`_token_steps`)."""
+
+    take_token: Callable[[Lease[R], bool], bool]
+    put_tokens: Callable[[Lease[R], int, bool], bool]
+    hand_on: Callable[[], None]
+    dispatch: Callable[[], None]
+
+
 def _token_steps(
     tokens: deque[_Slot[R]],
     held: set[Lease[R]],
     sequence: Iterator[int],
     queue: deque[Lease[R]],
-) -> tuple[Callable[[Lease[R], bool], bool], Callable[[Lease[R], int, bool], bool]]:
-    """A token pool's lock-free grant and give-back, as closures over the pool's containers.
+    lock: threading.Lock,
+    waits: deque[tuple[int, float]],
+) -> _TokenSteps[R]:
+    """A token pool's lock-free grant and give-back, and its hand-on, as closures.
 
     The one implementation of each (the async fast path, ``_enqueue``, ``_take``,
-    ``_give_back`` and ``_release`` all call these); closures because a call of one reads the
-    containers from cells instead of looking up the pool's attributes and methods, which on
-    the uncontended path costs as much as the step itself. They capture no pool (no reference
-    cycle): a release that finds waiters hands on through the lease's own pool.
+    ``_give_back``, ``_release`` and ``_dispatch`` all call these); closures because a call of
+    one reads the containers from cells instead of looking up the pool's attributes and
+    methods, which on the uncontended path costs as much as the step itself, and on the
+    contended path (a release handing its unit to the head, once per queued acquire) was a
+    third of the llmctx frames of a hand-on. They capture no pool (no reference cycle): what
+    needs the pool (a weighted head, a waiter whose loop is gone) goes through the lease's.
 
     Returns:
-        ``(take_token, put_tokens)``:
+        ``(take_token, put_tokens, hand_on, dispatch)``:
 
         * ``take_token(lease, arriving)``: grant a one-unit lease: one atomic ``popleft`` of a
           token, no lock needed. ``arriving``: the caller arrives now (not a queued head): it
@@ -113,6 +126,10 @@ def _token_steps(
           lock): then, if anyone is queued, grant to the head under the lock (put back, then
           look: a waiter queues under the lock and tries again once queued, so none is
           missed).
+        * ``hand_on()``: take the lock and ``dispatch()``: what a release that finds callers
+          queued, or a caller that queued and then finds a unit free, does.
+        * ``dispatch()``: with the lock held, grant to the waiters from the head while units
+          are free, and wake them (the pool's ``_dispatch`` for a token pool).
     """
     popleft = tokens.popleft
     append = tokens.append
@@ -148,10 +165,45 @@ def _token_steps(
         else:
             tokens.extend(itertools.repeat(slot, lease.amount))  # type: ignore[arg-type]
         if hand_on and queue:
-            lease._pool._hand_on()
+            # hand_on_now(), written out: a frame less on every contended release
+            lock.acquire()  # not `with`: see ResourcePool._release (this frame is protected)
+            try:
+                dispatch()
+            finally:
+                lock.release()
         return True
 
-    return take_token, put_tokens
+    waits_append = waits.append
+    monotonic = time.monotonic
+
+    @protected
+    def dispatch() -> None:
+        while queue and tokens:  # no free unit: spare the failed popleft (an exception)
+            waiter = queue[0]
+            if waiter.amount == 1:
+                if not take_token(waiter, False):
+                    return
+            elif not waiter._pool._take(waiter):  # a weighted head takes its tokens there
+                return
+            queue.popleft()
+            waits_append((waiter._number, monotonic() - waiter._start))
+            waiter._grant = True
+            if not waiter.wake():
+                # Its event loop is gone: it will never run, so take the unit back.
+                pool = waiter._pool
+                waiter._grant = None
+                pool._take_back(waiter)
+                pool._cancellations += 1
+
+    @protected
+    def hand_on_now() -> None:
+        lock.acquire()  # not `with`: see ResourcePool._release
+        try:
+            dispatch()
+        finally:
+            lock.release()
+
+    return _TokenSteps(take_token, put_tokens, hand_on_now, dispatch)
 
 
 @runtime_checkable
@@ -481,10 +533,14 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         # lookup (see _token_steps).
         self._take_token: Callable[[Lease[R], bool], bool] | None = None
         self._put_tokens: Callable[[Lease[R], int, bool], bool] | None = None
+        self._hand_on: Callable[[], None] | None = None
+        self._token_dispatch: Callable[[], None] | None = None
         if self._tokens is not None:
-            self._take_token, self._put_tokens = _token_steps(
-                self._tokens, self._held, self._sequence, self._queue
+            steps = _token_steps(
+                self._tokens, self._held, self._sequence, self._queue, self._lock, self._waits
             )
+            self._take_token, self._put_tokens = steps.take_token, steps.put_tokens
+            self._hand_on, self._token_dispatch = steps.hand_on, steps.dispatch
         self._quarantined = 0
         self._replacements = 0
         self._replacement_failures = 0
@@ -780,25 +836,22 @@ class ResourcePool(_FifoQueue[Lease[R]]):
                 been granted), nor does any later head at least as large, so those need only
                 that slot checked; a smaller one gets the full scan.
         """
+        token_dispatch = self._token_dispatch
+        if token_dispatch is not None:
+            token_dispatch()  # a token pool's: see _token_steps
+            return
         queue = self._queue
         if not queue:
             return
         # Every slot but `freed` has fewer free units than this (0: nothing known).
         fits_nowhere_else = queue[0].amount if freed is not None else 0
-        tokens = self._tokens
-        take_token = self._take_token
         while queue:
-            if tokens is not None and not tokens:
-                return  # no free unit: spare _take the failed popleft (an exception)
             waiter = queue[0]
             only = freed if waiter.amount >= fits_nowhere_else else None
             if only is not None and only.free < waiter.amount:
                 return  # it fits nowhere now (and without a store there is nothing to poll)
             try:
-                if take_token is not None and waiter.amount == 1:
-                    got = take_token(waiter, False)  # what _take does for it, one call less
-                else:
-                    got = self._take(waiter, only)
+                got = self._take(waiter, only)
             except Exception as exc:  # Redis failed: the head raises it, not the releaser
                 self._fail_head(exc)
                 return
@@ -847,16 +900,6 @@ class ResourcePool(_FifoQueue[Lease[R]]):
         finally:
             lock.release()
 
-    @protected
-    def _hand_on(self) -> None:
-        """A token pool's release put units back while callers wait: grant to the head."""
-        lock = self._lock
-        lock.acquire()  # not `with`: see _release
-        try:
-            self._dispatch()
-        finally:
-            lock.release()
-
     def _enqueue(
         self,
         lease: Lease[R],
@@ -895,7 +938,7 @@ class ResourcePool(_FifoQueue[Lease[R]]):
             lease._begin_wait(loop, self)
             queue.append(lease)
             if tokens:
-                self._hand_on()
+                self._hand_on()  # type: ignore[misc]
             return lease
         lock = self._lock
         lock.acquire()  # not `with`: see _release
