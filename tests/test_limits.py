@@ -423,6 +423,77 @@ def test_threads_and_several_event_loops_share_one_limiter() -> None:
     assert (stats.admitted, stats.waiting, stats.in_flight) == (6 * per_worker, 0, 0)
 
 
+def test_four_threads_and_two_loops_never_admit_more_than_the_limit() -> None:
+    """Racing threads and loops on a stopped clock admit exactly the burst's 1,000, no more.
+
+    4 threads (``acquire_nowait`` and ``with acquire(timeout=0)``) and 2 event loops (the
+    async fast path, ``async with acquire(timeout=0)``) hammer one limiter whose clock does not
+    move, with the interpreter switching threads every microsecond: each admission they count
+    is one the limiter granted, and GCRA allows 1,000 from a full bucket at one instant.
+    """
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60_000, burst=1.0, clock=clock)  # 1,000 a second, 1 s of burst
+    counts: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def thread_worker(nowait: bool) -> None:
+        admitted = refused = 0
+        try:
+            start.wait()
+            while refused < 200:
+                try:
+                    if nowait:
+                        limiter.acquire_nowait().settle(0)
+                    else:
+                        with limiter.acquire(timeout=0):
+                            pass
+                except (WouldBlock, AcquireTimeout):
+                    refused += 1
+                else:
+                    admitted += 1
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+        counts.append(admitted)
+
+    def loop_worker() -> None:
+        async def main() -> int:
+            admitted = refused = 0
+            while refused < 200:
+                try:
+                    async with limiter.acquire(timeout=0):
+                        pass
+                except AcquireTimeout:
+                    refused += 1
+                else:
+                    admitted += 1
+            return admitted
+
+        try:
+            start.wait()
+            counts.append(asyncio.run(main()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=thread_worker, args=(i % 2 == 0,)) for i in range(4)]
+        threads += [threading.Thread(target=loop_worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(previous)
+    assert not errors
+    assert not any(t.is_alive() for t in threads)
+    assert sum(counts) == 1000
+    stats = limiter.statistics()
+    assert (stats.admitted, stats.waiting, stats.in_flight) == (1000, 0, 0)
+    assert stats.available_requests == 0
+
+
 # --------------------------------------------------------------------------- randomized
 @pytest.mark.anyio
 async def test_randomized_cancel_and_timeout_leave_the_limiter_full() -> None:

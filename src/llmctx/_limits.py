@@ -340,9 +340,19 @@ class Reservation:
         state = _fast_checkpoint()
         if state is None:
             return limiter._admit_async(self, self._timeout, None)
-        waiter = limiter._enqueue(self.tokens, state.loop, self._timeout)
-        if waiter is not None:
-            return limiter._admit_async(self, self._timeout, waiter)
+        # The admission at once, in this frame: one lock round around the one admission
+        # step (no queue: nobody barges), without _enqueue's call. Refused, _enqueue tries
+        # again under the lock and queues.
+        lock = limiter._lock
+        lock.acquire()  # not `with`: see RateLimiter._enqueue
+        try:
+            admitted = not limiter._queue and limiter._admit(self.tokens) <= 0
+        finally:
+            lock.release()
+        if not admitted:
+            waiter = limiter._enqueue(self.tokens, state.loop, self._timeout)
+            if waiter is not None:
+                return limiter._admit_async(self, self._timeout, waiter)
         self._state = _OPEN
         n = state.since_yield + 1
         if n < _YIELD_EVERY:
