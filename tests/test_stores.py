@@ -1114,6 +1114,31 @@ def test_300_concurrent_async_saves_lose_nothing(
         assert {state for state, _ in backends} == {"idle"}
 
 
+def test_concurrent_async_saves_of_several_sessions_keep_each_row(sql_store: Store) -> None:
+    """Calls of two sessions saved at once, one row changed half-way, land with each session's
+    own totals and its latest row (a batch writes a session row once, never another's)."""
+    import asyncio
+
+    a1, b = _session("a", status="running"), _session("b", status="running")
+    a2 = a1.replace(name="renamed-a")
+    saves = []
+    for i in range(60):
+        sid, row = ("a", a1 if i < 30 else a2) if i % 2 == 0 else ("b", b)
+        saves.append((_call(sid, i, usage=Usage(2, 1, requests=1), cost=Decimal("0.01")), row))
+
+    async def main() -> None:
+        await asyncio.gather(*(sql_store.asave_call(c, r) for c, r in saves))  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    for sid in ("a", "b"):
+        row = sql_store.get_session(sid)
+        assert row is not None
+        assert (row.calls, row.usage.input_tokens, row.cost) == (30, 60, Decimal("0.30"))
+        assert len(sql_store.list_calls([sid])) == 30
+    assert sql_store.get_session("a").name == "renamed-a"  # type: ignore[union-attr]
+    assert sql_store.get_session("b").name == "name-b"  # type: ignore[union-attr]
+
+
 def _hold_write_lock(store: Store, dsn: str | None) -> tuple[Any, Any]:
     """Another connection that blocks writes to session ``s`` until it commits: a row lock
     on PostgreSQL, SQLite's write lock on the file. Returns it and how to see a waiter."""

@@ -409,20 +409,31 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
                 batch = pool.queue[:_BATCH]
                 del pool.queue[:_BATCH]
                 planned: list[tuple[str, _Steps, asyncio.Future[None]]] = []
+                # The batch's statements; a session row the batch already writes (the same
+                # row object: a session's calls share one) is written once, before its first
+                # call, instead of once per call.
+                flat: _Steps = []
+                rows: set[int] = set()
                 for call, session, future in batch:
                     try:
                         steps = self._save_call_steps(call, session)
                     except Exception as exc:  # refused the same way by save_call
                         if not future.done():
                             future.set_exception(exc)
+                        continue
+                    planned.append((f"save call {call.id!r}", steps, future))
+                    if session is not None and id(session) in rows:
+                        flat.extend(steps[1:])
                     else:
-                        planned.append((f"save call {call.id!r}", steps, future))
+                        if session is not None:
+                            rows.add(id(session))
+                        flat.extend(steps)
                 if not planned:
                     batch = []
                     continue
                 action = planned[0][0] if len(planned) == 1 else f"save {len(planned)} calls"
                 try:
-                    await self._arun(action, [step for _, item, _ in planned for step in item])
+                    await self._arun(action, flat)
                 except StoreError as exc:
                     if len(planned) == 1 or is_transient(exc):
                         _answer_all(planned, exc)
