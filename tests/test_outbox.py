@@ -92,15 +92,42 @@ def test_journal_lines_round_trip_every_string_and_are_removed_once_applied(
     assert box.replay(seen.append) == 0
 
 
-def test_pending_sees_a_file_a_killed_replayer_claimed(tmp_path: Path) -> None:
+def test_pending_sees_a_file_a_killed_replayer_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """pending() (run after every call, its directory look cached) still reports entries
     that wait in a file a replayer claimed and never finished, left after an empty look."""
+    from llmctx.stores import _outbox
+
+    monkeypatch.setattr(_outbox, "_EMPTY_FOR", 0.0)  # every call looks (see the next test)
     outbox = Outbox(tmp_path / "j.jsonl")
     assert not outbox.pending()
     assert not outbox.pending()
     (tmp_path / "j.jsonl.claimed-123").write_text('{"kind": "session"}\n', "ascii")
     assert outbox.pending()
     assert len(outbox) == 1
+
+
+def test_an_empty_journal_is_looked_at_again_soon_and_at_once_after_an_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found empty, a journal is not looked at for _EMPTY_FOR seconds: another process's entry
+    is seen once they pass; an entry this process appends is seen at once."""
+    from llmctx.stores import _outbox
+
+    now = [1000.0]
+    monkeypatch.setattr(_outbox, "_clock", lambda: now[0])
+    path = tmp_path / "j.jsonl"
+    outbox = Outbox(path)
+    assert not outbox.pending()
+    path.write_text('{"kind": "session"}\n', "ascii")  # as another process would
+    assert not outbox.pending()  # within the wait: not looked at
+    now[0] += _outbox._EMPTY_FOR
+    assert outbox.pending()  # looked at again: found
+    other = Outbox(tmp_path / "k.jsonl")
+    assert not other.pending()
+    other.append({"kind": "session"})
+    assert other.pending()  # its own append: at once
 
 
 def test_a_failing_entry_is_kept_and_a_transient_failure_keeps_the_rest(tmp_path: Path) -> None:

@@ -120,6 +120,13 @@ def _dumps(entry: dict[str, Any]) -> str:
     return json.dumps(entry, ensure_ascii=True, default=str, separators=(",", ":"))
 
 
+#: How long a journal found empty is taken as empty without a look (seconds): entries another
+#: process leaves in a shared journal are found at most this much later; this process's own
+#: are found at once.
+_EMPTY_FOR = 0.1
+_clock = time.monotonic  # the clock of that wait (a test sets its own)
+
+
 class Outbox:
     """One journal of pending writes: a file shared by processes, or a list in this process.
 
@@ -135,6 +142,9 @@ class Outbox:
         # pending(): the journal directory's mtime when it was last listed, and what it held.
         self._dir_seen = -1
         self._claimed = False
+        # pending() found the journal empty: it answers False without a look until then (a
+        # monotonic time); this process's own appends end the wait at once.
+        self._empty_until = 0.0
 
     def __repr__(self) -> str:
         return f"<Outbox {self.path or 'in memory'}>"
@@ -154,6 +164,7 @@ class Outbox:
         if not lines:
             return
         with self._lock:
+            self._empty_until = 0.0
             if self.path is None:
                 self._memory.extend(lines)
                 return
@@ -177,7 +188,9 @@ class Outbox:
                     os.close(fd)
 
     def pending(self) -> bool:
-        """True when the journal may hold entries (cheap: two stats, run after every call).
+        """True when the journal may hold entries (cheap: run after every call, it looks at
+        the file, two stats, at most every :data:`_EMPTY_FOR` seconds while it is empty, and
+        at once after this process appended to it).
 
         Besides the journal, a file a replayer claimed and did not finish (it was killed
         half-way) holds entries: the directory is listed for those only when it changed
@@ -186,6 +199,9 @@ class Outbox:
         """
         if self.path is None:
             return bool(self._memory)
+        now = _clock()
+        if now < self._empty_until:
+            return False
         try:
             if os.stat(self.path).st_size > 0:
                 return True
@@ -194,10 +210,13 @@ class Outbox:
         try:
             changed = os.stat(self.path.parent).st_mtime_ns
         except FileNotFoundError:
+            self._empty_until = now + _EMPTY_FOR
             return False
         if changed != self._dir_seen or time.time_ns() - changed < 1_000_000_000:
             self._claimed = any(self.path.parent.glob(self.path.name + ".claimed-*"))
             self._dir_seen = changed
+        if not self._claimed:
+            self._empty_until = now + _EMPTY_FOR
         return self._claimed
 
     def __len__(self) -> int:
