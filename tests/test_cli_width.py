@@ -122,6 +122,8 @@ def test_show_json_has_a_stable_shape(db: str) -> None:
         ["sessions", "show", "--help"],
         ["prices", "--help"],
         ["mcp", "tools", "--help"],
+        ["budgets", "ls", "--help"],
+        ["budgets", "show", "--help"],
     ],
 )
 def test_help_has_no_type_labels(args: list[str]) -> None:

@@ -6,6 +6,7 @@ import typer
 
 from .. import __version__
 from ._layout import PlainHelpCommand, PlainHelpGroup
+from .budgets import budgets_app
 from .demo import demo
 from .info import info
 from .mcp import mcp_app
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(mcp_app, name="mcp")
 app.add_typer(prices_app, name="prices")
+app.add_typer(budgets_app, name="budgets")
 app.command("demo", cls=PlainHelpCommand)(demo)
 app.command("info", cls=PlainHelpCommand)(info)
 app.command("workshop", cls=PlainHelpCommand)(workshop)

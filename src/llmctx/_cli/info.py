@@ -103,8 +103,10 @@ def _facts() -> dict[str, Any]:
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Where llmctx keeps things: the version, the default database, the workshop's and the
-    demo's databases, the installed extras and the bundled model's file."""
+    """Where llmctx keeps things: version, databases, extras, the bundled model's file.
+
+    The default database, the workshop's and the demo's, the installed extras, and where the
+    bundled local model lies."""
     facts = _facts()
     if as_json:
         typer.echo(json.dumps(facts, indent=2, ensure_ascii=False))
