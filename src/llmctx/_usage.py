@@ -99,12 +99,23 @@ def raw_usage_dict(raw: Any) -> dict[str, Any] | None:
     return None
 
 
+_LEAVES = frozenset({int, str, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _LEAVES:  # most of a usage: counts (before the slower checks below)
+        return value
     if isinstance(value, Mapping) or hasattr(value, "model_dump"):
         return raw_usage_dict(value)
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _readable(raw: Any) -> Mapping[str, Any] | None:
+    # What the normalisers read counts from: a mapping as it is (they only read it), anything
+    # else (an SDK object) as a plain dict.
+    return raw if isinstance(raw, Mapping) else raw_usage_dict(raw)
 
 
 def _int(data: Mapping[str, Any] | None, *path: str) -> int:
@@ -123,7 +134,7 @@ def _int(data: Mapping[str, Any] | None, *path: str) -> int:
 
 def usage_from_openai_chat(raw: Any) -> Usage:
     """Normalise an OpenAI Chat Completions ``usage`` (also llama.cpp's server, vLLM, ...)."""
-    d = raw_usage_dict(raw)
+    d = _readable(raw)
     return Usage(
         input_tokens=_int(d, "prompt_tokens"),
         output_tokens=_int(d, "completion_tokens"),
@@ -135,7 +146,7 @@ def usage_from_openai_chat(raw: Any) -> Usage:
 
 def usage_from_openai_responses(raw: Any) -> Usage:
     """Normalise an OpenAI Responses API ``usage``."""
-    d = raw_usage_dict(raw)
+    d = _readable(raw)
     return Usage(
         input_tokens=_int(d, "input_tokens"),
         output_tokens=_int(d, "output_tokens"),
@@ -151,7 +162,7 @@ def usage_from_anthropic(raw: Any) -> Usage:
     Anthropic reports ``input_tokens`` *without* the cached part, so cache reads and cache
     writes are added back to make ``input_tokens`` the whole prompt, as everywhere else.
     """
-    d = raw_usage_dict(raw)
+    d = _readable(raw)
     cache_read = _int(d, "cache_read_input_tokens")
     cache_write = _int(d, "cache_creation_input_tokens")
     return Usage(
