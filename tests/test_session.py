@@ -768,3 +768,39 @@ def test_async_entry_loads_the_price_data_off_the_event_loop(
 
     loop_thread = asyncio.run(main())
     assert loaded_in and loop_thread not in loaded_in
+
+
+def test_remaining_reads_a_keyed_budgets_own_account(memory_store: MemoryStore) -> None:
+    """remaining() of a keyed budget is what that key has left on the shared ledger."""
+    ledger = llmctx.MemoryLedger()
+    model = FakeModel()
+    with llmctx.session(
+        "first", store=memory_store, budget=llmctx.Budget(tokens=100, key="user:1", ledger=ledger)
+    ):
+        model.complete("a b c d e", max_tokens=10)  # 5 in + 5 out on user:1
+    budget = llmctx.Budget(tokens=100, key="user:1", ledger=ledger)
+    with llmctx.session("second", store=memory_store, budget=budget) as s:
+        assert s.remaining()["tokens"] == 100 - 10
+    other = llmctx.Budget(tokens=100, key="user:2", ledger=ledger)
+    with llmctx.session("third", store=memory_store, budget=other) as s:
+        assert s.remaining()["tokens"] == 100  # another key's account is untouched
+
+
+def test_resume_leaves_a_keyed_account_as_its_ledger_has_it(tmp_path: Path) -> None:
+    """Resuming with a keyed budget keeps the key's shared spend (other sessions' included)."""
+    db = tmp_path / "keyed.db"
+    ledger = llmctx.MemoryLedger()
+    model = FakeModel()
+
+    def keyed() -> llmctx.Budget:
+        return llmctx.Budget(tokens=100, key="user:9", ledger=ledger)
+
+    with pytest.raises(RuntimeError), llmctx.session("job", store=str(db), budget=keyed()) as s:
+        model.complete("a b c d e", max_tokens=10)  # 10 tokens on user:9
+        raise RuntimeError("worker died")
+    with llmctx.session("meanwhile", store=str(db), budget=keyed()):
+        model.complete("f g", max_tokens=10)  # 4 more on user:9, from another session
+    resumed = llmctx.session.resume(s.id, store=str(db), budget=keyed())
+    with resumed as r:
+        assert r.usage.total_tokens == 10  # the session's own totals, rebuilt
+        assert r.remaining()["tokens"] == 100 - 14  # the key's spend, not reset to 10

@@ -411,7 +411,7 @@ class Session:
         """
         out: dict[str, Decimal | int | None] = dict.fromkeys(_DIMS)
         for budget in self.budgets:
-            snap = budget.ledger.snapshot()
+            snap = budget.snapshot()  # its own account (key) in its current window
             for dim in _DIMS:
                 limit = budget.limit(dim)
                 if limit is None:
@@ -892,7 +892,10 @@ class Session:
             tool_calls=sum(1 for c in calls if c.kind == "tool"),
         )
         for restored in new.budgets:
-            restored.ledger.restore(spent)
+            # A keyed or windowed budget's spend lives in its ledger's account (shared with
+            # other sessions and processes): only a session's own budget is restored.
+            if restored.key is None and restored.window is None:
+                restored.ledger.restore(spent)
         return new
 
 
