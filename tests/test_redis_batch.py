@@ -50,6 +50,9 @@ def test_each_caller_gets_its_own_reply_or_error(redis_url: str) -> None:
     key = f"llmctx-test:batch:{uuid.uuid4().hex}"
     connection = _connection(redis_url)
     script = _Script(connection, _SOURCE, [key])
+    # Loaded beforehand: after a NOSCRIPT (a flushed script cache) each caller loads the
+    # script and sends again on its own, and those second sends keep no order.
+    connection.client.script_load(_SOURCE)
 
     async def main() -> list[Any]:
         head = script.head([key])
