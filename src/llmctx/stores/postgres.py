@@ -475,7 +475,7 @@ class PostgresStore(_sql.ConnectionOwner["psycopg.Connection[Any]"]):
         The event loop is never blocked: on asyncio the statements go through psycopg's
         ``AsyncConnection`` (a pool of at most ``async_pool_size`` connections per event loop),
         the calls of one loop that wait together committed in one pipelined transaction (up
-        to 16; a call the database refuses fails only its own caller); elsewhere (trio)
+        to 8; a call the database refuses fails only its own caller); elsewhere (trio)
         :meth:`save_call` runs in a worker thread. Committed before it returns.
 
         Cancellation while it runs lets the transaction finish (the whole call or, on
@@ -738,8 +738,11 @@ def _finish(conn: Any) -> None:
         conn.pgconn.finish()
 
 
-# The most calls one async transaction commits together.
-_BATCH = 16
+# The most calls one async transaction commits together. psycopg reads a pipeline's results
+# in one step of the event loop when they are there, so a batch is also a pass of the loop
+# spent on it: 8 calls (9 statements with their session row) keep it near a millisecond,
+# where 16 took 3-6 ms in bench_loop_lag (a loaded run).
+_BATCH = 8
 # A queued async save: the call, its session row, the caller's future.
 _Queued = tuple[CallRecord, "SessionRecord | None", "asyncio.Future[None]"]
 
