@@ -121,9 +121,10 @@ def test_a_burst_of_async_reserves_shares_one_connection(redis_url: str) -> None
     try:
         snapshot = asyncio.run(main())
         assert snapshot.spent.tokens == 600 and snapshot.reserved.tokens == 0
-        # One pipeline per pass: the async pool grows to a couple of connections, where a
-        # connection per command in flight took up to its 50.
-        assert peak <= 3
+        # One pipeline per pass: the async pool grows to a few connections (the batches of
+        # the passes whose replies are still out), where a connection per command in flight
+        # took up to its 50 (46 measured).
+        assert peak <= 12
     finally:
         cleanup = RedisLedger(redis_url, name, prefix="llmctx-test")
         cleanup.reset()

@@ -25,6 +25,7 @@ from typing import Any, Final, Self, TypeVar
 
 from .._exceptions import ConfigError, StoreError
 from .._redact import redact_known, redact_text, redact_url
+from .._turns import take_turn
 
 _T = TypeVar("_T")
 
@@ -298,12 +299,22 @@ class _Batcher:
             for _, future in batch:
                 future.cancel()
             raise
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if not future.done():
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+        # The callers wake a few per loop pass (llmctx._turns), not all in the next one: a
+        # batch of 300 replies would otherwise run 300 callers' continuations in one pass.
+        try:
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                await take_turn()
+                if not future.done():
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        except BaseException:  # the loop is shutting down while replies wait for a turn
+            for _, future in batch:
+                future.cancel()
+            raise
 
     async def drain(self) -> None:
         """Wait until every batch being sent has its replies."""
