@@ -612,3 +612,38 @@ def test_a_ledger_journal_follows_the_data_directory(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "two"))
     second = journal_in_data_dir("redis://host|llmctx|team", "ledger-")
     assert second.parent == tmp_path / "two" / "llmctx" and second.name == first.name
+
+
+def test_a_ledger_found_without_settles_is_looked_at_soon_and_at_once_after_keeping_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """replay_settles skips a ledger found empty for _EMPTY_FOR seconds; a settle kept in this
+    process is replayed at the next call, another process's once the wait is over."""
+    from llmctx.stores import _outbox
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    now = [50.0]
+    monkeypatch.setattr(_outbox, "_clock", lambda: now[0])
+
+    class Ledger:
+        """A ledger with a durable identity (as RedisLedger has), recording what it settles."""
+
+        journal_key = f"redis://test|llmctx|{tmp_path.name}"
+
+    applied: list[str] = []
+    ledger = Ledger()
+
+    def settle(token: str, actual: dict[str, Any]) -> None:
+        applied.append(token)
+
+    assert _outbox.replay_settles(ledger, settle) == 0  # empty: quiet for a while
+    _outbox.keep_settle(ledger, "mine", {"usd": "0", "tokens": 1, "requests": 1})
+    assert _outbox.replay_settles(ledger, settle) == 1 and applied == ["mine"]  # at once
+    assert _outbox.replay_settles(ledger, settle) == 0  # empty again: quiet
+    journal = _outbox.journal_in_data_dir(Ledger.journal_key, "ledger-")
+    entry = {"kind": "settle", "token": "theirs", "actual": {"usd": "0", "tokens": 1}}
+    with journal.open("a", encoding="ascii") as f:  # as another process appends
+        f.write(json.dumps(entry) + "\n")
+    assert _outbox.replay_settles(ledger, settle) == 0  # within the wait
+    now[0] += _outbox._EMPTY_FOR
+    assert _outbox.replay_settles(ledger, settle) == 1 and applied == ["mine", "theirs"]

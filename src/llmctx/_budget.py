@@ -574,9 +574,19 @@ def _keep_settle(budget: Budget, token: str, actual: Amount, exc: Exception) -> 
     )
 
 
+_replay: Callable[[Any, Callable[[str, dict[str, Any]], None]], int] | None = None
+
+
 def _replay_settles(ledger: Ledger) -> None:
     """Apply the settles waiting for ``ledger`` (cheap when none wait); never raises."""
-    from .stores._outbox import replay_settles
+    global _replay
+    replay = _replay
+    if replay is None:
+        # Imported on first use (stores import this module), then kept: an import statement
+        # per settle was a fifth of this check's cost.
+        from .stores._outbox import replay_settles
+
+        replay = _replay = replay_settles
 
     def settle(token: str, actual: dict[str, Any]) -> None:
         ledger.settle(
@@ -590,7 +600,7 @@ def _replay_settles(ledger: Ledger) -> None:
             ),
         )
 
-    replay_settles(ledger, settle)
+    replay(ledger, settle)
 
 
 def _one_per_ledger(

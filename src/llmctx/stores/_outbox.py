@@ -614,6 +614,8 @@ def write_session(
 
 # Ids of ledgers without a durable journal whose in-memory outbox got a settle.
 _memory_settles: set[int] = set()
+# Per ledger id: until when its journal counts as empty without a look (see replay_settles).
+_quiet_until: dict[int, float] = {}
 
 
 def keep_settle(ledger: Any, token: str, actual: dict[str, Any]) -> Outbox:
@@ -632,6 +634,7 @@ def keep_settle(ledger: Any, token: str, actual: dict[str, Any]) -> Outbox:
     """
     outbox = outbox_for(ledger)
     outbox.append({"kind": "settle", "token": token, "actual": actual})
+    _quiet_until.pop(id(ledger), None)  # the next settle looks at once
     if outbox.path is None:
         _memory_settles.add(id(ledger))
     return outbox
@@ -647,9 +650,18 @@ def replay_settles(ledger: Any, settle: Callable[[str, dict[str, Any]], None]) -
     # put it there, so most settles skip the look-up entirely.
     if _ledger_identity(ledger) is None and id(ledger) not in _memory_settles:
         return 0
+    # A ledger whose journal was found empty is not looked up again for _EMPTY_FOR seconds
+    # (finding its journal, a path in the data directory, cost more than the Redis settle's
+    # own bookkeeping); a settle this process keeps for it ends the wait at once.
+    now = _clock()
+    if _quiet_until.get(id(ledger), 0.0) > now:
+        return 0
     outbox = outbox_for(ledger)
     if not outbox.pending():
         _memory_settles.discard(id(ledger))
+        if len(_quiet_until) >= 1024:
+            _quiet_until.clear()
+        _quiet_until[id(ledger)] = now + _EMPTY_FOR
         return 0
 
     def apply(entry: dict[str, Any]) -> None:
