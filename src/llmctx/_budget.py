@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -318,6 +318,14 @@ class Budget:
             a warning on the ``llmctx.budget`` logger.
         on_warn: called with a :class:`BudgetWarning` (in the thread or task that reserved;
             an exception it raises is logged, never raised into the call).
+        on_exceed: what a refusal of this budget does. None (the default) raises
+            :class:`BudgetExceeded`. A callable is called with that error (``refusal.request``
+            is a copy of the refused request's body) and returns the fields to change in the
+            request, e.g. ``{"model": "gpt-4o-mini"}`` or ``{"max_tokens": 256}``, or None to
+            raise after all; the changed request goes through the charge path again (at most
+            3 times a call), so it is priced, reserved and recorded like any call. The refused
+            one is recorded as ``refused``. Applies to the OpenAI and Anthropic SDKs (and the
+            frameworks built on them); elsewhere the error is raised as without it.
         shared: the key must be shared by every process: a ledger that lives in one process
             (in memory) is refused with a ConfigError instead of silently splitting the
             account per process.
@@ -333,6 +341,7 @@ class Budget:
         "calls",
         "key",
         "ledger",
+        "on_exceed",
         "on_warn",
         "requests",
         "tokens",
@@ -356,6 +365,7 @@ class Budget:
         tz: str = "UTC",
         warn_at: float | None = None,
         on_warn: Callable[[BudgetWarning], object] | None = None,
+        on_exceed: Callable[[BudgetExceeded], Mapping[str, Any] | None] | None = None,
         shared: bool = False,
     ) -> None:
         self.usd = _parse_usd(usd)
@@ -385,6 +395,12 @@ class Budget:
             )
         if on_warn is not None and not callable(on_warn):
             raise ConfigError(f"Budget(on_warn={on_warn!r}) must be a callable or None")
+        if on_exceed is not None and not callable(on_exceed):
+            raise ConfigError(
+                f"Budget(on_exceed={on_exceed!r}) must be a callable or None: it gets the "
+                "BudgetExceeded and returns the request fields to change (or None to raise)"
+            )
+        self.on_exceed = on_exceed
         self.warn_at = None if warn_at is None else float(warn_at)
         self.on_warn = on_warn
         if ledger is None:
@@ -670,6 +686,7 @@ class Holds:
                     held.append((budget, budget.ledger.reserve(amount, budget)))
                 except BudgetExceeded as exc:
                     exc.session_id, exc.session_name = session_id, session_name
+                    exc.budget = budget
                     raise
         except BaseException:
             holds.release()
@@ -735,6 +752,7 @@ class Holds:
                     )
                 except BudgetExceeded as exc:
                     exc.session_id, exc.session_name = session_id, session_name
+                    exc.budget = budget
                     raise
                 held.append((budget, token))
         except BaseException:

@@ -145,6 +145,9 @@ class BudgetExceeded(LLMCtxError):
         reserved: what calls in flight hold.
         requested: what the refused call asked for.
         session_id: the session whose budget refused it (may be an ancestor).
+        budget: the :class:`~llmctx.Budget` that refused it.
+        request: a copy of the refused request's body (OpenAI and Anthropic SDK calls), for a
+            ``Budget(on_exceed=...)`` to change.
     """
 
     def __init__(
@@ -165,6 +168,10 @@ class BudgetExceeded(LLMCtxError):
         self.requested = requested
         self.session_id = session_id
         self.session_name = session_name
+        #: The budget that refused (set by the charge path), and a copy of the refused
+        #: request's body where the provider has one (for ``Budget(on_exceed=...)``).
+        self.budget: Any = None
+        self.request: dict[str, Any] | None = None
         super().__init__(dimension, limit, spent, reserved, requested)
 
     def __str__(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import inspect
 import logging
 import weakref
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._charge import CallTracker
+from .._exceptions import BudgetExceeded, ConfigError
 from .._interrupt import protected, unprotected
 from ._base import LimiterLike, Outcome, Plan, StreamFeed, idle, server_metadata
 
@@ -446,6 +448,60 @@ def passing_through() -> bool:
     return idle() or _CHARGING.get()
 
 
+#: How many substitute requests ``Budget(on_exceed=...)`` may ask for in one call.
+MAX_SUBSTITUTES = 3
+
+
+def _substitute(
+    refusal: BudgetExceeded, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The request the refusing budget's ``on_exceed`` asks for instead (None: raise).
+
+    ``on_exceed`` gets the refusal with a copy of the request's body in ``refusal.request``
+    and returns the body fields to change (merged over the body, and over ``extra_body`` where
+    that sets them too), or None.
+
+    Raises:
+        ConfigError: ``on_exceed`` returned something that is not a mapping or None.
+        Whatever ``on_exceed`` raises.
+    """
+    on_exceed = getattr(refusal.budget, "on_exceed", None)
+    if on_exceed is None:
+        return None
+    options, _ = _split(args, kwargs)
+    body = getattr(options, "json_data", None)
+    if not isinstance(body, Mapping) or not callable(getattr(options, "model_copy", None)):
+        return None
+    refusal.request = copy.deepcopy(dict(body))
+    changes = on_exceed(refusal)
+    if changes is None:
+        return None
+    if not isinstance(changes, Mapping):
+        raise ConfigError(
+            f"Budget(on_exceed=...) returned {type(changes).__name__}; it must return the "
+            "request fields to change (a dict such as {'model': 'gpt-4o-mini'}) or None"
+        )
+    if not changes:
+        return None
+    changed = options.model_copy()
+    changed.json_data = {**body, **changes}
+    extra = getattr(options, "extra_json", None)
+    if isinstance(extra, Mapping) and any(key in extra for key in changes):
+        changed.extra_json = {**extra, **{k: v for k, v in changes.items() if k in extra}}
+    if len(args) > 1:
+        return (args[0], changed, *args[2:]), kwargs
+    return args, {**kwargs, "options": changed}
+
+
+def _refused_again(refusal: BudgetExceeded, substitutes: int) -> BudgetExceeded:
+    # The last refusal, once on_exceed asked for too many substitutes in one call.
+    refusal.add_note(
+        f"llmctx: Budget(on_exceed=...) had {substitutes} substitute requests refused in one "
+        f"call, the most it may ask for ({MAX_SUBSTITUTES}); this is the last refusal"
+    )
+    return refusal
+
+
 @protected
 def charge_sync(
     send: Callable[..., Any],
@@ -457,26 +513,41 @@ def charge_sync(
     """One sync ``request`` on the charge path: plan, reserve, send, adopt the result.
 
     ``send(*args, **kwargs)`` is the SDK's own ``request`` (bound). Calls llmctx makes no
-    plan for (listing models, counting tokens) are sent untouched.
+    plan for (listing models, counting tokens) are sent untouched. A budget refusal with a
+    ``Budget(on_exceed=...)`` that asks for a substitute request plans and charges that one
+    instead (the refused call stays recorded as refused).
     """
-    planned = _plan(adapter, args, kwargs, False)
-    if planned is None:
-        return _send(send, args, kwargs)
-    plan, args, kwargs = planned
-    plan.metadata.update(_server_of(getattr(send, "__self__", None)))
-    call = plan.track(limiter)
-    token = _CHARGING.set(True)
-    try:
-        call.start()
-        result = _send(send, args, kwargs)
-        return _adopt(call, plan, result)
-    except BaseException as exc:
-        if not call.finished:  # refused calls are done already
-            _feedback_from_error(limiter, adapter, exc)
-            plan.fail(call, exc, None)
-        raise
-    finally:
-        _CHARGING.reset(token)
+    for substitutes in range(MAX_SUBSTITUTES + 1):
+        planned = _plan(adapter, args, kwargs, False)
+        if planned is None:
+            return _send(send, args, kwargs)
+        plan, sent_args, sent_kwargs = planned
+        plan.metadata.update(_server_of(getattr(send, "__self__", None)))
+        call = plan.track(limiter)
+        token = _CHARGING.set(True)
+        try:
+            try:
+                call.start()
+            except BudgetExceeded as exc:
+                refusal = exc
+            else:
+                result = _send(send, sent_args, sent_kwargs)
+                return _adopt(call, plan, result)
+        except BaseException as exc:
+            if not call.finished:  # refused calls are done already
+                _feedback_from_error(limiter, adapter, exc)
+                plan.fail(call, exc, None)
+            raise
+        finally:
+            _CHARGING.reset(token)
+        # Refused by a budget (recorded as refused): its on_exceed may ask for another request.
+        if substitutes == MAX_SUBSTITUTES and getattr(refusal.budget, "on_exceed", None):
+            raise _refused_again(refusal, substitutes)
+        substitute = _substitute(refusal, args, kwargs)
+        if substitute is None:
+            raise refusal
+        args, kwargs = substitute
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @protected
@@ -488,24 +559,36 @@ async def charge_async(
     kwargs: dict[str, Any],
 ) -> Any:
     """Async twin of :func:`charge_sync`; the rate-limiter wait is a cancellation point."""
-    planned = _plan(adapter, args, kwargs, True)
-    if planned is None:
-        return await _asend(send, args, kwargs)
-    plan, args, kwargs = planned
-    plan.metadata.update(_server_of(getattr(send, "__self__", None)))
-    call = plan.track(limiter)
-    token = _CHARGING.set(True)
-    try:
-        await call.astart()
-        result = await _asend(send, args, kwargs)
-        return await _aadopt(call, plan, result)
-    except BaseException as exc:
-        if not call.finished:
-            _feedback_from_error(limiter, adapter, exc)
-            await plan.afail(call, exc, None)
-        raise
-    finally:
-        _CHARGING.reset(token)
+    for substitutes in range(MAX_SUBSTITUTES + 1):
+        planned = _plan(adapter, args, kwargs, True)
+        if planned is None:
+            return await _asend(send, args, kwargs)
+        plan, sent_args, sent_kwargs = planned
+        plan.metadata.update(_server_of(getattr(send, "__self__", None)))
+        call = plan.track(limiter)
+        token = _CHARGING.set(True)
+        try:
+            try:
+                await call.astart()
+            except BudgetExceeded as exc:
+                refusal = exc
+            else:
+                result = await _asend(send, sent_args, sent_kwargs)
+                return await _aadopt(call, plan, result)
+        except BaseException as exc:
+            if not call.finished:
+                _feedback_from_error(limiter, adapter, exc)
+                await plan.afail(call, exc, None)
+            raise
+        finally:
+            _CHARGING.reset(token)
+        if substitutes == MAX_SUBSTITUTES and getattr(refusal.budget, "on_exceed", None):
+            raise _refused_again(refusal, substitutes)
+        substitute = _substitute(refusal, args, kwargs)
+        if substitute is None:
+            raise refusal
+        args, kwargs = substitute
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def feedback_process(
