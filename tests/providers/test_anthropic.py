@@ -202,6 +202,19 @@ def test_budget_refuses_before_sending() -> None:
     assert s.usage.requests == 0 and no_reservations(budget)
 
 
+def test_on_exceed_sends_the_cheaper_request_instead(memory_store: MemoryStore) -> None:
+    """Budget(on_exceed=...) swaps in a smaller max_tokens: only that request is sent."""
+    transport = Transport(json_or_sse)
+    client = client_for(transport)
+    budget = llmctx.Budget(tokens=500, on_exceed=lambda refusal: {"max_tokens": 100})
+    with llmctx.session(store=memory_store, budget=budget) as s:
+        message = client.messages.create(model=MODEL, max_tokens=1_000, messages=MESSAGES)
+    assert message.content[0].text == "Hi! My name is Claude."
+    assert [r["max_tokens"] for r in transport.requests] == [100]
+    statuses = sorted(c.status for c in memory_store.list_calls([s.id], refused=True))
+    assert statuses == ["ok", "refused"] and s.usage.output_tokens == 11
+
+
 def test_stream_usage_is_overwritten_not_added(memory_store: MemoryStore) -> None:
     """Cumulative message_delta usage replaces earlier values; ttft is the first text delta."""
     client = client_for(Transport(json_or_sse))
