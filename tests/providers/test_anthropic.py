@@ -215,6 +215,19 @@ def test_on_exceed_sends_the_cheaper_request_instead(memory_store: MemoryStore) 
     assert statuses == ["ok", "refused"] and s.usage.output_tokens == 11
 
 
+def test_a_substitute_llmctx_cannot_charge_is_never_sent(memory_store: MemoryStore) -> None:
+    """A substitute that cannot be planned (or has no usable max_tokens) is not sent uncharged:
+    the refusal is raised, or the worst case reserved, and nothing reaches the transport."""
+    for change in ({"messages": 12345}, {"max_tokens": "lots"}):
+        transport = Transport(json_or_sse)
+        client = client_for(transport)
+        budget = llmctx.Budget(tokens=500, on_exceed=lambda refusal, change=change: change)
+        with llmctx.session(store=memory_store, budget=budget):
+            with pytest.raises(llmctx.BudgetExceeded):
+                client.messages.create(model=MODEL, max_tokens=1_000, messages=MESSAGES)
+        assert transport.requests == [], change
+
+
 def test_stream_usage_is_overwritten_not_added(memory_store: MemoryStore) -> None:
     """Cumulative message_delta usage replaces earlier values; ttft is the first text delta."""
     client = client_for(Transport(json_or_sse))

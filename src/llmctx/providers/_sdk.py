@@ -534,9 +534,12 @@ def charge_sync(
     ``Budget(on_exceed=...)`` that asks for a substitute request plans and charges that one
     instead (the refused call stays recorded as refused).
     """
+    refusal: BudgetExceeded | None = None
     for substitutes in range(MAX_SUBSTITUTES + 1):
         planned = _plan(adapter, args, kwargs, False)
         if planned is None:
+            if refusal is not None:  # a substitute llmctx cannot charge is never sent
+                raise refusal
             return _send(send, args, kwargs)
         plan, sent_args, sent_kwargs = planned
         plan.metadata.update(_server_of(getattr(send, "__self__", None)))
@@ -571,9 +574,12 @@ async def charge_async(
     kwargs: dict[str, Any],
 ) -> Any:
     """Async twin of :func:`charge_sync`; the rate-limiter wait is a cancellation point."""
+    refusal: BudgetExceeded | None = None
     for substitutes in range(MAX_SUBSTITUTES + 1):
         planned = _plan(adapter, args, kwargs, True)
         if planned is None:
+            if refusal is not None:  # as in charge_sync: never sent uncharged
+                raise refusal
             return await _asend(send, args, kwargs)
         plan, sent_args, sent_kwargs = planned
         plan.metadata.update(_server_of(getattr(send, "__self__", None)))

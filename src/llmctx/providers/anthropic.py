@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._usage import raw_usage_dict, usage_from_anthropic
-from ._base import Outcome, Plan, clean_body, count_prompt, json_tokens
+from ._base import DEFAULT_MAX_OUTPUT_TOKENS, Outcome, Plan, clean_body, count_prompt, json_tokens
 from ._sdk import header_float, header_int
 
 __all__ = ["AnthropicAdapter"]
@@ -214,7 +214,13 @@ class AnthropicAdapter:
             list(messages) if isinstance(messages, list | tuple) else []
         )
         max_tokens = merged.get("max_tokens")
-        limit = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
+        # The API requires max_tokens; without a usable one the worst case is reserved (fail
+        # closed), not nothing: the API refuses such a request and the hold is given back.
+        limit = (
+            max_tokens
+            if isinstance(max_tokens, int) and max_tokens > 0
+            else DEFAULT_MAX_OUTPUT_TOKENS
+        )
         meta: dict[str, Any] = {"endpoint": "messages"}
         if stream or merged.get("stream"):
             meta["stream"] = True
