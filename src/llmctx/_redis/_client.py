@@ -257,13 +257,18 @@ class _Batcher:
     any caller's, so one caller's cancellation never cuts the others' replies.
     """
 
-    __slots__ = ("client", "loop", "queued", "sending")
+    __slots__ = ("busy", "client", "loop", "queued", "sending")
+
+    #: Pipelines waiting for their replies at once, at most: the commands asked for meanwhile
+    #: wait and go in the next one, so a burst holds this many connections, not one per pass.
+    MAX_IN_FLIGHT = 4
 
     def __init__(self, client: Any, loop: Any) -> None:
         self.client = client
         self.loop = loop
         self.queued: list[tuple[tuple[Any, ...], Any]] = []
         self.sending: set[Any] = set()
+        self.busy = 0  # pipelines sent whose replies are not read yet
 
     def submit(self, command: tuple[Any, ...]) -> Any:
         """Queue ``command`` for this pass's send; returns the future of its reply."""
@@ -274,9 +279,12 @@ class _Batcher:
         return future
 
     def _flush(self) -> None:
+        if self.busy >= self.MAX_IN_FLIGHT:
+            return  # a send that ends schedules the next flush
         batch = [(command, future) for command, future in self.queued if not future.done()]
         self.queued = []
         if batch:
+            self.busy += 1  # given back by _send once the replies are read
             task = self.loop.create_task(self._send(batch))
             self.sending.add(task)
             task.add_done_callback(self.sending.discard)
@@ -299,6 +307,10 @@ class _Batcher:
             for _, future in batch:
                 future.cancel()
             raise
+        finally:
+            self.busy -= 1
+            if self.queued:  # commands that waited for a pipeline to come back
+                self.loop.call_soon(self._flush)
         # The callers wake a few per loop pass (llmctx._turns), not all in the next one: a
         # batch of 300 replies would otherwise run 300 callers' continuations in one pass.
         try:
@@ -321,8 +333,9 @@ class _Batcher:
         import asyncio
 
         self._flush()
-        while self.sending:
+        while self.sending or self.queued:
             await asyncio.gather(*self.sending, return_exceptions=True)
+            self._flush()
 
 
 #: What a synchronous client's connection settings an async twin takes over.
