@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 import llmctx
+from alarms import alarm_storm
 from llmctx import _interrupt
 from llmctx._context import get_recorders
 from llmctx.stores import MemoryStore, SQLiteStore
@@ -277,9 +278,7 @@ def _storm(
     model = FakeModel(reply="one two three four five")
     caught = runs = 0
 
-    def alarm(signum: int, frame: FrameType | None) -> None:
-        # Re-armed first: the interrupt may be raised in this very handler, right after.
-        signal.setitimer(signal.ITIMER_REAL, rng.uniform(20e-6, 900e-6))
+    def fire() -> None:
         if rng.random() < 0.5:  # every other alarm on average, so some runs go through whole
             _thread.interrupt_main()  # a real SIGINT delivery, at the interpreter's next check
 
@@ -292,24 +291,17 @@ def _storm(
         # The harness itself is protected: an interrupt lands only inside one(), where the
         # user's code runs, and an interrupt arriving between runs is raised in the next one.
         nonlocal caught, runs
-        previous = signal.signal(signal.SIGALRM, alarm)
-        signal.setitimer(signal.ITIMER_REAL, 200e-6)
-        try:
+        with alarm_storm(rng, 20e-6, 900e-6, fire) as storm:
+            storm.start()
             while caught < target:
                 runs += 1
-                if signal.getitimer(signal.ITIMER_REAL)[0] == 0:
-                    # An interrupt landed in the alarm handler before it re-armed the timer:
-                    # without this the storm stops and the loop waits forever for interrupts.
-                    signal.setitimer(signal.ITIMER_REAL, 200e-6)
+                storm.keep_going()
                 if runs % 200 == 0:
                     gc.collect()  # here, under protected code, not inside a run
                 try:
                     one(runs)
                 except KeyboardInterrupt:
                     caught += 1
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
     # Once untimed first: what the run imports lazily is imported before the storm (an
     # interrupt inside an import lock's weakref callback is swallowed by Python itself).
@@ -369,3 +361,26 @@ def test_a_storm_on_a_redis_budget_leaves_no_reservation_on_the_server(
     finally:
         ledger.reset()
         ledger.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer (POSIX)")
+def test_a_storms_straggler_alarm_does_not_reach_the_outer_timer() -> None:
+    """An alarm after a storm stops is not taken for the outer (pytest-timeout) timer's."""
+    seen: list[str] = []
+    outer = signal.signal(signal.SIGALRM, lambda signum, frame: seen.append("outer"))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with alarm_storm(random.Random(1), 1e-4, 2e-4, lambda: seen.append("storm")) as storm:
+            storm.start()
+            while "storm" not in seen:
+                storm.keep_going()
+        signal.raise_signal(signal.SIGALRM)  # a straggler, generated before the stop
+        assert seen.count("outer") == 0
+        # The outer timer is armed again with what was left of its half second, and fires.
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.5
+        while "outer" not in seen:
+            pass
+        assert seen.count("outer") == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, outer)

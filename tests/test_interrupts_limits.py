@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from alarms import AlarmStorm, alarm_storm
 from llmctx import _interrupt, _limits, _pool, _waiting
 from llmctx._limits import RateLimiter
 from llmctx._pool import ResourcePool
@@ -375,25 +376,24 @@ async def _loop_async(op: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 @_interrupt.protected
-def _storm(start: Callable[[], None], n: int, op: Callable[[], None]) -> int:
+def _storm(storm: AlarmStorm, n: int, op: Callable[[], None]) -> int:
     """Catch ``n`` interrupts raised in the user's loop (this bookkeeping defers them)."""
     caught = 0
     try:
         while caught < n:
-            if signal.getitimer(signal.ITIMER_REAL)[0] == 0:
-                start()  # an interrupt landed in the alarm handler before it re-armed
+            storm.keep_going()
             try:
                 _loop_sync(op)
             except KeyboardInterrupt:
                 caught += 1
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        storm.stop()
     return caught
 
 
 @_interrupt.protected
 async def _storm_async(
-    start: Callable[[], None], n: int, op: Callable[[], Coroutine[Any, Any, None]]
+    storm: AlarmStorm, n: int, op: Callable[[], Coroutine[Any, Any, None]]
 ) -> int:
     """:func:`_storm` in one task, so no task dies per interrupt.
 
@@ -403,23 +403,22 @@ async def _storm_async(
     caught = 0
     try:
         while caught < n:
-            if signal.getitimer(signal.ITIMER_REAL)[0] == 0:
-                start()
+            storm.keep_going()
             try:
                 await _loop_async(op)
             except KeyboardInterrupt:
                 caught += 1
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        storm.stop()
     return caught
 
 
 @_interrupt.protected
-def _storm_in_loop(start: Callable[[], None], n: int, op: Any) -> int:
+def _storm_in_loop(storm: AlarmStorm, n: int, op: Any) -> int:
     """Run :func:`_storm_async` in a new event loop (whose code this frame protects)."""
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(_storm_async(start, n, op))
+        return loop.run_until_complete(_storm_async(storm, n, op))
     finally:
         loop.close()
 
@@ -428,13 +427,6 @@ def _run_storm(x: Limited, mode: str) -> int:
     """Storm a loop of acquire/release on ``x``; a thread contends in "contended" mode."""
     rng = random.Random(1234)
     stop = threading.Event()
-
-    def start() -> None:
-        signal.setitimer(signal.ITIMER_REAL, rng.uniform(20e-6, 500e-6))
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        start()  # first: an interrupt may land in this handler once the next line ran
-        _thread.interrupt_main()  # a real SIGINT delivery at this random point
 
     # Each block gives its unit back itself (a reservation released: the request was never
     # sent), so a limiter with one request's room behaves as a lock the two sides contend for.
@@ -453,18 +445,19 @@ def _run_storm(x: Limited, mode: str) -> int:
             held.release()
 
     helper = threading.Thread(target=contend, daemon=True) if mode == "contended" else None
-    previous = signal.signal(signal.SIGALRM, on_alarm)
     caught = 0
+    # Each alarm is a real SIGINT delivery at a random point.
+    storm_alarms = alarm_storm(rng, 20e-6, 500e-6, _thread.interrupt_main)
     try:
-        with _default_sigint(), _interrupt.deferring() as armed:
+        with storm_alarms as storm, _default_sigint(), _interrupt.deferring() as armed:
             assert armed
             if helper is not None:
                 helper.start()
-            start()
+            storm.start()
             if mode == "async":
-                caught = _storm_in_loop(start, STORM, apair)
+                caught = _storm_in_loop(storm, STORM, apair)
             else:
-                caught = _storm(start, STORM, pair)
+                caught = _storm(storm, STORM, pair)
             # The last alarms' interrupts, deferred or tripped, land here.
             for _ in range(5):
                 try:
@@ -473,8 +466,6 @@ def _run_storm(x: Limited, mode: str) -> int:
                 except KeyboardInterrupt:
                     pass
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         stop.set()
         if helper is not None:
             helper.join(10)
