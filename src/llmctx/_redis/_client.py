@@ -2,8 +2,9 @@
 
 :class:`~llmctx.RedisLedger`, :class:`~llmctx.RedisRateStore` and
 :class:`~llmctx.RedisLeaseStore` each build a :class:`_Connection`: it imports redis-py
-lazily (``import llmctx`` never imports it), takes a synchronous ``redis.Redis`` client (never
-closed by the store) or a URL (whose client the store owns and closes in ``close()``),
+lazily (``import llmctx`` never imports it), takes a synchronous ``redis.Redis`` or
+``redis.cluster.RedisCluster`` client (never closed by the store) or a URL (whose client the
+store owns and closes in ``close()``; ``redis+cluster://host:port`` names a Redis Cluster),
 describes the server without its password, and turns every redis-py error into a
 :class:`~llmctx.StoreError` whose message names what the store was doing, the server, what
 did not happen and what to check. All Lua goes through :class:`~._script._Script`, which uses
@@ -39,8 +40,64 @@ def _import_redis(owner: str) -> ModuleType:
     return redis
 
 
-def _describe(client: Any) -> tuple[str, str | None]:
-    """``host:port`` (or ``unix:path``) of a client, and its password to scrub from errors."""
+#: The URL schemes of a Redis Cluster, and the plain scheme redis-py's RedisCluster takes.
+_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_CLUSTER_FORM: Final = "redis+cluster://[[user]:password@]host:port (rediss+cluster:// for TLS)"
+
+
+def _cluster_url(url: str, owner: str) -> str | None:
+    """The ``redis://`` URL redis-py's RedisCluster takes for a ``redis+cluster://`` one; None
+    for a URL that names no cluster.
+
+    Raises:
+        ConfigError: a cluster URL of another form (a database, a ``cluster=`` query, an
+            unknown scheme naming a cluster).
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None  # redis-py names what is wrong with it
+    scheme = parts.scheme.lower()
+    plain = _CLUSTER_SCHEMES.get(scheme)
+    if plain is None:
+        if "cluster" in scheme or "cluster" in parse_qs(parts.query):
+            raise ConfigError(
+                f"{owner}: {redact_url(url)!r} is not a Redis Cluster URL llmctx reads; use "
+                f"{_CLUSTER_FORM}"
+            )
+        return None
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigError(
+            f"{owner}: a Redis Cluster has database 0 only, not {parts.path.lstrip('/')!r} "
+            f"({redact_url(url)!r}); use {_CLUSTER_FORM}"
+        )
+    return plain + url[len(scheme) :]
+
+
+def _node_pool(client: Any) -> Any:
+    """The connection pool of a RedisCluster's default node (None if it has no node)."""
+    node = client.get_default_node() or next(iter(client.get_nodes()), None)
+    return getattr(getattr(node, "redis_connection", None), "connection_pool", None)
+
+
+def _node_kwargs(client: Any) -> dict[str, Any]:
+    """The connection settings of a RedisCluster's nodes (host and port aside)."""
+    kwargs = getattr(_node_pool(client), "connection_kwargs", None)
+    return dict(kwargs) if isinstance(kwargs, dict) else {}
+
+
+def _describe(client: Any, cluster: bool = False) -> tuple[str, str | None]:
+    """``host:port`` (or ``unix:path``) of a client, and its password to scrub from errors.
+
+    A cluster is ``cluster host:port,...`` (its startup nodes, at most three named).
+    """
+    if cluster:
+        names = sorted(client.nodes_manager.startup_nodes)
+        shown = ",".join(names[:3]) + (",..." if len(names) > 3 else "")
+        password = _node_kwargs(client).get("password")
+        return f"cluster {shown}", str(password) if password else None
     try:
         kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
     except AttributeError:
@@ -56,8 +113,9 @@ class _Connection:
     """One store's redis-py client, how to describe its server, and how its errors read.
 
     Args:
-        client_or_url: a synchronous ``redis.Redis`` client, or a URL such as
-            ``"redis://localhost:6379/0"`` (then this connection owns the client).
+        client_or_url: a synchronous ``redis.Redis`` or ``redis.cluster.RedisCluster``
+            client, or a URL such as ``"redis://localhost:6379/0"`` or
+            ``"redis+cluster://localhost:7000"`` (then this connection owns the client).
         owner: the store's class name, for configuration errors.
         subject: what the store is, for runtime errors (``"budget ledger 'team'"``).
         consequences: what did not happen when an operation (the key) failed.
@@ -66,6 +124,14 @@ class _Connection:
     Raises:
         ConfigError: redis is not installed, the URL is malformed, or the client is not a
             synchronous redis-py client.
+        StoreError: a cluster URL whose nodes cannot be reached (redis-py's RedisCluster asks
+            a node for the slot map when it is built).
+
+    On a cluster (:attr:`cluster`), scripts name their command ``"EVALSHA"`` as a str (the
+    cluster client routes EVALSHA by its keys only when it can read the name as a str), the
+    async face is a ``redis.asyncio.cluster.RedisCluster`` on the same startup nodes and
+    credentials, and its scripts go one by one, not through the :class:`_Batcher` (see
+    :meth:`batcher`).
     """
 
     __slots__ = (
@@ -74,11 +140,13 @@ class _Connection:
         "_batchers",
         "_consequences",
         "_module",
+        "_moved",
         "_password",
         "_refused_fix",
         "_subject",
         "_unreachable",
         "client",
+        "cluster",
         "error_type",
         "owns_client",
         "where",
@@ -99,38 +167,66 @@ class _Connection:
         self._async_given = async_client
         self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._batchers: weakref.WeakKeyDictionary[Any, _Batcher] = weakref.WeakKeyDictionary()
+        from redis.cluster import RedisCluster
+
+        #: Whether the client is a ``redis.cluster.RedisCluster``.
+        self.cluster = False
+        #: The bases of every redis-py error, for ``except`` clauses (a cluster client raises
+        #: RedisClusterException, which is no RedisError, when no node answers).
+        self.error_type: tuple[type[Exception], ...] = (
+            module.RedisError,
+            module.exceptions.RedisClusterException,
+        )
+        self._unreachable: tuple[type[Exception], ...] = (
+            module.exceptions.ConnectionError,
+            module.exceptions.TimeoutError,
+            module.exceptions.RedisClusterException,
+        )
         if isinstance(client_or_url, str):
+            cluster_url = _cluster_url(client_or_url, owner)
             try:
-                client = module.Redis.from_url(client_or_url)
+                if cluster_url is None:
+                    client = module.Redis.from_url(client_or_url)
+                else:
+                    client = RedisCluster.from_url(cluster_url)
+                    self.cluster = True
             except ValueError as exc:
                 raise ConfigError(
                     f"{owner}: invalid Redis URL {redact_url(client_or_url)!r} ({exc}); "
-                    "use redis://[:password@]host:port/db, rediss://... or unix://path"
+                    "use redis://[:password@]host:port/db, rediss://..., unix://path or "
+                    f"{_CLUSTER_FORM}"
+                ) from None
+            except self.error_type as exc:  # a cluster's nodes are asked for its slots now
+                detail = redact_text(str(exc))
+                raise StoreError(
+                    f"{owner}: could not reach the Redis Cluster at {redact_url(client_or_url)} "
+                    f"({type(exc).__name__}: {detail}); nothing was built. Fix: check that "
+                    "the cluster runs and the URL names one of its nodes"
                 ) from None
             self.owns_client = True
+        elif isinstance(client_or_url, RedisCluster):
+            client = client_or_url
+            self.cluster = True
+            self.owns_client = False
         elif callable(getattr(client_or_url, "execute_command", None)):
             import inspect  # only here: import llmctx stays cheap
 
             if inspect.iscoroutinefunction(client_or_url.execute_command):
                 raise ConfigError(
-                    f"{owner} needs a synchronous redis.Redis client, not "
-                    f"{type(client_or_url).__name__} from redis.asyncio; pass a URL or "
-                    "redis.Redis(...)"
+                    f"{owner} needs a synchronous redis.Redis or redis.cluster.RedisCluster "
+                    f"client, not {type(client_or_url).__name__} from redis.asyncio; pass a "
+                    "URL or redis.Redis(...) (give the async client as async_client=)"
                 )
             client = client_or_url
             self.owns_client = False
         else:
             raise ConfigError(
-                f"{owner} needs a redis.Redis client or a URL, not {type(client_or_url)!r}"
+                f"{owner} needs a redis.Redis client or a URL (or a redis.cluster.RedisCluster), "
+                f"not {type(client_or_url)!r}"
             )
         self.client: Any = client
-        #: The base of every redis-py error, for ``except`` clauses.
-        self.error_type: type[Exception] = module.RedisError
-        self._unreachable: tuple[type[Exception], ...] = (
-            module.exceptions.ConnectionError,
-            module.exceptions.TimeoutError,
-        )
-        self.where, self._password = _describe(client)
+        self._moved: type[Exception] = module.exceptions.MovedError
+        self.where, self._password = _describe(client, self.cluster)
         self._subject = subject
         self._consequences = dict(consequences)
         self._refused_fix = refused_fix
@@ -156,6 +252,13 @@ class _Connection:
         if self._password:
             detail = redact_known(detail, [self._password])
         connection = isinstance(exc, self._unreachable)
+        if isinstance(exc, self._moved) and not self.cluster:
+            return StoreError(
+                f"{self._subject}: Redis at {self.where} is a Redis Cluster node and the key "
+                f"lives on another node ({type(exc).__name__}: {detail}); the {doing} did not "
+                "happen. Fix: give a cluster client: a redis+cluster://host:port URL or "
+                "redis.cluster.RedisCluster(...)"
+            )
         what = (
             f"could not reach Redis at {self.where}"
             if connection
@@ -185,6 +288,8 @@ class _Connection:
 
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
+        if client is None and self.cluster:
+            client = self._aclients[loop] = self._async_cluster()
         if client is None:
             import redis.asyncio
 
@@ -207,8 +312,37 @@ class _Connection:
             client = self._aclients[loop] = redis.asyncio.Redis(connection_pool=pool)
         return client
 
+    def _async_cluster(self) -> Any:
+        """A ``redis.asyncio.cluster.RedisCluster`` on the sync cluster's startup nodes, with
+        its nodes' credentials, timeouts and TLS."""
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        given = _node_kwargs(self.client)
+        kwargs: dict[str, Any] = {
+            k: given[k] for k in _ASYNC_KWARGS if k in given and k not in _NODE_ONLY
+        }
+        for timeout in ("socket_timeout", "socket_connect_timeout"):
+            if f"orig_{timeout}" in given and timeout not in kwargs:
+                kwargs[timeout] = given[f"orig_{timeout}"]
+        sync_class = getattr(_node_pool(self.client), "connection_class", None)
+        if isinstance(sync_class, type) and issubclass(sync_class, self._module.SSLConnection):
+            kwargs["ssl"] = True
+        else:  # ssl_* settings only mean something to an SSL connection
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
+        nodes = [
+            ClusterNode(node.host, node.port)
+            for node in self.client.nodes_manager.startup_nodes.values()
+        ]
+        return RedisCluster(startup_nodes=nodes, max_connections=50, **kwargs)
+
     def batcher(self) -> _Batcher:
-        """The running loop's :class:`_Batcher` on :meth:`async_client` (made on first use)."""
+        """The running loop's :class:`_Batcher` on :meth:`async_client` (made on first use).
+
+        Not used on a cluster: there each script goes straight to the async cluster
+        client, which routes it to its slot's node and follows MOVED, ASK and TRYAGAIN
+        itself (a batch would first have to be split by node; per-node batching is not
+        built).
+        """
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -358,6 +492,9 @@ _ASYNC_KWARGS: Final = (
     "ssl_ca_data",
     "ssl_check_hostname",
 )
+
+#: Settings of a single node that a cluster client sets for itself.
+_NODE_ONLY: Final = ("host", "port", "db", "path")
 
 #: Every live _Renewal, so a forked child can drop what its parent holds (see _after_fork).
 _RENEWALS: Final[weakref.WeakSet[_Renewal]] = weakref.WeakSet()

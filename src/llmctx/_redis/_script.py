@@ -10,15 +10,29 @@ One script serves both faces of a store: :meth:`_Script.run` on the synchronous 
 :meth:`_Script.arun` on a ``redis.asyncio`` client, with the same command, retry and errors.
 A store whose keys change per call (a ledger's accounts) builds a command head per set of
 keys once (:meth:`_Script.head`) and passes it to each run.
+
+On a Redis Cluster the head starts with ``"EVALSHA"`` as a str: redis-py's cluster client
+reads the keys of EVAL and EVALSHA from the command itself only when it can compare the name
+as a str (with bytes it fails with a TypeError). The client follows ``MOVED`` and ``ASK``
+itself; a ``TRYAGAIN`` it gives up on (the keys of a script are split between two nodes while
+their slot moves) is retried here for up to :data:`_TRY_AGAIN_FOR` seconds: a command that
+answered TRYAGAIN did not run. ``SCRIPT LOAD`` after ``NOSCRIPT`` goes to every primary (the
+cluster client's rule for it), so the node that answered it has the script too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ._client import _Connection
+
+#: Seconds a script refused with TRYAGAIN (its slot moving between nodes) is sent again for.
+_TRY_AGAIN_FOR: Final = 10.0
+#: Seconds between those sends.
+_TRY_AGAIN_EVERY: Final = 0.05
 
 
 class _Script:
@@ -31,21 +45,23 @@ class _Script:
         keys: the script's ``KEYS``, fixed for the store's lifetime.
     """
 
-    __slots__ = ("_connection", "_head", "_no_script", "_source", "sha")
+    __slots__ = ("_command", "_connection", "_head", "_no_script", "_source", "_try_again", "sha")
 
     def __init__(self, connection: _Connection, source: str, keys: Sequence[bytes | str]) -> None:
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, TryAgainError
 
         self._connection = connection
         self._source = source
         #: The script's SHA1, as ``SCRIPT EXISTS`` takes it.
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self._head = (b"EVALSHA", self.sha.encode(), len(keys), *keys)
+        self._command: bytes | str = "EVALSHA" if connection.cluster else b"EVALSHA"
+        self._head = self.head(keys)
         self._no_script: type[Exception] = NoScriptError
+        self._try_again: type[Exception] = TryAgainError
 
     def head(self, keys: Sequence[bytes | str]) -> tuple[Any, ...]:
         """The start of this script's command for ``keys`` (encode it once, pass it to run)."""
-        return (b"EVALSHA", self.sha.encode(), len(keys), *keys)
+        return (self._command, self.sha.encode(), len(keys), *keys)
 
     def __call__(self, doing: str, *args: Any) -> Any:
         """``EVALSHA`` with the bound keys and ``args``; one round trip (two after a NOSCRIPT).
@@ -73,8 +89,41 @@ class _Script:
             except self._no_script:
                 connection.client.script_load(self._source)
                 return connection.client.execute_command(*head, *args)
+            except self._try_again:
+                if not connection.cluster:
+                    raise
+            return self._run_again(head, args)
         except connection.error_type as exc:
             raise connection.error(exc, doing) from exc
+
+    def _run_again(self, head: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+        # A cluster's TRYAGAIN outlasted redis-py's own retries: the slot is still moving.
+        client = self._connection.client
+        deadline = time.monotonic() + _TRY_AGAIN_FOR
+        while True:
+            time.sleep(_TRY_AGAIN_EVERY)
+            try:
+                return client.execute_command(*head, *args)
+            except self._no_script:
+                client.script_load(self._source)
+            except self._try_again:
+                if time.monotonic() >= deadline:
+                    raise
+
+    async def _arun_again(self, head: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+        import asyncio
+
+        client = self._connection.async_client()
+        deadline = time.monotonic() + _TRY_AGAIN_FOR
+        while True:
+            await asyncio.sleep(_TRY_AGAIN_EVERY)
+            try:
+                return await client.execute_command(*head, *args)
+            except self._no_script:
+                await client.script_load(self._source)
+            except self._try_again:
+                if time.monotonic() >= deadline:
+                    raise
 
     async def arun(self, doing: str, head: tuple[Any, ...], *args: Any) -> Any:
         """:meth:`run` on the connection's ``redis.asyncio`` client (for the running loop).
@@ -90,6 +139,8 @@ class _Script:
             StoreError: Redis could not be reached or the script failed.
         """
         connection = self._connection
+        if connection.cluster:
+            return await self._arun_cluster(doing, head, args)
         try:
             # With the other scripts this loop pass asks of the same client: one pipeline.
             batcher = connection.batcher()
@@ -98,5 +149,21 @@ class _Script:
             except self._no_script:
                 await batcher.client.script_load(self._source)
                 return await batcher.submit((*head, *args))
+        except connection.error_type as exc:
+            raise connection.error(exc, doing) from exc
+
+    async def _arun_cluster(self, doing: str, head: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+        # One round trip on the async cluster client, which routes it by its keys' slot.
+        connection = self._connection
+        client = connection.async_client()
+        try:
+            try:
+                return await client.execute_command(*head, *args)
+            except self._no_script:
+                await client.script_load(self._source)
+                return await client.execute_command(*head, *args)
+            except self._try_again:
+                pass
+            return await self._arun_again(head, args)
         except connection.error_type as exc:
             raise connection.error(exc, doing) from exc

@@ -481,7 +481,7 @@ class _Account:
     def __init__(self, ledger: RedisLedger, base: str, desc: bytes | None) -> None:
         self.base = base
         self.held = f"{base}:held"
-        keys = (self.held.encode(),)
+        keys = ledger._declared(base)
         self.reserve = ledger._reserve_script.head(keys)
         self.finish = ledger._finish_script.head(keys)
         self.snapshot = ledger._snapshot_script.head(keys)
@@ -629,7 +629,7 @@ class RedisLedger(_ClosesOnExit):
         self._closed = False
         self._audit = False  # tests turn this on to log every change in base:audit
         self._new_token_source()
-        keys = (self._keys[1].encode(),)
+        keys = self._declared(self._base)
         self._reserve_script = _Script(self._conn, _RESERVE, keys)
         self._finish_script = _Script(self._conn, _FINISH, keys)
         self._snapshot_script = _Script(self._conn, _SNAPSHOT, keys)
@@ -654,6 +654,20 @@ class RedisLedger(_ClosesOnExit):
             what=f"reservations on budget ledger {name!r}",
             thread_name=f"llmctx-ledger-renewal-{name}",
         )
+
+    def _declared(self, base: str) -> tuple[bytes, ...]:
+        """The keys a script of the account at ``base`` declares (``KEYS``); the held zset first.
+
+        The scripts read only ``KEYS[1]`` and name the account's other keys from it. On a
+        cluster they declare those keys too: while their slot moves between nodes, Redis then
+        runs a script only where all its declared keys are (else it answers ASK or TRYAGAIN,
+        retried), so no script runs beside a part of its account that has already moved.
+        """
+        held = f"{base}:held".encode()
+        if not self._conn.cluster:
+            return (held,)
+        rest = (f"{base}:{part}".encode() for part in ("totals", "expired", "meta", "audit"))
+        return (held, *rest)
 
     def _new_token_source(self) -> None:
         # 64 random bits per ledger object and process, plus a counter (atomic under the GIL):
