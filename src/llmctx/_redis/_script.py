@@ -15,9 +15,10 @@ On a Redis Cluster the head starts with ``"EVALSHA"`` as a str: redis-py's clust
 reads the keys of EVAL and EVALSHA from the command itself only when it can compare the name
 as a str (with bytes it fails with a TypeError). The client follows ``MOVED`` and ``ASK``
 itself; a ``TRYAGAIN`` it gives up on (the keys of a script are split between two nodes while
-their slot moves) is retried here for up to :data:`_TRY_AGAIN_FOR` seconds: a command that
-answered TRYAGAIN did not run. ``SCRIPT LOAD`` after ``NOSCRIPT`` goes to every primary (the
-cluster client's rule for it), so the node that answered it has the script too.
+their slot moves), or a ``CLUSTERDOWN`` (a failover), is retried here for up to
+:data:`_TRY_AGAIN_FOR` seconds: a command answered with either did not run. ``SCRIPT LOAD``
+after ``NOSCRIPT`` goes to every primary (the cluster client's rule for it), so the node that
+answered it has the script too.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class _Script:
     __slots__ = ("_command", "_connection", "_head", "_no_script", "_source", "_try_again", "sha")
 
     def __init__(self, connection: _Connection, source: str, keys: Sequence[bytes | str]) -> None:
-        from redis.exceptions import NoScriptError, TryAgainError
+        from redis.exceptions import ClusterError, NoScriptError, TryAgainError
 
         self._connection = connection
         self._source = source
@@ -57,7 +58,9 @@ class _Script:
         self._command: bytes | str = "EVALSHA" if connection.cluster else b"EVALSHA"
         self._head = self.head(keys)
         self._no_script: type[Exception] = NoScriptError
-        self._try_again: type[Exception] = TryAgainError
+        # redis-py raises ClusterError("TTL exhausted.") when its own TRYAGAIN retries run
+        # out, ClusterDownError (a ClusterError) while a failover is under way: neither ran.
+        self._try_again: tuple[type[Exception], ...] = (TryAgainError, ClusterError)
 
     def head(self, keys: Sequence[bytes | str]) -> tuple[Any, ...]:
         """The start of this script's command for ``keys`` (encode it once, pass it to run)."""
