@@ -4,6 +4,7 @@ with raw EVALSHA round trips at the same concurrency (issue 15).
 Run::
 
     python benchmarks/bench_budget_throughput.py [REDIS_URL] [--processes 16] [--pairs 1000]
+    python benchmarks/bench_budget_throughput.py --cluster redis+cluster://HOST:PORT
 
 Each of ``--processes`` OS processes makes ``--pairs`` reserve+settle pairs on a
 ``RedisLedger`` budget with ``window="1d"``:
@@ -20,6 +21,11 @@ the last process's end; the three cases alternate for ``--rounds`` rounds and th
 printed, with the ratio of each keyed case to raw (issue 15's target: >= 0.7). The Redis URL
 defaults to ``$LLMCTX_TEST_REDIS_URL``. The benchmark uses its own key prefix and deletes its
 keys afterwards.
+
+``--cluster URL`` runs the same cases on a Redis Cluster (a ``redis+cluster://`` URL, e.g.
+``$LLMCTX_TEST_REDIS_CLUSTER_URL``): the ledger on that URL, and raw as two ``EVALSHA`` of
+``return 1`` on a ``redis.cluster.RedisCluster``, each with one key of 1,000 (so raw, like the
+1,000 keys case, spreads over every master; the hot key lives on one).
 """
 
 from __future__ import annotations
@@ -49,6 +55,20 @@ def _worker(
 
     want, actual = Amount(PRICE * 1_000, 1_000, 1), Amount(PRICE * 640, 640, 1)
     rng = random.Random(seed)
+    if case == "raw" and url.startswith(("redis+cluster://", "rediss+cluster://")):
+        from redis.cluster import RedisCluster
+
+        cluster = RedisCluster.from_url(url.replace("+cluster://", "://", 1))
+        sha = cluster.script_load("return 1")
+        keys = [f"{{{prefix}:raw:{i}}}" for i in range(1_000)]
+        ready.wait()
+        go.wait()
+        for _ in range(pairs):
+            key = keys[rng.randrange(len(keys))]
+            cluster.execute_command("EVALSHA", sha, 1, key)
+            cluster.execute_command("EVALSHA", sha, 1, key)
+        cluster.close()
+        return
     if case == "raw":
         client = redis.Redis.from_url(url)
         sha = client.script_load("return 1")
@@ -109,7 +129,16 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=1_000, help="pairs per process per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="run on this Redis Cluster (redis+cluster://host:port) instead of REDIS_URL",
+    )
     args = parser.parse_args()
+    if args.cluster:
+        if not args.cluster.startswith(("redis+cluster://", "rediss+cluster://")):
+            sys.exit(f"--cluster takes a redis+cluster://host:port URL, not {args.cluster!r}")
+        args.url = args.cluster
     prefix = f"bench-tp-{uuid.uuid4().hex[:8]}"
     name = "throughput"
     rates: dict[str, list[float]] = {"hot key": [], "1,000 keys": [], "raw": []}
@@ -119,15 +148,22 @@ def main() -> None:
                 rates[case].append(_round(args.url, case, prefix, name, args.processes, args.pairs))
     finally:
         import redis
+        from redis.cluster import RedisCluster
 
-        client = redis.Redis.from_url(args.url)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+        client: Any = (
+            RedisCluster.from_url(args.url.replace("+cluster://", "://", 1))
+            if args.cluster
+            else redis.Redis.from_url(args.url)
+        )
+        for pattern in (f"{prefix}*", f"{{{prefix}:*"):  # on a cluster: every primary
+            for key in list(client.scan_iter(pattern)):
+                client.delete(key)
         client.close()
     med = {case: statistics.median(v) for case, v in rates.items()}
     load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+    where = f"Redis Cluster {args.cluster}" if args.cluster else "one Redis"
     print(
-        f"{args.processes} processes x {args.pairs} reserve+settle pairs, median of "
+        f"{where}: {args.processes} processes x {args.pairs} reserve+settle pairs, median of "
         f"{args.rounds} rounds; load average {' '.join(f'{x:.2f}' for x in load)}"
     )
     print(f"{'case':<12} {'pairs/s':>10} {'vs raw':>8}")
