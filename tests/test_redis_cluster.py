@@ -156,6 +156,34 @@ async def test_async_client_given_is_used(cluster: Any, redis_cluster_url: str, 
         await given.aclose()
 
 
+@pytest.mark.anyio
+async def test_scripts_are_reloaded_on_every_master_after_script_flush(
+    cluster: Any, name: str
+) -> None:
+    """After SCRIPT FLUSH on every master, sync and async reserves load the script again."""
+    ledger = RedisLedger(cluster, name)
+    try:
+        budgets = [Budget(tokens=100, key=f"user:{i}", ledger=ledger) for i in range(6)]
+        cluster.script_flush()  # every primary
+        for budget in budgets:
+            ledger.settle(ledger.reserve(Amount(tokens=2), budget), Amount(tokens=1))
+        cluster.script_flush()
+        for budget in budgets:
+            await ledger.asettle(await ledger.areserve(Amount(tokens=2), budget), Amount(tokens=1))
+        assert [ledger.snapshot(b).spent for b in budgets] == [Amount(tokens=2)] * 6
+    finally:
+        await ledger.aclose()
+
+
+def test_async_cluster_client_as_the_client_is_a_config_error(redis_cluster_url: str) -> None:
+    """A redis.asyncio RedisCluster passed as the sync client: a ConfigError naming async_client=."""
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    given = AsyncCluster.from_url(redis_cluster_url.replace("redis+cluster://", "redis://"))
+    with pytest.raises(ConfigError, match="async_client="):
+        RedisLedger(given, "x")
+
+
 def test_plain_url_on_a_cluster_node_names_the_fix(cluster: Any, name: str) -> None:
     """A redis:// URL of one cluster node: a reserve whose slot is elsewhere says to use
     redis+cluster://."""
