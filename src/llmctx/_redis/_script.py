@@ -14,8 +14,8 @@ keys once (:meth:`_Script.head`) and passes it to each run.
 On a Redis Cluster the head starts with ``"EVALSHA"`` as a str: redis-py's cluster client
 reads the keys of EVAL and EVALSHA from the command itself only when it can compare the name
 as a str (with bytes it fails with a TypeError). The client follows ``MOVED`` and ``ASK``
-itself; a ``TRYAGAIN`` it gives up on (the keys of a script are split between two nodes while
-their slot moves), or a ``CLUSTERDOWN`` (a failover), is retried here for up to
+itself; a ``TRYAGAIN`` it gives up on (the script's slot is moving between two masters: see
+``RedisLedger._declared``), or a ``CLUSTERDOWN`` (a failover), is retried here for up to
 :data:`_TRY_AGAIN_FOR` seconds: a command answered with either did not run. ``SCRIPT LOAD``
 after ``NOSCRIPT`` goes to every primary (the cluster client's rule for it), so the node that
 answered it has the script too.

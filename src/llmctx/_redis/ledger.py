@@ -658,16 +658,17 @@ class RedisLedger(_ClosesOnExit):
     def _declared(self, base: str) -> tuple[bytes, ...]:
         """The keys a script of the account at ``base`` declares (``KEYS``); the held zset first.
 
-        The scripts read only ``KEYS[1]`` and name the account's other keys from it. On a
-        cluster they declare those keys too: while their slot moves between nodes, Redis then
-        runs a script only where all its declared keys are (else it answers ASK or TRYAGAIN,
-        retried), so no script runs beside a part of its account that has already moved.
+        The scripts read only ``KEYS[1]`` and name the account's other keys from it (its
+        windows' totals among them, picked by the server's clock). On a cluster they also
+        declare ``base:moving``, a key never written: while the account's slot moves between
+        two masters, Redis runs a multi-key command only where all its keys exist, so it
+        answers every script of the account ASK or TRYAGAIN (retried) until the move ends, and
+        no script ever runs beside a part of its account that has already moved.
         """
         held = f"{base}:held".encode()
         if not self._conn.cluster:
             return (held,)
-        rest = (f"{base}:{part}".encode() for part in ("totals", "expired", "meta", "audit"))
-        return (held, *rest)
+        return (held, f"{base}:moving".encode())
 
     def _new_token_source(self) -> None:
         # 64 random bits per ledger object and process, plus a counter (atomic under the GIL):
