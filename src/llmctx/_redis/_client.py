@@ -180,7 +180,8 @@ class _Connection:
         self._unreachable: tuple[type[Exception], ...] = (
             module.exceptions.ConnectionError,
             module.exceptions.TimeoutError,
-            module.exceptions.RedisClusterException,
+            module.exceptions.RedisClusterUnreachableError,
+            module.exceptions.ClusterDownError,
         )
         if isinstance(client_or_url, str):
             cluster_url = _cluster_url(client_or_url, owner)

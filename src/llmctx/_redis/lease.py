@@ -25,6 +25,7 @@ from ._script import _Script
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
 
 __all__ = ["RedisLeaseStore"]
 
@@ -105,8 +106,9 @@ class RedisLeaseStore(_ClosesOnExit):
     ``poll_interval`` seconds (on a timer; the waiting task is woken only once granted).
 
     Args:
-        client_or_url: a synchronous ``redis.Redis`` client (``decode_responses`` either way;
-            not closed by the store) or a URL such as ``"redis://localhost:6379/0"`` (the
+        client_or_url: a synchronous ``redis.Redis`` or ``redis.cluster.RedisCluster``
+            client (``decode_responses`` either way; not closed by the store) or a URL such as
+            ``"redis://localhost:6379/0"`` or ``"redis+cluster://host:7000"`` (the
             store owns that client and closes it in :meth:`close`).
         name: the shared pool's name.
         lease_ttl: seconds a lease survives without renewal (default 30).
@@ -125,7 +127,7 @@ class RedisLeaseStore(_ClosesOnExit):
 
     def __init__(
         self,
-        client_or_url: redis.Redis | str,
+        client_or_url: redis.Redis | redis.cluster.RedisCluster | str,
         name: str,
         *,
         lease_ttl: float = 30.0,

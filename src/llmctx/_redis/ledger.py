@@ -68,6 +68,7 @@ from ._script import _Script
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
 
 __all__ = ["RedisLedger"]
 
@@ -543,8 +544,9 @@ class RedisLedger(_ClosesOnExit):
     closed.
 
     Args:
-        client_or_url: a ``redis.Redis`` client (not closed by the ledger) or a URL such as
-            ``"redis://localhost:6379/0"`` (the ledger owns that client; see :meth:`close`).
+        client_or_url: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client (not
+            closed by the ledger) or a URL such as ``"redis://localhost:6379/0"`` or
+            ``"redis+cluster://host:7000"`` (the ledger owns that client; see :meth:`close`).
         name: the budget's name; the keys are ``{prefix:name}:*`` (``{prefix:name#key}:*``
             for a key's account).
         reservation_ttl: seconds a reservation survives without renewal before it is swept and
@@ -577,7 +579,7 @@ class RedisLedger(_ClosesOnExit):
 
     def __init__(
         self,
-        client_or_url: redis.Redis | str,
+        client_or_url: redis.Redis | redis.cluster.RedisCluster | str,
         name: str,
         *,
         reservation_ttl: float = 600.0,

@@ -19,6 +19,7 @@ from ._script import _Script
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
 
 __all__ = ["RedisRateStore"]
 
@@ -105,8 +106,9 @@ class RedisRateStore(_ClosesOnExit):
     capacity is back goes first.
 
     Args:
-        client_or_url: a synchronous ``redis.Redis`` client (``decode_responses`` either way;
-            not closed by the store) or a URL such as ``"redis://localhost:6379/0"`` (the
+        client_or_url: a synchronous ``redis.Redis`` or ``redis.cluster.RedisCluster``
+            client (``decode_responses`` either way; not closed by the store) or a URL such as
+            ``"redis://localhost:6379/0"`` or ``"redis+cluster://host:7000"`` (the
             store owns that client; see :meth:`close`).
         name: the shared limit's name, e.g. ``"openai-gpt-4o"``.
         ttl: seconds a full, idle bucket's key stays before it expires (default 60).
@@ -119,7 +121,13 @@ class RedisRateStore(_ClosesOnExit):
     from the limiter call that needed it (nothing was admitted by a failed acquire).
     """
 
-    def __init__(self, client_or_url: redis.Redis | str, name: str, *, ttl: float = 60.0) -> None:
+    def __init__(
+        self,
+        client_or_url: redis.Redis | redis.cluster.RedisCluster | str,
+        name: str,
+        *,
+        ttl: float = 60.0,
+    ) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError("RedisRateStore(name=...) must be a non-empty string")
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl >= 0:
