@@ -130,6 +130,23 @@ def test_an_empty_journal_is_looked_at_again_soon_and_at_once_after_an_append(
     assert other.pending()  # its own append: at once
 
 
+def test_a_replay_asked_for_looks_even_while_pending_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """replay() reads what another process appended just after pending() found it empty."""
+    from llmctx.stores import _outbox
+
+    now = [1000.0]
+    monkeypatch.setattr(_outbox, "_clock", lambda: now[0])
+    path = tmp_path / "j.jsonl"
+    outbox = Outbox(path)
+    assert not outbox.pending()  # found empty: pending() waits _EMPTY_FOR before looking
+    Outbox(path).append({"n": 1})  # as another process would
+    seen: list[dict[str, Any]] = []
+    assert outbox.replay(seen.append) == 1
+    assert seen == [{"n": 1}]
+
+
 def test_a_failing_entry_is_kept_and_a_transient_failure_keeps_the_rest(tmp_path: Path) -> None:
     """A poison entry stays while others apply; a transient failure stops and keeps the rest."""
     box = Outbox(tmp_path / "j.jsonl")

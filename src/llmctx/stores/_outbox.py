@@ -272,6 +272,9 @@ class Outbox:
         transient: Callable[[BaseException], bool],
     ) -> int:
         assert self.path is not None
+        # Asked to replay, it looks: pending()'s wait after finding the journal empty is for
+        # the check after every call, and would skip what another process appended since.
+        self._empty_until = 0.0
         if not self.pending():
             return 0
         with _file_lock(Path(f"{self.path}.lock")) as locked:
