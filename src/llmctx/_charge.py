@@ -87,6 +87,8 @@ DEFAULT_MAX_OUTPUT_TOKENS: Final = 4096
 
 _ZERO = Decimal(0)
 _NO_HOLDS = Holds()
+# What a call with no budget reserved (an Amount is frozen, so one serves every call).
+_NO_AMOUNT = Amount()
 _warned_models: set[tuple[str | None, str | None]] = set()
 
 
@@ -416,7 +418,7 @@ class CallTracker:
         self.limiter = limiter
         self._holds = _NO_HOLDS
         self._limit: ReservationLike | None = None
-        self._reserved = Amount()
+        self._reserved = _NO_AMOUNT
         self._t0 = 0.0
         self._trace: CallTrace | None = None
         self._ttfb: float | None = None
@@ -706,7 +708,9 @@ class CallTracker:
             if record is None:
                 return self.record  # type: ignore[return-value]
             over: str | None = None
-            if self._holds or self._limit is not None:  # else nothing to settle
+            holds = self._holds
+            # Nothing to settle (no budget, no limiter): told apart without Holds.__bool__.
+            if (holds is not _NO_HOLDS and holds) or self._limit is not None:
                 holds, actual, over, limit = self._settlement(record, status)
                 self._close_out(holds, actual, limit, record, exc)
             else:
@@ -1013,9 +1017,8 @@ class CallTracker:
         return self._done
 
     # ------------------------------------------------------------------ context manager
-    @protected
-    def __enter__(self) -> Self:
-        return self.start()
+    # Entering is start() itself (it returns the tracker): one frame less per call.
+    __enter__ = start
 
     @protected
     def __exit__(
