@@ -31,21 +31,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def make_ledger(redis_url: str) -> Iterator[Any]:
-    """Build RedisLedgers on unique budget names; their keys are deleted after the test."""
-    made: list[RedisLedger] = []
-
-    def make(name: str | None = None, **kwargs: Any) -> RedisLedger:
-        ledger = RedisLedger(redis_url, name or f"t-{uuid.uuid4().hex}", prefix=PREFIX, **kwargs)
-        made.append(ledger)
-        return ledger
-
-    yield make
-    for ledger in made:
-        ledger._closed = False
-        ledger.reset()
-        ledger.close()
+# test_redis_ledger's: RedisLedgers on unique names, their keys deleted after the test.
+make_ledger = test_redis_ledger.make_ledger
 
 
 def test_call_caps_on_redis(make_ledger: Any) -> None:
