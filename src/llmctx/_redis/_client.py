@@ -139,6 +139,7 @@ class _Connection:
         "_async_given",
         "_batchers",
         "_consequences",
+        "_gates",
         "_module",
         "_moved",
         "_password",
@@ -167,6 +168,7 @@ class _Connection:
         self._async_given = async_client
         self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._batchers: weakref.WeakKeyDictionary[Any, _Batcher] = weakref.WeakKeyDictionary()
+        self._gates: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         from redis.cluster import RedisCluster
 
         #: Whether the client is a ``redis.cluster.RedisCluster``.
@@ -336,6 +338,27 @@ class _Connection:
         ]
         return RedisCluster(startup_nodes=nodes, max_connections=50, **kwargs)
 
+    def cluster_gate(self) -> Any:
+        """The running loop's ``asyncio.Semaphore`` bounding the scripts in flight on the async
+        cluster client at once (made on first use).
+
+        redis.asyncio's cluster client has no blocking pool: a command past a node's
+        ``max_connections`` fails at once with MaxConnectionsError. Tasks past this bound wait
+        here instead, as they wait for a connection on one server. The bound is the smallest
+        ``max_connections`` of the client's nodes (50 for the client the store builds), so the
+        scripts of every task may go to one node (a hot account) and still find a connection.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            client = self.async_client()
+            sizes = [getattr(node, "max_connections", None) for node in client.get_nodes()]
+            known = [size for size in sizes if isinstance(size, int) and size > 0]
+            gate = self._gates[loop] = asyncio.Semaphore(min(known, default=50))
+        return gate
+
     def batcher(self) -> _Batcher:
         """The running loop's :class:`_Batcher` on :meth:`async_client` (made on first use).
 
@@ -361,6 +384,7 @@ class _Connection:
         batcher = self._batchers.pop(loop, None)
         if batcher is not None:
             await batcher.drain()
+        self._gates.pop(loop, None)
         client = self._aclients.pop(loop, None)
         if client is not None:
             await client.aclose()
@@ -372,6 +396,7 @@ class _Connection:
         :meth:`aclose` closes the running loop's one cleanly.
         """
         self._aclients.clear()
+        self._gates.clear()
         if self.owns_client:
             self.client.close()
 

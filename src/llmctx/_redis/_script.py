@@ -121,9 +121,11 @@ class _Script:
         while True:
             await asyncio.sleep(_TRY_AGAIN_EVERY)
             try:
-                return await client.execute_command(*head, *args)
+                async with self._connection.cluster_gate():
+                    return await client.execute_command(*head, *args)
             except self._no_script:
-                await client.script_load(self._source)
+                async with self._connection.cluster_gate():
+                    await client.script_load(self._source)
             except self._try_again:
                 if time.monotonic() >= deadline:
                     raise
@@ -157,16 +159,18 @@ class _Script:
 
     async def _arun_cluster(self, doing: str, head: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
         # One round trip on the async cluster client, which routes it by its keys' slot.
+        # Cancelled while waiting for the gate, the script is never sent.
         connection = self._connection
         client = connection.async_client()
         try:
-            try:
-                return await client.execute_command(*head, *args)
-            except self._no_script:
-                await client.script_load(self._source)
-                return await client.execute_command(*head, *args)
-            except self._try_again:
-                pass
+            async with connection.cluster_gate():
+                try:
+                    return await client.execute_command(*head, *args)
+                except self._no_script:
+                    await client.script_load(self._source)
+                    return await client.execute_command(*head, *args)
+                except self._try_again:
+                    pass
             return await self._arun_again(head, args)
         except connection.error_type as exc:
             raise connection.error(exc, doing) from exc
