@@ -226,7 +226,8 @@ def test_retried_reserve_script_holds_once(ledger: RedisLedger) -> None:
     )
     token = "same-token:0:60:1:0:0"
     for _ in range(2):
-        assert int(ledger._run(ledger._reserve_script, packed, token, "reserve")[0]) == 1
+        # Held, outside any window: the reply is the window start, 0.
+        assert ledger._run(ledger._reserve_script, packed + token.encode(), None, "reserve") == 0
     assert ledger.snapshot() == LedgerSnapshot(Amount(), Amount(tokens=60, requests=1), 1)
     ledger.release(token)
     assert ledger.reserve(Amount(tokens=100), budget)
