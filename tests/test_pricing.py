@@ -1076,6 +1076,59 @@ def test_an_openai_flex_request_is_charged_the_flex_rate() -> None:
     assert (call.cost, str(call.cost)) == (expected, str(expected))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_call_is_charged_the_tier_it_was_served_at(stream: bool) -> None:
+    """A chat call asking for service_tier="auto" and served at "priority" (the response says
+    so) is charged the priority rate, whole or streamed, and its record names the tier."""
+    openai = pytest.importorskip("openai")
+    httpx2 = pytest.importorskip("httpx2")
+    usage = {"prompt_tokens": 12_000, "completion_tokens": 900, "total_tokens": 12_900}
+    head = {"id": "chatcmpl-tier", "created": 1, "model": "gpt-5", "service_tier": "priority"}
+    if stream:
+        chunks = [
+            {**head, "object": "chat.completion.chunk", "usage": None,
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"},
+                          "finish_reason": "stop"}]},
+            {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage},
+        ]  # fmt: skip
+        text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        reply = httpx2.Response(
+            200, content=text.encode(), headers={"content-type": "text/event-stream"}
+        )
+    else:
+        reply = httpx2.Response(200, json={
+            **head, "object": "chat.completion", "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+        })  # fmt: skip
+    client = llmctx.instrument(
+        openai.OpenAI(
+            api_key="sk-test-not-a-real-key-000000",
+            base_url="https://llm.example.test/v1",
+            http_client=httpx2.Client(transport=httpx2.MockTransport(lambda request: reply)),
+        )
+    )
+    with llmctx.session("openai-tier", store="memory:") as s:
+        asked = {
+            "model": "gpt-5",
+            "service_tier": "auto",
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        if stream:
+            for _ in client.chat.completions.create(
+                **asked, stream=True, stream_options={"include_usage": True}
+            ):
+                pass
+        else:
+            client.chat.completions.create(**asked)
+    (call,) = s.calls
+    assert call.metadata["service_tier"] == "priority"
+    expected = _genai("gpt-5", call.usage, "openai", context={"service_tier": "priority"},
+                      at=call.started_at)  # fmt: skip
+    assert (call.cost, str(call.cost)) == (expected, str(expected))
+    assert call.cost != _genai("gpt-5", call.usage, "openai", at=call.started_at)
+
+
 def test_cli_at_a_time_prices_the_example_at_that_hour() -> None:
     """For an hour-dependent price (deepseek), `--at TIME` prices the example at that hour."""
     for moment in ("2026-01-01T03:00:00+00:00", "2026-01-01T18:00:00+00:00"):

@@ -148,6 +148,11 @@ def _response_meta(
         meta["response_model"] = model
     if finish_reasons:
         meta["finish_reasons"] = finish_reasons  # one per choice, in choice order
+    tier = _get(result, "service_tier")
+    if isinstance(tier, str):
+        # The tier the call was served at (a request's "auto" may be served at "priority"):
+        # what it is billed, so what it is priced, at.
+        meta["service_tier"] = tier
     return meta or None
 
 
@@ -161,6 +166,7 @@ class _ChatAccumulator:
         "plan",
         "raw_usage",
         "response_model",
+        "service_tier",
         "text",
         "tools",
     )
@@ -173,6 +179,7 @@ class _ChatAccumulator:
         self.tools: dict[tuple[int, int], dict[str, Any]] = {}
         self.raw_usage: Any = None
         self.response_model: str | None = None
+        self.service_tier: str | None = None
         self.finish: dict[int, str] = {}
 
     def feed(self, chunk: Any) -> bool:
@@ -181,6 +188,8 @@ class _ChatAccumulator:
             self.raw_usage = usage
         if self.response_model is None:
             self.response_model = getattr(chunk, "model", None)
+            tier = getattr(chunk, "service_tier", None)
+            self.service_tier = tier if isinstance(tier, str) else None
         choices = getattr(chunk, "choices", None)
         if not choices:
             return not (self.hide_usage_chunk and usage is not None)
@@ -236,6 +245,8 @@ class _ChatAccumulator:
             found["response_model"] = self.response_model
         if self.finish:
             found["finish_reasons"] = [self.finish[i] for i in sorted(self.finish)]
+        if self.service_tier is not None:
+            found["service_tier"] = self.service_tier  # as in _response_meta
         meta = found or None
         if self.raw_usage is not None:
             usage, raw_usage = _read_usage(self.raw_usage, usage_from_openai_chat)
