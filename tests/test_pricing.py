@@ -1129,6 +1129,53 @@ def test_an_openai_call_is_charged_the_tier_it_was_served_at(stream: bool) -> No
     assert call.cost != _genai("gpt-5", call.usage, "openai", at=call.started_at)
 
 
+def test_a_request_for_a_dearer_tier_reserves_that_tiers_price() -> None:
+    """A budgeted request asking for service_tier="priority" reserves the priority worst case
+    (refused where the standard one would fit, nothing sent), and one asking for a tier the
+    model has no price at is refused as unpriced, naming the tier."""
+    openai = pytest.importorskip("openai")
+    httpx2 = pytest.importorskip("httpx2")
+    sent: list[Any] = []
+
+    def reply(request: Any) -> Any:
+        sent.append(request)
+        return httpx2.Response(200, json={
+            "id": "chatcmpl-r", "object": "chat.completion", "created": 1, "model": "gpt-5",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
+        })  # fmt: skip
+
+    client = llmctx.instrument(
+        openai.OpenAI(
+            api_key="sk-test-not-a-real-key-000000",
+            base_url="https://llm.example.test/v1",
+            http_client=httpx2.Client(transport=httpx2.MockTransport(reply)),
+        )
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    standard = estimate_cost("gpt-5", 100, 1_000, "openai")
+    priority = estimate_cost("gpt-5", 100, 1_000, "openai", service_tier="priority")
+    assert standard is not None and priority is not None and priority > standard
+    budget = llmctx.Budget(usd=str(standard * 3 / 2))  # fits standard, not priority
+    with llmctx.session("tiers", budget=budget, store="memory:"):
+        with pytest.raises(llmctx.BudgetExceeded) as refused:
+            client.chat.completions.create(
+                model="gpt-5", service_tier="priority", max_completion_tokens=1_000,
+                messages=messages,
+            )  # fmt: skip
+        assert refused.value.requested > refused.value.limit and not sent
+        client.chat.completions.create(
+            model="gpt-5", service_tier="auto", max_completion_tokens=1_000, messages=messages
+        )
+        assert len(sent) == 1
+        with pytest.raises(llmctx.UnknownPrice, match="no 'flex' service-tier price") as unpriced:
+            client.chat.completions.create(
+                model="gpt-4o", service_tier="flex", max_completion_tokens=10, messages=messages
+            )
+        assert unpriced.value.service_tier == "flex" and len(sent) == 1
+
+
 def test_cli_at_a_time_prices_the_example_at_that_hour() -> None:
     """For an hour-dependent price (deepseek), `--at TIME` prices the example at that hour."""
     for moment in ("2026-01-01T03:00:00+00:00", "2026-01-01T18:00:00+00:00"):

@@ -495,15 +495,22 @@ class CallTracker:
         is_tool = self.kind == "tool"  # model calls (chat, completion, embedding) are requests
         usd: Decimal | None = _ZERO
         if not is_tool and not self.free and session.limits_money:
+            # A request for a dearer tier (OpenAI "priority") reserves that tier's price.
+            tier = self._service_tier(None)
             usd = (
                 None
                 if self.model is None
                 else _pricing.estimate_cost(
-                    self.model, self.input_tokens, self.max_output_tokens, self.provider
+                    self.model,
+                    self.input_tokens,
+                    self.max_output_tokens,
+                    self.provider,
+                    service_tier=tier,
                 )
             )
             if usd is None:
-                raise UnknownPrice(self.model or "<unknown model>", self.provider)
+                dearer = None if tier in _pricing._STANDARD_TIERS else tier
+                raise UnknownPrice(self.model or "<unknown model>", self.provider, dearer)
         amount = Amount(
             usd=usd or _ZERO,
             tokens=self.input_tokens + self.max_output_tokens,

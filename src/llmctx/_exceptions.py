@@ -118,10 +118,24 @@ class PriceError(LLMCtxError):
 class UnknownPrice(PriceError):
     """No price is known for a model while a money budget is active (llmctx fails closed)."""
 
-    def __init__(self, model: str, provider: str | None = None) -> None:
+    def __init__(
+        self, model: str, provider: str | None = None, service_tier: str | None = None
+    ) -> None:
         self.model = model
         self.provider = provider
+        #: The service tier the request asked for, when the model has no price at it.
+        self.service_tier = service_tier
         where = f" from provider {provider!r}" if provider else ""
+        if service_tier is not None:
+            super().__init__(
+                f"no {service_tier!r} service-tier price is known for model {model!r}{where}, "
+                "and a money budget is active, so the call was not sent (llmctx never prices "
+                "a tier at the standard rate). Set one with "
+                f"llmctx.set_price({model!r}, input_per_mtok=..., output_per_mtok=..., "
+                f"service_tiers={{{service_tier!r}: {{'input_per_mtok': ..., "
+                "'output_per_mtok': ...}}), or send the request without that tier"
+            )
+            return
         super().__init__(
             f"no price is known for model {model!r}{where}, and a money budget is active, "
             "so the call was not sent (llmctx never prices an unknown model at $0). Set one with "

@@ -1700,6 +1700,8 @@ def estimate_cost(
             f"token counts must be >= 0, got input_tokens={input_tokens}, "
             f"max_output_tokens={max_output_tokens}"
         )
+    if service_tier in _STANDARD_TIERS:
+        service_tier = None  # "auto", "default", "standard": the standard price, cached
     price = lookup_price(model, provider, service_tier=service_tier, at=at)
     if price is None:
         return None
