@@ -141,6 +141,11 @@ def test_threads_on_two_pools_never_exceed_the_shared_capacity(client: Any, name
 @pytest.mark.anyio
 async def test_async_waiter_gets_capacity_released_by_another_pool(client: Any, name: str) -> None:
     """An asyncio waiter is granted capacity freed in another pool (timer-driven poll)."""
+    await waiter_gets_capacity_released_by_another_pool(client, name)
+
+
+async def waiter_gets_capacity_released_by_another_pool(client: Any, name: str) -> None:
+    """The body of the test above on ``client`` (test_redis_cluster runs it on a cluster)."""
     a_store = RedisLeaseStore(client, name, poll_interval=0.01)
     b_store = RedisLeaseStore(client, name, poll_interval=0.01)
     a = ResourcePool(["w"], capacity=1, store=a_store)

@@ -17,6 +17,7 @@ redis = pytest.importorskip("redis")
 from redis.cluster import RedisCluster  # noqa: E402
 
 import llmctx  # noqa: E402
+import test_pool_redis  # noqa: E402
 from llmctx._budget import Amount, Budget  # noqa: E402
 from llmctx._exceptions import ConfigError, StoreError  # noqa: E402
 from llmctx._limits import RateLimiter, WouldBlock  # noqa: E402
@@ -346,29 +347,7 @@ def test_lease_store_on_the_cluster(redis_cluster_url: str, cluster: Any, name: 
 @pytest.mark.anyio
 async def test_lease_store_async_waiter_on_the_cluster(cluster: Any, name: str) -> None:
     """An asyncio waiter on a cluster lease store gets the unit another pool releases."""
-    import anyio
-
-    a_store = RedisLeaseStore(cluster, name, poll_interval=0.01)
-    b_store = RedisLeaseStore(cluster, name, poll_interval=0.01)
-    a = ResourcePool(["w"], capacity=1, store=a_store)
-    b = ResourcePool(["w"], capacity=1, store=b_store)
-    try:
-        held = a.acquire_nowait()
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-
-                async def take() -> None:
-                    async with b.acquire(timeout=10) as lease:
-                        assert lease.resource == "w"
-
-                tg.start_soon(take)
-                while b.statistics().waiting != 1:  # noqa: ASYNC110
-                    await anyio.sleep(0.005)
-                held.release()
-        assert b.statistics().acquired == 1
-    finally:
-        a_store.close()
-        b_store.close()
+    await test_pool_redis.waiter_gets_capacity_released_by_another_pool(cluster, name)
 
 
 # -- a slot moving --------------------------------------------------------------------------------
