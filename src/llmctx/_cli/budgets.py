@@ -43,7 +43,10 @@ _REDIS = typer.Option(
     ...,
     "--redis",
     envvar="LLMCTX_REDIS_URL",
-    help="The Redis the ledgers live on (or $LLMCTX_REDIS_URL).",
+    help=(
+        "The Redis the ledgers live on: redis://host:port/db, or redis+cluster://host:port for "
+        "a Redis Cluster."
+    ),
 )
 _PREFIX = typer.Option("llmctx", "--prefix", help="The ledgers' key prefix.")
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
