@@ -96,6 +96,22 @@ def test_ledger_given_a_redis_cluster_client(cluster: Any, name: str) -> None:
         assert again.snapshot(budget).spent == Amount(tokens=6)
 
 
+def test_the_outbox_identity_does_not_depend_on_the_startup_node(
+    cluster: Any, redis_cluster_url: str, name: str
+) -> None:
+    """Ledgers started from different nodes of one cluster share one outbox journal (a settle
+    kept by one is replayed by any), and it names no node, so a changed cluster keeps it."""
+    nodes = sorted({(n.host, n.port) for n in cluster.get_primaries()})
+    urls = [f"redis+cluster://{host}:{port}" for host, port in nodes]
+    ledgers = [RedisLedger(url, name) for url in urls]
+    try:
+        keys = {ledger.journal_key for ledger in ledgers}
+        assert keys == {f"redis cluster llmctx {name}"}
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
 def test_several_budgets_on_one_session_span_nodes(redis_cluster_url: str, name: str) -> None:
     """A session's keyed, windowed and own budgets, on accounts of different nodes, are all or
     nothing."""

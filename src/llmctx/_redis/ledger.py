@@ -684,7 +684,14 @@ class RedisLedger(_ClosesOnExit):
     @property
     def journal_key(self) -> str:
         """This budget's identity for the outbox: the same in every process that names the
-        same server, prefix and name (the server without its password)."""
+        same server, prefix and name (the server without its password).
+
+        On a cluster it is the prefix and name alone: the nodes a client knows depend on the
+        node it started from and change with the cluster (a node added, replaced, resharded),
+        and settles kept under an old identity would never be replayed.
+        """
+        if self._conn.cluster:
+            return f"redis cluster {self.prefix} {self.name}"
         return f"redis {self._conn.where} {self.prefix} {self.name}"
 
     def __repr__(self) -> str:
