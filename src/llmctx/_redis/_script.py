@@ -23,8 +23,10 @@ answered it has the script too.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -46,7 +48,16 @@ class _Script:
         keys: the script's ``KEYS``, fixed for the store's lifetime.
     """
 
-    __slots__ = ("_command", "_connection", "_head", "_no_script", "_source", "_try_again", "sha")
+    __slots__ = (
+        "_command",
+        "_connection",
+        "_head",
+        "_loads",
+        "_no_script",
+        "_source",
+        "_try_again",
+        "sha",
+    )
 
     def __init__(self, connection: _Connection, source: str, keys: Sequence[bytes | str]) -> None:
         from redis.exceptions import ClusterError, NoScriptError, TryAgainError
@@ -61,6 +72,10 @@ class _Script:
         # redis-py raises ClusterError("TTL exhausted.") when its own TRYAGAIN retries run
         # out, ClusterDownError (a ClusterError) while a failover is under way: neither ran.
         self._try_again: tuple[type[Exception], ...] = (TryAgainError, ClusterError)
+        # The SCRIPT LOAD under way on each async client (see _aload).
+        self._loads: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def head(self, keys: Sequence[bytes | str]) -> tuple[Any, ...]:
         """The start of this script's command for ``keys`` (encode it once, pass it to run)."""
@@ -125,10 +140,30 @@ class _Script:
                     return await client.execute_command(*head, *args)
             except self._no_script:
                 async with self._connection.cluster_gate():
-                    await client.script_load(self._source)
+                    await self._aload(client)
             except self._try_again:
                 if time.monotonic() >= deadline:
                     raise
+
+    async def _aload(self, client: Any) -> None:
+        """``SCRIPT LOAD`` on the async ``client``, once for every caller that met NOSCRIPT
+        meanwhile: a burst of callers after a ``SCRIPT FLUSH`` (or a restart) each loading it
+        held a connection each, the whole pool (50 in a burst of 200), where one load serves
+        them all.
+
+        Cancellation: a caller cancelled while it waits leaves the load running for the others.
+
+        Raises:
+            redis.RedisError: the load failed (every caller waiting for it gets the error).
+        """
+        load = self._loads.get(client)
+        if load is None or load.done():
+            load = asyncio.ensure_future(client.script_load(self._source))
+            # Retrieved here too, so a load whose callers were all cancelled is not reported
+            # as an exception never retrieved.
+            load.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._loads[client] = load
+        await asyncio.shield(load)
 
     async def arun(self, doing: str, head: tuple[Any, ...], *args: Any) -> Any:
         """:meth:`run` on the connection's ``redis.asyncio`` client (for the running loop).
@@ -152,7 +187,7 @@ class _Script:
             try:
                 return await batcher.submit((*head, *args))
             except self._no_script:
-                await batcher.client.script_load(self._source)
+                await self._aload(batcher.client)
                 return await batcher.submit((*head, *args))
         except connection.error_type as exc:
             raise connection.error(exc, doing) from exc
@@ -167,7 +202,7 @@ class _Script:
                 try:
                     return await client.execute_command(*head, *args)
                 except self._no_script:
-                    await client.script_load(self._source)
+                    await self._aload(client)
                     return await client.execute_command(*head, *args)
                 except self._try_again:
                     pass
