@@ -151,3 +151,40 @@ def test_a_burst_after_a_script_flush_loads_each_script_a_few_times_not_once_per
         cleanup.reset()
         cleanup.close()
         admin.close()
+
+
+def test_a_caller_cancelled_while_the_script_loads_leaves_the_load_to_the_others(
+    redis_url: str,
+) -> None:
+    """Of two callers waiting for one SCRIPT LOAD, the one cancelled leaves it running: the
+    other gets through, and the script was loaded once. (The client is a stand-in whose load
+    waits for the test: a real Redis answers a load faster than the test can cancel a caller.)"""
+    connection = _connection(redis_url)
+    script = _Script(connection, _SOURCE, [b"k"])
+
+    class SlowLoad:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.release = asyncio.Event()
+
+        async def script_load(self, source: str) -> str:
+            self.calls += 1
+            await self.release.wait()
+            return script.sha
+
+    async def main() -> None:
+        client = SlowLoad()
+        first = asyncio.create_task(script._aload(client))
+        second = asyncio.create_task(script._aload(client))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        client.release.set()
+        await asyncio.wait_for(second, 10)
+        assert client.calls == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        connection.close()
