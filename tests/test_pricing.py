@@ -1157,6 +1157,8 @@ def test_a_request_for_a_dearer_tier_reserves_that_tiers_price() -> None:
     standard = estimate_cost("gpt-5", 100, 1_000, "openai")
     priority = estimate_cost("gpt-5", 100, 1_000, "openai", service_tier="priority")
     assert standard is not None and priority is not None and priority > standard
+    for same in ("auto", "default", "standard", "standard_only"):  # OpenAI's and Anthropic's
+        assert estimate_cost("gpt-5", 100, 1_000, "openai", service_tier=same) == standard
     budget = llmctx.Budget(usd=str(standard * 3 / 2))  # fits standard, not priority
     with llmctx.session("tiers", budget=budget, store="memory:"):
         with pytest.raises(llmctx.BudgetExceeded) as refused:

@@ -460,8 +460,9 @@ def _rate_map(**rates: Number | None) -> dict[str, Decimal]:
 
 
 #: Service tiers that mean "the standard price" (OpenAI reports "default", Anthropic
-#: "standard"; "auto" is the request value that lets OpenAI choose).
-_STANDARD_TIERS: Final = frozenset({"", "default", "auto", "standard"})
+#: "standard"; "auto" is the request value that lets OpenAI or Anthropic choose, and
+#: "standard_only" Anthropic's request value that keeps a call off its priority tier).
+_STANDARD_TIERS: Final = frozenset({"", "default", "auto", "standard", "standard_only"})
 
 
 def _tier_pair(tier: str) -> tuple[str, str]:
