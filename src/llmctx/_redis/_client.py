@@ -296,11 +296,7 @@ class _Connection:
         if client is None:
             import redis.asyncio
 
-            given = self.client.connection_pool.connection_kwargs
-            kwargs = {k: given[k] for k in _ASYNC_KWARGS if k in given}
-            for timeout in ("socket_timeout", "socket_connect_timeout"):
-                if f"orig_{timeout}" in given and timeout not in kwargs:
-                    kwargs[timeout] = given[f"orig_{timeout}"]
+            kwargs = _async_kwargs(self.client.connection_pool.connection_kwargs)
             sync_class = self.client.connection_pool.connection_class
             if issubclass(sync_class, self._module.SSLConnection):
                 kwargs["connection_class"] = redis.asyncio.SSLConnection
@@ -320,13 +316,7 @@ class _Connection:
         its nodes' credentials, timeouts and TLS."""
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        given = _node_kwargs(self.client)
-        kwargs: dict[str, Any] = {
-            k: given[k] for k in _ASYNC_KWARGS if k in given and k not in _NODE_ONLY
-        }
-        for timeout in ("socket_timeout", "socket_connect_timeout"):
-            if f"orig_{timeout}" in given and timeout not in kwargs:
-                kwargs[timeout] = given[f"orig_{timeout}"]
+        kwargs = _async_kwargs(_node_kwargs(self.client), skip=_NODE_ONLY)
         sync_class = getattr(_node_pool(self.client), "connection_class", None)
         if isinstance(sync_class, type) and issubclass(sync_class, self._module.SSLConnection):
             kwargs["ssl"] = True
@@ -521,6 +511,17 @@ _ASYNC_KWARGS: Final = (
 
 #: Settings of a single node that a cluster client sets for itself.
 _NODE_ONLY: Final = ("host", "port", "db", "path")
+
+
+def _async_kwargs(given: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The redis.asyncio settings of a sync client's connection settings ``given`` (but
+    ``skip``): the same server, credentials, timeouts and TLS."""
+    kwargs = {k: given[k] for k in _ASYNC_KWARGS if k in given and k not in skip}
+    for timeout in ("socket_timeout", "socket_connect_timeout"):
+        if f"orig_{timeout}" in given and timeout not in kwargs:
+            kwargs[timeout] = given[f"orig_{timeout}"]
+    return kwargs
+
 
 #: Every live _Renewal, so a forked child can drop what its parent holds (see _after_fork).
 _RENEWALS: Final[weakref.WeakSet[_Renewal]] = weakref.WeakSet()

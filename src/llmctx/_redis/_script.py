@@ -129,8 +129,6 @@ class _Script:
                     raise
 
     async def _arun_again(self, head: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
-        import asyncio
-
         client = self._connection.async_client()
         deadline = time.monotonic() + _TRY_AGAIN_FOR
         while True:

@@ -253,7 +253,7 @@ if nexp <= now then
   nexp = first[2] and tonumber(first[2]) or now + v[5]
   moved = true
 end
-local member = string.sub(ARGV[1], 161)
+local member = string.sub(ARGV[1], 161)  -- after the 20 packed integers
 if cur then member = cur .. '|' .. member end
 local function keep_sweep()
   if swept then store_all(key, s, h) end
@@ -316,7 +316,7 @@ _FINISH: Final = _lua(
     """
 local audit, settle, a1, a2, a3, a4, a5 = struct.unpack('>i8i8i8i8i8i8i8', ARGV[1])
 local actual = {a1, a2, a3, a4, a5}
-local member = string.sub(ARGV[1], 57)
+local member = string.sub(ARGV[1], 57)  -- after the 7 packed integers
 local live = redis.call('ZREM', held_key, member) == 1
 if not live then
   if redis.call('ZREM', expired_key, member) == 0 then return 0 end
@@ -789,39 +789,36 @@ class RedisLedger(_ClosesOnExit):
             BudgetExceeded: the reply is a refusal.
         """
         if type(reply) is int:  # held, no soft limit fired: the window's start (0: none)
-            if reply:
-                member = f"{reply}|{member}"
-            token = account.token_head + member if account.token_head else member
-            self._renewal.add(token)
-            return token
-        status = int(reply[0])
-        if status == 1:
-            start = int(reply[1])
-            if start:
-                member = f"{start}|{member}"
-            token = account.token_head + member if account.token_head else member
-            self._renewal.add(token)
-            # soft limits fired, decided in the script (once per window)
-            fired = int(reply[2])
+            start, fired = reply, 0
+        else:
+            status = int(reply[0])
+            if status == 2:  # the calendar period changed: take the server's bounds
+                assert budget.window is not None
+                account.bounds = budget.window.bounds(int(reply[1]))
+                return None
+            if status != 1:
+                index = int(reply[1]) - 1
+                dimension = _DIMS[index]
+                limit = budget.limit(dimension)
+                assert limit is not None  # the script only refuses on a limited dimension
+                raise BudgetExceeded(
+                    dimension=dimension,
+                    limit=limit,
+                    spent=_value(index, reply[2]),
+                    reserved=_value(index, reply[3]),
+                    requested=amount.get(dimension),
+                )
+            # Held, and soft limits fired (decided in the script, once per window).
+            start, fired = int(reply[1]), int(reply[2])
+        if start:
+            member = f"{start}|{member}"
+        token = account.token_head + member if account.token_head else member
+        self._renewal.add(token)
+        if fired:
             for i, dim in enumerate(_DIMS):
                 if fired & (1 << i):
                     budget._warn(dim, _value(i, reply[3 + i]), start or None)
-            return token
-        if status == 2:  # the calendar period changed: take the server's bounds
-            assert budget.window is not None
-            account.bounds = budget.window.bounds(int(reply[1]))
-            return None
-        index = int(reply[1]) - 1
-        dimension = _DIMS[index]
-        limit = budget.limit(dimension)
-        assert limit is not None  # the script only refuses on a limited dimension
-        raise BudgetExceeded(
-            dimension=dimension,
-            limit=limit,
-            spent=_value(index, reply[2]),
-            reserved=_value(index, reply[3]),
-            requested=amount.get(dimension),
-        )
+        return token
 
     @protected
     def reserve(self, amount: Amount, budget: Budget) -> str:
