@@ -1008,6 +1008,18 @@ def _anthropic_client(body: dict[str, Any]) -> Any:
     return llmctx.instrument(client)
 
 
+def _openai_client(handler: Any) -> Any:
+    """An instrumented openai client whose requests ``handler(request)`` answers."""
+    openai = pytest.importorskip("openai")
+    httpx2 = pytest.importorskip("httpx2")
+    client = openai.OpenAI(
+        api_key="sk-test-not-a-real-key-000000",
+        base_url="https://llm.example.test/v1",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    )
+    return llmctx.instrument(client)
+
+
 def _anthropic_message(model: str, usage: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": "msg_prices",
@@ -1046,7 +1058,6 @@ def test_an_anthropic_call_is_charged_its_one_hour_writes_and_tier(service_tier:
 
 def test_an_openai_flex_request_is_charged_the_flex_rate() -> None:
     """A chat call asking for service_tier="flex" is charged genai-prices' flex rate."""
-    openai = pytest.importorskip("openai")
     httpx2 = pytest.importorskip("httpx2")
     body = {
         "id": "chatcmpl-flex", "object": "chat.completion", "created": 1, "model": "gpt-5",
@@ -1056,15 +1067,7 @@ def test_an_openai_flex_request_is_charged_the_flex_rate() -> None:
         "usage": {"prompt_tokens": 12_000, "completion_tokens": 900, "total_tokens": 12_900,
                   "completion_tokens_details": {"reasoning_tokens": 500}},
     }  # fmt: skip
-    client = llmctx.instrument(
-        openai.OpenAI(
-            api_key="sk-test-not-a-real-key-000000",
-            base_url="https://llm.example.test/v1",
-            http_client=httpx2.Client(
-                transport=httpx2.MockTransport(lambda request: httpx2.Response(200, json=body))
-            ),
-        )
-    )
+    client = _openai_client(lambda request: httpx2.Response(200, json=body))
     with llmctx.session("openai-flex", store="memory:") as s:
         client.chat.completions.create(
             model="gpt-5", service_tier="flex", messages=[{"role": "user", "content": "hi"}]
@@ -1080,7 +1083,6 @@ def test_an_openai_flex_request_is_charged_the_flex_rate() -> None:
 def test_an_openai_call_is_charged_the_tier_it_was_served_at(stream: bool) -> None:
     """A chat call asking for service_tier="auto" and served at "priority" (the response says
     so) is charged the priority rate, whole or streamed, and its record names the tier."""
-    openai = pytest.importorskip("openai")
     httpx2 = pytest.importorskip("httpx2")
     usage = {"prompt_tokens": 12_000, "completion_tokens": 900, "total_tokens": 12_900}
     head = {"id": "chatcmpl-tier", "created": 1, "model": "gpt-5", "service_tier": "priority"}
@@ -1101,13 +1103,7 @@ def test_an_openai_call_is_charged_the_tier_it_was_served_at(stream: bool) -> No
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                          "finish_reason": "stop"}],
         })  # fmt: skip
-    client = llmctx.instrument(
-        openai.OpenAI(
-            api_key="sk-test-not-a-real-key-000000",
-            base_url="https://llm.example.test/v1",
-            http_client=httpx2.Client(transport=httpx2.MockTransport(lambda request: reply)),
-        )
-    )
+    client = _openai_client(lambda request: reply)
     with llmctx.session("openai-tier", store="memory:") as s:
         asked = {
             "model": "gpt-5",
@@ -1133,7 +1129,6 @@ def test_a_request_for_a_dearer_tier_reserves_that_tiers_price() -> None:
     """A budgeted request asking for service_tier="priority" reserves the priority worst case
     (refused where the standard one would fit, nothing sent), and one asking for a tier the
     model has no price at is refused as unpriced, naming the tier."""
-    openai = pytest.importorskip("openai")
     httpx2 = pytest.importorskip("httpx2")
     sent: list[Any] = []
 
@@ -1146,13 +1141,7 @@ def test_a_request_for_a_dearer_tier_reserves_that_tiers_price() -> None:
             "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
         })  # fmt: skip
 
-    client = llmctx.instrument(
-        openai.OpenAI(
-            api_key="sk-test-not-a-real-key-000000",
-            base_url="https://llm.example.test/v1",
-            http_client=httpx2.Client(transport=httpx2.MockTransport(reply)),
-        )
-    )
+    client = _openai_client(reply)
     messages = [{"role": "user", "content": "hi"}]
     standard = estimate_cost("gpt-5", 100, 1_000, "openai")
     priority = estimate_cost("gpt-5", 100, 1_000, "openai", service_tier="priority")
