@@ -768,8 +768,9 @@ def test_replay_of_a_child_session_alone_lands_in_its_roots_trace(tmp_path: Path
 
 
 def test_export_cli_otlp_to_an_unreachable_endpoint_fails_clearly(tmp_path: Path) -> None:
-    """`sessions export --format otlp` to a port nobody listens on exits 1 saying the
-    endpoint did not accept the spans; --endpoint without --format otlp is refused."""
+    """`sessions export --format otlp` to a port nobody listens on exits 1 with one error that
+    says the endpoint did not accept the spans and why (connection refused), without the
+    exporter's retry log lines; each wrong combination of options names its own fix."""
     import socket
 
     from typer.testing import CliRunner
@@ -799,9 +800,20 @@ def test_export_cli_otlp_to_an_unreachable_endpoint_fails_clearly(tmp_path: Path
         ],
     )
     assert result.exit_code == 1
-    assert "did not accept the spans" in result.output
+    output = " ".join(result.output.split())  # rich wraps the error at the terminal width
+    assert "did not accept the spans (connection refused, after" in output
+    assert "Transient error" not in output and "retrying in" not in output
     wrong = runner.invoke(app, ["sessions", "export", "--endpoint", "http://x:1", "--db", str(db)])
-    assert wrong.exit_code == 1 and "--format otlp" in wrong.output
+    assert wrong.exit_code == 1
+    assert "--endpoint goes with --format otlp" in " ".join(wrong.output.split())
+    bare = runner.invoke(app, ["sessions", "export", "--format", "otlp", "--db", str(db)])
+    assert bare.exit_code == 1
+    assert "--format otlp needs --endpoint URL" in " ".join(bare.output.split())
+    otlp_to = ["sessions", "export", "--format", "otlp", "--endpoint", "http://x:1"]
+    to_file = runner.invoke(app, [*otlp_to, "-o", str(tmp_path / "f.txt"), "--db", str(db)])
+    assert to_file.exit_code == 1
+    assert "leave --output out" in " ".join(to_file.output.split())
+    assert not (tmp_path / "f.txt").exists()
 
 
 def test_a_local_model_call_span_carries_its_finish_reason(otel: Telemetry) -> None:
@@ -814,3 +826,38 @@ def test_a_local_model_call_span_carries_its_finish_reason(otel: Telemetry) -> N
     (span,) = [s for s in otel.finished() if s.name.startswith("chat ")]
     reasons = (span.attributes or {})[ga.GEN_AI_RESPONSE_FINISH_REASONS]
     assert list(reasons) == [result["choices"][0]["finish_reason"]]  # type: ignore[arg-type]
+
+
+def test_export_to_an_endpoint_answering_an_error_names_the_status(tmp_path: Path) -> None:
+    """An HTTP server that answers 404 to the OTLP POST (a wrong path, say): export_sessions
+    raises OTLPExportError naming the status, and the password in the URL never appears."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotHere(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(404, "Not Found")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    store = SQLiteStore(tmp_path / "calls.db")
+    with llmctx.session("x", store=store) as s:
+        FakeModel().complete("hi")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotHere)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://user:hunter2-secret@127.0.0.1:{server.server_address[1]}/v1/traces"
+        with pytest.raises(llmctx.otel.OTLPExportError) as caught:
+            llmctx.otel.export_sessions(store, store.session_tree(s.id), endpoint=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        store.close()
+    message = str(caught.value)
+    assert "HTTP 404 Not Found" in message
+    assert "hunter2-secret" not in message

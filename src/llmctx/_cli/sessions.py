@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import sys
@@ -720,14 +721,41 @@ def _export_otlp(
     endpoint: str | None,
     output: Path | None,
 ) -> None:
-    if fmt is not ExportFormat.otlp or endpoint is None or output is not None:
-        raise ConfigError("--endpoint URL goes with --format otlp (and no --output)")
+    if fmt is not ExportFormat.otlp:
+        raise ConfigError(
+            f"--endpoint goes with --format otlp; --format {fmt.value} writes to stdout or "
+            "--output FILE: leave --endpoint out"
+        )
+    if endpoint is None:
+        raise ConfigError(
+            "--format otlp needs --endpoint URL, the OTLP/HTTP traces URL of the backend "
+            "(e.g. --endpoint http://localhost:6006/v1/traces for Phoenix)"
+        )
+    if output is not None:
+        raise ConfigError(
+            "--format otlp sends the spans to --endpoint and writes no file: leave --output "
+            "out (or use --format jsonl|csv|html with --output)"
+        )
     try:
         from ..otel import export_sessions
+        from ..otel._replay import EXPORTER_LOGGER
     except ImportError:
         raise ConfigError("--format otlp needs OpenTelemetry: pip install 'llmctx[otel]'") from None
-    sent = export_sessions(store, sessions, endpoint=endpoint, timeout=10.0)
-    Console(stderr=True, highlight=False).print(
+    # The exporter logs each retry to stderr (Python's last-resort handler); the one error
+    # below says what happened instead, with the reason it kept.
+    exporter_log = logging.getLogger(EXPORTER_LOGGER)
+    propagate, exporter_log.propagate = exporter_log.propagate, False
+    quiet = logging.NullHandler()
+    exporter_log.addHandler(quiet)
+    console = Console(stderr=True, highlight=False)
+    try:
+        # A spinner on a terminal: an endpoint that does not answer is retried for 10 s.
+        with console.status(f"Sending {len(sessions)} sessions to {redact_url(endpoint)}"):
+            sent = export_sessions(store, sessions, endpoint=endpoint, timeout=10.0)
+    finally:
+        exporter_log.removeHandler(quiet)
+        exporter_log.propagate = propagate
+    console.print(
         f"Sent {sent.sessions} sessions and {sent.calls} calls as {sent.spans} spans "
         f"to {redact_url(sent.endpoint or endpoint)}"
     )

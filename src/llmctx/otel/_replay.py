@@ -17,7 +17,10 @@ Stored timestamps: a session row has ``started_at`` / ``ended_at``; a call recor
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -57,6 +60,52 @@ _REPLAYED: Final = "llmctx.replayed"
 
 class OTLPExportError(LLMCtxError):
     """The OTLP endpoint did not accept the spans (unreachable, or it answered an error)."""
+
+
+#: Where the OTLP/HTTP exporter logs its retries and its failures (its client logs there too).
+EXPORTER_LOGGER: Final = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+_ERRNO: Final = re.compile(r"\[Errno -?\d+\] ([^)\"'\]]+)")
+
+
+class _Reasons(logging.Handler):
+    """Keeps why the exporter's last attempt failed, for the error that says it did not."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reason: str | None = None
+        self.retries = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.msg if isinstance(record.msg, str) else ""
+        args = record.args if isinstance(record.args, tuple) else ()
+        if message.startswith("Transient error") and args:
+            self.retries += 1
+            self.reason = _short_reason(args[0])
+        elif message.startswith("Failed to export") and len(args) == 3:
+            self.reason = f"HTTP {args[1]} {args[2]}".strip()
+
+
+def _short_reason(error: object) -> str:
+    # "HTTPConnectionPool(...): Max retries exceeded ... [Errno 111] Connection refused))"
+    # reads as "connection refused"; anything else is cut short. Never a credential: the
+    # exporter's messages name host and port, and redact_text takes what looks secret.
+    text = str(error)
+    found = _ERRNO.search(text)
+    if found:
+        return found.group(1).strip().lower()
+    text = redact_text(text)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+@contextmanager
+def _exporter_reasons() -> Iterator[_Reasons]:
+    logger = logging.getLogger(EXPORTER_LOGGER)
+    handler = _Reasons()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,13 +320,18 @@ def export_sessions(
     spans, n_calls = build_spans(store, sessions, content=content)
     where = redact_url(url) if url else type(exporter).__name__
     try:
-        for start in range(0, len(spans), _BATCH):
-            result = exporter.export(spans[start : start + _BATCH])
-            if result is not SpanExportResult.SUCCESS:
-                raise OTLPExportError(
-                    f"{where} did not accept the spans (sent {start} of {len(spans)} before "
-                    "this batch); check that the endpoint is up and is an OTLP/HTTP traces URL"
-                )
+        with _exporter_reasons() as reasons:
+            for start in range(0, len(spans), _BATCH):
+                result = exporter.export(spans[start : start + _BATCH])
+                if result is not SpanExportResult.SUCCESS:
+                    why = reasons.reason or "it reported a failure"
+                    if reasons.retries:
+                        why += f", after {reasons.retries} retries"
+                    raise OTLPExportError(
+                        f"{where} did not accept the spans ({why}; sent {start} of "
+                        f"{len(spans)} before this batch); check that the endpoint is up and "
+                        "is an OTLP/HTTP traces URL"
+                    )
     finally:
         exporter.shutdown()
     return ExportSummary(sessions=len(sessions), calls=n_calls, spans=len(spans), endpoint=url)
