@@ -704,6 +704,23 @@ def test_bad_content_limit_is_a_config_error() -> None:
     assert not llmctx.otel.instrumented()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"tracer_provider": "http://localhost:4318"}, "takes an OpenTelemetry TracerProvider"),
+        ({"meter_provider": TracerProvider()}, "takes an OpenTelemetry MeterProvider"),
+        ({"capture_content": "yes"}, "takes True, False or None"),
+    ],
+)
+def test_a_wrong_instrument_argument_is_a_config_error(kwargs: dict[str, Any], says: str) -> None:
+    """A URL where a provider goes, a provider of the other kind, or "yes" for content capture
+    is refused with what the argument takes, and leaves nothing instrumented (it was an
+    AttributeError from inside the SDK, or accepted silently)."""
+    with pytest.raises(llmctx.ConfigError, match=says):
+        llmctx.otel.instrument(**kwargs)
+    assert not llmctx.otel.instrumented()
+
+
 # -- replay of stored sessions ---------------------------------------------------------------
 
 

@@ -91,12 +91,21 @@ def instrument(
         content_limit: characters kept per content attribute.
 
     Raises:
-        ConfigError: ``content_limit`` is not a positive whole number.
+        ConfigError: a provider that is not one (no ``get_tracer`` / ``get_meter``), a
+            ``capture_content`` that is not True, False or None, or a ``content_limit`` that
+            is not a positive whole number.
     """
     global _installed
     if type(content_limit) is not int or content_limit <= 0:
         raise ConfigError(
             f"instrument(content_limit={content_limit!r}) takes a positive number of characters"
+        )
+    _check_provider("tracer_provider", tracer_provider, "get_tracer", "TracerProvider")
+    _check_provider("meter_provider", meter_provider, "get_meter", "MeterProvider")
+    if capture_content is not None and not isinstance(capture_content, bool):
+        raise ConfigError(
+            f"instrument(capture_content={capture_content!r}) takes True, False or None (None "
+            "reads OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)"
         )
     capture = content_from_env() if capture_content is None else bool(capture_content)
     key = (tracer_provider, meter_provider, capture, content_limit)
@@ -110,6 +119,14 @@ def instrument(
         set_call_tracer(telemetry)
         set_tracing(True)
         _installed = _Installed(key, telemetry, remove)
+
+
+def _check_provider(name: str, provider: object, method: str, kind: str) -> None:
+    if provider is not None and not callable(getattr(provider, method, None)):
+        raise ConfigError(
+            f"instrument({name}=...) takes an OpenTelemetry {kind} (from "
+            f"opentelemetry.sdk, or None for the global one), got {type(provider).__name__}"
+        )
 
 
 def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
