@@ -84,13 +84,23 @@ def raw_usage_dict(raw: Any) -> dict[str, Any] | None:
     """Turn an SDK usage object (pydantic model, dataclass, dict) into a plain dict."""
     if raw is None:
         return None
-    if isinstance(raw, Mapping):
+    kind = type(raw)
+    fields = _SIMPLE_MODELS.get(kind, _UNSEEN)
+    if type(fields) is dict:
+        # A model learnt to dump as its own values: read them, no serializer (most calls).
+        fast = _simple_model_dict(raw, fields)
+        if fast is not None:
+            return fast
+    if kind is dict or isinstance(raw, Mapping):
         return {str(k): _plain(v) for k, v in raw.items()}
     dump = getattr(raw, "model_dump", None)
     if callable(dump):
         result = dump()
         if isinstance(result, dict):
-            return {str(k): _plain(v) for k, v in result.items()}
+            plain = {str(k): _plain(v) for k, v in result.items()}
+            if fields is _UNSEEN:
+                _learn_model(raw, plain)
+            return plain
     if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
         return {str(k): _plain(v) for k, v in dataclasses.asdict(raw).items()}
     data = getattr(raw, "__dict__", None)
@@ -100,6 +110,113 @@ def raw_usage_dict(raw: Any) -> dict[str, Any] | None:
 
 
 _LEAVES = frozenset({int, str, float, bool, type(None)})
+_UNSEEN: Any = object()
+# Per pydantic model class seen by raw_usage_dict: None if its model_dump() may be anything
+# but its own values, else for each field what a value may be for model_dump() to return it
+# unchanged: its exact type (a leaf, or a nested model dumped on its own), or, for a Literal
+# field, one of its strings. The serializer converts the rest (True to 1 in an int field, 2 to
+# 2.0 in a float one, a subclass's model to its declared fields): those take model_dump().
+_SIMPLE_MODELS: dict[type, dict[str, frozenset[Any]] | None] = {}
+
+
+def _simple_model_dict(raw: Any, fields: dict[str, frozenset[Any]]) -> dict[str, Any] | None:
+    # What model_dump() then _plain would make of ``raw``, or None to take that path after all.
+    values = raw.__dict__
+    if len(values) != len(fields):  # model_dump() skips unknown keys, misses missing ones
+        return None
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        allowed = fields.get(key)
+        kind = type(value)
+        if allowed is None:
+            return None
+        if kind in allowed:
+            out[key] = value if kind in _LEAVES else raw_usage_dict(value)
+        elif kind is str and value in allowed:
+            out[key] = value
+        else:
+            return None
+    extra = raw.__pydantic_extra__
+    if extra:
+        for key, value in extra.items():
+            # Extra fields are dumped by their runtime type: a leaf is itself.
+            if type(key) is not str or type(value) not in _LEAVES:
+                return None
+            out[key] = value
+    return out
+
+
+def _learn_model(raw: Any, plain: dict[str, Any]) -> None:
+    # Once per class, after its first model_dump(): may the next ones be read directly?
+    if len(_SIMPLE_MODELS) >= 256:  # classes made on the fly: not kept forever
+        return
+    try:
+        fields = _model_field_types(type(raw))
+        if fields is not None:
+            fast = _simple_model_dict(raw, fields)
+            if fast is not None and list(fast.items()) != list(plain.items()):
+                fields = None  # something this does not know of changes the dump
+    except Exception:
+        fields = None
+    _SIMPLE_MODELS[type(raw)] = fields
+
+
+def _model_field_types(cls: type) -> dict[str, frozenset[Any]] | None:
+    from pydantic import BaseModel
+
+    if not issubclass(cls, BaseModel) or cls.model_dump is not BaseModel.model_dump:
+        return None
+    if (
+        getattr(cls, "__pydantic_root_model__", False)
+        or not getattr(cls, "__pydantic_complete__", False)
+        or cls.model_computed_fields
+        or cls.__pydantic_decorators__.field_serializers
+        or cls.__pydantic_decorators__.model_serializers
+        or cls.model_config.get("serialize_by_alias")
+        # Typed extra fields are converted to their type.
+        or any(
+            "__pydantic_extra__" in vars(k).get("__annotations__", {})
+            for k in cls.__mro__
+            if k is not BaseModel
+        )
+    ):
+        return None
+    out: dict[str, frozenset[Any]] = {}
+    for name, info in cls.model_fields.items():
+        if info.exclude or info.metadata or getattr(info, "exclude_if", None) is not None:
+            return None
+        allowed = _unchanged_values(info.annotation)
+        if allowed is None:
+            return None
+        out[name] = allowed
+    return out
+
+
+def _unchanged_values(annotation: Any) -> frozenset[Any] | None:
+    # What a field of this type holds that model_dump() returns as it is (None: don't know).
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    if annotation is None or annotation is type(None):
+        return frozenset({type(None)})
+    if annotation in (int, str, float, bool):
+        return frozenset({annotation})
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return frozenset({annotation})
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return frozenset(args) if args and all(type(a) is str for a in args) else None
+    if origin in (typing.Union, types.UnionType):
+        # Only ``X | None``: which member of a wider union serializes a value is subtle.
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return None
+        inner = _unchanged_values(rest[0])
+        return None if inner is None else inner | {type(None)}
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -115,15 +232,17 @@ def _plain(value: Any) -> Any:
 def _readable(raw: Any) -> Mapping[str, Any] | None:
     # What the normalisers read counts from: a mapping as it is (they only read it), anything
     # else (an SDK object) as a plain dict.
-    return raw if isinstance(raw, Mapping) else raw_usage_dict(raw)
+    return raw if type(raw) is dict or isinstance(raw, Mapping) else raw_usage_dict(raw)
 
 
 def _int(data: Mapping[str, Any] | None, *path: str) -> int:
     value: Any = data
     for key in path:
-        if not isinstance(value, Mapping):
-            return 0
+        if type(value) is not dict and (value is None or not isinstance(value, Mapping)):
+            return 0  # (None, the usual missing details, before the slower ABC check)
         value = value.get(key)
+    if type(value) is int:  # the usual count: int() of it is itself
+        return value if value > 0 else 0
     try:
         number = int(value or 0)
     except (TypeError, ValueError):

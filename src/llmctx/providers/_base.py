@@ -222,6 +222,9 @@ class Plan:
 
 
 _SENTINELS: Final = frozenset({"NotGiven", "Omit"})
+# What a request body is mostly made of: exactly these types are never a sentinel, and a set
+# lookup is cheaper than reading the type's name.
+_BODY_TYPES: Final = frozenset({str, int, float, bool, list, dict, type(None)})
 _DEFAULT_PORTS: Final = {"https": 443, "http": 80, "wss": 443, "ws": 80}
 
 
@@ -262,7 +265,11 @@ def _server_of(url: str) -> tuple[tuple[str, Any], ...]:
 
 def clean_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """The request body without the SDKs' "argument not given" sentinels (``omit``, ...)."""
-    return {k: v for k, v in body.items() if type(v).__name__ not in _SENTINELS}
+    return {
+        k: v
+        for k, v in body.items()
+        if (kind := type(v)) in _BODY_TYPES or kind.__name__ not in _SENTINELS
+    }
 
 
 def json_tokens(value: Any) -> int:

@@ -41,12 +41,23 @@ __all__ = ["OpenAIAdapter"]
 PROVIDER = "openai"
 
 
+# Pydantic model classes _get has met: a set lookup instead of isinstance(obj, BaseModel),
+# itself an ABC check (pydantic's metaclass is an ABCMeta) of every read of a response.
+_MODEL_TYPES: set[type] = set()
+
+
 def _get(obj: Any, name: str) -> Any:
     # The SDK's response types are pydantic models: a plain attribute read, before the
     # Mapping check (an ABC isinstance, costly on a class that is not one).
-    if isinstance(obj, BaseModel):
+    kind = type(obj)
+    if kind in _MODEL_TYPES:
         return getattr(obj, name, None)
-    if type(obj) is dict or isinstance(obj, Mapping):
+    if isinstance(obj, BaseModel):
+        # Only a real subclass (not a mock's __class__), and not every class made on the fly.
+        if BaseModel in kind.__mro__ and len(_MODEL_TYPES) < 512:
+            _MODEL_TYPES.add(kind)
+        return getattr(obj, name, None)
+    if kind is dict or isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
 
@@ -71,11 +82,14 @@ def _positive(value: Any) -> int | None:
 
 
 def _tool_parts(body: Mapping[str, Any]) -> int:
+    text = body.get("text")  # the Responses API's output format (a mapping), if any
+    if text is not None and type(text) is not dict and not isinstance(text, Mapping):
+        text = None  # (None, the usual, before the ABC check)
     return (
         json_tokens(body.get("tools"))
         + json_tokens(body.get("functions"))
         + json_tokens(body.get("response_format"))
-        + json_tokens(body.get("text") if isinstance(body.get("text"), Mapping) else None)
+        + json_tokens(text)
     )
 
 
@@ -129,7 +143,7 @@ def _chat_extract(plan: Plan, result: Any) -> Outcome:
             text_parts.append(content)
     usage, raw_usage = _read_usage(_get(result, "usage"), usage_from_openai_chat)
     text = "\n".join(text_parts) if text_parts else None
-    reasons = [r for r in (_get(c, "finish_reason") for c in choices) if isinstance(r, str)]
+    reasons = [r for c in choices if isinstance(r := _get(c, "finish_reason"), str)]
     return Outcome(
         usage=usage,
         text=text,
@@ -397,9 +411,13 @@ class OpenAIAdapter:
         path = url.split("?", 1)[0].rstrip("/")
         body = getattr(options, "json_data", None)
         extra = getattr(options, "extra_json", None)
-        if not isinstance(body, Mapping):
+        # Exact dicts and a missing extra_json (the usual) before the ABC isinstance checks.
+        if type(body) is not dict and not isinstance(body, Mapping):
             return None
-        merged = clean_body({**body, **extra} if isinstance(extra, Mapping) else body)
+        sent = body
+        if extra is not None and (type(extra) is dict or isinstance(extra, Mapping)):
+            sent = {**body, **extra}
+        merged = clean_body(sent)
         model = merged.get("model")
         model = model if isinstance(model, str) else None
         meta: dict[str, Any] = {"stream": True} if stream else {}
