@@ -230,3 +230,31 @@ def test_register_rejects_bad_arguments() -> None:
         register_tokenizer("", words)
     with pytest.raises(ConfigError):
         register_tokenizer("x", "not callable")  # type: ignore[arg-type]
+
+
+def test_a_long_text_counted_again_gets_the_same_estimate_and_is_not_kept() -> None:
+    """A chat's history is counted on every call: a long message is estimated once and then
+    found by its length and hash. The numbers are the heuristic's, and no prompt text stays
+    in the cache (only integers), which stays bounded."""
+    from llmctx import _tokens
+
+    texts = [
+        f"message {i}: " + "The quick brown fox jumps over the lazy dog. " * 12 for i in range(3)
+    ]
+    history = [{"role": "user", "content": t} for t in texts]
+    first = count_tokens(history, "some-model").tokens
+    assert count_tokens(history, "some-model").tokens == first
+    assert (
+        first
+        == sum(estimate_text_tokens(t) for t in texts)
+        + sum(estimate_text_tokens("user") for _ in texts)
+        + 3 * MESSAGE_OVERHEAD
+        + REPLY_PRIMING
+    )
+    assert all(
+        type(a) is int and type(b) is int and type(n) is int
+        for (a, b), n in _tokens._long_estimates.items()
+    )
+    for i in range(_tokens._LONG_ESTIMATES + 10):
+        _tokens._estimate(f"{i:08d} " + "x" * 80)
+    assert len(_tokens._long_estimates) <= _tokens._LONG_ESTIMATES

@@ -135,10 +135,12 @@ def estimate_text_tokens(text: str) -> int:
     return max(1, -(-twelfths // 12))
 
 
-#: Texts up to this many characters have their estimate cached: role names, tool names and
-#: short messages repeat call after call, and the cache lookup is a fraction of the count.
-#: Longer texts are counted each time (no prompt of any length is kept past its call).
+#: Texts up to this many characters have their estimate cached by the text itself: role
+#: names, tool names and short messages repeat call after call, and the cache lookup is a
+#: fraction of the count.
 _CACHED_TEXT_LEN: Final = 64
+#: How many longer texts' estimates are remembered, by length and hash (see _estimate).
+_LONG_ESTIMATES: Final = 8192
 
 
 @functools.lru_cache(maxsize=1024)
@@ -146,11 +148,27 @@ def _estimate_short(text: str) -> int:
     return estimate_text_tokens(text)
 
 
+# (length, hash) of a text over _CACHED_TEXT_LEN characters -> its estimate. A chat's history
+# is sent again with every call, so without this each call re-counted all of it (50 messages
+# of 500 characters: 0.3 ms a call, as much as the SDK's own request). Keyed by the hash, not
+# the text: no prompt is kept past its call. Two texts of one length and one 64-bit hash
+# would share an estimate, a reservation's worst case off by the difference (the actual
+# usage is what is charged).
+_long_estimates: dict[tuple[int, int], int] = {}
+
+
 def _estimate(text: str) -> int:
-    """:func:`estimate_text_tokens`, from a small cache for short texts (the same numbers)."""
+    """:func:`estimate_text_tokens`, from a cache (the same numbers)."""
     if len(text) <= _CACHED_TEXT_LEN:
         return _estimate_short(text)
-    return estimate_text_tokens(text)
+    key = (len(text), hash(text))  # a str keeps its hash: the same message hashes once
+    found = _long_estimates.get(key)
+    if found is None:
+        found = estimate_text_tokens(text)
+        if len(_long_estimates) >= _LONG_ESTIMATES:
+            _long_estimates.clear()  # a bound; a clear racing another thread's insert is fine
+        _long_estimates[key] = found
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,9 +263,18 @@ class _Walker:
             if value.get("type") in _IMAGE_PART_TYPES:
                 self.images += 1
                 return IMAGE_TOKENS
-            return sum(self.value(v) for k, v in value.items() if k not in _SKIPPED_KEYS)
+            # A loop with the strings counted in it: a message is mostly a role and a text,
+            # and a generator plus a call per value cost more than counting them.
+            count_text, total = self.count_text, 0
+            for k, v in value.items():
+                if k not in _SKIPPED_KEYS:
+                    total += count_text(v) if type(v) is str else self.value(v)
+            return total
         if kind is list:
-            return sum(self.value(v) for v in value)
+            count_text, total = self.count_text, 0
+            for v in value:
+                total += count_text(v) if type(v) is str else self.value(v)
+            return total
         if kind is int or value is None:
             return 0
         if isinstance(value, str):
