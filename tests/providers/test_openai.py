@@ -20,6 +20,7 @@ openai = pytest.importorskip("openai")
 httpx2 = pytest.importorskip("httpx2")
 
 import llmctx  # noqa: E402
+from llmctx._tokens import unregister_tokenizer  # noqa: E402
 from llmctx.providers import instrument, is_instrumented, uninstrument  # noqa: E402
 
 MODEL = "gpt-4o-mini"
@@ -344,3 +345,49 @@ def test_a_changed_base_url_is_the_server_of_the_next_call() -> None:
         "llm.internal",
         8080,
     )
+
+
+def test_the_prompt_is_counted_only_when_something_needs_the_count() -> None:
+    """The pre-flight input count (a walk of the whole prompt, the most of llmctx's work on a
+    long chat) is made only for a budget's or a rate limiter's reservation, or for a response
+    that reports no usage: a call in a session without either never counts its prompt."""
+    counted: list[str] = []
+
+    def tokenizer(text: str) -> int:
+        counted.append(text)
+        return len(text.split())
+
+    llmctx.register_tokenizer(MODEL, tokenizer)
+    try:
+        client, _ = make()
+        with llmctx.session(store="memory:") as s:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+        assert "Say hi" not in counted
+        assert s.calls[0].usage.input_tokens == 9  # what the response reported
+
+        with llmctx.session(store="memory:", budget=llmctx.Budget(tokens=1_000)) as s:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+            # The reservation included the counted prompt: 2 words + chat overhead + 5 out.
+            assert counted.count("Say hi") == 1
+
+        limited, _ = make(limiter=llmctx.RateLimiter(rpm=600, tpm=100_000))
+        with llmctx.session(store="memory:"):
+            limited.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+        assert counted.count("Say hi") == 2
+
+        # No usage in the response: the estimate is the counted prompt plus the reply.
+        def no_usage(body: dict[str, Any]) -> Any:
+            reply = chat_handler(body)
+            data = json.loads(reply.content)
+            data["usage"] = None
+            return httpx2.Response(200, json=data)
+
+        bare, _ = make(no_usage)
+        with llmctx.session(store="memory:") as s:
+            bare.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+        assert counted.count("Say hi") == 3
+        (record,) = s.calls
+        assert record.estimated
+        assert record.usage.input_tokens == llmctx.count_tokens(MESSAGES, MODEL).tokens
+    finally:
+        unregister_tokenizer(MODEL)

@@ -38,7 +38,7 @@ from .._charge import (
     ReservationLike,
     track_call,
 )
-from .._context import idle
+from .._context import get_session, idle
 from .._interrupt import protected
 from .._tokens import Tokenizer, count_tokens, estimate_text_tokens
 from .._usage import Usage
@@ -109,6 +109,19 @@ class Plan:
     free: bool = False
     tokenizer: Tokenizer | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Counts the prompt when it is first needed, if given (``input_tokens`` is then 0 until
+    #: :meth:`prompt_tokens`): a budget or a rate limiter reserves it, or the response
+    #: reports no usage. A call nothing reserves for never counts its prompt, which for a
+    #: long chat is the most of what llmctx does per call.
+    count_input: Callable[[], int] | None = None
+
+    def prompt_tokens(self) -> int:
+        """The pre-flight input count, counted now if it was left for later."""
+        count = self.count_input
+        if count is not None:
+            self.count_input = None
+            self.input_tokens = count()
+        return self.input_tokens
 
     def estimate_output(self, text: str) -> int:
         """Tokens of generated ``text``: exact with the plan's tokenizer, else the heuristic."""
@@ -119,7 +132,7 @@ class Plan:
     def estimated_usage(self, text: str) -> Usage:
         """Usage of a call that reported none: the pre-flight input count plus ``text``."""
         return Usage(
-            input_tokens=self.input_tokens,
+            input_tokens=self.prompt_tokens(),
             output_tokens=self.estimate_output(text),
             requests=1 if self.kind == "llm" else 0,
         )
@@ -127,12 +140,15 @@ class Plan:
     # ------------------------------------------------------------------ the call
     def track(self, limiter: LimiterLike | None) -> CallTracker:
         """The tracker of this request (in the current session, if any), not yet started."""
+        input_tokens = self.input_tokens
+        if self.count_input is not None and (limiter is not None or _reserving()):
+            input_tokens = self.prompt_tokens()
         return track_call(
             provider=self.provider,
             model=self.model,
             request=self.request,
             kind=self.kind,
-            input_tokens=self.input_tokens,
+            input_tokens=input_tokens,
             max_output_tokens=self.max_output_tokens,
             free=self.free,
             metadata=self.metadata,
@@ -219,6 +235,12 @@ class Plan:
             "estimated": estimated,
             "metadata": outcome.metadata,
         }
+
+
+def _reserving() -> bool:
+    # Whether a call starting now reserves on a budget (the input count is part of it).
+    session = get_session()
+    return session is not None and session.budgeted
 
 
 _SENTINELS: Final = frozenset({"NotGiven", "Omit"})

@@ -209,10 +209,6 @@ class AnthropicAdapter:
         merged = clean_body({**body, **extra} if isinstance(extra, Mapping) else body)
         model = merged.get("model")
         model = model if isinstance(model, str) else None
-        messages = merged.get("messages")
-        prompt = _system_messages(merged.get("system")) + (
-            list(messages) if isinstance(messages, list | tuple) else []
-        )
         max_tokens = merged.get("max_tokens")
         # The API requires max_tokens; without a usable one the worst case is reserved (fail
         # closed), not nothing: the API refuses such a request and the hold is given back.
@@ -224,17 +220,28 @@ class AnthropicAdapter:
         meta: dict[str, Any] = {"endpoint": "messages"}
         if stream or merged.get("stream"):
             meta["stream"] = True
+
+        def count_input() -> int:
+            messages = merged.get("messages")
+            prompt = _system_messages(merged.get("system")) + (
+                list(messages) if isinstance(messages, list | tuple) else []
+            )
+            return (
+                count_prompt(prompt, model)
+                + json_tokens(merged.get("tools"))
+                + json_tokens(merged.get("output_config"))
+            )
+
         plan = Plan(
             provider=PROVIDER,
             model=model,
             request=merged,
-            input_tokens=count_prompt(prompt, model)
-            + json_tokens(merged.get("tools"))
-            + json_tokens(merged.get("output_config")),
+            input_tokens=0,
             max_output_tokens=limit,
             extract=_extract,
             accumulator=_MessagesAccumulator if stream else None,
             metadata=meta,
+            count_input=count_input,
         )
         return plan, options
 

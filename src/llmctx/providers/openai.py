@@ -424,7 +424,10 @@ class OpenAIAdapter:
         if path.endswith("/chat/completions") or path.endswith("/completions"):
             chat = path.endswith("/chat/completions")
             if chat:
-                input_tokens = count_prompt(merged.get("messages"), model) + _tool_parts(merged)
+
+                def count_input() -> int:
+                    return count_prompt(merged.get("messages"), model) + _tool_parts(merged)
+
                 limit = _positive(merged.get("max_completion_tokens")) or _positive(
                     merged.get("max_tokens")
                 )
@@ -432,7 +435,10 @@ class OpenAIAdapter:
                 meta["endpoint"] = "chat.completions"
             else:
                 prompt = merged.get("prompt")
-                input_tokens = _embedding_tokens(prompt, model)
+
+                def count_input() -> int:
+                    return _embedding_tokens(prompt, model)
+
                 limit = _positive(merged.get("max_tokens")) or 16  # the API's documented default
                 meta["endpoint"] = "completions"
             choices = _positive(merged.get("n")) or 1
@@ -440,33 +446,39 @@ class OpenAIAdapter:
                 provider=PROVIDER,
                 model=model,
                 request=merged,
-                input_tokens=input_tokens,
+                input_tokens=0,
                 max_output_tokens=limit * choices,
                 extract=_chat_extract,
                 metadata=meta,
+                count_input=count_input,
             )
             if stream:
                 options, hide = _ask_for_usage(options, body, extra)
                 plan.accumulator = partial(_ChatAccumulator, hide_usage_chunk=hide)
             return plan, options
         if path.endswith("/responses"):
-            instructions = merged.get("instructions")
-            given = merged.get("input")
-            input_tokens = (
-                count_prompt(instructions, model) if isinstance(instructions, str) else 0
-            ) + (count_prompt(given, model) if isinstance(given, str | list) else 0)
-            input_tokens += _tool_parts(merged)
+
+            def count_responses_input() -> int:
+                instructions = merged.get("instructions")
+                given = merged.get("input")
+                return (
+                    (count_prompt(instructions, model) if isinstance(instructions, str) else 0)
+                    + (count_prompt(given, model) if isinstance(given, str | list) else 0)
+                    + _tool_parts(merged)
+                )
+
             meta["endpoint"] = "responses"
             plan = Plan(
                 provider=PROVIDER,
                 model=model,
                 request=merged,
-                input_tokens=input_tokens,
+                input_tokens=0,
                 max_output_tokens=_positive(merged.get("max_output_tokens"))
                 or DEFAULT_MAX_OUTPUT_TOKENS,
                 extract=_responses_extract,
                 accumulator=_ResponsesAccumulator if stream else None,
                 metadata=meta,
+                count_input=count_responses_input,
             )
             return plan, options
         if path.endswith("/embeddings"):
