@@ -264,3 +264,37 @@ def test_texts_found_clean_are_remembered_but_secrets_never_are() -> None:
     for _ in range(2):
         assert "abcdefghijklmnopqrstuvwxyz" not in redact_text(secret)
     assert secret not in _redact._clean
+
+
+def test_a_chat_history_is_scanned_once_and_a_secret_is_never_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The messages of a chat's history come back with every call: a long secret-free text is
+    scanned for secrets once and then found in the clean cache, while a text holding a secret
+    is masked every time and never kept. The cache stays within its character budget."""
+    from llmctx import _redact
+
+    scans: list[int] = []
+    real = _redact._redact_shapes
+
+    def counting(text: str) -> str:
+        scans.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(_redact, "_redact_shapes", counting)
+    history = [
+        {"role": "user", "content": f"turn {i}: " + "the fox ran to the river bank. " * 60}
+        for i in range(5)
+    ]
+    secret = "my key is sk-proj-" + "A1b2C3d4E5f6G7h8" * 3 + " " + "pad " * 400
+    request = {"model": "m", "messages": [*history, {"role": "user", "content": secret}]}
+    first = redact(request)
+    scanned = len(scans)
+    second = redact(request)
+    assert first == second
+    assert "sk-proj-" not in str(second)
+    assert len(scans) - scanned == 1  # only the text with the secret, scanned again
+    assert secret not in _redact._clean
+    for i in range(600):
+        _redact.redact_text(f"{i:05d} " + "long clean text " * 200)
+    assert sum(map(len, _redact._clean)) <= _redact._CLEAN_BUDGET
