@@ -109,18 +109,23 @@ class Plan:
     free: bool = False
     tokenizer: Tokenizer | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: Counts the prompt when it is first needed, if given (``input_tokens`` is then 0 until
-    #: :meth:`prompt_tokens`): a budget or a rate limiter reserves it, or the response
-    #: reports no usage. A call nothing reserves for never counts its prompt, which for a
-    #: long chat is the most of what llmctx does per call.
-    count_input: Callable[[], int] | None = None
+    #: What to count for ``input_tokens`` when the count is first needed, if given (it is
+    #: then 0 until :meth:`prompt_tokens`): prompts (texts or message lists, each counted by
+    #: :func:`count_prompt`) and structured parts (tool schemas, response formats: counted as
+    #: JSON). Needed when a budget or a rate limiter reserves it, or the response reports no
+    #: usage; a call nothing reserves for never walks its prompt, which for a long chat is the
+    #: most of what llmctx does per call.
+    uncounted: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
 
     def prompt_tokens(self) -> int:
         """The pre-flight input count, counted now if it was left for later."""
-        count = self.count_input
-        if count is not None:
-            self.count_input = None
-            self.input_tokens = count()
+        pending = self.uncounted
+        if pending is not None:
+            self.uncounted = None
+            prompts, parts = pending
+            self.input_tokens = sum(count_prompt(p, self.model) for p in prompts) + sum(
+                json_tokens(p) for p in parts
+            )
         return self.input_tokens
 
     def estimate_output(self, text: str) -> int:
@@ -141,7 +146,7 @@ class Plan:
     def track(self, limiter: LimiterLike | None) -> CallTracker:
         """The tracker of this request (in the current session, if any), not yet started."""
         input_tokens = self.input_tokens
-        if self.count_input is not None and (limiter is not None or _reserving()):
+        if self.uncounted is not None and (limiter is not None or _reserving()):
             input_tokens = self.prompt_tokens()
         return track_call(
             provider=self.provider,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._usage import raw_usage_dict, usage_from_anthropic
-from ._base import DEFAULT_MAX_OUTPUT_TOKENS, Outcome, Plan, clean_body, count_prompt, json_tokens
+from ._base import DEFAULT_MAX_OUTPUT_TOKENS, Outcome, Plan, clean_body
 from ._sdk import header_float, header_int
 
 __all__ = ["AnthropicAdapter"]
@@ -220,18 +220,10 @@ class AnthropicAdapter:
         meta: dict[str, Any] = {"endpoint": "messages"}
         if stream or merged.get("stream"):
             meta["stream"] = True
-
-        def count_input() -> int:
-            messages = merged.get("messages")
-            prompt = _system_messages(merged.get("system")) + (
-                list(messages) if isinstance(messages, list | tuple) else []
-            )
-            return (
-                count_prompt(prompt, model)
-                + json_tokens(merged.get("tools"))
-                + json_tokens(merged.get("output_config"))
-            )
-
+        messages = merged.get("messages")
+        prompt = _system_messages(merged.get("system")) + (
+            list(messages) if isinstance(messages, list | tuple) else []
+        )
         plan = Plan(
             provider=PROVIDER,
             model=model,
@@ -241,7 +233,7 @@ class AnthropicAdapter:
             extract=_extract,
             accumulator=_MessagesAccumulator if stream else None,
             metadata=meta,
-            count_input=count_input,
+            uncounted=((prompt,), (merged.get("tools"), merged.get("output_config"))),
         )
         return plan, options
 

@@ -32,7 +32,6 @@ from ._base import (
     Plan,
     clean_body,
     count_prompt,
-    json_tokens,
 )
 from ._sdk import header_float, header_int
 
@@ -81,16 +80,13 @@ def _positive(value: Any) -> int | None:
     return None
 
 
-def _tool_parts(body: Mapping[str, Any]) -> int:
-    text = body.get("text")  # the Responses API's output format (a mapping), if any
+def _json_parts(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    # The structured parts of a request the model reads (counted as JSON): tools, functions,
+    # the response format and the Responses API's output format (a mapping), if any.
+    text = body.get("text")
     if text is not None and type(text) is not dict and not isinstance(text, Mapping):
         text = None  # (None, the usual, before the ABC check)
-    return (
-        json_tokens(body.get("tools"))
-        + json_tokens(body.get("functions"))
-        + json_tokens(body.get("response_format"))
-        + json_tokens(text)
-    )
+    return (body.get("tools"), body.get("functions"), body.get("response_format"), text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,21 +420,16 @@ class OpenAIAdapter:
         if path.endswith("/chat/completions") or path.endswith("/completions"):
             chat = path.endswith("/chat/completions")
             if chat:
-
-                def count_input() -> int:
-                    return count_prompt(merged.get("messages"), model) + _tool_parts(merged)
-
+                uncounted = ((merged.get("messages"),), _json_parts(merged))
+                input_tokens = 0
                 limit = _positive(merged.get("max_completion_tokens")) or _positive(
                     merged.get("max_tokens")
                 )
                 limit = limit or DEFAULT_MAX_OUTPUT_TOKENS
                 meta["endpoint"] = "chat.completions"
             else:
-                prompt = merged.get("prompt")
-
-                def count_input() -> int:
-                    return _embedding_tokens(prompt, model)
-
+                uncounted = None
+                input_tokens = _embedding_tokens(merged.get("prompt"), model)
                 limit = _positive(merged.get("max_tokens")) or 16  # the API's documented default
                 meta["endpoint"] = "completions"
             choices = _positive(merged.get("n")) or 1
@@ -446,27 +437,23 @@ class OpenAIAdapter:
                 provider=PROVIDER,
                 model=model,
                 request=merged,
-                input_tokens=0,
+                input_tokens=input_tokens,
                 max_output_tokens=limit * choices,
                 extract=_chat_extract,
                 metadata=meta,
-                count_input=count_input,
+                uncounted=uncounted,
             )
             if stream:
                 options, hide = _ask_for_usage(options, body, extra)
                 plan.accumulator = partial(_ChatAccumulator, hide_usage_chunk=hide)
             return plan, options
         if path.endswith("/responses"):
-
-            def count_responses_input() -> int:
-                instructions = merged.get("instructions")
-                given = merged.get("input")
-                return (
-                    (count_prompt(instructions, model) if isinstance(instructions, str) else 0)
-                    + (count_prompt(given, model) if isinstance(given, str | list) else 0)
-                    + _tool_parts(merged)
-                )
-
+            instructions = merged.get("instructions")
+            given = merged.get("input")
+            prompts = (
+                instructions if isinstance(instructions, str) else None,
+                given if isinstance(given, str | list) else None,
+            )
             meta["endpoint"] = "responses"
             plan = Plan(
                 provider=PROVIDER,
@@ -478,7 +465,7 @@ class OpenAIAdapter:
                 extract=_responses_extract,
                 accumulator=_ResponsesAccumulator if stream else None,
                 metadata=meta,
-                count_input=count_responses_input,
+                uncounted=(prompts, _json_parts(merged)),
             )
             return plan, options
         if path.endswith("/embeddings"):
