@@ -12,8 +12,8 @@ What it prints:
 * bookkeeping per call, in microseconds: the same ``chat.completions.create`` through the
   real openai SDK over an in-process fake transport (``httpx2.MockTransport``), raw vs
   instrumented with no session (the idle path), vs instrumented inside a session (reserve,
-  settle, price, record into a memory store); likewise for a chat 50 turns in (its history
-  of about 25,000 characters sent again) and for a 20-chunk stream. The difference is what
+  settle, price, record into a memory store); likewise for a chat 50 messages in (its history
+  of about 53,000 characters sent again) and for a 20-chunk stream. The difference is what
   llmctx adds to every call;
 * end to end against llama.cpp's OpenAI-compatible server on loopback serving the bundled
   SmolLM2 model: instrumented-in-a-session vs uninstrumented client, calls interleaved in one
@@ -44,13 +44,14 @@ from llmctx.providers import instrument, local_model_path
 
 MODEL = "SmolLM2-135M-Instruct"
 MESSAGES = [{"role": "user", "content": "Name one colour."}]
-# A chat 50 turns in: what a chat application sends with each new question (about 25,000
-# characters), the history the same objects from call to call, as a chat loop keeps them.
+# A chat 50 messages in: what a chat application sends with each new question, 25 questions
+# of about 120 characters and 25 answers of about 2,000 (53,000 characters), the history the
+# same objects from call to call, as a chat loop keeps them.
+_ANSWER = "The fox ran to the river bank, drank, and came back along the path by the mill. "
 HISTORY = [
-    {
-        "role": "user" if i % 2 == 0 else "assistant",
-        "content": f"Turn {i}: " + "The quick brown fox jumps over the lazy dog. " * 11,
-    }
+    {"role": "user", "content": f"Question {i}: " + "what did the fox do next, and why? " * 3}
+    if i % 2 == 0
+    else {"role": "assistant", "content": f"Answer {i}: " + _ANSWER * 25}
     for i in range(50)
 ]
 
@@ -131,7 +132,7 @@ def bench_bookkeeping(n: int, repeats: int = 7) -> None:
     print(
         f"bookkeeping per call (openai SDK over a fake transport, best of {repeats}, interleaved):"
     )
-    cases = (("create", call), ("create, 50-turn chat", history), ("stream (20 chunks)", stream))
+    cases = (("create", call), ("create, 50-message chat", history), ("stream (20 chunks)", stream))
     for label, make in cases:
         for fn in (make(raw), make(inst)):  # warm up imports, price caches, stream classes
             fn()
@@ -144,7 +145,7 @@ def bench_bookkeeping(n: int, repeats: int = 7) -> None:
                 best["tracked"] = min(best["tracked"], _time_us(make(inst), n))
         base, idle, tracked = best["raw"], best["idle"], best["tracked"]
         print(
-            f"  {label:<21} raw {base:8.1f} us | instrumented, no session {idle:8.1f} us "
+            f"  {label:<24} raw {base:8.1f} us | instrumented, no session {idle:8.1f} us "
             f"(+{idle - base:6.1f}) | in a session with a budget {tracked:8.1f} us "
             f"(+{tracked - base:6.1f})"
         )
