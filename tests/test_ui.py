@@ -175,6 +175,8 @@ def test_list_charts_are_svg(env: Env) -> None:
         assert r.text.startswith("<svg") and "<script" not in r.text
     models = env.client.get("/charts/models.svg").text
     assert "gpt-4o" in models and "claude-sonnet-4-5" in models
+    # The seeded MCP tool call is one "tool calls" row, not a model named after the tool.
+    assert ">tool calls<" in models and "files.read_file" not in models
     assert env.client.get("/charts/nope.svg").status_code == 404
 
 
@@ -214,6 +216,9 @@ def test_session_page_shows_tree_budget_monitors_and_marked_calls(env: Env) -> N
     assert 'class="cs-error"' in html and 'class="cs-cancelled"' in html
     assert "Timeline of calls" in html and "at most 2 at once" in html
     assert "<svg" in html
+    # Cost by model: the MCP tool call is one "tool calls" row, not a model named after it.
+    assert "<title>tool calls: $0.00 · 1 call</title>" in html
+    assert "<title>files.read_file:" not in html
 
 
 def test_session_prefix_redirects_and_unknown_is_404(env: Env) -> None:

@@ -605,17 +605,21 @@ class Reader(_Dialect):
             )
             rows = self._fetch(
                 conn,
-                f"SELECT model, CASE WHEN latency_s IS NULL THEN -1 {cases} "
+                f"SELECT model, kind, CASE WHEN latency_s IS NULL THEN -1 {cases} "
                 f"ELSE {len(LATENCY_EDGES)} END AS b, sum({self.call_cost_num}), count(*) "
-                f"FROM (SELECT c.model, c.latency_s, c.cost FROM {self.t_sessions} s "
+                f"FROM (SELECT c.model, c.kind, c.latency_s, c.cost FROM {self.t_sessions} s "
                 f"JOIN {self.t_calls} c ON c.session_id = s.id{in_range} "
-                f"ORDER BY {self.started} DESC LIMIT {m}) AS x GROUP BY model, b",
+                f"ORDER BY {self.started} DESC LIMIT {m}) AS x GROUP BY model, kind, b",
                 [*params, CHART_CALLS],
             )
         by_model: dict[str, tuple[Decimal, int]] = {}
         bins = [0] * (len(LATENCY_EDGES) + 1)
-        for model, b, c, n in rows:
-            name = _sql.unescape_text(model) if model else "(none)"
+        for model, kind, b, c, n in rows:
+            # Tool calls (never priced) in one row, as on a session page.
+            if kind and _sql.unescape_text(kind) == "tool":
+                name = "tool calls"
+            else:
+                name = _sql.unescape_text(model) if model else "(none)"
             cost, count = by_model.get(name, (Decimal(0), 0))
             by_model[name] = (cost + Decimal(str(c or 0)), count + int(n))
             if int(b) >= 0:

@@ -175,7 +175,8 @@ def session_charts(view: SessionView, call_href: Callable[[CallRecord], str]) ->
         bins[i] += 1
     models: dict[str, list[float]] = {}
     for c in calls:
-        acc = models.setdefault(c.model or c.kind, [0.0, 0.0])
+        # Tool calls (never priced) in one row: one per tool read as if tools were models.
+        acc = models.setdefault("tool calls" if c.kind == "tool" else c.model or c.kind, [0.0, 0.0])
         acc[0] += float(c.cost or 0)
         acc[1] += 1
     ranked = sorted(models.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
