@@ -466,13 +466,14 @@ def redact_text(text: str) -> str:
 # instead of a scan (a 2,000-character message: 14 us; a 50-turn chat of them, 0.7 ms a call).
 # Only secret-free texts are kept (a secret never lingers here), each of at most
 # _CLEAN_MAX_CHARS, at most _CLEAN_MAX_ENTRIES of them and _CLEAN_BUDGET characters in all
-# (about 1 MB; a chat's history is mostly the same string objects its records already hold).
+# (256 KiB of text: a 50-message chat of 2,000-character answers fits in it five times; a
+# chat's history is mostly the same string objects its records already hold).
 # Cleared wholesale when full (cheaper than an LRU's bookkeeping on every hit). A dict's reads
 # and writes are atomic under the GIL; a lost insert only costs a later scan, and a lost
 # count only delays the next clear.
 _CLEAN_MAX_CHARS = 16_384
-_CLEAN_MAX_ENTRIES = 2048
-_CLEAN_BUDGET = 1_048_576
+_CLEAN_MAX_ENTRIES = 1024
+_CLEAN_BUDGET = 262_144
 _clean: dict[str, None] = {}
 _clean_chars = 0
 

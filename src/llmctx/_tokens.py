@@ -140,7 +140,7 @@ def estimate_text_tokens(text: str) -> int:
 #: fraction of the count.
 _CACHED_TEXT_LEN: Final = 64
 #: How many longer texts' estimates are remembered, by length and hash (see _estimate).
-_LONG_ESTIMATES: Final = 8192
+_LONG_ESTIMATES: Final = 2048
 
 
 @functools.lru_cache(maxsize=1024)
