@@ -74,6 +74,13 @@ CHART_CALLS = 20_000
 LATER_SESSION_COLS = ("pid", "host", "heartbeat_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+
+def chart_model(kind: str | None, model: str | None) -> str | None:
+    """The cost-by-model chart's row of a call: its model, or one "tool calls" row for every
+    tool call (never priced), rather than one row per tool as if tools were models."""
+    return "tool calls" if kind == "tool" else model
+
+
 Sort = Literal["started", "cost", "tokens", "duration"]
 SORTS: tuple[Sort, ...] = ("started", "cost", "tokens", "duration")
 
@@ -615,11 +622,11 @@ class Reader(_Dialect):
         by_model: dict[str, tuple[Decimal, int]] = {}
         bins = [0] * (len(LATENCY_EDGES) + 1)
         for model, kind, b, c, n in rows:
-            # Tool calls (never priced) in one row, as on a session page.
-            if kind and _sql.unescape_text(kind) == "tool":
-                name = "tool calls"
-            else:
-                name = _sql.unescape_text(model) if model else "(none)"
+            name = chart_model(
+                _sql.unescape_text(kind) if kind else None,
+                _sql.unescape_text(model) if model else None,
+            )
+            name = name or "(none)"
             cost, count = by_model.get(name, (Decimal(0), 0))
             by_model[name] = (cost + Decimal(str(c or 0)), count + int(n))
             if int(b) >= 0:

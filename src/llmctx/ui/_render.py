@@ -27,7 +27,7 @@ from .. import __version__
 from .._money import format_usd
 from .._usage import CallRecord
 from . import _charts
-from ._reader import LATENCY_EDGES, Overview
+from ._reader import LATENCY_EDGES, Overview, chart_model
 from ._views import SessionView, duration_text, money, session_cost, when
 
 __all__ = [
@@ -175,8 +175,7 @@ def session_charts(view: SessionView, call_href: Callable[[CallRecord], str]) ->
         bins[i] += 1
     models: dict[str, list[float]] = {}
     for c in calls:
-        # Tool calls (never priced) in one row: one per tool read as if tools were models.
-        acc = models.setdefault("tool calls" if c.kind == "tool" else c.model or c.kind, [0.0, 0.0])
+        acc = models.setdefault(chart_model(c.kind, c.model) or c.kind, [0.0, 0.0])
         acc[0] += float(c.cost or 0)
         acc[1] += 1
     ranked = sorted(models.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
